@@ -1,0 +1,836 @@
+/* cli — see cli.h and docs/cli.md. */
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "directory/directory.h"
+#include "role_store/role_store.h"
+#include "serve/serve.h"
+#include "store/store.h"
+#include "util/util.h"
+
+#define TERN_VERSION "0.1.0"
+#define PASSWORD_MAX 1024
+
+struct cli {
+    struct config cfg;
+    const char *config_path; /* NULL = none */
+    int argc;                /* what is left after global options */
+    char **argv;
+};
+
+static int fail(const char *fmt, ...) TERN_PRINTF(1, 2);
+static int fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("tern: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+static int usage(const char *fmt, ...) TERN_PRINTF(1, 2);
+static int usage(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("tern: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs(" (see 'tern help')\n", stderr);
+    va_end(ap);
+    return 2;
+}
+
+static const char help_text[] =
+    "usage: tern [--data DIR] [--config FILE] COMMAND ...\n"
+    "\n"
+    "  serve [--roles LIST]              run the supervisor and its roles\n"
+    "  domain add NAME | list            local domains\n"
+    "  user add ADDR (--password PW | --password-file F) [--store S]\n"
+    "  user set ADDR [--password PW | --password-file F]\n"
+    "                [--alternate ADDR | --no-alternate] [--deliver-both | --no-deliver-both]\n"
+    "  user show ADDR | list | delete ADDR\n"
+    "  alias add ADDR TARGET | list | delete ADDR\n"
+    "  store list                        stores and their users\n"
+    "  mailbox show ADDR [--store S]     a mailbox's state, folders and counts\n"
+    "  mailbox export ADDR [--store S] [--folder F]   messages as mboxrd on stdout\n"
+    "  mailbox fence|unfence ADDR [--store S]         freeze/unfreeze (maintenance)\n"
+    "  version | help\n"
+    "\n"
+    "DIR defaults to $TERN_DATA or ./tern-data; FILE to $TERN_CONFIG or DIR/tern.conf.\n";
+
+/* ---- option helpers --------------------------------------------------- */
+
+/* Finds "--name VALUE" (or --name=VALUE) in args, removes it, returns the
+ * value (NULL if absent). A flag without its value is a usage error (*bad). */
+static const char *take_opt(int *argc, char **argv, const char *name, bool *bad)
+{
+    size_t nl = strlen(name);
+    for (int i = 0; i < *argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, name, nl) != 0)
+            continue;
+        const char *val;
+        int used;
+        if (a[nl] == '=') {
+            val = a + nl + 1;
+            used = 1;
+        } else if (a[nl] == '\0') {
+            if (i + 1 >= *argc) {
+                *bad = true;
+                return NULL;
+            }
+            val = argv[i + 1];
+            used = 2;
+        } else {
+            continue;
+        }
+        memmove(&argv[i], &argv[i + used], (size_t)(*argc - i - used + 1) * sizeof(char *));
+        *argc -= used;
+        return val;
+    }
+    return NULL;
+}
+
+/* Finds and removes a boolean "--name". */
+static bool take_flag(int *argc, char **argv, const char *name)
+{
+    for (int i = 0; i < *argc; i++) {
+        if (strcmp(argv[i], name) == 0) {
+            memmove(&argv[i], &argv[i + 1], (size_t)(*argc - i) * sizeof(char *));
+            (*argc)--;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* After options were taken, anything starting with "--" is unknown. */
+static int reject_leftover(int argc, char **argv, int want_pos)
+{
+    for (int i = 0; i < argc; i++)
+        if (strncmp(argv[i], "--", 2) == 0)
+            return usage("unknown option %s", argv[i]);
+    if (argc != want_pos)
+        return usage(argc < want_pos ? "missing argument" : "unexpected argument '%s'",
+                     argc > want_pos ? argv[want_pos] : "");
+    return 0;
+}
+
+static struct directory *open_dir(struct cli *c)
+{
+    if (mkdir_p(c->cfg.data_dir, 0750) < 0) {
+        fail("cannot create data directory %s: %s", c->cfg.data_dir, strerror(errno));
+        return NULL;
+    }
+    const char *error;
+    struct directory *dir = dir_open_sqlite(c->cfg.directory, &error);
+    if (dir == NULL) {
+        fail("cannot open directory %s: %s", c->cfg.directory, error);
+        return NULL;
+    }
+    /* The configured stores exist for the CLI even before the first serve. */
+    for (size_t i = 0; i < c->cfg.n_stores; i++) {
+        enum dir_status ds = dir_store_upsert(dir, c->cfg.stores[i].name, c->cfg.stores[i].lmtp);
+        if (ds != DIR_OK) {
+            fail("cannot register store %s: %s", c->cfg.stores[i].name, dir_status_str(ds));
+            dir_close(&dir);
+            return NULL;
+        }
+    }
+    return dir;
+}
+
+static int dir_fail(enum dir_status ds, const char *what)
+{
+    if (ds == DIR_TEMPFAIL)
+        return fail("%s: directory unavailable, try again", what);
+    return fail("%s: %s", what, dir_status_str(ds));
+}
+
+static int read_password(const char *pw, const char *file, char out[PASSWORD_MAX + 1])
+{
+    if (pw != NULL && file != NULL)
+        return usage("give --password or --password-file, not both");
+    if (file != NULL) {
+        struct buf b;
+        const char *e;
+        buf_init(&b, PASSWORD_MAX + 2);
+        int r = strcmp(file, "-") == 0 ? file_read_all("/dev/stdin", PASSWORD_MAX + 2, &b, &e)
+                                       : file_read_all(file, PASSWORD_MAX + 2, &b, &e);
+        if (r < 0) {
+            buf_free(&b);
+            return fail("password file %s: %s", file, e);
+        }
+        while (b.len > 0 && (b.data[b.len - 1] == '\n' || b.data[b.len - 1] == '\r'))
+            b.len--;
+        if (b.len > PASSWORD_MAX) {
+            buf_free(&b);
+            return fail("password longer than %d octets", PASSWORD_MAX);
+        }
+        memcpy(out, b.data != NULL ? b.data : "", b.len);
+        out[b.len] = '\0';
+        buf_free(&b);
+        pw = out;
+    } else if (pw != NULL) {
+        if (strlen(pw) > PASSWORD_MAX)
+            return fail("password longer than %d octets", PASSWORD_MAX);
+        str_copy(out, pw, PASSWORD_MAX + 1);
+    } else {
+        out[0] = '\0';
+    }
+    if ((pw != NULL) && out[0] == '\0')
+        return fail("the password must not be empty");
+    return 0;
+}
+
+static int normalize_addr(const char *in, char out[MAIL_ADDR_MAX + 1])
+{
+    const char *e;
+    if (mail_addr_normalize(in, strlen(in), out, &e) < 0)
+        return fail("invalid address '%s': %s", in, e);
+    return 0;
+}
+
+/* ---- domain ----------------------------------------------------------- */
+
+static int cmd_domain(struct cli *c, int argc, char **argv)
+{
+    if (argc < 1)
+        return usage("domain needs add or list");
+    if (strcmp(argv[0], "add") == 0) {
+        int r = reject_leftover(argc - 1, argv + 1, 1);
+        if (r != 0)
+            return r;
+        char dom[MAIL_DOMAIN_MAX + 1];
+        const char *e;
+        if (mail_domain_normalize(argv[1], dom, &e) < 0)
+            return fail("invalid domain '%s': %s", argv[1], e);
+        struct directory *dir = open_dir(c);
+        if (dir == NULL)
+            return 1;
+        enum dir_status ds = dir_domain_add(dir, dom);
+        dir_close(&dir);
+        if (ds == DIR_EXISTS)
+            return fail("domain %s already exists", dom);
+        if (ds != DIR_OK)
+            return dir_fail(ds, "domain add");
+        printf("domain %s added\n", dom);
+        return 0;
+    }
+    if (strcmp(argv[0], "list") == 0) {
+        int r = reject_leftover(argc - 1, argv + 1, 0);
+        if (r != 0)
+            return r;
+        struct directory *dir = open_dir(c);
+        if (dir == NULL)
+            return 1;
+        struct dir_domain *list;
+        size_t n;
+        enum dir_status ds = dir_domain_list(dir, &list, &n);
+        dir_close(&dir);
+        if (ds != DIR_OK)
+            return dir_fail(ds, "domain list");
+        for (size_t i = 0; i < n; i++)
+            printf("%s\n", list[i].name);
+        free(list);
+        return 0;
+    }
+    return usage("unknown domain command '%s'", argv[0]);
+}
+
+/* ---- user ------------------------------------------------------------- */
+
+/* The store with the fewest users (ties: first by name). */
+static int pick_store(struct directory *dir, char out[MAIL_NAME_MAX + 1])
+{
+    struct dir_store *stores;
+    struct dir_user *users;
+    size_t ns, nu;
+    if (dir_store_list(dir, &stores, &ns) != DIR_OK)
+        return -1;
+    if (dir_user_list(dir, &users, &nu) != DIR_OK) {
+        free(stores);
+        return -1;
+    }
+    size_t best = 0, best_n = SIZE_MAX;
+    for (size_t i = 0; i < ns; i++) {
+        size_t k = 0;
+        for (size_t j = 0; j < nu; j++)
+            k += strcmp(users[j].home, stores[i].name) == 0;
+        if (k < best_n) {
+            best_n = k;
+            best = i;
+        }
+    }
+    int r = ns > 0 ? 0 : -1;
+    if (ns > 0)
+        str_copy(out, stores[best].name, MAIL_NAME_MAX + 1);
+    free(stores);
+    free(users);
+    return r;
+}
+
+static void print_user(const struct dir_user *u)
+{
+    char created[32], updated[32];
+    time_format_utc(u->created, created, sizeof(created));
+    time_format_utc(u->updated, updated, sizeof(updated));
+    printf("address:      %s\n", u->address);
+    printf("home:         %s\n", u->home);
+    printf("state:        %s\n", dir_user_state_str(u->state));
+    printf("epoch:        %llu\n", (unsigned long long)u->epoch);
+    printf("alternate:    %s\n", u->alternate[0] ? u->alternate : "-");
+    printf("deliver-both: %s\n", u->deliver_both ? "yes" : "no");
+    printf("version:      %llu\n", (unsigned long long)u->version);
+    printf("created:      %s\n", created);
+    printf("updated:      %s\n", updated);
+}
+
+static int user_add(struct cli *c, int argc, char **argv)
+{
+    bool bad = false;
+    const char *pw = take_opt(&argc, argv, "--password", &bad);
+    const char *pwfile = take_opt(&argc, argv, "--password-file", &bad);
+    const char *store = take_opt(&argc, argv, "--store", &bad);
+    if (bad)
+        return usage("option needs a value");
+    int r = reject_leftover(argc, argv, 1);
+    if (r != 0)
+        return r;
+    char addr[MAIL_ADDR_MAX + 1], pwbuf[PASSWORD_MAX + 1];
+    if (normalize_addr(argv[0], addr) != 0)
+        return 1;
+    if (pw == NULL && pwfile == NULL)
+        return usage("user add needs --password PW or --password-file FILE");
+    if ((r = read_password(pw, pwfile, pwbuf)) != 0)
+        return r;
+    if (store != NULL && !mail_store_name_valid(store))
+        return fail("invalid store name '%s'", store);
+    struct directory *dir = open_dir(c);
+    if (dir == NULL)
+        return 1;
+    struct dir_user u;
+    memset(&u, 0, sizeof(u));
+    str_copy(u.address, addr, sizeof(u.address));
+    if (store != NULL) {
+        struct dir_store s;
+        if (dir_store_get(dir, store, &s) != DIR_OK) {
+            dir_close(&dir);
+            return fail("unknown store '%s' (see 'tern store list')", store);
+        }
+        str_copy(u.home, store, sizeof(u.home));
+    } else if (pick_store(dir, u.home) < 0) {
+        dir_close(&dir);
+        return fail("no store to home the user on");
+    }
+    struct dir_domain d;
+    enum dir_status ds = dir_domain_get(dir, mail_addr_domain(addr), &d);
+    if (ds == DIR_NOTFOUND) {
+        dir_close(&dir);
+        return fail("unknown domain '%s' (add it with 'tern domain add %s')",
+                    mail_addr_domain(addr), mail_addr_domain(addr));
+    }
+    const char *e;
+    if (dir_password_hash(pwbuf, u.password_hash, &e) < 0) {
+        dir_close(&dir);
+        return fail("cannot hash password: %s", e);
+    }
+    u.state = DIR_USER_ACTIVE;
+    ds = dir_user_add(dir, &u);
+    dir_close(&dir);
+    if (ds == DIR_EXISTS)
+        return fail("%s already exists (as a user or an alias)", addr);
+    if (ds != DIR_OK)
+        return dir_fail(ds, "user add");
+    printf("user %s added on store %s\n", u.address, u.home);
+    return 0;
+}
+
+static int user_set(struct cli *c, int argc, char **argv)
+{
+    bool bad = false;
+    const char *pw = take_opt(&argc, argv, "--password", &bad);
+    const char *pwfile = take_opt(&argc, argv, "--password-file", &bad);
+    const char *alt = take_opt(&argc, argv, "--alternate", &bad);
+    bool no_alt = take_flag(&argc, argv, "--no-alternate");
+    bool both = take_flag(&argc, argv, "--deliver-both");
+    bool no_both = take_flag(&argc, argv, "--no-deliver-both");
+    if (bad)
+        return usage("option needs a value");
+    int r = reject_leftover(argc, argv, 1);
+    if (r != 0)
+        return r;
+    if ((alt != NULL && no_alt) || (both && no_both))
+        return usage("contradictory options");
+    if (pw == NULL && pwfile == NULL && alt == NULL && !no_alt && !both && !no_both)
+        return usage("user set needs something to set");
+    char addr[MAIL_ADDR_MAX + 1], altaddr[MAIL_ADDR_MAX + 1] = "", pwbuf[PASSWORD_MAX + 1];
+    if (normalize_addr(argv[0], addr) != 0)
+        return 1;
+    if (alt != NULL && normalize_addr(alt, altaddr) != 0)
+        return 1;
+    if (strcmp(altaddr, addr) == 0)
+        return fail("a user cannot be its own alternate");
+    if ((r = read_password(pw, pwfile, pwbuf)) != 0)
+        return r;
+    struct directory *dir = open_dir(c);
+    if (dir == NULL)
+        return 1;
+    struct dir_user u;
+    enum dir_status ds;
+    /* Read-modify-write under compare-and-set: retry if another writer won
+     * (a move switching the home, say); we only touch our own fields. */
+    for (int attempt = 0; attempt < 10; attempt++) {
+        ds = dir_user_get(dir, addr, &u);
+        if (ds != DIR_OK)
+            break;
+        if (pwbuf[0] != '\0') {
+            const char *e;
+            if (dir_password_hash(pwbuf, u.password_hash, &e) < 0) {
+                dir_close(&dir);
+                return fail("cannot hash password: %s", e);
+            }
+        }
+        if (alt != NULL)
+            str_copy(u.alternate, altaddr, sizeof(u.alternate));
+        if (no_alt) {
+            u.alternate[0] = '\0';
+            u.deliver_both = false;
+        }
+        if (both)
+            u.deliver_both = true;
+        if (no_both)
+            u.deliver_both = false;
+        if (u.deliver_both && u.alternate[0] == '\0') {
+            dir_close(&dir);
+            return fail("--deliver-both needs an alternate recipient");
+        }
+        ds = dir_user_update(dir, &u);
+        if (ds != DIR_CONFLICT)
+            break;
+    }
+    dir_close(&dir);
+    if (ds == DIR_NOTFOUND)
+        return fail("no such user %s", addr);
+    if (ds != DIR_OK)
+        return dir_fail(ds, "user set");
+    print_user(&u);
+    return 0;
+}
+
+static int cmd_user(struct cli *c, int argc, char **argv)
+{
+    if (argc < 1)
+        return usage("user needs add, set, show, list or delete");
+    const char *sub = argv[0];
+    argc--, argv++;
+    if (strcmp(sub, "add") == 0)
+        return user_add(c, argc, argv);
+    if (strcmp(sub, "set") == 0)
+        return user_set(c, argc, argv);
+    if (strcmp(sub, "show") == 0 || strcmp(sub, "delete") == 0) {
+        int r = reject_leftover(argc, argv, 1);
+        if (r != 0)
+            return r;
+        char addr[MAIL_ADDR_MAX + 1];
+        if (normalize_addr(argv[0], addr) != 0)
+            return 1;
+        struct directory *dir = open_dir(c);
+        if (dir == NULL)
+            return 1;
+        struct dir_user u;
+        enum dir_status ds = dir_user_get(dir, addr, &u);
+        if (ds == DIR_OK && strcmp(sub, "delete") == 0) {
+            struct dir_job *jobs;
+            size_t nj;
+            if (dir_job_list(dir, &jobs, &nj) == DIR_OK) {
+                for (size_t i = 0; i < nj; i++)
+                    if (strcmp(jobs[i].user, addr) == 0 && !dir_job_phase_final(jobs[i].phase)) {
+                        free(jobs);
+                        dir_close(&dir);
+                        return fail("%s has a running job; abort it first", addr);
+                    }
+                free(jobs);
+            }
+            ds = dir_user_delete(dir, addr, u.version);
+            if (ds == DIR_OK)
+                printf("user %s deleted from the directory; the mailbox stays on %s until "
+                       "purged\n",
+                       addr, u.home);
+        } else if (ds == DIR_OK) {
+            print_user(&u);
+        }
+        dir_close(&dir);
+        if (ds == DIR_NOTFOUND)
+            return fail("no such user %s", addr);
+        if (ds != DIR_OK)
+            return dir_fail(ds, sub);
+        return 0;
+    }
+    if (strcmp(sub, "list") == 0) {
+        int r = reject_leftover(argc, argv, 0);
+        if (r != 0)
+            return r;
+        struct directory *dir = open_dir(c);
+        if (dir == NULL)
+            return 1;
+        struct dir_user *list;
+        size_t n;
+        enum dir_status ds = dir_user_list(dir, &list, &n);
+        dir_close(&dir);
+        if (ds != DIR_OK)
+            return dir_fail(ds, "user list");
+        printf("%-40s %-8s %-10s %s\n", "ADDRESS", "HOME", "STATE", "EPOCH");
+        for (size_t i = 0; i < n; i++)
+            printf("%-40s %-8s %-10s %llu\n", list[i].address, list[i].home,
+                   dir_user_state_str(list[i].state), (unsigned long long)list[i].epoch);
+        free(list);
+        return 0;
+    }
+    return usage("unknown user command '%s'", sub);
+}
+
+/* ---- alias ------------------------------------------------------------ */
+
+static int cmd_alias(struct cli *c, int argc, char **argv)
+{
+    if (argc < 1)
+        return usage("alias needs add, list or delete");
+    const char *sub = argv[0];
+    argc--, argv++;
+    int want = strcmp(sub, "add") == 0 ? 2 : strcmp(sub, "delete") == 0 ? 1 : 0;
+    if (strcmp(sub, "add") != 0 && strcmp(sub, "delete") != 0 && strcmp(sub, "list") != 0)
+        return usage("unknown alias command '%s'", sub);
+    int r = reject_leftover(argc, argv, want);
+    if (r != 0)
+        return r;
+    char addr[MAIL_ADDR_MAX + 1], target[MAIL_ADDR_MAX + 1];
+    if (want >= 1 && normalize_addr(argv[0], addr) != 0)
+        return 1;
+    if (want == 2 && normalize_addr(argv[1], target) != 0)
+        return 1;
+    struct directory *dir = open_dir(c);
+    if (dir == NULL)
+        return 1;
+    enum dir_status ds;
+    int rc = 0;
+    if (strcmp(sub, "add") == 0) {
+        ds = dir_alias_add(dir, addr, target);
+        if (ds == DIR_OK)
+            printf("alias %s -> %s added\n", addr, target);
+        else if (ds == DIR_EXISTS)
+            rc = fail("%s already exists (as a user or an alias)", addr);
+        else if (ds == DIR_INVALID)
+            rc = fail("the domain of %s is not local", addr);
+        else
+            rc = dir_fail(ds, "alias add");
+    } else if (strcmp(sub, "delete") == 0) {
+        struct dir_alias a;
+        ds = dir_alias_get(dir, addr, &a);
+        if (ds == DIR_OK)
+            ds = dir_alias_delete(dir, addr, a.version);
+        if (ds == DIR_NOTFOUND)
+            rc = fail("no such alias %s", addr);
+        else if (ds != DIR_OK)
+            rc = dir_fail(ds, "alias delete");
+    } else {
+        struct dir_alias *list;
+        size_t n;
+        ds = dir_alias_list(dir, &list, &n);
+        if (ds == DIR_OK) {
+            for (size_t i = 0; i < n; i++)
+                printf("%s -> %s\n", list[i].address, list[i].target);
+            free(list);
+        } else {
+            rc = dir_fail(ds, "alias list");
+        }
+    }
+    dir_close(&dir);
+    return rc;
+}
+
+/* ---- store ------------------------------------------------------------ */
+
+static int cmd_store(struct cli *c, int argc, char **argv)
+{
+    if (argc < 1 || strcmp(argv[0], "list") != 0)
+        return usage("store needs list");
+    int r = reject_leftover(argc - 1, argv + 1, 0);
+    if (r != 0)
+        return r;
+    struct directory *dir = open_dir(c);
+    if (dir == NULL)
+        return 1;
+    struct dir_store *stores;
+    struct dir_user *users;
+    size_t ns, nu;
+    enum dir_status ds = dir_store_list(dir, &stores, &ns);
+    if (ds == DIR_OK && (ds = dir_user_list(dir, &users, &nu)) != DIR_OK)
+        free(stores);
+    dir_close(&dir);
+    if (ds != DIR_OK)
+        return dir_fail(ds, "store list");
+    printf("%-10s %-24s %s\n", "NAME", "LMTP", "USERS");
+    for (size_t i = 0; i < ns; i++) {
+        size_t k = 0;
+        for (size_t j = 0; j < nu; j++)
+            k += strcmp(users[j].home, stores[i].name) == 0;
+        printf("%-10s %-24s %zu\n", stores[i].name, stores[i].lmtp, k);
+    }
+    free(stores);
+    free(users);
+    return 0;
+}
+
+/* ---- mailbox (reads the store's files on this host) -------------------- */
+
+struct export_ctx {
+    struct store *st;
+    const char *user;
+    const char *folder;
+    struct buf body;
+    int error;
+};
+
+/* mboxrd: "From " lines and any ">*From " line get one more '>'. */
+static int export_one(void *ctx, const struct store_msg *m)
+{
+    struct export_ctx *x = ctx;
+    buf_reset(&x->body);
+    if (store_msg_read(x->st, x->user, x->folder, m->uid, &x->body) != STORE_OK) {
+        x->error = 1;
+        return 1;
+    }
+    char date[32];
+    time_format_utc(m->internal_date, date, sizeof(date));
+    printf("From MAILER-DAEMON %s\n", date);
+    const char *p = x->body.data, *end = p + x->body.len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t ll = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        size_t q = 0;
+        while (q < ll && p[q] == '>')
+            q++;
+        if (ll - q >= 5 && memcmp(p + q, "From ", 5) == 0)
+            putchar('>');
+        size_t out = ll;
+        if (out > 0 && p[out - 1] == '\r')
+            out--;
+        fwrite(p, 1, out, stdout);
+        putchar('\n');
+        p += ll + (nl != NULL);
+    }
+    putchar('\n');
+    return 0;
+}
+
+static int cmd_mailbox(struct cli *c, int argc, char **argv)
+{
+    if (argc < 1)
+        return usage("mailbox needs show, export, fence or unfence");
+    const char *sub = argv[0];
+    argc--, argv++;
+    bool bad = false;
+    const char *storename = take_opt(&argc, argv, "--store", &bad);
+    const char *folder = take_opt(&argc, argv, "--folder", &bad);
+    if (bad)
+        return usage("option needs a value");
+    int r = reject_leftover(argc, argv, 1);
+    if (r != 0)
+        return r;
+    char addr[MAIL_ADDR_MAX + 1];
+    if (normalize_addr(argv[0], addr) != 0)
+        return 1;
+    char home[MAIL_NAME_MAX + 1];
+    if (storename == NULL) {
+        struct directory *dir = open_dir(c);
+        if (dir == NULL)
+            return 1;
+        struct dir_user u;
+        enum dir_status ds = dir_user_get(dir, addr, &u);
+        dir_close(&dir);
+        if (ds == DIR_NOTFOUND)
+            return fail("no such user %s (give --store to read a mailbox anyway)", addr);
+        if (ds != DIR_OK)
+            return dir_fail(ds, "mailbox");
+        str_copy(home, u.home, sizeof(home));
+        storename = home;
+    }
+    if (!mail_store_name_valid(storename) || config_store(&c->cfg, storename) == NULL)
+        return fail("unknown store '%s'", storename);
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/stores/%s", c->cfg.data_dir, storename);
+    struct stat sb;
+    if (stat(path, &sb) < 0)
+        return fail("store %s has no data on this host (%s)", storename, path);
+    const char *error;
+    struct store *st = store_open_fs(path, storename, &error);
+    if (st == NULL)
+        return fail("cannot open store %s: %s", storename, error);
+    struct store_mailbox mb;
+    enum store_status ss = store_mailbox_get(st, addr, &mb);
+    if (ss == STORE_NOTFOUND) {
+        store_close(&st);
+        return fail("no mailbox for %s on store %s", addr, storename);
+    }
+    if (ss != STORE_OK) {
+        store_close(&st);
+        return fail("store %s: %s", storename, store_status_str(ss));
+    }
+    int rc = 0;
+    if (strcmp(sub, "show") == 0) {
+        printf("user:     %s\nstore:    %s\nstate:    %s\nepoch:    %llu\n", mb.user, storename,
+               store_mbox_state_str(mb.state), (unsigned long long)mb.epoch);
+        if (mb.state == STORE_MBOX_MOVED)
+            printf("moved-to: %s\n", mb.moved_to);
+        printf("modseq:   %llu\nmessages: %llu\nbytes:    %llu\n", (unsigned long long)mb.modseq,
+               (unsigned long long)mb.messages, (unsigned long long)mb.bytes);
+        struct store_folder *fl;
+        size_t nf;
+        if (store_folder_list(st, addr, &fl, &nf) == STORE_OK) {
+            printf("%-32s %10s %10s %8s\n", "FOLDER", "UIDVALIDITY", "UIDNEXT", "MESSAGES");
+            for (size_t i = 0; i < nf; i++)
+                printf("%-32s %10u %10u %8llu\n", fl[i].name, fl[i].uidvalidity, fl[i].uidnext,
+                       (unsigned long long)fl[i].messages);
+            free(fl);
+        }
+    } else if (strcmp(sub, "export") == 0) {
+        struct export_ctx x = {.st = st, .user = addr, .folder = folder ? folder : "INBOX"};
+        buf_init(&x.body, 0);
+        if (store_msg_iter(st, addr, x.folder, export_one, &x, &error) < 0 || x.error)
+            rc = fail("export of %s failed", addr);
+        buf_free(&x.body);
+        fflush(stdout);
+    } else if (strcmp(sub, "fence") == 0 || strcmp(sub, "unfence") == 0) {
+        bool fence = strcmp(sub, "fence") == 0;
+        ss = store_mailbox_set_state(st, addr, fence ? STORE_MBOX_ACTIVE : STORE_MBOX_FENCED,
+                                     fence ? STORE_MBOX_FENCED : STORE_MBOX_ACTIVE, mb.epoch, NULL);
+        if (ss == STORE_CONFLICT)
+            rc = fail("mailbox of %s is %s, not %s", addr, store_mbox_state_str(mb.state),
+                      fence ? "active" : "fenced");
+        else if (ss != STORE_OK)
+            rc = fail("%s: %s", sub, store_status_str(ss));
+        else
+            printf("mailbox of %s on %s is now %s\n", addr, storename, fence ? "fenced" : "active");
+    } else {
+        rc = usage("unknown mailbox command '%s'", sub);
+    }
+    store_close(&st);
+    return rc;
+}
+
+/* ---- serve and roles -------------------------------------------------- */
+
+static int cmd_serve(struct cli *c, int argc, char **argv)
+{
+    bool bad = false;
+    const char *roles = take_opt(&argc, argv, "--roles", &bad);
+    if (bad)
+        return usage("--roles needs a value");
+    int r = reject_leftover(argc, argv, 0);
+    if (r != 0)
+        return r;
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n < 0)
+        return fail("cannot find my own binary: %s", strerror(errno));
+    self[n] = '\0';
+    return serve_main(&c->cfg, self, c->config_path, roles);
+}
+
+static int cmd_role(struct cli *c, int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[0], "store") == 0)
+        return role_store_main(&c->cfg, argv[1]);
+    return usage("role needs: store NAME");
+}
+
+int cli_main(int argc, char **argv)
+{
+    struct cli c;
+    memset(&c, 0, sizeof(c));
+    log_init("cli");
+    /* The CLI speaks in its own words; the log only for trouble. Roles and
+     * the supervisor reset the level in their own log_init(). */
+    log_set_level(LOG_WARN);
+    /* Global options anywhere on the line. */
+    int ac = argc - 1;
+    char **av = xcalloc((size_t)argc + 1, sizeof(char *));
+    memcpy(av, argv + 1, (size_t)ac * sizeof(char *));
+    bool bad = false;
+    const char *data = take_opt(&ac, av, "--data", &bad);
+    const char *cfgpath = take_opt(&ac, av, "--config", &bad);
+    int rc;
+    if (bad) {
+        rc = usage("--data and --config need a value");
+        goto out;
+    }
+    if (data == NULL)
+        data = getenv("TERN_DATA");
+    if (data == NULL || data[0] == '\0')
+        data = "./tern-data";
+    if (strlen(data) >= CONFIG_PATH_MAX - 64) {
+        rc = fail("data directory path too long");
+        goto out;
+    }
+    if (cfgpath == NULL)
+        cfgpath = getenv("TERN_CONFIG");
+    config_defaults(&c.cfg, data);
+    char deflt[PATH_MAX];
+    snprintf(deflt, sizeof(deflt), "%s/tern.conf", data);
+    if ((cfgpath == NULL || cfgpath[0] == '\0') && access(deflt, R_OK) == 0)
+        cfgpath = deflt;
+    if (cfgpath != NULL && cfgpath[0] != '\0') {
+        char err[600];
+        if (config_load(&c.cfg, cfgpath, err, sizeof(err)) < 0) {
+            rc = fail("config: %s", err);
+            goto out;
+        }
+        c.config_path = cfgpath;
+    }
+    if (ac < 1) {
+        fputs(help_text, stderr);
+        rc = 2;
+        goto out;
+    }
+    const char *cmd = av[0];
+    int sac = ac - 1;
+    char **sav = av + 1;
+    if (strcmp(cmd, "serve") == 0)
+        rc = cmd_serve(&c, sac, sav);
+    else if (strcmp(cmd, "role") == 0)
+        rc = cmd_role(&c, sac, sav);
+    else if (strcmp(cmd, "domain") == 0)
+        rc = cmd_domain(&c, sac, sav);
+    else if (strcmp(cmd, "user") == 0)
+        rc = cmd_user(&c, sac, sav);
+    else if (strcmp(cmd, "alias") == 0)
+        rc = cmd_alias(&c, sac, sav);
+    else if (strcmp(cmd, "store") == 0)
+        rc = cmd_store(&c, sac, sav);
+    else if (strcmp(cmd, "mailbox") == 0)
+        rc = cmd_mailbox(&c, sac, sav);
+    else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("tern %s\n", TERN_VERSION);
+        rc = 0;
+    } else if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        fputs(help_text, stdout);
+        rc = 0;
+    } else {
+        rc = usage("unknown command '%s'", cmd);
+    }
+out:
+    free(av);
+    return rc;
+}

@@ -1,0 +1,19 @@
+/*
+ * cli — the `tern` command line: global options, the subcommands an
+ * operator types, and the dispatch to the supervisor and the roles.
+ *
+ * Conventions for every subcommand: exit status 0 on success, 1 when the
+ * request was refused or failed (one clear line on stderr, "tern: ..."),
+ * 2 for a usage error; a refused request changes nothing. Global options
+ * --data DIR and --config FILE may stand before or after the subcommand;
+ * TERN_DATA and TERN_CONFIG in the environment are the fallbacks; the data
+ * directory defaults to ./tern-data and the config file to DATA/tern.conf
+ * when that file exists.
+ */
+#ifndef TERN_CLI_H
+#define TERN_CLI_H
+
+/* The whole program: returns the exit status. */
+int cli_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,255 @@
+/* config — see config.h and docs/config.md. */
+#include "config/config.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util/util.h"
+
+void config_defaults(struct config *cfg, const char *data_dir)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    str_copy(cfg->data_dir, data_dir, sizeof(cfg->data_dir));
+    char db[PATH_MAX];
+    snprintf(db, sizeof(db), "%s/directory.db", data_dir);
+    str_copy(cfg->directory, db, sizeof(cfg->directory));
+    str_copy(cfg->roles, "all", sizeof(cfg->roles));
+    cfg->restart_backoff_max = 10000;
+    str_copy(cfg->stores[0].name, "s1", sizeof(cfg->stores[0].name));
+    str_copy(cfg->stores[0].lmtp, "127.0.0.1:2401", sizeof(cfg->stores[0].lmtp));
+    str_copy(cfg->stores[1].name, "s2", sizeof(cfg->stores[1].name));
+    str_copy(cfg->stores[1].lmtp, "127.0.0.1:2402", sizeof(cfg->stores[1].lmtp));
+    cfg->n_stores = 2;
+    cfg->lmtp.max_message_size = 25 * 1024 * 1024;
+    cfg->lmtp.max_recipients = 1000;
+    cfg->lmtp.max_sessions = 200;
+    cfg->lmtp.session_deadline = 3600;
+    cfg->lmtp.idle_timeout = 300;
+    cfg->lmtp.min_data_rate = 1024;
+    cfg->lmtp.group_commit_max = 512;
+}
+
+const struct config_store *config_store(const struct config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->n_stores; i++)
+        if (strcmp(cfg->stores[i].name, name) == 0)
+            return &cfg->stores[i];
+    return NULL;
+}
+
+struct parse_state {
+    struct config *cfg;
+    unsigned line;
+    char *err;
+    size_t errlen;
+    enum { SEC_TOP, SEC_STORE, SEC_LMTP } section;
+    struct config_store *store; /* SEC_STORE */
+    bool stores_replaced;
+};
+
+static int perr(struct parse_state *ps, const char *fmt, ...) TERN_PRINTF(2, 3);
+static int perr(struct parse_state *ps, const char *fmt, ...)
+{
+    int n = snprintf(ps->err, ps->errlen, "line %u: ", ps->line);
+    va_list ap;
+    va_start(ap, fmt);
+    if (n >= 0 && (size_t)n < ps->errlen)
+        vsnprintf(ps->err + n, ps->errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+        s[--n] = '\0';
+    return s;
+}
+
+static int set_uint(struct parse_state *ps, const char *key, const char *val, uint64_t min,
+                    uint64_t max, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (parse_u64(val, max, &v) < 0 || v < min)
+        return perr(ps, "%s must be a whole number from %llu to %llu", key, (unsigned long long)min,
+                    (unsigned long long)max);
+    *out = v;
+    return 0;
+}
+
+static int set_unsigned(struct parse_state *ps, const char *key, const char *val, uint64_t min,
+                        uint64_t max, unsigned *out)
+{
+    uint64_t v = 0;
+    if (set_uint(ps, key, val, min, max, &v) < 0)
+        return -1;
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int check_endpoint(struct parse_state *ps, const char *key, const char *val)
+{
+    char host[CONFIG_ENDPOINT_MAX + 1];
+    int port;
+    if (strlen(val) > CONFIG_ENDPOINT_MAX || parse_hostport(val, host, sizeof(host), &port) < 0)
+        return perr(ps, "%s must be HOST:PORT (got '%s')", key, val);
+    return 0;
+}
+
+static int parse_section(struct parse_state *ps, char *line)
+{
+    size_t n = strlen(line);
+    if (line[n - 1] != ']')
+        return perr(ps, "section header must end with ']'");
+    line[n - 1] = '\0';
+    char *name = trim(line + 1);
+    char *arg = strpbrk(name, " \t");
+    if (arg != NULL) {
+        *arg++ = '\0';
+        arg = trim(arg);
+    }
+    if (strcmp(name, "lmtp") == 0 && arg == NULL) {
+        ps->section = SEC_LMTP;
+        return 0;
+    }
+    if (strcmp(name, "store") == 0) {
+        if (arg == NULL || !mail_store_name_valid(arg))
+            return perr(ps, "[store NAME] needs a name of 1-32 characters a-z 0-9 _ -");
+        if (!ps->stores_replaced) {
+            /* The file's stores replace the defaults, not add to them. */
+            ps->cfg->n_stores = 0;
+            ps->stores_replaced = true;
+        }
+        if (config_store(ps->cfg, arg) != NULL)
+            return perr(ps, "store '%s' is defined twice", arg);
+        if (ps->cfg->n_stores == CONFIG_STORES_MAX)
+            return perr(ps, "too many stores (at most %d)", CONFIG_STORES_MAX);
+        ps->store = &ps->cfg->stores[ps->cfg->n_stores++];
+        memset(ps->store, 0, sizeof(*ps->store));
+        str_copy(ps->store->name, arg, sizeof(ps->store->name));
+        ps->section = SEC_STORE;
+        return 0;
+    }
+    return perr(ps, "unknown section [%s%s%s]", name, arg ? " " : "", arg ? arg : "");
+}
+
+static int parse_setting(struct parse_state *ps, const char *key, const char *val)
+{
+    struct config *cfg = ps->cfg;
+    switch (ps->section) {
+    case SEC_TOP:
+        if (strcmp(key, "directory") == 0) {
+            if (val[0] == '\0' || strlen(val) >= sizeof(cfg->directory))
+                return perr(ps, "directory must be a path");
+            str_copy(cfg->directory, val, sizeof(cfg->directory));
+            return 0;
+        }
+        if (strcmp(key, "roles") == 0) {
+            if (val[0] == '\0' || strlen(val) >= sizeof(cfg->roles))
+                return perr(ps, "roles must be 'all' or a list like store:s1,store:s2");
+            str_copy(cfg->roles, val, sizeof(cfg->roles));
+            return 0;
+        }
+        if (strcmp(key, "restart_backoff_max") == 0)
+            return set_unsigned(ps, key, val, 100, 3600000, &cfg->restart_backoff_max);
+        break;
+    case SEC_STORE:
+        if (strcmp(key, "lmtp") == 0) {
+            if (check_endpoint(ps, key, val) < 0)
+                return -1;
+            str_copy(ps->store->lmtp, val, sizeof(ps->store->lmtp));
+            return 0;
+        }
+        break;
+    case SEC_LMTP:
+        if (strcmp(key, "max_message_size") == 0)
+            return set_uint(ps, key, val, 1024, (uint64_t)1 << 31, &cfg->lmtp.max_message_size);
+        if (strcmp(key, "max_recipients") == 0)
+            return set_unsigned(ps, key, val, 1, 100000, &cfg->lmtp.max_recipients);
+        if (strcmp(key, "max_sessions") == 0)
+            return set_unsigned(ps, key, val, 1, 100000, &cfg->lmtp.max_sessions);
+        if (strcmp(key, "session_deadline") == 0)
+            return set_unsigned(ps, key, val, 1, 86400, &cfg->lmtp.session_deadline);
+        if (strcmp(key, "idle_timeout") == 0)
+            return set_unsigned(ps, key, val, 1, 86400, &cfg->lmtp.idle_timeout);
+        if (strcmp(key, "min_data_rate") == 0)
+            return set_unsigned(ps, key, val, 0, 1u << 30, &cfg->lmtp.min_data_rate);
+        if (strcmp(key, "group_commit_max") == 0)
+            return set_unsigned(ps, key, val, 1, 65536, &cfg->lmtp.group_commit_max);
+        break;
+    }
+    static const char *names[] = {"the top level", "[store]", "[lmtp]"};
+    return perr(ps, "unknown key '%s' in %s", key, names[ps->section]);
+}
+
+int config_parse(struct config *cfg, const char *text, size_t len, char *err, size_t errlen)
+{
+    struct parse_state ps = {.cfg = cfg, .err = err, .errlen = errlen, .section = SEC_TOP};
+    if (len > CONFIG_FILE_MAX)
+        return perr(&ps, "config file larger than %d octets", CONFIG_FILE_MAX);
+    const char *p = text, *end = text + len;
+    while (p < end) {
+        ps.line++;
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t ll = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
+        if (ll >= CONFIG_LINE_MAX)
+            return perr(&ps, "line longer than %d octets", CONFIG_LINE_MAX - 1);
+        char buf[CONFIG_LINE_MAX];
+        memcpy(buf, p, ll);
+        buf[ll] = '\0';
+        p += ll + (nl != NULL);
+        if (memchr(buf, '\0', ll) != NULL)
+            return perr(&ps, "NUL byte in line");
+        char *line = trim(buf);
+        if (*line == '\0' || *line == '#')
+            continue;
+        if (*line == '[') {
+            if (parse_section(&ps, line) < 0)
+                return -1;
+            continue;
+        }
+        char *eq = strchr(line, '=');
+        if (eq == NULL)
+            return perr(&ps, "expected 'key = value' or '[section]'");
+        *eq = '\0';
+        char *key = trim(line), *val = trim(eq + 1);
+        if (*key == '\0' || strspn(key, "abcdefghijklmnopqrstuvwxyz_") != strlen(key))
+            return perr(&ps, "malformed key '%s'", key);
+        if (parse_setting(&ps, key, val) < 0)
+            return -1;
+    }
+    for (size_t i = 0; i < cfg->n_stores; i++)
+        if (cfg->stores[i].lmtp[0] == '\0') {
+            ps.line = 0;
+            snprintf(err, errlen, "store '%s' has no lmtp address", cfg->stores[i].name);
+            return -1;
+        }
+    if (cfg->n_stores == 0) {
+        snprintf(err, errlen, "no stores configured");
+        return -1;
+    }
+    return 0;
+}
+
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+    struct buf b;
+    const char *e;
+    buf_init(&b, CONFIG_FILE_MAX);
+    if (file_read_all(path, CONFIG_FILE_MAX, &b, &e) < 0) {
+        snprintf(err, errlen, "%s: %s", path, e);
+        buf_free(&b);
+        return -1;
+    }
+    char inner[512];
+    int r = config_parse(cfg, b.data != NULL ? b.data : "", b.len, inner, sizeof(inner));
+    if (r < 0)
+        snprintf(err, errlen, "%s: %s", path, inner);
+    buf_free(&b);
+    return r;
+}

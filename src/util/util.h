@@ -1,0 +1,170 @@
+/*
+ * util — tern's general library: memory, byte buffers, logging, time, files,
+ * hashing and randomness. It knows nothing about mail and includes no other
+ * tern module; every other module may include it.
+ *
+ * Conventions used across tern (and started here):
+ *  - Functions return -1 on error, 0 on success, 1 for "yes/more/done" where
+ *    a third answer is needed. Output parameters end in _r. Errors that a
+ *    caller may show are returned as `const char **error_r` pointing to a
+ *    static string or to thread-local storage valid until the next call.
+ *  - Allocation never fails: x*alloc() abort the process on OOM and return
+ *    zeroed memory. xfree(&p) frees and sets p to NULL.
+ *  - fatal() is for trouble in the environment or configuration: it logs and
+ *    exits with status 1. panic() and ASSERT() are for bugs: they log and
+ *    abort() for a core. Invariant checks stay on in release builds.
+ *  - Every fsync in tern goes through util_fsync()/util_fdatasync() with a
+ *    reason string, so the count is observable (XSTATS, benchmarks) and a
+ *    fault can be injected for tests (TERN_FAULT, see below).
+ */
+#ifndef TERN_UTIL_H
+#define TERN_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define TERN_NORETURN     __attribute__((noreturn))
+#define TERN_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define ARRAY_SIZE(a)     (sizeof(a) / sizeof((a)[0]))
+
+/* ---- memory ---------------------------------------------------------- */
+
+/* Zeroed allocation; aborts on OOM. Never returns NULL (n == 0 gives 1 byte). */
+void *xmalloc(size_t n);
+/* Like calloc(nmemb, size) with overflow check; aborts on OOM or overflow. */
+void *xcalloc(size_t nmemb, size_t size);
+/* realloc that aborts on OOM. New bytes are NOT zeroed. */
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) TERN_PRINTF(1, 2);
+/* Frees *pp (a pointer to any pointer) and sets it to NULL. */
+#define xfree(pp)                                                                                  \
+    do {                                                                                           \
+        free(*(pp));                                                                               \
+        *(pp) = NULL;                                                                              \
+    } while (0)
+
+/* ---- byte buffer with an optional hard maximum ------------------------ */
+
+/* A growable byte buffer. `max` (0 = unlimited) is a structural limit: an
+ * append that would exceed it fails and leaves the buffer unchanged. The
+ * data is always NUL-terminated one past `len` for convenience. */
+struct buf {
+    char *data;
+    size_t len;
+    size_t cap;
+    size_t max;
+};
+
+void buf_init(struct buf *b, size_t max);
+/* Returns 0, or -1 (buffer unchanged) if the result would exceed b->max. */
+int buf_append(struct buf *b, const void *p, size_t n);
+int buf_puts(struct buf *b, const char *s);
+int buf_printf(struct buf *b, const char *fmt, ...) TERN_PRINTF(2, 3);
+/* Drops the first n bytes. */
+void buf_consume(struct buf *b, size_t n);
+void buf_reset(struct buf *b);
+void buf_free(struct buf *b);
+
+/* ---- logging ---------------------------------------------------------- */
+
+enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+/* Names this process in every log line ("serve", "store:s1", "cli"). Logs go
+ * to stderr, one line each: "2026-11-21T05:40:00.123Z store:s1[pid] info
+ * ctx: message". TERN_LOG_LEVEL=debug|info|warn|error sets the threshold. */
+void log_init(const char *role);
+/* Sets the threshold (TERN_LOG_LEVEL, read by log_init, still wins). */
+void log_set_level(enum log_level level);
+void log_msg(enum log_level level, const char *ctx, const char *fmt, ...) TERN_PRINTF(3, 4);
+void log_vmsg(enum log_level level, const char *ctx, const char *fmt, va_list ap);
+#define log_debug(ctx, ...) log_msg(LOG_DEBUG, ctx, __VA_ARGS__)
+#define log_info(ctx, ...)  log_msg(LOG_INFO, ctx, __VA_ARGS__)
+#define log_warn(ctx, ...)  log_msg(LOG_WARN, ctx, __VA_ARGS__)
+#define log_error(ctx, ...) log_msg(LOG_ERROR, ctx, __VA_ARGS__)
+
+/* Environment/config trouble: log and exit(1). */
+TERN_NORETURN void fatal(const char *fmt, ...) TERN_PRINTF(1, 2);
+/* A bug: log and abort(). */
+TERN_NORETURN void panic(const char *fmt, ...) TERN_PRINTF(1, 2);
+
+#define ASSERT(x)                                                                                  \
+    do {                                                                                           \
+        if (!(x))                                                                                  \
+            panic("assertion failed: %s (%s:%d)", #x, __FILE__, __LINE__);                         \
+    } while (0)
+
+/* ---- time ------------------------------------------------------------- */
+
+int64_t time_now_ms(void);  /* wall clock, ms since the epoch */
+int64_t time_mono_ms(void); /* monotonic, ms */
+/* RFC 3339 UTC "2026-11-21T05:40:00Z" into out (at least 21 bytes). */
+void time_format_utc(int64_t unix_secs, char *out, size_t outlen);
+
+/* ---- files and durability --------------------------------------------- */
+
+/* write() all of it, retrying on EINTR/short writes. 0 or -1 (errno set). */
+int write_full(int fd, const void *p, size_t n);
+/* pread() exactly n bytes. 0, or -1 (errno set; EIO-like on short read). */
+int pread_full(int fd, void *p, size_t n, off_t off);
+/* fsync/fdatasync with a reason for the log on failure; counted, and subject
+ * to fault injection. 0 or -1 (errno set). */
+int util_fsync(int fd, const char *why);
+int util_fdatasync(int fd, const char *why);
+/* fsync the directory that holds `path` (or `path` itself if it is a
+ * directory), so a create/rename/unlink inside it is durable. */
+int util_fsync_dir(const char *dirpath, const char *why);
+/* Number of fsync/fdatasync calls this process has made. */
+uint64_t util_fsync_count(void);
+/* mkdir -p with `mode`. 0 or -1 (errno set). */
+int mkdir_p(const char *path, unsigned mode);
+/* Reads a whole file of at most max bytes into out (appended). 0 or -1 with
+ * *error_r (static text; errno preserved). */
+int file_read_all(const char *path, size_t max, struct buf *out, const char **error_r);
+
+/* Takes an exclusive, non-blocking flock() on `path` (created if needed) and
+ * writes our pid into it. Returns 0 with *fd_r (keep it open to hold the
+ * lock), 1 if another process holds it (*holder_r = its pid, or 0 if
+ * unknown), -1 on error (errno set). The lock dies with the process, so a
+ * kill -9 never leaves a stale lock behind. */
+int lockfile_acquire(const char *path, int *fd_r, pid_t *holder_r);
+
+/* Fault injection for tests. TERN_FAULT="fsync:N" makes the Nth fsync of the
+ * process fail with EIO; "write:N" the Nth util write_full(); "crash:NAME"
+ * makes util_fault_point("NAME") call _exit(137) (a simulated kill -9);
+ * "fail:NAME" makes util_fault_active("NAME") true.
+ * Returns true when the named point should fail now. */
+bool util_fault_point(const char *name);
+/* TERN_FAULT="fail:NAME": true while set, for simulating an outage of a
+ * dependency (e.g. "dir_resolve": the directory cannot be reached). */
+bool util_fault_active(const char *name);
+
+/* ---- strings and numbers ---------------------------------------------- */
+
+/* Parses a decimal unsigned integer that must be entirely digits and <= max.
+ * 0 or -1. */
+int parse_u64(const char *s, uint64_t max, uint64_t *out_r);
+/* "HOST:PORT" or "[V6]:PORT" into host (size hostlen) and port. 0 or -1. */
+int parse_hostport(const char *s, char *host, size_t hostlen, int *port_r);
+/* Lowercases ASCII in place. */
+void str_lower(char *s);
+/* Copies at most dstlen-1 bytes and NUL-terminates; returns strlen(src) so
+ * truncation is detectable (>= dstlen). */
+size_t str_copy(char *dst, const char *src, size_t dstlen);
+/* Lowercase hex of n bytes into out (2n+1 bytes). */
+void hex_encode(const void *in, size_t n, char *out);
+/* Parses exactly 2n hex digits into out. 0 or -1. */
+int hex_decode(const char *in, void *out, size_t n);
+
+/* ---- hashing and randomness (OpenSSL stays inside util) ---------------- */
+
+#define SHA256_LEN 32
+void sha256_buf(const void *p, size_t n, uint8_t out[SHA256_LEN]);
+/* Cryptographically random bytes (getrandom). Aborts if the kernel fails. */
+void rand_bytes(void *p, size_t n);
+
+#endif

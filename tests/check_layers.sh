@@ -1,0 +1,35 @@
+#!/bin/sh
+# Layering check: lower layers never include higher ones (docs/architecture.md).
+# Each module may include only the modules listed for it.
+src=${1:-src}
+status=0
+allowed() {
+    case "$1" in
+        util) echo "util" ;;
+        mail) echo "util mail" ;;
+        config) echo "util mail config" ;;
+        smtp) echo "util mail smtp" ;;
+        net) echo "util net" ;;
+        directory) echo "util mail directory" ;;
+        store) echo "util mail store" ;;
+        role_store) echo "util mail config smtp net directory store role_store" ;;
+        serve) echo "util mail config directory serve" ;;
+        cli) echo "util mail config directory store serve role_store cli" ;;
+        *) echo "" ;;
+    esac
+}
+for dir in "$src"/*/; do
+    mod=$(basename "$dir")
+    ok=$(allowed "$mod")
+    if [ -z "$ok" ]; then
+        echo "layers: module $mod is not listed in tests/check_layers.sh"; status=1; continue
+    fi
+    for inc in $(grep -ho '#include "[a-z_]*/' "$dir"*.[ch] 2>/dev/null | sed 's/#include "//; s/\///' | sort -u); do
+        case " $ok " in
+            *" $inc "*) ;;
+            *) echo "layers: $mod includes $inc, which it must not"; status=1 ;;
+        esac
+    done
+done
+[ $status -eq 0 ] && echo "layers: ok"
+exit $status

@@ -1,0 +1,150 @@
+"""Shared fixtures: a tern data directory with its own free loopback ports,
+the CLI, and a `tern serve` that every test stops again."""
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TERN_BIN = os.environ.get("TERN_BIN", str(ROOT / "build" / "tern"))
+SANITIZED = os.environ.get("TERN_SANITIZED", "0") in ("1", "ON", "TRUE", "true")
+# Sanitized binaries are several times slower: scale waits, not assertions.
+SLOW = 4 if SANITIZED else 1
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0, up=True):
+    deadline = time.time() + timeout * SLOW
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                if up:
+                    return True
+        except OSError:
+            if not up:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+class Tern:
+    """One tern installation: data dir, config file, CLI, supervisor."""
+
+    def __init__(self, root, lmtp_extra="", top_extra=""):
+        self.data = root / "data"
+        self.ports = {"s1": free_port(), "s2": free_port()}
+        self.config = root / "tern.conf"
+        self.write_config(lmtp_extra, top_extra)
+        self.serve_proc = None
+        self.serve_log = root / "serve.log"
+
+    def write_config(self, lmtp_extra="", top_extra=""):
+        self.config.write_text(
+            "# test configuration\n"
+            f"{top_extra}\n"
+            f"[store s1]\nlmtp = 127.0.0.1:{self.ports['s1']}\n"
+            f"[store s2]\nlmtp = 127.0.0.1:{self.ports['s2']}\n"
+            f"[lmtp]\n{lmtp_extra}\n"
+        )
+
+    def env(self):
+        env = dict(os.environ)
+        env.pop("TERN_DATA", None)
+        env.pop("TERN_CONFIG", None)
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "detect_leaks=1")
+        return env
+
+    def cli(self, *args, check=True, input=None, env=None):
+        cmd = [TERN_BIN, "--data", str(self.data), "--config", str(self.config), *args]
+        p = subprocess.run(cmd, capture_output=True, text=True, input=input,
+                           env=env or self.env(), timeout=60 * SLOW)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{cmd} failed ({p.returncode}): {p.stderr}")
+        return p
+
+    def serve(self, *extra, wait=True):
+        assert self.serve_proc is None
+        log = open(self.serve_log, "ab")
+        self.serve_proc = subprocess.Popen(
+            [TERN_BIN, "--data", str(self.data), "--config", str(self.config), "serve", *extra],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
+        log.close()
+        if wait:
+            for name in self.store_names(extra):
+                assert wait_port(self.ports[name]), f"store {name} did not come up:\n{self.log(4000)}"
+        return self.serve_proc
+
+    @staticmethod
+    def store_names(extra):
+        if "--roles" in extra:
+            spec = extra[list(extra).index("--roles") + 1]
+            return [r.split(":", 1)[1] for r in spec.split(",") if r.startswith("store:")]
+        return ["s1", "s2"]
+
+    def stop(self):
+        p = self.serve_proc
+        if p is None:
+            return
+        self.serve_proc = None
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=20 * SLOW)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        # Whatever happened, nothing of ours may outlive the test.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def log(self, tail=None):
+        try:
+            text = self.serve_log.read_text(errors="replace")
+            return text[-tail:] if tail else text
+        except FileNotFoundError:
+            return ""
+
+    def role_pid(self, store):
+        """The pid of the process serving `store` (it holds the store's lock)."""
+        text = (self.data / "stores" / store / "lock").read_text().strip()
+        return int(text)
+
+    def setup_users(self, *users, domain="example.org", store="s1"):
+        self.cli("domain", "add", domain)
+        for u in users:
+            self.cli("user", "add", u, "--password", "secret", "--store", store)
+
+    def export(self, user, store=None):
+        args = ["mailbox", "export", user]
+        if store:
+            args += ["--store", store]
+        p = self.cli(*args, check=False)
+        if p.returncode != 0 and "no mailbox" in p.stderr:
+            return ""
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+
+@pytest.fixture
+def tern(tmp_path):
+    t = Tern(tmp_path)
+    yield t
+    t.stop()
+
+
+@pytest.fixture
+def served(tern):
+    tern.setup_users("alice@example.org", "bob@example.org")
+    tern.serve()
+    return tern
