@@ -1,0 +1,261 @@
+/*
+ * store — the mailboxes homed on one store: folders, messages, flags, a
+ * per-mailbox modification sequence (modseq) and a change log answerable in
+ * time proportional to the changes.
+ *
+ * Model.
+ *  - A store has a name ("s1") and holds mailboxes keyed by user address.
+ *  - A mailbox has a state (staged | active | fenced | moved | deleting), the
+ *    epoch at which it holds that state, for "moved" the store it moved to,
+ *    and a modseq that every change raises by one.
+ *  - A mailbox has folders ("INBOX" always, created with the mailbox, plus
+ *    any IMAP name up to STORE_FOLDER_MAX octets). A folder has a stable id,
+ *    UIDVALIDITY, UIDNEXT and the modseq of its last create/rename/delete.
+ *  - A message has a 128-bit GUID (stable across moves), a UID unique in its
+ *    folder under that folder's UIDVALIDITY, system flags, keywords, an
+ *    internal date, a size and the SHA-256 of its bytes, and the modseq of its
+ *    last change. Bodies are immutable.
+ *
+ * Change log. Every change (append, flag change, expunge, folder create,
+ * rename, delete) takes mailbox.modseq + 1 and stamps it on the changed row.
+ * Expunged messages and deleted folders stay as tombstones (flagged, body
+ * released), so store_changes(since = N) visits only rows whose modseq > N,
+ * through an index: cost proportional to the changes, not the mailbox.
+ *
+ * Delivery and liveness (brief invariants 3 and 4).
+ *  - store_batch_commit() with `require_live` appends a message only if, at
+ *    commit time and inside the commit's transaction, the mailbox is ACTIVE
+ *    at exactly the given epoch; otherwise that item reports STORE_NOTLIVE
+ *    with the mailbox's state, epoch and moved_to, and nothing is written for
+ *    it. A fence that commits first is therefore always seen.
+ *  - An item with a delivery id that the mailbox already recorded reports
+ *    STORE_OK with `duplicate` set and the first delivery's UID: a retried
+ *    delivery after a lost acknowledgement stores nothing twice.
+ *
+ * Durability (the fs backend). A commit writes all bodies of the batch,
+ * makes them durable with one fdatasync, then commits all metadata in one
+ * SQLite transaction (WAL, synchronous=FULL: one more fsync). Only after
+ * store_batch_commit() returns 0 may a caller acknowledge. After kill -9 or
+ * power loss at any instant, every committed message is present and
+ * readable, and nothing uncommitted is visible (bodies without metadata are
+ * unreachable bytes, reclaimed later). Many deliveries share those two
+ * fsyncs: that is the group commit.
+ *
+ * Backends: store_open_fs (durable, the real one) and store_open_memory
+ * (tests). Both keep every contract above except durability.
+ *
+ * Threading: one thread at a time per struct store. Several processes may
+ * open the same fs store (the store role and the CLI); SQLite's locking keeps
+ * them consistent. Only the process holding the store's lock file (the store
+ * role) appends.
+ *
+ * Errors: functions return 0 / -1 (or an enum store_status); a -1 or
+ * STORE_ERROR comes with a client-safe *error_r, and the internal detail
+ * (paths, SQL) goes to the log. Nothing aborts except on bugs.
+ */
+#ifndef TERN_STORE_H
+#define TERN_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mail/mail.h"
+#include "util/util.h"
+
+#define STORE_FOLDER_MAX 255   /* octets of a folder name (UTF-8 / mUTF-7 as given) */
+#define STORE_KEYWORDS_MAX 1024 /* octets of the space-separated keyword list */
+#define STORE_GUID_LEN 16
+#define STORE_DELIVERY_ID_MAX 64
+
+enum store_status {
+    STORE_OK = 0,
+    STORE_NOTFOUND, /* no such mailbox / folder / message */
+    STORE_EXISTS,   /* create: already there */
+    STORE_NOTLIVE,  /* mailbox not ACTIVE at the required epoch */
+    STORE_CONFLICT, /* compare-and-set lost (state changed, unchanged_since) */
+    STORE_INVALID,  /* bad argument: folder name, flags */
+    STORE_ERROR,    /* I/O or database trouble; temporary for callers */
+};
+const char *store_status_str(enum store_status st);
+
+enum store_mbox_state {
+    STORE_MBOX_STAGED = 0, /* being filled by a move/import; not deliverable */
+    STORE_MBOX_ACTIVE,     /* live: deliveries and clients allowed */
+    STORE_MBOX_FENCED,     /* immutable while a move finishes */
+    STORE_MBOX_MOVED,      /* moved_to holds the new home, epoch the new epoch */
+    STORE_MBOX_DELETING,   /* being purged after retention */
+};
+const char *store_mbox_state_str(enum store_mbox_state s);
+/* Parses "staged", "active", ... 0 or -1. */
+int store_mbox_state_parse(const char *s, enum store_mbox_state *out_r);
+
+struct store_mailbox {
+    char user[MAIL_ADDR_MAX + 1];
+    enum store_mbox_state state;
+    uint64_t epoch;
+    char moved_to[MAIL_NAME_MAX + 1]; /* "" unless MOVED */
+    uint64_t modseq;                  /* highest modseq in the mailbox */
+    uint64_t messages;                /* live (not expunged) messages */
+    uint64_t bytes;                   /* their total size */
+    int64_t created;                  /* unix seconds */
+};
+
+struct store_folder {
+    uint64_t id; /* stable across renames */
+    char name[STORE_FOLDER_MAX + 1];
+    uint32_t uidvalidity;
+    uint32_t uidnext;
+    uint64_t modseq; /* of its last create/rename/delete */
+    uint64_t messages;
+    bool deleted; /* tombstone (only seen through store_changes) */
+};
+
+/* System flags. */
+#define STORE_F_SEEN 0x01u
+#define STORE_F_ANSWERED 0x02u
+#define STORE_F_FLAGGED 0x04u
+#define STORE_F_DELETED 0x08u
+#define STORE_F_DRAFT 0x10u
+#define STORE_F_ALL 0x1fu
+
+struct store_msg {
+    uint64_t folder_id;
+    uint32_t uid;
+    uint8_t guid[STORE_GUID_LEN];
+    uint32_t flags;
+    const char *keywords; /* space-separated, "" if none; valid during callback */
+    int64_t internal_date; /* unix seconds */
+    uint64_t size;
+    uint8_t sha256[SHA256_LEN];
+    uint64_t modseq;
+    bool expunged; /* tombstone */
+};
+
+struct store;
+
+/* Opens or creates the durable store `name` in directory dir (created if
+ * missing). NULL with *error_r on failure. */
+struct store *store_open_fs(const char *dir, const char *name, const char **error_r);
+/* A new empty in-memory store. */
+struct store *store_open_memory(const char *name);
+void store_close(struct store **st);
+const char *store_name(const struct store *st);
+
+/* ---- mailboxes ---- */
+
+/* Creates the mailbox of user in `state` at `epoch`, with an INBOX.
+ * STORE_EXISTS if any mailbox row for user exists (in any state). */
+enum store_status store_mailbox_create(struct store *st, const char *user,
+                                       enum store_mbox_state state, uint64_t epoch);
+enum store_status store_mailbox_get(struct store *st, const char *user, struct store_mailbox *out);
+/* Compare-and-set of the state: only if the current state is `expect` does
+ * it become `state` at `epoch` (moved_to for MOVED, else ignored). Raises
+ * the modseq. STORE_CONFLICT otherwise. */
+enum store_status store_mailbox_set_state(struct store *st, const char *user,
+                                          enum store_mbox_state expect,
+                                          enum store_mbox_state state, uint64_t epoch,
+                                          const char *moved_to);
+/* Removes the mailbox and all its data. Only allowed in DELETING state
+ * (STORE_CONFLICT otherwise). */
+enum store_status store_mailbox_purge(struct store *st, const char *user);
+/* *list_r malloc'd (free()), sorted by user. */
+enum store_status store_mailbox_list(struct store *st, struct store_mailbox **list_r, size_t *n_r);
+
+/* ---- folders ---- */
+
+/* uidvalidity 0 = choose one (unique in the mailbox, from the clock). */
+enum store_status store_folder_create(struct store *st, const char *user, const char *name,
+                                      uint32_t uidvalidity);
+enum store_status store_folder_get(struct store *st, const char *user, const char *name,
+                                   struct store_folder *out);
+/* Renaming INBOX is refused (STORE_INVALID); STORE_EXISTS if `to` exists. */
+enum store_status store_folder_rename(struct store *st, const char *user, const char *from,
+                                      const char *to);
+/* Deletes the folder and expunges its messages (tombstones). INBOX cannot be
+ * deleted (STORE_INVALID). */
+enum store_status store_folder_delete(struct store *st, const char *user, const char *name);
+/* Live folders, sorted by name; *list_r malloc'd. */
+enum store_status store_folder_list(struct store *st, const char *user,
+                                    struct store_folder **list_r, size_t *n_r);
+
+/* ---- appends, one or many (group commit) ---- */
+
+struct store_append {
+    const char *user;
+    const char *folder;        /* NULL = "INBOX" */
+    const void *data;          /* the message bytes (CRLF lines); not copied:
+                                  must stay valid until commit returns */
+    size_t len;
+    int64_t internal_date;     /* 0 = now */
+    uint32_t flags;
+    const char *keywords;      /* NULL or space-separated */
+    const uint8_t *guid;       /* NULL = new random GUID; else STORE_GUID_LEN */
+    uint32_t uid;              /* 0 = next UID; else keep (move/import) */
+    const char *delivery_id;   /* NULL = none */
+    bool require_live;         /* deliveries: mailbox ACTIVE at epoch */
+    uint64_t epoch;
+};
+
+struct store_append_result {
+    enum store_status status;
+    bool duplicate;            /* delivery id seen before: nothing stored */
+    uint32_t uid;
+    uint32_t uidvalidity;
+    uint8_t guid[STORE_GUID_LEN];
+    uint64_t modseq;
+    struct store_mailbox mailbox; /* filled when status == STORE_NOTLIVE */
+};
+
+struct store_batch;
+
+struct store_batch *store_batch_begin(struct store *st);
+/* Queues one append; res is filled by commit (caller keeps it alive). */
+void store_batch_add(struct store_batch *b, const struct store_append *a,
+                     struct store_append_result *res);
+size_t store_batch_count(const struct store_batch *b);
+/* Makes every queued append durable or reports why not, per item, then frees
+ * the batch. Returns 0 if the batch was committed (items may still carry
+ * per-item NOTLIVE/NOTFOUND/INVALID), -1 if nothing was committed (I/O or
+ * database failure: every item has STORE_ERROR, *error_r set). */
+int store_batch_commit(struct store_batch **b, const char **error_r);
+/* Drops a batch without committing. */
+void store_batch_abort(struct store_batch **b);
+
+/* ---- messages ---- */
+
+enum store_flag_mode { STORE_FLAGS_SET = 0, STORE_FLAGS_ADD, STORE_FLAGS_REMOVE };
+
+/* Changes flags/keywords of one message. If unchanged_since != 0 and the
+ * message's modseq is greater, nothing changes and STORE_CONFLICT is returned
+ * (CONDSTORE). On success *modseq_r (if not NULL) is the new modseq. */
+enum store_status store_msg_set_flags(struct store *st, const char *user, const char *folder,
+                                      uint32_t uid, enum store_flag_mode mode, uint32_t flags,
+                                      const char *keywords, uint64_t unchanged_since,
+                                      uint64_t *modseq_r);
+/* Expunges one message: leaves a tombstone with a new modseq. */
+enum store_status store_msg_expunge(struct store *st, const char *user, const char *folder,
+                                    uint32_t uid);
+/* Calls cb for each live message of the folder in UID order; stops when cb
+ * returns non-zero (and returns that value). */
+typedef int store_msg_cb(void *ctx, const struct store_msg *m);
+int store_msg_iter(struct store *st, const char *user, const char *folder, store_msg_cb *cb,
+                   void *ctx, const char **error_r);
+/* Reads a message body into out (appended). */
+enum store_status store_msg_read(struct store *st, const char *user, const char *folder,
+                                 uint32_t uid, struct buf *out);
+
+/* ---- change log ---- */
+
+struct store_change_cb {
+    /* Folders with modseq > since (deleted ones as tombstones), then messages
+     * with modseq > since (expunged ones as tombstones), each ascending by
+     * modseq. Return non-zero to stop. */
+    int (*folder)(void *ctx, const struct store_folder *f);
+    int (*msg)(void *ctx, const struct store_folder *f, const struct store_msg *m);
+    void *ctx;
+};
+int store_changes(struct store *st, const char *user, uint64_t since,
+                  const struct store_change_cb *cb, const char **error_r);
+
+#endif

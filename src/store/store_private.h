@@ -1,0 +1,100 @@
+/*
+ * store_private — the backend vtable behind store.h and the helpers shared by
+ * the backends. Only files in src/store/ include this.
+ *
+ * Division of labour: store.c validates and canonicalizes every argument
+ * (users normalized, folder names checked and "inbox" turned into "INBOX",
+ * keywords checked and deduplicated, flags within STORE_F_ALL) before it
+ * calls a backend, so the backends see only well-formed, canonical input and
+ * never return STORE_INVALID for syntax (they still do for semantics, such as
+ * renaming INBOX). Each backend embeds struct store as the first member of its
+ * own handle and fills a struct store_ops.
+ */
+#ifndef TERN_STORE_PRIVATE_H
+#define TERN_STORE_PRIVATE_H
+
+#include "store/store.h"
+
+/* One queued append. `a` is a copy of the caller's struct whose string
+ * members point into `strs` (owned, canonical forms), so the caller may
+ * reuse its own strings after store_batch_add(); only a.data is borrowed. */
+struct store_batch_item {
+    struct store_append a;
+    struct store_append_result *res;
+    char *strs;
+};
+
+struct store_batch {
+    struct store *st;
+    struct store_batch_item *items;
+    size_t n, cap;
+};
+
+struct store_ops {
+    void (*close)(struct store *st);
+    enum store_status (*mailbox_create)(struct store *st, const char *user,
+                                        enum store_mbox_state state, uint64_t epoch);
+    enum store_status (*mailbox_get)(struct store *st, const char *user, struct store_mailbox *out);
+    enum store_status (*mailbox_set_state)(struct store *st, const char *user,
+                                           enum store_mbox_state expect,
+                                           enum store_mbox_state state, uint64_t epoch,
+                                           const char *moved_to);
+    enum store_status (*mailbox_purge)(struct store *st, const char *user);
+    enum store_status (*mailbox_list)(struct store *st, struct store_mailbox **list_r, size_t *n_r);
+    enum store_status (*folder_create)(struct store *st, const char *user, const char *name,
+                                       uint32_t uidvalidity);
+    enum store_status (*folder_get)(struct store *st, const char *user, const char *name,
+                                    struct store_folder *out);
+    enum store_status (*folder_rename)(struct store *st, const char *user, const char *from,
+                                       const char *to);
+    enum store_status (*folder_delete)(struct store *st, const char *user, const char *name);
+    enum store_status (*folder_list)(struct store *st, const char *user,
+                                     struct store_folder **list_r, size_t *n_r);
+    /* Commits items[0..n) (all already validated; n may be 0). Fills every
+     * res. Returns 0, or -1 with *error_r when nothing was committed (the
+     * caller then marks every item STORE_ERROR). */
+    int (*batch_commit)(struct store *st, struct store_batch_item *items, size_t n,
+                        const char **error_r);
+    /* keywords: canonical; NULL = leave keywords alone (ADD/REMOVE only). */
+    enum store_status (*msg_set_flags)(struct store *st, const char *user, const char *folder,
+                                       uint32_t uid, enum store_flag_mode mode, uint32_t flags,
+                                       const char *keywords, uint64_t unchanged_since,
+                                       uint64_t *modseq_r);
+    enum store_status (*msg_expunge)(struct store *st, const char *user, const char *folder,
+                                     uint32_t uid);
+    int (*msg_iter)(struct store *st, const char *user, const char *folder, store_msg_cb *cb,
+                    void *ctx, const char **error_r);
+    enum store_status (*msg_read)(struct store *st, const char *user, const char *folder,
+                                  uint32_t uid, struct buf *out);
+    int (*changes)(struct store *st, const char *user, uint64_t since,
+                   const struct store_change_cb *cb, const char **error_r);
+};
+
+struct store {
+    const struct store_ops *ops;
+    char name[MAIL_NAME_MAX + 1];
+};
+
+/* ---- helpers shared by the backends (store.c) ---- */
+
+/* Fills st->name and st->ops. */
+void store_init_base(struct store *st, const struct store_ops *ops, const char *name);
+
+/* The new keyword list after applying `mode` with `kw` (canonical, NULL =
+ * none) to `cur` (canonical). SET replaces; ADD appends the missing ones;
+ * REMOVE drops matches (ASCII case-insensitive, as IMAP keywords are).
+ * Returns -1 if the result would exceed STORE_KEYWORDS_MAX. */
+int store_keywords_apply(const char *cur, enum store_flag_mode mode, const char *kw,
+                         char out[STORE_KEYWORDS_MAX + 1]);
+
+/* New system flags after applying mode. */
+uint32_t store_flags_apply(uint32_t cur, enum store_flag_mode mode, uint32_t flags);
+
+/* UIDVALIDITY for a new folder: max(now, highest in mailbox + 1) as uint32,
+ * never 0. */
+uint32_t store_uidvalidity_choose(uint32_t highest);
+
+/* True if name is canonical INBOX. */
+bool store_folder_is_inbox(const char *name);
+
+#endif
