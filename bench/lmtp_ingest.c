@@ -191,7 +191,7 @@ int main(int argc, char **argv)
 {
     struct bench b = {.clients = 1, .messages = 2000, .size = 4096};
     const char *lmtp = "127.0.0.1:2401", *probe = NULL;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (v == NULL)
             goto usage;
@@ -209,7 +209,6 @@ int main(int argc, char **argv)
             probe = v;
         else
             goto usage;
-        i++;
     }
     if (b.rcpt == NULL || b.clients == 0 || b.clients > 1024 ||
         parse_hostport(lmtp, b.host, sizeof(b.host), &b.port) < 0)

@@ -31,5 +31,20 @@ for dir in "$src"/*/; do
         esac
     done
 done
+# Third-party types stay inside the one module that wraps them.
+third_party() {
+    # header-prefix  modules-allowed
+    for f in $(grep -l "#include <$1" "$src"/*/*.[ch] 2>/dev/null); do
+        mod=$(basename "$(dirname "$f")")
+        case " $2 " in
+            *" $mod "*) ;;
+            *) echo "layers: $f includes <$1...>, which only [$2] may"; status=1 ;;
+        esac
+    done
+}
+third_party "sqlite3.h" "directory store"
+third_party "event2/" "net"
+third_party "openssl/" "util"
+third_party "crypt.h" "directory"
 [ $status -eq 0 ] && echo "layers: ok"
 exit $status
