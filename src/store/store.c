@@ -216,6 +216,18 @@ uint32_t store_uidvalidity_choose(uint32_t highest)
     return (uint32_t)v;
 }
 
+bool store_state_writable(enum store_mbox_state s)
+{
+    return s == STORE_MBOX_STAGED || s == STORE_MBOX_ACTIVE;
+}
+
+bool store_append_allowed(const struct store_append *a, const struct store_mailbox *mb)
+{
+    if (a->require_live)
+        return mb->state == STORE_MBOX_ACTIVE && mb->epoch == a->epoch;
+    return store_state_writable(mb->state);
+}
+
 static bool store_delivery_id_valid(const char *id)
 {
     size_t len = strlen(id);

@@ -22,6 +22,28 @@
  * released), so store_changes(since = N) visits only rows whose modseq > N,
  * through an index: cost proportional to the changes, not the mailbox.
  *
+ * State guard. The mailbox state decides which operations the store
+ * accepts; it is checked on the mailbox row inside the same transaction as
+ * the change (fs: under BEGIN IMMEDIATE), so a state change that commits
+ * first, from any process, is always seen:
+ *
+ *                       staged  active  fenced  moved  deleting
+ *   append                ok      ok      -       -       -
+ *   append require_live   -      ok(1)    -       -       -
+ *   set_flags, expunge    ok      ok      -       -       -
+ *   folder create/rename/
+ *   delete                ok      ok      -       -       -
+ *   mailbox_set_state     ok      ok      ok      ok      ok    (the mover)
+ *   mailbox_purge         -       -       -       -       ok    (else CONFLICT)
+ *   reads (get, list,
+ *   iter, read, changes)  ok      ok      ok      ok      ok
+ *
+ *   - = STORE_NOTLIVE and nothing changes (for an append, that item only;
+ *   its result carries the mailbox). (1) only at exactly the given epoch.
+ *   The state is checked after the mailbox is found and before the folder
+ *   or message is, so a refused change reports NOTLIVE, not NOTFOUND or
+ *   EXISTS. Invalid arguments are still STORE_INVALID first.
+ *
  * Delivery and liveness (brief invariants 3 and 4).
  *  - store_batch_commit() with `require_live` appends a message only if, at
  *    commit time and inside the commit's transaction, the mailbox is ACTIVE
@@ -29,8 +51,9 @@
  *    with the mailbox's state, epoch and moved_to, and nothing is written for
  *    it. A fence that commits first is therefore always seen.
  *  - An item with a delivery id that the mailbox already recorded reports
- *    STORE_OK with `duplicate` set and the first delivery's UID: a retried
- *    delivery after a lost acknowledgement stores nothing twice.
+ *    STORE_OK with `duplicate` set and the first delivery's UID, whatever
+ *    the state: a retried delivery after a lost acknowledgement stores
+ *    nothing twice (and writes nothing, so the guard is not needed).
  *
  * Durability (the fs backend). A commit writes all bodies of the batch,
  * makes them durable with one fdatasync, then commits all metadata in one
@@ -63,16 +86,16 @@
 #include "mail/mail.h"
 #include "util/util.h"
 
-#define STORE_FOLDER_MAX 255   /* octets of a folder name (UTF-8 / mUTF-7 as given) */
-#define STORE_KEYWORDS_MAX 1024 /* octets of the space-separated keyword list */
-#define STORE_GUID_LEN 16
+#define STORE_FOLDER_MAX      255  /* octets of a folder name (UTF-8 / mUTF-7 as given) */
+#define STORE_KEYWORDS_MAX    1024 /* octets of the space-separated keyword list */
+#define STORE_GUID_LEN        16
 #define STORE_DELIVERY_ID_MAX 64
 
 enum store_status {
     STORE_OK = 0,
     STORE_NOTFOUND, /* no such mailbox / folder / message */
     STORE_EXISTS,   /* create: already there */
-    STORE_NOTLIVE,  /* mailbox not ACTIVE at the required epoch */
+    STORE_NOTLIVE,  /* mailbox state refuses the change (see the state guard) */
     STORE_CONFLICT, /* compare-and-set lost (state changed, unchanged_since) */
     STORE_INVALID,  /* bad argument: folder name, flags */
     STORE_ERROR,    /* I/O or database trouble; temporary for callers */
@@ -112,19 +135,19 @@ struct store_folder {
 };
 
 /* System flags. */
-#define STORE_F_SEEN 0x01u
+#define STORE_F_SEEN     0x01u
 #define STORE_F_ANSWERED 0x02u
-#define STORE_F_FLAGGED 0x04u
-#define STORE_F_DELETED 0x08u
-#define STORE_F_DRAFT 0x10u
-#define STORE_F_ALL 0x1fu
+#define STORE_F_FLAGGED  0x04u
+#define STORE_F_DELETED  0x08u
+#define STORE_F_DRAFT    0x10u
+#define STORE_F_ALL      0x1fu
 
 struct store_msg {
     uint64_t folder_id;
     uint32_t uid;
     uint8_t guid[STORE_GUID_LEN];
     uint32_t flags;
-    const char *keywords; /* space-separated, "" if none; valid during callback */
+    const char *keywords;  /* space-separated, "" if none; valid during callback */
     int64_t internal_date; /* unix seconds */
     uint64_t size;
     uint8_t sha256[SHA256_LEN];
@@ -153,9 +176,8 @@ enum store_status store_mailbox_get(struct store *st, const char *user, struct s
  * it become `state` at `epoch` (moved_to for MOVED, else ignored). Raises
  * the modseq. STORE_CONFLICT otherwise. */
 enum store_status store_mailbox_set_state(struct store *st, const char *user,
-                                          enum store_mbox_state expect,
-                                          enum store_mbox_state state, uint64_t epoch,
-                                          const char *moved_to);
+                                          enum store_mbox_state expect, enum store_mbox_state state,
+                                          uint64_t epoch, const char *moved_to);
 /* Removes the mailbox and all its data. Only allowed in DELETING state
  * (STORE_CONFLICT otherwise). */
 enum store_status store_mailbox_purge(struct store *st, const char *user);
@@ -183,23 +205,23 @@ enum store_status store_folder_list(struct store *st, const char *user,
 
 struct store_append {
     const char *user;
-    const char *folder;        /* NULL = "INBOX" */
-    const void *data;          /* the message bytes (CRLF lines); not copied:
-                                  must stay valid until commit returns */
+    const char *folder; /* NULL = "INBOX" */
+    const void *data;   /* the message bytes (CRLF lines); not copied:
+                           must stay valid until commit returns */
     size_t len;
-    int64_t internal_date;     /* 0 = now */
+    int64_t internal_date; /* 0 = now */
     uint32_t flags;
-    const char *keywords;      /* NULL or space-separated */
-    const uint8_t *guid;       /* NULL = new random GUID; else STORE_GUID_LEN */
-    uint32_t uid;              /* 0 = next UID; else keep (move/import) */
-    const char *delivery_id;   /* NULL = none */
-    bool require_live;         /* deliveries: mailbox ACTIVE at epoch */
+    const char *keywords;    /* NULL or space-separated */
+    const uint8_t *guid;     /* NULL = new random GUID; else STORE_GUID_LEN */
+    uint32_t uid;            /* 0 = next UID; else keep (move/import) */
+    const char *delivery_id; /* NULL = none */
+    bool require_live;       /* deliveries: mailbox ACTIVE at epoch */
     uint64_t epoch;
 };
 
 struct store_append_result {
     enum store_status status;
-    bool duplicate;            /* delivery id seen before: nothing stored */
+    bool duplicate; /* delivery id seen before: nothing stored */
     uint32_t uid;
     uint32_t uidvalidity;
     uint8_t guid[STORE_GUID_LEN];

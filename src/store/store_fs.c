@@ -21,11 +21,12 @@
  *   1. outside any lock: SHA-256 and GUIDs of every body (pure CPU);
  *   2. BEGIN IMMEDIATE — the SQLite write lock. Inside it every item is
  *      resolved against the rows as they are now: mailbox exists, delivery
- *      id already recorded (then: duplicate, nothing written), require_live
- *      (ACTIVE at exactly the epoch, else NOTLIVE), folder exists, UID
- *      allocated. Holding the lock from here to COMMIT means a fence that
- *      commits first is always seen, and it also serializes the segment
- *      append position between processes (it is taken by fstat under it);
+ *      id already recorded (then: duplicate, nothing written), the state
+ *      guard (require_live: ACTIVE at exactly the epoch, otherwise STAGED or
+ *      ACTIVE; else NOTLIVE), folder exists, UID allocated. Holding the
+ *      lock from here to COMMIT means a fence that commits first is always
+ *      seen, and it also serializes the segment append position between
+ *      processes (it is taken by fstat under it);
  *   3. one pwritev of all headers+bodies at the end of the open segment;
  *   4. one fdatasync of the segment (+ the directory if the segment is new):
  *      bodies must be on disk before any row can point at them;
@@ -371,12 +372,16 @@ static enum store_status store_fs_folder_load(struct store_fs *fs, int64_t mbox_
     return STORE_OK;
 }
 
-/* Mailbox and live folder by names. */
+/* Mailbox and live folder by names. With `write` (the caller is inside
+ * its BEGIN IMMEDIATE transaction, about to change the mailbox), a mailbox
+ * in a state that refuses changes is STORE_NOTLIVE, before the folder. */
 static enum store_status store_fs_resolve(struct store_fs *fs, const char *user, const char *folder,
-                                          int64_t *mbox_id_r, struct store_mailbox *mb,
+                                          bool write, int64_t *mbox_id_r, struct store_mailbox *mb,
                                           struct store_folder *f)
 {
     enum store_status s = store_fs_mbox_load(fs, user, mbox_id_r, mb);
+    if (s == STORE_OK && write && !store_state_writable(mb->state))
+        s = STORE_NOTLIVE;
     if (s == STORE_OK && folder != NULL)
         s = store_fs_folder_load(fs, *mbox_id_r, folder, f);
     return s;
@@ -860,6 +865,8 @@ static enum store_status store_fs_folder_create(struct store *st, const char *us
     struct store_mailbox mb;
     struct store_folder f;
     enum store_status s = store_fs_mbox_load(fs, user, &id, &mb);
+    if (s == STORE_OK && !store_state_writable(mb.state))
+        s = STORE_NOTLIVE;
     if (s == STORE_OK) {
         s = store_fs_folder_load(fs, id, name, &f);
         if (s == STORE_OK)
@@ -875,7 +882,7 @@ static enum store_status store_fs_folder_get(struct store *st, const char *user,
 {
     int64_t id;
     struct store_mailbox mb;
-    return store_fs_resolve((struct store_fs *)st, user, name, &id, &mb, out);
+    return store_fs_resolve((struct store_fs *)st, user, name, false, &id, &mb, out);
 }
 
 static enum store_status store_fs_folder_rename(struct store *st, const char *user,
@@ -887,7 +894,7 @@ static enum store_status store_fs_folder_rename(struct store *st, const char *us
     int64_t id;
     struct store_mailbox mb;
     struct store_folder f, t;
-    enum store_status s = store_fs_resolve(fs, user, from, &id, &mb, &f);
+    enum store_status s = store_fs_resolve(fs, user, from, true, &id, &mb, &f);
     if (s == STORE_OK) {
         s = store_fs_folder_load(fs, id, to, &t);
         s = s == STORE_OK ? STORE_EXISTS : s == STORE_NOTFOUND ? STORE_OK : s;
@@ -915,7 +922,7 @@ static enum store_status store_fs_folder_delete(struct store *st, const char *us
     int64_t id;
     struct store_mailbox mb;
     struct store_folder f;
-    enum store_status s = store_fs_resolve(fs, user, name, &id, &mb, &f);
+    enum store_status s = store_fs_resolve(fs, user, name, true, &id, &mb, &f);
     if (s != STORE_OK)
         return store_fs_finish(fs, s);
     uint64_t modseq = mb.modseq + 1;
@@ -1099,7 +1106,7 @@ static int store_fs_resolve_item(struct store_fs_bctx *c, size_t i)
             return 0;
         }
     }
-    if (a->require_live && (mb->info.state != STORE_MBOX_ACTIVE || mb->info.epoch != a->epoch)) {
+    if (!store_append_allowed(a, &mb->info)) {
         res->status = STORE_NOTLIVE;
         res->mailbox = mb->info;
         res->mailbox.messages = (uint64_t)((int64_t)mb->info.messages + mb->dmsgs);
@@ -1343,7 +1350,7 @@ static enum store_status store_fs_msg_set_flags(struct store *st, const char *us
     struct store_mailbox mb;
     struct store_folder f;
     struct store_fs_msgrow m;
-    enum store_status s = store_fs_resolve(fs, user, folder, &id, &mb, &f);
+    enum store_status s = store_fs_resolve(fs, user, folder, true, &id, &mb, &f);
     if (s == STORE_OK)
         s = store_fs_msg_load(fs, f.id, uid, &m);
     if (s != STORE_OK)
@@ -1384,7 +1391,7 @@ static enum store_status store_fs_msg_expunge(struct store *st, const char *user
     struct store_mailbox mb;
     struct store_folder f;
     struct store_fs_msgrow m;
-    enum store_status s = store_fs_resolve(fs, user, folder, &id, &mb, &f);
+    enum store_status s = store_fs_resolve(fs, user, folder, true, &id, &mb, &f);
     if (s == STORE_OK)
         s = store_fs_msg_load(fs, f.id, uid, &m);
     if (s != STORE_OK)
@@ -1435,7 +1442,7 @@ static int store_fs_msg_iter(struct store *st, const char *user, const char *fol
     int64_t id;
     struct store_mailbox mb;
     struct store_folder f;
-    enum store_status s = store_fs_resolve(fs, user, folder, &id, &mb, &f);
+    enum store_status s = store_fs_resolve(fs, user, folder, false, &id, &mb, &f);
     if (s != STORE_OK) {
         *error_r = s == STORE_NOTFOUND ? "no such mailbox or folder" : store_fs_dberr;
         return -1;
@@ -1487,7 +1494,7 @@ static enum store_status store_fs_msg_read(struct store *st, const char *user, c
     struct store_mailbox mb;
     struct store_folder f;
     struct store_fs_msgrow m;
-    enum store_status s = store_fs_resolve(fs, user, folder, &id, &mb, &f);
+    enum store_status s = store_fs_resolve(fs, user, folder, false, &id, &mb, &f);
     if (s == STORE_OK)
         s = store_fs_msg_load(fs, f.id, uid, &m);
     if (s != STORE_OK)

@@ -105,9 +105,11 @@ static struct store_mem_msg *store_mem_msg_find(struct store_mem_folder *f, uint
     return found ? f->msgs[i] : NULL;
 }
 
-/* Resolves user + folder; *msg_r (if asked) must be a live message. */
+/* Resolves user + folder; *msg_r (if asked) must be a live message. With
+ * `write`, a mailbox in a state that refuses changes is STORE_NOTLIVE
+ * (checked before the folder, as store_fs_resolve() does). */
 static enum store_status store_mem_resolve(struct store *st, const char *user, const char *folder,
-                                           uint32_t uid, struct store_mem_mbox **mb_r,
+                                           uint32_t uid, bool write, struct store_mem_mbox **mb_r,
                                            struct store_mem_folder **f_r,
                                            struct store_mem_msg **msg_r)
 {
@@ -115,6 +117,8 @@ static enum store_status store_mem_resolve(struct store *st, const char *user, c
     struct store_mem_mbox *mb = store_mem_mbox_find(sm, user);
     if (mb == NULL)
         return STORE_NOTFOUND;
+    if (write && !store_state_writable(mb->info.state))
+        return STORE_NOTLIVE;
     struct store_mem_folder *f = store_mem_folder_find(mb, folder);
     if (f == NULL)
         return STORE_NOTFOUND;
@@ -300,6 +304,8 @@ static enum store_status store_mem_folder_create(struct store *st, const char *u
     struct store_mem_mbox *mb = store_mem_mbox_find(sm, user);
     if (mb == NULL)
         return STORE_NOTFOUND;
+    if (!store_state_writable(mb->info.state))
+        return STORE_NOTLIVE;
     if (store_mem_folder_find(mb, name) != NULL)
         return STORE_EXISTS;
     store_mem_folder_add(sm, mb, name, uidvalidity);
@@ -311,7 +317,7 @@ static enum store_status store_mem_folder_get(struct store *st, const char *user
 {
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
-    enum store_status s = store_mem_resolve(st, user, name, 0, &mb, &f, NULL);
+    enum store_status s = store_mem_resolve(st, user, name, 0, false, &mb, &f, NULL);
     if (s == STORE_OK)
         store_mem_folder_fill(f, out);
     return s;
@@ -322,7 +328,7 @@ static enum store_status store_mem_folder_rename(struct store *st, const char *u
 {
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
-    enum store_status s = store_mem_resolve(st, user, from, 0, &mb, &f, NULL);
+    enum store_status s = store_mem_resolve(st, user, from, 0, true, &mb, &f, NULL);
     if (s != STORE_OK)
         return s;
     if (store_mem_folder_find(mb, to) != NULL)
@@ -339,7 +345,7 @@ static enum store_status store_mem_folder_delete(struct store *st, const char *u
 {
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
-    enum store_status s = store_mem_resolve(st, user, name, 0, &mb, &f, NULL);
+    enum store_status s = store_mem_resolve(st, user, name, 0, true, &mb, &f, NULL);
     if (s != STORE_OK)
         return s;
     uint64_t modseq = ++mb->info.modseq;
@@ -415,7 +421,7 @@ static void store_mem_append_one(struct store_mem *sm, const struct store_append
             return;
         }
     }
-    if (a->require_live && (mb->info.state != STORE_MBOX_ACTIVE || mb->info.epoch != a->epoch)) {
+    if (!store_append_allowed(a, &mb->info)) {
         res->status = STORE_NOTLIVE;
         res->mailbox = mb->info;
         return;
@@ -509,7 +515,7 @@ static enum store_status store_mem_msg_set_flags(struct store *st, const char *u
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
     struct store_mem_msg *m;
-    enum store_status s = store_mem_resolve(st, user, folder, uid, &mb, &f, &m);
+    enum store_status s = store_mem_resolve(st, user, folder, uid, true, &mb, &f, &m);
     if (s != STORE_OK)
         return s;
     if (unchanged_since != 0 && m->modseq > unchanged_since)
@@ -537,7 +543,7 @@ static enum store_status store_mem_msg_expunge(struct store *st, const char *use
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
     struct store_mem_msg *m;
-    enum store_status s = store_mem_resolve(st, user, folder, uid, &mb, &f, &m);
+    enum store_status s = store_mem_resolve(st, user, folder, uid, true, &mb, &f, &m);
     if (s != STORE_OK)
         return s;
     m->expunged = true;
@@ -554,7 +560,7 @@ static int store_mem_msg_iter(struct store *st, const char *user, const char *fo
 {
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
-    if (store_mem_resolve(st, user, folder, 0, &mb, &f, NULL) != STORE_OK) {
+    if (store_mem_resolve(st, user, folder, 0, false, &mb, &f, NULL) != STORE_OK) {
         *error_r = "no such mailbox or folder";
         return -1;
     }
@@ -584,7 +590,7 @@ static enum store_status store_mem_msg_read(struct store *st, const char *user, 
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
     struct store_mem_msg *m;
-    enum store_status s = store_mem_resolve(st, user, folder, uid, &mb, &f, &m);
+    enum store_status s = store_mem_resolve(st, user, folder, uid, false, &mb, &f, &m);
     if (s != STORE_OK)
         return s;
     if (buf_append(out, m->body, m->size) < 0) {

@@ -97,4 +97,16 @@ uint32_t store_uidvalidity_choose(uint32_t highest);
 /* True if name is canonical INBOX. */
 bool store_folder_is_inbox(const char *name);
 
+/* The state guard (see the table in store.h). Backends call these inside
+ * the transaction of the change, on the mailbox row as read there, and
+ * refuse with STORE_NOTLIVE (changing nothing) when they return false. */
+
+/* May a mailbox in state s be changed (append, flags, expunge, folder
+ * create/rename/delete)? Only STAGED and ACTIVE. */
+bool store_state_writable(enum store_mbox_state s);
+
+/* May append a be written to mailbox mb? require_live: ACTIVE at exactly
+ * a->epoch; otherwise store_state_writable(). */
+bool store_append_allowed(const struct store_append *a, const struct store_mailbox *mb);
+
 #endif

@@ -511,9 +511,12 @@ static void test_require_live(void **state)
     assert_int_equal(count_msgs(t->st, U1, "INBOX"), 3);
     assert_int_equal(count_msgs(t->st, U2, "INBOX"), 0);
 
-    /* Without require_live (a move's import), a staged mailbox accepts. */
+    /* Without require_live a fenced mailbox refuses too (it is immutable);
+     * a staged one accepts (test_state_staged). */
     c.require_live = false;
-    assert_int_equal(append1(t->st, &c, &res), STORE_OK);
+    assert_int_equal(append1(t->st, &c, &res), STORE_NOTLIVE);
+    assert_int_equal(res.mailbox.state, STORE_MBOX_FENCED);
+    assert_int_equal(count_msgs(t->st, U2, "INBOX"), 0);
 }
 
 static void test_delivery_dup(void **state)
@@ -892,6 +895,241 @@ static void test_iter_stop(void **state)
     assert_int_equal(calls, 2);
 }
 
+/* ---- the state guard ---- */
+
+/* A mailbox with something to change: INBOX uids 1 and 2, folder "Work". */
+static void guard_fill(struct store *st, const char *user)
+{
+    assert_int_equal(store_mailbox_create(st, user, STORE_MBOX_ACTIVE, 1), STORE_OK);
+    assert_int_equal(store_folder_create(st, user, "Work", 0), STORE_OK);
+    assert_int_equal(deliver(st, user, "one\r\n"), 1);
+    assert_int_equal(deliver(st, user, "two!\r\n"), 2);
+}
+
+static const uint8_t guard_guid[STORE_GUID_LEN] = {1, 2,  3,  4,  5,  6,  7,  8,
+                                                   9, 10, 11, 12, 13, 14, 15, 16};
+
+/* Every kind of change is refused with STORE_NOTLIVE in the mailbox's
+ * current state, and nothing changes (durably); every read still works. */
+static void guard_refused(struct tctx *t, const char *user, enum store_mbox_state state)
+{
+    struct store *st = t->st;
+    struct store_mailbox mb0, mb;
+    assert_int_equal(store_mailbox_get(st, user, &mb0), STORE_OK);
+    assert_int_equal(mb0.state, state);
+
+    struct store_append a = mk(user, NULL, "refused\r\n");
+    struct store_append_result res;
+    assert_int_equal(append1(st, &a, &res), STORE_NOTLIVE);
+    assert_string_equal(res.mailbox.user, user);
+    assert_int_equal(res.mailbox.state, state);
+    assert_int_equal(res.mailbox.epoch, mb0.epoch);
+    assert_int_equal(res.mailbox.messages, 2);
+    a.require_live = true;
+    a.epoch = mb0.epoch;
+    assert_int_equal(append1(st, &a, &res), STORE_NOTLIVE);
+    assert_int_equal(res.mailbox.state, state);
+    a.require_live = false; /* a move's copy: uid and guid given */
+    a.folder = "Work";
+    a.uid = 7;
+    a.guid = guard_guid;
+    assert_int_equal(append1(st, &a, &res), STORE_NOTLIVE);
+
+    uint64_t ms = 0;
+    assert_int_equal(
+        store_msg_set_flags(st, user, "INBOX", 1, STORE_FLAGS_ADD, STORE_F_SEEN, "$Junk", 0, &ms),
+        STORE_NOTLIVE);
+    assert_int_equal(ms, 0);
+    /* The state is checked before the message or folder is looked up. */
+    assert_int_equal(store_msg_set_flags(st, user, "INBOX", 99, STORE_FLAGS_SET, 0, NULL, 0, NULL),
+                     STORE_NOTLIVE);
+    assert_int_equal(store_msg_expunge(st, user, "INBOX", 2), STORE_NOTLIVE);
+    assert_int_equal(store_folder_create(st, user, "New", 0), STORE_NOTLIVE);
+    assert_int_equal(store_folder_create(st, user, "Work", 0), STORE_NOTLIVE);
+    assert_int_equal(store_folder_rename(st, user, "Work", "Play"), STORE_NOTLIVE);
+    assert_int_equal(store_folder_delete(st, user, "Work"), STORE_NOTLIVE);
+
+    reopen(t);
+    st = t->st;
+    assert_int_equal(store_mailbox_get(st, user, &mb), STORE_OK);
+    assert_int_equal(mb.state, state);
+    assert_int_equal(mb.modseq, mb0.modseq);
+    assert_int_equal(mb.messages, 2);
+    assert_int_equal(mb.bytes, mb0.bytes);
+    struct changes c;
+    get_changes(st, user, mb0.modseq, &c);
+    assert_int_equal(c.nfolders + c.nmsgs, 0);
+    get_changes(st, user, 0, &c);
+    assert_int_equal(c.nfolders, 2);
+    assert_int_equal(c.nmsgs, 2);
+    struct store_folder *fl;
+    size_t n;
+    assert_int_equal(store_folder_list(st, user, &fl, &n), STORE_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(fl[0].name, "INBOX");
+    assert_string_equal(fl[1].name, "Work");
+    assert_int_equal(fl[1].messages, 0);
+    free(fl);
+    struct store_folder f;
+    assert_int_equal(store_folder_get(st, user, "Work", &f), STORE_OK);
+    assert_int_equal(f.uidnext, 1);
+    assert_int_equal(store_folder_get(st, user, "New", &f), STORE_NOTFOUND);
+    assert_int_equal(count_msgs(st, user, "INBOX"), 2);
+    assert_int_equal(count_msgs(st, user, "Work"), 0);
+    struct msg_find m;
+    assert_true(find_msg(st, user, "INBOX", 1, &m));
+    assert_int_equal(m.m.flags, 0);
+    assert_string_equal(m.kw, "");
+    assert_body(st, user, "INBOX", 2, "two!\r\n", 6);
+    struct store_mailbox *list;
+    assert_int_equal(store_mailbox_list(st, &list, &n), STORE_OK);
+    free(list);
+}
+
+/* The same changes are all accepted (mailbox ACTIVE at epoch). */
+static void guard_accepted(struct store *st, const char *user, uint64_t epoch)
+{
+    uint64_t ms = mbox_modseq(st, user);
+    struct store_append a = mk(user, NULL, "accepted\r\n");
+    struct store_append_result res;
+    assert_int_equal(append1(st, &a, &res), STORE_OK);
+    a.require_live = true;
+    a.epoch = epoch;
+    assert_int_equal(append1(st, &a, &res), STORE_OK);
+    a.require_live = false;
+    a.folder = "Work";
+    a.uid = 7;
+    a.guid = guard_guid;
+    assert_int_equal(append1(st, &a, &res), STORE_OK);
+    assert_int_equal(res.uid, 7);
+    assert_int_equal(
+        store_msg_set_flags(st, user, "INBOX", 1, STORE_FLAGS_ADD, STORE_F_SEEN, "$Junk", 0, NULL),
+        STORE_OK);
+    assert_int_equal(store_msg_expunge(st, user, "INBOX", 2), STORE_OK);
+    assert_int_equal(store_folder_create(st, user, "New", 0), STORE_OK);
+    assert_int_equal(store_folder_rename(st, user, "Work", "Play"), STORE_OK);
+    assert_int_equal(store_folder_delete(st, user, "New"), STORE_OK);
+    assert_int_equal(mbox_modseq(st, user), ms + 8);
+    assert_int_equal(count_msgs(st, user, "INBOX"), 3);
+    assert_int_equal(count_msgs(st, user, "Play"), 1);
+}
+
+static void test_state_guard(void **state)
+{
+    struct tctx *t = *state;
+    static const struct {
+        const char *user;
+        enum store_mbox_state state;
+        const char *moved_to;
+    } cases[] = {
+        {"fenced@example.org", STORE_MBOX_FENCED, NULL},
+        {"moved@example.org", STORE_MBOX_MOVED, "s2"},
+        {"deleting@example.org", STORE_MBOX_DELETING, NULL},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        guard_fill(t->st, cases[i].user);
+        assert_int_equal(store_mailbox_set_state(t->st, cases[i].user, STORE_MBOX_ACTIVE,
+                                                 cases[i].state, 2, cases[i].moved_to),
+                         STORE_OK);
+        guard_refused(t, cases[i].user, cases[i].state);
+    }
+
+    /* set_state is always allowed: unfenced, everything works again. */
+    assert_int_equal(store_mailbox_set_state(t->st, cases[0].user, STORE_MBOX_FENCED,
+                                             STORE_MBOX_ACTIVE, 3, NULL),
+                     STORE_OK);
+    guard_accepted(t->st, cases[0].user, 3);
+    /* Purge stays DELETING-only. */
+    assert_int_equal(store_mailbox_purge(t->st, cases[1].user), STORE_CONFLICT);
+    assert_int_equal(store_mailbox_purge(t->st, cases[2].user), STORE_OK);
+}
+
+/* STAGED: a move's copy (plain appends keeping uid and guid) and other
+ * changes are accepted; deliveries (require_live) are not until ACTIVE. */
+static void test_state_staged(void **state)
+{
+    struct tctx *t = *state;
+    assert_int_equal(store_mailbox_create(t->st, U1, STORE_MBOX_STAGED, 4), STORE_OK);
+    assert_int_equal(store_folder_create(t->st, U1, "Work", 0), STORE_OK);
+    struct store_append a = mk(U1, "Work", "copied\r\n");
+    a.uid = 41;
+    a.guid = guard_guid;
+    struct store_append_result res;
+    assert_int_equal(append1(t->st, &a, &res), STORE_OK);
+    assert_int_equal(res.uid, 41);
+    assert_memory_equal(res.guid, guard_guid, STORE_GUID_LEN);
+
+    struct store_append d = mk(U1, NULL, "delivery\r\n");
+    d.require_live = true;
+    d.epoch = 4;
+    uint64_t ms = mbox_modseq(t->st, U1);
+    assert_int_equal(append1(t->st, &d, &res), STORE_NOTLIVE);
+    assert_int_equal(res.mailbox.state, STORE_MBOX_STAGED);
+    assert_int_equal(res.mailbox.epoch, 4);
+    assert_int_equal(mbox_modseq(t->st, U1), ms);
+    assert_int_equal(count_msgs(t->st, U1, "INBOX"), 0);
+    assert_int_equal(
+        store_msg_set_flags(t->st, U1, "Work", 41, STORE_FLAGS_SET, STORE_F_SEEN, NULL, 0, NULL),
+        STORE_OK);
+    assert_int_equal(store_folder_rename(t->st, U1, "Work", "Play"), STORE_OK);
+
+    /* Activated, it takes deliveries. */
+    assert_int_equal(
+        store_mailbox_set_state(t->st, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 4, NULL),
+        STORE_OK);
+    assert_int_equal(append1(t->st, &d, &res), STORE_OK);
+    assert_int_equal(count_msgs(t->st, U1, "INBOX"), 1);
+    assert_int_equal(count_msgs(t->st, U1, "Play"), 1);
+}
+
+/* fs: another process (here a second handle) fences the mailbox between
+ * store_batch_add() and store_batch_commit(): the commit's transaction sees
+ * the fence, for plain and require_live items alike. */
+static void test_fence_other_handle(void **state)
+{
+    struct tctx *t = *state;
+    assert_int_equal(store_mailbox_create(t->st, U1, STORE_MBOX_ACTIVE, 1), STORE_OK);
+    assert_int_equal(store_mailbox_create(t->st, U2, STORE_MBOX_ACTIVE, 1), STORE_OK);
+    struct store *other = open_fs(t->dir);
+    struct store_append a[3] = {mk(U1, NULL, "plain\r\n"), mk(U1, NULL, "live\r\n"),
+                                mk(U2, NULL, "bystander\r\n")};
+    a[1].require_live = true;
+    a[1].epoch = 1;
+    struct store_append_result res[3];
+    struct store_batch *b = store_batch_begin(t->st);
+    for (int i = 0; i < 3; i++)
+        store_batch_add(b, &a[i], &res[i]);
+    assert_int_equal(
+        store_mailbox_set_state(other, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 2, NULL),
+        STORE_OK);
+    uint64_t ms = mbox_modseq(other, U1);
+    const char *err = NULL;
+    assert_int_equal(store_batch_commit(&b, &err), 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(res[i].status, STORE_NOTLIVE);
+        assert_int_equal(res[i].mailbox.state, STORE_MBOX_FENCED);
+        assert_int_equal(res[i].mailbox.epoch, 2);
+    }
+    assert_int_equal(res[2].status, STORE_OK);
+    assert_int_equal(count_msgs(other, U1, "INBOX"), 0);
+    assert_int_equal(mbox_modseq(other, U1), ms);
+    assert_int_equal(count_msgs(other, U2, "INBOX"), 1);
+
+    /* Unfenced by the other process, the first one appends again. */
+    assert_int_equal(
+        store_mailbox_set_state(other, U1, STORE_MBOX_FENCED, STORE_MBOX_ACTIVE, 2, NULL),
+        STORE_OK);
+    a[1].epoch = 2;
+    b = store_batch_begin(t->st);
+    for (int i = 0; i < 2; i++)
+        store_batch_add(b, &a[i], &res[i]);
+    assert_int_equal(store_batch_commit(&b, &err), 0);
+    assert_int_equal(res[0].status, STORE_OK);
+    assert_int_equal(res[1].status, STORE_OK);
+    assert_int_equal(count_msgs(other, U1, "INBOX"), 2);
+    store_close(&other);
+}
+
 /* ---- fs only: durability ---- */
 
 static size_t commit_n(struct store *st, const char *user, int n, const char *tag)
@@ -1136,11 +1374,12 @@ int main(void)
 {
     log_init("test_store");
     const struct CMUnitTest tests[] = {
-        BOTH(test_mailbox),      BOTH(test_append_single), BOTH(test_append_batch),
-        BOTH(test_require_live), BOTH(test_delivery_dup),  BOTH(test_flags),
-        BOTH(test_expunge),      BOTH(test_folders),       BOTH(test_changes_since),
-        BOTH(test_invalid),      BOTH(test_iter_stop),     FS(test_crash_bodies_synced),
-        FS(test_fsync_failure),  FS(test_corrupt_body),    FS(test_kill9_loop),
+        BOTH(test_mailbox),      BOTH(test_append_single),    BOTH(test_append_batch),
+        BOTH(test_require_live), BOTH(test_delivery_dup),     BOTH(test_flags),
+        BOTH(test_expunge),      BOTH(test_folders),          BOTH(test_changes_since),
+        BOTH(test_invalid),      BOTH(test_iter_stop),        BOTH(test_state_guard),
+        BOTH(test_state_staged), FS(test_fence_other_handle), FS(test_crash_bodies_synced),
+        FS(test_fsync_failure),  FS(test_corrupt_body),       FS(test_kill9_loop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
