@@ -136,12 +136,14 @@ static void reap(const struct config *cfg, struct role_proc *roles, size_t n, bo
                 continue;
             r->pid = 0;
             int64_t now = time_mono_ms();
+            /* During a stop, exits are expected; otherwise they are news. */
+            enum log_level lv = stopping ? LOG_INFO : LOG_WARN;
             if (WIFSIGNALED(status))
-                log_warn("serve", "%s (pid %d) killed by signal %d", r->spec, (int)pid,
-                         WTERMSIG(status));
+                log_msg(lv, "serve", "%s (pid %d) killed by signal %d", r->spec, (int)pid,
+                        WTERMSIG(status));
             else
-                log_warn("serve", "%s (pid %d) exited with status %d", r->spec, (int)pid,
-                         WEXITSTATUS(status));
+                log_msg(lv, "serve", "%s (pid %d) exited with status %d", r->spec, (int)pid,
+                        WEXITSTATUS(status));
             if (stopping)
                 break;
             if (now - r->started_ms >= HEALTHY_MS)

@@ -87,6 +87,20 @@ def test_several_recipients_one_reply_each(served):
     assert count(served, "bob@example.org", "Subject: two") == 1
 
 
+def test_pipelined_transactions(served):
+    # PIPELINING: two whole transactions in one write; replies in order.
+    r = Raw(served.ports["s1"])
+    r.send(b"LHLO x\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<alice@example.org>\r\n"
+           b"RCPT TO:<bob@example.org>\r\nDATA\r\nSubject: p1\r\n\r\n.\r\n"
+           b"MAIL FROM:<a@example.net>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
+           b"Subject: p2\r\n\r\n.\r\nQUIT\r\n")
+    codes = [r.reply()[0] for _ in range(12)]
+    assert codes == [250, 250, 250, 250, 354, 250, 250, 250, 250, 354, 250, 221]
+    assert count(served, "alice@example.org", "Subject: p1") == 1
+    assert count(served, "bob@example.org", "Subject: p1") == 1
+    assert count(served, "bob@example.org", "Subject: p2") == 1
+
+
 def test_duplicate_rcpt_and_alias_store_once(served):
     served.cli("alias", "add", "al@example.org", "alice@example.org")
     r = Raw(served.ports["s1"])
