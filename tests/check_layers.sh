@@ -12,9 +12,15 @@ allowed() {
         net) echo "util net" ;;
         directory) echo "util mail directory" ;;
         store) echo "util mail store" ;;
-        role_store) echo "util mail config smtp net directory store role_store" ;;
+        smtpd) echo "util mail smtp net smtpd" ;;
+        role_store) echo "util mail config smtp smtpd net directory store role_store" ;;
+        queue) echo "util mail queue" ;;
+        dsn) echo "util mail dsn" ;;
+        lmtpc) echo "util mail smtp lmtpc" ;;
+        router) echo "util mail directory router" ;;
+        role_mta) echo "util mail config smtp smtpd net directory queue dsn lmtpc router role_mta" ;;
         serve) echo "util mail config directory serve" ;;
-        cli) echo "util mail config directory store serve role_store cli" ;;
+        cli) echo "util mail config directory store queue serve role_store role_mta cli" ;;
         *) echo "" ;;
     esac
 }
@@ -42,7 +48,7 @@ third_party() {
         esac
     done
 }
-third_party "sqlite3.h" "directory store"
+third_party "sqlite3.h" "directory store queue"
 third_party "event2/" "net"
 third_party "openssl/" "util"
 third_party "crypt.h" "directory"

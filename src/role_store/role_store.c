@@ -26,10 +26,9 @@
 #include "directory/directory.h"
 #include "net/net.h"
 #include "smtp/smtp.h"
+#include "smtpd/smtpd.h"
 #include "store/store.h"
 #include "util/util.h"
-
-#define LMTP_MAX_ERRORS 10
 
 struct lmtp_rcpt {
     char addr[MAIL_ADDR_MAX + 1]; /* as given (normalized) */
@@ -38,22 +37,14 @@ struct lmtp_rcpt {
     size_t item; /* index into the session's appends (shared by duplicates) */
 };
 
+/* The store's side of one LMTP session (smtpd owns the dialogue). */
 struct lmtp_session {
     struct store_role *sr;
-    struct net_conn *conn;
-    struct smtp_in *in;
-    char id[24];
-    bool lhlo;
-    bool in_mail;
-    char sender[MAIL_ADDR_MAX + 1];
+    struct smtpd_session *s;
     char delivery_id[STORE_DELIVERY_ID_MAX + 1];
     struct lmtp_rcpt *rcpts;
     size_t n_rcpts, cap_rcpts;
-    unsigned errors;
-    struct buf out;
     /* A pending commit: */
-    bool pending;
-    bool dead; /* the connection closed while the commit was pending */
     struct buf msg;
     struct store_append *appends;
     struct store_append_result *results;
@@ -64,6 +55,7 @@ struct lmtp_session {
 struct store_role {
     const struct config *cfg;
     const char *name;
+    char hostname[MAIL_NAME_MAX + 8];
     struct store *st;
     struct directory *dir;
     struct net_loop *loop;
@@ -71,67 +63,46 @@ struct store_role {
     struct store_batch *batch;
     struct lmtp_session *pending_head, **pending_tail;
     uint64_t n_sessions, n_deliveries, n_duplicates, n_commits;
-    uint64_t next_session;
 };
 
-/* ---- replies ---------------------------------------------------------- */
-
-static void reply(struct lmtp_session *s, int code, const char *enh, const char *fmt, ...)
-    TERN_PRINTF(4, 5);
-static void reply(struct lmtp_session *s, int code, const char *enh, const char *fmt, ...)
-{
-    char text[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    buf_reset(&s->out);
-    smtp_reply(&s->out, code, enh, text);
-    net_conn_write(s->conn, s->out.data, s->out.len);
-}
-
-/* Counts a client error; too many end the session. Returns true if closed. */
-static bool client_error(struct lmtp_session *s)
-{
-    if (++s->errors < LMTP_MAX_ERRORS)
-        return false;
-    reply(s, 421, "4.7.0", "too many errors, closing connection");
-    net_conn_close(s->conn);
-    return true;
-}
-
-static void txn_reset(struct lmtp_session *s)
-{
-    s->in_mail = false;
-    s->sender[0] = '\0';
-    s->delivery_id[0] = '\0';
-    s->n_rcpts = 0;
-}
-
 /* The hint of brief invariant 3, from the mailbox's state here. */
-static void reply_notlive(struct lmtp_session *s, const char *addr, const struct store_mailbox *mb)
+static void hint_notlive(struct smtpd_reply *r, const char *addr, const struct store_mailbox *mb)
 {
     if (mb->state == STORE_MBOX_MOVED)
-        reply(s, 451, "4.2.1", "<%s> moved to %s epoch %llu", addr, mb->moved_to,
-              (unsigned long long)mb->epoch);
+        smtpd_reply_set(r, 451, "4.2.1", "<%s> moved to %s epoch %llu", addr, mb->moved_to,
+                        (unsigned long long)mb->epoch);
     else
-        reply(s, 451, "4.2.1", "<%s> move in progress", addr);
+        smtpd_reply_set(r, 451, "4.2.1", "<%s> move in progress", addr);
 }
 
-/* ---- commands --------------------------------------------------------- */
+/* ---- hooks ------------------------------------------------------------ */
 
-static void cmd_lhlo(struct lmtp_session *s, const struct smtp_cmd *cmd)
+static void *hook_session_new(void *server_ctx, struct smtpd_session *s)
 {
-    (void)cmd;
-    txn_reset(s);
-    s->lhlo = true;
-    char text[256];
-    snprintf(text, sizeof(text),
-             "%s.tern\nPIPELINING\nENHANCEDSTATUSCODES\n8BITMIME\nSIZE %llu\nXDELIVERYID",
-             s->sr->name, (unsigned long long)s->sr->cfg->lmtp.max_message_size);
-    buf_reset(&s->out);
-    smtp_reply(&s->out, 250, NULL, text);
-    net_conn_write(s->conn, s->out.data, s->out.len);
+    struct store_role *sr = server_ctx;
+    struct lmtp_session *ls = xmalloc(sizeof(*ls));
+    ls->sr = sr;
+    ls->s = s;
+    buf_init(&ls->msg, 0);
+    sr->n_sessions++;
+    return ls;
+}
+
+static void hook_session_free(void *ctx)
+{
+    struct lmtp_session *ls = ctx;
+    buf_free(&ls->msg);
+    free(ls->rcpts);
+    free(ls->appends);
+    free(ls->results);
+    free(ls);
+}
+
+static void hook_reset(void *ctx)
+{
+    struct lmtp_session *ls = ctx;
+    ls->delivery_id[0] = '\0';
+    ls->n_rcpts = 0;
 }
 
 static bool delivery_id_valid(const char *v)
@@ -142,327 +113,176 @@ static bool delivery_id_valid(const char *v)
     return strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
 }
 
-static void cmd_mail(struct lmtp_session *s, const struct smtp_cmd *cmd)
+static int hook_mail(void *ctx, const struct smtp_cmd *cmd, struct smtpd_reply *r)
 {
-    if (!s->lhlo) {
-        reply(s, 503, "5.5.1", "send LHLO first");
-        client_error(s);
-        return;
-    }
-    if (s->in_mail) {
-        reply(s, 503, "5.5.1", "nested MAIL command");
-        client_error(s);
-        return;
-    }
-    char did[STORE_DELIVERY_ID_MAX + 1] = "";
-    for (size_t i = 0; i < cmd->n_params; i++) {
-        const struct smtp_param *p = &cmd->params[i];
-        if (strcmp(p->key, "SIZE") == 0) {
-            uint64_t size;
-            if (!p->has_value || parse_u64(p->value, UINT64_MAX, &size) < 0) {
-                reply(s, 501, "5.5.4", "malformed SIZE parameter");
-                client_error(s);
-                return;
-            }
-            if (size > s->sr->cfg->lmtp.max_message_size) {
-                reply(s, 552, "5.3.4", "message size exceeds fixed limit of %llu octets",
-                      (unsigned long long)s->sr->cfg->lmtp.max_message_size);
-                return;
-            }
-        } else if (strcmp(p->key, "BODY") == 0) {
-            if (!p->has_value ||
-                (strcasecmp(p->value, "7BIT") != 0 && strcasecmp(p->value, "8BITMIME") != 0)) {
-                reply(s, 501, "5.5.4", "BODY must be 7BIT or 8BITMIME");
-                client_error(s);
-                return;
-            }
-        } else if (strcmp(p->key, "XDELIVERYID") == 0) {
-            if (!p->has_value || !delivery_id_valid(p->value)) {
-                reply(s, 501, "5.5.4", "XDELIVERYID must be 1-64 of [A-Za-z0-9._-]");
-                client_error(s);
-                return;
-            }
-            str_copy(did, p->value, sizeof(did));
-        } else {
-            reply(s, 555, "5.5.4", "unsupported parameter %s", p->key);
-            client_error(s);
-            return;
+    struct lmtp_session *ls = ctx;
+    const struct smtp_param *p = smtp_cmd_param(cmd, "XDELIVERYID");
+    ls->delivery_id[0] = '\0';
+    ls->n_rcpts = 0;
+    if (p != NULL) {
+        if (!p->has_value || !delivery_id_valid(p->value)) {
+            smtpd_reply_set(r, 501, "5.5.4", "XDELIVERYID must be 1-64 of [A-Za-z0-9._-]");
+            return -1;
         }
+        str_copy(ls->delivery_id, p->value, sizeof(ls->delivery_id));
     }
-    txn_reset(s);
-    s->in_mail = true;
-    str_copy(s->sender, cmd->addr, sizeof(s->sender));
-    str_copy(s->delivery_id, did, sizeof(s->delivery_id));
-    reply(s, 250, "2.1.0", "sender ok");
+    return 0;
 }
 
-static void cmd_rcpt(struct lmtp_session *s, const struct smtp_cmd *cmd)
+static int hook_rcpt(void *ctx, const struct smtp_cmd *cmd, struct smtpd_reply *r)
 {
-    struct store_role *sr = s->sr;
-    if (!s->in_mail) {
-        reply(s, 503, "5.5.1", "need MAIL before RCPT");
-        client_error(s);
-        return;
-    }
-    if (cmd->n_params > 0) {
-        reply(s, 555, "5.5.4", "unsupported parameter %s", cmd->params[0].key);
-        client_error(s);
-        return;
-    }
-    if (s->n_rcpts >= sr->cfg->lmtp.max_recipients) {
-        reply(s, 452, "4.5.3", "too many recipients");
-        return;
-    }
+    struct lmtp_session *ls = ctx;
+    struct store_role *sr = ls->sr;
+    const char *id = smtpd_session_id(ls->s);
     struct dir_user u;
     enum dir_status ds = dir_resolve(sr->dir, cmd->addr, &u);
     if (ds == DIR_NOTFOUND || ds == DIR_INVALID) {
-        reply(s, 550, "5.1.1", "<%s> user unknown", cmd->addr);
-        return;
+        smtpd_reply_set(r, 550, "5.1.1", "<%s> user unknown", cmd->addr);
+        return -1;
     }
     if (ds != DIR_OK) {
-        log_warn(s->id, "directory lookup of <%s>: %s", cmd->addr, dir_status_str(ds));
-        reply(s, 451, "4.4.3", "<%s> directory unavailable, try again later", cmd->addr);
-        return;
+        log_warn(id, "directory lookup of <%s>: %s", cmd->addr, dir_status_str(ds));
+        smtpd_reply_set(r, 451, "4.4.3", "<%s> directory unavailable, try again later", cmd->addr);
+        return -1;
     }
     if (strcmp(u.home, sr->name) != 0) {
-        reply(s, 451, "4.2.1", "<%s> moved to %s epoch %llu", cmd->addr, u.home,
-              (unsigned long long)u.epoch);
-        return;
+        smtpd_reply_set(r, 451, "4.2.1", "<%s> moved to %s epoch %llu", cmd->addr, u.home,
+                        (unsigned long long)u.epoch);
+        return -1;
     }
     struct store_mailbox mb;
     enum store_status ss = store_mailbox_get(sr->st, u.address, &mb);
     if (ss == STORE_NOTFOUND && u.epoch == 1) {
         ss = store_mailbox_create(sr->st, u.address, STORE_MBOX_ACTIVE, u.epoch);
         if (ss == STORE_OK || ss == STORE_EXISTS) {
-            log_info(s->id, "created mailbox of %s at epoch 1", u.address);
+            log_info(id, "created mailbox of %s at epoch 1", u.address);
             ss = store_mailbox_get(sr->st, u.address, &mb);
         }
     }
     if (ss == STORE_NOTFOUND) {
-        log_error(s->id, "directory homes %s here at epoch %llu but there is no mailbox", u.address,
+        log_error(id, "directory homes %s here at epoch %llu but there is no mailbox", u.address,
                   (unsigned long long)u.epoch);
-        reply(s, 451, "4.3.0", "<%s> mailbox unavailable", cmd->addr);
-        return;
+        smtpd_reply_set(r, 451, "4.3.0", "<%s> mailbox unavailable", cmd->addr);
+        return -1;
     }
     if (ss != STORE_OK) {
-        reply(s, 451, "4.3.0", "<%s> temporary store failure", cmd->addr);
-        return;
+        smtpd_reply_set(r, 451, "4.3.0", "<%s> temporary store failure", cmd->addr);
+        return -1;
     }
     if (mb.state != STORE_MBOX_ACTIVE || mb.epoch != u.epoch) {
-        reply_notlive(s, cmd->addr, &mb);
-        return;
+        hint_notlive(r, cmd->addr, &mb);
+        return -1;
     }
-    if (s->n_rcpts == s->cap_rcpts) {
-        s->cap_rcpts = s->cap_rcpts ? s->cap_rcpts * 2 : 8;
-        s->rcpts = xrealloc(s->rcpts, s->cap_rcpts * sizeof(*s->rcpts));
+    if (ls->n_rcpts == ls->cap_rcpts) {
+        ls->cap_rcpts = ls->cap_rcpts ? ls->cap_rcpts * 2 : 8;
+        ls->rcpts = xrealloc(ls->rcpts, ls->cap_rcpts * sizeof(*ls->rcpts));
     }
-    struct lmtp_rcpt *r = &s->rcpts[s->n_rcpts++];
-    memset(r, 0, sizeof(*r));
-    str_copy(r->addr, cmd->addr, sizeof(r->addr));
-    str_copy(r->user, u.address, sizeof(r->user));
-    r->epoch = u.epoch;
-    reply(s, 250, "2.1.5", "<%s> recipient ok", cmd->addr);
+    struct lmtp_rcpt *rc = &ls->rcpts[ls->n_rcpts++];
+    memset(rc, 0, sizeof(*rc));
+    str_copy(rc->addr, cmd->addr, sizeof(rc->addr));
+    str_copy(rc->user, u.address, sizeof(rc->user));
+    rc->epoch = u.epoch;
+    smtpd_reply_set(r, 250, "2.1.5", "<%s> recipient ok", cmd->addr);
+    return 0;
 }
 
-static void schedule_commit(struct lmtp_session *s);
-
-/* DATA is complete: refuse it whole for any framing flag, else queue it for
- * the group commit. */
-static void data_end(struct lmtp_session *s, const struct smtp_in_event *ev)
+/* A clean message: queue its appends for the group commit. */
+static void hook_data(void *ctx, const struct buf *m)
 {
-    struct store_role *sr = s->sr;
-    net_conn_rate_check(s->conn, false);
-    int code = 0;
-    const char *enh = NULL, *why = NULL;
-    if (ev->too_big) {
-        code = 552, enh = "5.3.4", why = "message exceeds the size limit";
-    } else if (ev->nul) {
-        code = 554, enh = "5.6.0", why = "message contains NUL bytes";
-    } else if (ev->bare_lf || ev->bare_cr) {
-        code = 554, enh = "5.6.0", why = "message contains a bare CR or LF";
-    } else if (ev->line_too_long) {
-        code = 554, enh = "5.6.0", why = "message has a line longer than 998 octets";
-    }
-    if (code != 0) {
-        for (size_t i = 0; i < s->n_rcpts; i++)
-            reply(s, code, enh, "<%s> %s", s->rcpts[i].addr, why);
-        txn_reset(s);
-        return;
-    }
+    struct lmtp_session *ls = ctx;
+    struct store_role *sr = ls->sr;
     /* RFC 5321 4.4: the final delivery adds Return-Path. */
-    const struct buf *m = smtp_in_message(s->in);
-    buf_reset(&s->msg);
-    buf_printf(&s->msg, "Return-Path: <%s>\r\n", s->sender);
-    buf_append(&s->msg, m->data, m->len);
+    buf_reset(&ls->msg);
+    buf_printf(&ls->msg, "Return-Path: <%s>\r\n", smtpd_session_sender(ls->s));
+    buf_append(&ls->msg, m->data, m->len);
 
-    s->appends = xrealloc(s->appends, s->n_rcpts * sizeof(*s->appends));
-    s->results = xrealloc(s->results, s->n_rcpts * sizeof(*s->results));
-    s->n_items = 0;
-    for (size_t i = 0; i < s->n_rcpts; i++) {
-        struct lmtp_rcpt *r = &s->rcpts[i];
+    ls->appends = xrealloc(ls->appends, ls->n_rcpts * sizeof(*ls->appends));
+    ls->results = xrealloc(ls->results, ls->n_rcpts * sizeof(*ls->results));
+    ls->n_items = 0;
+    for (size_t i = 0; i < ls->n_rcpts; i++) {
+        struct lmtp_rcpt *rc = &ls->rcpts[i];
         size_t j;
         /* Two RCPTs (or an alias and its user) for one mailbox: one copy. */
         for (j = 0; j < i; j++)
-            if (strcmp(s->rcpts[j].user, r->user) == 0)
+            if (strcmp(ls->rcpts[j].user, rc->user) == 0)
                 break;
         if (j < i) {
-            r->item = s->rcpts[j].item;
+            rc->item = ls->rcpts[j].item;
             continue;
         }
-        r->item = s->n_items++;
-        struct store_append *a = &s->appends[r->item];
+        rc->item = ls->n_items++;
+        struct store_append *a = &ls->appends[rc->item];
         memset(a, 0, sizeof(*a));
-        memset(&s->results[r->item], 0, sizeof(s->results[r->item]));
-        a->user = r->user;
-        a->data = s->msg.data;
-        a->len = s->msg.len;
-        a->delivery_id = s->delivery_id[0] != '\0' ? s->delivery_id : NULL;
+        memset(&ls->results[rc->item], 0, sizeof(ls->results[rc->item]));
+        a->user = rc->user;
+        a->data = ls->msg.data;
+        a->len = ls->msg.len;
+        a->delivery_id = ls->delivery_id[0] != '\0' ? ls->delivery_id : NULL;
         a->require_live = true;
-        a->epoch = r->epoch;
+        a->epoch = rc->epoch;
     }
     if (sr->batch == NULL)
         sr->batch = store_batch_begin(sr->st);
-    for (size_t k = 0; k < s->n_items; k++)
-        store_batch_add(sr->batch, &s->appends[k], &s->results[k]);
-    schedule_commit(s);
+    for (size_t k = 0; k < ls->n_items; k++)
+        store_batch_add(sr->batch, &ls->appends[k], &ls->results[k]);
+    ls->next_pending = NULL;
+    *sr->pending_tail = ls;
+    sr->pending_tail = &ls->next_pending;
+    net_task_schedule(sr->commit_task);
 }
 
-static void cmd_data(struct lmtp_session *s)
+static int hook_command(void *ctx, const struct smtp_cmd *cmd, struct smtpd_session *s)
 {
-    if (!s->in_mail) {
-        reply(s, 503, "5.5.1", "need MAIL before DATA");
-        client_error(s);
-        return;
-    }
-    if (s->n_rcpts == 0) {
-        reply(s, 503, "5.5.1", "no valid recipients");
-        client_error(s);
-        return;
-    }
-    reply(s, 354, NULL, "send the message, end with <CRLF>.<CRLF>");
-    smtp_in_start_data(s->in);
-    net_conn_rate_check(s->conn, true);
-}
-
-static void cmd_xstats(struct lmtp_session *s)
-{
-    struct store_role *sr = s->sr;
-    char text[512];
-    snprintf(text, sizeof(text),
-             "sessions %llu\ndeliveries %llu\nduplicates %llu\ncommits %llu\nfsyncs %llu\nok",
-             (unsigned long long)sr->n_sessions, (unsigned long long)sr->n_deliveries,
-             (unsigned long long)sr->n_duplicates, (unsigned long long)sr->n_commits,
-             (unsigned long long)util_fsync_count());
-    buf_reset(&s->out);
-    smtp_reply(&s->out, 250, NULL, text);
-    net_conn_write(s->conn, s->out.data, s->out.len);
-}
-
-static void handle_line(struct lmtp_session *s, const char *line, size_t len)
-{
-    struct smtp_cmd cmd;
-    struct smtp_error err;
-    if (smtp_cmd_parse(line, len, &cmd, &err) < 0) {
-        reply(s, err.code, err.enhanced, "%s", err.text);
-        client_error(s);
-        return;
-    }
-    switch (cmd.verb) {
-    case SMTP_LHLO:
-        cmd_lhlo(s, &cmd);
-        break;
-    case SMTP_HELO:
-    case SMTP_EHLO:
-        reply(s, 500, "5.5.1", "this is LMTP: use LHLO");
-        client_error(s);
-        break;
-    case SMTP_MAIL:
-        cmd_mail(s, &cmd);
-        break;
-    case SMTP_RCPT:
-        cmd_rcpt(s, &cmd);
-        break;
-    case SMTP_DATA:
-        cmd_data(s);
-        break;
-    case SMTP_RSET:
-        txn_reset(s);
-        reply(s, 250, "2.0.0", "reset");
-        break;
-    case SMTP_NOOP:
-        reply(s, 250, "2.0.0", "ok");
-        break;
-    case SMTP_QUIT:
-        reply(s, 221, "2.0.0", "bye");
-        net_conn_close(s->conn);
-        break;
-    case SMTP_VRFY:
-        reply(s, 252, "2.5.0", "cannot verify, but will accept and attempt delivery");
-        break;
-    case SMTP_HELP:
-        reply(s, 214, "2.0.0", "see docs/lmtp.md; commands: LHLO MAIL RCPT DATA RSET NOOP QUIT");
-        break;
-    case SMTP_XSTATS:
-        cmd_xstats(s);
-        break;
-    default:
-        reply(s, 502, "5.5.1", "command not implemented");
-        client_error(s);
-        break;
-    }
+    struct lmtp_session *ls = ctx;
+    struct store_role *sr = ls->sr;
+    if (cmd->verb != SMTP_XSTATS)
+        return -1;
+    struct smtpd_reply r;
+    smtpd_reply_set(&r, 250, NULL,
+                    "sessions %llu\ndeliveries %llu\nduplicates %llu\ncommits %llu\nfsyncs "
+                    "%llu\nok",
+                    (unsigned long long)sr->n_sessions, (unsigned long long)sr->n_deliveries,
+                    (unsigned long long)sr->n_duplicates, (unsigned long long)sr->n_commits,
+                    (unsigned long long)util_fsync_count());
+    smtpd_send(s, &r);
+    return 0;
 }
 
 /* ---- group commit ----------------------------------------------------- */
 
-static void session_free(struct lmtp_session *s)
+static void reply_results(struct lmtp_session *ls)
 {
-    smtp_in_free(&s->in);
-    buf_free(&s->out);
-    buf_free(&s->msg);
-    free(s->rcpts);
-    free(s->appends);
-    free(s->results);
-    free(s);
-}
-
-static void schedule_commit(struct lmtp_session *s)
-{
-    struct store_role *sr = s->sr;
-    s->pending = true;
-    net_conn_pause(s->conn);
-    s->next_pending = NULL;
-    *sr->pending_tail = s;
-    sr->pending_tail = &s->next_pending;
-    net_task_schedule(sr->commit_task);
-}
-
-static void reply_results(struct lmtp_session *s)
-{
-    struct store_role *sr = s->sr;
-    for (size_t i = 0; i < s->n_rcpts; i++) {
-        const struct lmtp_rcpt *r = &s->rcpts[i];
-        const struct store_append_result *res = &s->results[r->item];
+    struct store_role *sr = ls->sr;
+    struct smtpd_reply *replies = xcalloc(ls->n_rcpts, sizeof(*replies));
+    for (size_t i = 0; i < ls->n_rcpts; i++) {
+        const struct lmtp_rcpt *rc = &ls->rcpts[i];
+        const struct store_append_result *res = &ls->results[rc->item];
+        struct smtpd_reply *r = &replies[i];
         switch (res->status) {
         case STORE_OK:
             if (res->duplicate) {
                 sr->n_duplicates++;
-                reply(s, 250, "2.0.0", "<%s> already delivered (uid %u)", r->addr, res->uid);
+                smtpd_reply_set(r, 250, "2.0.0", "<%s> already delivered (uid %u)", rc->addr,
+                                res->uid);
             } else {
                 sr->n_deliveries++;
-                reply(s, 250, "2.0.0", "<%s> delivered (uid %u)", r->addr, res->uid);
+                smtpd_reply_set(r, 250, "2.0.0", "<%s> delivered (uid %u)", rc->addr, res->uid);
             }
             break;
         case STORE_NOTLIVE:
-            reply_notlive(s, r->addr, &res->mailbox);
+            hint_notlive(r, rc->addr, &res->mailbox);
             break;
         case STORE_NOTFOUND:
-            reply(s, 451, "4.2.1", "<%s> move in progress", r->addr);
+            smtpd_reply_set(r, 451, "4.2.1", "<%s> move in progress", rc->addr);
             break;
         default:
-            reply(s, 451, "4.3.0", "<%s> temporary store failure", r->addr);
+            smtpd_reply_set(r, 451, "4.3.0", "<%s> temporary store failure", rc->addr);
             break;
         }
     }
+    /* May free ls (a client that left): nothing of ls is used after. */
+    smtpd_data_done(ls->s, replies, ls->n_rcpts);
+    free(replies);
 }
 
 static void commit_cb(void *ctx)
@@ -483,101 +303,10 @@ static void commit_cb(void *ctx)
         log_error(sr->name, "group commit of %zu deliveries failed: %s", n, error);
     sr->n_commits++;
     while (list != NULL) {
-        struct lmtp_session *s = list;
-        list = s->next_pending;
-        s->pending = false;
-        if (s->dead) {
-            session_free(s);
-            continue;
-        }
-        reply_results(s);
-        txn_reset(s);
-        net_conn_resume(s->conn);
+        struct lmtp_session *ls = list;
+        list = ls->next_pending;
+        reply_results(ls);
     }
-}
-
-/* ---- connection callbacks -------------------------------------------- */
-
-static void *on_accept(struct net_conn *c, void *ctx)
-{
-    struct store_role *sr = ctx;
-    struct lmtp_session *s = xmalloc(sizeof(*s));
-    struct smtp_limits lim = {.cmd_line_max = SMTP_CMD_LINE_MAX,
-                              .text_line_max = SMTP_TEXT_LINE_MAX,
-                              .msg_max = sr->cfg->lmtp.max_message_size};
-    s->sr = sr;
-    s->conn = c;
-    s->in = smtp_in_new(&lim);
-    snprintf(s->id, sizeof(s->id), "%s/L%llu", sr->name, (unsigned long long)++sr->next_session);
-    buf_init(&s->out, 0);
-    buf_init(&s->msg, 0);
-    sr->n_sessions++;
-    if (net_conn_siblings(c) > sr->cfg->lmtp.max_sessions) {
-        reply(s, 421, "4.3.2", "too many connections, try again later");
-        net_conn_close(c);
-        return s;
-    }
-    reply(s, 220, NULL, "%s.tern LMTP ready", sr->name);
-    return s;
-}
-
-static size_t on_data(struct net_conn *c, void *ctx, const char *p, size_t n)
-{
-    (void)c;
-    struct lmtp_session *s = ctx;
-    size_t used = 0;
-    while (used < n) {
-        struct smtp_in_event ev;
-        size_t k = smtp_in_feed(s->in, p + used, n - used, &ev);
-        used += k;
-        switch (ev.type) {
-        case SMTP_IN_NONE:
-            return used;
-        case SMTP_IN_LINE:
-            handle_line(s, ev.line, ev.len);
-            break;
-        case SMTP_IN_TOO_LONG:
-            reply(s, 500, "5.5.2", "line too long");
-            client_error(s);
-            break;
-        case SMTP_IN_BARE_LF:
-        case SMTP_IN_BARE_CR:
-            reply(s, 500, "5.5.2", "bare CR or LF not allowed, use CRLF");
-            client_error(s);
-            break;
-        case SMTP_IN_NUL:
-            reply(s, 500, "5.5.2", "NUL byte not allowed");
-            client_error(s);
-            break;
-        case SMTP_IN_DATA_END:
-            data_end(s, &ev);
-            break;
-        }
-        /* A pending commit or a close stops input here; net offers the
-         * rest again after net_conn_resume(). */
-        if (s->pending || s->errors >= LMTP_MAX_ERRORS)
-            return used;
-    }
-    return used;
-}
-
-static void on_timeout(struct net_conn *c, void *ctx, const char *why)
-{
-    (void)c;
-    struct lmtp_session *s = ctx;
-    reply(s, 421, "4.4.2", "%s timeout, closing connection", why);
-}
-
-static void on_close(struct net_conn *c, void *ctx)
-{
-    (void)c;
-    struct lmtp_session *s = ctx;
-    if (s->pending) {
-        /* The commit still references this session: it frees it. */
-        s->dead = true;
-        return;
-    }
-    session_free(s);
 }
 
 static void on_signal(void *ctx)
@@ -624,13 +353,29 @@ int role_store_main(const struct config *cfg, const char *name)
 
     sr.loop = net_loop_new();
     sr.commit_task = net_task_new(sr.loop, commit_cb, &sr);
-    static const struct net_conn_handler h = {
-        .on_accept = on_accept, .on_data = on_data, .on_timeout = on_timeout, .on_close = on_close};
+    snprintf(sr.hostname, sizeof(sr.hostname), "%s.tern", name);
+    static const char *const extensions[] = {"XDELIVERYID", NULL};
+    static const char *const params[] = {"XDELIVERYID", NULL};
+    struct smtpd_config scfg = {.dialect = SMTPD_LMTP,
+                                .name = name,
+                                .hostname = sr.hostname,
+                                .max_message_size = cfg->lmtp.max_message_size,
+                                .max_recipients = cfg->lmtp.max_recipients,
+                                .max_sessions = cfg->lmtp.max_sessions,
+                                .extensions = extensions,
+                                .mail_params = params};
+    static const struct smtpd_hooks hooks = {.session_new = hook_session_new,
+                                             .mail = hook_mail,
+                                             .rcpt = hook_rcpt,
+                                             .data = hook_data,
+                                             .reset = hook_reset,
+                                             .command = hook_command,
+                                             .session_free = hook_session_free};
     struct net_conn_limits limits = {.idle_ms = cfg->lmtp.idle_timeout * 1000u,
                                      .deadline_ms = cfg->lmtp.session_deadline * 1000u,
                                      .min_rate = cfg->lmtp.min_data_rate};
-    struct net_listener *l = net_listen(sr.loop, cs->lmtp, &h, &sr, &limits, &error);
-    if (l == NULL)
+    struct smtpd *d = smtpd_listen(sr.loop, cs->lmtp, &scfg, &hooks, &sr, &limits, &error);
+    if (d == NULL)
         fatal("cannot listen on %s: %s", cs->lmtp, error);
     net_loop_on_signal(sr.loop, SIGTERM, on_signal, &sr);
     net_loop_on_signal(sr.loop, SIGINT, on_signal, &sr);
@@ -638,7 +383,7 @@ int role_store_main(const struct config *cfg, const char *name)
 
     net_loop_run(sr.loop);
 
-    net_listener_free(&l);
+    smtpd_free(&d);
     net_task_free(&sr.commit_task);
     net_loop_free(&sr.loop);
     store_close(&sr.st);
