@@ -12,6 +12,8 @@
 
 #include "config/config.h"
 #include "directory/directory.h"
+#include "queue/queue.h"
+#include "role_mta/role_mta.h"
 #include "role_store/role_store.h"
 #include "serve/serve.h"
 #include "store/store.h"
@@ -54,7 +56,7 @@ static int usage(const char *fmt, ...)
 static const char help_text[] =
     "usage: tern [--data DIR] [--config FILE] COMMAND ...\n"
     "\n"
-    "  serve [--roles LIST]              run the supervisor and its roles\n"
+    "  serve [--roles LIST] [--smtp ADDR:PORT]   run the supervisor and its roles\n"
     "  domain add NAME | list            local domains\n"
     "  user add ADDR (--password PW | --password-file F) [--store S]\n"
     "  user set ADDR [--password PW | --password-file F]\n"
@@ -65,6 +67,7 @@ static const char help_text[] =
     "  mailbox show ADDR [--store S]     a mailbox's state, folders and counts\n"
     "  mailbox export ADDR [--store S] [--folder F]   messages as mboxrd on stdout\n"
     "  mailbox fence|unfence ADDR [--store S]         freeze/unfreeze (maintenance)\n"
+    "  queue [list] | show ID | flush [ID]           the mta's queue\n"
     "  version | help\n"
     "\n"
     "DIR defaults to $TERN_DATA or ./tern-data; FILE to $TERN_CONFIG or DIR/tern.conf.\n";
@@ -753,7 +756,97 @@ static int cmd_role(struct cli *c, int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[0], "store") == 0)
         return role_store_main(&c->cfg, argv[1]);
-    return usage("role needs: store NAME");
+    if (argc == 1 && strcmp(argv[0], "mta") == 0)
+        return role_mta_main(&c->cfg);
+    return usage("role needs: store NAME | mta");
+}
+
+/* ---- queue ------------------------------------------------------------ */
+
+struct queue_print {
+    const char *only; /* one id, or NULL */
+    bool found;
+};
+
+static void fmt_ms(int64_t ms, char *out, size_t outlen)
+{
+    if (ms <= 0)
+        str_copy(out, "now", outlen);
+    else
+        time_format_utc(ms / 1000, out, outlen);
+}
+
+static int print_queued(void *ctx, const struct queue_msg *m, const char *quarantined)
+{
+    struct queue_print *qp = ctx;
+    if (qp->only != NULL && strcmp(qp->only, m->id) != 0)
+        return 0;
+    qp->found = true;
+    char arrival[32], expires[32];
+    time_format_utc(m->arrival / 1000, arrival, sizeof(arrival));
+    time_format_utc(m->expires / 1000, expires, sizeof(expires));
+    printf("%s  %s  <%s>  %llu octets%s%s\n", m->id, arrival, m->sender,
+           (unsigned long long)m->size, m->is_dsn ? "  (DSN)" : "",
+           quarantined != NULL ? "  QUARANTINED" : "");
+    if (quarantined != NULL)
+        printf("    reason: %s\n", quarantined);
+    if (qp->only != NULL)
+        printf("    expires: %s\n", expires);
+    for (size_t i = 0; i < m->n_rcpts; i++) {
+        const struct queue_rcpt *r = &m->rcpts[i];
+        char next[32];
+        fmt_ms(r->next_try, next, sizeof(next));
+        printf("    %-36s %-9s%s attempts %u", r->addr,
+               r->parked && r->state == QUEUE_PENDING ? "parked" : queue_rcpt_state_str(r->state),
+               r->kind == QUEUE_RCPT_ALTERNATE ? " (alternate)" : "", r->attempts);
+        if (r->state == QUEUE_PENDING)
+            printf("  next %s", next);
+        if (strcmp(r->orig, r->addr) != 0)
+            printf("  for <%s>", r->orig);
+        printf("\n");
+        if (r->last_reply[0] != '\0')
+            printf("        last: %s\n", r->last_reply);
+    }
+    return 0;
+}
+
+static int cmd_queue(struct cli *c, int argc, char **argv)
+{
+    const char *sub = argc > 0 ? argv[0] : "list";
+    if (argc > 0)
+        argc--, argv++;
+    int want = strcmp(sub, "show") == 0 ? 1 : 0;
+    if (strcmp(sub, "flush") == 0 && argc == 1)
+        want = 1;
+    if (strcmp(sub, "list") != 0 && strcmp(sub, "show") != 0 && strcmp(sub, "flush") != 0)
+        return usage("unknown queue command '%s'", sub);
+    int r = reject_leftover(argc, argv, want);
+    if (r != 0)
+        return r;
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/queue", c->cfg.data_dir);
+    const char *error;
+    struct queue *q = queue_open(dir, &error);
+    if (q == NULL)
+        return fail("cannot open the queue in %s: %s", dir, error);
+    int rc = 0;
+    if (strcmp(sub, "flush") == 0) {
+        long n = queue_flush(q, want ? argv[0] : NULL);
+        if (n < 0)
+            rc = fail("flush failed");
+        else
+            printf("%ld recipient(s) due now\n", n);
+    } else {
+        struct queue_print qp = {.only = want ? argv[0] : NULL};
+        if (queue_list(q, print_queued, &qp) < 0)
+            rc = fail("cannot read the queue");
+        else if (want && !qp.found)
+            rc = fail("no message %s in the queue", argv[0]);
+        else if (!qp.found)
+            printf("queue is empty\n");
+    }
+    queue_close(&q);
+    return rc;
 }
 
 int cli_main(int argc, char **argv)
@@ -771,9 +864,10 @@ int cli_main(int argc, char **argv)
     bool bad = false;
     const char *data = take_opt(&ac, av, "--data", &bad);
     const char *cfgpath = take_opt(&ac, av, "--config", &bad);
+    const char *smtp = take_opt(&ac, av, "--smtp", &bad);
     int rc;
     if (bad) {
-        rc = usage("--data and --config need a value");
+        rc = usage("--data, --config and --smtp need a value");
         goto out;
     }
     if (data == NULL)
@@ -799,6 +893,16 @@ int cli_main(int argc, char **argv)
         }
         c.config_path = cfgpath;
     }
+    if (smtp != NULL) {
+        char host[128];
+        int port;
+        if (strlen(smtp) >= sizeof(c.cfg.smtp.listen) ||
+            parse_hostport(smtp, host, sizeof(host), &port) < 0) {
+            rc = usage("--smtp needs HOST:PORT");
+            goto out;
+        }
+        str_copy(c.cfg.smtp.listen, smtp, sizeof(c.cfg.smtp.listen));
+    }
     if (ac < 1) {
         fputs(help_text, stderr);
         rc = 2;
@@ -821,6 +925,8 @@ int cli_main(int argc, char **argv)
         rc = cmd_store(&c, sac, sav);
     else if (strcmp(cmd, "mailbox") == 0)
         rc = cmd_mailbox(&c, sac, sav);
+    else if (strcmp(cmd, "queue") == 0)
+        rc = cmd_queue(&c, sac, sav);
     else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("tern %s\n", TERN_VERSION);
         rc = 0;

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util/util.h"
 
@@ -28,7 +29,24 @@ void config_defaults(struct config *cfg, const char *data_dir)
     cfg->lmtp.session_deadline = 3600;
     cfg->lmtp.idle_timeout = 300;
     cfg->lmtp.min_data_rate = 1024;
-    cfg->lmtp.group_commit_max = 512;
+    str_copy(cfg->smtp.listen, "127.0.0.1:2525", sizeof(cfg->smtp.listen));
+    cfg->smtp.max_message_size = 25 * 1024 * 1024;
+    cfg->smtp.max_recipients = 1000;
+    cfg->smtp.max_sessions = 200;
+    cfg->smtp.session_deadline = 600;
+    cfg->smtp.idle_timeout = 300;
+    cfg->smtp.min_data_rate = 1024;
+    cfg->queue.lifetime = 5 * 86400;
+    cfg->queue.retry_min = 300;
+    cfg->queue.retry_max = 4000;
+    cfg->queue.park_min_ms = 50;
+    cfg->queue.park_max_ms = 2000;
+    cfg->queue.workers = 4;
+    cfg->queue.cache_ttl = 60;
+    cfg->queue.lmtp_timeout = 60;
+    if (gethostname(cfg->hostname, sizeof(cfg->hostname)) < 0 || cfg->hostname[0] == '\0')
+        str_copy(cfg->hostname, "localhost", sizeof(cfg->hostname));
+    cfg->hostname[sizeof(cfg->hostname) - 1] = '\0';
 }
 
 const struct config_store *config_store(const struct config *cfg, const char *name)
@@ -44,7 +62,7 @@ struct parse_state {
     unsigned line;
     char *err;
     size_t errlen;
-    enum { SEC_TOP, SEC_STORE, SEC_LMTP } section;
+    enum { SEC_TOP, SEC_STORE, SEC_LMTP, SEC_SMTP, SEC_QUEUE } section;
     struct config_store *store; /* SEC_STORE */
     bool stores_replaced;
 };
@@ -117,6 +135,14 @@ static int parse_section(struct parse_state *ps, char *line)
         ps->section = SEC_LMTP;
         return 0;
     }
+    if (strcmp(name, "smtp") == 0 && arg == NULL) {
+        ps->section = SEC_SMTP;
+        return 0;
+    }
+    if (strcmp(name, "queue") == 0 && arg == NULL) {
+        ps->section = SEC_QUEUE;
+        return 0;
+    }
     if (strcmp(name, "store") == 0) {
         if (arg == NULL || !mail_store_name_valid(arg))
             return perr(ps, "[store NAME] needs a name of 1-32 characters a-z 0-9 _ -");
@@ -155,6 +181,12 @@ static int parse_setting(struct parse_state *ps, const char *key, const char *va
             str_copy(cfg->roles, val, sizeof(cfg->roles));
             return 0;
         }
+        if (strcmp(key, "hostname") == 0) {
+            const char *e;
+            if (mail_domain_normalize(val, cfg->hostname, &e) < 0)
+                return perr(ps, "hostname: %s", e);
+            return 0;
+        }
         if (strcmp(key, "restart_backoff_max") == 0)
             return set_unsigned(ps, key, val, 100, 3600000, &cfg->restart_backoff_max);
         break;
@@ -179,11 +211,47 @@ static int parse_setting(struct parse_state *ps, const char *key, const char *va
             return set_unsigned(ps, key, val, 1, 86400, &cfg->lmtp.idle_timeout);
         if (strcmp(key, "min_data_rate") == 0)
             return set_unsigned(ps, key, val, 0, 1u << 30, &cfg->lmtp.min_data_rate);
-        if (strcmp(key, "group_commit_max") == 0)
-            return set_unsigned(ps, key, val, 1, 65536, &cfg->lmtp.group_commit_max);
+        break;
+    case SEC_SMTP:
+        if (strcmp(key, "listen") == 0) {
+            if (check_endpoint(ps, key, val) < 0)
+                return -1;
+            str_copy(cfg->smtp.listen, val, sizeof(cfg->smtp.listen));
+            return 0;
+        }
+        if (strcmp(key, "max_message_size") == 0)
+            return set_uint(ps, key, val, 1024, (uint64_t)1 << 31, &cfg->smtp.max_message_size);
+        if (strcmp(key, "max_recipients") == 0)
+            return set_unsigned(ps, key, val, 1, 100000, &cfg->smtp.max_recipients);
+        if (strcmp(key, "max_sessions") == 0)
+            return set_unsigned(ps, key, val, 1, 100000, &cfg->smtp.max_sessions);
+        if (strcmp(key, "session_deadline") == 0)
+            return set_unsigned(ps, key, val, 1, 86400, &cfg->smtp.session_deadline);
+        if (strcmp(key, "idle_timeout") == 0)
+            return set_unsigned(ps, key, val, 1, 86400, &cfg->smtp.idle_timeout);
+        if (strcmp(key, "min_data_rate") == 0)
+            return set_unsigned(ps, key, val, 0, 1u << 30, &cfg->smtp.min_data_rate);
+        break;
+    case SEC_QUEUE:
+        if (strcmp(key, "lifetime") == 0)
+            return set_unsigned(ps, key, val, 1, 365 * 86400, &cfg->queue.lifetime);
+        if (strcmp(key, "retry_min") == 0)
+            return set_unsigned(ps, key, val, 1, 86400, &cfg->queue.retry_min);
+        if (strcmp(key, "retry_max") == 0)
+            return set_unsigned(ps, key, val, 1, 7 * 86400, &cfg->queue.retry_max);
+        if (strcmp(key, "park_min_ms") == 0)
+            return set_unsigned(ps, key, val, 1, 60000, &cfg->queue.park_min_ms);
+        if (strcmp(key, "park_max_ms") == 0)
+            return set_unsigned(ps, key, val, 1, 600000, &cfg->queue.park_max_ms);
+        if (strcmp(key, "workers") == 0)
+            return set_unsigned(ps, key, val, 1, 256, &cfg->queue.workers);
+        if (strcmp(key, "cache_ttl") == 0)
+            return set_unsigned(ps, key, val, 0, 86400, &cfg->queue.cache_ttl);
+        if (strcmp(key, "lmtp_timeout") == 0)
+            return set_unsigned(ps, key, val, 1, 3600, &cfg->queue.lmtp_timeout);
         break;
     }
-    static const char *names[] = {"the top level", "[store]", "[lmtp]"};
+    static const char *names[] = {"the top level", "[store]", "[lmtp]", "[smtp]", "[queue]"};
     return perr(ps, "unknown key '%s' in %s", key, names[ps->section]);
 }
 
@@ -229,6 +297,12 @@ int config_parse(struct config *cfg, const char *text, size_t len, char *err, si
             snprintf(err, errlen, "store '%s' has no lmtp address", cfg->stores[i].name);
             return -1;
         }
+    if (cfg->queue.retry_max < cfg->queue.retry_min ||
+        cfg->queue.park_max_ms < cfg->queue.park_min_ms) {
+        snprintf(err, errlen,
+                 "[queue] retry_max/park_max_ms must not be below retry_min/park_min_ms");
+        return -1;
+    }
     if (cfg->n_stores == 0) {
         snprintf(err, errlen, "no stores configured");
         return -1;

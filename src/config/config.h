@@ -47,17 +47,40 @@ struct config_lmtp {
     unsigned session_deadline; /* seconds for a whole session; default 3600 */
     unsigned idle_timeout;     /* seconds between commands; default 300 */
     unsigned min_data_rate;    /* octets/s in DATA after 10 s; 0 = off */
-    unsigned group_commit_max; /* deliveries per commit at most; 512 */
+};
+
+struct config_smtp {
+    char listen[CONFIG_ENDPOINT_MAX + 1]; /* default 127.0.0.1:2525 */
+    uint64_t max_message_size;            /* default 25 MiB */
+    unsigned max_recipients;              /* default 1000 */
+    unsigned max_sessions;                /* default 200 */
+    unsigned session_deadline;            /* seconds; default 600 */
+    unsigned idle_timeout;                /* seconds; default 300 */
+    unsigned min_data_rate;               /* octets/s in DATA after 10 s; default 1024 */
+};
+
+struct config_queue {
+    unsigned lifetime;     /* seconds a message may wait; default 5 days */
+    unsigned retry_min;    /* seconds before the first retry; default 300 */
+    unsigned retry_max;    /* seconds between retries at most; default 4000 */
+    unsigned park_min_ms;  /* "move in progress": first retry; default 50 */
+    unsigned park_max_ms;  /* ... doubling up to; default 2000 */
+    unsigned workers;      /* delivery threads; default 4 */
+    unsigned cache_ttl;    /* seconds; routing cache; default 60 (0 = off) */
+    unsigned lmtp_timeout; /* seconds per LMTP operation; default 60 */
 };
 
 struct config {
-    char data_dir[CONFIG_PATH_MAX];  /* set by the caller (--data); not in the file */
-    char directory[CONFIG_PATH_MAX]; /* SQLite directory path; default DATA/directory.db */
-    char roles[256];                 /* "all" or "store:s1,store:s2" */
-    unsigned restart_backoff_max;    /* ms; the supervisor's longest restart delay */
+    char data_dir[CONFIG_PATH_MAX];     /* set by the caller (--data); not in the file */
+    char directory[CONFIG_PATH_MAX];    /* SQLite directory path; default DATA/directory.db */
+    char roles[256];                    /* "all" or "store:s1,store:s2" */
+    unsigned restart_backoff_max;       /* ms; the supervisor's longest restart delay */
+    char hostname[MAIL_DOMAIN_MAX + 1]; /* in greetings, Received:, DSNs */
     struct config_store stores[CONFIG_STORES_MAX];
     size_t n_stores;
     struct config_lmtp lmtp;
+    struct config_smtp smtp;
+    struct config_queue queue;
 };
 
 /* Fills cfg with the defaults for data_dir (stores s1, s2 on 2401/2402). */

@@ -65,6 +65,10 @@ static int parse_roles(const struct config *cfg, const char *spec, struct role_p
         if (strcmp(tok, "all") == 0 || (strcmp(tok, "store") == 0 && arg[0] == '\0')) {
             for (size_t i = 0; i < cfg->n_stores; i++)
                 add_role(roles, n, "store", cfg->stores[i].name);
+            if (strcmp(tok, "all") == 0)
+                add_role(roles, n, "mta", "");
+        } else if (strcmp(tok, "mta") == 0 && arg[0] == '\0') {
+            add_role(roles, n, "mta", "");
         } else if (strcmp(tok, "store") == 0) {
             if (config_store(cfg, arg) == NULL) {
                 fprintf(stderr, "tern serve: no store named '%s' in the configuration\n", arg);
@@ -72,7 +76,8 @@ static int parse_roles(const struct config *cfg, const char *spec, struct role_p
             }
             add_role(roles, n, "store", arg);
         } else {
-            fprintf(stderr, "tern serve: unknown role '%s' (known: all, store, store:NAME)\n", tok);
+            fprintf(stderr, "tern serve: unknown role '%s' (known: all, mta, store, store:NAME)\n",
+                    tok);
             return -1;
         }
     }
@@ -99,11 +104,14 @@ static void start_role(struct role_proc *r, const char *self_exe, const struct c
         if (getppid() != parent)
             _exit(1);
         sigprocmask(SIG_SETMASK, orig_mask, NULL);
-        const char *argv[10];
+        const char *argv[12];
         int a = 0;
         argv[a++] = "tern";
         argv[a++] = "--data";
         argv[a++] = cfg->data_dir;
+        /* The --smtp override travels with the role's argv. */
+        argv[a++] = "--smtp";
+        argv[a++] = cfg->smtp.listen;
         if (config_path != NULL) {
             argv[a++] = "--config";
             argv[a++] = config_path;
