@@ -1,6 +1,7 @@
 /* config — see config.h and docs/config.md. */
 #include "config/config.h"
 
+#include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -114,8 +115,11 @@ static int check_endpoint(struct parse_state *ps, const char *key, const char *v
 {
     char host[CONFIG_ENDPOINT_MAX + 1];
     int port;
-    if (strlen(val) > CONFIG_ENDPOINT_MAX || parse_hostport(val, host, sizeof(host), &port) < 0)
-        return perr(ps, "%s must be HOST:PORT (got '%s')", key, val);
+    struct in6_addr a;
+    if (strlen(val) > CONFIG_ENDPOINT_MAX || parse_hostport(val, host, sizeof(host), &port) < 0 ||
+        (inet_pton(AF_INET, host, &a) != 1 && inet_pton(AF_INET6, host, &a) != 1))
+        return perr(ps, "%s must be HOST:PORT with a numeric IPv4 or [IPv6] host (got '%s')", key,
+                    val);
     return 0;
 }
 

@@ -29,6 +29,10 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.lmtp.max_message_size, 25 * 1024 * 1024);
     assert_int_equal(cfg.lmtp.max_recipients, 1000);
     assert_string_equal(cfg.roles, "all");
+    assert_string_equal(cfg.smtp.listen, "127.0.0.1:2525");
+    assert_int_equal(cfg.smtp.max_recipients, 1000);
+    assert_int_equal(cfg.queue.lifetime, 5 * 86400);
+    assert_int_equal(cfg.queue.cache_ttl, 60);
 }
 
 static void test_settings(void **state)
@@ -42,7 +46,10 @@ static void test_settings(void **state)
                            "[store a]\nlmtp = 127.0.0.1:1\n[store b]\n  lmtp =  [::1]:2  \n"
                            "[lmtp]\nmax_message_size = 4096\nmax_recipients = 7\n"
                            "max_sessions = 3\nsession_deadline = 9\nidle_timeout = 8\n"
-                           "min_data_rate = 0\n",
+                           "min_data_rate = 0\n"
+                           "[smtp]\nlisten = 127.0.0.1:2626\nmax_recipients = 5\n"
+                           "[queue]\nlifetime = 3\nretry_min = 1\nretry_max = 2\nworkers = 2\n"
+                           "cache_ttl = 0\npark_min_ms = 10\npark_max_ms = 20\n",
                            err),
                      0);
     assert_int_equal(cfg.n_stores, 2); /* the file's stores replace s1, s2 */
@@ -58,6 +65,15 @@ static void test_settings(void **state)
     assert_int_equal(cfg.lmtp.session_deadline, 9);
     assert_int_equal(cfg.lmtp.idle_timeout, 8);
     assert_int_equal(cfg.lmtp.min_data_rate, 0);
+    assert_string_equal(cfg.smtp.listen, "127.0.0.1:2626");
+    assert_int_equal(cfg.smtp.max_recipients, 5);
+    assert_int_equal(cfg.queue.lifetime, 3);
+    assert_int_equal(cfg.queue.retry_min, 1);
+    assert_int_equal(cfg.queue.retry_max, 2);
+    assert_int_equal(cfg.queue.workers, 2);
+    assert_int_equal(cfg.queue.cache_ttl, 0);
+    assert_int_equal(cfg.queue.park_min_ms, 10);
+    assert_int_equal(cfg.queue.park_max_ms, 20);
 }
 
 static const struct {
@@ -69,7 +85,12 @@ static const struct {
     {"below minimum", "[lmtp]\nmax_recipients = 0\n", "line 2: max_recipients must be"},
     {"above maximum", "[lmtp]\nmax_message_size = 99999999999\n", "max_message_size must be"},
     {"negative", "[lmtp]\nidle_timeout = -1\n", "idle_timeout must be"},
-    {"unknown section", "[queue]\n", "line 1: unknown section [queue]"},
+    {"unknown section", "[mailq]\n", "line 1: unknown section [mailq]"},
+    {"unknown smtp key", "[smtp]\nport = 25\n", "line 2: unknown key 'port' in [smtp]"},
+    {"bad smtp listen", "[smtp]\nlisten = *:25\n", "line 2: listen must be HOST:PORT"},
+    {"workers zero", "[queue]\nworkers = 0\n", "line 2: workers must be"},
+    {"retry order", "[queue]\nretry_min = 100\nretry_max = 10\n", "retry_max/park_max_ms"},
+    {"bad hostname", "hostname = -bad-\n", "line 1: hostname:"},
     {"store without name", "[store]\n", "line 1: [store NAME] needs a name"},
     {"bad store name", "[store S1]\n", "[store NAME] needs a name"},
     {"unterminated section", "[lmtp\n", "line 1: section header must end with ']'"},
