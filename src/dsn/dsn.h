@@ -19,18 +19,18 @@
 #include "util/util.h"
 
 struct dsn_rcpt {
-    const char *final_rcpt;    /* the address that failed */
-    const char *orig_rcpt;     /* as given in RCPT TO; NULL if the same */
-    const char *status;        /* "5.1.1", "4.4.7" */
-    const char *diagnostic;    /* the last reply, e.g. "550 5.1.1 <a> user unknown" */
+    const char *final_rcpt; /* the address that failed */
+    const char *orig_rcpt;  /* as given in RCPT TO; NULL if the same */
+    const char *status;     /* "5.1.1", "4.4.7" */
+    const char *diagnostic; /* the last reply, e.g. "550 5.1.1 <a> user unknown" */
 };
 
 struct dsn_info {
     const char *reporting_mta; /* host name */
     const char *sender;        /* the original envelope sender (the DSN's To) */
     const char *queue_id;
-    int64_t arrival;           /* unix seconds */
-    int64_t now;               /* unix seconds: Date */
+    int64_t arrival; /* unix seconds */
+    int64_t now;     /* unix seconds: Date */
 };
 
 /* Appends the DSN message to out. orig/orig_len: the original message (only

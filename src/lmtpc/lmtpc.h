@@ -17,7 +17,7 @@
 #define LMTPC_REPLY_MAX 511
 
 struct lmtpc_reply {
-    int code;                      /* 0 = no answer (connection failed) */
+    int code;                       /* 0 = no answer (connection failed) */
     char text[LMTPC_REPLY_MAX + 1]; /* after the code: "4.2.1 <a> moved to s2 epoch 7" */
 };
 
@@ -25,8 +25,8 @@ struct lmtpc;
 
 /* Connects to "HOST:PORT", reads the greeting and sends LHLO. NULL with a
  * message in err on failure. */
-struct lmtpc *lmtpc_connect(const char *endpoint, unsigned timeout_ms, const char *helo,
-                            char *err, size_t errlen);
+struct lmtpc *lmtpc_connect(const char *endpoint, unsigned timeout_ms, const char *helo, char *err,
+                            size_t errlen);
 void lmtpc_close(struct lmtpc **c);
 
 /* One transaction: MAIL FROM:<sender> [XDELIVERYID=id], RCPT TO for each of

@@ -42,8 +42,8 @@
 #include "mail/mail.h"
 #include "util/util.h"
 
-#define QUEUE_ID_LEN 16       /* hex characters */
-#define QUEUE_REPLY_MAX 255   /* last reply text kept per recipient */
+#define QUEUE_ID_LEN    16  /* hex characters */
+#define QUEUE_REPLY_MAX 255 /* last reply text kept per recipient */
 
 enum queue_status {
     QUEUE_OK = 0,
@@ -58,26 +58,26 @@ const char *queue_rcpt_state_str(enum queue_rcpt_state s);
 enum queue_rcpt_kind { QUEUE_RCPT_PRIMARY = 0, QUEUE_RCPT_ALTERNATE };
 
 struct queue_rcpt {
-    unsigned idx;                     /* position in the entry, from 0 */
-    char addr[MAIL_ADDR_MAX + 1];     /* the user to deliver to */
-    char orig[MAIL_ADDR_MAX + 1];     /* as given in RCPT TO (for the DSN) */
+    unsigned idx;                 /* position in the entry, from 0 */
+    char addr[MAIL_ADDR_MAX + 1]; /* the user to deliver to */
+    char orig[MAIL_ADDR_MAX + 1]; /* as given in RCPT TO (for the DSN) */
     enum queue_rcpt_kind kind;
     enum queue_rcpt_state state;
-    bool parked;                      /* last answer was "move in progress" */
+    bool parked; /* last answer was "move in progress" */
     unsigned attempts;
-    int64_t next_try;                 /* unix ms */
+    int64_t next_try; /* unix ms */
     char last_reply[QUEUE_REPLY_MAX + 1];
 };
 
 struct queue_msg {
     char id[QUEUE_ID_LEN + 1];
-    char sender[MAIL_ADDR_MAX + 1];   /* "" = null sender */
-    int64_t arrival;                  /* unix ms */
-    int64_t expires;                  /* unix ms: lifetime end */
+    char sender[MAIL_ADDR_MAX + 1]; /* "" = null sender */
+    int64_t arrival;                /* unix ms */
+    int64_t expires;                /* unix ms: lifetime end */
     bool is_dsn;
     uint64_t size;
-    struct buf body;                  /* filled by queue_load only */
-    struct queue_rcpt *rcpts;         /* malloc'd */
+    struct buf body;          /* filled by queue_load only */
+    struct queue_rcpt *rcpts; /* malloc'd */
     size_t n_rcpts;
 };
 /* Frees body and rcpts (not msg itself). */
@@ -90,14 +90,14 @@ struct queue_new_rcpt {
     enum queue_rcpt_kind kind;
 };
 struct queue_new {
-    const char *sender;               /* "" for <> */
-    const void *body;                 /* must stay valid during the call */
+    const char *sender; /* "" for <> */
+    const void *body;   /* must stay valid during the call */
     size_t len;
     const struct queue_new_rcpt *rcpts;
     size_t n_rcpts;
     bool is_dsn;
-    int64_t expires;                  /* unix ms */
-    char id_r[QUEUE_ID_LEN + 1];      /* out: the new queue id */
+    int64_t expires;             /* unix ms */
+    char id_r[QUEUE_ID_LEN + 1]; /* out: the new queue id */
 };
 
 struct queue;
@@ -115,8 +115,8 @@ enum queue_status queue_load(struct queue *q, const char *id, struct queue_msg *
 
 /* Calls cb with the id of every message that has a pending recipient due at
  * or before now (unix ms), oldest next_try first, at most `max`. */
-int queue_due(struct queue *q, int64_t now, size_t max,
-              void (*cb)(void *ctx, const char *id), void *ctx);
+int queue_due(struct queue *q, int64_t now, size_t max, void (*cb)(void *ctx, const char *id),
+              void *ctx);
 /* The earliest next_try of any pending recipient (unix ms), or INT64_MAX. */
 int64_t queue_next_due(struct queue *q);
 
@@ -127,7 +127,7 @@ struct queue_update {
     bool parked;
     unsigned attempts;
     int64_t next_try;
-    const char *reply;                /* stored as last_reply */
+    const char *reply; /* stored as last_reply */
 };
 /* Applies the updates of one message in one transaction; if `dsn` is not
  * NULL it is inserted in the same transaction (its id_r filled). If every
@@ -141,8 +141,8 @@ enum queue_status queue_quarantine(struct queue *q, const char *id, const char *
 
 /* Lists messages (without bodies), oldest first. cb returns non-zero to
  * stop. Quarantined entries come with quarantined = reason, else NULL. */
-int queue_list(struct queue *q, int (*cb)(void *ctx, const struct queue_msg *m,
-                                          const char *quarantined), void *ctx);
+int queue_list(struct queue *q,
+               int (*cb)(void *ctx, const struct queue_msg *m, const char *quarantined), void *ctx);
 /* Makes every pending recipient (or those of one message) due now. Returns
  * the number of recipients touched, or -1. */
 long queue_flush(struct queue *q, const char *id);

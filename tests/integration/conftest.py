@@ -39,21 +39,23 @@ def wait_port(port, timeout=10.0, up=True):
 class Tern:
     """One tern installation: data dir, config file, CLI, supervisor."""
 
-    def __init__(self, root, lmtp_extra="", top_extra=""):
+    def __init__(self, root, lmtp_extra="", top_extra="", smtp_extra="", queue_extra=""):
         self.data = root / "data"
-        self.ports = {"s1": free_port(), "s2": free_port()}
+        self.ports = {"s1": free_port(), "s2": free_port(), "smtp": free_port()}
         self.config = root / "tern.conf"
-        self.write_config(lmtp_extra, top_extra)
+        self.write_config(lmtp_extra, top_extra, smtp_extra, queue_extra)
         self.serve_proc = None
         self.serve_log = root / "serve.log"
 
-    def write_config(self, lmtp_extra="", top_extra=""):
+    def write_config(self, lmtp_extra="", top_extra="", smtp_extra="", queue_extra=""):
         self.config.write_text(
             "# test configuration\n"
-            f"{top_extra}\n"
+            f"hostname = mx.test\n{top_extra}\n"
             f"[store s1]\nlmtp = 127.0.0.1:{self.ports['s1']}\n"
             f"[store s2]\nlmtp = 127.0.0.1:{self.ports['s2']}\n"
             f"[lmtp]\n{lmtp_extra}\n"
+            f"[smtp]\nlisten = 127.0.0.1:{self.ports['smtp']}\n{smtp_extra}\n"
+            f"[queue]\n{queue_extra}\n"
         )
 
     def env(self):
@@ -79,16 +81,17 @@ class Tern:
             stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
         log.close()
         if wait:
-            for name in self.store_names(extra):
-                assert wait_port(self.ports[name]), f"store {name} did not come up:\n{self.log(4000)}"
+            for name in self.role_ports(extra):
+                assert wait_port(self.ports[name]), f"{name} did not come up:\n{self.log(4000)}"
         return self.serve_proc
 
     @staticmethod
-    def store_names(extra):
+    def role_ports(extra):
         if "--roles" in extra:
-            spec = extra[list(extra).index("--roles") + 1]
-            return [r.split(":", 1)[1] for r in spec.split(",") if r.startswith("store:")]
-        return ["s1", "s2"]
+            spec = extra[list(extra).index("--roles") + 1].split(",")
+            return [r.split(":", 1)[1] for r in spec if r.startswith("store:")] + \
+                (["smtp"] if "mta" in spec else [])
+        return ["s1", "s2", "smtp"]
 
     def stop(self):
         p = self.serve_proc
@@ -116,9 +119,22 @@ class Tern:
             return ""
 
     def role_pid(self, store):
-        """The pid of the process serving `store` (it holds the store's lock)."""
-        text = (self.data / "stores" / store / "lock").read_text().strip()
-        return int(text)
+        """The pid of the process serving `store` (it holds the store's lock),
+        or of the mta for "mta" (it holds the queue's lock)."""
+        path = self.data / "queue" / "lock" if store == "mta" else \
+            self.data / "stores" / store / "lock"
+        return int(path.read_text().strip())
+
+    def queue(self):
+        return self.cli("queue").stdout
+
+    def wait_queue_empty(self, timeout=10):
+        deadline = time.time() + timeout * SLOW
+        while time.time() < deadline:
+            if "queue is empty" in self.queue():
+                return True
+            time.sleep(0.1)
+        return False
 
     def setup_users(self, *users, domain="example.org", store="s1"):
         self.cli("domain", "add", domain)
