@@ -462,6 +462,11 @@ static void deliver_message(struct worker *w, const char *id)
             break;
         }
     }
+    if (n_att == 0) { /* nothing due (another worker was quicker) */
+        free(att);
+        queue_msg_clear(&msg);
+        return;
+    }
     /* Rounds: all OUT_RETRY_NOW attempts, grouped by store; a redirect puts
      * an attempt back into the next round at its new home. */
     struct attempt **group = xcalloc(n_att + 1, sizeof(*group));
