@@ -29,7 +29,9 @@ CONF
 T() { "$BIN" --data "$WORK/data" --config "$WORK/tern.conf" "$@"; }
 T domain add example.org >/dev/null
 T user add bench@example.org --password bench --store s1 >/dev/null
-T serve >"$WORK/serve.log" 2>&1 &
+# Start the binary itself (not through T, a function: $! would be a subshell
+# and the cleanup would leave tern running).
+"$BIN" --data "$WORK/data" --config "$WORK/tern.conf" serve >"$WORK/serve.log" 2>&1 &
 SERVE=$!
 cleanup() { kill "$SERVE" 2>/dev/null; wait "$SERVE" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT

@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -257,27 +258,44 @@ static int queue_exec_keyed(struct queue *q, enum queue_stmt id, const char *key
 
 /* ---- transactions ------------------------------------------------------ */
 
+/* Writers of one process (the mta's accept thread and its delivery workers,
+ * each with its own handle) take turns here instead of in SQLite: SQLite's
+ * busy handler waits by sleeping (1, 2, 5, 10 ms ...), which under load
+ * costs more than the transactions themselves. The busy timeout still
+ * covers writers in other processes (the CLI). */
+static pthread_mutex_t queue_write_lock = PTHREAD_MUTEX_INITIALIZER;
+
 /* Starts a write transaction at the given durability (see the top of the
- * file). The pragma must run outside a transaction, hence here. */
+ * file). The pragma must run outside a transaction, hence here. Every
+ * successful queue_begin() is paired with one queue_end(). */
 static int queue_begin(struct queue *q, enum queue_sync sync)
 {
+    pthread_mutex_lock(&queue_write_lock);
     if (q->sync != sync) {
-        if (queue_exec_id(q, sync == QUEUE_SYNC_FULL ? ST_SYNC_FULL : ST_SYNC_NORMAL) < 0)
+        if (queue_exec_id(q, sync == QUEUE_SYNC_FULL ? ST_SYNC_FULL : ST_SYNC_NORMAL) < 0) {
+            pthread_mutex_unlock(&queue_write_lock);
             return -1;
+        }
         q->sync = sync;
     }
-    return queue_exec_id(q, ST_BEGIN);
+    if (queue_exec_id(q, ST_BEGIN) < 0) {
+        pthread_mutex_unlock(&queue_write_lock);
+        return -1;
+    }
+    return 0;
 }
 
 /* Commits if ok is 0, else rolls back; returns 0 only if committed. */
 static int queue_end(struct queue *q, int ok)
 {
+    int r = -1;
     if (ok == 0 && queue_exec_id(q, ST_COMMIT) == 0)
-        return 0;
+        r = 0;
     /* Some errors (I/O, full disk) already rolled the transaction back. */
-    if (!sqlite3_get_autocommit(q->db))
+    else if (!sqlite3_get_autocommit(q->db))
         (void)queue_exec_id(q, ST_ROLLBACK);
-    return -1;
+    pthread_mutex_unlock(&queue_write_lock);
+    return r;
 }
 
 /* Ends a read transaction (nothing to keep: COMMIT just drops the snapshot). */
