@@ -12,15 +12,19 @@ allowed() {
         net) echo "util net" ;;
         directory) echo "util mail directory" ;;
         store) echo "util mail store" ;;
+        sync) echo "util mail store sync" ;;
+        syncd) echo "util mail store net sync syncd" ;;
         smtpd) echo "util mail smtp net smtpd" ;;
-        role_store) echo "util mail config smtp smtpd net directory store role_store" ;;
+        role_store) echo "util mail config smtp smtpd net directory store syncd role_store" ;;
         queue) echo "util mail queue" ;;
         dsn) echo "util mail dsn" ;;
         lmtpc) echo "util mail smtp lmtpc" ;;
         router) echo "util mail directory router" ;;
         role_mta) echo "util mail config smtp smtpd net directory queue dsn lmtpc router role_mta" ;;
+        move) echo "util mail store directory sync move" ;;
+        role_mover) echo "util mail config directory store sync move role_mover" ;;
         serve) echo "util mail config directory serve" ;;
-        cli) echo "util mail config directory store queue serve role_store role_mta cli" ;;
+        cli) echo "util mail config directory store queue sync move serve role_store role_mta role_mover cli" ;;
         *) echo "" ;;
     esac
 }

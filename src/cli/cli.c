@@ -13,6 +13,8 @@
 #include "config/config.h"
 #include "directory/directory.h"
 #include "queue/queue.h"
+#include "move/move.h"
+#include "role_mover/role_mover.h"
 #include "role_mta/role_mta.h"
 #include "role_store/role_store.h"
 #include "serve/serve.h"
@@ -68,6 +70,10 @@ static const char help_text[] =
     "  mailbox export ADDR [--store S] [--folder F]   messages as mboxrd on stdout\n"
     "  mailbox fence|unfence ADDR [--store S]         freeze/unfreeze (maintenance)\n"
     "  queue [list] | show ID | flush [ID]           the mta's queue\n"
+    "  move ADDR --to STORE [--wait] [--suspend-when-ready]   move a mailbox\n"
+    "  move show ID | abort ID | complete ID | wait ID\n"
+    "  moves                             every move job, phase and progress\n"
+    "  drain STORE --to STORE [--parallel N]          move every mailbox off a store\n"
     "  version | help\n"
     "\n"
     "DIR defaults to $TERN_DATA or ./tern-data; FILE to $TERN_CONFIG or DIR/tern.conf.\n";
@@ -758,7 +764,384 @@ static int cmd_role(struct cli *c, int argc, char **argv)
         return role_store_main(&c->cfg, argv[1]);
     if (argc == 1 && strcmp(argv[0], "mta") == 0)
         return role_mta_main(&c->cfg);
-    return usage("role needs: store NAME | mta");
+    if (argc == 1 && strcmp(argv[0], "mover") == 0)
+        return role_mover_main(&c->cfg);
+    return usage("role needs: store NAME | mta | mover");
+}
+
+/* ---- moves ------------------------------------------------------------ */
+
+static void human_bytes(uint64_t b, char *out, size_t outlen)
+{
+    if (b >= 10ull << 30)
+        snprintf(out, outlen, "%.1f GB", (double)b / (1 << 30));
+    else if (b >= 10ull << 20)
+        snprintf(out, outlen, "%.1f MB", (double)b / (1 << 20));
+    else if (b >= 10ull << 10)
+        snprintf(out, outlen, "%.1f KB", (double)b / (1 << 10));
+    else
+        snprintf(out, outlen, "%llu B", (unsigned long long)b);
+}
+
+static void print_job(const struct dir_job *j)
+{
+    char created[32], updated[32], lease[32], bytes[32], total[32];
+    time_format_utc(j->created, created, sizeof(created));
+    time_format_utc(j->updated, updated, sizeof(updated));
+    time_format_utc(j->lease_expires / 1000, lease, sizeof(lease));
+    human_bytes(j->bytes_done, bytes, sizeof(bytes));
+    human_bytes(j->bytes_total, total, sizeof(total));
+    printf("job:        %llu (%s)\n", (unsigned long long)j->id, dir_job_kind_str(j->kind));
+    printf("user:       %s\n", j->user);
+    printf("from:       %s\nto:         %s\n", j->source, j->dest);
+    printf("phase:      %s\n", j->phase);
+    printf("messages:   %llu of %llu\n", (unsigned long long)j->msgs_done,
+           (unsigned long long)j->msgs_total);
+    printf("bytes:      %s of %s\n", bytes, total);
+    printf("epoch:      %llu\ncheckpoint: %llu\n", (unsigned long long)j->epoch,
+           (unsigned long long)j->checkpoint);
+    if (j->options & DIR_JOB_OPT_SUSPEND)
+        printf("cutover:    waits for 'tern move complete %llu'%s\n", (unsigned long long)j->id,
+               (j->options & DIR_JOB_OPT_COMPLETE) ? " (completed)" : "");
+    if (j->retain_until > 0) {
+        char until[32];
+        time_format_utc(j->retain_until, until, sizeof(until));
+        printf("source kept until: %s\n", until);
+    }
+    printf("lease:      %s%s%s\n", j->lease_owner[0] ? j->lease_owner : "-",
+           j->lease_owner[0] ? " until " : "", j->lease_owner[0] ? lease : "");
+    printf("created:    %s\nupdated:    %s\n", created, updated);
+    if (j->last_error[0] != '\0')
+        printf("last error: %s\n", j->last_error);
+}
+
+/* The move is complete for the user once the home switched. */
+static bool job_succeeded(const struct dir_job *j)
+{
+    return strcmp(j->phase, "retention") == 0 || strcmp(j->phase, "done") == 0;
+}
+
+static bool job_ended(const struct dir_job *j)
+{
+    return job_succeeded(j) || strcmp(j->phase, "aborted") == 0 || strcmp(j->phase, "failed") == 0;
+}
+
+/* Waits for job id to end; a progress bar on a terminal. Exit status. */
+static int wait_job(struct directory *dir, uint64_t id)
+{
+    bool tty = isatty(STDOUT_FILENO);
+    int64_t start = time_mono_ms();
+    uint64_t start_bytes = UINT64_MAX;
+    char last_phase[DIR_PHASE_MAX + 1] = "";
+    for (;;) {
+        struct dir_job j;
+        enum dir_status ds = dir_job_get(dir, id, &j);
+        if (ds == DIR_NOTFOUND)
+            return fail("job %llu is gone", (unsigned long long)id);
+        if (ds == DIR_OK) {
+            if (start_bytes == UINT64_MAX)
+                start_bytes = j.bytes_done;
+            double secs = (double)(time_mono_ms() - start) / 1000.0;
+            double rate = secs > 0.5 ? (double)(j.msgs_done) / secs : 0;
+            if (tty) {
+                unsigned width = 30, fill = 0;
+                if (j.msgs_total > 0)
+                    fill = (unsigned)(width *
+                                      (j.msgs_done > j.msgs_total ? j.msgs_total : j.msgs_done) /
+                                      j.msgs_total);
+                if (job_succeeded(&j))
+                    fill = width;
+                char bar[64], bytes[32];
+                for (unsigned k = 0; k < width; k++)
+                    bar[k] = k < fill ? '#' : '.';
+                bar[width] = '\0';
+                human_bytes(j.bytes_done, bytes, sizeof(bytes));
+                double eta = rate > 0 && j.msgs_total > j.msgs_done
+                                 ? (double)(j.msgs_total - j.msgs_done) / rate
+                                 : 0;
+                printf("\r[%s] %-9s %llu/%llu msgs  %s  %.0f msg/s  ETA %.0fs   ", bar, j.phase,
+                       (unsigned long long)j.msgs_done, (unsigned long long)j.msgs_total, bytes,
+                       rate, eta);
+                fflush(stdout);
+            } else if (strcmp(last_phase, j.phase) != 0) {
+                printf("job %llu: %s (%llu/%llu messages)\n", (unsigned long long)id, j.phase,
+                       (unsigned long long)j.msgs_done, (unsigned long long)j.msgs_total);
+                fflush(stdout);
+            }
+            str_copy(last_phase, j.phase, sizeof(last_phase));
+            if (job_ended(&j)) {
+                if (tty)
+                    putchar('\n');
+                if (job_succeeded(&j)) {
+                    printf("moved %s from %s to %s (epoch %llu)\n", j.user, j.source, j.dest,
+                           (unsigned long long)j.epoch + 1);
+                    return 0;
+                }
+                return fail("move of %s %s: %s", j.user, j.phase,
+                            j.last_error[0] ? j.last_error : "no reason recorded");
+            }
+        }
+        usleep(200 * 1000);
+    }
+}
+
+static int parse_id(const char *s, uint64_t *id)
+{
+    if (parse_u64(s, UINT64_MAX, id) < 0 || *id == 0)
+        return usage("'%s' is not a job id", s);
+    return 0;
+}
+
+/* Creates a move job for addr to dest. 0 with *id_r, or an exit status. */
+static int create_move(struct directory *dir, const char *addr, const char *dest, uint32_t options,
+                       uint64_t *id_r)
+{
+    struct dir_user u;
+    enum dir_status ds = dir_user_get(dir, addr, &u);
+    if (ds == DIR_NOTFOUND)
+        return fail("no such user %s", addr);
+    if (ds != DIR_OK)
+        return dir_fail(ds, "move");
+    struct dir_store st;
+    if (dir_store_get(dir, dest, &st) != DIR_OK)
+        return fail("unknown store '%s' (see 'tern store list')", dest);
+    if (strcmp(u.home, dest) == 0)
+        return fail("%s already lives on %s", addr, dest);
+    struct dir_job j;
+    memset(&j, 0, sizeof(j));
+    j.kind = DIR_JOB_MOVE;
+    str_copy(j.user, u.address, sizeof(j.user));
+    str_copy(j.source, u.home, sizeof(j.source));
+    str_copy(j.dest, dest, sizeof(j.dest));
+    str_copy(j.phase, "queued", sizeof(j.phase));
+    j.epoch = u.epoch;
+    j.options = options;
+    ds = dir_job_create(dir, &j);
+    if (ds == DIR_INVALID)
+        return fail("%s already has a move or import in progress (see 'tern moves')", addr);
+    if (ds != DIR_OK)
+        return dir_fail(ds, "move");
+    *id_r = j.id;
+    return 0;
+}
+
+static int cmd_move(struct cli *c, int argc, char **argv)
+{
+    if (argc < 1)
+        return usage("move needs ADDRESS --to STORE, or show|abort|complete|wait ID");
+    const char *sub = argv[0];
+    if (strcmp(sub, "show") == 0 || strcmp(sub, "abort") == 0 || strcmp(sub, "complete") == 0 ||
+        strcmp(sub, "wait") == 0) {
+        int r = reject_leftover(argc - 1, argv + 1, 1);
+        if (r != 0)
+            return r;
+        uint64_t id;
+        if ((r = parse_id(argv[1], &id)) != 0)
+            return r;
+        struct directory *dir = open_dir(c);
+        if (dir == NULL)
+            return 1;
+        int rc = 0;
+        for (int attempt = 0; attempt < 10; attempt++) {
+            struct dir_job j;
+            enum dir_status ds = dir_job_get(dir, id, &j);
+            if (ds == DIR_NOTFOUND) {
+                rc = fail("no job %llu", (unsigned long long)id);
+                break;
+            }
+            if (ds != DIR_OK) {
+                rc = dir_fail(ds, sub);
+                break;
+            }
+            if (strcmp(sub, "show") == 0) {
+                print_job(&j);
+                break;
+            }
+            if (strcmp(sub, "wait") == 0) {
+                rc = wait_job(dir, id);
+                break;
+            }
+            if (strcmp(sub, "abort") == 0) {
+                if (strcmp(j.phase, "aborting") == 0 || strcmp(j.phase, "aborted") == 0) {
+                    printf("job %llu is already %s\n", (unsigned long long)id, j.phase);
+                    break;
+                }
+                if (!move_phase_abortable(j.phase)) {
+                    rc = fail("job %llu is in phase %s: past the switch, it cannot be aborted",
+                              (unsigned long long)id, j.phase);
+                    break;
+                }
+                str_copy(j.phase, "aborting", sizeof(j.phase));
+            } else {
+                if (job_ended(&j)) {
+                    rc = fail("job %llu has ended (%s)", (unsigned long long)id, j.phase);
+                    break;
+                }
+                j.options |= DIR_JOB_OPT_COMPLETE;
+            }
+            ds = dir_job_update(dir, &j);
+            if (ds == DIR_CONFLICT)
+                continue; /* the mover saved progress meanwhile: read again */
+            if (ds != DIR_OK)
+                rc = dir_fail(ds, sub);
+            else
+                printf("job %llu: %s requested\n", (unsigned long long)id, sub);
+            break;
+        }
+        dir_close(&dir);
+        return rc;
+    }
+    bool bad = false;
+    const char *to = take_opt(&argc, argv, "--to", &bad);
+    bool wait = take_flag(&argc, argv, "--wait");
+    bool suspend = take_flag(&argc, argv, "--suspend-when-ready");
+    if (bad)
+        return usage("--to needs a store");
+    int r = reject_leftover(argc, argv, 1);
+    if (r != 0)
+        return r;
+    if (to == NULL)
+        return usage("move needs --to STORE");
+    char addr[MAIL_ADDR_MAX + 1];
+    if (normalize_addr(argv[0], addr) != 0)
+        return 1;
+    struct directory *dir = open_dir(c);
+    if (dir == NULL)
+        return 1;
+    uint64_t id;
+    r = create_move(dir, addr, to, suspend ? DIR_JOB_OPT_SUSPEND : 0, &id);
+    if (r == 0) {
+        printf("move job %llu: %s to %s\n", (unsigned long long)id, addr, to);
+        fflush(stdout);
+        if (wait)
+            r = wait_job(dir, id);
+    }
+    dir_close(&dir);
+    return r;
+}
+
+static int cmd_moves(struct cli *c, int argc, char **argv)
+{
+    int r = reject_leftover(argc, argv, 0);
+    if (r != 0)
+        return r;
+    struct directory *dir = open_dir(c);
+    if (dir == NULL)
+        return 1;
+    struct dir_job *jobs;
+    size_t n;
+    enum dir_status ds = dir_job_list(dir, &jobs, &n);
+    dir_close(&dir);
+    if (ds != DIR_OK)
+        return dir_fail(ds, "moves");
+    if (n == 0) {
+        printf("no jobs\n");
+        free(jobs);
+        return 0;
+    }
+    printf("%-5s %-6s %-28s %-6s %-6s %-10s %-16s %s\n", "ID", "KIND", "USER", "FROM", "TO",
+           "PHASE", "PROGRESS", "NOTE");
+    for (size_t i = 0; i < n; i++) {
+        const struct dir_job *j = &jobs[i];
+        char prog[32];
+        snprintf(prog, sizeof(prog), "%llu/%llu", (unsigned long long)j->msgs_done,
+                 (unsigned long long)j->msgs_total);
+        printf("%-5llu %-6s %-28s %-6s %-6s %-10s %-16s %s\n", (unsigned long long)j->id,
+               dir_job_kind_str(j->kind), j->user, j->source, j->dest, j->phase, prog,
+               j->last_error);
+    }
+    free(jobs);
+    return 0;
+}
+
+/* Moves every user homed on a store to another, N at a time. */
+static int cmd_drain(struct cli *c, int argc, char **argv)
+{
+    bool bad = false;
+    const char *to = take_opt(&argc, argv, "--to", &bad);
+    const char *par = take_opt(&argc, argv, "--parallel", &bad);
+    if (bad)
+        return usage("option needs a value");
+    int r = reject_leftover(argc, argv, 1);
+    if (r != 0)
+        return r;
+    uint64_t parallel = 4;
+    if (to == NULL)
+        return usage("drain needs --to STORE");
+    if (par != NULL && (parse_u64(par, 256, &parallel) < 0 || parallel == 0))
+        return usage("--parallel needs 1..256");
+    const char *from = argv[0];
+    if (strcmp(from, to) == 0)
+        return usage("cannot drain a store into itself");
+    struct directory *dir = open_dir(c);
+    if (dir == NULL)
+        return 1;
+    struct dir_store st;
+    if (dir_store_get(dir, from, &st) != DIR_OK || dir_store_get(dir, to, &st) != DIR_OK) {
+        dir_close(&dir);
+        return fail("unknown store (see 'tern store list')");
+    }
+    uint64_t *live = xcalloc(parallel, sizeof(*live));
+    unsigned moved = 0, failed = 0;
+    int rc = 0;
+    for (;;) {
+        /* Reap ended jobs. */
+        size_t n_live = 0;
+        for (uint64_t i = 0; i < parallel; i++) {
+            if (live[i] == 0)
+                continue;
+            struct dir_job j;
+            if (dir_job_get(dir, live[i], &j) == DIR_OK && job_ended(&j)) {
+                if (job_succeeded(&j))
+                    moved++;
+                else {
+                    failed++;
+                    fprintf(stderr, "tern: drain: %s %s: %s\n", j.user, j.phase, j.last_error);
+                }
+                live[i] = 0;
+            } else {
+                n_live++;
+            }
+        }
+        struct dir_user *users;
+        size_t nu;
+        if (dir_user_list(dir, &users, &nu) != DIR_OK) {
+            usleep(500 * 1000);
+            continue;
+        }
+        size_t left = 0;
+        for (size_t k = 0; k < nu; k++) {
+            if (strcmp(users[k].home, from) != 0)
+                continue;
+            left++;
+            if (n_live >= parallel)
+                continue;
+            uint64_t id;
+            struct dir_job probe;
+            (void)probe;
+            if (create_move(dir, users[k].address, to, 0, &id) == 0) {
+                for (uint64_t i = 0; i < parallel; i++)
+                    if (live[i] == 0) {
+                        live[i] = id;
+                        break;
+                    }
+                n_live++;
+                printf("drain: job %llu moves %s\n", (unsigned long long)id, users[k].address);
+                fflush(stdout);
+            }
+        }
+        free(users);
+        if (n_live == 0 && (left == 0 || failed > 0)) {
+            if (left > 0)
+                rc = fail("drain of %s stopped: %u mailbox(es) could not be moved", from, failed);
+            break;
+        }
+        usleep(200 * 1000);
+    }
+    printf("drain: %u mailbox(es) moved from %s to %s\n", moved, from, to);
+    free(live);
+    dir_close(&dir);
+    return rc;
 }
 
 /* ---- queue ------------------------------------------------------------ */
@@ -927,6 +1310,12 @@ int cli_main(int argc, char **argv)
         rc = cmd_mailbox(&c, sac, sav);
     else if (strcmp(cmd, "queue") == 0)
         rc = cmd_queue(&c, sac, sav);
+    else if (strcmp(cmd, "move") == 0)
+        rc = cmd_move(&c, sac, sav);
+    else if (strcmp(cmd, "moves") == 0)
+        rc = cmd_moves(&c, sac, sav);
+    else if (strcmp(cmd, "drain") == 0)
+        rc = cmd_drain(&c, sac, sav);
     else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("tern %s\n", TERN_VERSION);
         rc = 0;

@@ -21,8 +21,10 @@ void config_defaults(struct config *cfg, const char *data_dir)
     cfg->restart_backoff_max = 10000;
     str_copy(cfg->stores[0].name, "s1", sizeof(cfg->stores[0].name));
     str_copy(cfg->stores[0].lmtp, "127.0.0.1:2401", sizeof(cfg->stores[0].lmtp));
+    str_copy(cfg->stores[0].sync, "127.0.0.1:2411", sizeof(cfg->stores[0].sync));
     str_copy(cfg->stores[1].name, "s2", sizeof(cfg->stores[1].name));
     str_copy(cfg->stores[1].lmtp, "127.0.0.1:2402", sizeof(cfg->stores[1].lmtp));
+    str_copy(cfg->stores[1].sync, "127.0.0.1:2412", sizeof(cfg->stores[1].sync));
     cfg->n_stores = 2;
     cfg->lmtp.max_message_size = 25 * 1024 * 1024;
     cfg->lmtp.max_recipients = 1000;
@@ -45,6 +47,11 @@ void config_defaults(struct config *cfg, const char *data_dir)
     cfg->queue.workers = 4;
     cfg->queue.cache_ttl = 60;
     cfg->queue.lmtp_timeout = 60;
+    cfg->mover.lease_ms = 5000;
+    cfg->mover.retention = 7 * 86400;
+    cfg->mover.cutover_budget_ms = 2000;
+    cfg->mover.parallel = 4;
+    cfg->mover.catchup_delta = 100;
     if (gethostname(cfg->hostname, sizeof(cfg->hostname)) < 0 || cfg->hostname[0] == '\0')
         str_copy(cfg->hostname, "localhost", sizeof(cfg->hostname));
     cfg->hostname[sizeof(cfg->hostname) - 1] = '\0';
@@ -63,7 +70,7 @@ struct parse_state {
     unsigned line;
     char *err;
     size_t errlen;
-    enum { SEC_TOP, SEC_STORE, SEC_LMTP, SEC_SMTP, SEC_QUEUE } section;
+    enum { SEC_TOP, SEC_STORE, SEC_LMTP, SEC_SMTP, SEC_QUEUE, SEC_MOVER } section;
     struct config_store *store; /* SEC_STORE */
     bool stores_replaced;
 };
@@ -147,6 +154,10 @@ static int parse_section(struct parse_state *ps, char *line)
         ps->section = SEC_QUEUE;
         return 0;
     }
+    if (strcmp(name, "mover") == 0 && arg == NULL) {
+        ps->section = SEC_MOVER;
+        return 0;
+    }
     if (strcmp(name, "store") == 0) {
         if (arg == NULL || !mail_store_name_valid(arg))
             return perr(ps, "[store NAME] needs a name of 1-32 characters a-z 0-9 _ -");
@@ -199,6 +210,12 @@ static int parse_setting(struct parse_state *ps, const char *key, const char *va
             if (check_endpoint(ps, key, val) < 0)
                 return -1;
             str_copy(ps->store->lmtp, val, sizeof(ps->store->lmtp));
+            return 0;
+        }
+        if (strcmp(key, "sync") == 0) {
+            if (check_endpoint(ps, key, val) < 0)
+                return -1;
+            str_copy(ps->store->sync, val, sizeof(ps->store->sync));
             return 0;
         }
         break;
@@ -254,8 +271,21 @@ static int parse_setting(struct parse_state *ps, const char *key, const char *va
         if (strcmp(key, "lmtp_timeout") == 0)
             return set_unsigned(ps, key, val, 1, 3600, &cfg->queue.lmtp_timeout);
         break;
+    case SEC_MOVER:
+        if (strcmp(key, "lease_ms") == 0)
+            return set_unsigned(ps, key, val, 500, 600000, &cfg->mover.lease_ms);
+        if (strcmp(key, "retention") == 0)
+            return set_unsigned(ps, key, val, 0, 365 * 86400, &cfg->mover.retention);
+        if (strcmp(key, "cutover_budget_ms") == 0)
+            return set_unsigned(ps, key, val, 10, 600000, &cfg->mover.cutover_budget_ms);
+        if (strcmp(key, "parallel") == 0)
+            return set_unsigned(ps, key, val, 1, 256, &cfg->mover.parallel);
+        if (strcmp(key, "catchup_delta") == 0)
+            return set_unsigned(ps, key, val, 0, 1000000, &cfg->mover.catchup_delta);
+        break;
     }
-    static const char *names[] = {"the top level", "[store]", "[lmtp]", "[smtp]", "[queue]"};
+    static const char *names[] = {"the top level", "[store]", "[lmtp]",
+                                  "[smtp]",        "[queue]", "[mover]"};
     return perr(ps, "unknown key '%s' in %s", key, names[ps->section]);
 }
 

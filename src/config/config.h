@@ -38,6 +38,7 @@
 struct config_store {
     char name[MAIL_NAME_MAX + 1];
     char lmtp[CONFIG_ENDPOINT_MAX + 1]; /* "127.0.0.1:2401" */
+    char sync[CONFIG_ENDPOINT_MAX + 1]; /* TSYNC/1 for moves; "" = none */
 };
 
 struct config_lmtp {
@@ -70,6 +71,14 @@ struct config_queue {
     unsigned lmtp_timeout; /* seconds per LMTP operation; default 60 */
 };
 
+struct config_mover {
+    unsigned lease_ms;          /* a job's lease; default 5000 */
+    unsigned retention;         /* seconds the source copy is kept; default 7 days */
+    unsigned cutover_budget_ms; /* longest final sync while fenced; default 2000 */
+    unsigned parallel;          /* jobs run at once by one mover; default 4 */
+    unsigned catchup_delta;     /* changes at most in a pass before fencing; default 100 */
+};
+
 struct config {
     char data_dir[CONFIG_PATH_MAX];     /* set by the caller (--data); not in the file */
     char directory[CONFIG_PATH_MAX];    /* SQLite directory path; default DATA/directory.db */
@@ -81,6 +90,7 @@ struct config {
     struct config_lmtp lmtp;
     struct config_smtp smtp;
     struct config_queue queue;
+    struct config_mover mover;
 };
 
 /* Fills cfg with the defaults for data_dir (stores s1, s2 on 2401/2402). */

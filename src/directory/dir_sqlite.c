@@ -24,7 +24,7 @@
 #define DIR_SQLITE_BUSY_MS     5000
 #define DIR_SQLITE_VERSION_LEN 32
 /* Must match dir_job_phase_final(). */
-#define DIR_SQLITE_FINAL_PHASES "('done','failed','aborted')"
+#define DIR_SQLITE_FINAL_PHASES "('done','failed','aborted','retention')"
 
 /* Schema steps, applied in order inside one transaction on open; step i
  * takes the schema from version i to i+1. Never edit a released step: add
@@ -49,6 +49,13 @@ static const char *const dir_sqlite_migrations[] = {
     " version INTEGER NOT NULL);"
     "CREATE INDEX jobs_user ON jobs(user, phase);"
     "CREATE INDEX users_home ON users(home);",
+    /* 3: what a move job needs to resume: its change-log checkpoint, the
+     * user's epoch when it started, the end of the source's retention, and
+     * option bits. Existing rows get neutral values. */
+    "ALTER TABLE jobs ADD COLUMN checkpoint INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN retain_until INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN options INTEGER NOT NULL DEFAULT 0;",
 };
 
 #define USER_COLS                                                                                  \
@@ -56,7 +63,8 @@ static const char *const dir_sqlite_migrations[] = {
     "updated"
 #define JOB_COLS                                                                                   \
     "id, kind, user, source, dest, phase, msgs_total, msgs_done, bytes_total, bytes_done, "        \
-    "lease_owner, lease_expires, created, updated, last_error, version"
+    "lease_owner, lease_expires, created, updated, last_error, version, checkpoint, epoch, "       \
+    "retain_until, options"
 
 enum dir_sqlite_stmt {
     ST_BEGIN,
@@ -116,12 +124,13 @@ static const char *const dir_sqlite_sql[ST_COUNT] = {
     [ST_STORE_UPDATE] = "UPDATE stores SET lmtp = ?2, version = ?3 + 1"
                         " WHERE name = ?1 AND version = ?3",
     [ST_JOB_INSERT] = "INSERT INTO jobs(" JOB_COLS ") VALUES(NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
-                      " ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                      " ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     [ST_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
     [ST_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs ORDER BY id DESC",
     [ST_JOB_UPDATE] = "UPDATE jobs SET source = ?4, dest = ?5, phase = ?6, msgs_total = ?7,"
                       " msgs_done = ?8, bytes_total = ?9, bytes_done = ?10, lease_owner = ?11,"
-                      " lease_expires = ?12, updated = ?14, last_error = ?15, version = ?16 + 1"
+                      " lease_expires = ?12, updated = ?14, last_error = ?15, version = ?16 + 1,"
+                      " checkpoint = ?17, epoch = ?18, retain_until = ?19, options = ?20"
                       " WHERE id = ?1 AND version = ?16",
     [ST_JOB_LIVE] = "SELECT 1 FROM jobs WHERE user = ?1 AND id <> ?2"
                     " AND phase NOT IN " DIR_SQLITE_FINAL_PHASES " LIMIT 1",
@@ -378,6 +387,10 @@ static void dir_sqlite_read_job(sqlite3_stmt *st, void *out)
     j->updated = sqlite3_column_int64(st, 13);
     COL_TEXT(st, 14, j->last_error);
     j->version = COL_U64(st, 15);
+    j->checkpoint = COL_U64(st, 16);
+    j->epoch = COL_U64(st, 17);
+    j->retain_until = sqlite3_column_int64(st, 18);
+    j->options = (uint32_t)sqlite3_column_int64(st, 19);
 }
 
 static void dir_sqlite_bind_job(sqlite3_stmt *st, const struct dir_job *j)
@@ -398,6 +411,10 @@ static void dir_sqlite_bind_job(sqlite3_stmt *st, const struct dir_job *j)
     sqlite3_bind_int64(st, 14, j->updated);
     dir_sqlite_bind_text(st, 15, j->last_error);
     dir_sqlite_bind_u64(st, 16, j->version);
+    dir_sqlite_bind_u64(st, 17, j->checkpoint);
+    dir_sqlite_bind_u64(st, 18, j->epoch);
+    sqlite3_bind_int64(st, 19, j->retain_until);
+    sqlite3_bind_int64(st, 20, (int64_t)j->options);
 }
 
 /* Runs a CAS write (UPDATE/DELETE ... WHERE key AND version) already bound

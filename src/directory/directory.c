@@ -57,7 +57,7 @@ bool dir_job_phase_final(const char *phase)
 {
     /* Keep in step with DIR_SQLITE_FINAL_PHASES in dir_sqlite.c. */
     return strcmp(phase, "done") == 0 || strcmp(phase, "failed") == 0 ||
-           strcmp(phase, "aborted") == 0;
+           strcmp(phase, "aborted") == 0 || strcmp(phase, "retention") == 0;
 }
 
 void dir_close(struct directory **dir)

@@ -23,7 +23,8 @@
  *     normalize their argument, so "Alice@Example.ORG" finds alice.
  *  4. A user's address is never also an alias, and vice versa.
  *  5. At most one job per user is live (phase not "done"/"failed"/
- *     "aborted") at a time.
+ *     "aborted"/"retention") at a time. A move in "retention" is complete:
+ *     only the purge of the old copy remains, which never blocks a new job.
  *  6. The schema carries its version (table meta, key schema_version) and is
  *     migrated forward on open, inside one transaction; a database from a
  *     newer tern is refused.
@@ -114,9 +115,17 @@ struct dir_job {
     int64_t created, updated;                  /* unix seconds */
     char last_error[DIR_ERROR_MAX + 1];
     uint64_t version;
+    uint64_t checkpoint;  /* moves: source modseq copied up to */
+    uint64_t epoch;       /* moves: the user's epoch when the job began */
+    int64_t retain_until; /* moves: unix seconds; the source copy is kept until */
+    uint32_t options;     /* DIR_JOB_OPT_* */
 };
 
-/* True for the phases after which a job is no longer live. */
+#define DIR_JOB_OPT_SUSPEND  0x1u /* stop when ready to cut over, until completed */
+#define DIR_JOB_OPT_COMPLETE 0x2u /* the operator asked to complete */
+
+/* True for the phases after which a job is no longer live (for the
+ * one-live-job rule; a mover still visits "retention" jobs to purge). */
 bool dir_job_phase_final(const char *phase);
 
 struct directory;

@@ -144,9 +144,14 @@ static void conn_arm_timer(struct net_conn *c)
 {
     const struct net_conn_limits *lim = &c->l->limits;
     int64_t now = time_mono_ms();
-    int64_t due = c->started_ms + lim->deadline_ms;
+    /* 0 means "no such limit": never a due time of now (that would spin). */
+    int64_t due = lim->deadline_ms > 0 ? c->started_ms + lim->deadline_ms : INT64_MAX;
     if (!c->paused && lim->idle_ms > 0 && c->last_read_ms + lim->idle_ms < due)
         due = c->last_read_ms + lim->idle_ms;
+    if (due == INT64_MAX && !(c->rate_on && lim->min_rate > 0)) {
+        event_del(c->timer);
+        return;
+    }
     if (c->rate_on && lim->min_rate > 0) {
         /* Re-check the rate every second while it is on. */
         if (now + 1000 < due)

@@ -28,6 +28,7 @@
 #include "smtp/smtp.h"
 #include "smtpd/smtpd.h"
 #include "store/store.h"
+#include "syncd/syncd.h"
 #include "util/util.h"
 
 struct lmtp_rcpt {
@@ -377,6 +378,15 @@ int role_store_main(const struct config *cfg, const char *name)
     struct smtpd *d = smtpd_listen(sr.loop, cs->lmtp, &scfg, &hooks, &sr, &limits, &error);
     if (d == NULL)
         fatal("cannot listen on %s: %s", cs->lmtp, error);
+    /* TSYNC/1 for the mover (docs/sync.md), on the same loop and store. */
+    struct syncd *sd = NULL;
+    if (cs->sync[0] != '\0') {
+        struct net_conn_limits sl = {.idle_ms = 600 * 1000u, .deadline_ms = 0, .min_rate = 0};
+        sd = syncd_listen(sr.loop, cs->sync, sr.st, name, &sl, &error);
+        if (sd == NULL)
+            fatal("cannot listen on %s for sync: %s", cs->sync, error);
+        log_info(sr.name, "sync listening on %s", cs->sync);
+    }
     net_loop_on_signal(sr.loop, SIGTERM, on_signal, &sr);
     net_loop_on_signal(sr.loop, SIGINT, on_signal, &sr);
     log_info(sr.name, "LMTP listening on %s", cs->lmtp);
@@ -384,6 +394,7 @@ int role_store_main(const struct config *cfg, const char *name)
     net_loop_run(sr.loop);
 
     smtpd_free(&d);
+    syncd_free(&sd);
     net_task_free(&sr.commit_task);
     net_loop_free(&sr.loop);
     store_close(&sr.st);

@@ -65,10 +65,12 @@ static int parse_roles(const struct config *cfg, const char *spec, struct role_p
         if (strcmp(tok, "all") == 0 || (strcmp(tok, "store") == 0 && arg[0] == '\0')) {
             for (size_t i = 0; i < cfg->n_stores; i++)
                 add_role(roles, n, "store", cfg->stores[i].name);
-            if (strcmp(tok, "all") == 0)
+            if (strcmp(tok, "all") == 0) {
                 add_role(roles, n, "mta", "");
-        } else if (strcmp(tok, "mta") == 0 && arg[0] == '\0') {
-            add_role(roles, n, "mta", "");
+                add_role(roles, n, "mover", "");
+            }
+        } else if ((strcmp(tok, "mta") == 0 || strcmp(tok, "mover") == 0) && arg[0] == '\0') {
+            add_role(roles, n, tok, "");
         } else if (strcmp(tok, "store") == 0) {
             if (config_store(cfg, arg) == NULL) {
                 fprintf(stderr, "tern serve: no store named '%s' in the configuration\n", arg);
@@ -76,7 +78,8 @@ static int parse_roles(const struct config *cfg, const char *spec, struct role_p
             }
             add_role(roles, n, "store", arg);
         } else {
-            fprintf(stderr, "tern serve: unknown role '%s' (known: all, mta, store, store:NAME)\n",
+            fprintf(stderr,
+                    "tern serve: unknown role '%s' (known: all, mta, mover, store, store:NAME)\n",
                     tok);
             return -1;
         }

@@ -14,8 +14,9 @@
  * Roles talk to each other only over sockets and real protocols; the
  * supervisor passes them nothing but their argv.
  *
- * Role specs: "all" (every role of this build), "store" (every configured
- * store), "store:NAME", comma-separated.
+ * Role specs: "all" (every role of this build: the mta, the mover and every
+ * store), "mta", "mover", "store" (every configured store), "store:NAME",
+ * comma-separated.
  */
 #ifndef TERN_SERVE_H
 #define TERN_SERVE_H

@@ -264,14 +264,21 @@ const char *store_name(const struct store *st)
 
 /* ---- mailboxes ---- */
 
-enum store_status store_mailbox_create(struct store *st, const char *user,
-                                       enum store_mbox_state state, uint64_t epoch)
+enum store_status store_mailbox_create_with(struct store *st, const char *user,
+                                            enum store_mbox_state state, uint64_t epoch,
+                                            uint32_t inbox_uidvalidity)
 {
     char u[MAIL_ADDR_MAX + 1];
     /* MOVED needs a moved_to, which create has no way to take. */
     if (!store_user_canon(user, u) || !store_state_valid(state) || state == STORE_MBOX_MOVED)
         return STORE_INVALID;
-    return st->ops->mailbox_create(st, u, state, epoch);
+    return st->ops->mailbox_create(st, u, state, epoch, inbox_uidvalidity);
+}
+
+enum store_status store_mailbox_create(struct store *st, const char *user,
+                                       enum store_mbox_state state, uint64_t epoch)
+{
+    return store_mailbox_create_with(st, user, state, epoch, 0);
 }
 
 enum store_status store_mailbox_get(struct store *st, const char *user, struct store_mailbox *out)
@@ -366,6 +373,15 @@ enum store_status store_folder_list(struct store *st, const char *user,
     if (!store_user_canon(user, u))
         return STORE_INVALID;
     return st->ops->folder_list(st, u, list_r, n_r);
+}
+
+enum store_status store_folder_set_uidnext(struct store *st, const char *user, const char *name,
+                                           uint32_t uidnext)
+{
+    char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1];
+    if (!store_user_canon(user, u) || name == NULL || !store_folder_canon(name, f))
+        return STORE_INVALID;
+    return st->ops->folder_set_uidnext(st, u, f, uidnext);
 }
 
 /* ---- batches ---- */
@@ -527,4 +543,28 @@ int store_changes(struct store *st, const char *user, uint64_t since,
         return -1;
     }
     return st->ops->changes(st, u, since, cb, error_r);
+}
+
+/* ---- delivery ids ---- */
+
+int store_delivery_iter(struct store *st, const char *user,
+                        int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
+                        void *ctx, const char **error_r)
+{
+    char u[MAIL_ADDR_MAX + 1];
+    if (!store_user_canon(user, u)) {
+        *error_r = "invalid user";
+        return -1;
+    }
+    return st->ops->delivery_iter(st, u, cb, ctx, error_r);
+}
+
+enum store_status store_delivery_add(struct store *st, const char *user, const char *id,
+                                     const char *folder, uint32_t uid)
+{
+    char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1];
+    if (!store_user_canon(user, u) || folder == NULL || !store_folder_canon(folder, f) ||
+        id == NULL || !store_delivery_id_valid(id) || uid == 0)
+        return STORE_INVALID;
+    return st->ops->delivery_add(st, u, id, f, uid);
 }

@@ -32,7 +32,8 @@
  *   append require_live   -      ok(1)    -       -       -
  *   set_flags, expunge    ok      ok      -       -       -
  *   folder create/rename/
- *   delete                ok      ok      -       -       -
+ *   delete, set_uidnext   ok      ok      -       -       -
+ *   delivery_add          ok      ok      -       -       -
  *   mailbox_set_state     ok      ok      ok      ok      ok    (the mover)
  *   mailbox_purge         -       -       -       -       ok    (else CONFLICT)
  *   reads (get, list,
@@ -167,8 +168,15 @@ const char *store_name(const struct store *st);
 
 /* ---- mailboxes ---- */
 
-/* Creates the mailbox of user in `state` at `epoch`, with an INBOX.
+/* Creates the mailbox of user in `state` at `epoch`, with an INBOX whose
+ * UIDVALIDITY is inbox_uidvalidity, or one the store chooses if that is 0 (a
+ * move gives the destination's INBOX the source INBOX's UIDVALIDITY, so that
+ * clients' cached UIDs stay valid). MOVED cannot be created (STORE_INVALID).
  * STORE_EXISTS if any mailbox row for user exists (in any state). */
+enum store_status store_mailbox_create_with(struct store *st, const char *user,
+                                            enum store_mbox_state state, uint64_t epoch,
+                                            uint32_t inbox_uidvalidity);
+/* store_mailbox_create_with(st, user, state, epoch, 0). */
 enum store_status store_mailbox_create(struct store *st, const char *user,
                                        enum store_mbox_state state, uint64_t epoch);
 enum store_status store_mailbox_get(struct store *st, const char *user, struct store_mailbox *out);
@@ -200,6 +208,12 @@ enum store_status store_folder_delete(struct store *st, const char *user, const 
 /* Live folders, sorted by name; *list_r malloc'd. */
 enum store_status store_folder_list(struct store *st, const char *user,
                                     struct store_folder **list_r, size_t *n_r);
+/* Raises the folder's UIDNEXT to at least uidnext (never lowers it), so a
+ * copy made by the mover hands out no UID its original already used. Only
+ * a raise is a change (new modseq on the folder and the mailbox); otherwise
+ * STORE_OK with nothing written. Obeys the state guard like a rename. */
+enum store_status store_folder_set_uidnext(struct store *st, const char *user, const char *name,
+                                           uint32_t uidnext);
 
 /* ---- appends, one or many (group commit) ---- */
 
@@ -266,6 +280,24 @@ int store_msg_iter(struct store *st, const char *user, const char *folder, store
 /* Reads a message body into out (appended). */
 enum store_status store_msg_read(struct store *st, const char *user, const char *folder,
                                  uint32_t uid, struct buf *out);
+
+/* ---- delivery ids ---- */
+
+/* Calls cb for each delivery id the mailbox recorded, sorted by id (bytes),
+ * with the folder the message was delivered to (its current name; that
+ * folder may since have been deleted) and the message's UID (the message
+ * may since have been expunged). Stops when cb returns non-zero and returns
+ * that value; -1 with *error_r if the mailbox is missing or on failure. */
+int store_delivery_iter(struct store *st, const char *user,
+                        int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
+                        void *ctx, const char **error_r);
+/* Records delivery id `id` for the existing message folder/uid (live or
+ * expunged), so a retried delivery stays a duplicate after the mailbox
+ * moved here. STORE_EXISTS if the id is already recorded (whatever it points
+ * at), STORE_NOTFOUND if the folder (live) or the message is missing. State
+ * guard: STAGED and ACTIVE only. Not a change: the modseq stays. */
+enum store_status store_delivery_add(struct store *st, const char *user, const char *id,
+                                     const char *folder, uint32_t uid);
 
 /* ---- change log ---- */
 

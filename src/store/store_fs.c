@@ -127,6 +127,7 @@ enum store_fs_sql {
     SQL_FOLDER_ADD_MSGS,
     SQL_FOLDER_LIST,
     SQL_FOLDER_CHANGES,
+    SQL_FOLDER_SET_UIDNEXT,
     SQL_MSG_GET,
     SQL_MSG_EXISTS,
     SQL_MSG_INSERT,
@@ -137,6 +138,7 @@ enum store_fs_sql {
     SQL_MSG_CHANGES,
     SQL_DELIVERY_GET,
     SQL_DELIVERY_INSERT,
+    SQL_DELIVERY_ITER,
     SQL_COUNT
 };
 
@@ -173,6 +175,7 @@ static const char *const store_fs_sql_text[SQL_COUNT] = {
                         " WHERE mailbox_id = ?1 AND deleted = 0 ORDER BY name",
     [SQL_FOLDER_CHANGES] = "SELECT " FOLDER_COLS " FROM folders"
                            " WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY modseq, id",
+    [SQL_FOLDER_SET_UIDNEXT] = "UPDATE folders SET uidnext = ?2, modseq = ?3 WHERE id = ?1",
     [SQL_MSG_GET] = "SELECT id, flags, keywords, modseq, size, seg, off, guid, sha256"
                     " FROM messages WHERE folder_id = ?1 AND uid = ?2 AND expunged = 0",
     [SQL_MSG_EXISTS] = "SELECT 1 FROM messages WHERE folder_id = ?1 AND uid = ?2",
@@ -197,6 +200,9 @@ static const char *const store_fs_sql_text[SQL_COUNT] = {
                          " WHERE d.mailbox_id = ?1 AND d.delivery_id = ?2",
     [SQL_DELIVERY_INSERT] = "INSERT INTO deliveries(mailbox_id, delivery_id, folder_id, uid,"
                             " created) VALUES(?1, ?2, ?3, ?4, ?5)",
+    [SQL_DELIVERY_ITER] = "SELECT d.delivery_id, f.name, d.uid FROM deliveries d"
+                          " JOIN folders f ON f.id = d.folder_id"
+                          " WHERE d.mailbox_id = ?1 ORDER BY d.delivery_id",
 };
 
 struct store_fs_rfd {
@@ -751,7 +757,8 @@ static enum store_status store_fs_folder_insert(struct store_fs *fs, int64_t mbo
 }
 
 static enum store_status store_fs_mailbox_create(struct store *st, const char *user,
-                                                 enum store_mbox_state state, uint64_t epoch)
+                                                 enum store_mbox_state state, uint64_t epoch,
+                                                 uint32_t inbox_uidvalidity)
 {
     struct store_fs *fs = (struct store_fs *)st;
     if (store_fs_begin(fs) < 0)
@@ -770,7 +777,8 @@ static enum store_status store_fs_mailbox_create(struct store *st, const char *u
     sqlite3_bind_int64(q, 4, time_now_ms() / 1000);
     if (store_fs_exec(fs, q, "mailbox insert") < 0)
         return store_fs_finish(fs, STORE_ERROR);
-    s = store_fs_folder_insert(fs, sqlite3_last_insert_rowid(fs->db), "INBOX", 0, 1);
+    s = store_fs_folder_insert(fs, sqlite3_last_insert_rowid(fs->db), "INBOX", inbox_uidvalidity,
+                               1);
     return store_fs_finish(fs, s);
 }
 
@@ -977,6 +985,28 @@ static enum store_status store_fs_folder_list(struct store *st, const char *user
     *list_r = list != NULL ? list : xmalloc(1);
     *n_r = n;
     return STORE_OK;
+}
+
+static enum store_status store_fs_folder_set_uidnext(struct store *st, const char *user,
+                                                     const char *name, uint32_t uidnext)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    if (store_fs_begin(fs) < 0)
+        return STORE_ERROR;
+    int64_t id;
+    struct store_mailbox mb;
+    struct store_folder f;
+    enum store_status s = store_fs_resolve(fs, user, name, true, &id, &mb, &f);
+    if (s == STORE_OK && uidnext > f.uidnext) {
+        sqlite3_stmt *q = store_fs_q(fs, SQL_FOLDER_SET_UIDNEXT);
+        sqlite3_bind_int64(q, 1, (int64_t)f.id);
+        sqlite3_bind_int64(q, 2, uidnext);
+        sqlite3_bind_int64(q, 3, (int64_t)mb.modseq + 1);
+        if (store_fs_exec(fs, q, "folder uidnext") < 0 ||
+            store_fs_mbox_bump(fs, id, mb.modseq + 1, 0, 0) < 0)
+            s = STORE_ERROR;
+    }
+    return store_fs_finish(fs, s);
 }
 
 /* ---- appends (the group commit) ---- */
@@ -1596,6 +1626,85 @@ static int store_fs_changes(struct store *st, const char *user, uint64_t since,
     return r;
 }
 
+/* ---- delivery ids ---- */
+
+static int store_fs_delivery_iter(struct store *st, const char *user,
+                                  int (*cb)(void *ctx, const char *id, const char *folder,
+                                            uint32_t uid),
+                                  void *ctx, const char **error_r)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    int64_t id;
+    struct store_mailbox mb;
+    enum store_status s = store_fs_mbox_load(fs, user, &id, &mb);
+    if (s != STORE_OK) {
+        *error_r = s == STORE_NOTFOUND ? "no such mailbox" : store_fs_dberr;
+        return -1;
+    }
+    bool temp;
+    sqlite3_stmt *q = store_fs_iter_stmt(fs, SQL_DELIVERY_ITER, &temp);
+    if (q == NULL) {
+        *error_r = store_fs_dberr;
+        return -1;
+    }
+    sqlite3_bind_int64(q, 1, id);
+    int rc, r = 0;
+    while (r == 0 && (rc = sqlite3_step(q)) == SQLITE_ROW)
+        r = cb(ctx, store_fs_text(q, 0), store_fs_text(q, 1), (uint32_t)sqlite3_column_int64(q, 2));
+    if (r == 0 && rc != SQLITE_DONE) {
+        store_fs_sqlerr(fs, "delivery iteration");
+        *error_r = store_fs_dberr;
+        r = -1;
+    }
+    store_fs_iter_done(q, temp);
+    return r;
+}
+
+/* store_mem_delivery_add() makes the same decisions in the same order. */
+static enum store_status store_fs_delivery_add(struct store *st, const char *user, const char *did,
+                                               const char *folder, uint32_t uid)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    if (store_fs_begin(fs) < 0)
+        return STORE_ERROR;
+    int64_t id;
+    struct store_mailbox mb;
+    struct store_folder f;
+    enum store_status s = store_fs_resolve(fs, user, NULL, true, &id, &mb, &f);
+    if (s == STORE_OK) {
+        sqlite3_stmt *q = store_fs_q(fs, SQL_DELIVERY_GET);
+        sqlite3_bind_int64(q, 1, id);
+        sqlite3_bind_text(q, 2, did, -1, SQLITE_STATIC);
+        int r = store_fs_row(fs, q, "delivery lookup");
+        if (r > 0)
+            sqlite3_reset(q);
+        s = r < 0 ? STORE_ERROR : r > 0 ? STORE_EXISTS : STORE_OK;
+    }
+    if (s == STORE_OK)
+        s = store_fs_folder_load(fs, id, folder, &f);
+    if (s == STORE_OK) {
+        /* Any message row, tombstones included (see store.h). */
+        sqlite3_stmt *q = store_fs_q(fs, SQL_MSG_EXISTS);
+        sqlite3_bind_int64(q, 1, (int64_t)f.id);
+        sqlite3_bind_int64(q, 2, uid);
+        int r = store_fs_row(fs, q, "uid lookup");
+        if (r > 0)
+            sqlite3_reset(q);
+        s = r < 0 ? STORE_ERROR : r == 0 ? STORE_NOTFOUND : STORE_OK;
+    }
+    if (s == STORE_OK) {
+        sqlite3_stmt *q = store_fs_q(fs, SQL_DELIVERY_INSERT);
+        sqlite3_bind_int64(q, 1, id);
+        sqlite3_bind_text(q, 2, did, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 3, (int64_t)f.id);
+        sqlite3_bind_int64(q, 4, uid);
+        sqlite3_bind_int64(q, 5, time_now_ms() / 1000);
+        if (store_fs_exec(fs, q, "delivery insert") < 0)
+            s = STORE_ERROR;
+    }
+    return store_fs_finish(fs, s);
+}
+
 static const struct store_ops store_fs_ops = {
     .close = store_fs_close,
     .mailbox_create = store_fs_mailbox_create,
@@ -1608,10 +1717,13 @@ static const struct store_ops store_fs_ops = {
     .folder_rename = store_fs_folder_rename,
     .folder_delete = store_fs_folder_delete,
     .folder_list = store_fs_folder_list,
+    .folder_set_uidnext = store_fs_folder_set_uidnext,
     .batch_commit = store_fs_batch_commit,
     .msg_set_flags = store_fs_msg_set_flags,
     .msg_expunge = store_fs_msg_expunge,
     .msg_iter = store_fs_msg_iter,
     .msg_read = store_fs_msg_read,
     .changes = store_fs_changes,
+    .delivery_iter = store_fs_delivery_iter,
+    .delivery_add = store_fs_delivery_add,
 };

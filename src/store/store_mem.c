@@ -217,7 +217,8 @@ static struct store_mem_folder *store_mem_folder_add(struct store_mem *sm,
 }
 
 static enum store_status store_mem_mailbox_create(struct store *st, const char *user,
-                                                  enum store_mbox_state state, uint64_t epoch)
+                                                  enum store_mbox_state state, uint64_t epoch,
+                                                  uint32_t inbox_uidvalidity)
 {
     struct store_mem *sm = (struct store_mem *)st;
     if (store_mem_mbox_find(sm, user) != NULL)
@@ -227,7 +228,7 @@ static enum store_status store_mem_mailbox_create(struct store *st, const char *
     mb->info.state = state;
     mb->info.epoch = epoch;
     mb->info.created = time_now_ms() / 1000;
-    store_mem_folder_add(sm, mb, "INBOX", 0);
+    store_mem_folder_add(sm, mb, "INBOX", inbox_uidvalidity);
     sm->mboxes = xrealloc(sm->mboxes, (sm->n + 1) * sizeof(*sm->mboxes));
     sm->mboxes[sm->n++] = mb;
     return STORE_OK;
@@ -384,6 +385,21 @@ static enum store_status store_mem_folder_list(struct store *st, const char *use
     qsort(list, n, sizeof(*list), store_mem_folder_cmp);
     *list_r = list;
     *n_r = n;
+    return STORE_OK;
+}
+
+static enum store_status store_mem_folder_set_uidnext(struct store *st, const char *user,
+                                                      const char *name, uint32_t uidnext)
+{
+    struct store_mem_mbox *mb;
+    struct store_mem_folder *f;
+    enum store_status s = store_mem_resolve(st, user, name, 0, true, &mb, &f, NULL);
+    if (s != STORE_OK)
+        return s;
+    if (uidnext > f->uidnext) {
+        f->uidnext = uidnext;
+        f->modseq = ++mb->info.modseq;
+    }
     return STORE_OK;
 }
 
@@ -679,6 +695,69 @@ static int store_mem_changes(struct store *st, const char *user, uint64_t since,
     return r;
 }
 
+/* ---- delivery ids ---- */
+
+static int store_mem_delivery_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct store_mem_delivery *)a)->id,
+                  ((const struct store_mem_delivery *)b)->id);
+}
+
+static int store_mem_delivery_iter(struct store *st, const char *user,
+                                   int (*cb)(void *ctx, const char *id, const char *folder,
+                                             uint32_t uid),
+                                   void *ctx, const char **error_r)
+{
+    struct store_mem_mbox *mb = store_mem_mbox_find((struct store_mem *)st, user);
+    if (mb == NULL) {
+        *error_r = "no such mailbox";
+        return -1;
+    }
+    /* A sorted snapshot with the folder names resolved: the callback may
+     * change the store (even add deliveries, moving mb->dels). */
+    size_t n = mb->ndels;
+    struct store_mem_delivery *dels = xcalloc(n ? n : 1, sizeof(*dels));
+    char(*names)[STORE_FOLDER_MAX + 1] = xcalloc(n ? n : 1, sizeof(*names));
+    if (n > 0)
+        memcpy(dels, mb->dels, n * sizeof(*dels));
+    qsort(dels, n, sizeof(*dels), store_mem_delivery_cmp);
+    for (size_t i = 0; i < n; i++)
+        str_copy(names[i], store_mem_folder_by_id(mb, dels[i].folder_id)->name, sizeof(names[i]));
+    int r = 0;
+    for (size_t i = 0; i < n && r == 0; i++)
+        r = cb(ctx, dels[i].id, names[i], dels[i].uid);
+    free(names);
+    free(dels);
+    return r;
+}
+
+/* The same decisions, in the same order, as store_fs_delivery_add(). */
+static enum store_status store_mem_delivery_add(struct store *st, const char *user, const char *id,
+                                                const char *folder, uint32_t uid)
+{
+    struct store_mem_mbox *mb = store_mem_mbox_find((struct store_mem *)st, user);
+    if (mb == NULL)
+        return STORE_NOTFOUND;
+    if (!store_state_writable(mb->info.state))
+        return STORE_NOTLIVE;
+    if (store_mem_delivery_find(mb, id) != NULL)
+        return STORE_EXISTS;
+    struct store_mem_folder *f = store_mem_folder_find(mb, folder);
+    /* Any message row, tombstones included: the id only has to keep a
+     * retried delivery from being stored twice. */
+    if (f == NULL || store_mem_msg_find(f, uid) == NULL)
+        return STORE_NOTFOUND;
+    if (mb->ndels == mb->capdels) {
+        mb->capdels = mb->capdels ? mb->capdels * 2 : 16;
+        mb->dels = xrealloc(mb->dels, mb->capdels * sizeof(*mb->dels));
+    }
+    struct store_mem_delivery *d = &mb->dels[mb->ndels++];
+    str_copy(d->id, id, sizeof(d->id));
+    d->folder_id = f->id;
+    d->uid = uid;
+    return STORE_OK;
+}
+
 static const struct store_ops store_mem_ops = {
     .close = store_mem_close,
     .mailbox_create = store_mem_mailbox_create,
@@ -691,12 +770,15 @@ static const struct store_ops store_mem_ops = {
     .folder_rename = store_mem_folder_rename,
     .folder_delete = store_mem_folder_delete,
     .folder_list = store_mem_folder_list,
+    .folder_set_uidnext = store_mem_folder_set_uidnext,
     .batch_commit = store_mem_batch_commit,
     .msg_set_flags = store_mem_msg_set_flags,
     .msg_expunge = store_mem_msg_expunge,
     .msg_iter = store_mem_msg_iter,
     .msg_read = store_mem_msg_read,
     .changes = store_mem_changes,
+    .delivery_iter = store_mem_delivery_iter,
+    .delivery_add = store_mem_delivery_add,
 };
 
 struct store *store_open_memory(const char *name)

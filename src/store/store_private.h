@@ -32,8 +32,10 @@ struct store_batch {
 
 struct store_ops {
     void (*close)(struct store *st);
+    /* inbox_uidvalidity 0 = the backend chooses (store_uidvalidity_choose). */
     enum store_status (*mailbox_create)(struct store *st, const char *user,
-                                        enum store_mbox_state state, uint64_t epoch);
+                                        enum store_mbox_state state, uint64_t epoch,
+                                        uint32_t inbox_uidvalidity);
     enum store_status (*mailbox_get)(struct store *st, const char *user, struct store_mailbox *out);
     enum store_status (*mailbox_set_state)(struct store *st, const char *user,
                                            enum store_mbox_state expect,
@@ -50,6 +52,9 @@ struct store_ops {
     enum store_status (*folder_delete)(struct store *st, const char *user, const char *name);
     enum store_status (*folder_list)(struct store *st, const char *user,
                                      struct store_folder **list_r, size_t *n_r);
+    /* uidnext: raise only (see store_folder_set_uidnext). */
+    enum store_status (*folder_set_uidnext)(struct store *st, const char *user, const char *name,
+                                            uint32_t uidnext);
     /* Commits items[0..n) (all already validated; n may be 0). Fills every
      * res. Returns 0, or -1 with *error_r when nothing was committed (the
      * caller then marks every item STORE_ERROR). */
@@ -68,6 +73,12 @@ struct store_ops {
                                   uint32_t uid, struct buf *out);
     int (*changes)(struct store *st, const char *user, uint64_t since,
                    const struct store_change_cb *cb, const char **error_r);
+    int (*delivery_iter)(struct store *st, const char *user,
+                         int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
+                         void *ctx, const char **error_r);
+    /* id valid, uid != 0 (checked by store.c). */
+    enum store_status (*delivery_add)(struct store *st, const char *user, const char *id,
+                                      const char *folder, uint32_t uid);
 };
 
 struct store {

@@ -288,6 +288,16 @@ bool util_fault_point(const char *name)
 {
     const char *what = fault_spec("crash", NULL);
     if (what != NULL && strcmp(what, name) == 0) {
+        /* TERN_FAULT_ONCE=PATH: only the first process to get here crashes
+         * (it creates PATH), so a role restarted with the same environment
+         * goes on. */
+        const char *once = getenv("TERN_FAULT_ONCE");
+        if (once != NULL) {
+            int fd = open(once, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+            if (fd < 0)
+                return false;
+            close(fd);
+        }
         log_warn("fault", "TERN_FAULT: simulated crash at %s", name);
         _exit(137);
     }

@@ -136,7 +136,8 @@ int lockfile_acquire(const char *path, int *fd_r, pid_t *holder_r);
 /* Fault injection for tests. TERN_FAULT="fsync:N" makes the Nth fsync of the
  * process fail with EIO; "write:N" the Nth util write_full(); "crash:NAME"
  * makes util_fault_point("NAME") call _exit(137) (a simulated kill -9);
- * "fail:NAME" makes util_fault_active("NAME") true.
+ * "fail:NAME" makes util_fault_active("NAME") true. With TERN_FAULT_ONCE=PATH
+ * a crash fault fires only once: in the process that creates PATH.
  * Returns true when the named point should fail now. */
 bool util_fault_point(const char *name);
 /* TERN_FAULT="fail:NAME": true while set, for simulating an outage of a

@@ -39,23 +39,29 @@ def wait_port(port, timeout=10.0, up=True):
 class Tern:
     """One tern installation: data dir, config file, CLI, supervisor."""
 
-    def __init__(self, root, lmtp_extra="", top_extra="", smtp_extra="", queue_extra=""):
+    def __init__(self, root, lmtp_extra="", top_extra="", smtp_extra="", queue_extra="",
+                 mover_extra="retention = 0\nlease_ms = 2000"):
         self.data = root / "data"
-        self.ports = {"s1": free_port(), "s2": free_port(), "smtp": free_port()}
+        self.ports = {"s1": free_port(), "s2": free_port(), "smtp": free_port(),
+                      "sync-s1": free_port(), "sync-s2": free_port()}
         self.config = root / "tern.conf"
-        self.write_config(lmtp_extra, top_extra, smtp_extra, queue_extra)
+        self.write_config(lmtp_extra, top_extra, smtp_extra, queue_extra, mover_extra)
         self.serve_proc = None
         self.serve_log = root / "serve.log"
 
-    def write_config(self, lmtp_extra="", top_extra="", smtp_extra="", queue_extra=""):
+    def write_config(self, lmtp_extra="", top_extra="", smtp_extra="", queue_extra="",
+                     mover_extra=""):
         self.config.write_text(
             "# test configuration\n"
             f"hostname = mx.test\n{top_extra}\n"
             f"[store s1]\nlmtp = 127.0.0.1:{self.ports['s1']}\n"
+            f"sync = 127.0.0.1:{self.ports['sync-s1']}\n"
             f"[store s2]\nlmtp = 127.0.0.1:{self.ports['s2']}\n"
+            f"sync = 127.0.0.1:{self.ports['sync-s2']}\n"
             f"[lmtp]\n{lmtp_extra}\n"
             f"[smtp]\nlisten = 127.0.0.1:{self.ports['smtp']}\n{smtp_extra}\n"
             f"[queue]\n{queue_extra}\n"
+            f"[mover]\n{mover_extra}\n"
         )
 
     def env(self):
@@ -91,7 +97,7 @@ class Tern:
             spec = extra[list(extra).index("--roles") + 1].split(",")
             return [r.split(":", 1)[1] for r in spec if r.startswith("store:")] + \
                 (["smtp"] if "mta" in spec else [])
-        return ["s1", "s2", "smtp"]
+        return ["s1", "s2", "smtp", "sync-s1", "sync-s2"]
 
     def stop(self):
         p = self.serve_proc
@@ -121,6 +127,12 @@ class Tern:
     def role_pid(self, store):
         """The pid of the process serving `store` (it holds the store's lock),
         or of the mta for "mta" (it holds the queue's lock)."""
+        if store == "mover":
+            for line in reversed(self.log().splitlines()):
+                m = __import__("re").search(r"started mover \(pid (\d+)\)", line)
+                if m:
+                    return int(m.group(1))
+            raise FileNotFoundError("no mover started")
         path = self.data / "queue" / "lock" if store == "mta" else \
             self.data / "stores" / store / "lock"
         return int(path.read_text().strip())

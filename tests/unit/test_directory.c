@@ -120,8 +120,9 @@ static void test_strings(void **state)
     static const struct {
         const char *phase;
         bool final;
-    } phases[] = {{"done", true},  {"failed", true}, {"aborted", true}, {"provision", false},
-                  {"copy", false}, {"", false},      {"Done", false}};
+    } phases[] = {{"done", true},       {"failed", true},    {"aborted", true},
+                  {"provision", false}, {"copy", false},     {"", false},
+                  {"Done", false},      {"retention", true}, {"switch", false}};
     for (size_t i = 0; i < ARRAY_SIZE(phases); i++)
         assert_int_equal(dir_job_phase_final(phases[i].phase), phases[i].final);
 }
@@ -593,6 +594,36 @@ static void test_sqlite_reopen(void **state)
     assert_int_equal(dir_domain_add(fx->d, "example.org"), DIR_EXISTS);
 }
 
+/* A directory written by a version-2 tern (jobs without the move fields)
+ * keeps its jobs when step 3 adds them, and the new fields round-trip. */
+static void test_sqlite_migrate_v2_jobs(void **state)
+{
+    struct fixture *fx = *state;
+    struct dir_job j, g;
+    assert_int_equal(add_user(fx->d, "alice@example.org", "s1"), DIR_OK);
+    init_job(&j, "alice@example.org", "copy");
+    assert_int_equal(dir_job_create(fx->d, &j), DIR_OK);
+    dir_close(&fx->d);
+    raw_sql(fx, "ALTER TABLE jobs DROP COLUMN checkpoint; ALTER TABLE jobs DROP COLUMN epoch;"
+                "ALTER TABLE jobs DROP COLUMN retain_until; ALTER TABLE jobs DROP COLUMN options;"
+                "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
+    fx->d = open_sqlite_ok(fx->path);
+    assert_int_equal(dir_job_get(fx->d, j.id, &g), DIR_OK);
+    assert_string_equal(g.phase, "copy");
+    assert_int_equal(g.checkpoint, 0);
+    assert_int_equal(g.options, 0);
+    g.checkpoint = 12345;
+    g.epoch = 7;
+    g.retain_until = 1800000000;
+    g.options = DIR_JOB_OPT_SUSPEND | DIR_JOB_OPT_COMPLETE;
+    assert_int_equal(dir_job_update(fx->d, &g), DIR_OK);
+    assert_int_equal(dir_job_get(fx->d, j.id, &j), DIR_OK);
+    assert_int_equal(j.checkpoint, 12345);
+    assert_int_equal(j.epoch, 7);
+    assert_int_equal(j.retain_until, 1800000000);
+    assert_int_equal(j.options, DIR_JOB_OPT_SUSPEND | DIR_JOB_OPT_COMPLETE);
+}
+
 static void test_sqlite_migrate_forward(void **state)
 {
     struct fixture *fx = *state;
@@ -613,7 +644,7 @@ static void test_sqlite_migrate_forward(void **state)
     assert_int_equal(sqlite3_column_int(st, 0), dir_schema_version());
     sqlite3_finalize(st);
     sqlite3_close(db);
-    assert_true(dir_schema_version() >= 2);
+    assert_true(dir_schema_version() >= 3);
 
     struct dir_user u;
     struct dir_job j;
@@ -702,6 +733,7 @@ int main(void)
         SQLITE(test_sqlite_fork_race),
         SQLITE(test_sqlite_reopen),
         SQLITE(test_sqlite_migrate_forward),
+        SQLITE(test_sqlite_migrate_v2_jobs),
         SQLITE(test_sqlite_newer_refused),
         SQLITE(test_sqlite_tempfail),
         cmocka_unit_test(test_sqlite_open_fails),

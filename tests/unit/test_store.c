@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "store/store.h"
@@ -299,6 +300,47 @@ static void test_mailbox(void **state)
     assert_int_equal(s, STORE_MBOX_DELETING);
     assert_int_equal(store_mbox_state_parse("bogus", &s), -1);
     assert_string_equal(store_status_str(STORE_NOTLIVE), "mailbox not live");
+}
+
+/* A move gives the new INBOX the source INBOX's UIDVALIDITY. */
+static void test_mailbox_create_with(void **state)
+{
+    struct tctx *t = *state;
+    /* Far enough ahead of the clock that "greater than the highest" is
+     * what makes a chosen value unique, not the clock. */
+    const uint32_t uv = (uint32_t)(time(NULL) + 100000);
+    assert_int_equal(store_mailbox_create_with(t->st, U1, STORE_MBOX_STAGED, 9, uv), STORE_OK);
+    assert_int_equal(store_mailbox_create_with(t->st, U1, STORE_MBOX_STAGED, 9, 0), STORE_EXISTS);
+    assert_int_equal(store_mailbox_create_with(t->st, U2, STORE_MBOX_MOVED, 9, uv), STORE_INVALID);
+    assert_int_equal(store_mailbox_create_with(t->st, "not an address", STORE_MBOX_STAGED, 9, uv),
+                     STORE_INVALID);
+    /* 0: the store chooses, as store_mailbox_create does. */
+    assert_int_equal(store_mailbox_create_with(t->st, U2, STORE_MBOX_ACTIVE, 1, 0), STORE_OK);
+    reopen(t);
+
+    struct store_mailbox mb;
+    assert_int_equal(store_mailbox_get(t->st, U1, &mb), STORE_OK);
+    assert_int_equal(mb.state, STORE_MBOX_STAGED);
+    assert_int_equal(mb.epoch, 9);
+    struct store_folder f, g;
+    assert_int_equal(store_folder_get(t->st, U1, "INBOX", &f), STORE_OK);
+    assert_int_equal(f.uidvalidity, uv);
+    assert_int_equal(f.uidnext, 1);
+    assert_int_equal(store_folder_get(t->st, U2, "INBOX", &g), STORE_OK);
+    assert_true(g.uidvalidity > 0);
+    assert_true(g.uidvalidity < uv);
+
+    /* A folder created later still gets a UIDVALIDITY unique in the
+     * mailbox: above the INBOX's. */
+    assert_int_equal(store_folder_create(t->st, U1, "Sent", 0), STORE_OK);
+    assert_int_equal(store_folder_get(t->st, U1, "Sent", &f), STORE_OK);
+    assert_true(f.uidvalidity > uv);
+    assert_int_equal(store_folder_create(t->st, U1, "Drafts", 0), STORE_OK);
+    assert_int_equal(store_folder_get(t->st, U1, "Drafts", &g), STORE_OK);
+    assert_true(g.uidvalidity > f.uidvalidity);
+    /* Delivery works into it. */
+    deliver(t->st, U1, "x\r\n");
+    assert_int_equal(count_msgs(t->st, U1, "INBOX"), 1);
 }
 
 static void test_append_single(void **state)
@@ -895,6 +937,172 @@ static void test_iter_stop(void **state)
     assert_int_equal(calls, 2);
 }
 
+/* UIDNEXT is only ever raised, and only a raise is a change. */
+static void test_set_uidnext(void **state)
+{
+    struct tctx *t = *state;
+    assert_int_equal(store_mailbox_create(t->st, U1, STORE_MBOX_STAGED, 1), STORE_OK);
+    assert_int_equal(store_folder_create(t->st, U1, "Work", 0), STORE_OK);
+    uint64_t ms = mbox_modseq(t->st, U1);
+    assert_int_equal(store_folder_set_uidnext(t->st, U1, "Work", 10), STORE_OK);
+    assert_int_equal(mbox_modseq(t->st, U1), ms + 1);
+    struct changes c;
+    get_changes(t->st, U1, ms, &c);
+    assert_int_equal(c.nfolders, 1);
+    assert_int_equal(c.nmsgs, 0);
+    assert_string_equal(c.folders[0].name, "Work");
+    assert_int_equal(c.folders[0].uidnext, 10);
+    assert_int_equal(c.folders[0].modseq, ms + 1);
+
+    /* Lower or equal: nothing written. */
+    assert_int_equal(store_folder_set_uidnext(t->st, U1, "Work", 5), STORE_OK);
+    assert_int_equal(store_folder_set_uidnext(t->st, U1, "work", 10), STORE_NOTFOUND);
+    assert_int_equal(store_folder_set_uidnext(t->st, U1, "Work", 10), STORE_OK);
+    assert_int_equal(store_folder_set_uidnext(t->st, U1, "Work", 0), STORE_OK);
+    assert_int_equal(mbox_modseq(t->st, U1), ms + 1);
+
+    reopen(t);
+    struct store_folder f;
+    assert_int_equal(store_folder_get(t->st, U1, "Work", &f), STORE_OK);
+    assert_int_equal(f.uidnext, 10);
+    assert_int_equal(f.modseq, ms + 1);
+    struct store_append a = mk(U1, "Work", "next\r\n");
+    struct store_append_result res;
+    assert_int_equal(append1(t->st, &a, &res), STORE_OK);
+    assert_int_equal(res.uid, 10);
+    assert_int_equal(store_folder_set_uidnext(t->st, U1, "inbox", UINT32_MAX), STORE_OK);
+    assert_int_equal(store_folder_get(t->st, U1, "INBOX", &f), STORE_OK);
+    assert_int_equal(f.uidnext, UINT32_MAX);
+
+    assert_int_equal(store_folder_set_uidnext(t->st, U1, "Nope", 10), STORE_NOTFOUND);
+    assert_int_equal(store_folder_set_uidnext(t->st, U2, "INBOX", 10), STORE_NOTFOUND);
+    assert_int_equal(store_folder_set_uidnext(t->st, U1, "", 10), STORE_INVALID);
+    assert_int_equal(store_folder_set_uidnext(t->st, U1, NULL, 10), STORE_INVALID);
+    assert_int_equal(store_folder_set_uidnext(t->st, "not an address", "INBOX", 10), STORE_INVALID);
+}
+
+struct dl {
+    size_t n;
+    char id[8][STORE_DELIVERY_ID_MAX + 1];
+    char folder[8][STORE_FOLDER_MAX + 1];
+    uint32_t uid[8];
+    int stop_at; /* return 7 at this call (1-based), 0 = never */
+};
+
+static int dl_cb(void *ctx, const char *id, const char *folder, uint32_t uid)
+{
+    struct dl *d = ctx;
+    if (d->n < 8) {
+        str_copy(d->id[d->n], id, sizeof(d->id[0]));
+        str_copy(d->folder[d->n], folder, sizeof(d->folder[0]));
+        d->uid[d->n] = uid;
+    }
+    d->n++;
+    return (int)d->n == d->stop_at ? 7 : 0;
+}
+
+static void get_dl(struct store *st, const char *user, struct dl *d)
+{
+    memset(d, 0, sizeof(*d));
+    const char *err = NULL;
+    assert_int_equal(store_delivery_iter(st, user, dl_cb, d, &err), 0);
+}
+
+/* Delivery ids: listed sorted with their folder's current name; added for
+ * existing messages (a move's copy), after which a retried delivery is a
+ * duplicate. */
+static void test_delivery_ids(void **state)
+{
+    struct tctx *t = *state;
+    struct store *st = t->st;
+    struct dl d;
+    const char *err = NULL;
+    assert_int_equal(store_delivery_iter(st, U1, dl_cb, &d, &err), -1);
+    assert_non_null(err);
+    assert_int_equal(store_mailbox_create(st, U1, STORE_MBOX_STAGED, 1), STORE_OK);
+    get_dl(st, U1, &d);
+    assert_int_equal(d.n, 0);
+    assert_int_equal(store_folder_create(st, U1, "Work", 0), STORE_OK);
+    struct store_append a = mk(U1, "Work", "copied\r\n");
+    a.uid = 5;
+    struct store_append_result res;
+    assert_int_equal(append1(st, &a, &res), STORE_OK);
+    a.uid = 6;
+    assert_int_equal(append1(st, &a, &res), STORE_OK);
+    assert_int_equal(store_msg_expunge(st, U1, "Work", 6), STORE_OK);
+    uint64_t ms = mbox_modseq(st, U1);
+
+    assert_int_equal(store_delivery_add(st, U1, "q2.1", "Work", 5), STORE_OK);
+    /* An expunged message keeps its id: a retry must still be a dup. */
+    assert_int_equal(store_delivery_add(st, U1, "q1.1", "Work", 6), STORE_OK);
+    assert_int_equal(store_delivery_add(st, U1, "q2.1", "Work", 5), STORE_EXISTS);
+    assert_int_equal(store_delivery_add(st, U1, "q2.1", "INBOX", 1), STORE_EXISTS);
+    assert_int_equal(store_delivery_add(st, U1, "q3.1", "Work", 7), STORE_NOTFOUND);
+    assert_int_equal(store_delivery_add(st, U1, "q3.1", "Nope", 5), STORE_NOTFOUND);
+    assert_int_equal(store_delivery_add(st, U2, "q3.1", "Work", 5), STORE_NOTFOUND);
+    assert_int_equal(store_delivery_add(st, U1, "q3.1", "Work", 0), STORE_INVALID);
+    assert_int_equal(store_delivery_add(st, U1, "", "Work", 5), STORE_INVALID);
+    assert_int_equal(store_delivery_add(st, U1, "a\nb", "Work", 5), STORE_INVALID);
+    assert_int_equal(store_delivery_add(st, U1, NULL, "Work", 5), STORE_INVALID);
+    assert_int_equal(store_delivery_add(st, U1, "q3.1", NULL, 5), STORE_INVALID);
+    assert_int_equal(mbox_modseq(st, U1), ms);
+
+    reopen(t);
+    st = t->st;
+    get_dl(st, U1, &d);
+    assert_int_equal(d.n, 2);
+    assert_string_equal(d.id[0], "q1.1");
+    assert_string_equal(d.folder[0], "Work");
+    assert_int_equal(d.uid[0], 6);
+    assert_string_equal(d.id[1], "q2.1");
+    assert_int_equal(d.uid[1], 5);
+
+    /* A delivery after activation: listed too; retries are duplicates. */
+    assert_int_equal(store_mailbox_set_state(st, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 1, NULL),
+                     STORE_OK);
+    struct store_append l = mk(U1, NULL, "live\r\n");
+    l.delivery_id = "q0.1";
+    assert_int_equal(append1(st, &l, &res), STORE_OK);
+    uint32_t luid = res.uid;
+    l.delivery_id = "q2.1";
+    assert_int_equal(append1(st, &l, &res), STORE_OK);
+    assert_true(res.duplicate);
+    assert_int_equal(res.uid, 5);
+    l.delivery_id = "q1.1";
+    assert_int_equal(append1(st, &l, &res), STORE_OK);
+    assert_true(res.duplicate);
+    assert_int_equal(res.uid, 6);
+    assert_int_equal(count_msgs(st, U1, "INBOX"), 1);
+
+    /* Folder names as they are now, deleted folders included. */
+    assert_int_equal(store_folder_rename(st, U1, "Work", "Play"), STORE_OK);
+    get_dl(st, U1, &d);
+    assert_int_equal(d.n, 3);
+    assert_string_equal(d.id[0], "q0.1");
+    assert_string_equal(d.folder[0], "INBOX");
+    assert_int_equal(d.uid[0], luid);
+    assert_string_equal(d.folder[1], "Play");
+    assert_string_equal(d.folder[2], "Play");
+    assert_int_equal(store_folder_delete(st, U1, "Play"), STORE_OK);
+    get_dl(st, U1, &d);
+    assert_int_equal(d.n, 3);
+    assert_string_equal(d.folder[2], "Play");
+
+    memset(&d, 0, sizeof(d));
+    d.stop_at = 2;
+    assert_int_equal(store_delivery_iter(st, U1, dl_cb, &d, &err), 7);
+    assert_int_equal(d.n, 2);
+
+    /* Deleting: refused (the guard); purged: the ids are gone too. */
+    assert_int_equal(
+        store_mailbox_set_state(st, U1, STORE_MBOX_ACTIVE, STORE_MBOX_DELETING, 2, NULL), STORE_OK);
+    assert_int_equal(store_delivery_add(st, U1, "q9.1", "INBOX", luid), STORE_NOTLIVE);
+    assert_int_equal(store_mailbox_purge(st, U1), STORE_OK);
+    assert_int_equal(store_mailbox_create(st, U1, STORE_MBOX_ACTIVE, 3), STORE_OK);
+    get_dl(st, U1, &d);
+    assert_int_equal(d.n, 0);
+}
+
 /* ---- the state guard ---- */
 
 /* A mailbox with something to change: INBOX uids 1 and 2, folder "Work". */
@@ -948,6 +1156,9 @@ static void guard_refused(struct tctx *t, const char *user, enum store_mbox_stat
     assert_int_equal(store_folder_create(st, user, "Work", 0), STORE_NOTLIVE);
     assert_int_equal(store_folder_rename(st, user, "Work", "Play"), STORE_NOTLIVE);
     assert_int_equal(store_folder_delete(st, user, "Work"), STORE_NOTLIVE);
+    assert_int_equal(store_folder_set_uidnext(st, user, "Work", 50), STORE_NOTLIVE);
+    assert_int_equal(store_folder_set_uidnext(st, user, "Nope", 50), STORE_NOTLIVE);
+    assert_int_equal(store_delivery_add(st, user, "q1.1", "INBOX", 1), STORE_NOTLIVE);
 
     reopen(t);
     st = t->st;
@@ -974,6 +1185,9 @@ static void guard_refused(struct tctx *t, const char *user, enum store_mbox_stat
     assert_int_equal(store_folder_get(st, user, "Work", &f), STORE_OK);
     assert_int_equal(f.uidnext, 1);
     assert_int_equal(store_folder_get(st, user, "New", &f), STORE_NOTFOUND);
+    struct dl d;
+    get_dl(st, user, &d);
+    assert_int_equal(d.n, 0);
     assert_int_equal(count_msgs(st, user, "INBOX"), 2);
     assert_int_equal(count_msgs(st, user, "Work"), 0);
     struct msg_find m;
@@ -1374,12 +1588,27 @@ int main(void)
 {
     log_init("test_store");
     const struct CMUnitTest tests[] = {
-        BOTH(test_mailbox),      BOTH(test_append_single),    BOTH(test_append_batch),
-        BOTH(test_require_live), BOTH(test_delivery_dup),     BOTH(test_flags),
-        BOTH(test_expunge),      BOTH(test_folders),          BOTH(test_changes_since),
-        BOTH(test_invalid),      BOTH(test_iter_stop),        BOTH(test_state_guard),
-        BOTH(test_state_staged), FS(test_fence_other_handle), FS(test_crash_bodies_synced),
-        FS(test_fsync_failure),  FS(test_corrupt_body),       FS(test_kill9_loop),
+        BOTH(test_mailbox),
+        BOTH(test_mailbox_create_with),
+        BOTH(test_append_single),
+        BOTH(test_append_batch),
+        BOTH(test_require_live),
+        BOTH(test_delivery_dup),
+        BOTH(test_flags),
+        BOTH(test_expunge),
+        BOTH(test_folders),
+        BOTH(test_changes_since),
+        BOTH(test_invalid),
+        BOTH(test_iter_stop),
+        BOTH(test_state_guard),
+        BOTH(test_state_staged),
+        BOTH(test_set_uidnext),
+        BOTH(test_delivery_ids),
+        FS(test_fence_other_handle),
+        FS(test_crash_bodies_synced),
+        FS(test_fsync_failure),
+        FS(test_corrupt_body),
+        FS(test_kill9_loop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

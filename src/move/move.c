@@ -1,0 +1,892 @@
+/* move — the move engine's phases. See move.h and docs/move.md. */
+#include "move/move.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util/util.h"
+
+#define SAVE_EVERY_MSGS    500
+#define SAVE_EVERY_MS      1000
+#define CATCHUP_PASSES_MAX 20
+
+/* What a phase function tells the loop. */
+enum step {
+    STEP_NEXT,  /* the phase is done; job.phase names the next one */
+    STEP_LATER, /* wait and run again (transport down, retention, suspended) */
+    STEP_ABORT, /* an abort was requested (job.phase is "aborting") */
+    STEP_FAIL,  /* cannot go on: clean up like an abort, end as "failed" */
+    STEP_LOST,  /* the lease is gone */
+};
+
+struct run {
+    const struct move_env *env;
+    struct dir_job job;
+    struct sync *src, *src2, *dst; /* src2: fetches while src streams changes */
+    char ctx[64];                  /* log context: "move:12" */
+    char err[DIR_ERROR_MAX + 1];
+    int64_t last_save_ms;
+    unsigned since_save;
+};
+
+bool move_phase_active(const char *phase)
+{
+    return !dir_job_phase_final(phase) || strcmp(phase, "retention") == 0;
+}
+
+bool move_phase_abortable(const char *phase)
+{
+    static const char *const ok[] = {"queued", "provision", "copy",  "catchup",
+                                     "ready",  "fence",     "final", "verify"};
+    for (size_t i = 0; i < ARRAY_SIZE(ok); i++)
+        if (strcmp(phase, ok[i]) == 0)
+            return true;
+    return false;
+}
+
+static void set_err(struct run *r, const char *fmt, ...) TERN_PRINTF(2, 3);
+static void set_err(struct run *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->err, sizeof(r->err), fmt, ap);
+    va_end(ap);
+    log_warn(r->ctx, "%s", r->err);
+}
+
+static void drop_transports(struct run *r)
+{
+    sync_close(&r->src);
+    sync_close(&r->src2);
+    sync_close(&r->dst);
+}
+
+/* ---- the job row: every save is a compare-and-set that renews the lease - */
+
+/* 0 saved; 1 an abort was requested (job.phase is now "aborting"); -2 the
+ * lease is someone else's; -1 the directory cannot answer. */
+static int job_save(struct run *r)
+{
+    const struct move_env *env = r->env;
+    for (int attempt = 0; attempt < 20; attempt++) {
+        r->job.lease_expires = time_now_ms() + env->lease_ms;
+        str_copy(r->job.lease_owner, env->owner, sizeof(r->job.lease_owner));
+        str_copy(r->job.last_error, r->err, sizeof(r->job.last_error));
+        enum dir_status st = dir_job_update(env->dir, &r->job);
+        if (st == DIR_OK) {
+            r->last_save_ms = time_mono_ms();
+            r->since_save = 0;
+            return 0;
+        }
+        if (st == DIR_TEMPFAIL) {
+            usleep(200 * 1000);
+            continue;
+        }
+        if (st != DIR_CONFLICT)
+            return -1;
+        struct dir_job cur;
+        if (dir_job_get(env->dir, r->job.id, &cur) != DIR_OK)
+            return -1;
+        if (strcmp(cur.lease_owner, env->owner) != 0 && cur.lease_expires > time_now_ms())
+            return -2;
+        /* The CLI may have asked to abort or to complete: take that in. */
+        r->job.version = cur.version;
+        r->job.options = cur.options;
+        if (strcmp(cur.phase, "aborting") == 0 && move_phase_abortable(r->job.phase)) {
+            str_copy(r->job.phase, "aborting", sizeof(r->job.phase));
+            if (job_save(r) == 0)
+                return 1;
+            return -1;
+        }
+    }
+    return -1;
+}
+
+/* Persists the next phase before it runs. */
+static enum step next_phase(struct run *r, const char *phase)
+{
+    str_copy(r->job.phase, phase, sizeof(r->job.phase));
+    r->err[0] = '\0';
+    int s = job_save(r);
+    if (s == 1)
+        return STEP_ABORT;
+    if (s == -2)
+        return STEP_LOST;
+    if (s < 0)
+        return STEP_LATER;
+    log_info(r->ctx, "%s: phase %s", r->job.user, phase);
+    return STEP_NEXT;
+}
+
+/* Renews the lease and saves progress now and then during long phases. */
+static enum step maybe_save(struct run *r)
+{
+    if (++r->since_save < SAVE_EVERY_MSGS && time_mono_ms() - r->last_save_ms < SAVE_EVERY_MS)
+        return STEP_NEXT;
+    int s = job_save(r);
+    return s == 1 ? STEP_ABORT : s == -2 ? STEP_LOST : s < 0 ? STEP_LATER : STEP_NEXT;
+}
+
+static int connect_all(struct run *r)
+{
+    const struct move_env *env = r->env;
+    char e[200];
+    if (r->src == NULL && (r->src = env->connect(env->ctx, r->job.source, e, sizeof(e))) == NULL)
+        goto fail;
+    if (r->src2 == NULL && (r->src2 = env->connect(env->ctx, r->job.source, e, sizeof(e))) == NULL)
+        goto fail;
+    if (r->dst == NULL && (r->dst = env->connect(env->ctx, r->job.dest, e, sizeof(e))) == NULL)
+        goto fail;
+    return 0;
+fail:
+    set_err(r, "cannot reach a store: %s", e);
+    drop_transports(r);
+    return -1;
+}
+
+/* A transport call's result: -1 drops the channels (the step is retried). */
+static enum step io_fail(struct run *r, const char *what)
+{
+    set_err(r, "%s: store connection failed", what);
+    drop_transports(r);
+    return STEP_LATER;
+}
+
+/* ---- one sync pass: apply the source's changes since a checkpoint ------ */
+
+struct pass {
+    struct run *r;
+    uint64_t since;
+    int64_t deadline_ms; /* mono; 0 = none */
+    uint64_t changes;
+    enum step result;
+    bool over_budget;
+};
+
+static int pass_folder(void *ctx, const struct sync_folder *f)
+{
+    struct pass *p = ctx;
+    struct run *r = p->r;
+    const char *why = "";
+    int rc;
+    p->changes++;
+    if (f->deleted)
+        rc = r->dst->ops->folder_delete(r->dst, r->job.user, f->uidvalidity, &why);
+    else
+        rc = r->dst->ops->folder_ensure(r->dst, r->job.user, f->name, f->uidvalidity, f->uidnext,
+                                        &why);
+    if (rc < 0) {
+        p->result = io_fail(r, "folder");
+        return -1;
+    }
+    if (rc == SYNC_NO && strcmp(why, "notfound") != 0) {
+        set_err(r, "folder %s on %s: %s", f->name, r->job.dest, why);
+        p->result = STEP_FAIL;
+        return -1;
+    }
+    return 0;
+}
+
+static int pass_msg(void *ctx, const struct sync_msg *m)
+{
+    struct pass *p = ctx;
+    struct run *r = p->r;
+    const char *why = "";
+    int rc;
+    p->changes++;
+    if (p->deadline_ms != 0 && time_mono_ms() > p->deadline_ms) {
+        p->over_budget = true;
+        return -1;
+    }
+    if (m->expunged) {
+        rc = r->dst->ops->expunge(r->dst, r->job.user, m->folder, m->uid, &why);
+        if (rc < 0) {
+            p->result = io_fail(r, "expunge");
+            return -1;
+        }
+    } else {
+        /* In an incremental pass most records are flag changes of messages
+         * the destination has: try that first, fetch only what is new. */
+        rc = SYNC_NO;
+        if (p->since > 0) {
+            rc = r->dst->ops->flags(r->dst, r->job.user, m->folder, m->uid, m->flags, m->keywords,
+                                    &why);
+            if (rc < 0) {
+                p->result = io_fail(r, "flags");
+                return -1;
+            }
+        }
+        if (rc == SYNC_NO) {
+            struct buf body;
+            buf_init(&body, 0);
+            rc = r->src2->ops->fetch(r->src2, r->job.user, m->folder, m->uid, &body, &why);
+            if (rc == 0)
+                rc = r->dst->ops->append(r->dst, r->job.user, m, body.data, body.len, &why);
+            buf_free(&body);
+            if (rc < 0) {
+                p->result = io_fail(r, "copy");
+                return -1;
+            }
+            if (rc == SYNC_NO && strcmp(why, "exists") == 0)
+                rc = r->dst->ops->flags(r->dst, r->job.user, m->folder, m->uid, m->flags,
+                                        m->keywords, &why);
+            else if (rc == 0) {
+                r->job.msgs_done++;
+                r->job.bytes_done += m->size;
+            }
+            if (rc == SYNC_NO && strcmp(why, "notfound") == 0) {
+                /* Expunged on the source since it was listed: the tombstone
+                 * comes in a later pass. */
+                rc = 0;
+            }
+            if (rc < 0) {
+                p->result = io_fail(r, "flags");
+                return -1;
+            }
+            if (rc == SYNC_NO) {
+                set_err(r, "message %s/%u: %s", m->folder, m->uid, why);
+                p->result = STEP_FAIL;
+                return -1;
+            }
+        }
+    }
+    /* All changes below this modseq are applied (the listing is ordered). */
+    if (m->modseq > 0 && m->modseq - 1 > r->job.checkpoint)
+        r->job.checkpoint = m->modseq - 1;
+    enum step s = maybe_save(r);
+    if (s != STEP_NEXT) {
+        p->result = s;
+        return -1;
+    }
+    return 0;
+}
+
+/* Applies everything the source changed since `since`. STEP_NEXT with
+ * job.checkpoint at the listing's modseq, or why not. */
+static enum step sync_pass(struct run *r, uint64_t since, int64_t deadline_ms, uint64_t *changes_r,
+                           bool *over_budget_r)
+{
+    struct pass p = {.r = r, .since = since, .deadline_ms = deadline_ms, .result = STEP_NEXT};
+    struct sync_changes_cb cb = {.folder = pass_folder, .msg = pass_msg, .ctx = &p};
+    uint64_t modseq = 0;
+    const char *why = "";
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+    int rc = r->src->ops->changes(r->src, r->job.user, since, &cb, &modseq, &why);
+    if (changes_r != NULL)
+        *changes_r = p.changes;
+    if (over_budget_r != NULL)
+        *over_budget_r = p.over_budget;
+    if (p.over_budget) {
+        /* The channel is mid-listing: start fresh next time. */
+        drop_transports(r);
+        return STEP_NEXT;
+    }
+    if (p.result != STEP_NEXT)
+        return p.result;
+    if (rc < 0)
+        return io_fail(r, "changes");
+    if (rc == SYNC_NO) {
+        set_err(r, "listing changes on %s: %s", r->job.source, why);
+        return STEP_FAIL;
+    }
+    r->job.checkpoint = modseq;
+    return STEP_NEXT;
+}
+
+/* ---- the directory side ------------------------------------------------ */
+
+/* Sets the user's state from `from` to `to` while homed on the source at the
+ * job's epoch (a CAS, retried on unrelated changes). 0, or -1 with r->err. */
+static int user_state(struct run *r, enum dir_user_state from, enum dir_user_state to)
+{
+    for (int attempt = 0; attempt < 10; attempt++) {
+        struct dir_user u;
+        enum dir_status st = dir_user_get(r->env->dir, r->job.user, &u);
+        if (st == DIR_NOTFOUND) {
+            set_err(r, "user %s is no longer in the directory", r->job.user);
+            return -1;
+        }
+        if (st != DIR_OK) {
+            set_err(r, "directory unavailable");
+            return -1;
+        }
+        if (strcmp(u.home, r->job.source) != 0 || u.epoch != r->job.epoch) {
+            set_err(r, "user %s is now homed on %s at epoch %llu, not %s at %llu", u.address,
+                    u.home, (unsigned long long)u.epoch, r->job.source,
+                    (unsigned long long)r->job.epoch);
+            return -1;
+        }
+        if (u.state == to)
+            return 0;
+        if (u.state != from) {
+            set_err(r, "user %s is %s, expected %s", u.address, dir_user_state_str(u.state),
+                    dir_user_state_str(from));
+            return -1;
+        }
+        u.state = to;
+        st = dir_user_update(r->env->dir, &u);
+        if (st == DIR_OK)
+            return 0;
+        if (st != DIR_CONFLICT) {
+            set_err(r, "directory unavailable");
+            return -1;
+        }
+    }
+    set_err(r, "user %s keeps changing", r->job.user);
+    return -1;
+}
+
+/* ---- the phases -------------------------------------------------------- */
+
+static enum step phase_provision(struct run *r)
+{
+    const char *why = "";
+    struct dir_user u;
+    enum dir_status ds = dir_user_get(r->env->dir, r->job.user, &u);
+    if (ds == DIR_NOTFOUND) {
+        set_err(r, "user %s is not in the directory", r->job.user);
+        return STEP_FAIL;
+    }
+    if (ds != DIR_OK)
+        return STEP_LATER;
+    if (r->job.epoch == 0)
+        r->job.epoch = u.epoch;
+    if (user_state(r, DIR_USER_ACTIVE, DIR_USER_MOVING) < 0)
+        return STEP_FAIL;
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+
+    /* The source must have a mailbox row to fence, even if no mail came. */
+    struct store_mailbox mb;
+    int rc = r->src->ops->mailbox_get(r->src, r->job.user, &mb, &why);
+    if (rc == SYNC_NO && strcmp(why, "notfound") == 0) {
+        rc = r->src->ops->mailbox_create(r->src, r->job.user, STORE_MBOX_ACTIVE, r->job.epoch, 0,
+                                         &why);
+        if (rc == SYNC_NO && strcmp(why, "exists") == 0)
+            rc = 0;
+        if (rc == 0)
+            rc = r->src->ops->mailbox_get(r->src, r->job.user, &mb, &why);
+    }
+    if (rc < 0)
+        return io_fail(r, "source mailbox");
+    if (rc == SYNC_NO || mb.state != STORE_MBOX_ACTIVE || mb.epoch != r->job.epoch) {
+        set_err(r, "source mailbox on %s is not active at epoch %llu", r->job.source,
+                (unsigned long long)r->job.epoch);
+        return STEP_FAIL;
+    }
+    r->job.msgs_total = mb.messages;
+    r->job.bytes_total = mb.bytes;
+    /* The staged INBOX is born with the source INBOX's UIDVALIDITY: clients
+     * keep their caches across the move. */
+    uint32_t inbox_uv = 0;
+    struct sync_digest *dg = NULL;
+    size_t ndg = 0;
+    rc = r->src->ops->digest(r->src, r->job.user, &dg, &ndg, &why);
+    if (rc < 0)
+        return io_fail(r, "source folders");
+    for (size_t i = 0; rc == 0 && i < ndg; i++)
+        if (strcmp(dg[i].name, "INBOX") == 0)
+            inbox_uv = dg[i].uidvalidity;
+    free(dg);
+
+    /* The destination copy is born STAGED, in the step that creates it:
+     * nothing can be delivered into it before the switch (Q277911). */
+    uint64_t new_epoch = r->job.epoch + 1;
+    rc = r->dst->ops->mailbox_get(r->dst, r->job.user, &mb, &why);
+    if (rc == SYNC_NO && strcmp(why, "notfound") == 0) {
+        rc = r->dst->ops->mailbox_create(r->dst, r->job.user, STORE_MBOX_STAGED, new_epoch,
+                                         inbox_uv, &why);
+        if (rc == SYNC_NO && strcmp(why, "exists") == 0)
+            rc = 0; /* a crash after the create: fine */
+    } else if (rc == 0 && mb.state == STORE_MBOX_STAGED) {
+        if (mb.epoch != new_epoch)
+            rc = r->dst->ops->mailbox_state(r->dst, r->job.user, STORE_MBOX_STAGED,
+                                            STORE_MBOX_STAGED, new_epoch, NULL, &why);
+    } else if (rc == 0 && mb.state == STORE_MBOX_MOVED) {
+        /* A copy kept from an earlier move away from this store: it becomes
+         * the staged base and is brought up to date like any other. */
+        log_info(r->ctx, "%s: reusing the retained copy on %s as the staged destination",
+                 r->job.user, r->job.dest);
+        rc = r->dst->ops->mailbox_state(r->dst, r->job.user, STORE_MBOX_MOVED, STORE_MBOX_STAGED,
+                                        new_epoch, NULL, &why);
+    } else if (rc == 0) {
+        /* Never delete or overwrite a live mailbox (Q252869). */
+        set_err(r, "%s already has a %s mailbox for %s", r->job.dest,
+                store_mbox_state_str(mb.state), r->job.user);
+        return STEP_FAIL;
+    }
+    if (rc < 0)
+        return io_fail(r, "destination mailbox");
+    if (rc == SYNC_NO) {
+        set_err(r, "cannot provision on %s: %s", r->job.dest, why);
+        return STEP_FAIL;
+    }
+    r->job.checkpoint = 0;
+    r->job.msgs_done = r->job.bytes_done = 0;
+    return next_phase(r, "copy");
+}
+
+static enum step phase_copy(struct run *r)
+{
+    enum step s = sync_pass(r, r->job.checkpoint, 0, NULL, NULL);
+    if (s != STEP_NEXT)
+        return s;
+    return next_phase(r, "catchup");
+}
+
+static enum step phase_catchup(struct run *r)
+{
+    for (int pass = 0; pass < CATCHUP_PASSES_MAX; pass++) {
+        uint64_t n = 0;
+        enum step s = sync_pass(r, r->job.checkpoint, 0, &n, NULL);
+        if (s != STEP_NEXT)
+            return s;
+        s = maybe_save(r);
+        if (s != STEP_NEXT)
+            return s;
+        if (n <= r->env->catchup_delta)
+            break;
+    }
+    if ((r->job.options & DIR_JOB_OPT_SUSPEND) && !(r->job.options & DIR_JOB_OPT_COMPLETE))
+        return next_phase(r, "ready");
+    return next_phase(r, "fence");
+}
+
+/* Suspended before the cutover: keep in step until `tern move complete`. */
+static enum step phase_ready(struct run *r)
+{
+    enum step s = sync_pass(r, r->job.checkpoint, 0, NULL, NULL);
+    if (s != STEP_NEXT)
+        return s;
+    int saved = job_save(r);
+    if (saved == 1)
+        return STEP_ABORT;
+    if (saved == -2)
+        return STEP_LOST;
+    if (r->job.options & DIR_JOB_OPT_COMPLETE)
+        return next_phase(r, "fence");
+    return STEP_LATER;
+}
+
+static enum step phase_fence(struct run *r)
+{
+    const char *why = "";
+    if (user_state(r, DIR_USER_MOVING, DIR_USER_FINALIZING) < 0)
+        return STEP_FAIL;
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+    /* From here the source refuses every change: deliveries get "451 4.2.1
+     * move in progress" and are parked by the mta. */
+    int rc = r->src->ops->mailbox_state(r->src, r->job.user, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED,
+                                        r->job.epoch, NULL, &why);
+    if (rc == SYNC_NO && strcmp(why, "conflict") == 0) {
+        struct store_mailbox mb;
+        rc = r->src->ops->mailbox_get(r->src, r->job.user, &mb, &why);
+        if (rc == 0 && mb.state != STORE_MBOX_FENCED) {
+            set_err(r, "source mailbox is %s, cannot fence", store_mbox_state_str(mb.state));
+            return STEP_FAIL;
+        }
+    }
+    if (rc < 0)
+        return io_fail(r, "fence");
+    if (rc == SYNC_NO) {
+        set_err(r, "cannot fence: %s", why);
+        return STEP_FAIL;
+    }
+    return next_phase(r, "final");
+}
+
+/* Unfences the source and goes back to catch-up (a cutover over budget). */
+static enum step unfence(struct run *r)
+{
+    const char *why = "";
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+    int rc = r->src->ops->mailbox_state(r->src, r->job.user, STORE_MBOX_FENCED, STORE_MBOX_ACTIVE,
+                                        r->job.epoch, NULL, &why);
+    if (rc < 0)
+        return io_fail(r, "unfence");
+    if (user_state(r, DIR_USER_FINALIZING, DIR_USER_MOVING) < 0)
+        return STEP_FAIL;
+    return next_phase(r, "catchup");
+}
+
+static enum step copy_deliveries(struct run *r)
+{
+    const char *why = "";
+    struct sync_delivery *list = NULL;
+    size_t n = 0;
+    int rc = r->src->ops->deliveries(r->src, r->job.user, &list, &n, &why);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        rc = r->dst->ops->delivery_add(r->dst, r->job.user, &list[i], &why);
+        if (rc == SYNC_NO) /* exists, or the message is gone: nothing to keep */
+            rc = 0;
+    }
+    free(list);
+    if (rc < 0)
+        return io_fail(r, "delivery ids");
+    return STEP_NEXT;
+}
+
+static enum step phase_final(struct run *r)
+{
+    bool over = false;
+    int64_t deadline = time_mono_ms() + r->env->cutover_budget_ms;
+    enum step s = sync_pass(r, r->job.checkpoint, deadline, NULL, &over);
+    if (s != STEP_NEXT)
+        return s;
+    if (over) {
+        log_warn(r->ctx, "%s: final sync exceeded the %u ms cutover budget: unfencing", r->job.user,
+                 r->env->cutover_budget_ms);
+        return unfence(r);
+    }
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+    /* UIDNEXT moves without a folder record when a message is appended and
+     * expunged between passes: align every folder from the frozen source. */
+    struct sync_digest *dg = NULL;
+    size_t n = 0;
+    const char *why = "";
+    int rc = r->src->ops->digest(r->src, r->job.user, &dg, &n, &why);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = r->dst->ops->folder_ensure(r->dst, r->job.user, dg[i].name, dg[i].uidvalidity,
+                                        dg[i].uidnext, &why);
+    free(dg);
+    if (rc < 0)
+        return io_fail(r, "folder UIDNEXT");
+    s = copy_deliveries(r);
+    if (s != STEP_NEXT)
+        return s;
+    return next_phase(r, "verify");
+}
+
+/* 0 equal, 1 different (r->err says how), -1 transport trouble. */
+static int compare(struct run *r)
+{
+    struct sync_digest *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    const char *why = "";
+    int rc = r->src->ops->digest(r->src, r->job.user, &a, &na, &why);
+    if (rc == 0)
+        rc = r->dst->ops->digest(r->dst, r->job.user, &b, &nb, &why);
+    if (rc != 0) {
+        free(a);
+        free(b);
+        return -1;
+    }
+    int diff = 0;
+    if (na != nb) {
+        set_err(r, "verify: %zu folders on %s, %zu on %s", na, r->job.source, nb, r->job.dest);
+        diff = 1;
+    }
+    for (size_t i = 0; !diff && i < na; i++) {
+        if (strcmp(a[i].name, b[i].name) != 0 || a[i].uidvalidity != b[i].uidvalidity ||
+            a[i].uidnext != b[i].uidnext || a[i].messages != b[i].messages ||
+            memcmp(a[i].digest, b[i].digest, SHA256_LEN) != 0) {
+            set_err(r, "verify: folder %s differs (%llu vs %llu messages)", a[i].name,
+                    (unsigned long long)a[i].messages, (unsigned long long)b[i].messages);
+            diff = 1;
+        }
+    }
+    free(a);
+    free(b);
+    return diff;
+}
+
+static enum step phase_verify(struct run *r)
+{
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+    int c = compare(r);
+    if (c < 0)
+        return io_fail(r, "verify");
+    if (c == 1) {
+        /* Repair once with a full pass from the (immutable) source. */
+        log_warn(r->ctx, "%s: %s; repairing with a full sync", r->job.user, r->err);
+        enum step s = sync_pass(r, 0, 0, NULL, NULL);
+        if (s != STEP_NEXT)
+            return s;
+        c = compare(r);
+        if (c < 0)
+            return io_fail(r, "verify");
+        if (c == 1)
+            return STEP_FAIL; /* never switch on a mismatch */
+    }
+    return next_phase(r, "switch");
+}
+
+static enum step phase_switch(struct run *r)
+{
+    const char *why = "";
+    uint64_t e = r->job.epoch;
+    /* The one compare-and-set that changes the home (brief invariant 5). */
+    for (int attempt = 0;; attempt++) {
+        struct dir_user u;
+        enum dir_status ds = dir_user_get(r->env->dir, r->job.user, &u);
+        if (ds != DIR_OK) {
+            set_err(r, "directory unavailable at the switch");
+            return ds == DIR_NOTFOUND ? STEP_FAIL : STEP_LATER;
+        }
+        if (strcmp(u.home, r->job.dest) == 0 && u.epoch == e + 1)
+            break; /* done before a crash */
+        if (strcmp(u.home, r->job.source) != 0 || u.epoch != e || u.state != DIR_USER_FINALIZING) {
+            set_err(r, "user %s changed under the move (home %s, epoch %llu, %s)", u.address,
+                    u.home, (unsigned long long)u.epoch, dir_user_state_str(u.state));
+            return STEP_FAIL;
+        }
+        str_copy(u.home, r->job.dest, sizeof(u.home));
+        u.epoch = e + 1;
+        u.state = DIR_USER_ACTIVE;
+        ds = dir_user_update(r->env->dir, &u);
+        if (ds == DIR_OK)
+            break;
+        if (ds == DIR_TEMPFAIL || attempt >= 10)
+            return STEP_LATER;
+    }
+    log_info(r->ctx, "%s: directory switched to %s at epoch %llu", r->job.user, r->job.dest,
+             (unsigned long long)(e + 1));
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+    int rc = r->dst->ops->mailbox_state(r->dst, r->job.user, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE,
+                                        e + 1, NULL, &why);
+    if (rc == SYNC_NO && strcmp(why, "conflict") == 0)
+        rc = 0; /* already active: a crash after this step */
+    if (rc == 0) {
+        rc = r->src->ops->mailbox_state(r->src, r->job.user, STORE_MBOX_FENCED, STORE_MBOX_MOVED,
+                                        e + 1, r->job.dest, &why);
+        if (rc == SYNC_NO && strcmp(why, "conflict") == 0)
+            rc = 0;
+    }
+    if (rc < 0)
+        return io_fail(r, "switch");
+    if (rc == SYNC_NO) {
+        set_err(r, "after the switch: %s", why);
+        return STEP_LATER;
+    }
+    r->job.retain_until = time_now_ms() / 1000 + r->env->retention;
+    return next_phase(r, "retention");
+}
+
+/* Purges the source copy once it is safe by every rule (invariant 6). */
+static enum step phase_retention(struct run *r)
+{
+    const char *why = "";
+    if (time_now_ms() / 1000 < r->job.retain_until)
+        return STEP_LATER;
+    struct dir_user u;
+    enum dir_status ds = dir_user_get(r->env->dir, r->job.user, &u);
+    if (ds == DIR_NOTFOUND) {
+        /* Missing information never deletes anything (Q252869). */
+        set_err(r, "user %s left the directory: the copy on %s is kept", r->job.user,
+                r->job.source);
+        return next_phase(r, "done");
+    }
+    if (ds != DIR_OK)
+        return STEP_LATER;
+    if (strcmp(u.home, r->job.source) == 0 || u.epoch <= r->job.epoch) {
+        set_err(r, "directory does not show a later home: the copy on %s is kept", r->job.source);
+        return next_phase(r, "done");
+    }
+    /* Re-verify the current home: live at the directory's epoch, and every
+     * message's metadata readable (the digest walks them all). */
+    char e[200];
+    struct sync *home = r->env->connect(r->env->ctx, u.home, e, sizeof(e));
+    if (home == NULL) {
+        set_err(r, "retention: cannot reach %s: %s", u.home, e);
+        return STEP_LATER;
+    }
+    struct store_mailbox mb;
+    struct sync_digest *d = NULL;
+    size_t nd = 0;
+    int rc = home->ops->mailbox_get(home, r->job.user, &mb, &why);
+    bool ok = rc == 0 && mb.state == STORE_MBOX_ACTIVE && mb.epoch == u.epoch;
+    if (ok)
+        ok = home->ops->digest(home, r->job.user, &d, &nd, &why) == 0;
+    free(d);
+    sync_close(&home);
+    if (!ok) {
+        set_err(r, "retention: %s does not re-verify; the copy on %s is kept", u.home,
+                r->job.source);
+        return STEP_LATER;
+    }
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+    rc = r->src->ops->mailbox_state(r->src, r->job.user, STORE_MBOX_MOVED, STORE_MBOX_DELETING,
+                                    r->job.epoch + 1, NULL, &why);
+    if (rc == SYNC_NO) {
+        /* Not the moved copy any more (reused by a later move, or gone). */
+        struct store_mailbox cur;
+        if (r->src->ops->mailbox_get(r->src, r->job.user, &cur, &why) == 0 &&
+            cur.state == STORE_MBOX_DELETING)
+            rc = 0;
+        else {
+            log_info(r->ctx, "%s: the copy on %s is no longer the moved one: nothing to purge",
+                     r->job.user, r->job.source);
+            return next_phase(r, "done");
+        }
+    }
+    if (rc == 0)
+        rc = r->src->ops->mailbox_purge(r->src, r->job.user, &why);
+    if (rc < 0)
+        return io_fail(r, "purge");
+    log_info(r->ctx, "%s: purged the old copy on %s", r->job.user, r->job.source);
+    return next_phase(r, "done");
+}
+
+/* Before the switch: the source stays the only home; the staged copy goes. */
+static enum step phase_abort(struct run *r, const char *final_phase)
+{
+    const char *why = "";
+    struct dir_user u;
+    enum dir_status ds = dir_user_get(r->env->dir, r->job.user, &u);
+    if (ds == DIR_TEMPFAIL)
+        return STEP_LATER;
+    if (ds == DIR_OK && strcmp(u.home, r->job.dest) == 0 && u.epoch == r->job.epoch + 1) {
+        /* The switch happened: too late to abort; finish the move. */
+        log_warn(r->ctx, "%s: abort requested after the switch: completing instead", r->job.user);
+        return next_phase(r, "switch");
+    }
+    if (ds == DIR_OK && strcmp(u.home, r->job.source) == 0 && u.state != DIR_USER_ACTIVE) {
+        u.state = DIR_USER_ACTIVE;
+        if (dir_user_update(r->env->dir, &u) != DIR_OK)
+            return STEP_LATER; /* try again */
+    }
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+    int rc = r->src->ops->mailbox_state(r->src, r->job.user, STORE_MBOX_FENCED, STORE_MBOX_ACTIVE,
+                                        r->job.epoch, NULL, &why);
+    if (rc < 0)
+        return io_fail(r, "unfence");
+    struct store_mailbox mb;
+    rc = r->dst->ops->mailbox_get(r->dst, r->job.user, &mb, &why);
+    if (rc == 0 && mb.state == STORE_MBOX_STAGED)
+        rc = r->dst->ops->mailbox_state(r->dst, r->job.user, STORE_MBOX_STAGED, STORE_MBOX_DELETING,
+                                        mb.epoch, NULL, &why);
+    if (rc == 0 && (mb.state == STORE_MBOX_STAGED || mb.state == STORE_MBOX_DELETING))
+        rc = r->dst->ops->mailbox_purge(r->dst, r->job.user, &why);
+    if (rc < 0)
+        return io_fail(r, "drop staged copy");
+    str_copy(r->job.phase, final_phase, sizeof(r->job.phase));
+    int s = job_save(r);
+    if (s == -2)
+        return STEP_LOST;
+    if (s < 0)
+        return STEP_LATER;
+    log_info(r->ctx, "%s: move %s; %s stays the home", r->job.user, final_phase, r->job.source);
+    return STEP_NEXT;
+}
+
+/* ---- the loop ------------------------------------------------------------ */
+
+int move_claim(const struct move_env *env, uint64_t id)
+{
+    struct dir_job j;
+    if (dir_job_get(env->dir, id, &j) != DIR_OK)
+        return -1;
+    int64_t now = time_now_ms();
+    if (j.lease_owner[0] != '\0' && strcmp(j.lease_owner, env->owner) != 0 && j.lease_expires > now)
+        return 1;
+    str_copy(j.lease_owner, env->owner, sizeof(j.lease_owner));
+    j.lease_expires = now + env->lease_ms;
+    enum dir_status st = dir_job_update(env->dir, &j);
+    return st == DIR_OK ? 0 : st == DIR_CONFLICT ? 1 : -1;
+}
+
+enum move_result move_run(const struct move_env *env, uint64_t id)
+{
+    struct run r;
+    memset(&r, 0, sizeof(r));
+    r.env = env;
+    snprintf(r.ctx, sizeof(r.ctx), "move:%llu", (unsigned long long)id);
+    if (dir_job_get(env->dir, id, &r.job) != DIR_OK)
+        return MOVE_LATER;
+    if (strcmp(r.job.lease_owner, env->owner) != 0)
+        return MOVE_LOST;
+    r.last_save_ms = time_mono_ms();
+    str_copy(r.err, r.job.last_error, sizeof(r.err));
+    enum move_result result = MOVE_LATER;
+    for (;;) {
+        const char *ph = r.job.phase;
+        if (!move_phase_active(ph) && strcmp(ph, "aborting") != 0) {
+            result = MOVE_FINISHED;
+            break;
+        }
+        /* Fault injection (tests): "crash:move.PHASE" dies before PHASE. */
+        char point[DIR_PHASE_MAX + 8];
+        snprintf(point, sizeof(point), "move.%s", ph);
+        util_fault_point(point);
+        if (env->before_phase != NULL && env->before_phase(env->ctx, ph) != 0) {
+            result = MOVE_STOPPED;
+            break;
+        }
+        enum step s;
+        if (strcmp(ph, "queued") == 0)
+            s = next_phase(&r, "provision");
+        else if (strcmp(ph, "provision") == 0)
+            s = phase_provision(&r);
+        else if (strcmp(ph, "copy") == 0)
+            s = phase_copy(&r);
+        else if (strcmp(ph, "catchup") == 0)
+            s = phase_catchup(&r);
+        else if (strcmp(ph, "ready") == 0)
+            s = phase_ready(&r);
+        else if (strcmp(ph, "fence") == 0)
+            s = phase_fence(&r);
+        else if (strcmp(ph, "final") == 0)
+            s = phase_final(&r);
+        else if (strcmp(ph, "verify") == 0)
+            s = phase_verify(&r);
+        else if (strcmp(ph, "switch") == 0)
+            s = phase_switch(&r);
+        else if (strcmp(ph, "retention") == 0)
+            s = phase_retention(&r);
+        else if (strcmp(ph, "aborting") == 0)
+            s = phase_abort(&r, "aborted");
+        else {
+            set_err(&r, "unknown phase '%s'", ph);
+            s = STEP_FAIL;
+        }
+        if (s == STEP_NEXT)
+            continue;
+        if (s == STEP_ABORT) {
+            str_copy(r.job.phase, "aborting", sizeof(r.job.phase));
+            continue;
+        }
+        if (s == STEP_FAIL) {
+            if (move_phase_abortable(r.job.phase) || strcmp(r.job.phase, "aborting") == 0) {
+                char why[DIR_ERROR_MAX + 1];
+                str_copy(why, r.err, sizeof(why));
+                enum step a = phase_abort(&r, "failed");
+                str_copy(r.err, why, sizeof(r.err));
+                if (a == STEP_NEXT) {
+                    job_save(&r); /* keep the reason */
+                    result = MOVE_FINISHED;
+                    break;
+                }
+                result = a == STEP_LOST ? MOVE_LOST : MOVE_LATER;
+                break;
+            }
+            /* After the switch nothing is undone: wait and try again. */
+            job_save(&r);
+            result = MOVE_LATER;
+            break;
+        }
+        if (s == STEP_LOST) {
+            result = MOVE_LOST;
+            break;
+        }
+        /* STEP_LATER: record why, keep the lease fresh, come back. */
+        if (job_save(&r) == -2)
+            result = MOVE_LOST;
+        else
+            result = MOVE_LATER;
+        break;
+    }
+    drop_transports(&r);
+    return result;
+}

@@ -1,0 +1,138 @@
+/*
+ * sync — the move engine's channel to a store: the operations the mover
+ * needs on a mailbox, behind a transport vtable (the dsync split of brain
+ * and channel). Two transports:
+ *   - sync_tcp_connect(): TSYNC/1, the store role's sync protocol over TCP
+ *     (docs/sync.md), what the mover uses in production;
+ *   - sync_local_new(): calls a struct store in this process directly, for
+ *     unit tests of the mover's phases without sockets.
+ * Both behave the same for every operation and return code.
+ *
+ * Return codes: 0 ok; SYNC_NO (1) a refusal with a reason the caller can act
+ * on (*why_r: "notfound", "exists", "conflict", "notlive", "checksum"); -1
+ * the channel failed (drop the connection; the step is retried later).
+ *
+ * Messages on the wire and in callbacks carry the folder by name; names are
+ * hex-encoded on the wire so any octets travel unchanged.
+ */
+#ifndef TERN_SYNC_H
+#define TERN_SYNC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/store.h"
+#include "util/util.h"
+
+#define SYNC_NO    1
+#define SYNC_PROTO "TSYNC/1"
+
+struct sync_folder {
+    char name[STORE_FOLDER_MAX + 1];
+    uint32_t uidvalidity;
+    uint32_t uidnext;
+    uint64_t modseq;
+    bool deleted;
+};
+
+struct sync_msg {
+    char folder[STORE_FOLDER_MAX + 1];
+    uint32_t uidvalidity; /* of the folder: names can change, this cannot */
+    uint32_t uid;
+    uint8_t guid[STORE_GUID_LEN];
+    uint32_t flags;
+    char keywords[STORE_KEYWORDS_MAX + 1];
+    int64_t internal_date;
+    uint64_t size;
+    uint8_t sha256[SHA256_LEN];
+    uint64_t modseq;
+    bool expunged;
+};
+
+/* Per-folder verification digest: SHA-256 over the folder's live messages in
+ * UID order, each as "uid guidhex flags size sha256hex keywords\n". */
+struct sync_digest {
+    char name[STORE_FOLDER_MAX + 1];
+    uint32_t uidvalidity;
+    uint32_t uidnext;
+    uint64_t messages;
+    uint8_t digest[SHA256_LEN];
+};
+
+struct sync_delivery {
+    char id[STORE_DELIVERY_ID_MAX + 1];
+    char folder[STORE_FOLDER_MAX + 1];
+    uint32_t uid;
+};
+
+struct sync_changes_cb {
+    int (*folder)(void *ctx, const struct sync_folder *f);
+    int (*msg)(void *ctx, const struct sync_msg *m);
+    void *ctx;
+};
+
+struct sync;
+
+struct sync_ops {
+    void (*close)(struct sync *s);
+    int (*mailbox_get)(struct sync *s, const char *user, struct store_mailbox *out,
+                       const char **why_r);
+    /* Creates the mailbox with an INBOX whose UIDVALIDITY is
+     * inbox_uidvalidity (0: the store chooses), as store_mailbox_create_with.
+     * A move passes the source INBOX's, so folder_ensure("INBOX", it, ...)
+     * then finds the INBOX as is. */
+    int (*mailbox_create)(struct sync *s, const char *user, enum store_mbox_state state,
+                          uint64_t epoch, uint32_t inbox_uidvalidity, const char **why_r);
+    int (*mailbox_state)(struct sync *s, const char *user, enum store_mbox_state expect,
+                         enum store_mbox_state state, uint64_t epoch, const char *moved_to,
+                         const char **why_r);
+    int (*mailbox_purge)(struct sync *s, const char *user, const char **why_r);
+    /* Streams every folder and message with modseq > since (tombstones
+     * included); *modseq_r is the mailbox modseq the listing is complete up
+     * to. Callbacks returning non-zero abort it (-1). */
+    int (*changes)(struct sync *s, const char *user, uint64_t since,
+                   const struct sync_changes_cb *cb, uint64_t *modseq_r, const char **why_r);
+    /* The body of one message, verified against its SHA-256 by the store. */
+    int (*fetch)(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                 struct buf *out, const char **why_r);
+    /* Appends with the given UID, GUID, flags, keywords and date into a
+     * staged (or active) mailbox; the store checks sha256 against data.
+     * SYNC_NO "exists" if the UID is taken. */
+    int (*append)(struct sync *s, const char *user, const struct sync_msg *m, const void *data,
+                  size_t len, const char **why_r);
+    /* Makes the folder with this UIDVALIDITY exist under this name (create
+     * with that UIDVALIDITY, or rename the one that has it), and its UIDNEXT
+     * at least uidnext. */
+    int (*folder_ensure)(struct sync *s, const char *user, const char *name, uint32_t uidvalidity,
+                         uint32_t uidnext, const char **why_r);
+    int (*folder_delete)(struct sync *s, const char *user, uint32_t uidvalidity,
+                         const char **why_r);
+    /* Sets (replaces) a message's flags and keywords. */
+    int (*flags)(struct sync *s, const char *user, const char *folder, uint32_t uid, uint32_t flags,
+                 const char *keywords, const char **why_r);
+    int (*expunge)(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                   const char **why_r);
+    /* Digests of every live folder, sorted by name; *list_r malloc'd. */
+    int (*digest)(struct sync *s, const char *user, struct sync_digest **list_r, size_t *n_r,
+                  const char **why_r);
+    /* Delivery ids recorded for the mailbox (so idempotency survives a move),
+     * and recording one on the destination. */
+    int (*deliveries)(struct sync *s, const char *user, struct sync_delivery **list_r, size_t *n_r,
+                      const char **why_r);
+    int (*delivery_add)(struct sync *s, const char *user, const struct sync_delivery *d,
+                        const char **why_r);
+};
+
+struct sync {
+    const struct sync_ops *ops;
+};
+
+/* TCP: connects to a store's sync endpoint "HOST:PORT" and says HELLO.
+ * NULL with a message in err. */
+struct sync *sync_tcp_connect(const char *endpoint, unsigned timeout_ms, char *err, size_t errlen);
+/* In-process: operates on st (not owned). */
+struct sync *sync_local_new(struct store *st);
+void sync_close(struct sync **s);
+
+#endif

@@ -1,0 +1,472 @@
+/*
+ * sync_local — the in-process transport of sync.h: every operation mapped
+ * onto the store API of one struct store. The TSYNC/1 server (syncd)
+ * executes its commands through this same transport, so the two transports
+ * agree by construction; only the wire sits between them.
+ *
+ * Store statuses become return codes: STORE_OK 0; NOTFOUND, EXISTS,
+ * CONFLICT, NOTLIVE and INVALID SYNC_NO with that reason; STORE_ERROR -1.
+ * The composite operations (folder_ensure, folder_delete by UIDVALIDITY,
+ * digest) are several store calls, not one transaction: the store role is
+ * the only writer of its store, and each step is idempotent, so a retry
+ * after a failure in the middle converges.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "sync/sync.h"
+
+struct sync_local {
+    struct sync base;
+    struct store *st;
+};
+
+static struct store *sync_local_store(struct sync *s)
+{
+    return ((struct sync_local *)s)->st;
+}
+
+/* 0 / SYNC_NO with *why_r / -1, from a store status. */
+static int sync_local_status(enum store_status st, const char **why_r)
+{
+    switch (st) {
+    case STORE_OK:
+        return 0;
+    case STORE_NOTFOUND:
+        *why_r = "notfound";
+        return SYNC_NO;
+    case STORE_EXISTS:
+        *why_r = "exists";
+        return SYNC_NO;
+    case STORE_CONFLICT:
+        *why_r = "conflict";
+        return SYNC_NO;
+    case STORE_NOTLIVE:
+        *why_r = "notlive";
+        return SYNC_NO;
+    case STORE_INVALID:
+        *why_r = "invalid";
+        return SYNC_NO;
+    case STORE_ERROR:
+        break;
+    }
+    *why_r = "store error";
+    return -1;
+}
+
+static int sync_local_no(const char *why, const char **why_r)
+{
+    *why_r = why;
+    return SYNC_NO;
+}
+
+/* A delivery id that travels as one TSYNC/1 token: 1..64 printable octets
+ * without space. LMTP only records [A-Za-z0-9._-]; anything else could only
+ * come from the store API directly, and is refused (delivery_add) or left
+ * out (deliveries) by both transports alike. */
+static bool sync_local_id_ok(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > STORE_DELIVERY_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)id[i] <= 0x20 || (unsigned char)id[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+/* ---- mailboxes ---- */
+
+static void sync_local_close(struct sync *s)
+{
+    free(s);
+}
+
+static int sync_local_mailbox_get(struct sync *s, const char *user, struct store_mailbox *out,
+                                  const char **why_r)
+{
+    return sync_local_status(store_mailbox_get(sync_local_store(s), user, out), why_r);
+}
+
+static int sync_local_mailbox_create(struct sync *s, const char *user, enum store_mbox_state state,
+                                     uint64_t epoch, uint32_t inbox_uidvalidity, const char **why_r)
+{
+    return sync_local_status(
+        store_mailbox_create_with(sync_local_store(s), user, state, epoch, inbox_uidvalidity),
+        why_r);
+}
+
+static int sync_local_mailbox_state(struct sync *s, const char *user, enum store_mbox_state expect,
+                                    enum store_mbox_state state, uint64_t epoch,
+                                    const char *moved_to, const char **why_r)
+{
+    return sync_local_status(
+        store_mailbox_set_state(sync_local_store(s), user, expect, state, epoch, moved_to), why_r);
+}
+
+static int sync_local_mailbox_purge(struct sync *s, const char *user, const char **why_r)
+{
+    return sync_local_status(store_mailbox_purge(sync_local_store(s), user), why_r);
+}
+
+/* ---- changes ---- */
+
+struct sync_local_changes {
+    const struct sync_changes_cb *cb;
+};
+
+static int sync_local_change_folder(void *ctx, const struct store_folder *f)
+{
+    struct sync_local_changes *c = ctx;
+    struct sync_folder sf;
+    memset(&sf, 0, sizeof(sf));
+    str_copy(sf.name, f->name, sizeof(sf.name));
+    sf.uidvalidity = f->uidvalidity;
+    sf.uidnext = f->uidnext;
+    sf.modseq = f->modseq;
+    sf.deleted = f->deleted;
+    return c->cb->folder != NULL ? c->cb->folder(c->cb->ctx, &sf) : 0;
+}
+
+/* The store hands each message record its folder row (live or tombstone,
+ * as it is now), so name and UIDVALIDITY need no lookup by folder id. */
+static int sync_local_change_msg(void *ctx, const struct store_folder *f, const struct store_msg *m)
+{
+    struct sync_local_changes *c = ctx;
+    struct sync_msg sm;
+    memset(&sm, 0, sizeof(sm));
+    str_copy(sm.folder, f->name, sizeof(sm.folder));
+    sm.uidvalidity = f->uidvalidity;
+    sm.uid = m->uid;
+    memcpy(sm.guid, m->guid, STORE_GUID_LEN);
+    sm.flags = m->flags;
+    str_copy(sm.keywords, m->keywords != NULL ? m->keywords : "", sizeof(sm.keywords));
+    sm.internal_date = m->internal_date;
+    sm.size = m->size;
+    memcpy(sm.sha256, m->sha256, SHA256_LEN);
+    sm.modseq = m->modseq;
+    sm.expunged = m->expunged;
+    return c->cb->msg != NULL ? c->cb->msg(c->cb->ctx, &sm) : 0;
+}
+
+static int sync_local_changes(struct sync *s, const char *user, uint64_t since,
+                              const struct sync_changes_cb *cb, uint64_t *modseq_r,
+                              const char **why_r)
+{
+    struct store *st = sync_local_store(s);
+    struct store_mailbox mb;
+    /* The modseq is read before the listing: rows only ever move up, so
+     * whatever changes during the listing has a modseq above it and the
+     * next pass (since = *modseq_r) sees it again. Reading it after could
+     * claim a change the listing missed. */
+    int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
+    if (r != 0)
+        return r;
+    struct sync_local_changes c = {.cb = cb};
+    struct store_change_cb scb = {
+        .folder = sync_local_change_folder, .msg = sync_local_change_msg, .ctx = &c};
+    const char *error = NULL;
+    if (store_changes(st, user, since, &scb, &error) != 0) {
+        *why_r = error != NULL ? error : "aborted";
+        return -1;
+    }
+    *modseq_r = mb.modseq;
+    return 0;
+}
+
+/* ---- messages ---- */
+
+static int sync_local_fetch(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                            struct buf *out, const char **why_r)
+{
+    return sync_local_status(store_msg_read(sync_local_store(s), user, folder, uid, out), why_r);
+}
+
+static int sync_local_append(struct sync *s, const char *user, const struct sync_msg *m,
+                             const void *data, size_t len, const char **why_r)
+{
+    /* A move keeps UIDs: letting the store choose one would hide a bug. */
+    if (m->uid == 0 || (data == NULL && len > 0))
+        return sync_local_no("invalid", why_r);
+    /* Verified before the store sees it: bytes that differ from what the
+     * source recorded must never become a message. */
+    uint8_t sha[SHA256_LEN];
+    sha256_buf(data, len, sha);
+    if (memcmp(sha, m->sha256, SHA256_LEN) != 0)
+        return sync_local_no("checksum", why_r);
+    struct store_append a = {
+        .user = user,
+        .folder = m->folder,
+        .data = data,
+        .len = len,
+        .internal_date = m->internal_date,
+        .flags = m->flags,
+        .keywords = m->keywords,
+        .guid = m->guid,
+        .uid = m->uid,
+    };
+    struct store_append_result res;
+    const char *error = NULL;
+    struct store_batch *b = store_batch_begin(sync_local_store(s));
+    store_batch_add(b, &a, &res);
+    if (store_batch_commit(&b, &error) < 0) {
+        *why_r = error != NULL ? error : "store error";
+        return -1;
+    }
+    return sync_local_status(res.status, why_r);
+}
+
+/* ---- folders ---- */
+
+/* The live folder with this UIDVALIDITY, and whether `name` is held by
+ * another live folder. 0, or a sync status from the listing. */
+static int sync_local_folder_find(struct store *st, const char *user, uint32_t uidvalidity,
+                                  const char *name, struct store_folder *found_r, bool *found,
+                                  bool *name_taken, const char **why_r)
+{
+    struct store_folder *list;
+    size_t n;
+    int r = sync_local_status(store_folder_list(st, user, &list, &n), why_r);
+    if (r != 0)
+        return r;
+    *found = false;
+    *name_taken = false;
+    for (size_t i = 0; i < n; i++) {
+        if (!*found && list[i].uidvalidity == uidvalidity) {
+            *found_r = list[i];
+            *found = true;
+        } else if (name != NULL && strcmp(list[i].name, name) == 0) {
+            *name_taken = true;
+        }
+    }
+    free(list);
+    return 0;
+}
+
+static int sync_local_folder_ensure(struct sync *s, const char *user, const char *name,
+                                    uint32_t uidvalidity, uint32_t uidnext, const char **why_r)
+{
+    struct store *st = sync_local_store(s);
+    /* UIDVALIDITY 0 would ask the store to choose one: never what a copy
+     * wants. */
+    if (uidvalidity == 0 || name == NULL || strlen(name) > STORE_FOLDER_MAX)
+        return sync_local_no("invalid", why_r);
+    /* Compare against the store's canonical spelling ("inbox" is INBOX). */
+    char canon[STORE_FOLDER_MAX + 1];
+    str_copy(canon, name, sizeof(canon));
+    if (strcasecmp(canon, "INBOX") == 0)
+        str_copy(canon, "INBOX", sizeof(canon));
+    struct store_folder f;
+    bool found, taken;
+    int r = sync_local_folder_find(st, user, uidvalidity, canon, &f, &found, &taken, why_r);
+    if (r != 0)
+        return r;
+    if (found && strcmp(f.name, canon) != 0) {
+        /* The folder was renamed at the source: rename it here, unless its
+         * new name is held by a folder of another identity (the caller
+         * must move or delete that one first). */
+        if (taken)
+            return sync_local_no("conflict", why_r);
+        r = sync_local_status(store_folder_rename(st, user, f.name, canon), why_r);
+    } else if (!found) {
+        enum store_status ss = store_folder_create(st, user, canon, uidvalidity);
+        r = ss == STORE_EXISTS ? sync_local_no("conflict", why_r) : sync_local_status(ss, why_r);
+    }
+    if (r != 0)
+        return r;
+    return sync_local_status(store_folder_set_uidnext(st, user, canon, uidnext), why_r);
+}
+
+static int sync_local_folder_delete(struct sync *s, const char *user, uint32_t uidvalidity,
+                                    const char **why_r)
+{
+    struct store *st = sync_local_store(s);
+    struct store_folder f;
+    bool found, taken;
+    int r = sync_local_folder_find(st, user, uidvalidity, NULL, &f, &found, &taken, why_r);
+    if (r != 0 || !found)
+        return r; /* gone already: deleting is idempotent */
+    enum store_status ss = store_folder_delete(st, user, f.name);
+    return ss == STORE_NOTFOUND ? 0 : sync_local_status(ss, why_r);
+}
+
+/* A NOTFOUND from a change to one message is fine (it is gone already, a
+ * retry) unless the mailbox itself is missing. */
+static int sync_local_gone_ok(struct store *st, const char *user, enum store_status ss,
+                              const char **why_r)
+{
+    if (ss != STORE_NOTFOUND)
+        return sync_local_status(ss, why_r);
+    struct store_mailbox mb;
+    return sync_local_status(store_mailbox_get(st, user, &mb), why_r);
+}
+
+static int sync_local_flags(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                            uint32_t flags, const char *keywords, const char **why_r)
+{
+    return sync_local_status(store_msg_set_flags(sync_local_store(s), user, folder, uid,
+                                                 STORE_FLAGS_SET, flags,
+                                                 keywords != NULL ? keywords : "", 0, NULL),
+                             why_r);
+}
+
+static int sync_local_expunge(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                              const char **why_r)
+{
+    struct store *st = sync_local_store(s);
+    return sync_local_gone_ok(st, user, store_msg_expunge(st, user, folder, uid), why_r);
+}
+
+/* ---- digest ---- */
+
+struct sync_local_digest {
+    struct buf lines;
+    uint64_t n;
+};
+
+static int sync_local_digest_msg(void *ctx, const struct store_msg *m)
+{
+    struct sync_local_digest *d = ctx;
+    char guid[2 * STORE_GUID_LEN + 1], sha[2 * SHA256_LEN + 1];
+    hex_encode(m->guid, STORE_GUID_LEN, guid);
+    hex_encode(m->sha256, SHA256_LEN, sha);
+    if (buf_printf(&d->lines, "%u %s %u %llu %s %s\n", m->uid, guid, m->flags,
+                   (unsigned long long)m->size, sha, m->keywords != NULL ? m->keywords : "") < 0)
+        return -1;
+    d->n++;
+    return 0;
+}
+
+static int sync_local_digest(struct sync *s, const char *user, struct sync_digest **list_r,
+                             size_t *n_r, const char **why_r)
+{
+    struct store *st = sync_local_store(s);
+    struct store_folder *fl;
+    size_t n;
+    *list_r = NULL;
+    *n_r = 0;
+    int r = sync_local_status(store_folder_list(st, user, &fl, &n), why_r);
+    if (r != 0)
+        return r;
+    struct sync_digest *list = xcalloc(n ? n : 1, sizeof(*list));
+    struct sync_local_digest d;
+    /* The whole folder's lines are hashed in one go (util has no
+     * incremental SHA-256): about 130 octets per message in memory. */
+    buf_init(&d.lines, 0);
+    for (size_t i = 0; i < n && r == 0; i++) {
+        buf_reset(&d.lines);
+        d.n = 0;
+        const char *error = NULL;
+        if (store_msg_iter(st, user, fl[i].name, sync_local_digest_msg, &d, &error) != 0) {
+            *why_r = error != NULL ? error : "store error";
+            r = -1;
+            break;
+        }
+        str_copy(list[i].name, fl[i].name, sizeof(list[i].name));
+        list[i].uidvalidity = fl[i].uidvalidity;
+        list[i].uidnext = fl[i].uidnext;
+        list[i].messages = d.n;
+        sha256_buf(d.lines.data, d.lines.len, list[i].digest);
+    }
+    buf_free(&d.lines);
+    free(fl);
+    if (r != 0) {
+        free(list);
+        return r;
+    }
+    *list_r = list;
+    *n_r = n;
+    return 0;
+}
+
+/* ---- delivery ids ---- */
+
+struct sync_local_dels {
+    struct sync_delivery *list;
+    size_t n, cap;
+};
+
+static int sync_local_del_cb(void *ctx, const char *id, const char *folder, uint32_t uid)
+{
+    struct sync_local_dels *d = ctx;
+    if (!sync_local_id_ok(id)) {
+        log_warn("sync", "delivery id with unsendable octets left out of the list");
+        return 0;
+    }
+    if (d->n == d->cap) {
+        d->cap = d->cap ? d->cap * 2 : 16;
+        d->list = xrealloc(d->list, d->cap * sizeof(*d->list));
+    }
+    struct sync_delivery *e = &d->list[d->n++];
+    memset(e, 0, sizeof(*e));
+    str_copy(e->id, id, sizeof(e->id));
+    str_copy(e->folder, folder, sizeof(e->folder));
+    e->uid = uid;
+    return 0;
+}
+
+static int sync_local_deliveries(struct sync *s, const char *user, struct sync_delivery **list_r,
+                                 size_t *n_r, const char **why_r)
+{
+    struct store *st = sync_local_store(s);
+    struct store_mailbox mb;
+    *list_r = NULL;
+    *n_r = 0;
+    int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
+    if (r != 0)
+        return r;
+    struct sync_local_dels d = {0};
+    const char *error = NULL;
+    if (store_delivery_iter(st, user, sync_local_del_cb, &d, &error) != 0) {
+        free(d.list);
+        *why_r = error != NULL ? error : "store error";
+        return -1;
+    }
+    *list_r = d.list != NULL ? d.list : xmalloc(1);
+    *n_r = d.n;
+    return 0;
+}
+
+static int sync_local_delivery_add(struct sync *s, const char *user, const struct sync_delivery *d,
+                                   const char **why_r)
+{
+    if (!sync_local_id_ok(d->id))
+        return sync_local_no("invalid", why_r);
+    return sync_local_status(
+        store_delivery_add(sync_local_store(s), user, d->id, d->folder, d->uid), why_r);
+}
+
+static const struct sync_ops sync_local_ops = {
+    .close = sync_local_close,
+    .mailbox_get = sync_local_mailbox_get,
+    .mailbox_create = sync_local_mailbox_create,
+    .mailbox_state = sync_local_mailbox_state,
+    .mailbox_purge = sync_local_mailbox_purge,
+    .changes = sync_local_changes,
+    .fetch = sync_local_fetch,
+    .append = sync_local_append,
+    .folder_ensure = sync_local_folder_ensure,
+    .folder_delete = sync_local_folder_delete,
+    .flags = sync_local_flags,
+    .expunge = sync_local_expunge,
+    .digest = sync_local_digest,
+    .deliveries = sync_local_deliveries,
+    .delivery_add = sync_local_delivery_add,
+};
+
+struct sync *sync_local_new(struct store *st)
+{
+    struct sync_local *l = xmalloc(sizeof(*l));
+    l->base.ops = &sync_local_ops;
+    l->st = st;
+    return &l->base;
+}
+
+void sync_close(struct sync **s)
+{
+    if (*s == NULL)
+        return;
+    (*s)->ops->close(*s);
+    *s = NULL;
+}

@@ -1,0 +1,932 @@
+/*
+ * sync_tcp — the TSYNC/1 client transport of sync.h (docs/sync.md), a
+ * blocking client in the manner of lmtpc.c.
+ *
+ * The socket stays non-blocking; every wait goes through poll() with the
+ * connection's timeout. Each reply line, and each piece of progress of a
+ * message body in either direction, must come within one timeout, so a
+ * long listing or a big message over a slow but live link is not cut off.
+ *
+ * Any I/O error, timeout, "-ERR" or reply that does not parse leaves the
+ * connection broken: every later operation returns -1 at once and
+ * sync_close() sends no QUIT. Refusals ("-NO why") leave it usable.
+ *
+ * Arguments the store would refuse as too long, and delivery ids or store
+ * names that cannot travel as one token, are refused here with SYNC_NO
+ * "invalid", without a round trip and exactly as sync_local would answer.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "sync/sync.h"
+
+#define SYNC_TCP_RBUF     (64 * 1024)
+#define SYNC_TCP_LINE_MAX 16384        /* longest reply line accepted */
+#define SYNC_TCP_BODY_MAX (1ull << 31) /* as SYNCD_BODY_MAX: the protocol's limit */
+#define SYNC_TCP_TOKS     12
+
+struct sync_tcp {
+    struct sync base;
+    int fd;
+    unsigned timeout_ms;
+    bool broken;
+    char endpoint[300];
+    char why[200]; /* the last failure, for the log */
+    struct buf out;
+    char line[SYNC_TCP_LINE_MAX + 1];
+    size_t rpos, rend;
+    char rbuf[SYNC_TCP_RBUF];
+};
+
+/* The refusal reasons a server may give; *why_r points at these. */
+static const char *const sync_tcp_reasons[] = {"notfound", "exists",   "conflict",
+                                               "notlive",  "checksum", "invalid"};
+
+/* ---- low-level I/O ---- */
+
+/* Marks the connection broken: -1 for this and every later operation. */
+static int sync_tcp_broken(struct sync_tcp *c, const char **why_r, const char *fmt, ...)
+    TERN_PRINTF(3, 4);
+static int sync_tcp_broken(struct sync_tcp *c, const char **why_r, const char *fmt, ...)
+{
+    if (fmt != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(c->why, sizeof(c->why), fmt, ap);
+        va_end(ap);
+    }
+    if (!c->broken)
+        log_warn("sync", "%s: %s", c->endpoint, c->why);
+    c->broken = true;
+    if (why_r != NULL)
+        *why_r = "connection failed";
+    return -1;
+}
+
+static void sync_tcp_why_errno(struct sync_tcp *c, const char *what)
+{
+    snprintf(c->why, sizeof(c->why), "%s: %s", what, strerror(errno));
+}
+
+static int sync_tcp_wait(struct sync_tcp *c, short events, int64_t deadline)
+{
+    for (;;) {
+        int64_t left = deadline - time_mono_ms();
+        if (left <= 0) {
+            str_copy(c->why, "timeout", sizeof(c->why));
+            return -1;
+        }
+        struct pollfd p = {.fd = c->fd, .events = events};
+        int r = poll(&p, 1, (int)left);
+        if (r > 0)
+            return 0; /* ready, or an error the next recv/send reports */
+        if (r < 0 && errno != EINTR) {
+            sync_tcp_why_errno(c, "poll");
+            return -1;
+        }
+    }
+}
+
+static int sync_tcp_send(struct sync_tcp *c, const void *p, size_t n)
+{
+    const char *s = p;
+    while (n > 0) {
+        ssize_t r = send(c->fd, s, n, MSG_NOSIGNAL);
+        if (r > 0) {
+            s += r;
+            n -= (size_t)r;
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (sync_tcp_wait(c, POLLOUT, time_mono_ms() + c->timeout_ms) < 0)
+                return -1;
+            continue;
+        }
+        sync_tcp_why_errno(c, "send");
+        return -1;
+    }
+    return 0;
+}
+
+/* Sends and empties c->out. */
+static int sync_tcp_send_out(struct sync_tcp *c)
+{
+    int r = sync_tcp_send(c, c->out.data, c->out.len);
+    buf_reset(&c->out);
+    return r;
+}
+
+/* Refills the (empty) read buffer within one timeout. */
+static int sync_tcp_fill(struct sync_tcp *c)
+{
+    int64_t deadline = time_mono_ms() + c->timeout_ms;
+    c->rpos = c->rend = 0;
+    for (;;) {
+        ssize_t r = recv(c->fd, c->rbuf, sizeof(c->rbuf), 0);
+        if (r > 0) {
+            c->rend = (size_t)r;
+            return 0;
+        }
+        if (r == 0) {
+            str_copy(c->why, "connection closed by the server", sizeof(c->why));
+            return -1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            sync_tcp_why_errno(c, "recv");
+            return -1;
+        }
+        if (sync_tcp_wait(c, POLLIN, deadline) < 0)
+            return -1;
+    }
+}
+
+/* Reads one line into c->line without its CRLF; *len_r its length. */
+static int sync_tcp_read_line(struct sync_tcp *c, size_t *len_r)
+{
+    size_t len = 0;
+    for (;;) {
+        if (c->rpos == c->rend && sync_tcp_fill(c) < 0)
+            return -1;
+        const char *start = c->rbuf + c->rpos;
+        size_t avail = c->rend - c->rpos;
+        const char *nl = memchr(start, '\n', avail);
+        size_t take = nl != NULL ? (size_t)(nl - start) : avail;
+        if (len + take > SYNC_TCP_LINE_MAX) {
+            str_copy(c->why, "reply line too long", sizeof(c->why));
+            return -1;
+        }
+        memcpy(c->line + len, start, take);
+        len += take;
+        c->rpos += take;
+        if (nl != NULL) {
+            c->rpos++;
+            break;
+        }
+    }
+    if (len == 0 || c->line[len - 1] != '\r') {
+        str_copy(c->why, "reply line not ended by CRLF", sizeof(c->why));
+        return -1;
+    }
+    c->line[--len] = '\0';
+    *len_r = len;
+    return 0;
+}
+
+/* Reads exactly n octets, appended to out (if not NULL: its max is
+ * respected) or else copied to raw. */
+static int sync_tcp_read_exact(struct sync_tcp *c, size_t n, struct buf *out, char *raw)
+{
+    while (n > 0) {
+        if (c->rpos == c->rend && sync_tcp_fill(c) < 0)
+            return -1;
+        size_t avail = c->rend - c->rpos;
+        size_t take = avail < n ? avail : n;
+        if (out == NULL) {
+            memcpy(raw, c->rbuf + c->rpos, take);
+            raw += take;
+        } else if (buf_append(out, c->rbuf + c->rpos, take) < 0) {
+            str_copy(c->why, "message larger than the read buffer allows", sizeof(c->why));
+            return -1;
+        }
+        c->rpos += take;
+        n -= take;
+    }
+    return 0;
+}
+
+/* ---- tokens ---- */
+
+struct sync_tcp_tok {
+    char *p;
+    size_t len;
+};
+
+/* Splits s (NUL-terminated, modified) at single spaces. Number of tokens, or
+ * -1 if there are more than max or an empty one. */
+static int sync_tcp_split(char *s, struct sync_tcp_tok *t, int max)
+{
+    int n = 0;
+    for (char *p = s;;) {
+        char *sp = strchr(p, ' ');
+        size_t len = sp != NULL ? (size_t)(sp - p) : strlen(p);
+        if (len == 0 || n == max)
+            return -1;
+        t[n].p = p;
+        t[n++].len = len;
+        if (sp == NULL)
+            return n;
+        *sp = '\0';
+        p = sp + 1;
+    }
+}
+
+static int sync_tcp_u64(const struct sync_tcp_tok *t, uint64_t max, uint64_t *out)
+{
+    return parse_u64(t->p, max, out);
+}
+
+static int sync_tcp_u32(const struct sync_tcp_tok *t, uint32_t *out)
+{
+    uint64_t v;
+    if (parse_u64(t->p, UINT32_MAX, &v) < 0)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int sync_tcp_bool(const struct sync_tcp_tok *t, bool *out)
+{
+    if (t->len != 1 || (t->p[0] != '0' && t->p[0] != '1'))
+        return -1;
+    *out = t->p[0] == '1';
+    return 0;
+}
+
+static int sync_tcp_date(const struct sync_tcp_tok *t, int64_t *out)
+{
+    bool neg = t->p[0] == '-';
+    uint64_t v;
+    if (parse_u64(t->p + neg, INT64_MAX, &v) < 0)
+        return -1;
+    *out = neg ? -(int64_t)v : (int64_t)v;
+    return 0;
+}
+
+/* Hex-encoded string ("-" = empty) into out of cap octets (with the NUL). */
+static int sync_tcp_str(const struct sync_tcp_tok *t, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (t->len == 1 && t->p[0] == '-')
+        return 0;
+    size_t n = t->len / 2;
+    if (t->len % 2 != 0 || n >= cap || hex_decode(t->p, out, n) < 0 || memchr(out, '\0', n))
+        return -1;
+    out[n] = '\0';
+    return 0;
+}
+
+/* Appends the hex form of v ("-" if empty) and sep. */
+static void sync_tcp_put_hex(struct buf *b, const char *v, const char *sep)
+{
+    size_t n = strlen(v);
+    if (n == 0) {
+        buf_puts(b, "-");
+    } else {
+        char *h = xmalloc(2 * n + 1);
+        hex_encode(v, n, h);
+        buf_append(b, h, 2 * n);
+        free(h);
+    }
+    buf_puts(b, sep);
+}
+
+/* ---- replies ---- */
+
+/* Classifies c->line as a final reply: 0 for "+OK[ rest]" (*rest_r the
+ * rest, "" if none), SYNC_NO for "-NO why", -1 (broken) for anything else. */
+static int sync_tcp_final(struct sync_tcp *c, const char **why_r, char **rest_r)
+{
+    char *l = c->line;
+    if (strncmp(l, "+OK", 3) == 0 && (l[3] == '\0' || l[3] == ' ')) {
+        if (rest_r != NULL)
+            *rest_r = l[3] == ' ' ? l + 4 : l + 3;
+        return 0;
+    }
+    if (strncmp(l, "-NO ", 4) == 0) {
+        for (size_t i = 0; i < ARRAY_SIZE(sync_tcp_reasons); i++) {
+            if (strcmp(l + 4, sync_tcp_reasons[i]) == 0) {
+                *why_r = sync_tcp_reasons[i];
+                return SYNC_NO;
+            }
+        }
+        return sync_tcp_broken(c, why_r, "unknown refusal \"%.60s\"", l);
+    }
+    if (strncmp(l, "-ERR", 4) == 0)
+        return sync_tcp_broken(c, why_r, "server: %.150s", l);
+    return sync_tcp_broken(c, why_r, "unexpected reply \"%.60s\"", l);
+}
+
+/* True if the server said something (or closed) while we were idle, e.g.
+ * "-ERR idle timeout": the connection is no longer usable. */
+static bool sync_tcp_peer_spoke(struct sync_tcp *c)
+{
+    if (c->rpos < c->rend)
+        return true;
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* Starts an operation: checks the connection and resets c->out. */
+static int sync_tcp_begin(struct sync_tcp *c, const char **why_r)
+{
+    buf_reset(&c->out);
+    if (c->broken) {
+        *why_r = "connection failed";
+        return -1;
+    }
+    if (sync_tcp_peer_spoke(c))
+        return sync_tcp_broken(c, why_r, "the server spoke or closed while idle");
+    return 0;
+}
+
+/* Sends c->out and reads the final reply. */
+static int sync_tcp_call(struct sync_tcp *c, const char **why_r, char **rest_r)
+{
+    size_t len;
+    if (sync_tcp_send_out(c) < 0 || sync_tcp_read_line(c, &len) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    return sync_tcp_final(c, why_r, rest_r);
+}
+
+/* Starts a command line: "VERB <user-hex>". SYNC_NO if user cannot be a
+ * mailbox (as the store would say). */
+static int sync_tcp_cmd_user(struct sync_tcp *c, const char *verb, const char *user,
+                             const char **why_r)
+{
+    int r = sync_tcp_begin(c, why_r);
+    if (r != 0)
+        return r;
+    if (user == NULL || strlen(user) > MAIL_ADDR_MAX) {
+        *why_r = "invalid";
+        return SYNC_NO;
+    }
+    buf_printf(&c->out, "%s ", verb);
+    sync_tcp_put_hex(&c->out, user, "");
+    return 0;
+}
+
+static bool sync_tcp_folder_ok(const char *f)
+{
+    return f != NULL && strlen(f) <= STORE_FOLDER_MAX;
+}
+
+static bool sync_tcp_kw_ok(const char *k)
+{
+    return k == NULL || strlen(k) <= STORE_KEYWORDS_MAX;
+}
+
+/* A token of 1..max printable octets without space. */
+static bool sync_tcp_atom_ok(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+static int sync_tcp_invalid(const char **why_r)
+{
+    *why_r = "invalid";
+    return SYNC_NO;
+}
+
+/* ---- operations ---- */
+
+static void sync_tcp_close(struct sync *s)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    if (!c->broken) /* best effort, never waits */
+        (void)send(c->fd, "QUIT\r\n", 6, MSG_NOSIGNAL | MSG_DONTWAIT);
+    close(c->fd);
+    buf_free(&c->out);
+    free(c);
+}
+
+static int sync_tcp_mailbox_get(struct sync *s, const char *user, struct store_mailbox *out,
+                                const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "MBOX", user, why_r);
+    if (r != 0)
+        return r;
+    buf_puts(&c->out, "\r\n");
+    char *rest;
+    if ((r = sync_tcp_call(c, why_r, &rest)) != 0)
+        return r;
+    struct sync_tcp_tok t[SYNC_TCP_TOKS];
+    memset(out, 0, sizeof(*out));
+    if (sync_tcp_split(rest, t, SYNC_TCP_TOKS) != 6 ||
+        store_mbox_state_parse(t[0].p, &out->state) < 0 ||
+        sync_tcp_u64(&t[1], UINT64_MAX, &out->epoch) < 0 || t[2].len > MAIL_NAME_MAX ||
+        sync_tcp_u64(&t[3], UINT64_MAX, &out->modseq) < 0 ||
+        sync_tcp_u64(&t[4], UINT64_MAX, &out->messages) < 0 ||
+        sync_tcp_u64(&t[5], UINT64_MAX, &out->bytes) < 0)
+        return sync_tcp_broken(c, why_r, "malformed MBOX reply");
+    if (strcmp(t[2].p, "-") != 0)
+        memcpy(out->moved_to, t[2].p, t[2].len + 1);
+    /* The wire carries no creation time (0 here), nor the user as the
+     * store normalized it: the caller's spelling is kept. */
+    str_copy(out->user, user, sizeof(out->user));
+    return 0;
+}
+
+static int sync_tcp_mailbox_create(struct sync *s, const char *user, enum store_mbox_state state,
+                                   uint64_t epoch, uint32_t inbox_uidvalidity, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "CREATE", user, why_r);
+    if (r != 0)
+        return r;
+    if ((unsigned)state > STORE_MBOX_DELETING)
+        return sync_tcp_invalid(why_r);
+    buf_printf(&c->out, " %s %llu", store_mbox_state_str(state), (unsigned long long)epoch);
+    /* Optional on the wire: without it (0) the store chooses, so a line
+     * that does not need it stays what an older syncd understands. */
+    if (inbox_uidvalidity != 0)
+        buf_printf(&c->out, " %u", inbox_uidvalidity);
+    buf_puts(&c->out, "\r\n");
+    return sync_tcp_call(c, why_r, NULL);
+}
+
+static int sync_tcp_mailbox_state(struct sync *s, const char *user, enum store_mbox_state expect,
+                                  enum store_mbox_state state, uint64_t epoch, const char *moved_to,
+                                  const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "STATE", user, why_r);
+    if (r != 0)
+        return r;
+    if ((unsigned)expect > STORE_MBOX_DELETING || (unsigned)state > STORE_MBOX_DELETING)
+        return sync_tcp_invalid(why_r);
+    /* moved_to matters for MOVED only (the store ignores it otherwise). */
+    if (state != STORE_MBOX_MOVED)
+        moved_to = "-";
+    else if (moved_to == NULL || !mail_store_name_valid(moved_to) || strcmp(moved_to, "-") == 0)
+        return sync_tcp_invalid(why_r);
+    buf_printf(&c->out, " %s %s %llu %s\r\n", store_mbox_state_str(expect),
+               store_mbox_state_str(state), (unsigned long long)epoch, moved_to);
+    return sync_tcp_call(c, why_r, NULL);
+}
+
+static int sync_tcp_mailbox_purge(struct sync *s, const char *user, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "PURGE", user, why_r);
+    if (r != 0)
+        return r;
+    buf_puts(&c->out, "\r\n");
+    return sync_tcp_call(c, why_r, NULL);
+}
+
+static int sync_tcp_parse_folder(struct sync_tcp_tok *t, int n, struct sync_folder *f)
+{
+    memset(f, 0, sizeof(*f));
+    if (n != 6 || sync_tcp_u32(&t[1], &f->uidvalidity) < 0 ||
+        sync_tcp_u32(&t[2], &f->uidnext) < 0 || sync_tcp_u64(&t[3], UINT64_MAX, &f->modseq) < 0 ||
+        sync_tcp_bool(&t[4], &f->deleted) < 0 || sync_tcp_str(&t[5], f->name, sizeof(f->name)) < 0)
+        return -1;
+    return 0;
+}
+
+static int sync_tcp_parse_msg(struct sync_tcp_tok *t, int n, struct sync_msg *m)
+{
+    memset(m, 0, sizeof(*m));
+    if (n != 12 || sync_tcp_u32(&t[1], &m->uidvalidity) < 0 || sync_tcp_u32(&t[2], &m->uid) < 0 ||
+        t[3].len != 2 * STORE_GUID_LEN || hex_decode(t[3].p, m->guid, STORE_GUID_LEN) < 0 ||
+        sync_tcp_u32(&t[4], &m->flags) < 0 || sync_tcp_date(&t[5], &m->internal_date) < 0 ||
+        sync_tcp_u64(&t[6], UINT64_MAX, &m->size) < 0 || t[7].len != 2 * SHA256_LEN ||
+        hex_decode(t[7].p, m->sha256, SHA256_LEN) < 0 ||
+        sync_tcp_u64(&t[8], UINT64_MAX, &m->modseq) < 0 || sync_tcp_bool(&t[9], &m->expunged) < 0 ||
+        sync_tcp_str(&t[10], m->keywords, sizeof(m->keywords)) < 0 ||
+        sync_tcp_str(&t[11], m->folder, sizeof(m->folder)) < 0)
+        return -1;
+    return 0;
+}
+
+static int sync_tcp_changes(struct sync *s, const char *user, uint64_t since,
+                            const struct sync_changes_cb *cb, uint64_t *modseq_r,
+                            const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "CHANGES", user, why_r);
+    if (r != 0)
+        return r;
+    buf_printf(&c->out, " %llu\r\n", (unsigned long long)since);
+    if (sync_tcp_send_out(c) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    for (;;) {
+        size_t len;
+        if (sync_tcp_read_line(c, &len) < 0)
+            return sync_tcp_broken(c, why_r, NULL);
+        struct sync_tcp_tok t[SYNC_TCP_TOKS];
+        if (c->line[0] == 'F' && c->line[1] == ' ') {
+            struct sync_folder f;
+            if (sync_tcp_parse_folder(t, sync_tcp_split(c->line, t, SYNC_TCP_TOKS), &f) < 0)
+                return sync_tcp_broken(c, why_r, "malformed F record");
+            /* The rest of the listing is not read: the connection cannot
+             * be used again. */
+            if (cb->folder != NULL && cb->folder(cb->ctx, &f) != 0)
+                return sync_tcp_broken(c, why_r, "listing aborted by the caller");
+            continue;
+        }
+        if (c->line[0] == 'M' && c->line[1] == ' ') {
+            struct sync_msg m;
+            if (sync_tcp_parse_msg(t, sync_tcp_split(c->line, t, SYNC_TCP_TOKS), &m) < 0)
+                return sync_tcp_broken(c, why_r, "malformed M record");
+            if (cb->msg != NULL && cb->msg(cb->ctx, &m) != 0)
+                return sync_tcp_broken(c, why_r, "listing aborted by the caller");
+            continue;
+        }
+        char *rest;
+        if ((r = sync_tcp_final(c, why_r, &rest)) != 0)
+            return r;
+        if (parse_u64(rest, UINT64_MAX, modseq_r) < 0)
+            return sync_tcp_broken(c, why_r, "malformed CHANGES reply");
+        return 0;
+    }
+}
+
+static int sync_tcp_fetch(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                          struct buf *out, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "FETCH", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(folder))
+        return sync_tcp_invalid(why_r);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, folder, "");
+    buf_printf(&c->out, " %u\r\n", uid);
+    size_t len;
+    if (sync_tcp_send_out(c) < 0 || sync_tcp_read_line(c, &len) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    if (strncmp(c->line, "+DATA ", 6) != 0) {
+        r = sync_tcp_final(c, why_r, NULL);
+        return r == 0 ? sync_tcp_broken(c, why_r, "+OK where +DATA was due") : r;
+    }
+    struct sync_tcp_tok t[SYNC_TCP_TOKS];
+    uint64_t n;
+    uint8_t sha[SHA256_LEN], got[SHA256_LEN];
+    if (sync_tcp_split(c->line + 6, t, SYNC_TCP_TOKS) != 2 ||
+        sync_tcp_u64(&t[0], SYNC_TCP_BODY_MAX, &n) < 0 || t[1].len != 2 * SHA256_LEN ||
+        hex_decode(t[1].p, sha, SHA256_LEN) < 0)
+        return sync_tcp_broken(c, why_r, "malformed +DATA line");
+    size_t start = out->len;
+    char crlf[2];
+    if (sync_tcp_read_exact(c, (size_t)n, out, NULL) < 0 ||
+        sync_tcp_read_exact(c, 2, NULL, crlf) < 0) {
+        out->len = start;
+        if (out->data != NULL)
+            out->data[start] = '\0';
+        return sync_tcp_broken(c, why_r, NULL);
+    }
+    if (crlf[0] != '\r' || crlf[1] != '\n')
+        return sync_tcp_broken(c, why_r, "message body not followed by CRLF");
+    sha256_buf(out->data + start, (size_t)n, got);
+    if (memcmp(got, sha, SHA256_LEN) != 0) {
+        out->len = start;
+        out->data[start] = '\0';
+        return sync_tcp_broken(c, why_r, "message body does not match its SHA-256");
+    }
+    return 0;
+}
+
+static int sync_tcp_append(struct sync *s, const char *user, const struct sync_msg *m,
+                           const void *data, size_t len, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "APPEND", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(m->folder) || (uint64_t)len > SYNC_TCP_BODY_MAX ||
+        (data == NULL && len > 0))
+        return sync_tcp_invalid(why_r);
+    char guid[2 * STORE_GUID_LEN + 1], sha[2 * SHA256_LEN + 1];
+    hex_encode(m->guid, STORE_GUID_LEN, guid);
+    hex_encode(m->sha256, SHA256_LEN, sha);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, m->folder, "");
+    buf_printf(&c->out, " %u %s %u %lld %zu %s ", m->uid, guid, m->flags,
+               (long long)m->internal_date, len, sha);
+    sync_tcp_put_hex(&c->out, m->keywords, "\r\n");
+    if (sync_tcp_send_out(c) < 0 || (len > 0 && sync_tcp_send(c, data, len) < 0) ||
+        sync_tcp_send(c, "\r\n", 2) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    size_t l;
+    if (sync_tcp_read_line(c, &l) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    return sync_tcp_final(c, why_r, NULL);
+}
+
+static int sync_tcp_folder_ensure(struct sync *s, const char *user, const char *name,
+                                  uint32_t uidvalidity, uint32_t uidnext, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "FOLDER", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(name))
+        return sync_tcp_invalid(why_r);
+    buf_printf(&c->out, " %u %u ", uidvalidity, uidnext);
+    sync_tcp_put_hex(&c->out, name, "\r\n");
+    return sync_tcp_call(c, why_r, NULL);
+}
+
+static int sync_tcp_folder_delete(struct sync *s, const char *user, uint32_t uidvalidity,
+                                  const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "FDELETE", user, why_r);
+    if (r != 0)
+        return r;
+    buf_printf(&c->out, " %u\r\n", uidvalidity);
+    return sync_tcp_call(c, why_r, NULL);
+}
+
+static int sync_tcp_flags(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                          uint32_t flags, const char *keywords, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "FLAGS", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(folder) || !sync_tcp_kw_ok(keywords))
+        return sync_tcp_invalid(why_r);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, folder, "");
+    buf_printf(&c->out, " %u %u ", uid, flags);
+    sync_tcp_put_hex(&c->out, keywords != NULL ? keywords : "", "\r\n");
+    return sync_tcp_call(c, why_r, NULL);
+}
+
+static int sync_tcp_expunge(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                            const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "EXPUNGE", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(folder))
+        return sync_tcp_invalid(why_r);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, folder, "");
+    buf_printf(&c->out, " %u\r\n", uid);
+    return sync_tcp_call(c, why_r, NULL);
+}
+
+/* Reads "X ..." records until the final reply, handing each line's tokens
+ * to rec (which returns -1 on a malformed record). */
+static int sync_tcp_records(struct sync_tcp *c, char tag, int ntok,
+                            int (*rec)(void *ctx, struct sync_tcp_tok *t), void *ctx,
+                            const char **why_r)
+{
+    if (sync_tcp_send_out(c) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    for (;;) {
+        size_t len;
+        if (sync_tcp_read_line(c, &len) < 0)
+            return sync_tcp_broken(c, why_r, NULL);
+        if (c->line[0] != tag || c->line[1] != ' ')
+            return sync_tcp_final(c, why_r, NULL);
+        struct sync_tcp_tok t[SYNC_TCP_TOKS];
+        if (sync_tcp_split(c->line, t, SYNC_TCP_TOKS) != ntok || rec(ctx, t) < 0)
+            return sync_tcp_broken(c, why_r, "malformed %c record", tag);
+    }
+}
+
+struct sync_tcp_list {
+    void *list;
+    size_t n, cap, size;
+};
+
+static void *sync_tcp_list_add(struct sync_tcp_list *l)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16;
+        l->list = xrealloc(l->list, l->cap * l->size);
+    }
+    void *e = (char *)l->list + l->n++ * l->size;
+    memset(e, 0, l->size);
+    return e;
+}
+
+static int sync_tcp_digest_rec(void *ctx, struct sync_tcp_tok *t)
+{
+    struct sync_digest *d = sync_tcp_list_add(ctx);
+    if (sync_tcp_u32(&t[1], &d->uidvalidity) < 0 || sync_tcp_u32(&t[2], &d->uidnext) < 0 ||
+        sync_tcp_u64(&t[3], UINT64_MAX, &d->messages) < 0 || t[4].len != 2 * SHA256_LEN ||
+        hex_decode(t[4].p, d->digest, SHA256_LEN) < 0 ||
+        sync_tcp_str(&t[5], d->name, sizeof(d->name)) < 0)
+        return -1;
+    return 0;
+}
+
+static int sync_tcp_digest(struct sync *s, const char *user, struct sync_digest **list_r,
+                           size_t *n_r, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    *list_r = NULL;
+    *n_r = 0;
+    int r = sync_tcp_cmd_user(c, "DIGEST", user, why_r);
+    if (r != 0)
+        return r;
+    buf_puts(&c->out, "\r\n");
+    struct sync_tcp_list l = {.size = sizeof(struct sync_digest)};
+    r = sync_tcp_records(c, 'D', 6, sync_tcp_digest_rec, &l, why_r);
+    if (r != 0) {
+        free(l.list);
+        return r;
+    }
+    *list_r = l.list != NULL ? l.list : xmalloc(1);
+    *n_r = l.n;
+    return 0;
+}
+
+static int sync_tcp_delivery_rec(void *ctx, struct sync_tcp_tok *t)
+{
+    struct sync_delivery *d = sync_tcp_list_add(ctx);
+    if (!sync_tcp_atom_ok(t[1].p, STORE_DELIVERY_ID_MAX) || sync_tcp_u32(&t[2], &d->uid) < 0 ||
+        sync_tcp_str(&t[3], d->folder, sizeof(d->folder)) < 0)
+        return -1;
+    memcpy(d->id, t[1].p, t[1].len + 1);
+    return 0;
+}
+
+static int sync_tcp_deliveries(struct sync *s, const char *user, struct sync_delivery **list_r,
+                               size_t *n_r, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    *list_r = NULL;
+    *n_r = 0;
+    int r = sync_tcp_cmd_user(c, "DELIVERIES", user, why_r);
+    if (r != 0)
+        return r;
+    buf_puts(&c->out, "\r\n");
+    struct sync_tcp_list l = {.size = sizeof(struct sync_delivery)};
+    r = sync_tcp_records(c, 'I', 4, sync_tcp_delivery_rec, &l, why_r);
+    if (r != 0) {
+        free(l.list);
+        return r;
+    }
+    *list_r = l.list != NULL ? l.list : xmalloc(1);
+    *n_r = l.n;
+    return 0;
+}
+
+static int sync_tcp_delivery_add(struct sync *s, const char *user, const struct sync_delivery *d,
+                                 const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "DELIVERY", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_atom_ok(d->id, STORE_DELIVERY_ID_MAX) || !sync_tcp_folder_ok(d->folder))
+        return sync_tcp_invalid(why_r);
+    buf_printf(&c->out, " %s %u ", d->id, d->uid);
+    sync_tcp_put_hex(&c->out, d->folder, "\r\n");
+    return sync_tcp_call(c, why_r, NULL);
+}
+
+static const struct sync_ops sync_tcp_ops = {
+    .close = sync_tcp_close,
+    .mailbox_get = sync_tcp_mailbox_get,
+    .mailbox_create = sync_tcp_mailbox_create,
+    .mailbox_state = sync_tcp_mailbox_state,
+    .mailbox_purge = sync_tcp_mailbox_purge,
+    .changes = sync_tcp_changes,
+    .fetch = sync_tcp_fetch,
+    .append = sync_tcp_append,
+    .folder_ensure = sync_tcp_folder_ensure,
+    .folder_delete = sync_tcp_folder_delete,
+    .flags = sync_tcp_flags,
+    .expunge = sync_tcp_expunge,
+    .digest = sync_tcp_digest,
+    .deliveries = sync_tcp_deliveries,
+    .delivery_add = sync_tcp_delivery_add,
+};
+
+/* ---- connection ---- */
+
+static void sync_tcp_set_err(char *err, size_t errlen, const char *fmt, ...) TERN_PRINTF(3, 4);
+static void sync_tcp_set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int sync_tcp_connect_fd(const char *endpoint, unsigned timeout_ms, char *err, size_t errlen)
+{
+    char host[64];
+    int port;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof(ss));
+    if (parse_hostport(endpoint, host, sizeof(host), &port) < 0) {
+        sync_tcp_set_err(err, errlen, "%s: not HOST:PORT or [V6]:PORT", endpoint);
+        return -1;
+    }
+    if (endpoint[0] == '[') {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1) {
+            sync_tcp_set_err(err, errlen, "%s: not a numeric IPv6 address", endpoint);
+            return -1;
+        }
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        sl = sizeof(*s6);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        if (inet_pton(AF_INET, host, &s4->sin_addr) != 1) {
+            sync_tcp_set_err(err, errlen, "%s: not a numeric IPv4 address", endpoint);
+            return -1;
+        }
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        sl = sizeof(*s4);
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        sync_tcp_set_err(err, errlen, "%s: socket: %s", endpoint, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, (struct sockaddr *)&ss, sl) == 0)
+        return fd;
+    if (errno != EINPROGRESS && errno != EINTR) {
+        sync_tcp_set_err(err, errlen, "%s: connect: %s", endpoint, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    int64_t deadline = time_mono_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - time_mono_ms();
+        if (left <= 0) {
+            sync_tcp_set_err(err, errlen, "%s: connect: timeout", endpoint);
+            close(fd);
+            return -1;
+        }
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int r = poll(&p, 1, (int)left);
+        if (r > 0)
+            break;
+        if (r < 0 && errno != EINTR) {
+            sync_tcp_set_err(err, errlen, "%s: poll: %s", endpoint, strerror(errno));
+            close(fd);
+            return -1;
+        }
+    }
+    int soerr = 0;
+    socklen_t el = sizeof(soerr);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &el) < 0 || soerr != 0) {
+        sync_tcp_set_err(err, errlen, "%s: connect: %s", endpoint,
+                         strerror(soerr != 0 ? soerr : errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+struct sync *sync_tcp_connect(const char *endpoint, unsigned timeout_ms, char *err, size_t errlen)
+{
+    if (timeout_ms == 0 || timeout_ms > 24u * 3600 * 1000) {
+        sync_tcp_set_err(err, errlen, "%s: bad timeout %u ms", endpoint, timeout_ms);
+        return NULL;
+    }
+    int fd = sync_tcp_connect_fd(endpoint, timeout_ms, err, errlen);
+    if (fd < 0)
+        return NULL;
+    struct sync_tcp *c = xmalloc(sizeof(*c));
+    c->base.ops = &sync_tcp_ops;
+    c->fd = fd;
+    c->timeout_ms = timeout_ms;
+    str_copy(c->endpoint, endpoint, sizeof(c->endpoint));
+    buf_init(&c->out, 0);
+    buf_puts(&c->out, "HELLO " SYNC_PROTO "\r\n");
+    const char *why = NULL;
+    char *rest;
+    int r = sync_tcp_call(c, &why, &rest);
+    if (r == 0 && (strncmp(rest, SYNC_PROTO " ", strlen(SYNC_PROTO) + 1) != 0 ||
+                   !mail_store_name_valid(rest + strlen(SYNC_PROTO) + 1)))
+        r = sync_tcp_broken(c, &why, "unexpected HELLO reply \"%.60s\"", c->line);
+    if (r != 0) {
+        sync_tcp_set_err(err, errlen, "%s: HELLO: %s", endpoint, r == SYNC_NO ? c->line : c->why);
+        c->broken = true;
+        struct sync *sc = &c->base;
+        sync_close(&sc);
+        return NULL;
+    }
+    log_debug("sync", "%s: connected to store %s", endpoint, rest + strlen(SYNC_PROTO) + 1);
+    return &c->base;
+}

@@ -1,0 +1,826 @@
+/*
+ * syncd — the TSYNC/1 server (see syncd.h for the contract, docs/sync.md
+ * for the protocol).
+ *
+ * Each connection is a small state machine over the bytes net hands in:
+ * command lines; a too-long line being skipped up to its LF; an APPEND body
+ * being collected; the CRLF after it. Commands run synchronously on the
+ * loop through one sync_local transport over the store, and their replies
+ * are queued in order, so a pipelining client gets its answers in the order
+ * it asked.
+ */
+#include "syncd/syncd.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SYNCD_TOKENS_MAX 12
+#define SYNCD_FLUSH_AT   (64 * 1024)   /* stream replies out in pieces of this */
+#define SYNCD_BODY_KEEP  (1024 * 1024) /* body buffer kept between APPENDs */
+
+struct syncd {
+    struct net_listener *l;
+    struct sync *sync;
+    char name[MAIL_NAME_MAX + 1];
+    unsigned n_sessions;
+    uint64_t next_id;
+};
+
+enum syncd_mode {
+    SYNCD_M_LINE,     /* reading a command line */
+    SYNCD_M_SKIP,     /* discarding a too-long line up to its LF */
+    SYNCD_M_BODY,     /* collecting an APPEND body */
+    SYNCD_M_BODY_END, /* expecting the CRLF after the body */
+};
+
+struct syncd_session {
+    struct syncd *d;
+    struct net_conn *conn;
+    char id[48];
+    bool hello;
+    bool closing;
+    unsigned errors;
+    enum syncd_mode mode;
+    /* The APPEND whose body is being read, and how its line parsed. */
+    struct syncd_cmd cmd;
+    int parse_r;
+    const char *parse_err;
+    struct buf body;
+    uint64_t body_left;
+    unsigned crlf_seen;
+    struct buf out;
+};
+
+/* ---- parsing ---- */
+
+struct syncd_tok {
+    const char *p;
+    size_t len;
+};
+
+/* The worst outcome of a line's fields so far: a malformed field (-1)
+ * beats a merely over-long string (SYNC_NO). */
+struct syncd_parse {
+    int r;
+    const char *err;
+};
+
+static void syncd_note(struct syncd_parse *p, int r, const char *what)
+{
+    if (r < 0 && p->r >= 0) {
+        p->r = -1;
+        p->err = what;
+    } else if (r > 0 && p->r == 0) {
+        p->r = SYNC_NO;
+        p->err = "invalid";
+    }
+}
+
+static int syncd_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static int syncd_tok_u64(const struct syncd_tok *t, uint64_t max, uint64_t *out)
+{
+    char b[24];
+    if (t->len == 0 || t->len >= sizeof(b))
+        return -1;
+    memcpy(b, t->p, t->len);
+    b[t->len] = '\0';
+    return parse_u64(b, max, out);
+}
+
+static int syncd_tok_u32(const struct syncd_tok *t, uint32_t *out)
+{
+    uint64_t v;
+    if (syncd_tok_u64(t, UINT32_MAX, &v) < 0)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* Unix seconds, possibly before 1970: an optional '-'. */
+static int syncd_tok_date(const struct syncd_tok *t, int64_t *out)
+{
+    struct syncd_tok u = *t;
+    bool neg = u.len > 1 && u.p[0] == '-';
+    if (neg) {
+        u.p++;
+        u.len--;
+    }
+    uint64_t v;
+    if (syncd_tok_u64(&u, INT64_MAX, &v) < 0)
+        return -1;
+    *out = neg ? -(int64_t)v : (int64_t)v;
+    return 0;
+}
+
+/* A hex-encoded string ("-" = empty) into out (cap octets with the NUL):
+ * 0, -1 if malformed (odd length, not hex, a NUL octet), 1 if too long. */
+static int syncd_tok_str(const struct syncd_tok *t, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (t->len == 1 && t->p[0] == '-')
+        return 0;
+    if (t->len == 0 || t->len % 2 != 0)
+        return -1;
+    size_t n = t->len / 2;
+    for (size_t i = 0; i < n; i++) {
+        int hi = syncd_hexval(t->p[2 * i]), lo = syncd_hexval(t->p[2 * i + 1]);
+        if (hi < 0 || lo < 0 || (hi | lo) == 0)
+            return -1;
+    }
+    if (n >= cap)
+        return 1;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)(syncd_hexval(t->p[2 * i]) << 4 | syncd_hexval(t->p[2 * i + 1]));
+    out[n] = '\0';
+    return 0;
+}
+
+/* Exactly 2n hex digits into n octets. */
+static int syncd_tok_bin(const struct syncd_tok *t, uint8_t *out, size_t n)
+{
+    if (t->len != 2 * n)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        int hi = syncd_hexval(t->p[2 * i]), lo = syncd_hexval(t->p[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+/* A raw token (delivery id, store name) of printable ASCII; "-" = empty if
+ * dash_empty. Every other kind of token is checked by its own syntax. */
+static int syncd_tok_atom(const struct syncd_tok *t, char *out, size_t cap, bool dash_empty)
+{
+    out[0] = '\0';
+    for (size_t i = 0; i < t->len; i++)
+        if ((unsigned char)t->p[i] < 0x21 || (unsigned char)t->p[i] > 0x7e)
+            return -1;
+    if (dash_empty && t->len == 1 && t->p[0] == '-')
+        return 0;
+    if (t->len >= cap)
+        return 1;
+    memcpy(out, t->p, t->len);
+    out[t->len] = '\0';
+    return 0;
+}
+
+static int syncd_tok_state(const struct syncd_tok *t, enum store_mbox_state *out)
+{
+    char b[16];
+    if (t->len >= sizeof(b))
+        return -1;
+    memcpy(b, t->p, t->len);
+    b[t->len] = '\0';
+    return store_mbox_state_parse(b, out);
+}
+
+static const struct {
+    const char *name;
+    enum syncd_verb verb;
+    size_t nargs, nopt; /* required arguments, then optional trailing ones */
+} syncd_verbs[] = {
+    {"HELLO", SYNCD_HELLO, 1, 0},       {"MBOX", SYNCD_MBOX, 1, 0},
+    {"CREATE", SYNCD_CREATE, 3, 1},     {"STATE", SYNCD_STATE, 5, 0},
+    {"PURGE", SYNCD_PURGE, 1, 0},       {"CHANGES", SYNCD_CHANGES, 2, 0},
+    {"FETCH", SYNCD_FETCH, 3, 0},       {"APPEND", SYNCD_APPEND, 9, 0},
+    {"FOLDER", SYNCD_FOLDER, 4, 0},     {"FDELETE", SYNCD_FDELETE, 2, 0},
+    {"FLAGS", SYNCD_FLAGS, 5, 0},       {"EXPUNGE", SYNCD_EXPUNGE, 3, 0},
+    {"DIGEST", SYNCD_DIGEST, 1, 0},     {"DELIVERIES", SYNCD_DELIVERIES, 1, 0},
+    {"DELIVERY", SYNCD_DELIVERY, 4, 0}, {"QUIT", SYNCD_QUIT, 0, 0},
+};
+
+int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r)
+{
+    memset(cmd, 0, sizeof(*cmd));
+    if (len == 0) {
+        *error_r = "empty command";
+        return -1;
+    }
+    struct syncd_tok t[SYNCD_TOKENS_MAX];
+    size_t n = 0;
+    for (size_t i = 0;;) {
+        size_t j = i;
+        while (j < len && line[j] != ' ')
+            j++;
+        if (j == i) {
+            *error_r = "empty argument (leading, trailing or double space)";
+            return -1;
+        }
+        if (n == SYNCD_TOKENS_MAX) {
+            *error_r = "too many arguments";
+            return -1;
+        }
+        t[n].p = line + i;
+        t[n++].len = j - i;
+        if (j == len)
+            break;
+        i = j + 1;
+    }
+    size_t v;
+    for (v = 0; v < ARRAY_SIZE(syncd_verbs); v++)
+        if (t[0].len == strlen(syncd_verbs[v].name) &&
+            memcmp(t[0].p, syncd_verbs[v].name, t[0].len) == 0)
+            break;
+    if (v == ARRAY_SIZE(syncd_verbs)) {
+        *error_r = "unknown command";
+        return -1;
+    }
+    cmd->verb = syncd_verbs[v].verb;
+    if (n - 1 < syncd_verbs[v].nargs || n - 1 > syncd_verbs[v].nargs + syncd_verbs[v].nopt) {
+        *error_r = "wrong number of arguments";
+        return -1;
+    }
+
+    struct syncd_parse p = {0, NULL};
+    const struct syncd_tok *a = t + 1;
+    static const char bad_user[] = "bad user (hex or -)";
+    static const char bad_folder[] = "bad folder name (hex)";
+    static const char bad_kw[] = "bad keywords (hex or -)";
+    static const char bad_num[] = "bad number";
+    switch (cmd->verb) {
+    case SYNCD_NONE:
+        break;
+    case SYNCD_HELLO:
+        if (a[0].len != strlen(SYNC_PROTO) || memcmp(a[0].p, SYNC_PROTO, a[0].len) != 0)
+            syncd_note(&p, -1, "unsupported version");
+        break;
+    case SYNCD_QUIT:
+        break;
+    case SYNCD_MBOX:
+    case SYNCD_PURGE:
+    case SYNCD_DIGEST:
+    case SYNCD_DELIVERIES:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        break;
+    case SYNCD_CREATE:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_state(&a[1], &cmd->state), "bad state");
+        syncd_note(&p, syncd_tok_u64(&a[2], UINT64_MAX, &cmd->num), bad_num);
+        /* The INBOX's UIDVALIDITY; absent or 0: the store chooses. */
+        if (n - 1 > 3)
+            syncd_note(&p, syncd_tok_u32(&a[3], &cmd->uidvalidity), bad_num);
+        break;
+    case SYNCD_STATE:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_state(&a[1], &cmd->expect), "bad state");
+        syncd_note(&p, syncd_tok_state(&a[2], &cmd->state), "bad state");
+        syncd_note(&p, syncd_tok_u64(&a[3], UINT64_MAX, &cmd->num), bad_num);
+        syncd_note(&p, syncd_tok_atom(&a[4], cmd->moved_to, sizeof(cmd->moved_to), true),
+                   "bad store name");
+        break;
+    case SYNCD_CHANGES:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_u64(&a[1], UINT64_MAX, &cmd->num), bad_num);
+        break;
+    case SYNCD_FETCH:
+    case SYNCD_EXPUNGE:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), bad_folder);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), bad_num);
+        break;
+    case SYNCD_APPEND: {
+        /* The length first: with it known, the body can be skipped even
+         * when another argument is bad, and the connection survives. */
+        if (syncd_tok_u64(&a[6], SYNCD_BODY_MAX, &cmd->body_len) == 0)
+            cmd->has_body = true;
+        else
+            syncd_note(&p, -1, "bad body length");
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), bad_folder);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), bad_num);
+        syncd_note(&p, syncd_tok_bin(&a[3], cmd->guid, STORE_GUID_LEN), "bad GUID");
+        syncd_note(&p, syncd_tok_u32(&a[4], &cmd->flags), bad_num);
+        syncd_note(&p, syncd_tok_date(&a[5], &cmd->date), "bad date");
+        syncd_note(&p, syncd_tok_bin(&a[7], cmd->sha256, SHA256_LEN), "bad SHA-256");
+        syncd_note(&p, syncd_tok_str(&a[8], cmd->keywords, sizeof(cmd->keywords)), bad_kw);
+        break;
+    }
+    case SYNCD_FOLDER:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_u32(&a[1], &cmd->uidvalidity), bad_num);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uidnext), bad_num);
+        syncd_note(&p, syncd_tok_str(&a[3], cmd->folder, sizeof(cmd->folder)), bad_folder);
+        break;
+    case SYNCD_FDELETE:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_u32(&a[1], &cmd->uidvalidity), bad_num);
+        break;
+    case SYNCD_FLAGS:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), bad_folder);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), bad_num);
+        syncd_note(&p, syncd_tok_u32(&a[3], &cmd->flags), bad_num);
+        syncd_note(&p, syncd_tok_str(&a[4], cmd->keywords, sizeof(cmd->keywords)), bad_kw);
+        break;
+    case SYNCD_DELIVERY:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_atom(&a[1], cmd->id, sizeof(cmd->id), false), "bad id");
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), bad_num);
+        syncd_note(&p, syncd_tok_str(&a[3], cmd->folder, sizeof(cmd->folder)), bad_folder);
+        break;
+    }
+    if (p.r != 0)
+        *error_r = p.err;
+    return p.r;
+}
+
+/* ---- replies ---- */
+
+static void syncd_say(struct syncd_session *s, const char *fmt, ...) TERN_PRINTF(2, 3);
+static void syncd_say(struct syncd_session *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char line[256];
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    buf_puts(&s->out, line);
+    buf_puts(&s->out, "\r\n");
+}
+
+static void syncd_flush(struct syncd_session *s)
+{
+    if (s->conn != NULL && s->out.len > 0)
+        net_conn_write(s->conn, s->out.data, s->out.len);
+    buf_reset(&s->out);
+}
+
+/* Appends the hex form of string v ("-" if empty) and a separator. */
+static void syncd_put_hex(struct buf *b, const char *v, const char *sep)
+{
+    size_t n = strlen(v);
+    if (n == 0) {
+        buf_puts(b, "-");
+    } else {
+        char *h = xmalloc(2 * n + 1);
+        hex_encode(v, n, h);
+        buf_append(b, h, 2 * n);
+        free(h);
+    }
+    buf_puts(b, sep);
+}
+
+static void syncd_close(struct syncd_session *s)
+{
+    if (s->closing)
+        return;
+    s->closing = true;
+    syncd_flush(s);
+    net_conn_close(s->conn);
+}
+
+/* A malformed command: "-ERR text"; too many of them end the session. */
+static void syncd_err(struct syncd_session *s, const char *text)
+{
+    syncd_say(s, "-ERR %s", text);
+    if (++s->errors >= SYNCD_MAX_ERRORS) {
+        syncd_say(s, "-ERR too many errors, closing");
+        syncd_close(s);
+    }
+}
+
+/* The framing is lost (an APPEND body of unknown length): answer, hang up. */
+static void syncd_err_close(struct syncd_session *s, const char *text)
+{
+    syncd_say(s, "-ERR %s", text);
+    syncd_close(s);
+}
+
+/* Answers a non-zero sync result: "-NO why", or for a store failure
+ * "-ERR store failure" and the end of the session (the client drops the
+ * connection and retries later; a half-sent stream is cut off cleanly). */
+static void syncd_fail(struct syncd_session *s, int r, const char *why)
+{
+    if (r == SYNC_NO) {
+        syncd_say(s, "-NO %s", why);
+        return;
+    }
+    log_error(s->id, "store failure: %s", why != NULL ? why : "?");
+    syncd_say(s, "-ERR store failure");
+    syncd_close(s);
+}
+
+static void syncd_result(struct syncd_session *s, int r, const char *why)
+{
+    if (r == 0)
+        syncd_say(s, "+OK");
+    else
+        syncd_fail(s, r, why);
+}
+
+/* ---- commands ---- */
+
+static int syncd_change_folder(void *ctx, const struct sync_folder *f)
+{
+    struct syncd_session *s = ctx;
+    buf_printf(&s->out, "F %u %u %llu %d ", f->uidvalidity, f->uidnext,
+               (unsigned long long)f->modseq, f->deleted ? 1 : 0);
+    syncd_put_hex(&s->out, f->name, "\r\n");
+    if (s->out.len >= SYNCD_FLUSH_AT)
+        syncd_flush(s);
+    return 0;
+}
+
+static int syncd_change_msg(void *ctx, const struct sync_msg *m)
+{
+    struct syncd_session *s = ctx;
+    char guid[2 * STORE_GUID_LEN + 1], sha[2 * SHA256_LEN + 1];
+    hex_encode(m->guid, STORE_GUID_LEN, guid);
+    hex_encode(m->sha256, SHA256_LEN, sha);
+    buf_printf(&s->out, "M %u %u %s %u %lld %llu %s %llu %d ", m->uidvalidity, m->uid, guid,
+               m->flags, (long long)m->internal_date, (unsigned long long)m->size, sha,
+               (unsigned long long)m->modseq, m->expunged ? 1 : 0);
+    syncd_put_hex(&s->out, m->keywords, " ");
+    syncd_put_hex(&s->out, m->folder, "\r\n");
+    if (s->out.len >= SYNCD_FLUSH_AT)
+        syncd_flush(s);
+    return 0;
+}
+
+static void syncd_cmd_fetch(struct syncd_session *s, struct sync *sy, const struct syncd_cmd *c)
+{
+    const char *why = NULL;
+    struct buf b;
+    buf_init(&b, 0);
+    int r = sy->ops->fetch(sy, c->user, c->folder, c->uid, &b, &why);
+    if (r != 0) {
+        syncd_fail(s, r, why);
+    } else {
+        /* The body is hashed again here, after the store read it: what
+         * the client verifies is what we send. */
+        uint8_t sha[SHA256_LEN];
+        char hex[2 * SHA256_LEN + 1];
+        sha256_buf(b.data, b.len, sha);
+        hex_encode(sha, SHA256_LEN, hex);
+        syncd_say(s, "+DATA %zu %s", b.len, hex);
+        syncd_flush(s);
+        if (s->conn != NULL)
+            net_conn_write(s->conn, b.data, b.len);
+        buf_puts(&s->out, "\r\n");
+    }
+    buf_free(&b);
+}
+
+static void syncd_cmd_digest(struct syncd_session *s, struct sync *sy, const struct syncd_cmd *c)
+{
+    const char *why = NULL;
+    struct sync_digest *list;
+    size_t n;
+    int r = sy->ops->digest(sy, c->user, &list, &n, &why);
+    if (r != 0) {
+        syncd_fail(s, r, why);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char hex[2 * SHA256_LEN + 1];
+        hex_encode(list[i].digest, SHA256_LEN, hex);
+        buf_printf(&s->out, "D %u %u %llu %s ", list[i].uidvalidity, list[i].uidnext,
+                   (unsigned long long)list[i].messages, hex);
+        syncd_put_hex(&s->out, list[i].name, "\r\n");
+    }
+    free(list);
+    syncd_say(s, "+OK");
+}
+
+static void syncd_cmd_deliveries(struct syncd_session *s, struct sync *sy,
+                                 const struct syncd_cmd *c)
+{
+    const char *why = NULL;
+    struct sync_delivery *list;
+    size_t n;
+    int r = sy->ops->deliveries(sy, c->user, &list, &n, &why);
+    if (r != 0) {
+        syncd_fail(s, r, why);
+        return;
+    }
+    /* Ids are single tokens: sync_local lists no others. */
+    for (size_t i = 0; i < n; i++) {
+        buf_printf(&s->out, "I %s %u ", list[i].id, list[i].uid);
+        syncd_put_hex(&s->out, list[i].folder, "\r\n");
+    }
+    free(list);
+    syncd_say(s, "+OK");
+}
+
+static void syncd_cmd_append(struct syncd_session *s)
+{
+    struct sync *sy = s->d->sync;
+    const struct syncd_cmd *c = &s->cmd;
+    struct sync_msg m;
+    memset(&m, 0, sizeof(m));
+    str_copy(m.folder, c->folder, sizeof(m.folder));
+    m.uid = c->uid;
+    memcpy(m.guid, c->guid, STORE_GUID_LEN);
+    m.flags = c->flags;
+    str_copy(m.keywords, c->keywords, sizeof(m.keywords));
+    m.internal_date = c->date;
+    m.size = s->body.len;
+    memcpy(m.sha256, c->sha256, SHA256_LEN);
+    const char *why = NULL;
+    /* Each APPEND is its own store batch: one body fdatasync and one
+     * metadata commit per message. Group commit would go here: queue the
+     * append into a batch shared by all sessions, pause this connection
+     * (net_conn_pause), and let a net_task commit the batch once per loop
+     * iteration and send the +OKs (as role_store.c does for LMTP), so the
+     * pipelined APPENDs of a move share the fsyncs. sync_local_append()
+     * would then be split into its checksum and its store_batch_add(). */
+    int r = sy->ops->append(sy, c->user, &m, s->body.data, s->body.len, &why);
+    syncd_result(s, r, why);
+}
+
+static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
+{
+    struct sync *sy = s->d->sync;
+    const char *why = NULL;
+    int r;
+    switch (c->verb) {
+    case SYNCD_NONE:
+    case SYNCD_APPEND: /* after its body: syncd_body_done() */
+        break;
+    case SYNCD_HELLO:
+        s->hello = true;
+        syncd_say(s, "+OK %s %s", SYNC_PROTO, s->d->name);
+        break;
+    case SYNCD_QUIT:
+        syncd_say(s, "+OK bye");
+        syncd_close(s);
+        break;
+    case SYNCD_MBOX: {
+        struct store_mailbox mb;
+        r = sy->ops->mailbox_get(sy, c->user, &mb, &why);
+        if (r != 0)
+            syncd_fail(s, r, why);
+        else
+            syncd_say(s, "+OK %s %llu %s %llu %llu %llu", store_mbox_state_str(mb.state),
+                      (unsigned long long)mb.epoch, mb.moved_to[0] != '\0' ? mb.moved_to : "-",
+                      (unsigned long long)mb.modseq, (unsigned long long)mb.messages,
+                      (unsigned long long)mb.bytes);
+        break;
+    }
+    case SYNCD_CREATE:
+        r = sy->ops->mailbox_create(sy, c->user, c->state, c->num, c->uidvalidity, &why);
+        syncd_result(s, r, why);
+        break;
+    case SYNCD_STATE:
+        r = sy->ops->mailbox_state(sy, c->user, c->expect, c->state, c->num,
+                                   c->moved_to[0] != '\0' ? c->moved_to : NULL, &why);
+        syncd_result(s, r, why);
+        break;
+    case SYNCD_PURGE:
+        r = sy->ops->mailbox_purge(sy, c->user, &why);
+        syncd_result(s, r, why);
+        break;
+    case SYNCD_CHANGES: {
+        struct sync_changes_cb cb = {
+            .folder = syncd_change_folder, .msg = syncd_change_msg, .ctx = s};
+        uint64_t modseq = 0;
+        r = sy->ops->changes(sy, c->user, c->num, &cb, &modseq, &why);
+        if (r != 0)
+            syncd_fail(s, r, why);
+        else
+            syncd_say(s, "+OK %llu", (unsigned long long)modseq);
+        break;
+    }
+    case SYNCD_FETCH:
+        syncd_cmd_fetch(s, sy, c);
+        break;
+    case SYNCD_FOLDER:
+        r = sy->ops->folder_ensure(sy, c->user, c->folder, c->uidvalidity, c->uidnext, &why);
+        syncd_result(s, r, why);
+        break;
+    case SYNCD_FDELETE:
+        r = sy->ops->folder_delete(sy, c->user, c->uidvalidity, &why);
+        syncd_result(s, r, why);
+        break;
+    case SYNCD_FLAGS:
+        r = sy->ops->flags(sy, c->user, c->folder, c->uid, c->flags, c->keywords, &why);
+        syncd_result(s, r, why);
+        break;
+    case SYNCD_EXPUNGE:
+        r = sy->ops->expunge(sy, c->user, c->folder, c->uid, &why);
+        syncd_result(s, r, why);
+        break;
+    case SYNCD_DIGEST:
+        syncd_cmd_digest(s, sy, c);
+        break;
+    case SYNCD_DELIVERIES:
+        syncd_cmd_deliveries(s, sy, c);
+        break;
+    case SYNCD_DELIVERY: {
+        struct sync_delivery d;
+        memset(&d, 0, sizeof(d));
+        str_copy(d.id, c->id, sizeof(d.id));
+        str_copy(d.folder, c->folder, sizeof(d.folder));
+        d.uid = c->uid;
+        r = sy->ops->delivery_add(sy, c->user, &d, &why);
+        syncd_result(s, r, why);
+        break;
+    }
+    }
+}
+
+/* A parsed line (r, err from syncd_parse_line) is ready to be answered. */
+static void syncd_dispatch(struct syncd_session *s, int r, const char *err)
+{
+    if (r < 0) {
+        syncd_err(s, err);
+        return;
+    }
+    if (!s->hello && s->cmd.verb != SYNCD_HELLO && s->cmd.verb != SYNCD_QUIT) {
+        syncd_err(s, "say HELLO " SYNC_PROTO " first");
+        return;
+    }
+    if (r == SYNC_NO) {
+        syncd_say(s, "-NO %s", err);
+        return;
+    }
+    if (s->cmd.verb == SYNCD_APPEND)
+        syncd_cmd_append(s);
+    else
+        syncd_execute(s, &s->cmd);
+}
+
+static void syncd_line(struct syncd_session *s, const char *line, size_t len)
+{
+    const char *err = NULL;
+    int r = syncd_parse_line(line, len, &s->cmd, &err);
+    if (s->cmd.verb == SYNCD_APPEND) {
+        if (!s->cmd.has_body) {
+            syncd_err_close(s, err);
+            return;
+        }
+        /* Answered once the body and its CRLF are in (or skipped). */
+        s->parse_r = r;
+        s->parse_err = err;
+        s->body_left = s->cmd.body_len;
+        s->crlf_seen = 0;
+        s->mode = s->body_left > 0 ? SYNCD_M_BODY : SYNCD_M_BODY_END;
+        return;
+    }
+    syncd_dispatch(s, r, err);
+}
+
+static void syncd_body_done(struct syncd_session *s)
+{
+    s->mode = SYNCD_M_LINE;
+    syncd_dispatch(s, s->parse_r, s->parse_err);
+    /* A huge body's buffer is not kept for the next one. */
+    if (s->body.cap > SYNCD_BODY_KEEP)
+        buf_free(&s->body);
+    else
+        buf_reset(&s->body);
+}
+
+/* ---- connections ---- */
+
+static void *syncd_on_accept(struct net_conn *c, void *ctx)
+{
+    struct syncd *d = ctx;
+    struct syncd_session *s = xmalloc(sizeof(*s));
+    s->d = d;
+    s->conn = c;
+    snprintf(s->id, sizeof(s->id), "syncd:%s/%llu", d->name, (unsigned long long)++d->next_id);
+    buf_init(&s->body, SYNCD_BODY_MAX);
+    buf_init(&s->out, 0);
+    d->n_sessions++;
+    log_debug(s->id, "connection from %s", net_conn_peer(c));
+    return s;
+}
+
+static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t n)
+{
+    (void)c;
+    struct syncd_session *s = ctx;
+    size_t used = 0;
+    while (used < n && !s->closing) {
+        const char *at = p + used;
+        size_t avail = n - used;
+        switch (s->mode) {
+        case SYNCD_M_LINE: {
+            const char *nl = memchr(at, '\n', avail);
+            if (nl == NULL) {
+                /* LINE_MAX octets and a CR may still end well; more may not. */
+                if (avail > SYNCD_LINE_MAX + 1) {
+                    s->mode = SYNCD_M_SKIP;
+                    used = n;
+                    break;
+                }
+                syncd_flush(s);
+                return used;
+            }
+            size_t len = (size_t)(nl - at);
+            used += len + 1;
+            if (len > 0 && at[len - 1] == '\r')
+                len--;
+            if (len > SYNCD_LINE_MAX)
+                syncd_err(s, "line too long");
+            else
+                syncd_line(s, at, len);
+            break;
+        }
+        case SYNCD_M_SKIP: {
+            const char *nl = memchr(at, '\n', avail);
+            if (nl == NULL) {
+                used = n;
+                break;
+            }
+            used += (size_t)(nl - at) + 1;
+            s->mode = SYNCD_M_LINE;
+            syncd_err(s, "line too long");
+            break;
+        }
+        case SYNCD_M_BODY: {
+            size_t take = avail < s->body_left ? avail : (size_t)s->body_left;
+            /* A refused APPEND's body is only skipped. */
+            if (s->parse_r == 0 && buf_append(&s->body, at, take) < 0) {
+                syncd_err_close(s, "APPEND body too large");
+                break;
+            }
+            used += take;
+            s->body_left -= take;
+            if (s->body_left == 0)
+                s->mode = SYNCD_M_BODY_END;
+            break;
+        }
+        case SYNCD_M_BODY_END:
+            if (*at != (s->crlf_seen == 0 ? '\r' : '\n')) {
+                syncd_err_close(s, "APPEND body not followed by CRLF");
+                break;
+            }
+            used++;
+            if (++s->crlf_seen == 2)
+                syncd_body_done(s);
+            break;
+        }
+    }
+    syncd_flush(s);
+    return s->closing ? n : used;
+}
+
+static void syncd_on_timeout(struct net_conn *c, void *ctx, const char *why)
+{
+    (void)c;
+    struct syncd_session *s = ctx;
+    syncd_say(s, "-ERR %s timeout, closing", why);
+    syncd_flush(s);
+}
+
+static void syncd_on_close(struct net_conn *c, void *ctx)
+{
+    (void)c;
+    struct syncd_session *s = ctx;
+    log_debug(s->id, "connection closed");
+    s->d->n_sessions--;
+    buf_free(&s->body);
+    buf_free(&s->out);
+    free(s);
+}
+
+struct syncd *syncd_listen(struct net_loop *loop, const char *endpoint, struct store *st,
+                           const char *store_name, const struct net_conn_limits *limits,
+                           const char **error_r)
+{
+    static const struct net_conn_handler h = {.on_accept = syncd_on_accept,
+                                              .on_data = syncd_on_data,
+                                              .on_timeout = syncd_on_timeout,
+                                              .on_close = syncd_on_close};
+    struct syncd *d = xmalloc(sizeof(*d));
+    str_copy(d->name, store_name, sizeof(d->name));
+    d->sync = sync_local_new(st);
+    d->l = net_listen(loop, endpoint, &h, d, limits, error_r);
+    if (d->l == NULL) {
+        sync_close(&d->sync);
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+void syncd_free(struct syncd **dp)
+{
+    struct syncd *d = *dp;
+    if (d == NULL)
+        return;
+    net_listener_free(&d->l);
+    sync_close(&d->sync);
+    xfree(dp);
+}
+
+unsigned syncd_sessions(const struct syncd *d)
+{
+    return d->n_sessions;
+}

@@ -1,0 +1,105 @@
+/*
+ * syncd — the TSYNC/1 server of a store (docs/sync.md): the far end of
+ * sync_tcp_connect(), through which the mover reads and fills mailboxes on
+ * another store.
+ *
+ * Contract.
+ *  - Every command is executed through a sync_local_new(st) transport, so a
+ *    command over TCP has exactly the effect and the answer of the same
+ *    sync.h call made in process: "+OK ..." for 0, "-NO <why>" for SYNC_NO
+ *    (notfound|exists|conflict|notlive|checksum|invalid).
+ *  - A malformed command (unknown verb, wrong number of arguments, bad hex
+ *    or number, a line over SYNCD_LINE_MAX octets) is answered
+ *    "-ERR <text>", changes nothing, and the connection stays usable, except
+ *    where the framing is lost: an APPEND whose body length cannot be read
+ *    or exceeds SYNCD_BODY_MAX, or a body not followed by CRLF, is answered
+ *    "-ERR" and the connection is closed. SYNCD_MAX_ERRORS -ERRs close it.
+ *  - A store failure (sync's -1) is answered "-ERR store failure" and the
+ *    connection is closed: the client drops it and retries later.
+ *  - HELLO TSYNC/1 must come first. Idle and session limits come from the
+ *    net_conn_limits given (net.h).
+ *  - An APPEND is acknowledged only after its store commit returned, i.e.
+ *    (fs store) it is durable.
+ *
+ * Runs on the loop's thread and uses st from there only (store.h: one
+ * thread at a time per store).
+ */
+#ifndef TERN_SYNCD_H
+#define TERN_SYNCD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mail/mail.h"
+#include "net/net.h"
+#include "store/store.h"
+#include "sync/sync.h"
+
+#define SYNCD_LINE_MAX   8192         /* octets of a command line, without CRLF */
+#define SYNCD_BODY_MAX   (1ull << 31) /* octets of an APPEND body */
+#define SYNCD_MAX_ERRORS 20           /* -ERR answers before the server hangs up */
+
+struct syncd;
+
+struct syncd *syncd_listen(struct net_loop *loop, const char *endpoint, struct store *st,
+                           const char *store_name, const struct net_conn_limits *limits,
+                           const char **error_r);
+/* Stops listening and frees d. Open sessions refer to d: call it when
+ * syncd_sessions() is 0, or when the loop will not run again (just before
+ * net_loop_free()). */
+void syncd_free(struct syncd **d);
+/* Open connections, for stats and an orderly shutdown. */
+unsigned syncd_sessions(const struct syncd *d);
+
+/* ---- command parsing (exposed for tests and fuzzing) ---- */
+
+enum syncd_verb {
+    SYNCD_NONE, /* not (yet) recognized */
+    SYNCD_HELLO,
+    SYNCD_MBOX,
+    SYNCD_CREATE,
+    SYNCD_STATE,
+    SYNCD_PURGE,
+    SYNCD_CHANGES,
+    SYNCD_FETCH,
+    SYNCD_APPEND,
+    SYNCD_FOLDER,
+    SYNCD_FDELETE,
+    SYNCD_FLAGS,
+    SYNCD_EXPUNGE,
+    SYNCD_DIGEST,
+    SYNCD_DELIVERIES,
+    SYNCD_DELIVERY,
+    SYNCD_QUIT,
+};
+
+/* One parsed command; only the fields its verb has are set. Strings are
+ * decoded from hex ("-" = empty) and NUL-terminated. */
+struct syncd_cmd {
+    enum syncd_verb verb;
+    char user[MAIL_ADDR_MAX + 1];
+    char folder[STORE_FOLDER_MAX + 1]; /* FETCH/APPEND/FLAGS/EXPUNGE/DELIVERY; FOLDER's name */
+    char keywords[STORE_KEYWORDS_MAX + 1];
+    char moved_to[MAIL_NAME_MAX + 1];
+    char id[STORE_DELIVERY_ID_MAX + 1];
+    enum store_mbox_state expect, state;
+    uint64_t num;                              /* CREATE/STATE epoch, CHANGES since */
+    uint32_t uid, uidvalidity, uidnext, flags; /* CREATE: INBOX's uidvalidity, 0 if absent */
+    int64_t date;
+    uint8_t guid[STORE_GUID_LEN];
+    uint8_t sha256[SHA256_LEN];
+    /* APPEND: a body of body_len octets (+ CRLF) follows. Set as soon as the
+     * length field is valid, even if another argument is not, so that the
+     * server can skip the body and stay in step with the client. */
+    bool has_body;
+    uint64_t body_len;
+};
+
+/* Parses one command line (without CRLF; any octets, not NUL-terminated).
+ * 0: ok. -1: malformed, *error_r the text for "-ERR". SYNC_NO: well formed,
+ * but a string is longer than the store could accept (*error_r "invalid",
+ * the reason for "-NO"). */
+int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r);
+
+#endif

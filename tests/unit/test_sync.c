@@ -1,0 +1,1174 @@
+/*
+ * test_sync — one scenario suite run against both transports of sync.h:
+ * (a) sync_local over a memory store, (b) sync_tcp talking TSYNC/1 to a
+ * syncd served from a net loop in a second thread over an fs store. Both
+ * must give the same answers. Plus, over TCP only, malformed and truncated
+ * commands from a raw socket: answered -ERR (or the connection closed),
+ * never a crash, nothing changed; and the command parser on its own.
+ *
+ * Each test gets two channels, s and s2, onto two different stores (for
+ * the tests that compare stores: digests, delivery ids).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "net/net.h"
+#include "store/store.h"
+#include "sync/sync.h"
+#include "syncd/syncd.h"
+
+#define U1 "alice@example.org"
+#define U2 "bob@example.org"
+
+/* ---- the server thread (TCP) ---- */
+
+struct server {
+    char dir[64];
+    char ep[2][32];
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool ready, failed;
+    atomic_bool stop;
+    int64_t stop_deadline;
+    /* Owned by the server thread: */
+    struct net_loop *loop;
+    struct syncd *d[2];
+    struct net_task *poll;
+};
+
+/* Runs on the loop: ends it once asked to and every session is closed (so
+ * nothing is left for LeakSanitizer), or after 3 s regardless. */
+static void server_poll(void *ctx)
+{
+    struct server *sv = ctx;
+    if (atomic_load(&sv->stop)) {
+        if (sv->stop_deadline == 0)
+            sv->stop_deadline = time_mono_ms() + 3000;
+        if ((syncd_sessions(sv->d[0]) == 0 && syncd_sessions(sv->d[1]) == 0) ||
+            time_mono_ms() > sv->stop_deadline) {
+            net_loop_stop(sv->loop);
+            return;
+        }
+    }
+    net_task_schedule_in(sv->poll, 5);
+}
+
+static void *server_main(void *arg)
+{
+    struct server *sv = arg;
+    const char *err = NULL;
+    struct store *st[2];
+    st[0] = store_open_fs(sv->dir, "s1", &err);
+    st[1] = store_open_memory("s2");
+    sv->loop = net_loop_new();
+    struct net_conn_limits lim = {.idle_ms = 60000, .deadline_ms = 600000};
+    bool ok = st[0] != NULL;
+    for (int i = 0; i < 2 && ok; i++) {
+        sv->d[i] = syncd_listen(sv->loop, sv->ep[i], st[i], i == 0 ? "s1" : "s2", &lim, &err);
+        ok = sv->d[i] != NULL;
+    }
+    sv->poll = net_task_new(sv->loop, server_poll, sv);
+    net_task_schedule_in(sv->poll, 5);
+    pthread_mutex_lock(&sv->mu);
+    sv->ready = true;
+    sv->failed = !ok;
+    pthread_cond_signal(&sv->cv);
+    pthread_mutex_unlock(&sv->mu);
+    if (ok)
+        net_loop_run(sv->loop);
+    for (int i = 0; i < 2; i++)
+        syncd_free(&sv->d[i]);
+    net_task_free(&sv->poll);
+    net_loop_free(&sv->loop);
+    store_close(&st[0]);
+    store_close(&st[1]);
+    return NULL;
+}
+
+/* A port that was free a moment ago (net_listen cannot report the port it
+ * bound to :0). */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &al) < 0)
+        fail_msg("free_port: %s", strerror(errno));
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static struct server *server_start(void)
+{
+    struct server *sv = xmalloc(sizeof(*sv));
+    str_copy(sv->dir, "/tmp/test_sync.XXXXXX", sizeof(sv->dir));
+    if (mkdtemp(sv->dir) == NULL)
+        fail_msg("mkdtemp: %s", strerror(errno));
+    int p0 = free_port(), p1;
+    do
+        p1 = free_port();
+    while (p1 == p0);
+    snprintf(sv->ep[0], sizeof(sv->ep[0]), "127.0.0.1:%d", p0);
+    snprintf(sv->ep[1], sizeof(sv->ep[1]), "127.0.0.1:%d", p1);
+    pthread_mutex_init(&sv->mu, NULL);
+    pthread_cond_init(&sv->cv, NULL);
+    atomic_init(&sv->stop, false);
+    if (pthread_create(&sv->th, NULL, server_main, sv) != 0)
+        fail_msg("pthread_create");
+    pthread_mutex_lock(&sv->mu);
+    while (!sv->ready)
+        pthread_cond_wait(&sv->cv, &sv->mu);
+    pthread_mutex_unlock(&sv->mu);
+    if (sv->failed)
+        fail_msg("server did not start");
+    return sv;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void server_stop(struct server *sv)
+{
+    atomic_store(&sv->stop, true);
+    pthread_join(sv->th, NULL);
+    pthread_mutex_destroy(&sv->mu);
+    pthread_cond_destroy(&sv->cv);
+    nftw(sv->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(sv);
+}
+
+/* ---- fixture ---- */
+
+struct env {
+    bool tcp;
+    struct server *sv;
+    struct store *st[2]; /* local only */
+    struct sync *s, *s2;
+};
+
+static bool kind_local = false, kind_tcp = true;
+
+static struct sync *tcp_connect(const char *ep)
+{
+    char err[256];
+    struct sync *s = sync_tcp_connect(ep, 5000, err, sizeof(err));
+    if (s == NULL)
+        fail_msg("sync_tcp_connect: %s", err);
+    return s;
+}
+
+static int setup(void **state)
+{
+    struct env *e = xmalloc(sizeof(*e));
+    e->tcp = *(bool *)*state;
+    if (e->tcp) {
+        e->sv = server_start();
+        e->s = tcp_connect(e->sv->ep[0]);
+        e->s2 = tcp_connect(e->sv->ep[1]);
+    } else {
+        e->st[0] = store_open_memory("s1");
+        e->st[1] = store_open_memory("s2");
+        e->s = sync_local_new(e->st[0]);
+        e->s2 = sync_local_new(e->st[1]);
+    }
+    *state = e;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct env *e = *state;
+    sync_close(&e->s);
+    sync_close(&e->s2);
+    if (e->tcp) {
+        server_stop(e->sv);
+    } else {
+        store_close(&e->st[0]);
+        store_close(&e->st[1]);
+    }
+    free(e);
+    return 0;
+}
+
+/* Reconnects s after a test broke its connection on purpose. */
+static void reconnect(struct env *e)
+{
+    sync_close(&e->s);
+    e->s = e->tcp ? tcp_connect(e->sv->ep[0]) : sync_local_new(e->st[0]);
+}
+
+/* ---- helpers ---- */
+
+static const char *why;
+
+#define OK(call)       assert_int_equal((call), 0)
+#define NO(call, what) assert_no((call), what, #call)
+
+static void assert_no(int r, const char *what, const char *call)
+{
+    if (r != SYNC_NO || strcmp(why, what) != 0)
+        fail_msg("%s: %d (%s), expected SYNC_NO %s", call, r, r != 0 ? why : "ok", what);
+}
+
+static struct store_mailbox get_mb(struct sync *s, const char *user)
+{
+    struct store_mailbox mb;
+    OK(s->ops->mailbox_get(s, user, &mb, &why));
+    return mb;
+}
+
+static const uint8_t G1[STORE_GUID_LEN] = {0xde, 0xad, 0xbe, 0xef, 1, 2,  3,  4,
+                                           5,    6,    7,    8,    9, 10, 11, 12};
+
+static struct sync_msg mkmsg(const char *folder, uint32_t uid, const void *data, size_t len)
+{
+    struct sync_msg m;
+    memset(&m, 0, sizeof(m));
+    str_copy(m.folder, folder, sizeof(m.folder));
+    m.uid = uid;
+    memcpy(m.guid, G1, STORE_GUID_LEN);
+    m.guid[15] = (uint8_t)uid;
+    m.internal_date = 1700000000 + uid;
+    m.size = len;
+    sha256_buf(data, len, m.sha256);
+    return m;
+}
+
+static int append(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                  const char *body)
+{
+    struct sync_msg m = mkmsg(folder, uid, body, strlen(body));
+    return s->ops->append(s, user, &m, body, strlen(body), &why);
+}
+
+#define COL_MAX 16
+
+struct col {
+    size_t nf, nm;
+    struct sync_folder f[COL_MAX];
+    struct sync_msg m[COL_MAX];
+    size_t abort_at; /* return 1 at this record (1-based), 0 = never */
+};
+
+static int col_folder(void *ctx, const struct sync_folder *f)
+{
+    struct col *c = ctx;
+    if (c->nf < COL_MAX)
+        c->f[c->nf] = *f;
+    c->nf++;
+    return c->abort_at != 0 && c->nf + c->nm == c->abort_at;
+}
+
+static int col_msg(void *ctx, const struct sync_msg *m)
+{
+    struct col *c = ctx;
+    if (c->nm < COL_MAX)
+        c->m[c->nm] = *m;
+    c->nm++;
+    return c->abort_at != 0 && c->nf + c->nm == c->abort_at;
+}
+
+/* Changes since `since`; returns the listing's modseq. c is calloc'd. */
+static uint64_t changes(struct sync *s, const char *user, uint64_t since, struct col **c)
+{
+    *c = xcalloc(1, sizeof(**c));
+    struct sync_changes_cb cb = {.folder = col_folder, .msg = col_msg, .ctx = *c};
+    uint64_t modseq = 0;
+    OK(s->ops->changes(s, user, since, &cb, &modseq, &why));
+    return modseq;
+}
+
+static const struct sync_folder *find_f(const struct col *c, uint32_t uidvalidity)
+{
+    const struct sync_folder *found = NULL;
+    for (size_t i = 0; i < c->nf && i < COL_MAX; i++)
+        if (c->f[i].uidvalidity == uidvalidity)
+            found = &c->f[i];
+    return found;
+}
+
+static const struct sync_msg *find_m(const struct col *c, uint32_t uidvalidity, uint32_t uid)
+{
+    const struct sync_msg *found = NULL;
+    for (size_t i = 0; i < c->nm && i < COL_MAX; i++)
+        if (c->m[i].uidvalidity == uidvalidity && c->m[i].uid == uid)
+            found = &c->m[i];
+    return found;
+}
+
+static void fetch_eq(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                     const void *data, size_t len)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "pre");
+    OK(s->ops->fetch(s, user, folder, uid, &b, &why));
+    assert_int_equal(b.len, 3 + len);
+    assert_memory_equal(b.data, "pre", 3);
+    if (len > 0)
+        assert_memory_equal(b.data + 3, data, len);
+    buf_free(&b);
+}
+
+static void digest(struct sync *s, const char *user, struct sync_digest **l, size_t *n)
+{
+    OK(s->ops->digest(s, user, l, n, &why));
+}
+
+/* ---- the scenarios (both transports) ---- */
+
+static void test_mailbox(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    struct store_mailbox mb;
+    NO(s->ops->mailbox_get(s, U1, &mb, &why), "notfound");
+    NO(s->ops->mailbox_get(s, "not an address", &mb, &why), "invalid");
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_STAGED, 3, 0, &why));
+    NO(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 3, 0, &why), "exists");
+    NO(s->ops->mailbox_create(s, U2, STORE_MBOX_MOVED, 3, 0, &why), "invalid");
+    mb = get_mb(s, U1);
+    assert_int_equal(mb.state, STORE_MBOX_STAGED);
+    assert_int_equal(mb.epoch, 3);
+    assert_string_equal(mb.moved_to, "");
+    assert_int_equal(mb.messages, 0);
+    assert_int_equal(mb.bytes, 0);
+    assert_true(mb.modseq > 0);
+
+    /* Compare-and-set. */
+    NO(s->ops->mailbox_state(s, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 4, NULL, &why),
+       "conflict");
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 3, "ignored", &why));
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 3, NULL, &why));
+    NO(s->ops->mailbox_state(s, U1, STORE_MBOX_FENCED, STORE_MBOX_MOVED, 4, NULL, &why), "invalid");
+    NO(s->ops->mailbox_state(s, U1, STORE_MBOX_FENCED, STORE_MBOX_MOVED, 4, "Bad Name", &why),
+       "invalid");
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_FENCED, STORE_MBOX_MOVED, 4, "s2", &why));
+    mb = get_mb(s, U1);
+    assert_int_equal(mb.state, STORE_MBOX_MOVED);
+    assert_int_equal(mb.epoch, 4);
+    assert_string_equal(mb.moved_to, "s2");
+    NO(s->ops->mailbox_state(s, U2, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 4, NULL, &why),
+       "notfound");
+
+    /* Purge: DELETING only. */
+    NO(s->ops->mailbox_purge(s, U1, &why), "conflict");
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_MOVED, STORE_MBOX_DELETING, 5, NULL, &why));
+    OK(s->ops->mailbox_purge(s, U1, &why));
+    NO(s->ops->mailbox_get(s, U1, &mb, &why), "notfound");
+    NO(s->ops->mailbox_purge(s, U1, &why), "notfound");
+    /* Re-created from scratch. */
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 6, 0, &why));
+    assert_int_equal(get_mb(s, U1).messages, 0);
+}
+
+static void test_folder_ensure(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    NO(s->ops->folder_ensure(s, U1, "Work", 1000, 5, &why), "notfound");
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_STAGED, 1, 0, &why));
+    OK(s->ops->folder_ensure(s, U1, "Work", 1000, 5, &why));
+    struct col *c;
+    uint64_t m0 = changes(s, U1, 0, &c);
+    assert_int_equal(c->nf, 2);
+    assert_int_equal(c->nm, 0);
+    assert_string_equal(c->f[0].name, "INBOX");
+    const struct sync_folder *f = find_f(c, 1000);
+    assert_non_null(f);
+    assert_string_equal(f->name, "Work");
+    assert_int_equal(f->uidnext, 5);
+    assert_false(f->deleted);
+    assert_int_equal(m0, get_mb(s, U1).modseq);
+    free(c);
+
+    /* Again: nothing to do, no change. */
+    OK(s->ops->folder_ensure(s, U1, "Work", 1000, 5, &why));
+    OK(s->ops->folder_ensure(s, U1, "Work", 1000, 2, &why));
+    assert_int_equal(get_mb(s, U1).modseq, m0);
+
+    /* Renamed by UIDVALIDITY; UIDNEXT never lowered. */
+    OK(s->ops->folder_ensure(s, U1, "Play", 1000, 3, &why));
+    uint64_t m1 = changes(s, U1, m0, &c);
+    assert_int_equal(c->nf, 1);
+    assert_string_equal(c->f[0].name, "Play");
+    assert_int_equal(c->f[0].uidvalidity, 1000);
+    assert_int_equal(c->f[0].uidnext, 5);
+    free(c);
+    OK(s->ops->folder_ensure(s, U1, "Play", 1000, 9, &why));
+    changes(s, U1, m1, &c);
+    assert_int_equal(c->nf, 1);
+    assert_int_equal(c->f[0].uidnext, 9);
+    free(c);
+
+    /* Any octets in a name travel (hex on the wire). */
+    static const char odd[] = "Sent Items/\xc3\xa9t\xc3\xa9 - \"x\" %";
+    OK(s->ops->folder_ensure(s, U1, odd, 2000, 1, &why));
+    /* Name held by another identity: conflict, for a create or a rename. */
+    NO(s->ops->folder_ensure(s, U1, odd, 3000, 1, &why), "conflict");
+    NO(s->ops->folder_ensure(s, U1, "Play", 2000, 1, &why), "conflict");
+    NO(s->ops->folder_ensure(s, U1, "INBOX", 1000, 1, &why), "conflict");
+    NO(s->ops->folder_ensure(s, U1, "X", 0, 1, &why), "invalid");
+    NO(s->ops->folder_ensure(s, U1, "Bad\r\nName", 4000, 1, &why), "invalid");
+    NO(s->ops->folder_ensure(s, U1, "", 4000, 1, &why), "invalid");
+
+    struct sync_digest *l;
+    size_t n;
+    digest(s, U1, &l, &n);
+    assert_int_equal(n, 3);
+    assert_string_equal(l[0].name, "INBOX");
+    assert_string_equal(l[1].name, "Play");
+    assert_string_equal(l[2].name, odd);
+    assert_int_equal(l[2].uidvalidity, 2000);
+    uint32_t inbox_uv = l[0].uidvalidity;
+    free(l);
+
+    /* Delete by UIDVALIDITY, idempotent; INBOX cannot go. */
+    uint64_t m2 = get_mb(s, U1).modseq;
+    OK(s->ops->folder_delete(s, U1, 2000, &why));
+    OK(s->ops->folder_delete(s, U1, 2000, &why));
+    OK(s->ops->folder_delete(s, U1, 777, &why));
+    NO(s->ops->folder_delete(s, U1, inbox_uv, &why), "invalid");
+    NO(s->ops->folder_delete(s, U2, 2000, &why), "notfound");
+    changes(s, U1, m2, &c);
+    assert_int_equal(c->nf, 1);
+    assert_string_equal(c->f[0].name, odd);
+    assert_true(c->f[0].deleted);
+    free(c);
+    /* The name is free again, and the identity can come back. */
+    OK(s->ops->folder_ensure(s, U1, odd, 2000, 1, &why));
+
+    /* Fenced: refused. */
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_STAGED, STORE_MBOX_FENCED, 1, NULL, &why));
+    NO(s->ops->folder_ensure(s, U1, "New", 5000, 1, &why), "notlive");
+    NO(s->ops->folder_ensure(s, U1, "Play", 1000, 20, &why), "notlive");
+    NO(s->ops->folder_delete(s, U1, 1000, &why), "notlive");
+}
+
+static void test_append_fetch(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_STAGED, 1, 0, &why));
+    OK(s->ops->folder_ensure(s, U1, "Work", 1000, 1, &why));
+
+    /* Bytes of every kind, CRLFs, NULs, a line that looks like a reply. */
+    static const char body[] = "From: a@b\r\n\r\n+OK\r\n-ERR x\r\n\0\x01\xff\r\n.\r\n";
+    size_t blen = sizeof(body) - 1;
+    struct sync_msg m = mkmsg("Work", 7, body, blen);
+    m.flags = STORE_F_SEEN | STORE_F_FLAGGED;
+    str_copy(m.keywords, "$Junk Project-X", sizeof(m.keywords));
+    m.internal_date = 1234567890;
+    OK(s->ops->append(s, U1, &m, body, blen, &why));
+    NO(s->ops->append(s, U1, &m, body, blen, &why), "exists");
+    fetch_eq(s, U1, "Work", 7, body, blen);
+
+    /* A checksum mismatch stores nothing. */
+    uint64_t ms = get_mb(s, U1).modseq;
+    struct sync_msg bad = mkmsg("Work", 8, "other", 5);
+    NO(s->ops->append(s, U1, &bad, body, blen, &why), "checksum");
+    struct buf b;
+    buf_init(&b, 0);
+    NO(s->ops->fetch(s, U1, "Work", 8, &b, &why), "notfound");
+    buf_free(&b);
+    struct store_mailbox mb = get_mb(s, U1);
+    assert_int_equal(mb.modseq, ms);
+    assert_int_equal(mb.messages, 1);
+    assert_int_equal(mb.bytes, blen);
+
+    NO(append(s, U1, "Nope", 8, "x"), "notfound");
+    NO(append(s, U1, "Work", 0, "x"), "invalid");
+    NO(append(s, U2, "Work", 8, "x"), "notfound");
+    bad = mkmsg("Work", 8, "x", 1);
+    str_copy(bad.keywords, "bad(keyword", sizeof(bad.keywords));
+    NO(s->ops->append(s, U1, &bad, "x", 1, &why), "invalid");
+    bad = mkmsg("Work", 8, "x", 1);
+    bad.flags = 0x100;
+    NO(s->ops->append(s, U1, &bad, "x", 1, &why), "invalid");
+
+    /* Empty and large messages. */
+    OK(append(s, U1, "Work", 9, ""));
+    fetch_eq(s, U1, "Work", 9, "", 0);
+    size_t big = 3 * 1024 * 1024 + 17;
+    char *data = xmalloc(big);
+    for (size_t i = 0; i < big; i++)
+        data[i] = (char)(i * 7 + i / 1000);
+    struct sync_msg bm = mkmsg("INBOX", 100, data, big);
+    OK(s->ops->append(s, U1, &bm, data, big, &why));
+    fetch_eq(s, U1, "inbox", 100, data, big);
+    /* A read buffer too small for it. */
+    if (!e->tcp) {
+        buf_init(&b, 1000);
+        assert_int_equal(s->ops->fetch(s, U1, "INBOX", 100, &b, &why), -1);
+        buf_free(&b);
+    }
+    free(data);
+
+    /* What changes reports for it. */
+    struct col *c;
+    changes(s, U1, 0, &c);
+    assert_int_equal(c->nm, 3);
+    const struct sync_msg *r = find_m(c, 1000, 7);
+    assert_non_null(r);
+    assert_string_equal(r->folder, "Work");
+    assert_memory_equal(r->guid, m.guid, STORE_GUID_LEN);
+    assert_int_equal(r->flags, STORE_F_SEEN | STORE_F_FLAGGED);
+    assert_string_equal(r->keywords, "$Junk Project-X");
+    assert_int_equal(r->internal_date, 1234567890);
+    assert_int_equal(r->size, blen);
+    assert_memory_equal(r->sha256, m.sha256, SHA256_LEN);
+    assert_false(r->expunged);
+    assert_true(r->modseq > 0);
+    assert_string_equal(c->m[2].folder, "INBOX");
+    assert_int_equal(c->m[2].size, big);
+    free(c);
+
+    NO(s->ops->fetch(s, U1, "Work", 99, &b, &why), "notfound");
+    NO(s->ops->fetch(s, U1, "Nope", 7, &b, &why), "notfound");
+    NO(s->ops->fetch(s, U2, "Work", 7, &b, &why), "notfound");
+
+    /* Only into STAGED or ACTIVE. */
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_STAGED, STORE_MBOX_FENCED, 1, NULL, &why));
+    NO(append(s, U1, "Work", 10, "late"), "notlive");
+    fetch_eq(s, U1, "Work", 7, body, blen);
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_FENCED, STORE_MBOX_ACTIVE, 1, NULL, &why));
+    OK(append(s, U1, "Work", 10, "late"));
+}
+
+static void test_changes(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    struct col *c;
+    uint64_t ms;
+    NO(s->ops->changes(s, U1, 0, &(struct sync_changes_cb){0}, &ms, &why), "notfound");
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    OK(s->ops->folder_ensure(s, U1, "Work", 1000, 1, &why));
+    for (uint32_t u = 1; u <= 3; u++)
+        OK(append(s, U1, "Work", u, "work\r\n"));
+    OK(append(s, U1, "INBOX", 1, "inbox\r\n"));
+    uint64_t m0 = changes(s, U1, 0, &c);
+    assert_int_equal(c->nf, 2);
+    assert_int_equal(c->nm, 4);
+    for (size_t i = 1; i < c->nm; i++)
+        assert_true(c->m[i].modseq > c->m[i - 1].modseq);
+    uint32_t inbox_uv = c->f[0].uidvalidity;
+    free(c);
+
+    /* Flags replaced, keywords with them; an expunge; both idempotent. */
+    OK(s->ops->flags(s, U1, "Work", 1, STORE_F_FLAGGED, "$x", &why));
+    OK(s->ops->flags(s, U1, "Work", 1, STORE_F_FLAGGED, "$x", &why));
+    OK(s->ops->expunge(s, U1, "Work", 2, &why));
+    OK(s->ops->expunge(s, U1, "Work", 2, &why));
+    OK(s->ops->expunge(s, U1, "Work", 99, &why));
+    NO(s->ops->expunge(s, U2, "Work", 2, &why), "notfound");
+    NO(s->ops->flags(s, U1, "Work", 2, 0, NULL, &why), "notfound");
+    NO(s->ops->flags(s, U1, "Work", 1, 0x100, NULL, &why), "invalid");
+    NO(s->ops->flags(s, U1, "Work", 1, 0, "a(b", &why), "invalid");
+    uint64_t m1 = changes(s, U1, m0, &c);
+    assert_int_equal(m1, m0 + 2);
+    assert_int_equal(c->nf, 0);
+    assert_int_equal(c->nm, 2);
+    assert_int_equal(c->m[0].uid, 1);
+    assert_int_equal(c->m[0].flags, STORE_F_FLAGGED);
+    assert_string_equal(c->m[0].keywords, "$x");
+    assert_false(c->m[0].expunged);
+    assert_int_equal(c->m[1].uid, 2);
+    assert_true(c->m[1].expunged);
+    assert_string_equal(c->m[1].folder, "Work");
+    assert_int_equal(c->m[1].uidvalidity, 1000);
+    free(c);
+    /* Keywords dropped by a NULL list. */
+    OK(s->ops->flags(s, U1, "Work", 1, STORE_F_FLAGGED, NULL, &why));
+    m1 = changes(s, U1, m1, &c);
+    assert_int_equal(c->nm, 1);
+    assert_string_equal(c->m[0].keywords, "");
+    free(c);
+
+    /* A deleted folder: its tombstone and its messages' tombstones, still
+     * carrying its name and UIDVALIDITY. */
+    OK(s->ops->folder_delete(s, U1, 1000, &why));
+    uint64_t m2 = changes(s, U1, m1, &c);
+    assert_int_equal(m2, m1 + 1);
+    assert_int_equal(c->nf, 1);
+    assert_true(c->f[0].deleted);
+    assert_string_equal(c->f[0].name, "Work");
+    assert_int_equal(c->nm, 2);
+    for (size_t i = 0; i < 2; i++) {
+        assert_true(c->m[i].expunged);
+        assert_string_equal(c->m[i].folder, "Work");
+        assert_int_equal(c->m[i].uidvalidity, 1000);
+    }
+    assert_non_null(find_m(c, 1000, 1));
+    assert_non_null(find_m(c, 1000, 3));
+    free(c);
+    assert_int_equal(changes(s, U1, m2, &c), m2);
+    assert_int_equal(c->nf + c->nm, 0);
+    free(c);
+
+    /* Since 0: everything, tombstones included. */
+    changes(s, U1, 0, &c);
+    assert_int_equal(c->nf, 2);
+    assert_int_equal(c->nm, 4);
+    assert_non_null(find_m(c, inbox_uv, 1));
+    assert_false(find_m(c, inbox_uv, 1)->expunged);
+    free(c);
+
+    /* A callback that stops the listing: -1 (for TCP the connection is
+     * then unusable, the rest of the listing being unread). */
+    c = xcalloc(1, sizeof(*c));
+    c->abort_at = 2;
+    struct sync_changes_cb cb = {.folder = col_folder, .msg = col_msg, .ctx = c};
+    assert_int_equal(s->ops->changes(s, U1, 0, &cb, &ms, &why), -1);
+    assert_int_equal(c->nf + c->nm, 2);
+    free(c);
+    if (e->tcp) {
+        struct store_mailbox mb;
+        assert_int_equal(s->ops->mailbox_get(s, U1, &mb, &why), -1);
+        reconnect(e);
+        s = e->s;
+    }
+    assert_int_equal(get_mb(s, U1).messages, 1);
+}
+
+static void test_digest(void **state)
+{
+    struct env *e = *state;
+    struct sync *s[2] = {e->s, e->s2};
+    for (int i = 0; i < 2; i++) {
+        OK(s[i]->ops->mailbox_create(s[i], U1, STORE_MBOX_STAGED, 1, 0, &why));
+        OK(s[i]->ops->folder_ensure(s[i], U1, "Work", 1000, 50, &why));
+        OK(s[i]->ops->folder_ensure(s[i], U1, "Archive", 1001, 1, &why));
+        for (uint32_t u = 1; u <= 5; u++) {
+            struct sync_msg m = mkmsg("Work", u * 3, "same\r\n", 6);
+            m.flags = u & STORE_F_ALL;
+            str_copy(m.keywords, u % 2 ? "$a" : "", sizeof(m.keywords));
+            OK(s[i]->ops->append(s[i], U1, &m, "same\r\n", 6, &why));
+        }
+        OK(append(s[i], U1, "Archive", 1, "old\r\n"));
+    }
+    struct sync_digest *d[2];
+    size_t n[2];
+    digest(s[0], U1, &d[0], &n[0]);
+    digest(s[1], U1, &d[1], &n[1]);
+    assert_int_equal(n[0], 3);
+    assert_int_equal(n[1], 3);
+    assert_string_equal(d[0][0].name, "Archive");
+    assert_string_equal(d[0][1].name, "INBOX");
+    assert_string_equal(d[0][2].name, "Work");
+    /* INBOXes differ in UIDVALIDITY (each store chose one), not content. */
+    for (size_t i = 0; i < 3; i++) {
+        assert_string_equal(d[0][i].name, d[1][i].name);
+        assert_int_equal(d[0][i].uidnext, d[1][i].uidnext);
+        assert_int_equal(d[0][i].messages, d[1][i].messages);
+        assert_memory_equal(d[0][i].digest, d[1][i].digest, SHA256_LEN);
+    }
+    assert_int_equal(d[0][2].uidvalidity, 1000);
+    assert_int_equal(d[0][2].uidnext, 50);
+    assert_int_equal(d[0][2].messages, 5);
+    assert_int_equal(d[0][1].messages, 0);
+
+    /* The definition, computed here: */
+    struct buf lines;
+    buf_init(&lines, 0);
+    for (uint32_t u = 1; u <= 5; u++) {
+        struct sync_msg m = mkmsg("Work", u * 3, "same\r\n", 6);
+        char g[33], h[65];
+        hex_encode(m.guid, STORE_GUID_LEN, g);
+        hex_encode(m.sha256, SHA256_LEN, h);
+        buf_printf(&lines, "%u %s %u 6 %s %s\n", u * 3, g, u & STORE_F_ALL, h, u % 2 ? "$a" : "");
+    }
+    uint8_t want[SHA256_LEN];
+    sha256_buf(lines.data, lines.len, want);
+    assert_memory_equal(d[0][2].digest, want, SHA256_LEN);
+    buf_free(&lines);
+    uint8_t empty[SHA256_LEN];
+    sha256_buf("", 0, empty);
+    assert_memory_equal(d[0][1].digest, empty, SHA256_LEN);
+    free(d[1]);
+
+    /* One flag changed: that folder's digest differs, the others do not. */
+    OK(s[1]->ops->flags(s[1], U1, "Work", 6, STORE_F_SEEN, "$a", &why));
+    digest(s[1], U1, &d[1], &n[1]);
+    assert_memory_not_equal(d[0][2].digest, d[1][2].digest, SHA256_LEN);
+    assert_memory_equal(d[0][0].digest, d[1][0].digest, SHA256_LEN);
+    free(d[1]);
+    /* Put back: equal again. An expunge shows too. */
+    OK(s[1]->ops->flags(s[1], U1, "Work", 6, 2, "", &why));
+    digest(s[1], U1, &d[1], &n[1]);
+    assert_memory_equal(d[0][2].digest, d[1][2].digest, SHA256_LEN);
+    free(d[1]);
+    OK(s[1]->ops->expunge(s[1], U1, "Archive", 1, &why));
+    digest(s[1], U1, &d[1], &n[1]);
+    assert_memory_not_equal(d[0][0].digest, d[1][0].digest, SHA256_LEN);
+    assert_int_equal(d[1][0].messages, 0);
+    free(d[1]);
+    free(d[0]);
+    struct sync_digest *l;
+    size_t nl;
+    NO(s[0]->ops->digest(s[0], U2, &l, &nl, &why), "notfound");
+}
+
+/* A move creates the destination with the source INBOX's UIDVALIDITY: the
+ * FOLDER for INBOX that follows then finds it as is. */
+static void test_inbox_uidvalidity(void **state)
+{
+    struct env *e = *state;
+    struct sync *s[2] = {e->s, e->s2};
+    const uint32_t uv = 3000000001u;
+    NO(s[0]->ops->mailbox_create(s[0], U1, STORE_MBOX_MOVED, 1, uv, &why), "invalid");
+    for (int i = 0; i < 2; i++) {
+        OK(s[i]->ops->mailbox_create(s[i], U1, STORE_MBOX_STAGED, 2, uv, &why));
+        NO(s[i]->ops->mailbox_create(s[i], U1, STORE_MBOX_STAGED, 2, uv, &why), "exists");
+        OK(s[i]->ops->folder_ensure(s[i], U1, "INBOX", uv, 7, &why));
+        OK(append(s[i], U1, "INBOX", 3, "in\r\n"));
+    }
+    /* Another UIDVALIDITY for INBOX is still refused. */
+    NO(s[0]->ops->folder_ensure(s[0], U1, "INBOX", uv + 1, 1, &why), "conflict");
+    struct store_mailbox mb = get_mb(s[0], U1);
+    assert_int_equal(mb.state, STORE_MBOX_STAGED);
+    assert_int_equal(mb.epoch, 2);
+
+    /* Both stores' INBOXes are now the same, UIDVALIDITY included. */
+    struct sync_digest *d[2];
+    size_t n[2];
+    digest(s[0], U1, &d[0], &n[0]);
+    digest(s[1], U1, &d[1], &n[1]);
+    assert_int_equal(n[0], 1);
+    assert_int_equal(n[1], 1);
+    for (int i = 0; i < 2; i++) {
+        assert_string_equal(d[i][0].name, "INBOX");
+        assert_int_equal(d[i][0].uidvalidity, uv);
+        assert_int_equal(d[i][0].uidnext, 7);
+        assert_int_equal(d[i][0].messages, 1);
+    }
+    assert_memory_equal(d[0][0].digest, d[1][0].digest, SHA256_LEN);
+    free(d[0]);
+    free(d[1]);
+    struct col *c;
+    changes(s[0], U1, 0, &c);
+    assert_int_equal(c->nf, 1);
+    assert_int_equal(c->f[0].uidvalidity, uv);
+    free(c);
+
+    /* 0: the store chooses one. */
+    OK(s[0]->ops->mailbox_create(s[0], U2, STORE_MBOX_ACTIVE, 1, 0, &why));
+    digest(s[0], U2, &d[0], &n[0]);
+    assert_int_equal(n[0], 1);
+    assert_true(d[0][0].uidvalidity != 0);
+    assert_true(d[0][0].uidvalidity != uv);
+    free(d[0]);
+}
+
+static void test_deliveries(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s, *s2 = e->s2;
+    struct sync_delivery *l;
+    size_t n;
+    NO(s->ops->deliveries(s, U1, &l, &n, &why), "notfound");
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_STAGED, 1, 0, &why));
+    OK(s->ops->deliveries(s, U1, &l, &n, &why));
+    assert_int_equal(n, 0);
+    free(l);
+    OK(s->ops->folder_ensure(s, U1, "Work", 1000, 1, &why));
+    OK(append(s, U1, "Work", 3, "three\r\n"));
+    OK(append(s, U1, "INBOX", 4, "four\r\n"));
+    struct sync_delivery d = {.id = "q2.1", .folder = "Work", .uid = 3};
+    OK(s->ops->delivery_add(s, U1, &d, &why));
+    NO(s->ops->delivery_add(s, U1, &d, &why), "exists");
+    struct sync_delivery d2 = {.id = "q1.1", .folder = "INBOX", .uid = 4};
+    OK(s->ops->delivery_add(s, U1, &d2, &why));
+    struct sync_delivery bad = {.id = "q3.1", .folder = "Work", .uid = 4};
+    NO(s->ops->delivery_add(s, U1, &bad, &why), "notfound");
+    str_copy(bad.folder, "Nope", sizeof(bad.folder));
+    NO(s->ops->delivery_add(s, U1, &bad, &why), "notfound");
+    NO(s->ops->delivery_add(s, U2, &d, &why), "notfound");
+    struct sync_delivery sp = {.id = "a b", .folder = "Work", .uid = 3};
+    NO(s->ops->delivery_add(s, U1, &sp, &why), "invalid");
+    str_copy(sp.id, "", sizeof(sp.id));
+    NO(s->ops->delivery_add(s, U1, &sp, &why), "invalid");
+
+    OK(s->ops->deliveries(s, U1, &l, &n, &why));
+    assert_int_equal(n, 2);
+    assert_string_equal(l[0].id, "q1.1");
+    assert_string_equal(l[0].folder, "INBOX");
+    assert_int_equal(l[0].uid, 4);
+    assert_string_equal(l[1].id, "q2.1");
+    assert_string_equal(l[1].folder, "Work");
+    assert_int_equal(l[1].uid, 3);
+
+    /* The copy a move makes: messages first, then their ids. */
+    OK(s2->ops->mailbox_create(s2, U1, STORE_MBOX_STAGED, 2, 0, &why));
+    OK(s2->ops->folder_ensure(s2, U1, "Work", 1000, 1, &why));
+    OK(append(s2, U1, "Work", 3, "three\r\n"));
+    OK(append(s2, U1, "INBOX", 4, "four\r\n"));
+    for (size_t i = 0; i < n; i++)
+        OK(s2->ops->delivery_add(s2, U1, &l[i], &why));
+    struct sync_delivery *l2;
+    size_t n2;
+    OK(s2->ops->deliveries(s2, U1, &l2, &n2, &why));
+    assert_int_equal(n2, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(l2[i].id, l[i].id);
+        assert_string_equal(l2[i].folder, l[i].folder);
+        assert_int_equal(l2[i].uid, l[i].uid);
+    }
+    free(l);
+    free(l2);
+
+    /* Fenced: refused. */
+    OK(s2->ops->mailbox_state(s2, U1, STORE_MBOX_STAGED, STORE_MBOX_FENCED, 2, NULL, &why));
+    struct sync_delivery d3 = {.id = "q9.1", .folder = "Work", .uid = 3};
+    NO(s2->ops->delivery_add(s2, U1, &d3, &why), "notlive");
+}
+
+/* ---- TCP only: the wire itself ---- */
+
+struct raw {
+    int fd;
+    char buf[65536];
+    size_t len;
+};
+
+static void raw_open(struct raw *r, const char *ep)
+{
+    char host[64];
+    int port;
+    assert_int_equal(parse_hostport(ep, host, sizeof(host), &port), 0);
+    r->fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, host, &a.sin_addr);
+    assert_int_equal(connect(r->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(r->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    r->len = 0;
+}
+
+static void raw_send(struct raw *r, const void *p, size_t n)
+{
+    assert_int_equal(send(r->fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
+}
+
+static void raw_puts(struct raw *r, const char *s)
+{
+    raw_send(r, s, strlen(s));
+}
+
+/* The next reply line (without CRLF) into out; false on EOF. */
+static bool raw_line(struct raw *r, char *out, size_t cap)
+{
+    for (;;) {
+        char *nl = memchr(r->buf, '\n', r->len);
+        if (nl != NULL) {
+            size_t l = (size_t)(nl - r->buf);
+            assert_true(l > 0 && r->buf[l - 1] == '\r');
+            assert_true(l - 1 < cap);
+            memcpy(out, r->buf, l - 1);
+            out[l - 1] = '\0';
+            memmove(r->buf, nl + 1, r->len - l - 1);
+            r->len -= l + 1;
+            return true;
+        }
+        assert_true(r->len < sizeof(r->buf));
+        ssize_t n = recv(r->fd, r->buf + r->len, sizeof(r->buf) - r->len, 0);
+        /* A server hanging up on unread input resets the connection. */
+        if (n < 0 && errno == ECONNRESET)
+            return false;
+        if (n < 0)
+            fail_msg("raw recv: %s", strerror(errno));
+        if (n == 0)
+            return false;
+        r->len += (size_t)n;
+    }
+}
+
+/* Sends a line (CRLF added) and checks the reply starts with `want`. */
+static void raw_expect(struct raw *r, const char *cmd, const char *want)
+{
+    char line[1024];
+    raw_puts(r, cmd);
+    raw_puts(r, "\r\n");
+    if (!raw_line(r, line, sizeof(line)))
+        fail_msg("%.60s: connection closed, expected %s", cmd, want);
+    if (strncmp(line, want, strlen(want)) != 0)
+        fail_msg("%.60s: got \"%s\", expected \"%s...\"", cmd, line, want);
+}
+
+static void raw_closed(struct raw *r)
+{
+    char line[1024];
+    while (raw_line(r, line, sizeof(line)))
+        ;
+}
+
+static void hexs(const char *s, char *out)
+{
+    hex_encode(s, strlen(s), out);
+}
+
+static void test_tcp_malformed(void **state)
+{
+    struct env *e = *state;
+    if (!e->tcp)
+        skip();
+    char u[2 * sizeof(U1)], w[16], cmd[1024], line[1024];
+    hexs(U1, u);
+    hexs("Work", w);
+    struct raw r;
+    raw_open(&r, e->sv->ep[0]);
+    snprintf(cmd, sizeof(cmd), "MBOX %s", u);
+    raw_expect(&r, cmd, "-ERR");
+    raw_expect(&r, "HELLO TSYNC/2", "-ERR unsupported version");
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    raw_expect(&r, cmd, "-NO notfound");
+    raw_expect(&r, "MBOX zz", "-ERR");
+    raw_expect(&r, "MBOX 616", "-ERR");
+    raw_expect(&r, "MBOX 6100", "-ERR"); /* a NUL octet */
+    raw_expect(&r, "MBOX", "-ERR wrong number");
+    raw_expect(&r, "MBOX  616263", "-ERR");
+    raw_expect(&r, "MBOX 616263 ", "-ERR");
+    raw_expect(&r, "mbox 616263", "-ERR unknown");
+    raw_expect(&r, "FROB", "-ERR unknown");
+    raw_expect(&r, "", "-ERR");
+    raw_expect(&r, "CHANGES 616263 -1", "-ERR");
+    raw_expect(&r, "CHANGES 616263 99999999999999999999999", "-ERR");
+    raw_expect(&r, "CREATE 616263 weird 1", "-ERR bad state");
+    raw_expect(&r, "FETCH 616263 - 1\x01", "-ERR");
+    /* Over-long but well formed: the store's refusal. */
+    char *longu = xmalloc(2 * 300 + 16);
+    memset(longu, '6', 600);
+    longu[600] = '\0';
+    snprintf(cmd, sizeof(cmd), "MBOX %s", longu);
+    raw_expect(&r, cmd, "-NO invalid");
+    free(longu);
+    /* A line over 8192 octets, in several pieces: -ERR, and still usable. */
+    char *big = xmalloc(20000);
+    memset(big, 'A', 20000);
+    raw_send(&r, big, 5000);
+    raw_send(&r, big, 15000);
+    raw_expect(&r, "", "-ERR line too long");
+    free(big);
+    snprintf(cmd, sizeof(cmd), "MBOX %s", u);
+    raw_expect(&r, cmd, "-NO notfound");
+    snprintf(cmd, sizeof(cmd), "CREATE %s staged 1", u);
+    raw_expect(&r, cmd, "+OK");
+    snprintf(cmd, sizeof(cmd), "FOLDER %s 1000 1 %s", u, w);
+    raw_expect(&r, cmd, "+OK");
+
+    /* APPEND: a bad argument with a readable length: the body is skipped
+     * and the connection stays in step. */
+    char sha[65], g[33];
+    uint8_t d[SHA256_LEN];
+    sha256_buf("hello", 5, d);
+    hex_encode(d, SHA256_LEN, sha);
+    hex_encode(G1, STORE_GUID_LEN, g);
+    snprintf(cmd, sizeof(cmd), "APPEND %s %s 5 nothex %d 0 5 %s -\r\nhello", u, w, 0, sha);
+    raw_expect(&r, cmd, "-ERR bad GUID");
+    /* A body that does not match its SHA-256. */
+    snprintf(cmd, sizeof(cmd), "APPEND %s %s 5 %s 0 0 5 %s -\r\nHELLO", u, w, g, sha);
+    raw_expect(&r, cmd, "-NO checksum");
+    /* Too long a folder name: -NO, body skipped. */
+    char longf[601];
+    for (int i = 0; i < 300; i++)
+        memcpy(longf + 2 * i, "61", 2);
+    longf[600] = '\0';
+    snprintf(cmd, sizeof(cmd), "APPEND %s %s 5 %s 0 0 5 %s -\r\nhello", u, longf, g, sha);
+    raw_expect(&r, cmd, "-NO invalid");
+    /* The good one, pipelined with a MBOX. */
+    snprintf(cmd, sizeof(cmd), "APPEND %s %s 5 %s 0 -5 5 %s -\r\nhello\r\nMBOX %s", u, w, g, sha,
+             u);
+    raw_expect(&r, cmd, "+OK");
+    assert_true(raw_line(&r, line, sizeof(line)));
+    assert_string_equal(line, "+OK staged 1 - 3 1 5");
+    raw_expect(&r, "QUIT", "+OK bye");
+    raw_closed(&r);
+    close(r.fd);
+
+    /* APPEND: body not followed by CRLF: -ERR and closed. */
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK");
+    snprintf(cmd, sizeof(cmd), "APPEND %s %s 6 %s 0 0 5 %s -\r\nhelloXX", u, w, g, sha);
+    raw_expect(&r, cmd, "-ERR");
+    raw_closed(&r);
+    close(r.fd);
+    /* APPEND: length unreadable or too large: -ERR and closed. */
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK");
+    snprintf(cmd, sizeof(cmd), "APPEND %s %s 6 %s 0 0 2147483649 %s -", u, w, g, sha);
+    raw_expect(&r, cmd, "-ERR bad body length");
+    raw_closed(&r);
+    close(r.fd);
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK");
+    raw_expect(&r, "APPEND 1 2", "-ERR wrong number");
+    raw_closed(&r);
+    close(r.fd);
+    /* APPEND: a short body, then the client goes away. */
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK");
+    snprintf(cmd, sizeof(cmd), "APPEND %s %s 7 %s 0 0 100 %s -\r\nonly a part", u, w, g, sha);
+    raw_puts(&r, cmd);
+    close(r.fd);
+    /* CREATE's optional INBOX UIDVALIDITY (a connection of its own: the
+     * first one is close to SYNCD_MAX_ERRORS). */
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK");
+    raw_expect(&r, "CREATE 616263 staged 1 x", "-ERR bad number");
+    raw_expect(&r, "CREATE 616263 staged 1 4294967296", "-ERR bad number");
+    raw_expect(&r, "CREATE 616263 staged 1 5 6", "-ERR wrong number");
+    raw_expect(&r, "CREATE 616263 staged", "-ERR wrong number");
+    char u2[2 * sizeof(U2)], inbox[16];
+    hexs(U2, u2);
+    hexs("INBOX", inbox);
+    snprintf(cmd, sizeof(cmd), "CREATE %s staged 1 4242", u2);
+    raw_expect(&r, cmd, "+OK");
+    snprintf(cmd, sizeof(cmd), "FOLDER %s 4242 9 %s", u2, inbox);
+    raw_expect(&r, cmd, "+OK");
+    snprintf(cmd, sizeof(cmd), "FOLDER %s 4243 9 %s", u2, inbox);
+    raw_expect(&r, cmd, "-NO conflict");
+    raw_expect(&r, "QUIT", "+OK bye");
+    raw_closed(&r);
+    close(r.fd);
+    /* Too many errors: hung up on. */
+    raw_open(&r, e->sv->ep[0]);
+    for (int i = 0; i < SYNCD_MAX_ERRORS - 1; i++)
+        raw_expect(&r, "FROB", "-ERR");
+    raw_expect(&r, "FROB", "-ERR");
+    raw_closed(&r);
+    close(r.fd);
+
+    /* Nothing of the above changed the mailbox: one message (uid 5). */
+    struct sync *s = e->s;
+    struct store_mailbox mb = get_mb(s, U1);
+    assert_int_equal(mb.messages, 1);
+    assert_int_equal(mb.bytes, 5);
+    struct col *c;
+    changes(s, U1, 0, &c);
+    assert_int_equal(c->nm, 1);
+    assert_int_equal(c->m[0].uid, 5);
+    assert_int_equal(c->m[0].internal_date, -5);
+    free(c);
+    fetch_eq(s, U1, "Work", 5, "hello", 5);
+}
+
+/* The client side: connecting nowhere, refusing bad arguments locally,
+ * and a broken connection staying broken. */
+static void test_tcp_client(void **state)
+{
+    struct env *e = *state;
+    if (!e->tcp)
+        skip();
+    char err[256];
+    char ep[32];
+    snprintf(ep, sizeof(ep), "127.0.0.1:%d", free_port());
+    assert_null(sync_tcp_connect(ep, 1000, err, sizeof(err)));
+    assert_non_null(strstr(err, "connect"));
+    assert_null(sync_tcp_connect("nonsense", 1000, err, sizeof(err)));
+    assert_null(sync_tcp_connect(e->sv->ep[0], 0, err, sizeof(err)));
+
+    struct sync *s = e->s;
+    char longname[STORE_FOLDER_MAX + 10];
+    memset(longname, 'x', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    NO(s->ops->folder_ensure(s, U1, longname, 5, 1, &why), "invalid");
+    NO(s->ops->mailbox_state(s, U1, STORE_MBOX_ACTIVE, 99, 1, NULL, &why), "invalid");
+    struct sync_delivery d = {.id = "q\x01", .folder = "INBOX", .uid = 1};
+    NO(s->ops->delivery_add(s, U1, &d, &why), "invalid");
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    get_mb(s, U1);
+}
+
+/* ---- the parser on its own ---- */
+
+static void test_parse(void **state)
+{
+    (void)state;
+    struct syncd_cmd c;
+    const char *err = NULL;
+    static const char ok1[] = "STATE 61 fenced moved 7 s2";
+    assert_int_equal(syncd_parse_line(ok1, strlen(ok1), &c, &err), 0);
+    assert_int_equal(c.verb, SYNCD_STATE);
+    assert_string_equal(c.user, "a");
+    assert_int_equal(c.expect, STORE_MBOX_FENCED);
+    assert_int_equal(c.state, STORE_MBOX_MOVED);
+    assert_int_equal(c.num, 7);
+    assert_string_equal(c.moved_to, "s2");
+    static const char ok2[] = "FLAGS 61 494e424f58 4294967295 31 -";
+    assert_int_equal(syncd_parse_line(ok2, strlen(ok2), &c, &err), 0);
+    assert_string_equal(c.folder, "INBOX");
+    assert_int_equal(c.uid, UINT32_MAX);
+    assert_int_equal(c.flags, 31);
+    assert_string_equal(c.keywords, "");
+    static const char bad1[] = "FLAGS 61 494e424f58 4294967296 31 -";
+    assert_int_equal(syncd_parse_line(bad1, strlen(bad1), &c, &err), -1);
+    assert_string_equal(err, "bad number");
+    static const char nul[] = "MBOX 61\0 62";
+    assert_int_equal(syncd_parse_line(nul, sizeof(nul) - 1, &c, &err), -1);
+    static const char del[] = "DELIVERY 61 q1.1 3 -";
+    assert_int_equal(syncd_parse_line(del, strlen(del), &c, &err), 0);
+    assert_string_equal(c.id, "q1.1");
+    static const char app[] = "APPEND 61 zz 1 00 0 0 12 00 -";
+    assert_int_equal(syncd_parse_line(app, strlen(app), &c, &err), -1);
+    assert_true(c.has_body);
+    assert_int_equal(c.body_len, 12);
+    static const char cr3[] = "CREATE 61 staged 7";
+    assert_int_equal(syncd_parse_line(cr3, strlen(cr3), &c, &err), 0);
+    assert_int_equal(c.verb, SYNCD_CREATE);
+    assert_int_equal(c.state, STORE_MBOX_STAGED);
+    assert_int_equal(c.num, 7);
+    assert_int_equal(c.uidvalidity, 0);
+    static const char cr4[] = "CREATE 61 active 8 4294967295";
+    assert_int_equal(syncd_parse_line(cr4, strlen(cr4), &c, &err), 0);
+    assert_int_equal(c.state, STORE_MBOX_ACTIVE);
+    assert_int_equal(c.num, 8);
+    assert_int_equal(c.uidvalidity, UINT32_MAX);
+    static const char cr5[] = "CREATE 61 active 8 1 2";
+    assert_int_equal(syncd_parse_line(cr5, strlen(cr5), &c, &err), -1);
+    assert_string_equal(err, "wrong number of arguments");
+    static const char cr6[] = "CREATE 61 active 8 -1";
+    assert_int_equal(syncd_parse_line(cr6, strlen(cr6), &c, &err), -1);
+    assert_string_equal(err, "bad number");
+    assert_int_equal(syncd_parse_line("QUIT", 4, &c, &err), 0);
+    assert_int_equal(c.verb, SYNCD_QUIT);
+}
+
+#define BOTH(f)                                                                                    \
+    cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_local),                     \
+        cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_tcp)
+#define TCP(f) cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_tcp)
+
+int main(void)
+{
+    log_init("test_sync");
+    const struct CMUnitTest tests[] = {
+        BOTH(test_mailbox),           BOTH(test_folder_ensure), BOTH(test_append_fetch),
+        BOTH(test_changes),           BOTH(test_digest),        BOTH(test_inbox_uidvalidity),
+        BOTH(test_deliveries),        TCP(test_tcp_malformed),  TCP(test_tcp_client),
+        cmocka_unit_test(test_parse),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
