@@ -270,3 +270,65 @@ def test_move_back_and_forth_under_load(tmp_path):
     finally:
         stop.set()
         t.stop()
+
+
+def test_drain_moves_every_mailbox(c3):
+    for u in USERS:
+        fill(c3, u, n=8)
+    before = {u: digest(c3, u, "s1") for u in USERS}
+    p = c3.cli("drain", "s1", "--to", "s2", "--parallel", "2")
+    assert "drain: 3 mailbox(es) moved from s1 to s2" in p.stdout, p.stdout + p.stderr
+    for u in USERS:
+        assert home(c3, u)[0] == "s2"
+        assert digest(c3, u, "s2") == before[u]
+    assert "s1         " in c3.cli("store", "list").stdout
+    assert re.search(r"^s1\s+\S+\s+0$", c3.cli("store", "list").stdout, re.M)
+
+
+def test_changes_during_catchup_equal_at_switch(tmp_path):
+    """Flag changes, expunges, folder operations and new mail on the source
+    while the move catches up: at the switch the destination equals the
+    (then frozen) source, which retention keeps for the comparison."""
+    t = cluster(tmp_path, mover_extra="retention = 3600\nlease_ms = 2000")
+    t.serve()
+    try:
+        fill(t, "alice@example.org", n=30)
+        job = start_move(t, "alice@example.org", "s2", "--suspend-when-ready")
+        assert wait_for(lambda: job_phase(t, job) == "ready")
+        c = TSync(t.ports["sync-s1"])
+        u = "alice@example.org"
+        assert c.flags(u, "Archive/2026", 7, 3, "$Junk").startswith("+OK")
+        assert c.expunge(u, "Sent Items", 5).startswith("+OK")
+        assert c.folder(u, "Projects", 3333, 1).startswith("+OK")
+        assert c.append(u, "Projects", 1, b"Subject: new\r\n\r\nx\r\n", flags=1).startswith("+OK")
+        assert c.folder(u, "Archive/2027", 1111, 1).startswith("+OK")  # a rename
+        c.close()
+        with smtplib.SMTP("127.0.0.1", t.ports["smtp"]) as s:
+            s.sendmail("bob@example.org", [u], b"Subject: live\r\n\r\n.\r\n")
+        assert wait_for(lambda: "Subject: live" in t.export(u))
+        t.cli("move", "complete", str(job))
+        assert t.cli("move", "wait", str(job)).returncode == 0
+        assert mbox_state(t, u, "s1").startswith("+OK moved 2 s2")
+        frozen = digest(t, u, "s1")
+        assert any(l.endswith(hx("Archive/2027")) for l in frozen)
+        assert digest(t, u, "s2") == frozen
+    finally:
+        t.stop()
+
+
+@pytest.mark.parametrize("victim", ["s1", "s2"])
+def test_store_kill9_during_move(tmp_path, victim):
+    t = cluster(tmp_path, top_extra="restart_backoff_max = 200")
+    t.serve()
+    try:
+        fill(t, "alice@example.org", n=800)
+        before = digest(t, "alice@example.org", "s1")
+        job = start_move(t, "alice@example.org", "s2")
+        assert wait_for(lambda: job_phase(t, job) in ("copy", "catchup", "final", "verify",
+                                                     "switch", "retention", "done"), 20)
+        os.kill(t.role_pid(victim), signal.SIGKILL)
+        assert t.cli("move", "wait", str(job)).returncode == 0
+        assert home(t, "alice@example.org") == ("s2", 2, "active")
+        assert digest(t, "alice@example.org", "s2") == before
+    finally:
+        t.stop()
