@@ -23,8 +23,9 @@ allowed() {
         role_mta) echo "util mail config smtp smtpd net directory queue dsn lmtpc router role_mta" ;;
         move) echo "util mail store directory sync move" ;;
         role_mover) echo "util mail config directory store sync move role_mover" ;;
+        doctor) echo "util mail config directory store sync move doctor" ;;
         serve) echo "util mail config directory serve" ;;
-        cli) echo "util mail config directory store queue sync move serve role_store role_mta role_mover cli" ;;
+        cli) echo "util mail config directory store queue sync move serve role_store role_mta role_mover doctor cli" ;;
         *) echo "" ;;
     esac
 }

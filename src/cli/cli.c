@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "doctor/doctor.h"
 #include "directory/directory.h"
 #include "queue/queue.h"
 #include "move/move.h"
@@ -74,6 +75,7 @@ static const char help_text[] =
     "  move show ID | abort ID | complete ID | wait ID\n"
     "  moves                             every move job, phase and progress\n"
     "  drain STORE --to STORE [--parallel N]          move every mailbox off a store\n"
+    "  doctor [--repair]                 compare the directory with the stores\n"
     "  version | help\n"
     "\n"
     "DIR defaults to $TERN_DATA or ./tern-data; FILE to $TERN_CONFIG or DIR/tern.conf.\n";
@@ -1316,7 +1318,14 @@ int cli_main(int argc, char **argv)
         rc = cmd_moves(&c, sac, sav);
     else if (strcmp(cmd, "drain") == 0)
         rc = cmd_drain(&c, sac, sav);
-    else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+    else if (strcmp(cmd, "doctor") == 0) {
+        bool repair = take_flag(&sac, sav, "--repair");
+        rc = reject_leftover(sac, sav, 0);
+        if (rc == 0) {
+            int n = doctor_run(&c.cfg, repair, stdout);
+            rc = n == 0 ? 0 : 1;
+        }
+    } else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("tern %s\n", TERN_VERSION);
         rc = 0;
     } else if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
