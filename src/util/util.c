@@ -468,7 +468,8 @@ int lockfile_acquire(const char *path, int *fd_r, pid_t *holder_r)
             if (pread(fd, b, sizeof(b) - 1, 0) > 0) {
                 uint64_t pid;
                 b[strcspn(b, "\n")] = '\0';
-                if (parse_u64(b, INT_MAX, &pid) == 0)
+                const char *p = b + strspn(b, " ");
+                if (parse_u64(p, INT_MAX, &pid) == 0)
                     *holder_r = (pid_t)pid;
             }
             close(fd);
@@ -478,9 +479,11 @@ int lockfile_acquire(const char *path, int *fd_r, pid_t *holder_r)
         errno = e;
         return -1;
     }
+    /* One fixed-width write, no truncation first: a reader (the CLI, a
+     * test) never sees the file empty between two holders. */
     char b[32];
-    int n = snprintf(b, sizeof(b), "%d\n", (int)getpid());
-    if (ftruncate(fd, 0) < 0 || pwrite(fd, b, (size_t)n, 0) != n) {
+    int n = snprintf(b, sizeof(b), "%10d\n", (int)getpid());
+    if (pwrite(fd, b, (size_t)n, 0) != n || ftruncate(fd, n) < 0) {
         int e = errno;
         close(fd);
         errno = e;

@@ -135,6 +135,11 @@ class Tern:
             raise FileNotFoundError("no mover started")
         path = self.data / "queue" / "lock" if store == "mta" else \
             self.data / "stores" / store / "lock"
+        for _ in range(100):
+            try:
+                return int(path.read_text().strip())
+            except ValueError:  # a pid of more digits being written: read again
+                time.sleep(0.01)
         return int(path.read_text().strip())
 
     def queue(self):
