@@ -123,6 +123,7 @@ struct dir_job {
 
 #define DIR_JOB_OPT_SUSPEND  0x1u /* stop when ready to cut over, until completed */
 #define DIR_JOB_OPT_COMPLETE 0x2u /* the operator asked to complete */
+#define DIR_JOB_OPT_REUSED   0x4u /* moves: the destination was a retained copy */
 
 /* True for the phases after which a job is no longer live (for the
  * one-live-job rule; a mover still visits "retention" jobs to purge). */

@@ -91,7 +91,10 @@ static int job_save(struct run *r)
         struct dir_job cur;
         if (dir_job_get(env->dir, r->job.id, &cur) != DIR_OK)
             return -1;
-        if (strcmp(cur.lease_owner, env->owner) != 0 && cur.lease_expires > time_now_ms())
+        /* Another mover claimed the job (our lease lapsed during a long
+         * call): stop at once, even if its lease has lapsed too — two
+         * movers must never both write a job. */
+        if (strcmp(cur.lease_owner, env->owner) != 0)
             return -2;
         /* The CLI may have asked to abort or to complete: take that in. */
         r->job.version = cur.version;
@@ -341,6 +344,23 @@ static int user_state(struct run *r, enum dir_user_state from, enum dir_user_sta
     return -1;
 }
 
+/* 0 if the source is fenced at the job's epoch, 1 if not (r->err says
+ * what it is), -1 on transport trouble. Final, verify and switch run only
+ * against a frozen source. */
+static int source_fenced(struct run *r)
+{
+    const char *why = "";
+    struct store_mailbox mb;
+    int rc = r->src->ops->mailbox_get(r->src, r->job.user, &mb, &why);
+    if (rc < 0)
+        return -1;
+    if (rc == 0 && mb.state == STORE_MBOX_FENCED && mb.epoch == r->job.epoch)
+        return 0;
+    set_err(r, "source mailbox is %s, not fenced at epoch %llu: fencing again",
+            rc == 0 ? store_mbox_state_str(mb.state) : why, (unsigned long long)r->job.epoch);
+    return 1;
+}
+
 /* ---- the phases -------------------------------------------------------- */
 
 static enum step phase_provision(struct run *r)
@@ -412,6 +432,9 @@ static enum step phase_provision(struct run *r)
          * the staged base and is brought up to date like any other. */
         log_info(r->ctx, "%s: reusing the retained copy on %s as the staged destination",
                  r->job.user, r->job.dest);
+        r->job.options |= DIR_JOB_OPT_REUSED;
+        if (job_save(r) != 0)
+            return STEP_LATER;
         rc = r->dst->ops->mailbox_state(r->dst, r->job.user, STORE_MBOX_MOVED, STORE_MBOX_STAGED,
                                         new_epoch, NULL, &why);
     } else if (rc == 0) {
@@ -505,15 +528,21 @@ static enum step phase_fence(struct run *r)
 static enum step unfence(struct run *r)
 {
     const char *why = "";
+    /* The phase goes back first: whoever resumes this job after a crash
+     * must fence again before any final sync, never switch from a source
+     * that was live again. (catchup and fence accept a fenced source and a
+     * finalizing user.) */
+    enum step s = next_phase(r, "catchup");
+    if (s != STEP_NEXT)
+        return s;
     if (connect_all(r) < 0)
         return STEP_LATER;
     int rc = r->src->ops->mailbox_state(r->src, r->job.user, STORE_MBOX_FENCED, STORE_MBOX_ACTIVE,
                                         r->job.epoch, NULL, &why);
     if (rc < 0)
         return io_fail(r, "unfence");
-    if (user_state(r, DIR_USER_FINALIZING, DIR_USER_MOVING) < 0)
-        return STEP_FAIL;
-    return next_phase(r, "catchup");
+    (void)user_state(r, DIR_USER_FINALIZING, DIR_USER_MOVING);
+    return STEP_NEXT;
 }
 
 static enum step copy_deliveries(struct run *r)
@@ -536,6 +565,13 @@ static enum step copy_deliveries(struct run *r)
 static enum step phase_final(struct run *r)
 {
     bool over = false;
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+    int f = source_fenced(r);
+    if (f < 0)
+        return io_fail(r, "source state");
+    if (f > 0)
+        return next_phase(r, "fence");
     int64_t deadline = time_mono_ms() + r->env->cutover_budget_ms;
     enum step s = sync_pass(r, r->job.checkpoint, deadline, NULL, &over);
     if (s != STEP_NEXT)
@@ -602,6 +638,11 @@ static enum step phase_verify(struct run *r)
 {
     if (connect_all(r) < 0)
         return STEP_LATER;
+    int f = source_fenced(r);
+    if (f < 0)
+        return io_fail(r, "source state");
+    if (f > 0)
+        return next_phase(r, "fence");
     int c = compare(r);
     if (c < 0)
         return io_fail(r, "verify");
@@ -637,7 +678,18 @@ static enum step phase_switch(struct run *r)
         if (strcmp(u.home, r->job.source) != 0 || u.epoch != e || u.state != DIR_USER_FINALIZING) {
             set_err(r, "user %s changed under the move (home %s, epoch %llu, %s)", u.address,
                     u.home, (unsigned long long)u.epoch, dir_user_state_str(u.state));
-            return STEP_FAIL;
+            /* The home did not change: nothing to keep going for. */
+            str_copy(r->job.phase, "aborting", sizeof(r->job.phase));
+            return STEP_ABORT;
+        }
+        if (attempt == 0) {
+            if (connect_all(r) < 0)
+                return STEP_LATER;
+            int f = source_fenced(r);
+            if (f < 0)
+                return io_fail(r, "source state");
+            if (f > 0)
+                return next_phase(r, "fence");
         }
         str_copy(u.home, r->job.dest, sizeof(u.home));
         u.epoch = e + 1;
@@ -652,15 +704,31 @@ static enum step phase_switch(struct run *r)
              (unsigned long long)(e + 1));
     if (connect_all(r) < 0)
         return STEP_LATER;
+    struct store_mailbox mb;
     int rc = r->dst->ops->mailbox_state(r->dst, r->job.user, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE,
                                         e + 1, NULL, &why);
-    if (rc == SYNC_NO && strcmp(why, "conflict") == 0)
-        rc = 0; /* already active: a crash after this step */
+    if (rc == SYNC_NO && strcmp(why, "conflict") == 0) {
+        /* Only "already done by a run before a crash" is acceptable. */
+        rc = r->dst->ops->mailbox_get(r->dst, r->job.user, &mb, &why);
+        if (rc == 0 && !(mb.state == STORE_MBOX_ACTIVE && mb.epoch == e + 1)) {
+            set_err(r, "destination mailbox is %s at epoch %llu after the switch",
+                    store_mbox_state_str(mb.state), (unsigned long long)mb.epoch);
+            rc = SYNC_NO;
+        }
+    }
     if (rc == 0) {
         rc = r->src->ops->mailbox_state(r->src, r->job.user, STORE_MBOX_FENCED, STORE_MBOX_MOVED,
                                         e + 1, r->job.dest, &why);
-        if (rc == SYNC_NO && strcmp(why, "conflict") == 0)
-            rc = 0;
+        if (rc == SYNC_NO && strcmp(why, "conflict") == 0) {
+            rc = r->src->ops->mailbox_get(r->src, r->job.user, &mb, &why);
+            if (rc == 0 && !(mb.state == STORE_MBOX_MOVED && mb.epoch == e + 1 &&
+                             strcmp(mb.moved_to, r->job.dest) == 0)) {
+                set_err(r, "source mailbox is %s at epoch %llu after the switch",
+                        store_mbox_state_str(mb.state), (unsigned long long)mb.epoch);
+                log_error(r->ctx, "%s: %s", r->job.user, r->err);
+                rc = SYNC_NO;
+            }
+        }
     }
     if (rc < 0)
         return io_fail(r, "switch");
@@ -716,6 +784,19 @@ static enum step phase_retention(struct run *r)
     }
     if (connect_all(r) < 0)
         return STEP_LATER;
+    /* Only the copy this job left behind: a later move may have reused the
+     * old copy, moved away again and left a newer one in its grace period. */
+    struct store_mailbox old;
+    rc = r->src->ops->mailbox_get(r->src, r->job.user, &old, &why);
+    if (rc < 0)
+        return io_fail(r, "old copy");
+    if (rc == SYNC_NO || !(old.state == STORE_MBOX_DELETING ||
+                           (old.state == STORE_MBOX_MOVED && old.epoch == r->job.epoch + 1 &&
+                            strcmp(old.moved_to, r->job.dest) == 0))) {
+        log_info(r->ctx, "%s: the copy on %s is not the one this move left: nothing to purge",
+                 r->job.user, r->job.source);
+        return next_phase(r, "done");
+    }
     rc = r->src->ops->mailbox_state(r->src, r->job.user, STORE_MBOX_MOVED, STORE_MBOX_DELETING,
                                     r->job.epoch + 1, NULL, &why);
     if (rc == SYNC_NO) {
@@ -764,7 +845,13 @@ static enum step phase_abort(struct run *r, const char *final_phase)
         return io_fail(r, "unfence");
     struct store_mailbox mb;
     rc = r->dst->ops->mailbox_get(r->dst, r->job.user, &mb, &why);
-    if (rc == 0 && mb.state == STORE_MBOX_STAGED)
+    if (rc == 0 && mb.state == STORE_MBOX_STAGED && (r->job.options & DIR_JOB_OPT_REUSED)) {
+        /* It was the copy an earlier move kept (moved to the source): it
+         * goes back to that, and its own retention rules still apply. */
+        rc = r->dst->ops->mailbox_state(r->dst, r->job.user, STORE_MBOX_STAGED, STORE_MBOX_MOVED,
+                                        r->job.epoch, r->job.source, &why);
+        mb.state = STORE_MBOX_MOVED;
+    } else if (rc == 0 && mb.state == STORE_MBOX_STAGED)
         rc = r->dst->ops->mailbox_state(r->dst, r->job.user, STORE_MBOX_STAGED, STORE_MBOX_DELETING,
                                         mb.epoch, NULL, &why);
     if (rc == 0 && (mb.state == STORE_MBOX_STAGED || mb.state == STORE_MBOX_DELETING))
@@ -859,12 +946,17 @@ enum move_result move_run(const struct move_env *env, uint64_t id)
         }
         if (s == STEP_FAIL) {
             if (move_phase_abortable(r.job.phase) || strcmp(r.job.phase, "aborting") == 0) {
-                char why[DIR_ERROR_MAX + 1];
-                str_copy(why, r.err, sizeof(why));
-                enum step a = phase_abort(&r, "failed");
-                str_copy(r.err, why, sizeof(r.err));
+                /* Persist the abort (with the reason) before cleaning up, so
+                 * a retry after a crash continues the abort, never the
+                 * phase that failed. */
+                str_copy(r.job.phase, "aborting", sizeof(r.job.phase));
+                int sv = job_save(&r);
+                if (sv == -2) {
+                    result = MOVE_LOST;
+                    break;
+                }
+                enum step a = sv == 0 ? phase_abort(&r, "failed") : STEP_LATER;
                 if (a == STEP_NEXT) {
-                    job_save(&r); /* keep the reason */
                     result = MOVE_FINISHED;
                     break;
                 }

@@ -52,7 +52,9 @@ static struct sync *connect_store(void *ctx, const char *store, char *err, size_
         snprintf(err, errlen, "store %s has no sync endpoint in the configuration", store);
         return NULL;
     }
-    return sync_tcp_connect(cs->sync, 30000, err, errlen);
+    /* No single call may outlast the lease by much: half of it, at least 1 s. */
+    unsigned t = cfg->mover.lease_ms / 2 > 1000 ? cfg->mover.lease_ms / 2 : 1000;
+    return sync_tcp_connect(cs->sync, t, err, errlen);
 }
 
 static void *slot_main(void *arg)

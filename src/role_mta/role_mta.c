@@ -453,6 +453,19 @@ static void deliver_message(struct worker *w, const char *id)
             break;
         case ROUTER_UNKNOWN:
         case ROUTER_NOTLOCAL:
+            /* A cached "unknown" never bounces mail: ask the directory. */
+            {
+                enum router_status fresh = router_redirect(m->router, r->addr, &a->home);
+                if (fresh == ROUTER_OK) {
+                    a->out = OUT_RETRY_NOW;
+                    break;
+                }
+                if (fresh == ROUTER_TEMPFAIL) {
+                    a->out = OUT_TEMP;
+                    snprintf(a->reply, sizeof(a->reply), "451 4.4.3 directory unavailable");
+                    break;
+                }
+            }
             a->out = OUT_FAIL;
             snprintf(a->reply, sizeof(a->reply), "550 5.1.1 <%s> user unknown", r->addr);
             break;
