@@ -13,6 +13,8 @@
 #define SAVE_EVERY_MSGS    500
 #define SAVE_EVERY_MS      1000
 #define CATCHUP_PASSES_MAX 20
+#define BATCH_MSGS         128        /* appends sent to the destination at once */
+#define BATCH_BYTES        (8u << 20) /* ... and their bodies at most: memory stays flat */
 
 /* What a phase function tells the loop. */
 enum step {
@@ -161,6 +163,12 @@ static enum step io_fail(struct run *r, const char *what)
 
 /* ---- one sync pass: apply the source's changes since a checkpoint ------ */
 
+/* A message fetched from the source, waiting for the next batch append. */
+struct pending {
+    struct sync_msg m;
+    struct buf body;
+};
+
 struct pass {
     struct run *r;
     uint64_t since;
@@ -168,7 +176,94 @@ struct pass {
     uint64_t changes;
     enum step result;
     bool over_budget;
+    struct pending *batch; /* BATCH_MSGS slots */
+    size_t nb;
+    size_t bytes;
 };
+
+static void batch_drop(struct pass *p)
+{
+    for (size_t i = 0; i < p->nb; i++)
+        buf_free(&p->batch[i].body);
+    p->nb = 0;
+    p->bytes = 0;
+}
+
+/* Appends the queued messages in one call (one commit on the destination);
+ * the checkpoint moves past them only now. 0, or -1 with p->result set. */
+static int batch_flush(struct pass *p)
+{
+    struct run *r = p->r;
+    if (p->nb == 0)
+        return 0;
+    const struct sync_msg **msgs = xcalloc(p->nb, sizeof(*msgs));
+    const void **data = xcalloc(p->nb, sizeof(*data));
+    size_t *lens = xcalloc(p->nb, sizeof(*lens));
+    int *rcs = xcalloc(p->nb, sizeof(*rcs));
+    const char **whys = xcalloc(p->nb, sizeof(*whys));
+    for (size_t i = 0; i < p->nb; i++) {
+        msgs[i] = &p->batch[i].m;
+        data[i] = p->batch[i].body.data != NULL ? p->batch[i].body.data : "";
+        lens[i] = p->batch[i].body.len;
+        whys[i] = "";
+    }
+    int rc;
+    if (r->dst->ops->append_batch != NULL) {
+        rc = r->dst->ops->append_batch(r->dst, r->job.user, msgs, data, lens, p->nb, rcs, whys);
+    } else {
+        rc = 0;
+        for (size_t i = 0; rc >= 0 && i < p->nb; i++) {
+            rcs[i] = r->dst->ops->append(r->dst, r->job.user, msgs[i], data[i], lens[i], &whys[i]);
+            if (rcs[i] < 0)
+                rc = -1;
+        }
+    }
+    int ret = 0;
+    if (rc < 0) {
+        p->result = io_fail(r, "copy");
+        ret = -1;
+    }
+    for (size_t i = 0; ret == 0 && i < p->nb; i++) {
+        const struct sync_msg *m = msgs[i];
+        const char *why = whys[i];
+        int x = rcs[i];
+        if (x == 0) {
+            r->job.msgs_done++;
+            r->job.bytes_done += m->size;
+        } else if (x == SYNC_NO && strcmp(why, "exists") == 0) {
+            x = r->dst->ops->flags(r->dst, r->job.user, m->folder, m->uid, m->flags, m->keywords,
+                                   &why);
+            if (x < 0) {
+                p->result = io_fail(r, "flags");
+                ret = -1;
+            } else if (x == SYNC_NO && strcmp(why, "notfound") != 0) {
+                set_err(r, "message %s/%u: %s", m->folder, m->uid, why);
+                p->result = STEP_FAIL;
+                ret = -1;
+            }
+        } else if (x == SYNC_NO && strcmp(why, "notfound") == 0) {
+            /* Gone on the source since it was listed: its tombstone comes in
+             * a later pass. */
+        } else {
+            set_err(r, "message %s/%u: %s", m->folder, m->uid, why);
+            p->result = STEP_FAIL;
+            ret = -1;
+        }
+    }
+    if (ret == 0) {
+        /* Everything up to the last flushed record is applied. */
+        uint64_t ms = p->batch[p->nb - 1].m.modseq;
+        if (ms > 0 && ms - 1 > r->job.checkpoint)
+            r->job.checkpoint = ms - 1;
+    }
+    free(msgs);
+    free(data);
+    free(lens);
+    free(rcs);
+    free(whys);
+    batch_drop(p);
+    return ret;
+}
 
 static int pass_folder(void *ctx, const struct sync_folder *f)
 {
@@ -177,6 +272,8 @@ static int pass_folder(void *ctx, const struct sync_folder *f)
     const char *why = "";
     int rc;
     p->changes++;
+    if (batch_flush(p) < 0)
+        return -1;
     if (f->deleted)
         rc = r->dst->ops->folder_delete(r->dst, r->job.user, f->uidvalidity, &why);
     else
@@ -206,6 +303,8 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
         return -1;
     }
     if (m->expunged) {
+        if (batch_flush(p) < 0)
+            return -1;
         rc = r->dst->ops->expunge(r->dst, r->job.user, m->folder, m->uid, &why);
         if (rc < 0) {
             p->result = io_fail(r, "expunge");
@@ -216,6 +315,8 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
          * the destination has: try that first, fetch only what is new. */
         rc = SYNC_NO;
         if (p->since > 0) {
+            if (batch_flush(p) < 0)
+                return -1;
             rc = r->dst->ops->flags(r->dst, r->job.user, m->folder, m->uid, m->flags, m->keywords,
                                     &why);
             if (rc < 0) {
@@ -224,41 +325,37 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
             }
         }
         if (rc == SYNC_NO) {
-            struct buf body;
-            buf_init(&body, 0);
-            rc = r->src2->ops->fetch(r->src2, r->job.user, m->folder, m->uid, &body, &why);
-            if (rc == 0)
-                rc = r->dst->ops->append(r->dst, r->job.user, m, body.data, body.len, &why);
-            buf_free(&body);
+            /* New on the destination: fetch it now, append it with the next
+             * batch (one commit on the destination for many messages). */
+            struct pending *pe = &p->batch[p->nb];
+            pe->m = *m;
+            buf_init(&pe->body, 0);
+            rc = r->src2->ops->fetch(r->src2, r->job.user, m->folder, m->uid, &pe->body, &why);
             if (rc < 0) {
-                p->result = io_fail(r, "copy");
-                return -1;
-            }
-            if (rc == SYNC_NO && strcmp(why, "exists") == 0)
-                rc = r->dst->ops->flags(r->dst, r->job.user, m->folder, m->uid, m->flags,
-                                        m->keywords, &why);
-            else if (rc == 0) {
-                r->job.msgs_done++;
-                r->job.bytes_done += m->size;
-            }
-            if (rc == SYNC_NO && strcmp(why, "notfound") == 0) {
-                /* Expunged on the source since it was listed: the tombstone
-                 * comes in a later pass. */
-                rc = 0;
-            }
-            if (rc < 0) {
-                p->result = io_fail(r, "flags");
+                buf_free(&pe->body);
+                p->result = io_fail(r, "fetch");
                 return -1;
             }
             if (rc == SYNC_NO) {
-                set_err(r, "message %s/%u: %s", m->folder, m->uid, why);
-                p->result = STEP_FAIL;
+                /* Expunged since it was listed: the tombstone follows. */
+                buf_free(&pe->body);
+            } else {
+                p->nb++;
+                p->bytes += pe->body.len;
+                if ((p->nb == BATCH_MSGS || p->bytes >= BATCH_BYTES) && batch_flush(p) < 0)
+                    return -1;
+            }
+            enum step s2 = maybe_save(r);
+            if (s2 != STEP_NEXT) {
+                p->result = s2;
                 return -1;
             }
+            return 0;
         }
     }
-    /* All changes below this modseq are applied (the listing is ordered). */
-    if (m->modseq > 0 && m->modseq - 1 > r->job.checkpoint)
+    /* All changes below this modseq are applied (the listing is ordered,
+     * and nothing is waiting in the batch: it was flushed above). */
+    if (p->nb == 0 && m->modseq > 0 && m->modseq - 1 > r->job.checkpoint)
         r->job.checkpoint = m->modseq - 1;
     enum step s = maybe_save(r);
     if (s != STEP_NEXT) {
@@ -279,7 +376,12 @@ static enum step sync_pass(struct run *r, uint64_t since, int64_t deadline_ms, u
     const char *why = "";
     if (connect_all(r) < 0)
         return STEP_LATER;
+    p.batch = xcalloc(BATCH_MSGS, sizeof(*p.batch));
     int rc = r->src->ops->changes(r->src, r->job.user, since, &cb, &modseq, &why);
+    if (rc == 0 && p.result == STEP_NEXT && !p.over_budget && batch_flush(&p) < 0)
+        rc = 1; /* p.result says why */
+    batch_drop(&p);
+    free(p.batch);
     if (changes_r != NULL)
         *changes_r = p.changes;
     if (over_budget_r != NULL)

@@ -28,6 +28,10 @@
 #define SYNC_NO    1
 #define SYNC_PROTO "TSYNC/1"
 
+/* Limits of one append_batch() call (and of one APPENDS on the wire). */
+#define SYNC_BATCH_MAX   256                 /* messages */
+#define SYNC_BATCH_BYTES (32u * 1024 * 1024) /* total of the bodies' lengths */
+
 struct sync_folder {
     char name[STORE_FOLDER_MAX + 1];
     uint32_t uidvalidity;
@@ -101,6 +105,21 @@ struct sync_ops {
      * SYNC_NO "exists" if the UID is taken. */
     int (*append)(struct sync *s, const char *user, const struct sync_msg *m, const void *data,
                   size_t len, const char **why_r);
+    /* Appends n messages (msgs[i] with body data[i] of lens[i] octets) with
+     * ONE durable store commit: the group commit of a move's copy. Each item
+     * has exactly the semantics of append (UID kept, SHA-256 checked before
+     * the store sees it, "exists" for a taken UID, ...) and its own result:
+     * rc_out[i] is 0 or SYNC_NO with why_out[i] (a static string); an item
+     * refused does not keep the others from being stored. Returns 0 when
+     * every item has its result (all stored items are durable), -1 when the
+     * channel or the store failed: then nothing is known about any item (a
+     * retry of the whole batch answers "exists" for what got in).
+     * n <= SYNC_BATCH_MAX and the total of lens <= SYNC_BATCH_BYTES: beyond
+     * is a caller bug, answered -1 without sending anything (a TCP
+     * connection stays usable). n == 0 is 0 at once. */
+    int (*append_batch)(struct sync *s, const char *user, const struct sync_msg *const *msgs,
+                        const void *const *data, const size_t *lens, size_t n, int *rc_out,
+                        const char **why_out);
     /* Makes the folder with this UIDVALIDITY exist under this name (create
      * with that UIDVALIDITY, or rename the one that has it), and its UIDNEXT
      * at least uidnext. */
@@ -127,6 +146,21 @@ struct sync_ops {
 struct sync {
     const struct sync_ops *ops;
 };
+
+/* True if a batch of n bodies of these lengths is within SYNC_BATCH_MAX and
+ * SYNC_BATCH_BYTES (what append_batch accepts). */
+static inline bool sync_batch_fits(const size_t *lens, size_t n)
+{
+    if (n > SYNC_BATCH_MAX)
+        return false;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] > SYNC_BATCH_BYTES - total)
+            return false;
+        total += lens[i];
+    }
+    return true;
+}
 
 /* TCP: connects to a store's sync endpoint "HOST:PORT" and says HELLO.
  * NULL with a message in err. */

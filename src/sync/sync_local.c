@@ -217,6 +217,74 @@ static int sync_local_append(struct sync *s, const char *user, const struct sync
     return sync_local_status(res.status, why_r);
 }
 
+/* The group commit of append: every item checked as append checks it, the
+ * good ones queued into one store batch, one commit for all. */
+static int sync_local_append_batch(struct sync *s, const char *user,
+                                   const struct sync_msg *const *msgs, const void *const *data,
+                                   const size_t *lens, size_t n, int *rc_out, const char **why_out)
+{
+    if (!sync_batch_fits(lens, n)) {
+        log_warn("sync", "append_batch over its limits (%zu messages): not sent", n);
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    struct store_append_result *res = xcalloc(n, sizeof(*res));
+    bool *queued = xcalloc(n, sizeof(*queued));
+    struct store_batch *b = store_batch_begin(sync_local_store(s));
+    for (size_t i = 0; i < n; i++) {
+        const struct sync_msg *m = msgs[i];
+        rc_out[i] = 0;
+        why_out[i] = NULL;
+        if (m->uid == 0 || (data[i] == NULL && lens[i] > 0)) {
+            rc_out[i] = sync_local_no("invalid", &why_out[i]);
+            continue;
+        }
+        uint8_t sha[SHA256_LEN];
+        sha256_buf(data[i], lens[i], sha);
+        if (memcmp(sha, m->sha256, SHA256_LEN) != 0) {
+            rc_out[i] = sync_local_no("checksum", &why_out[i]);
+            continue;
+        }
+        struct store_append a = {
+            .user = user,
+            .folder = m->folder,
+            .data = data[i],
+            .len = lens[i],
+            .internal_date = m->internal_date,
+            .flags = m->flags,
+            .keywords = m->keywords,
+            .guid = m->guid,
+            .uid = m->uid,
+        };
+        store_batch_add(b, &a, &res[i]);
+        queued[i] = true;
+    }
+    int r = 0;
+    const char *error = NULL;
+    if (store_batch_count(b) == 0) {
+        store_batch_abort(&b);
+    } else if (store_batch_commit(&b, &error) < 0) {
+        for (size_t i = 0; i < n; i++)
+            why_out[i] = error != NULL ? error : "store error";
+        r = -1;
+    }
+    for (size_t i = 0; i < n && r == 0; i++) {
+        if (!queued[i])
+            continue;
+        rc_out[i] = sync_local_status(res[i].status, &why_out[i]);
+        if (rc_out[i] < 0) {
+            /* A committed batch has no STORE_ERROR items; if one did, the
+             * caller could not tell what is stored. */
+            why_out[i] = "store error";
+            r = -1;
+        }
+    }
+    free(queued);
+    free(res);
+    return r;
+}
+
 /* ---- folders ---- */
 
 /* The live folder with this UIDVALIDITY, and whether `name` is held by
@@ -446,6 +514,7 @@ static const struct sync_ops sync_local_ops = {
     .changes = sync_local_changes,
     .fetch = sync_local_fetch,
     .append = sync_local_append,
+    .append_batch = sync_local_append_batch,
     .folder_ensure = sync_local_folder_ensure,
     .folder_delete = sync_local_folder_delete,
     .flags = sync_local_flags,

@@ -625,6 +625,92 @@ static int sync_tcp_append(struct sync *s, const char *user, const struct sync_m
     return sync_tcp_final(c, why_r, NULL);
 }
 
+/* Bodies up to this size are copied into c->out with their record lines, so
+ * a batch of small messages leaves in a few large sends; bigger ones are
+ * sent from the caller's memory. */
+#define SYNC_TCP_INLINE_BODY (64 * 1024)
+#define SYNC_TCP_SEND_AT     (256 * 1024)
+
+/* APPENDS: the whole batch is sent in one go (the server answers only after
+ * it has all of it), then its n item lines and "+OK <n>" are read. */
+static int sync_tcp_append_batch(struct sync *s, const char *user,
+                                 const struct sync_msg *const *msgs, const void *const *data,
+                                 const size_t *lens, size_t n, int *rc_out, const char **why_out)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    if (!sync_batch_fits(lens, n)) {
+        log_warn("sync", "%s: append_batch over its limits (%zu messages): not sent", c->endpoint,
+                 n);
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    const char *why = NULL;
+    int r = sync_tcp_cmd_user(c, "APPENDS", user, &why);
+    if (r < 0)
+        return -1;
+    /* Items the server would refuse as invalid are answered here (as
+     * sync_tcp_append does); the others travel. */
+    size_t sent[SYNC_BATCH_MAX], k = 0;
+    for (size_t i = 0; i < n; i++) {
+        rc_out[i] = 0;
+        why_out[i] = NULL;
+        if (r == SYNC_NO || !sync_tcp_folder_ok(msgs[i]->folder) ||
+            !sync_tcp_kw_ok(msgs[i]->keywords) || (data[i] == NULL && lens[i] > 0))
+            rc_out[i] = sync_tcp_invalid(&why_out[i]);
+        else
+            sent[k++] = i;
+    }
+    if (k == 0) {
+        buf_reset(&c->out);
+        return 0;
+    }
+    buf_printf(&c->out, " %zu\r\n", k);
+    for (size_t j = 0; j < k; j++) {
+        size_t i = sent[j];
+        const struct sync_msg *m = msgs[i];
+        char guid[2 * STORE_GUID_LEN + 1], sha[2 * SHA256_LEN + 1];
+        hex_encode(m->guid, STORE_GUID_LEN, guid);
+        hex_encode(m->sha256, SHA256_LEN, sha);
+        sync_tcp_put_hex(&c->out, m->folder, "");
+        buf_printf(&c->out, " %u %s %u %lld %zu %s ", m->uid, guid, m->flags,
+                   (long long)m->internal_date, lens[i], sha);
+        sync_tcp_put_hex(&c->out, m->keywords, "\r\n");
+        if (lens[i] <= SYNC_TCP_INLINE_BODY) {
+            if (lens[i] > 0)
+                buf_append(&c->out, data[i], lens[i]);
+        } else if (sync_tcp_send_out(c) < 0 || sync_tcp_send(c, data[i], lens[i]) < 0) {
+            return sync_tcp_broken(c, NULL, NULL);
+        }
+        buf_puts(&c->out, "\r\n");
+        if (c->out.len >= SYNC_TCP_SEND_AT && sync_tcp_send_out(c) < 0)
+            return sync_tcp_broken(c, NULL, NULL);
+    }
+    if (sync_tcp_send_out(c) < 0)
+        return sync_tcp_broken(c, NULL, NULL);
+    for (size_t j = 0; j < k; j++) {
+        size_t len;
+        char *rest;
+        if (sync_tcp_read_line(c, &len) < 0)
+            return sync_tcp_broken(c, NULL, NULL);
+        r = sync_tcp_final(c, &why_out[sent[j]], &rest);
+        if (r < 0)
+            return -1;
+        if (r == 0 && rest[0] != '\0')
+            return sync_tcp_broken(c, NULL, "unexpected APPENDS item reply \"%.60s\"", c->line);
+        rc_out[sent[j]] = r;
+    }
+    size_t len;
+    char *rest;
+    uint64_t got;
+    if (sync_tcp_read_line(c, &len) < 0)
+        return sync_tcp_broken(c, NULL, NULL);
+    r = sync_tcp_final(c, &why, &rest);
+    if (r == SYNC_NO || (r == 0 && (parse_u64(rest, SYNC_BATCH_MAX, &got) < 0 || got != k)))
+        return sync_tcp_broken(c, NULL, "unexpected APPENDS reply \"%.60s\"", c->line);
+    return r;
+}
+
 static int sync_tcp_folder_ensure(struct sync *s, const char *user, const char *name,
                                   uint32_t uidvalidity, uint32_t uidnext, const char **why_r)
 {
@@ -803,6 +889,7 @@ static const struct sync_ops sync_tcp_ops = {
     .changes = sync_tcp_changes,
     .fetch = sync_tcp_fetch,
     .append = sync_tcp_append,
+    .append_batch = sync_tcp_append_batch,
     .folder_ensure = sync_tcp_folder_ensure,
     .folder_delete = sync_tcp_folder_delete,
     .flags = sync_tcp_flags,

@@ -4,10 +4,12 @@
  *
  * Each connection is a small state machine over the bytes net hands in:
  * command lines; a too-long line being skipped up to its LF; an APPEND body
- * being collected; the CRLF after it. Commands run synchronously on the
- * loop through one sync_local transport over the store, and their replies
- * are queued in order, so a pipelining client gets its answers in the order
- * it asked.
+ * being collected; the CRLF after it. An APPENDS batch goes through the same
+ * modes once per record (s->batch set: lines are its records), and is
+ * executed once its last body is in: one append_batch, one store commit.
+ * Commands run synchronously on the loop through one sync_local transport
+ * over the store, and their replies are queued in order, so a pipelining
+ * client gets its answers in the order it asked.
  */
 #include "syncd/syncd.h"
 
@@ -26,6 +28,20 @@ struct syncd {
     char name[MAIL_NAME_MAX + 1];
     unsigned n_sessions;
     uint64_t next_id;
+};
+
+/* An APPENDS batch being read: its records' fields, and where each body
+ * lies in the session's body buffer. */
+struct syncd_batch {
+    char user[MAIL_ADDR_MAX + 1];
+    int user_r; /* how the user parsed: 0, SYNC_NO or -1 */
+    const char *user_err;
+    const char *bad; /* a malformed record's -ERR text: the batch is refused */
+    size_t n, got;
+    uint64_t bytes;
+    struct sync_msg *msgs;
+    int *parse_r; /* per record: 0 or SYNC_NO ("invalid") */
+    size_t *off, *len;
 };
 
 enum syncd_mode {
@@ -48,6 +64,7 @@ struct syncd_session {
     int parse_r;
     const char *parse_err;
     struct buf body;
+    struct syncd_batch *batch; /* an APPENDS being read, or NULL */
     uint64_t body_left;
     unsigned crlf_seen;
     struct buf out;
@@ -193,24 +210,29 @@ static const struct {
     enum syncd_verb verb;
     size_t nargs, nopt; /* required arguments, then optional trailing ones */
 } syncd_verbs[] = {
-    {"HELLO", SYNCD_HELLO, 1, 0},       {"MBOX", SYNCD_MBOX, 1, 0},
-    {"CREATE", SYNCD_CREATE, 3, 1},     {"STATE", SYNCD_STATE, 5, 0},
-    {"PURGE", SYNCD_PURGE, 1, 0},       {"CHANGES", SYNCD_CHANGES, 2, 0},
-    {"FETCH", SYNCD_FETCH, 3, 0},       {"APPEND", SYNCD_APPEND, 9, 0},
-    {"FOLDER", SYNCD_FOLDER, 4, 0},     {"FDELETE", SYNCD_FDELETE, 2, 0},
-    {"FLAGS", SYNCD_FLAGS, 5, 0},       {"EXPUNGE", SYNCD_EXPUNGE, 3, 0},
-    {"DIGEST", SYNCD_DIGEST, 1, 0},     {"DELIVERIES", SYNCD_DELIVERIES, 1, 0},
-    {"DELIVERY", SYNCD_DELIVERY, 4, 0}, {"QUIT", SYNCD_QUIT, 0, 0},
+    {"HELLO", SYNCD_HELLO, 1, 0},
+    {"MBOX", SYNCD_MBOX, 1, 0},
+    {"CREATE", SYNCD_CREATE, 3, 1},
+    {"STATE", SYNCD_STATE, 5, 0},
+    {"PURGE", SYNCD_PURGE, 1, 0},
+    {"CHANGES", SYNCD_CHANGES, 2, 0},
+    {"FETCH", SYNCD_FETCH, 3, 0},
+    {"APPEND", SYNCD_APPEND, 9, 0},
+    {"APPENDS", SYNCD_APPENDS, 2, 0},
+    {"FOLDER", SYNCD_FOLDER, 4, 0},
+    {"FDELETE", SYNCD_FDELETE, 2, 0},
+    {"FLAGS", SYNCD_FLAGS, 5, 0},
+    {"EXPUNGE", SYNCD_EXPUNGE, 3, 0},
+    {"DIGEST", SYNCD_DIGEST, 1, 0},
+    {"DELIVERIES", SYNCD_DELIVERIES, 1, 0},
+    {"DELIVERY", SYNCD_DELIVERY, 4, 0},
+    {"QUIT", SYNCD_QUIT, 0, 0},
 };
 
-int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r)
+/* Splits a line at single spaces into t (SYNCD_TOKENS_MAX); *n_r tokens. */
+static int syncd_tokenize(const char *line, size_t len, struct syncd_tok *t, size_t *n_r,
+                          const char **error_r)
 {
-    memset(cmd, 0, sizeof(*cmd));
-    if (len == 0) {
-        *error_r = "empty command";
-        return -1;
-    }
-    struct syncd_tok t[SYNCD_TOKENS_MAX];
     size_t n = 0;
     for (size_t i = 0;;) {
         size_t j = i;
@@ -230,6 +252,70 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
             break;
         i = j + 1;
     }
+    *n_r = n;
+    return 0;
+}
+
+static const char syncd_bad_folder[] = "bad folder name (hex)";
+static const char syncd_bad_kw[] = "bad keywords (hex or -)";
+static const char syncd_bad_num[] = "bad number";
+
+/* APPEND's arguments after the user, a[0..7] (an APPENDS record); user the
+ * APPEND's user token, or NULL. */
+static void syncd_parse_append(struct syncd_parse *p, const struct syncd_tok *a,
+                               const struct syncd_tok *user, struct syncd_cmd *cmd)
+{
+    /* The length first: with it known, the body can be skipped even when
+     * another argument is bad, and the connection survives. */
+    if (syncd_tok_u64(&a[5], SYNCD_BODY_MAX, &cmd->body_len) == 0)
+        cmd->has_body = true;
+    else
+        syncd_note(p, -1, "bad body length");
+    if (user != NULL)
+        syncd_note(p, syncd_tok_str(user, cmd->user, sizeof(cmd->user)), "bad user (hex or -)");
+    syncd_note(p, syncd_tok_str(&a[0], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+    syncd_note(p, syncd_tok_u32(&a[1], &cmd->uid), syncd_bad_num);
+    syncd_note(p, syncd_tok_bin(&a[2], cmd->guid, STORE_GUID_LEN), "bad GUID");
+    syncd_note(p, syncd_tok_u32(&a[3], &cmd->flags), syncd_bad_num);
+    syncd_note(p, syncd_tok_date(&a[4], &cmd->date), "bad date");
+    syncd_note(p, syncd_tok_bin(&a[6], cmd->sha256, SHA256_LEN), "bad SHA-256");
+    syncd_note(p, syncd_tok_str(&a[7], cmd->keywords, sizeof(cmd->keywords)), syncd_bad_kw);
+}
+
+int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r)
+{
+    memset(cmd, 0, sizeof(*cmd));
+    cmd->verb = SYNCD_APPEND;
+    struct syncd_tok t[SYNCD_TOKENS_MAX];
+    size_t n;
+    if (len == 0) {
+        *error_r = "empty APPENDS record";
+        return -1;
+    }
+    if (syncd_tokenize(line, len, t, &n, error_r) < 0)
+        return -1;
+    if (n != 8) {
+        *error_r = "wrong number of fields in an APPENDS record";
+        return -1;
+    }
+    struct syncd_parse p = {0, NULL};
+    syncd_parse_append(&p, t, NULL, cmd);
+    if (p.r != 0)
+        *error_r = p.err;
+    return p.r;
+}
+
+int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r)
+{
+    memset(cmd, 0, sizeof(*cmd));
+    if (len == 0) {
+        *error_r = "empty command";
+        return -1;
+    }
+    struct syncd_tok t[SYNCD_TOKENS_MAX];
+    size_t n;
+    if (syncd_tokenize(line, len, t, &n, error_r) < 0)
+        return -1;
     size_t v;
     for (v = 0; v < ARRAY_SIZE(syncd_verbs); v++)
         if (t[0].len == strlen(syncd_verbs[v].name) &&
@@ -248,9 +334,6 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
     struct syncd_parse p = {0, NULL};
     const struct syncd_tok *a = t + 1;
     static const char bad_user[] = "bad user (hex or -)";
-    static const char bad_folder[] = "bad folder name (hex)";
-    static const char bad_kw[] = "bad keywords (hex or -)";
-    static const char bad_num[] = "bad number";
     switch (cmd->verb) {
     case SYNCD_NONE:
         break;
@@ -269,68 +352,63 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
     case SYNCD_CREATE:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         syncd_note(&p, syncd_tok_state(&a[1], &cmd->state), "bad state");
-        syncd_note(&p, syncd_tok_u64(&a[2], UINT64_MAX, &cmd->num), bad_num);
+        syncd_note(&p, syncd_tok_u64(&a[2], UINT64_MAX, &cmd->num), syncd_bad_num);
         /* The INBOX's UIDVALIDITY; absent or 0: the store chooses. */
         if (n - 1 > 3)
-            syncd_note(&p, syncd_tok_u32(&a[3], &cmd->uidvalidity), bad_num);
+            syncd_note(&p, syncd_tok_u32(&a[3], &cmd->uidvalidity), syncd_bad_num);
         break;
     case SYNCD_STATE:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         syncd_note(&p, syncd_tok_state(&a[1], &cmd->expect), "bad state");
         syncd_note(&p, syncd_tok_state(&a[2], &cmd->state), "bad state");
-        syncd_note(&p, syncd_tok_u64(&a[3], UINT64_MAX, &cmd->num), bad_num);
+        syncd_note(&p, syncd_tok_u64(&a[3], UINT64_MAX, &cmd->num), syncd_bad_num);
         syncd_note(&p, syncd_tok_atom(&a[4], cmd->moved_to, sizeof(cmd->moved_to), true),
                    "bad store name");
         break;
     case SYNCD_CHANGES:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
-        syncd_note(&p, syncd_tok_u64(&a[1], UINT64_MAX, &cmd->num), bad_num);
+        syncd_note(&p, syncd_tok_u64(&a[1], UINT64_MAX, &cmd->num), syncd_bad_num);
         break;
     case SYNCD_FETCH:
     case SYNCD_EXPUNGE:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
-        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), bad_folder);
-        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), bad_num);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), syncd_bad_num);
         break;
-    case SYNCD_APPEND: {
-        /* The length first: with it known, the body can be skipped even
-         * when another argument is bad, and the connection survives. */
-        if (syncd_tok_u64(&a[6], SYNCD_BODY_MAX, &cmd->body_len) == 0)
-            cmd->has_body = true;
+    case SYNCD_APPEND:
+        syncd_parse_append(&p, a + 1, &a[0], cmd);
+        break;
+    case SYNCD_APPENDS:
+        /* The count frames what follows: one past the limit cannot be
+         * skipped (the caller closes the connection on it). */
+        if (syncd_tok_u64(&a[1], SYNC_BATCH_MAX, &cmd->num) == 0)
+            cmd->has_count = true;
         else
-            syncd_note(&p, -1, "bad body length");
+            syncd_note(&p, -1, "bad APPENDS count");
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
-        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), bad_folder);
-        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), bad_num);
-        syncd_note(&p, syncd_tok_bin(&a[3], cmd->guid, STORE_GUID_LEN), "bad GUID");
-        syncd_note(&p, syncd_tok_u32(&a[4], &cmd->flags), bad_num);
-        syncd_note(&p, syncd_tok_date(&a[5], &cmd->date), "bad date");
-        syncd_note(&p, syncd_tok_bin(&a[7], cmd->sha256, SHA256_LEN), "bad SHA-256");
-        syncd_note(&p, syncd_tok_str(&a[8], cmd->keywords, sizeof(cmd->keywords)), bad_kw);
         break;
-    }
     case SYNCD_FOLDER:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
-        syncd_note(&p, syncd_tok_u32(&a[1], &cmd->uidvalidity), bad_num);
-        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uidnext), bad_num);
-        syncd_note(&p, syncd_tok_str(&a[3], cmd->folder, sizeof(cmd->folder)), bad_folder);
+        syncd_note(&p, syncd_tok_u32(&a[1], &cmd->uidvalidity), syncd_bad_num);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uidnext), syncd_bad_num);
+        syncd_note(&p, syncd_tok_str(&a[3], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
         break;
     case SYNCD_FDELETE:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
-        syncd_note(&p, syncd_tok_u32(&a[1], &cmd->uidvalidity), bad_num);
+        syncd_note(&p, syncd_tok_u32(&a[1], &cmd->uidvalidity), syncd_bad_num);
         break;
     case SYNCD_FLAGS:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
-        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), bad_folder);
-        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), bad_num);
-        syncd_note(&p, syncd_tok_u32(&a[3], &cmd->flags), bad_num);
-        syncd_note(&p, syncd_tok_str(&a[4], cmd->keywords, sizeof(cmd->keywords)), bad_kw);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), syncd_bad_num);
+        syncd_note(&p, syncd_tok_u32(&a[3], &cmd->flags), syncd_bad_num);
+        syncd_note(&p, syncd_tok_str(&a[4], cmd->keywords, sizeof(cmd->keywords)), syncd_bad_kw);
         break;
     case SYNCD_DELIVERY:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         syncd_note(&p, syncd_tok_atom(&a[1], cmd->id, sizeof(cmd->id), false), "bad id");
-        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), bad_num);
-        syncd_note(&p, syncd_tok_str(&a[3], cmd->folder, sizeof(cmd->folder)), bad_folder);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), syncd_bad_num);
+        syncd_note(&p, syncd_tok_str(&a[3], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
         break;
     }
     if (p.r != 0)
@@ -532,12 +610,8 @@ static void syncd_cmd_append(struct syncd_session *s)
     memcpy(m.sha256, c->sha256, SHA256_LEN);
     const char *why = NULL;
     /* Each APPEND is its own store batch: one body fdatasync and one
-     * metadata commit per message. Group commit would go here: queue the
-     * append into a batch shared by all sessions, pause this connection
-     * (net_conn_pause), and let a net_task commit the batch once per loop
-     * iteration and send the +OKs (as role_store.c does for LMTP), so the
-     * pipelined APPENDs of a move share the fsyncs. sync_local_append()
-     * would then be split into its checksum and its store_batch_add(). */
+     * metadata commit per message. A client with many messages sends them
+     * as APPENDS (syncd_batch_run), which shares one commit. */
     int r = sy->ops->append(sy, c->user, &m, s->body.data, s->body.len, &why);
     syncd_result(s, r, why);
 }
@@ -549,7 +623,8 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     int r;
     switch (c->verb) {
     case SYNCD_NONE:
-    case SYNCD_APPEND: /* after its body: syncd_body_done() */
+    case SYNCD_APPEND:  /* after its body: syncd_body_done() */
+    case SYNCD_APPENDS: /* after all records: syncd_batch_run() */
         break;
     case SYNCD_HELLO:
         s->hello = true;
@@ -654,10 +729,156 @@ static void syncd_dispatch(struct syncd_session *s, int r, const char *err)
         syncd_execute(s, &s->cmd);
 }
 
+/* ---- APPENDS ---- */
+
+static void syncd_batch_free(struct syncd_batch **bp)
+{
+    struct syncd_batch *b = *bp;
+    if (b == NULL)
+        return;
+    free(b->msgs);
+    free(b->parse_r);
+    free(b->off);
+    free(b->len);
+    xfree(bp);
+}
+
+/* A body is done with: a huge buffer is not kept for the next one. */
+static void syncd_body_release(struct syncd_session *s)
+{
+    if (s->body.cap > SYNCD_BODY_KEEP)
+        buf_free(&s->body);
+    else
+        buf_reset(&s->body);
+}
+
+/* Every record of the batch is in: one append_batch (one store commit),
+ * then a line per record and "+OK <n>"; or one -ERR for the whole batch. */
+static void syncd_batch_run(struct syncd_session *s)
+{
+    struct syncd_batch *b = s->batch;
+    s->batch = NULL;
+    if (!s->hello) {
+        syncd_err(s, "say HELLO " SYNC_PROTO " first");
+    } else if (b->user_r < 0) {
+        syncd_err(s, b->user_err);
+    } else if (b->bad != NULL) {
+        syncd_err(s, b->bad);
+    } else {
+        const struct sync_msg **msgs = xcalloc(b->n ? b->n : 1, sizeof(*msgs));
+        const void **data = xcalloc(b->n ? b->n : 1, sizeof(*data));
+        size_t *lens = xcalloc(b->n ? b->n : 1, sizeof(*lens));
+        size_t *idx = xcalloc(b->n ? b->n : 1, sizeof(*idx));
+        int *rc = xcalloc(b->n ? b->n : 1, sizeof(*rc));
+        const char **why = xcalloc(b->n ? b->n : 1, sizeof(*why));
+        size_t k = 0;
+        for (size_t i = 0; i < b->n; i++) {
+            if (b->user_r != 0 || b->parse_r[i] != 0)
+                continue;
+            msgs[k] = &b->msgs[i];
+            data[k] = s->body.data != NULL ? s->body.data + b->off[i] : NULL;
+            lens[k] = b->len[i];
+            idx[k++] = i;
+        }
+        struct sync *sy = s->d->sync;
+        int r = k == 0 ? 0 : sy->ops->append_batch(sy, b->user, msgs, data, lens, k, rc, why);
+        if (r < 0) {
+            syncd_fail(s, -1, why[0]);
+        } else {
+            for (size_t i = 0, j = 0; i < b->n; i++) {
+                if (j < k && idx[j] == i) {
+                    syncd_result(s, rc[j], why[j]);
+                    j++;
+                } else {
+                    syncd_say(s, "-NO invalid");
+                }
+            }
+            syncd_say(s, "+OK %zu", b->n);
+        }
+        free(msgs);
+        free(data);
+        free(lens);
+        free(idx);
+        free(rc);
+        free(why);
+    }
+    syncd_batch_free(&b);
+    syncd_body_release(s);
+}
+
+/* "APPENDS <user> <n>" parsed (r, err): the n records follow. */
+static void syncd_batch_start(struct syncd_session *s, int r, const char *err)
+{
+    if (!s->cmd.has_count) {
+        syncd_err_close(s, err);
+        return;
+    }
+    struct syncd_batch *b = xcalloc(1, sizeof(*b));
+    str_copy(b->user, s->cmd.user, sizeof(b->user));
+    b->user_r = r;
+    b->user_err = err;
+    b->n = (size_t)s->cmd.num;
+    size_t cap = b->n ? b->n : 1;
+    b->msgs = xcalloc(cap, sizeof(*b->msgs));
+    b->parse_r = xcalloc(cap, sizeof(*b->parse_r));
+    b->off = xcalloc(cap, sizeof(*b->off));
+    b->len = xcalloc(cap, sizeof(*b->len));
+    s->batch = b;
+    buf_reset(&s->body);
+    if (b->n == 0)
+        syncd_batch_run(s);
+}
+
+/* One record line of the batch: its body follows. */
+static void syncd_batch_record(struct syncd_session *s, const char *line, size_t len)
+{
+    struct syncd_batch *b = s->batch;
+    const char *err = NULL;
+    int r = syncd_parse_record(line, len, &s->cmd, &err);
+    const struct syncd_cmd *c = &s->cmd;
+    if (!c->has_body) {
+        syncd_err_close(s, err);
+        return;
+    }
+    if (c->body_len > SYNC_BATCH_BYTES - b->bytes) {
+        syncd_err_close(s, "APPENDS batch over its size limit");
+        return;
+    }
+    b->bytes += c->body_len;
+    if (r < 0 && b->bad == NULL)
+        b->bad = err;
+    size_t i = b->got;
+    struct sync_msg *m = &b->msgs[i];
+    str_copy(m->folder, c->folder, sizeof(m->folder));
+    m->uid = c->uid;
+    memcpy(m->guid, c->guid, STORE_GUID_LEN);
+    m->flags = c->flags;
+    str_copy(m->keywords, c->keywords, sizeof(m->keywords));
+    m->internal_date = c->date;
+    m->size = c->body_len;
+    memcpy(m->sha256, c->sha256, SHA256_LEN);
+    b->parse_r[i] = r;
+    b->off[i] = s->body.len;
+    b->len[i] = (size_t)c->body_len;
+    /* Bodies that will not be stored are only skipped (parse_r != 0). */
+    s->parse_r = r == 0 && b->bad == NULL && b->user_r == 0 ? 0 : SYNC_NO;
+    s->body_left = c->body_len;
+    s->crlf_seen = 0;
+    s->mode = s->body_left > 0 ? SYNCD_M_BODY : SYNCD_M_BODY_END;
+}
+
 static void syncd_line(struct syncd_session *s, const char *line, size_t len)
 {
+    if (s->batch != NULL) {
+        syncd_batch_record(s, line, len);
+        return;
+    }
     const char *err = NULL;
     int r = syncd_parse_line(line, len, &s->cmd, &err);
+    if (s->cmd.verb == SYNCD_APPENDS) {
+        syncd_batch_start(s, r, err);
+        return;
+    }
     if (s->cmd.verb == SYNCD_APPEND) {
         if (!s->cmd.has_body) {
             syncd_err_close(s, err);
@@ -677,12 +898,13 @@ static void syncd_line(struct syncd_session *s, const char *line, size_t len)
 static void syncd_body_done(struct syncd_session *s)
 {
     s->mode = SYNCD_M_LINE;
+    if (s->batch != NULL) {
+        if (++s->batch->got == s->batch->n)
+            syncd_batch_run(s);
+        return;
+    }
     syncd_dispatch(s, s->parse_r, s->parse_err);
-    /* A huge body's buffer is not kept for the next one. */
-    if (s->body.cap > SYNCD_BODY_KEEP)
-        buf_free(&s->body);
-    else
-        buf_reset(&s->body);
+    syncd_body_release(s);
 }
 
 /* ---- connections ---- */
@@ -695,6 +917,7 @@ static void *syncd_on_accept(struct net_conn *c, void *ctx)
     s->conn = c;
     snprintf(s->id, sizeof(s->id), "syncd:%s/%llu", d->name, (unsigned long long)++d->next_id);
     buf_init(&s->body, SYNCD_BODY_MAX);
+    s->batch = NULL;
     buf_init(&s->out, 0);
     d->n_sessions++;
     log_debug(s->id, "connection from %s", net_conn_peer(c));
@@ -715,6 +938,10 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
             if (nl == NULL) {
                 /* LINE_MAX octets and a CR may still end well; more may not. */
                 if (avail > SYNCD_LINE_MAX + 1) {
+                    if (s->batch != NULL) { /* a record's framing is lost */
+                        syncd_err_close(s, "APPENDS record line too long");
+                        break;
+                    }
                     s->mode = SYNCD_M_SKIP;
                     used = n;
                     break;
@@ -726,7 +953,9 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
             used += len + 1;
             if (len > 0 && at[len - 1] == '\r')
                 len--;
-            if (len > SYNCD_LINE_MAX)
+            if (len > SYNCD_LINE_MAX && s->batch != NULL)
+                syncd_err_close(s, "APPENDS record line too long");
+            else if (len > SYNCD_LINE_MAX)
                 syncd_err(s, "line too long");
             else
                 syncd_line(s, at, len);
@@ -785,6 +1014,7 @@ static void syncd_on_close(struct net_conn *c, void *ctx)
     struct syncd_session *s = ctx;
     log_debug(s->id, "connection closed");
     s->d->n_sessions--;
+    syncd_batch_free(&s->batch);
     buf_free(&s->body);
     buf_free(&s->out);
     free(s);

@@ -20,6 +20,15 @@
  *    net_conn_limits given (net.h).
  *  - An APPEND is acknowledged only after its store commit returned, i.e.
  *    (fs store) it is durable.
+ *  - An APPENDS batch is read whole (bounded by SYNC_BATCH_MAX records and
+ *    SYNC_BATCH_BYTES of bodies), then executed through the transport's
+ *    append_batch: one store commit for all its messages, then one line per
+ *    record and "+OK <n>". A count over the limit, a record whose length
+ *    cannot be read or that goes over SYNC_BATCH_BYTES, a record line over
+ *    SYNCD_LINE_MAX, or a body not followed by CRLF lose the framing: "-ERR"
+ *    and the connection is closed, nothing of the batch stored. A record
+ *    with another malformed field: the whole batch is answered with one
+ *    "-ERR" (nothing stored) and the connection stays usable.
  *
  * Runs on the loop's thread and uses st from there only (store.h: one
  * thread at a time per store).
@@ -39,6 +48,8 @@
 #define SYNCD_LINE_MAX   8192         /* octets of a command line, without CRLF */
 #define SYNCD_BODY_MAX   (1ull << 31) /* octets of an APPEND body */
 #define SYNCD_MAX_ERRORS 20           /* -ERR answers before the server hangs up */
+/* An APPENDS batch: at most SYNC_BATCH_MAX records and SYNC_BATCH_BYTES of
+ * bodies (sync.h), all held in memory until the batch is executed. */
 
 struct syncd;
 
@@ -64,6 +75,7 @@ enum syncd_verb {
     SYNCD_CHANGES,
     SYNCD_FETCH,
     SYNCD_APPEND,
+    SYNCD_APPENDS, /* a batch: count records follow, each as syncd_parse_record() */
     SYNCD_FOLDER,
     SYNCD_FDELETE,
     SYNCD_FLAGS,
@@ -84,16 +96,20 @@ struct syncd_cmd {
     char moved_to[MAIL_NAME_MAX + 1];
     char id[STORE_DELIVERY_ID_MAX + 1];
     enum store_mbox_state expect, state;
-    uint64_t num;                              /* CREATE/STATE epoch, CHANGES since */
+    uint64_t num; /* CREATE/STATE epoch, CHANGES since, APPENDS count */
     uint32_t uid, uidvalidity, uidnext, flags; /* CREATE: INBOX's uidvalidity, 0 if absent */
     int64_t date;
     uint8_t guid[STORE_GUID_LEN];
     uint8_t sha256[SHA256_LEN];
-    /* APPEND: a body of body_len octets (+ CRLF) follows. Set as soon as the
+    /* APPEND (and an APPENDS record): a body of body_len octets (+ CRLF)
+     * follows. Set as soon as the
      * length field is valid, even if another argument is not, so that the
      * server can skip the body and stay in step with the client. */
     bool has_body;
     uint64_t body_len;
+    /* APPENDS: the count (num) is valid, so the records can be read (and
+     * skipped) even if the user is not. */
+    bool has_count;
 };
 
 /* Parses one command line (without CRLF; any octets, not NUL-terminated).
@@ -101,5 +117,10 @@ struct syncd_cmd {
  * but a string is longer than the store could accept (*error_r "invalid",
  * the reason for "-NO"). */
 int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r);
+/* Parses one record of an APPENDS batch, "<folder> <uid> <guid> <flags>
+ * <date> <len> <sha256> <keywords>" (APPEND's arguments without the user),
+ * into cmd (verb SYNCD_APPEND, user left empty); returns as
+ * syncd_parse_line. has_body is set whenever the length is readable. */
+int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r);
 
 #endif

@@ -846,6 +846,156 @@ static void test_deliveries(void **state)
     NO(s2->ops->delivery_add(s2, U1, &d3, &why), "notlive");
 }
 
+/* ---- batched appends (both transports) ---- */
+
+#define BATCH_N 100
+
+/* A batch's arrays, over caller-built messages and bodies. */
+struct batch {
+    size_t n;
+    struct sync_msg m[SYNC_BATCH_MAX + 1];
+    const struct sync_msg *mp[SYNC_BATCH_MAX + 1];
+    char body[SYNC_BATCH_MAX + 1][64];
+    const void *data[SYNC_BATCH_MAX + 1];
+    size_t len[SYNC_BATCH_MAX + 1];
+    int rc[SYNC_BATCH_MAX + 1];
+    const char *why[SYNC_BATCH_MAX + 1];
+};
+
+static void batch_add(struct batch *b, const char *folder, uint32_t uid)
+{
+    size_t i = b->n++;
+    int l =
+        snprintf(b->body[i], sizeof(b->body[i]), "Subject: %u\r\n\r\nbody %u\r\n", uid, uid * 7);
+    b->len[i] = (size_t)l;
+    b->data[i] = b->body[i];
+    b->m[i] = mkmsg(folder, uid, b->body[i], b->len[i]);
+    b->m[i].flags = uid & STORE_F_ALL;
+    str_copy(b->m[i].keywords, uid % 3 == 0 ? "$Junk $x" : "", sizeof(b->m[i].keywords));
+    b->mp[i] = &b->m[i];
+    b->rc[i] = 42;
+    b->why[i] = NULL;
+}
+
+static int batch_run(struct sync *s, const char *user, struct batch *b)
+{
+    return s->ops->append_batch(s, user, b->mp, b->data, b->len, b->n, b->rc, b->why);
+}
+
+static const struct sync_digest *find_d(const struct sync_digest *l, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(l[i].name, name) == 0)
+            return &l[i];
+    fail_msg("no digest for %s", name);
+    return NULL;
+}
+
+static void test_append_batch(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s, *s2 = e->s2;
+    struct batch *b = xcalloc(1, sizeof(*b));
+    for (int i = 0; i < 2; i++) {
+        struct sync *x = i == 0 ? s : s2;
+        OK(x->ops->mailbox_create(x, U1, STORE_MBOX_STAGED, 1, 0, &why));
+        OK(x->ops->folder_ensure(x, U1, "Work", 1000, 1, &why));
+    }
+    /* 100 in one call on s; the same one by one on s2. */
+    for (uint32_t u = 1; u <= BATCH_N; u++)
+        batch_add(b, "Work", u);
+    OK(batch_run(s, U1, b));
+    for (size_t i = 0; i < b->n; i++) {
+        assert_int_equal(b->rc[i], 0);
+        OK(s2->ops->append(s2, U1, &b->m[i], b->data[i], b->len[i], &why));
+    }
+    struct sync_digest *d[2];
+    size_t n[2];
+    digest(s, U1, &d[0], &n[0]);
+    digest(s2, U1, &d[1], &n[1]);
+    const struct sync_digest *w0 = find_d(d[0], n[0], "Work"), *w1 = find_d(d[1], n[1], "Work");
+    assert_int_equal(w0->messages, BATCH_N);
+    assert_int_equal(w1->messages, BATCH_N);
+    assert_int_equal(w0->uidnext, BATCH_N + 1);
+    assert_memory_equal(w0->digest, w1->digest, SHA256_LEN);
+    free(d[0]);
+    free(d[1]);
+    fetch_eq(s, U1, "Work", 57, b->body[56], b->len[56]);
+
+    /* A taken UID and a bad checksum are refused alone; the rest stored. */
+    b->n = 0;
+    batch_add(b, "Work", 101);
+    batch_add(b, "Work", 7); /* taken */
+    batch_add(b, "Work", 102);
+    batch_add(b, "Work", 103);
+    b->body[3][0] ^= 1; /* no longer matches its SHA-256 */
+    batch_add(b, "Work", 104);
+    OK(batch_run(s, U1, b));
+    assert_int_equal(b->rc[0], 0);
+    why = b->why[1];
+    assert_no(b->rc[1], "exists", "taken UID");
+    assert_int_equal(b->rc[2], 0);
+    why = b->why[3];
+    assert_no(b->rc[3], "checksum", "bad checksum");
+    assert_int_equal(b->rc[4], 0);
+    fetch_eq(s, U1, "Work", 101, b->body[0], b->len[0]);
+    fetch_eq(s, U1, "Work", 104, b->body[4], b->len[4]);
+    struct buf fb;
+    buf_init(&fb, 0);
+    NO(s->ops->fetch(s, U1, "Work", 103, &fb, &why), "notfound");
+    buf_free(&fb);
+    struct col *c;
+    changes(s, U1, 0, &c);
+    assert_int_equal(c->nm, BATCH_N + 3);
+    free(c);
+    struct store_mailbox mb = get_mb(s, U1);
+    assert_int_equal(mb.messages, BATCH_N + 3);
+
+    /* Per-item refusals of the mailbox or folder, as append gives them. */
+    b->n = 0;
+    batch_add(b, "Work", 200);
+    batch_add(b, "Nope", 1);
+    OK(batch_run(s, U2, b));
+    why = b->why[0];
+    assert_no(b->rc[0], "notfound", "no mailbox");
+    why = b->why[1];
+    assert_no(b->rc[1], "notfound", "no mailbox");
+    OK(batch_run(s, U1, b));
+    assert_int_equal(b->rc[0], 0);
+    why = b->why[1];
+    assert_no(b->rc[1], "notfound", "no folder");
+    b->m[0].uid = 0;
+    b->m[1].uid = 201;
+    str_copy(b->m[1].folder, "Work", sizeof(b->m[1].folder));
+    OK(batch_run(s, U1, b));
+    why = b->why[0];
+    assert_no(b->rc[0], "invalid", "UID 0");
+    assert_int_equal(b->rc[1], 0);
+    /* Nothing to do. */
+    OK(s->ops->append_batch(s, U1, b->mp, b->data, b->len, 0, b->rc, b->why));
+
+    /* The limits: the count, then the bytes; over them -1 and nothing sent
+     * (the connection stays usable). Exactly at the count limit: fine. */
+    b->n = 0;
+    for (uint32_t u = 1; u <= SYNC_BATCH_MAX + 1; u++)
+        batch_add(b, "INBOX", u);
+    assert_int_equal(batch_run(s, U1, b), -1);
+    b->n = SYNC_BATCH_MAX;
+    OK(batch_run(s, U1, b));
+    for (size_t i = 0; i < b->n; i++)
+        assert_int_equal(b->rc[i], 0);
+    b->n = 0;
+    batch_add(b, "Work", 300);
+    batch_add(b, "Work", 301);
+    b->len[0] = SYNC_BATCH_BYTES; /* never read: refused before */
+    assert_int_equal(batch_run(s, U1, b), -1);
+    b->len[0] = SIZE_MAX; /* no overflow in the sum either */
+    assert_int_equal(batch_run(s, U1, b), -1);
+    mb = get_mb(s, U1);
+    assert_int_equal(mb.messages, BATCH_N + 3 + 2 + SYNC_BATCH_MAX);
+    free(b);
+}
+
 /* ---- TCP only: the wire itself ---- */
 
 struct raw {
@@ -1075,6 +1225,194 @@ static void test_tcp_malformed(void **state)
     fetch_eq(s, U1, "Work", 5, "hello", 5);
 }
 
+/* An APPENDS record for uid with this body (SHA-256 of good_body), and the
+ * body with its CRLF, appended to out. */
+static void rec(struct buf *out, const char *folder_hex, uint32_t uid, const char *body,
+                const char *good_body)
+{
+    uint8_t d[SHA256_LEN];
+    char sha[65], g[33];
+    sha256_buf(good_body, strlen(good_body), d);
+    hex_encode(d, SHA256_LEN, sha);
+    hex_encode(G1, STORE_GUID_LEN, g);
+    buf_printf(out, "%s %u %s 0 0 %zu %s -\r\n%s\r\n", folder_hex, uid, g, strlen(body), sha, body);
+}
+
+/* Sends out and empties it. */
+static void raw_buf(struct raw *r, struct buf *out)
+{
+    raw_send(r, out->data, out->len);
+    buf_reset(out);
+}
+
+static void raw_want(struct raw *r, const char *want)
+{
+    char line[1024];
+    if (!raw_line(r, line, sizeof(line)))
+        fail_msg("connection closed, expected %s", want);
+    if (strncmp(line, want, strlen(want)) != 0)
+        fail_msg("got \"%s\", expected \"%s...\"", line, want);
+}
+
+/* APPENDS on the wire: answers, the limits, framing errors. */
+static void test_tcp_appends(void **state)
+{
+    struct env *e = *state;
+    if (!e->tcp)
+        skip();
+    char u[2 * sizeof(U1)], w[16], cmd[1024];
+    hexs(U1, u);
+    hexs("Work", w);
+    struct buf out;
+    buf_init(&out, 0);
+    struct raw r;
+    raw_open(&r, e->sv->ep[0]);
+    /* Before HELLO: read whole, then refused. */
+    buf_printf(&out, "APPENDS %s 1\r\n", u);
+    rec(&out, w, 1, "one", "one");
+    raw_buf(&r, &out);
+    raw_want(&r, "-ERR say HELLO");
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "CREATE %s staged 1", u);
+    raw_expect(&r, cmd, "+OK");
+    snprintf(cmd, sizeof(cmd), "FOLDER %s 1000 1 %s", u, w);
+    raw_expect(&r, cmd, "+OK");
+    /* Three records: stored, bad checksum, stored; pipelined with MBOX. */
+    buf_printf(&out, "APPENDS %s 3\r\n", u);
+    rec(&out, w, 1, "one", "one");
+    rec(&out, w, 2, "TWO", "two");
+    rec(&out, w, 3, "", "");
+    buf_printf(&out, "MBOX %s\r\n", u);
+    raw_buf(&r, &out);
+    raw_want(&r, "+OK");
+    raw_want(&r, "-NO checksum");
+    raw_want(&r, "+OK");
+    raw_want(&r, "+OK 3");
+    raw_want(&r, "+OK staged 1 - ");
+    /* A taken UID; zero records. */
+    buf_printf(&out, "APPENDS %s 1\r\n", u);
+    rec(&out, w, 1, "one", "one");
+    buf_printf(&out, "APPENDS %s 0\r\n", u);
+    raw_buf(&r, &out);
+    raw_want(&r, "-NO exists");
+    raw_want(&r, "+OK 1");
+    raw_want(&r, "+OK 0");
+    /* A malformed field in one record: the whole batch is one -ERR, its
+     * bodies skipped; the connection stays usable. */
+    buf_printf(&out, "APPENDS %s 2\r\n", u);
+    rec(&out, w, 10, "ten", "ten");
+    buf_printf(&out, "%s 11 nothex 0 0 3 %s -\r\nabc\r\n", w, "00");
+    raw_buf(&r, &out);
+    raw_want(&r, "-ERR bad GUID");
+    /* A user too long for the store: every record -NO invalid. */
+    char *longu = xmalloc(601);
+    memset(longu, '6', 600);
+    longu[600] = '\0';
+    buf_printf(&out, "APPENDS %s 2\r\n", longu);
+    free(longu);
+    rec(&out, w, 12, "x", "x");
+    rec(&out, w, 13, "y", "y");
+    raw_buf(&r, &out);
+    raw_want(&r, "-NO invalid");
+    raw_want(&r, "-NO invalid");
+    raw_want(&r, "+OK 2");
+    snprintf(cmd, sizeof(cmd), "MBOX %s", u);
+    raw_expect(&r, cmd, "+OK staged 1 - ");
+    raw_expect(&r, "QUIT", "+OK bye");
+    raw_closed(&r);
+    close(r.fd);
+
+    /* Framing lost: -ERR and closed, nothing of the batch stored. */
+    static const char *const bad_heads[] = {
+        "APPENDS %s 257\r\n", /* over SYNC_BATCH_MAX */
+        "APPENDS %s x\r\n",
+        "APPENDS %s\r\n",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad_heads); i++) {
+        raw_open(&r, e->sv->ep[0]);
+        raw_expect(&r, "HELLO TSYNC/1", "+OK");
+        buf_printf(&out, bad_heads[i], u);
+        raw_buf(&r, &out);
+        raw_want(&r, "-ERR");
+        raw_closed(&r);
+        close(r.fd);
+    }
+    static const char *const bad_recs[] = {
+        "%s 20 %s 0 0 x %s -\r\n",          /* length unreadable */
+        "%s 20 %s 0 0 33554433 %s -\r\n",   /* over SYNC_BATCH_BYTES */
+        "%s 20 %s 0 0 3 %s -\r\nabcXX\r\n", /* body not followed by CRLF */
+        "\r\n",                             /* an empty record line */
+    };
+    char g[33], sha[65];
+    hex_encode(G1, STORE_GUID_LEN, g);
+    memset(sha, 'a', 64);
+    sha[64] = '\0';
+    for (size_t i = 0; i < ARRAY_SIZE(bad_recs); i++) {
+        raw_open(&r, e->sv->ep[0]);
+        raw_expect(&r, "HELLO TSYNC/1", "+OK");
+        buf_printf(&out, "APPENDS %s 2\r\n", u);
+        rec(&out, w, 30, "thirty", "thirty");
+        buf_printf(&out, bad_recs[i], w, g, sha);
+        raw_buf(&r, &out);
+        raw_want(&r, "-ERR");
+        raw_closed(&r);
+        close(r.fd);
+    }
+    /* The sum of the lengths over SYNC_BATCH_BYTES (each one fine). */
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK");
+    buf_printf(&out, "APPENDS %s 2\r\n", u);
+    buf_printf(&out, "%s 31 %s 0 0 %u %s -\r\n", w, g, SYNC_BATCH_BYTES / 2, sha);
+    raw_buf(&r, &out);
+    char *half = xcalloc(1, SYNC_BATCH_BYTES / 2 + 2);
+    memset(half, 'h', SYNC_BATCH_BYTES / 2);
+    memcpy(half + SYNC_BATCH_BYTES / 2, "\r\n", 2);
+    raw_send(&r, half, SYNC_BATCH_BYTES / 2 + 2);
+    free(half);
+    buf_printf(&out, "%s 32 %s 0 0 %u %s -\r\n", w, g, SYNC_BATCH_BYTES / 2 + 1, sha);
+    raw_buf(&r, &out);
+    raw_want(&r, "-ERR APPENDS batch over its size limit");
+    raw_closed(&r);
+    close(r.fd);
+    /* A record line over SYNCD_LINE_MAX. */
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK");
+    buf_printf(&out, "APPENDS %s 1\r\n", u);
+    for (int i = 0; i < SYNCD_LINE_MAX + 10; i++)
+        buf_puts(&out, "A");
+    buf_puts(&out, "\r\n");
+    raw_buf(&r, &out);
+    raw_want(&r, "-ERR APPENDS record line too long");
+    raw_closed(&r);
+    close(r.fd);
+    /* A truncated body, then the client goes away: the first, complete
+     * record is not stored either. */
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK");
+    buf_printf(&out, "APPENDS %s 2\r\n", u);
+    rec(&out, w, 40, "forty", "forty");
+    buf_printf(&out, "%s 41 %s 0 0 100 %s -\r\nonly a part", w, g, sha);
+    raw_buf(&r, &out);
+    shutdown(r.fd, SHUT_WR);
+    raw_closed(&r);
+    close(r.fd);
+    buf_free(&out);
+
+    /* What is stored: UIDs 1 and 3, nothing else. */
+    struct sync *s = e->s;
+    struct store_mailbox mb = get_mb(s, U1);
+    assert_int_equal(mb.messages, 2);
+    assert_int_equal(mb.bytes, 3);
+    struct col *c;
+    changes(s, U1, 0, &c);
+    assert_int_equal(c->nm, 2);
+    assert_int_equal(c->m[0].uid, 1);
+    assert_int_equal(c->m[1].uid, 3);
+    free(c);
+    fetch_eq(s, U1, "Work", 1, "one", 3);
+    fetch_eq(s, U1, "Work", 3, "", 0);
+}
+
 /* The client side: connecting nowhere, refusing bad arguments locally,
  * and a broken connection staying broken. */
 static void test_tcp_client(void **state)
@@ -1154,6 +1492,40 @@ static void test_parse(void **state)
     assert_string_equal(err, "bad number");
     assert_int_equal(syncd_parse_line("QUIT", 4, &c, &err), 0);
     assert_int_equal(c.verb, SYNCD_QUIT);
+
+    /* APPENDS and its records. */
+    assert_int_equal(syncd_parse_line("APPENDS 61 256", 14, &c, &err), 0);
+    assert_int_equal(c.verb, SYNCD_APPENDS);
+    assert_true(c.has_count);
+    assert_false(c.has_body);
+    assert_int_equal(c.num, 256);
+    assert_int_equal(syncd_parse_line("APPENDS 61 257", 14, &c, &err), -1);
+    assert_false(c.has_count);
+    assert_int_equal(syncd_parse_line("APPENDS zz 3", 12, &c, &err), -1);
+    assert_true(c.has_count);
+    assert_string_equal(err, "bad user (hex or -)");
+    static const char r1[] =
+        "576f726b 42 00112233445566778899aabbccddeeff 1 -5 7 "
+        "8d5fa4d2ff2b3f5fdcd4bd3a8b1b9e6bfa7ab0a3c2d2e0c1d9e7a4c6d7e1f2a3 24466f6f";
+    assert_int_equal(syncd_parse_record(r1, strlen(r1), &c, &err), 0);
+    assert_int_equal(c.verb, SYNCD_APPEND);
+    assert_string_equal(c.folder, "Work");
+    assert_string_equal(c.user, "");
+    assert_int_equal(c.uid, 42);
+    assert_int_equal(c.flags, 1);
+    assert_int_equal(c.date, -5);
+    assert_true(c.has_body);
+    assert_int_equal(c.body_len, 7);
+    assert_string_equal(c.keywords, "$Foo");
+    static const char r2[] = "576f726b 42 0011 1 -5 7 00 -";
+    assert_int_equal(syncd_parse_record(r2, strlen(r2), &c, &err), -1);
+    assert_true(c.has_body);
+    assert_string_equal(err, "bad GUID");
+    static const char r3[] = "576f726b 42 0011 1 -5 7 00";
+    assert_int_equal(syncd_parse_record(r3, strlen(r3), &c, &err), -1);
+    assert_false(c.has_body);
+    assert_int_equal(syncd_parse_record("", 0, &c, &err), -1);
+    assert_false(c.has_body);
 }
 
 #define BOTH(f)                                                                                    \
@@ -1165,10 +1537,10 @@ int main(void)
 {
     log_init("test_sync");
     const struct CMUnitTest tests[] = {
-        BOTH(test_mailbox),           BOTH(test_folder_ensure), BOTH(test_append_fetch),
-        BOTH(test_changes),           BOTH(test_digest),        BOTH(test_inbox_uidvalidity),
-        BOTH(test_deliveries),        TCP(test_tcp_malformed),  TCP(test_tcp_client),
-        cmocka_unit_test(test_parse),
+        BOTH(test_mailbox),    BOTH(test_folder_ensure), BOTH(test_append_fetch),
+        BOTH(test_changes),    BOTH(test_digest),        BOTH(test_inbox_uidvalidity),
+        BOTH(test_deliveries), BOTH(test_append_batch),  TCP(test_tcp_malformed),
+        TCP(test_tcp_appends), TCP(test_tcp_client),     cmocka_unit_test(test_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
