@@ -10,25 +10,17 @@
  * deliveries fail at once and lmtpc_close() sends no QUIT (which could land
  * in the middle of a message).
  */
-#include <arpa/inet.h>
-#include <errno.h>
 #include <stdarg.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "lmtpc/lmtpc.h"
 #include "smtp/smtp.h"
 #include "util/util.h"
 
-#define RBUF_SIZE       4096
 #define LINE_KEEP       (4 + LMTPC_REPLY_MAX) /* "CODE-" + text, cut */
 #define REPLY_LINES_MAX 1000
 #define ENDPOINT_MAX    300
@@ -37,126 +29,33 @@
 #define EXT_XDELIVERYID 2u
 
 struct lmtpc {
-    int fd;
+    struct sock *sock;
     unsigned timeout_ms;
     bool pipelining;
     bool xdeliveryid;
     bool broken;
     char endpoint[ENDPOINT_MAX];
     char why[160]; /* the last failure, for the log */
-    size_t rpos, rend;
-    char rbuf[RBUF_SIZE];
 };
 
-/* ---- low-level I/O ------------------------------------------------------ */
-
-static void set_why_errno(struct lmtpc *c, const char *what)
-{
-    snprintf(c->why, sizeof c->why, "%s: %m", what);
-}
-
-/* Waits for events on the socket until deadline (monotonic ms). */
-static int wait_fd(struct lmtpc *c, short events, int64_t deadline)
-{
-    for (;;) {
-        int64_t left = deadline - time_mono_ms();
-        if (left <= 0) {
-            str_copy(c->why, "timeout", sizeof c->why);
-            return -1;
-        }
-        struct pollfd p = {.fd = c->fd, .events = events};
-        int r = poll(&p, 1, (int)left);
-        if (r > 0)
-            return 0; /* ready, or an error the next recv/send reports */
-        if (r < 0 && errno != EINTR) {
-            set_why_errno(c, "poll");
-            return -1;
-        }
-    }
-}
-
-static int send_all(struct lmtpc *c, const void *p, size_t n)
-{
-    const char *s = p;
-    while (n > 0) {
-        ssize_t r = send(c->fd, s, n, MSG_NOSIGNAL);
-        if (r > 0) {
-            s += r;
-            n -= (size_t)r;
-            continue;
-        }
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (wait_fd(c, POLLOUT, time_mono_ms() + c->timeout_ms) < 0)
-                return -1;
-            continue;
-        }
-        set_why_errno(c, "send");
-        return -1;
-    }
-    return 0;
-}
+/* ---- low-level I/O (util's blocking TCP client) ------------------------ */
 
 static int send_buf(struct lmtpc *c, struct buf *b)
 {
-    int r = send_all(c, b->data, b->len);
+    int r = sock_send(c->sock, b->data, b->len);
     buf_reset(b);
+    if (r < 0)
+        str_copy(c->why, sock_why(c->sock), sizeof c->why);
     return r;
 }
 
-/* Refills the (empty) read buffer. */
-static int fill(struct lmtpc *c, int64_t deadline)
-{
-    c->rpos = c->rend = 0;
-    for (;;) {
-        ssize_t r = recv(c->fd, c->rbuf, sizeof c->rbuf, 0);
-        if (r > 0) {
-            c->rend = (size_t)r;
-            return 0;
-        }
-        if (r == 0) {
-            str_copy(c->why, "connection closed by the server", sizeof c->why);
-            return -1;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            set_why_errno(c, "recv");
-            return -1;
-        }
-        if (wait_fd(c, POLLIN, deadline) < 0)
-            return -1;
-    }
-}
-
-/* Reads one line up to LF into line (cap bytes incl. NUL), without the CRLF.
- * A longer line is cut but consumed entirely. */
+/* Reads one line without its CRLF; a longer line is cut but consumed. */
 static int read_line(struct lmtpc *c, int64_t deadline, char *line, size_t cap, size_t *len_r)
 {
-    size_t len = 0;
-    for (;;) {
-        if (c->rpos == c->rend && fill(c, deadline) < 0)
-            return -1;
-        const char *start = c->rbuf + c->rpos;
-        size_t avail = c->rend - c->rpos;
-        const char *nl = memchr(start, '\n', avail);
-        size_t take = nl != NULL ? (size_t)(nl - start) : avail;
-        if (len < cap - 1) {
-            size_t k = take < cap - 1 - len ? take : cap - 1 - len;
-            memcpy(line + len, start, k);
-            len += k;
-        }
-        c->rpos += take;
-        if (nl != NULL) {
-            c->rpos++;
-            break;
-        }
+    if (sock_read_line_until(c->sock, deadline, line, cap, len_r) < 0) {
+        str_copy(c->why, sock_why(c->sock), sizeof c->why);
+        return -1;
     }
-    if (len > 0 && line[len - 1] == '\r')
-        len--;
-    line[len] = '\0';
-    *len_r = len;
     return 0;
 }
 
@@ -250,79 +149,6 @@ static bool delivery_id_ok(const char *s)
     return true;
 }
 
-static int connect_fd(const char *endpoint, unsigned timeout_ms, char *err, size_t errlen)
-{
-    char host[64];
-    int port;
-    struct sockaddr_storage ss;
-    socklen_t sl;
-    memset(&ss, 0, sizeof ss);
-    if (parse_hostport(endpoint, host, sizeof host, &port) < 0) {
-        set_err(err, errlen, "%s: not HOST:PORT or [V6]:PORT", endpoint);
-        return -1;
-    }
-    if (endpoint[0] == '[') {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-        if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1) {
-            set_err(err, errlen, "%s: not a numeric IPv6 address", endpoint);
-            return -1;
-        }
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)port);
-        sl = sizeof *s6;
-    } else {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-        if (inet_pton(AF_INET, host, &s4->sin_addr) != 1) {
-            set_err(err, errlen, "%s: not a numeric IPv4 address", endpoint);
-            return -1;
-        }
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)port);
-        sl = sizeof *s4;
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        set_err(err, errlen, "%s: socket: %m", endpoint);
-        return -1;
-    }
-    int one = 1;
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(fd, (struct sockaddr *)&ss, sl) == 0)
-        return fd;
-    if (errno != EINPROGRESS && errno != EINTR) {
-        set_err(err, errlen, "%s: connect: %m", endpoint);
-        close(fd);
-        return -1;
-    }
-    int64_t deadline = time_mono_ms() + timeout_ms;
-    for (;;) {
-        int64_t left = deadline - time_mono_ms();
-        if (left <= 0) {
-            set_err(err, errlen, "%s: connect: timeout", endpoint);
-            close(fd);
-            return -1;
-        }
-        struct pollfd p = {.fd = fd, .events = POLLOUT};
-        int r = poll(&p, 1, (int)left);
-        if (r > 0)
-            break;
-        if (r < 0 && errno != EINTR) {
-            set_err(err, errlen, "%s: poll: %m", endpoint);
-            close(fd);
-            return -1;
-        }
-    }
-    int soerr = 0;
-    socklen_t el = sizeof soerr;
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &el) < 0 || soerr != 0) {
-        errno = soerr != 0 ? soerr : errno;
-        set_err(err, errlen, "%s: connect: %m", endpoint);
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 struct lmtpc *lmtpc_connect(const char *endpoint, unsigned timeout_ms, const char *helo, char *err,
                             size_t errlen)
 {
@@ -334,11 +160,11 @@ struct lmtpc *lmtpc_connect(const char *endpoint, unsigned timeout_ms, const cha
         set_err(err, errlen, "%s: bad LHLO name", endpoint);
         return NULL;
     }
-    int fd = connect_fd(endpoint, timeout_ms, err, errlen);
-    if (fd < 0)
+    struct sock *sock = sock_connect(endpoint, timeout_ms, err, errlen);
+    if (sock == NULL)
         return NULL;
     struct lmtpc *c = xmalloc(sizeof *c);
-    c->fd = fd;
+    c->sock = sock;
     c->timeout_ms = timeout_ms;
     str_copy(c->endpoint, endpoint, sizeof c->endpoint);
 
@@ -384,22 +210,12 @@ void lmtpc_close(struct lmtpc **cp)
     if (c == NULL)
         return;
     if (!c->broken) /* best effort, never waits */
-        (void)send(c->fd, "QUIT\r\n", 6, MSG_NOSIGNAL | MSG_DONTWAIT);
-    close(c->fd);
+        sock_send_nowait(c->sock, "QUIT\r\n", 6);
+    sock_close(&c->sock);
     xfree(cp);
 }
 
 /* ---- delivery ------------------------------------------------------------- */
-
-/* True if the server said something (or closed) while the connection was
- * idle in the pool, e.g. "421 4.4.2 timeout": the connection is unusable. */
-static bool peer_spoke(struct lmtpc *c)
-{
-    if (c->rpos < c->rend)
-        return true;
-    struct pollfd p = {.fd = c->fd, .events = POLLIN};
-    return poll(&p, 1, 0) > 0;
-}
 
 /* A final answer to MAIL, RCPT or a message: 2xx, 4xx or 5xx. */
 static int final_reply(struct lmtpc *c, struct lmtpc_reply *r, const char *what)
@@ -435,7 +251,9 @@ int lmtpc_deliver(struct lmtpc *c, const char *sender, const char *delivery_id,
         log_error("lmtpc", "%s: refusing to send a malformed address or delivery id", c->endpoint);
         return -1;
     }
-    if (peer_spoke(c)) {
+    /* The server said something (or closed) while the connection was idle
+     * in the pool, e.g. "421 4.4.2 timeout": the connection is unusable. */
+    if (sock_readable_now(c->sock)) {
         c->broken = true;
         str_copy(c->why, "the server spoke or closed while idle", sizeof c->why);
         log_warn("lmtpc", "%s: %s", c->endpoint, c->why);

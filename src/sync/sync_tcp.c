@@ -15,36 +15,25 @@
  * names that cannot travel as one token, are refused here with SYNC_NO
  * "invalid", without a round trip and exactly as sync_local would answer.
  */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "sync/sync.h"
 
-#define SYNC_TCP_RBUF     (64 * 1024)
 #define SYNC_TCP_LINE_MAX 16384        /* longest reply line accepted */
 #define SYNC_TCP_BODY_MAX (1ull << 31) /* as SYNCD_BODY_MAX: the protocol's limit */
 #define SYNC_TCP_TOKS     12
 
 struct sync_tcp {
     struct sync base;
-    int fd;
-    unsigned timeout_ms;
+    struct sock *sock;
     bool broken;
     char endpoint[300];
     char why[200]; /* the last failure, for the log */
     struct buf out;
     char line[SYNC_TCP_LINE_MAX + 1];
-    size_t rpos, rend;
-    char rbuf[SYNC_TCP_RBUF];
 };
 
 /* The refusal reasons a server may give; *why_r points at these. */
@@ -72,51 +61,16 @@ static int sync_tcp_broken(struct sync_tcp *c, const char **why_r, const char *f
     return -1;
 }
 
-static void sync_tcp_why_errno(struct sync_tcp *c, const char *what)
+/* Copies the socket's last failure into c->why; -1. */
+static int sync_tcp_io_failed(struct sync_tcp *c)
 {
-    snprintf(c->why, sizeof(c->why), "%s: %s", what, strerror(errno));
-}
-
-static int sync_tcp_wait(struct sync_tcp *c, short events, int64_t deadline)
-{
-    for (;;) {
-        int64_t left = deadline - time_mono_ms();
-        if (left <= 0) {
-            str_copy(c->why, "timeout", sizeof(c->why));
-            return -1;
-        }
-        struct pollfd p = {.fd = c->fd, .events = events};
-        int r = poll(&p, 1, (int)left);
-        if (r > 0)
-            return 0; /* ready, or an error the next recv/send reports */
-        if (r < 0 && errno != EINTR) {
-            sync_tcp_why_errno(c, "poll");
-            return -1;
-        }
-    }
+    str_copy(c->why, sock_why(c->sock), sizeof(c->why));
+    return -1;
 }
 
 static int sync_tcp_send(struct sync_tcp *c, const void *p, size_t n)
 {
-    const char *s = p;
-    while (n > 0) {
-        ssize_t r = send(c->fd, s, n, MSG_NOSIGNAL);
-        if (r > 0) {
-            s += r;
-            n -= (size_t)r;
-            continue;
-        }
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (sync_tcp_wait(c, POLLOUT, time_mono_ms() + c->timeout_ms) < 0)
-                return -1;
-            continue;
-        }
-        sync_tcp_why_errno(c, "send");
-        return -1;
-    }
-    return 0;
+    return sock_send(c->sock, p, n) < 0 ? sync_tcp_io_failed(c) : 0;
 }
 
 /* Sends and empties c->out. */
@@ -127,61 +81,17 @@ static int sync_tcp_send_out(struct sync_tcp *c)
     return r;
 }
 
-/* Refills the (empty) read buffer within one timeout. */
-static int sync_tcp_fill(struct sync_tcp *c)
-{
-    int64_t deadline = time_mono_ms() + c->timeout_ms;
-    c->rpos = c->rend = 0;
-    for (;;) {
-        ssize_t r = recv(c->fd, c->rbuf, sizeof(c->rbuf), 0);
-        if (r > 0) {
-            c->rend = (size_t)r;
-            return 0;
-        }
-        if (r == 0) {
-            str_copy(c->why, "connection closed by the server", sizeof(c->why));
-            return -1;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            sync_tcp_why_errno(c, "recv");
-            return -1;
-        }
-        if (sync_tcp_wait(c, POLLIN, deadline) < 0)
-            return -1;
-    }
-}
-
-/* Reads one line into c->line without its CRLF; *len_r its length. */
+/* Reads one line into c->line without its CRLF (within one timeout); *len_r
+ * its length. */
 static int sync_tcp_read_line(struct sync_tcp *c, size_t *len_r)
 {
-    size_t len = 0;
-    for (;;) {
-        if (c->rpos == c->rend && sync_tcp_fill(c) < 0)
-            return -1;
-        const char *start = c->rbuf + c->rpos;
-        size_t avail = c->rend - c->rpos;
-        const char *nl = memchr(start, '\n', avail);
-        size_t take = nl != NULL ? (size_t)(nl - start) : avail;
-        if (len + take > SYNC_TCP_LINE_MAX) {
-            str_copy(c->why, "reply line too long", sizeof(c->why));
-            return -1;
-        }
-        memcpy(c->line + len, start, take);
-        len += take;
-        c->rpos += take;
-        if (nl != NULL) {
-            c->rpos++;
-            break;
-        }
-    }
-    if (len == 0 || c->line[len - 1] != '\r') {
-        str_copy(c->why, "reply line not ended by CRLF", sizeof(c->why));
+    int r = sock_read_line(c->sock, c->line, sizeof(c->line), len_r);
+    if (r < 0)
+        return sync_tcp_io_failed(c);
+    if (r > 0) {
+        str_copy(c->why, "reply line too long", sizeof(c->why));
         return -1;
     }
-    c->line[--len] = '\0';
-    *len_r = len;
     return 0;
 }
 
@@ -189,22 +99,12 @@ static int sync_tcp_read_line(struct sync_tcp *c, size_t *len_r)
  * respected) or else copied to raw. */
 static int sync_tcp_read_exact(struct sync_tcp *c, size_t n, struct buf *out, char *raw)
 {
-    while (n > 0) {
-        if (c->rpos == c->rend && sync_tcp_fill(c) < 0)
-            return -1;
-        size_t avail = c->rend - c->rpos;
-        size_t take = avail < n ? avail : n;
-        if (out == NULL) {
-            memcpy(raw, c->rbuf + c->rpos, take);
-            raw += take;
-        } else if (buf_append(out, c->rbuf + c->rpos, take) < 0) {
-            str_copy(c->why, "message larger than the read buffer allows", sizeof(c->why));
-            return -1;
-        }
-        c->rpos += take;
-        n -= take;
+    if (out != NULL && out->max != 0 && (out->len > out->max || n > out->max - out->len)) {
+        str_copy(c->why, "message larger than the read buffer allows", sizeof(c->why));
+        return -1;
     }
-    return 0;
+    int r = out != NULL ? sock_read_buf(c->sock, out, n) : sock_read_exact(c->sock, raw, n);
+    return r < 0 ? sync_tcp_io_failed(c) : 0;
 }
 
 /* ---- tokens ---- */
@@ -319,16 +219,6 @@ static int sync_tcp_final(struct sync_tcp *c, const char **why_r, char **rest_r)
     return sync_tcp_broken(c, why_r, "unexpected reply \"%.60s\"", l);
 }
 
-/* True if the server said something (or closed) while we were idle, e.g.
- * "-ERR idle timeout": the connection is no longer usable. */
-static bool sync_tcp_peer_spoke(struct sync_tcp *c)
-{
-    if (c->rpos < c->rend)
-        return true;
-    struct pollfd p = {.fd = c->fd, .events = POLLIN};
-    return poll(&p, 1, 0) > 0;
-}
-
 /* Starts an operation: checks the connection and resets c->out. */
 static int sync_tcp_begin(struct sync_tcp *c, const char **why_r)
 {
@@ -337,7 +227,9 @@ static int sync_tcp_begin(struct sync_tcp *c, const char **why_r)
         *why_r = "connection failed";
         return -1;
     }
-    if (sync_tcp_peer_spoke(c))
+    /* The server said something (or closed) while we were idle, e.g.
+     * "-ERR idle timeout": the connection is no longer usable. */
+    if (sock_readable_now(c->sock))
         return sync_tcp_broken(c, why_r, "the server spoke or closed while idle");
     return 0;
 }
@@ -402,8 +294,8 @@ static void sync_tcp_close(struct sync *s)
 {
     struct sync_tcp *c = (struct sync_tcp *)s;
     if (!c->broken) /* best effort, never waits */
-        (void)send(c->fd, "QUIT\r\n", 6, MSG_NOSIGNAL | MSG_DONTWAIT);
-    close(c->fd);
+        sock_send_nowait(c->sock, "QUIT\r\n", 6);
+    sock_close(&c->sock);
     buf_free(&c->out);
     free(c);
 }
@@ -912,92 +804,18 @@ static void sync_tcp_set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-static int sync_tcp_connect_fd(const char *endpoint, unsigned timeout_ms, char *err, size_t errlen)
-{
-    char host[64];
-    int port;
-    struct sockaddr_storage ss;
-    socklen_t sl;
-    memset(&ss, 0, sizeof(ss));
-    if (parse_hostport(endpoint, host, sizeof(host), &port) < 0) {
-        sync_tcp_set_err(err, errlen, "%s: not HOST:PORT or [V6]:PORT", endpoint);
-        return -1;
-    }
-    if (endpoint[0] == '[') {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-        if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1) {
-            sync_tcp_set_err(err, errlen, "%s: not a numeric IPv6 address", endpoint);
-            return -1;
-        }
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)port);
-        sl = sizeof(*s6);
-    } else {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-        if (inet_pton(AF_INET, host, &s4->sin_addr) != 1) {
-            sync_tcp_set_err(err, errlen, "%s: not a numeric IPv4 address", endpoint);
-            return -1;
-        }
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)port);
-        sl = sizeof(*s4);
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        sync_tcp_set_err(err, errlen, "%s: socket: %s", endpoint, strerror(errno));
-        return -1;
-    }
-    int one = 1;
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(fd, (struct sockaddr *)&ss, sl) == 0)
-        return fd;
-    if (errno != EINPROGRESS && errno != EINTR) {
-        sync_tcp_set_err(err, errlen, "%s: connect: %s", endpoint, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    int64_t deadline = time_mono_ms() + timeout_ms;
-    for (;;) {
-        int64_t left = deadline - time_mono_ms();
-        if (left <= 0) {
-            sync_tcp_set_err(err, errlen, "%s: connect: timeout", endpoint);
-            close(fd);
-            return -1;
-        }
-        struct pollfd p = {.fd = fd, .events = POLLOUT};
-        int r = poll(&p, 1, (int)left);
-        if (r > 0)
-            break;
-        if (r < 0 && errno != EINTR) {
-            sync_tcp_set_err(err, errlen, "%s: poll: %s", endpoint, strerror(errno));
-            close(fd);
-            return -1;
-        }
-    }
-    int soerr = 0;
-    socklen_t el = sizeof(soerr);
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &el) < 0 || soerr != 0) {
-        sync_tcp_set_err(err, errlen, "%s: connect: %s", endpoint,
-                         strerror(soerr != 0 ? soerr : errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 struct sync *sync_tcp_connect(const char *endpoint, unsigned timeout_ms, char *err, size_t errlen)
 {
     if (timeout_ms == 0 || timeout_ms > 24u * 3600 * 1000) {
         sync_tcp_set_err(err, errlen, "%s: bad timeout %u ms", endpoint, timeout_ms);
         return NULL;
     }
-    int fd = sync_tcp_connect_fd(endpoint, timeout_ms, err, errlen);
-    if (fd < 0)
+    struct sock *sock = sock_connect(endpoint, timeout_ms, err, errlen);
+    if (sock == NULL)
         return NULL;
     struct sync_tcp *c = xmalloc(sizeof(*c));
     c->base.ops = &sync_tcp_ops;
-    c->fd = fd;
-    c->timeout_ms = timeout_ms;
+    c->sock = sock;
     str_copy(c->endpoint, endpoint, sizeof(c->endpoint));
     buf_init(&c->out, 0);
     buf_puts(&c->out, "HELLO " SYNC_PROTO "\r\n");

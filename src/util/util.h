@@ -1,7 +1,7 @@
 /*
  * util — tern's general library: memory, byte buffers, logging, time, files,
- * hashing and randomness. It knows nothing about mail and includes no other
- * tern module; every other module may include it.
+ * hashing, randomness and a blocking TCP client. It knows nothing about mail
+ * and includes no other tern module; every other module may include it.
  *
  * Conventions used across tern (and started here):
  *  - Functions return -1 on error, 0 on success, 1 for "yes/more/done" where
@@ -160,6 +160,49 @@ size_t str_copy(char *dst, const char *src, size_t dstlen);
 void hex_encode(const void *in, size_t n, char *out);
 /* Parses exactly 2n hex digits into out. 0 or -1. */
 int hex_decode(const char *in, void *out, size_t n);
+
+/* ---- blocking TCP client ---------------------------------------------- */
+
+/* A blocking TCP client connection over a non-blocking socket (sock.c).
+ * Every wait goes through poll() bounded by the connection's timeout:
+ *  - sock_connect() must finish within one timeout;
+ *  - sock_send() waits at most one timeout for each bit of progress, so a
+ *    large write to a slow but live peer is not cut off;
+ *  - sock_read_line() must get its whole line within one timeout (from the
+ *    call, or by an explicit deadline with sock_read_line_until());
+ *  - sock_read_exact()/sock_read_buf() wait one timeout for each piece.
+ * Functions returning int give 0, or -1 with sock_why() describing the
+ * failure (I/O error, timeout, peer closed) for a log line; after -1 the
+ * stream position is undefined and the caller should give up on it. The
+ * socket ignores SIGPIPE (MSG_NOSIGNAL). Knows nothing of any protocol. */
+struct sock;
+
+/* Connects to a numeric "IPv4:PORT" or "[IPv6]:PORT" with TCP_NODELAY.
+ * NULL with "ENDPOINT: reason" in err (if not NULL) on failure. */
+struct sock *sock_connect(const char *endpoint, unsigned timeout_ms, char *err, size_t errlen);
+/* Closes and frees *s (NULL is fine) and sets it to NULL. */
+void sock_close(struct sock **s);
+/* Sends all n bytes. */
+int sock_send(struct sock *s, const void *p, size_t n);
+/* Best effort, never waits, no error reported (e.g. a QUIT before close). */
+void sock_send_nowait(struct sock *s, const void *p, size_t n);
+/* Reads one line up to LF into line (cap >= 2 bytes incl. the NUL) without
+ * its CRLF; *len_r its length. The line must end in CRLF (else -1). A line
+ * that does not fit (CR included) is cut to cap-1 bytes but consumed whole:
+ * 1 is returned then, 0 for a line that fit. */
+int sock_read_line(struct sock *s, char *line, size_t cap, size_t *len_r);
+/* The same with a deadline in time_mono_ms() terms (e.g. one for several
+ * lines). */
+int sock_read_line_until(struct sock *s, int64_t deadline, char *line, size_t cap, size_t *len_r);
+/* Reads exactly n bytes into p. */
+int sock_read_exact(struct sock *s, void *p, size_t n);
+/* Reads exactly n bytes appended to b; -1 if that would exceed b->max. */
+int sock_read_buf(struct sock *s, struct buf *b, size_t n);
+/* True if input is pending or the peer closed/failed, without waiting (the
+ * peer spoke while the connection was idle). */
+bool sock_readable_now(struct sock *s);
+/* The last failure, for the log ("" if none). */
+const char *sock_why(const struct sock *s);
 
 /* ---- hashing and randomness (OpenSSL stays inside util) ---------------- */
 
