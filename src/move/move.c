@@ -655,7 +655,7 @@ static enum step copy_deliveries(struct run *r)
     int rc = r->src->ops->deliveries(r->src, r->job.user, &list, &n, &why);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         rc = r->dst->ops->delivery_add(r->dst, r->job.user, &list[i], &why);
-        if (rc == SYNC_NO) /* exists, or the message is gone: nothing to keep */
+        if (rc == SYNC_NO) /* already recorded there (or refused): nothing to keep */
             rc = 0;
     }
     free(list);

@@ -54,7 +54,10 @@
  *  - An item with a delivery id that the mailbox already recorded reports
  *    STORE_OK with `duplicate` set and the first delivery's UID, whatever
  *    the state: a retried delivery after a lost acknowledgement stores
- *    nothing twice (and writes nothing, so the guard is not needed).
+ *    nothing twice (and writes nothing, so the guard is not needed). If the
+ *    id was recorded by store_delivery_add() without a message here (a move
+ *    copied it, the message had been expunged on the source), the result
+ *    has uid, uidvalidity, guid and modseq all 0.
  *
  * Durability (the fs backend). A commit writes all bodies of the batch,
  * makes them durable with one fdatasync, then commits all metadata in one
@@ -286,16 +289,21 @@ enum store_status store_msg_read(struct store *st, const char *user, const char 
 /* Calls cb for each delivery id the mailbox recorded, sorted by id (bytes),
  * with the folder the message was delivered to (its current name; that
  * folder may since have been deleted) and the message's UID (the message
- * may since have been expunged). Stops when cb returns non-zero and returns
- * that value; -1 with *error_r if the mailbox is missing or on failure. */
+ * may since have been expunged). For an id store_delivery_add() recorded
+ * without a message here: the folder name and UID it was given. Stops when cb returns non-zero and
+ * returns that value; -1 with *error_r if the mailbox is missing or on failure. */
 int store_delivery_iter(struct store *st, const char *user,
                         int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
                         void *ctx, const char **error_r);
-/* Records delivery id `id` for the existing message folder/uid (live or
- * expunged), so a retried delivery stays a duplicate after the mailbox
- * moved here. STORE_EXISTS if the id is already recorded (whatever it points
- * at), STORE_NOTFOUND if the folder (live) or the message is missing. State
- * guard: STAGED and ACTIVE only. Not a change: the modseq stays. */
+/* Records delivery id `id` for the message folder/uid, so a retried delivery
+ * stays a duplicate after the mailbox moved here. The id is what matters:
+ * it is recorded even if the folder or the message does not exist here (a
+ * message delivered and expunged on the source before the move copied it);
+ * then folder/uid are kept as given, informational only, and never linked
+ * to a message appended here later. If the message exists here (live or
+ * expunged) the id points at it. STORE_EXISTS if the id is already recorded
+ * (whatever it points at). State guard: STAGED and ACTIVE only. Not a
+ * change: the modseq stays. */
 enum store_status store_delivery_add(struct store *st, const char *user, const char *id,
                                      const char *folder, uint32_t uid);
 

@@ -67,7 +67,7 @@
 #endif
 #define STORE_FS_REC_MAGIC      "TERNMSG1"
 #define STORE_FS_REC_HDR        64
-#define STORE_FS_SCHEMA_VERSION 1
+#define STORE_FS_SCHEMA_VERSION 2
 #define STORE_FS_RFDS           8
 
 static const char store_fs_schema[] =
@@ -99,6 +99,16 @@ static const char store_fs_schema[] =
     " uid INTEGER NOT NULL, created INTEGER NOT NULL DEFAULT 0,"
     " PRIMARY KEY(mailbox_id, delivery_id)) WITHOUT ROWID;"
     "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', 1);";
+
+/* Schema migrations: step i takes version i+1 to i+2. Released steps are
+ * never edited; a change adds a step (and bumps STORE_FS_SCHEMA_VERSION). */
+static const char *const store_fs_migrations[] = {
+    /* 1 -> 2: a delivery id copied by a move for a message that does not
+     * exist here (delivered, then expunged on the source before the copy) is
+     * kept with folder_id 0 and the source's folder name in `folder`. */
+    "ALTER TABLE deliveries ADD COLUMN folder TEXT NOT NULL DEFAULT '';"
+    "UPDATE meta SET value = 2 WHERE key = 'schema_version';",
+};
 
 #define MBOX_COLS   "id, user, state, epoch, moved_to, modseq, messages, bytes, created"
 #define FOLDER_COLS "id, name, uidvalidity, uidnext, modseq, messages, deleted"
@@ -194,14 +204,17 @@ static const char *const store_fs_sql_text[SQL_COUNT] = {
                         " f.uidnext, f.modseq, f.messages, f.deleted"
                         " FROM messages m JOIN folders f ON f.id = m.folder_id"
                         " WHERE m.mailbox_id = ?1 AND m.modseq > ?2 ORDER BY m.modseq, m.id",
-    [SQL_DELIVERY_GET] = "SELECT d.uid, f.uidvalidity, m.guid, m.modseq FROM deliveries d"
-                         " JOIN folders f ON f.id = d.folder_id"
+    /* folder_id 0 (no such folder, see the migrations): no message row, so
+     * column 4 is NULL and the duplicate reports uid 0. */
+    [SQL_DELIVERY_GET] = "SELECT d.uid, f.uidvalidity, m.guid, m.modseq, m.uid IS NOT NULL"
+                         " FROM deliveries d"
+                         " LEFT JOIN folders f ON f.id = d.folder_id"
                          " LEFT JOIN messages m ON m.folder_id = d.folder_id AND m.uid = d.uid"
                          " WHERE d.mailbox_id = ?1 AND d.delivery_id = ?2",
     [SQL_DELIVERY_INSERT] = "INSERT INTO deliveries(mailbox_id, delivery_id, folder_id, uid,"
-                            " created) VALUES(?1, ?2, ?3, ?4, ?5)",
-    [SQL_DELIVERY_ITER] = "SELECT d.delivery_id, f.name, d.uid FROM deliveries d"
-                          " JOIN folders f ON f.id = d.folder_id"
+                            " created, folder) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    [SQL_DELIVERY_ITER] = "SELECT d.delivery_id, COALESCE(f.name, d.folder), d.uid"
+                          " FROM deliveries d LEFT JOIN folders f ON f.id = d.folder_id"
                           " WHERE d.mailbox_id = ?1 ORDER BY d.delivery_id",
 };
 
@@ -619,6 +632,46 @@ static void store_fs_close(struct store *st)
     free(fs);
 }
 
+/* Reads the schema version and applies the missing migration steps, each in
+ * its own transaction (re-reading the version under the write lock, so two
+ * processes opening at once apply a step once). *version_r: the version
+ * now, -1 if unknown. */
+static int store_fs_migrate(struct store_fs *fs, int *version_r, const char **error_r)
+{
+    const int nsteps = (int)(sizeof(store_fs_migrations) / sizeof(store_fs_migrations[0]));
+    for (;;) {
+        char *err = NULL;
+        int version = -1;
+        bool ok = sqlite3_exec(fs->db, "BEGIN IMMEDIATE;", NULL, NULL, &err) == SQLITE_OK;
+        if (ok) {
+            sqlite3_stmt *s;
+            if (sqlite3_prepare_v2(fs->db, "SELECT value FROM meta WHERE key = 'schema_version'",
+                                   -1, &s, NULL) == SQLITE_OK) {
+                if (sqlite3_step(s) == SQLITE_ROW)
+                    version = sqlite3_column_int(s, 0);
+                sqlite3_finalize(s);
+            }
+            *version_r = version;
+            if (version < 1 || version > nsteps) {
+                sqlite3_exec(fs->db, "ROLLBACK;", NULL, NULL, NULL);
+                return 0; /* current, or unknown: the caller checks */
+            }
+            ok = sqlite3_exec(fs->db, store_fs_migrations[version - 1], NULL, NULL, &err) ==
+                     SQLITE_OK &&
+                 sqlite3_exec(fs->db, "COMMIT;", NULL, NULL, &err) == SQLITE_OK;
+            if (!ok)
+                sqlite3_exec(fs->db, "ROLLBACK;", NULL, NULL, NULL);
+        }
+        if (!ok) {
+            log_error("store", "%s: schema migration: %s", fs->base.name, err != NULL ? err : "?");
+            sqlite3_free(err);
+            *error_r = "cannot migrate the store database";
+            return -1;
+        }
+        log_info("store", "%s: store.db schema migrated to version %d", fs->base.name, version + 1);
+    }
+}
+
 static int store_fs_open_db(struct store_fs *fs, const char **error_r)
 {
     char *path = xasprintf("%s/store.db", fs->dir);
@@ -654,12 +707,8 @@ static int store_fs_open_db(struct store_fs *fs, const char **error_r)
         sqlite3_finalize(s);
     }
     int version = -1;
-    if (sqlite3_prepare_v2(fs->db, "SELECT value FROM meta WHERE key = 'schema_version'", -1, &s,
-                           NULL) == SQLITE_OK) {
-        if (sqlite3_step(s) == SQLITE_ROW)
-            version = sqlite3_column_int(s, 0);
-        sqlite3_finalize(s);
-    }
+    if (store_fs_migrate(fs, &version, error_r) < 0)
+        return -1;
     if (version != STORE_FS_SCHEMA_VERSION) {
         log_error("store", "%s: store.db schema version %d, expected %d", fs->base.name, version,
                   STORE_FS_SCHEMA_VERSION);
@@ -1128,10 +1177,14 @@ static int store_fs_resolve_item(struct store_fs_bctx *c, size_t i)
         if (r > 0) {
             res->status = STORE_OK;
             res->duplicate = true;
-            res->uid = (uint32_t)sqlite3_column_int64(s, 0);
-            res->uidvalidity = (uint32_t)sqlite3_column_int64(s, 1);
-            store_fs_blob(s, 2, res->guid, STORE_GUID_LEN);
-            res->modseq = (uint64_t)sqlite3_column_int64(s, 3);
+            /* The id may have been copied here by a move without its
+             * message (see store.h): then there is nothing to report. */
+            if (sqlite3_column_int(s, 4) != 0) {
+                res->uid = (uint32_t)sqlite3_column_int64(s, 0);
+                res->uidvalidity = (uint32_t)sqlite3_column_int64(s, 1);
+                store_fs_blob(s, 2, res->guid, STORE_GUID_LEN);
+                res->modseq = (uint64_t)sqlite3_column_int64(s, 3);
+            }
             sqlite3_reset(s);
             return 0;
         }
@@ -1276,6 +1329,7 @@ static int store_fs_insert_rows(struct store_fs_bctx *c, size_t n, int64_t now)
             sqlite3_bind_int64(s, 3, (int64_t)f->f.id);
             sqlite3_bind_int64(s, 4, p->uid);
             sqlite3_bind_int64(s, 5, now);
+            sqlite3_bind_text(s, 6, "", -1, SQLITE_STATIC);
             if (store_fs_exec(fs, s, "delivery insert") < 0)
                 return -1;
         }
@@ -1680,25 +1734,34 @@ static enum store_status store_fs_delivery_add(struct store *st, const char *use
             sqlite3_reset(q);
         s = r < 0 ? STORE_ERROR : r > 0 ? STORE_EXISTS : STORE_OK;
     }
-    if (s == STORE_OK)
-        s = store_fs_folder_load(fs, id, folder, &f);
+    /* Linked to the message row if there is one here (tombstones included),
+     * else kept with folder_id 0 and the folder name (see store.h). */
+    int64_t folder_id = 0;
     if (s == STORE_OK) {
-        /* Any message row, tombstones included (see store.h). */
-        sqlite3_stmt *q = store_fs_q(fs, SQL_MSG_EXISTS);
-        sqlite3_bind_int64(q, 1, (int64_t)f.id);
-        sqlite3_bind_int64(q, 2, uid);
-        int r = store_fs_row(fs, q, "uid lookup");
-        if (r > 0)
-            sqlite3_reset(q);
-        s = r < 0 ? STORE_ERROR : r == 0 ? STORE_NOTFOUND : STORE_OK;
+        enum store_status fst = store_fs_folder_load(fs, id, folder, &f);
+        if (fst == STORE_OK) {
+            sqlite3_stmt *q = store_fs_q(fs, SQL_MSG_EXISTS);
+            sqlite3_bind_int64(q, 1, (int64_t)f.id);
+            sqlite3_bind_int64(q, 2, uid);
+            int r = store_fs_row(fs, q, "uid lookup");
+            if (r > 0) {
+                sqlite3_reset(q);
+                folder_id = (int64_t)f.id;
+            }
+            if (r < 0)
+                s = STORE_ERROR;
+        } else if (fst != STORE_NOTFOUND) {
+            s = fst;
+        }
     }
     if (s == STORE_OK) {
         sqlite3_stmt *q = store_fs_q(fs, SQL_DELIVERY_INSERT);
         sqlite3_bind_int64(q, 1, id);
         sqlite3_bind_text(q, 2, did, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(q, 3, (int64_t)f.id);
+        sqlite3_bind_int64(q, 3, folder_id);
         sqlite3_bind_int64(q, 4, uid);
         sqlite3_bind_int64(q, 5, time_now_ms() / 1000);
+        sqlite3_bind_text(q, 6, folder_id != 0 ? "" : folder, -1, SQLITE_STATIC);
         if (store_fs_exec(fs, q, "delivery insert") < 0)
             s = STORE_ERROR;
     }

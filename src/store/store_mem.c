@@ -37,7 +37,8 @@ struct store_mem_folder {
 
 struct store_mem_delivery {
     char id[STORE_DELIVERY_ID_MAX + 1];
-    uint64_t folder_id;
+    uint64_t folder_id;                /* 0: no such message here (see store.h) ... */
+    char folder[STORE_FOLDER_MAX + 1]; /* ... then its folder's name */
     uint32_t uid;
 };
 
@@ -426,10 +427,13 @@ static void store_mem_append_one(struct store_mem *sm, const struct store_append
     if (a->delivery_id != NULL) {
         struct store_mem_delivery *d = store_mem_delivery_find(mb, a->delivery_id);
         if (d != NULL) {
-            struct store_mem_folder *df = store_mem_folder_by_id(mb, d->folder_id);
-            struct store_mem_msg *dm = store_mem_msg_find(df, d->uid);
             res->status = STORE_OK;
             res->duplicate = true;
+            /* Copied here by a move without its message: nothing to report. */
+            if (d->folder_id == 0)
+                return;
+            struct store_mem_folder *df = store_mem_folder_by_id(mb, d->folder_id);
+            struct store_mem_msg *dm = store_mem_msg_find(df, d->uid);
             res->uid = d->uid;
             res->uidvalidity = df->uidvalidity;
             memcpy(res->guid, dm->guid, STORE_GUID_LEN);
@@ -501,6 +505,7 @@ static void store_mem_append_one(struct store_mem *sm, const struct store_append
         struct store_mem_delivery *d = &mb->dels[mb->ndels++];
         str_copy(d->id, a->delivery_id, sizeof(d->id));
         d->folder_id = f->id;
+        d->folder[0] = '\0';
         d->uid = uid;
     }
 
@@ -722,7 +727,10 @@ static int store_mem_delivery_iter(struct store *st, const char *user,
         memcpy(dels, mb->dels, n * sizeof(*dels));
     qsort(dels, n, sizeof(*dels), store_mem_delivery_cmp);
     for (size_t i = 0; i < n; i++)
-        str_copy(names[i], store_mem_folder_by_id(mb, dels[i].folder_id)->name, sizeof(names[i]));
+        str_copy(names[i],
+                 dels[i].folder_id != 0 ? store_mem_folder_by_id(mb, dels[i].folder_id)->name
+                                        : dels[i].folder,
+                 sizeof(names[i]));
     int r = 0;
     for (size_t i = 0; i < n && r == 0; i++)
         r = cb(ctx, dels[i].id, names[i], dels[i].uid);
@@ -742,18 +750,19 @@ static enum store_status store_mem_delivery_add(struct store *st, const char *us
         return STORE_NOTLIVE;
     if (store_mem_delivery_find(mb, id) != NULL)
         return STORE_EXISTS;
+    /* Linked to the message if there is one here (tombstones included), else
+     * kept with the folder name: the id only has to keep a retried delivery
+     * from being stored twice. */
     struct store_mem_folder *f = store_mem_folder_find(mb, folder);
-    /* Any message row, tombstones included: the id only has to keep a
-     * retried delivery from being stored twice. */
-    if (f == NULL || store_mem_msg_find(f, uid) == NULL)
-        return STORE_NOTFOUND;
+    bool linked = f != NULL && store_mem_msg_find(f, uid) != NULL;
     if (mb->ndels == mb->capdels) {
         mb->capdels = mb->capdels ? mb->capdels * 2 : 16;
         mb->dels = xrealloc(mb->dels, mb->capdels * sizeof(*mb->dels));
     }
     struct store_mem_delivery *d = &mb->dels[mb->ndels++];
     str_copy(d->id, id, sizeof(d->id));
-    d->folder_id = f->id;
+    d->folder_id = linked ? f->id : 0;
+    str_copy(d->folder, linked ? "" : folder, sizeof(d->folder));
     d->uid = uid;
     return STORE_OK;
 }

@@ -1037,8 +1037,6 @@ static void test_delivery_ids(void **state)
     assert_int_equal(store_delivery_add(st, U1, "q1.1", "Work", 6), STORE_OK);
     assert_int_equal(store_delivery_add(st, U1, "q2.1", "Work", 5), STORE_EXISTS);
     assert_int_equal(store_delivery_add(st, U1, "q2.1", "INBOX", 1), STORE_EXISTS);
-    assert_int_equal(store_delivery_add(st, U1, "q3.1", "Work", 7), STORE_NOTFOUND);
-    assert_int_equal(store_delivery_add(st, U1, "q3.1", "Nope", 5), STORE_NOTFOUND);
     assert_int_equal(store_delivery_add(st, U2, "q3.1", "Work", 5), STORE_NOTFOUND);
     assert_int_equal(store_delivery_add(st, U1, "q3.1", "Work", 0), STORE_INVALID);
     assert_int_equal(store_delivery_add(st, U1, "", "Work", 5), STORE_INVALID);
@@ -1101,6 +1099,88 @@ static void test_delivery_ids(void **state)
     assert_int_equal(store_mailbox_create(st, U1, STORE_MBOX_ACTIVE, 3), STORE_OK);
     get_dl(st, U1, &d);
     assert_int_equal(d.n, 0);
+}
+
+/* An id a move copies for a message that never reached this store
+ * (delivered, then expunged on the source before the copy): recorded all the
+ * same, so a retried delivery after the switch is a duplicate and stores
+ * nothing. */
+static void test_delivery_ids_orphan(void **state)
+{
+    struct tctx *t = *state;
+    struct store *st = t->st;
+    struct dl d;
+    assert_int_equal(store_mailbox_create(st, U1, STORE_MBOX_STAGED, 1), STORE_OK);
+    assert_int_equal(store_folder_create(st, U1, "Work", 0), STORE_OK);
+    uint64_t ms = mbox_modseq(st, U1);
+    /* A folder that exists without the message, and no folder at all. */
+    assert_int_equal(store_delivery_add(st, U1, "q3.1", "Work", 7), STORE_OK);
+    assert_int_equal(store_delivery_add(st, U1, "q4.1", "Nope", 5), STORE_OK);
+    assert_int_equal(store_delivery_add(st, U1, "q3.1", "Work", 7), STORE_EXISTS);
+    assert_int_equal(store_delivery_add(st, U1, "q4.1", "INBOX", 1), STORE_EXISTS);
+    assert_int_equal(store_delivery_add(st, U2, "q5.1", "Work", 5), STORE_NOTFOUND);
+    assert_int_equal(store_delivery_add(st, U1, "a\nb", "Work", 5), STORE_INVALID);
+    assert_int_equal(mbox_modseq(st, U1), ms);
+
+    reopen(t);
+    st = t->st;
+    get_dl(st, U1, &d);
+    assert_int_equal(d.n, 2);
+    assert_string_equal(d.id[0], "q3.1");
+    assert_string_equal(d.folder[0], "Work");
+    assert_int_equal(d.uid[0], 7);
+    assert_string_equal(d.id[1], "q4.1");
+    assert_string_equal(d.folder[1], "Nope");
+    assert_int_equal(d.uid[1], 5);
+
+    /* The retried deliveries after the switch: duplicates, nothing stored. */
+    assert_int_equal(store_mailbox_set_state(st, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 1, NULL),
+                     STORE_OK);
+    const char *ids[] = {"q3.1", "q4.1"};
+    for (size_t i = 0; i < 2; i++) {
+        struct store_append l = mk(U1, NULL, "retry\r\n");
+        l.delivery_id = ids[i];
+        l.require_live = true;
+        l.epoch = 1;
+        struct store_append_result res;
+        assert_int_equal(append1(st, &l, &res), STORE_OK);
+        assert_int_equal(res.status, STORE_OK);
+        assert_true(res.duplicate);
+        assert_int_equal(res.uid, 0);
+    }
+    /* Both in one batch, next to a new delivery. */
+    struct store_append a[3] = {mk(U1, NULL, "one\r\n"), mk(U1, "Work", "two\r\n"),
+                                mk(U1, NULL, "new\r\n")};
+    a[0].delivery_id = "q3.1";
+    a[1].delivery_id = "q4.1";
+    a[2].delivery_id = "q6.1";
+    struct store_append_result res[3];
+    struct store_batch *b = store_batch_begin(st);
+    for (size_t i = 0; i < 3; i++) {
+        a[i].require_live = true;
+        a[i].epoch = 1;
+        store_batch_add(b, &a[i], &res[i]);
+    }
+    const char *err = NULL;
+    assert_int_equal(store_batch_commit(&b, &err), 0);
+    assert_true(res[0].duplicate);
+    assert_true(res[1].duplicate);
+    assert_int_equal(res[2].status, STORE_OK);
+    assert_false(res[2].duplicate);
+    assert_int_equal(count_msgs(st, U1, "INBOX"), 1);
+    assert_int_equal(count_msgs(st, U1, "Work"), 0);
+    struct store_mailbox mb;
+    assert_int_equal(store_mailbox_get(st, U1, &mb), STORE_OK);
+    assert_int_equal(mb.messages, 1);
+    get_dl(st, U1, &d);
+    assert_int_equal(d.n, 3);
+
+    /* Fenced: refused by the guard, nothing recorded. */
+    assert_int_equal(store_mailbox_set_state(st, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 1, NULL),
+                     STORE_OK);
+    assert_int_equal(store_delivery_add(st, U1, "q7.1", "Nope", 3), STORE_NOTLIVE);
+    get_dl(st, U1, &d);
+    assert_int_equal(d.n, 3);
 }
 
 /* ---- the state guard ---- */
@@ -1604,6 +1684,7 @@ int main(void)
         BOTH(test_state_staged),
         BOTH(test_set_uidnext),
         BOTH(test_delivery_ids),
+        BOTH(test_delivery_ids_orphan),
         FS(test_fence_other_handle),
         FS(test_crash_bodies_synced),
         FS(test_fsync_failure),
