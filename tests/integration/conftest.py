@@ -1,6 +1,7 @@
 """Shared fixtures: a tern data directory with its own free loopback ports,
 the CLI, and a `tern serve` that every test stops again."""
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,10 +17,35 @@ SANITIZED = os.environ.get("TERN_SANITIZED", "0") in ("1", "ON", "TRUE", "true")
 SLOW = 4 if SANITIZED else 1
 
 
+_ports_given = set()
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a test listener, below the kernel's ephemeral range: a port
+    from bind(0) could meanwhile become the local port of some outgoing
+    connection (the mta's pooled LMTP connections live long) and the
+    listener would find it in use."""
+    high = min(_ephemeral_low(), 32768) - 1
+    for _ in range(2000):
+        port = random.randint(10000, high)
+        if port in _ports_given:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_port(port, timeout=10.0, up=True):
