@@ -972,6 +972,27 @@ static enum step phase_abort(struct run *r, const char *final_phase)
 
 /* ---- the loop ------------------------------------------------------------ */
 
+static enum step phase_queued(struct run *r)
+{
+    return next_phase(r, "provision");
+}
+
+static enum step phase_aborting(struct run *r)
+{
+    return phase_abort(r, "aborted");
+}
+
+/* Every persisted phase and the function that runs it (docs/move.md). */
+static const struct {
+    const char *name;
+    enum step (*run)(struct run *r);
+} move_phases[] = {
+    {"queued", phase_queued},       {"provision", phase_provision}, {"copy", phase_copy},
+    {"catchup", phase_catchup},     {"ready", phase_ready},         {"fence", phase_fence},
+    {"final", phase_final},         {"verify", phase_verify},       {"switch", phase_switch},
+    {"retention", phase_retention}, {"aborting", phase_aborting},
+};
+
 int move_claim(const struct move_env *env, uint64_t id)
 {
     struct dir_job j;
@@ -1013,33 +1034,15 @@ enum move_result move_run(const struct move_env *env, uint64_t id)
             result = MOVE_STOPPED;
             break;
         }
-        enum step s;
-        if (strcmp(ph, "queued") == 0)
-            s = next_phase(&r, "provision");
-        else if (strcmp(ph, "provision") == 0)
-            s = phase_provision(&r);
-        else if (strcmp(ph, "copy") == 0)
-            s = phase_copy(&r);
-        else if (strcmp(ph, "catchup") == 0)
-            s = phase_catchup(&r);
-        else if (strcmp(ph, "ready") == 0)
-            s = phase_ready(&r);
-        else if (strcmp(ph, "fence") == 0)
-            s = phase_fence(&r);
-        else if (strcmp(ph, "final") == 0)
-            s = phase_final(&r);
-        else if (strcmp(ph, "verify") == 0)
-            s = phase_verify(&r);
-        else if (strcmp(ph, "switch") == 0)
-            s = phase_switch(&r);
-        else if (strcmp(ph, "retention") == 0)
-            s = phase_retention(&r);
-        else if (strcmp(ph, "aborting") == 0)
-            s = phase_abort(&r, "aborted");
-        else {
+        enum step s = STEP_FAIL;
+        size_t k;
+        for (k = 0; k < ARRAY_SIZE(move_phases); k++)
+            if (strcmp(ph, move_phases[k].name) == 0)
+                break;
+        if (k < ARRAY_SIZE(move_phases))
+            s = move_phases[k].run(&r);
+        else
             set_err(&r, "unknown phase '%s'", ph);
-            s = STEP_FAIL;
-        }
         if (s == STEP_NEXT)
             continue;
         if (s == STEP_ABORT) {

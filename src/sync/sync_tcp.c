@@ -706,18 +706,21 @@ static int sync_tcp_digest_rec(void *ctx, struct sync_tcp_tok *t)
     return 0;
 }
 
-static int sync_tcp_digest(struct sync *s, const char *user, struct sync_digest **list_r,
-                           size_t *n_r, const char **why_r)
+/* A listing command answered by records then +OK: VERB <user-hex>, each
+ * record line tagged `tag` with `ntok` tokens parsed by rec into an array
+ * of `size`-byte elements. */
+static int sync_tcp_list_cmd(struct sync_tcp *c, const char *verb, const char *user, char tag,
+                             int ntok, size_t size, int (*rec)(void *, struct sync_tcp_tok *),
+                             void **list_r, size_t *n_r, const char **why_r)
 {
-    struct sync_tcp *c = (struct sync_tcp *)s;
     *list_r = NULL;
     *n_r = 0;
-    int r = sync_tcp_cmd_user(c, "DIGEST", user, why_r);
+    int r = sync_tcp_cmd_user(c, verb, user, why_r);
     if (r != 0)
         return r;
     buf_puts(&c->out, "\r\n");
-    struct sync_tcp_list l = {.size = sizeof(struct sync_digest)};
-    r = sync_tcp_records(c, 'D', 6, sync_tcp_digest_rec, &l, why_r);
+    struct sync_tcp_list l = {.size = size};
+    r = sync_tcp_records(c, tag, ntok, rec, &l, why_r);
     if (r != 0) {
         free(l.list);
         return r;
@@ -725,6 +728,14 @@ static int sync_tcp_digest(struct sync *s, const char *user, struct sync_digest 
     *list_r = l.list != NULL ? l.list : xmalloc(1);
     *n_r = l.n;
     return 0;
+}
+
+static int sync_tcp_digest(struct sync *s, const char *user, struct sync_digest **list_r,
+                           size_t *n_r, const char **why_r)
+{
+    return sync_tcp_list_cmd((struct sync_tcp *)s, "DIGEST", user, 'D', 6,
+                             sizeof(struct sync_digest), sync_tcp_digest_rec, (void **)list_r, n_r,
+                             why_r);
 }
 
 static int sync_tcp_delivery_rec(void *ctx, struct sync_tcp_tok *t)
@@ -740,22 +751,9 @@ static int sync_tcp_delivery_rec(void *ctx, struct sync_tcp_tok *t)
 static int sync_tcp_deliveries(struct sync *s, const char *user, struct sync_delivery **list_r,
                                size_t *n_r, const char **why_r)
 {
-    struct sync_tcp *c = (struct sync_tcp *)s;
-    *list_r = NULL;
-    *n_r = 0;
-    int r = sync_tcp_cmd_user(c, "DELIVERIES", user, why_r);
-    if (r != 0)
-        return r;
-    buf_puts(&c->out, "\r\n");
-    struct sync_tcp_list l = {.size = sizeof(struct sync_delivery)};
-    r = sync_tcp_records(c, 'I', 4, sync_tcp_delivery_rec, &l, why_r);
-    if (r != 0) {
-        free(l.list);
-        return r;
-    }
-    *list_r = l.list != NULL ? l.list : xmalloc(1);
-    *n_r = l.n;
-    return 0;
+    return sync_tcp_list_cmd((struct sync_tcp *)s, "DELIVERIES", user, 'I', 4,
+                             sizeof(struct sync_delivery), sync_tcp_delivery_rec, (void **)list_r,
+                             n_r, why_r);
 }
 
 static int sync_tcp_delivery_add(struct sync *s, const char *user, const struct sync_delivery *d,
