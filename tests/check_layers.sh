@@ -25,7 +25,11 @@ allowed() {
         role_mover) echo "util mail config directory store sync move role_mover" ;;
         doctor) echo "util mail config directory store sync move doctor" ;;
         serve) echo "util mail config directory serve" ;;
-        cli) echo "util mail config directory store queue sync move serve role_store role_mta role_mover doctor cli" ;;
+        imap) echo "util imap" ;;
+        mime) echo "util mime" ;;
+        imapd) echo "util mail imap mime store sync imapd" ;;
+        role_imap) echo "util mail config directory store sync imap mime imapd role_imap" ;;
+        cli) echo "util mail config directory store queue sync move serve role_store role_mta role_mover role_imap doctor cli" ;;
         *) echo "" ;;
     esac
 }

@@ -15,6 +15,7 @@
 #include "directory/directory.h"
 #include "queue/queue.h"
 #include "move/move.h"
+#include "role_imap/role_imap.h"
 #include "role_mover/role_mover.h"
 #include "role_mta/role_mta.h"
 #include "role_store/role_store.h"
@@ -59,7 +60,8 @@ static int usage(const char *fmt, ...)
 static const char help_text[] =
     "usage: tern [--data DIR] [--config FILE] COMMAND ...\n"
     "\n"
-    "  serve [--roles LIST] [--smtp ADDR:PORT]   run the supervisor and its roles\n"
+    "  serve [--roles LIST] [--smtp ADDR:PORT] [--imap ADDR:PORT]\n"
+    "                                        run the supervisor and its roles\n"
     "  domain add NAME | list            local domains\n"
     "  user add ADDR (--password PW | --password-file F) [--store S]\n"
     "  user set ADDR [--password PW | --password-file F]\n"
@@ -768,7 +770,9 @@ static int cmd_role(struct cli *c, int argc, char **argv)
         return role_mta_main(&c->cfg);
     if (argc == 1 && strcmp(argv[0], "mover") == 0)
         return role_mover_main(&c->cfg);
-    return usage("role needs: store NAME | mta | mover");
+    if (argc == 1 && strcmp(argv[0], "imap") == 0)
+        return role_imap_main(&c->cfg);
+    return usage("role needs: store NAME | mta | mover | imap");
 }
 
 /* ---- moves ------------------------------------------------------------ */
@@ -1250,9 +1254,10 @@ int cli_main(int argc, char **argv)
     const char *data = take_opt(&ac, av, "--data", &bad);
     const char *cfgpath = take_opt(&ac, av, "--config", &bad);
     const char *smtp = take_opt(&ac, av, "--smtp", &bad);
+    const char *imap = take_opt(&ac, av, "--imap", &bad);
     int rc;
     if (bad) {
-        rc = usage("--data, --config and --smtp need a value");
+        rc = usage("--data, --config, --smtp and --imap need a value");
         goto out;
     }
     if (data == NULL)
@@ -1287,6 +1292,16 @@ int cli_main(int argc, char **argv)
             goto out;
         }
         str_copy(c.cfg.smtp.listen, smtp, sizeof(c.cfg.smtp.listen));
+    }
+    if (imap != NULL) {
+        char host[128];
+        int port;
+        if (strlen(imap) >= sizeof(c.cfg.imap.listen) ||
+            parse_hostport(imap, host, sizeof(host), &port) < 0) {
+            rc = usage("--imap needs HOST:PORT");
+            goto out;
+        }
+        str_copy(c.cfg.imap.listen, imap, sizeof(c.cfg.imap.listen));
     }
     if (ac < 1) {
         fputs(help_text, stderr);

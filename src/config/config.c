@@ -33,6 +33,17 @@ void config_defaults(struct config *cfg, const char *data_dir)
     cfg->lmtp.idle_timeout = 300;
     cfg->lmtp.min_data_rate = 1024;
     str_copy(cfg->smtp.listen, "127.0.0.1:2525", sizeof(cfg->smtp.listen));
+    str_copy(cfg->imap.listen, "127.0.0.1:1143", sizeof(cfg->imap.listen));
+    cfg->imap.max_line = 65536;
+    cfg->imap.max_literal = 64 * 1024 * 1024;
+    cfg->imap.max_nesting = 16;
+    cfg->imap.max_sessions = 500;
+    cfg->imap.max_sessions_per_user = 20;
+    cfg->imap.idle_timeout = 1800;
+    cfg->imap.auth_fail_delay_ms = 1000;
+    cfg->imap.auth_fail_max = 3;
+    cfg->imap.idle_check_ms = 250;
+    cfg->imap.state_check_ms = 1000;
     cfg->smtp.max_message_size = 25 * 1024 * 1024;
     cfg->smtp.max_recipients = 1000;
     cfg->smtp.max_sessions = 200;
@@ -70,7 +81,7 @@ struct parse_state {
     unsigned line;
     char *err;
     size_t errlen;
-    enum { SEC_TOP, SEC_STORE, SEC_LMTP, SEC_SMTP, SEC_QUEUE, SEC_MOVER } section;
+    enum { SEC_TOP, SEC_STORE, SEC_LMTP, SEC_SMTP, SEC_QUEUE, SEC_MOVER, SEC_IMAP } section;
     struct config_store *store; /* SEC_STORE */
     bool stores_replaced;
 };
@@ -152,6 +163,10 @@ static int parse_section(struct parse_state *ps, char *line)
     }
     if (strcmp(name, "queue") == 0 && arg == NULL) {
         ps->section = SEC_QUEUE;
+        return 0;
+    }
+    if (strcmp(name, "imap") == 0 && arg == NULL) {
+        ps->section = SEC_IMAP;
         return 0;
     }
     if (strcmp(name, "mover") == 0 && arg == NULL) {
@@ -283,9 +298,37 @@ static int parse_setting(struct parse_state *ps, const char *key, const char *va
         if (strcmp(key, "catchup_delta") == 0)
             return set_unsigned(ps, key, val, 0, 1000000, &cfg->mover.catchup_delta);
         break;
+    case SEC_IMAP:
+        if (strcmp(key, "listen") == 0) {
+            if (check_endpoint(ps, key, val) < 0)
+                return -1;
+            str_copy(cfg->imap.listen, val, sizeof(cfg->imap.listen));
+            return 0;
+        }
+        if (strcmp(key, "max_line") == 0)
+            return set_unsigned(ps, key, val, 1024, 16u << 20, &cfg->imap.max_line);
+        if (strcmp(key, "max_literal") == 0)
+            return set_uint(ps, key, val, 1024, (uint64_t)1 << 31, &cfg->imap.max_literal);
+        if (strcmp(key, "max_nesting") == 0)
+            return set_unsigned(ps, key, val, 1, 256, &cfg->imap.max_nesting);
+        if (strcmp(key, "max_sessions") == 0)
+            return set_unsigned(ps, key, val, 1, 100000, &cfg->imap.max_sessions);
+        if (strcmp(key, "max_sessions_per_user") == 0)
+            return set_unsigned(ps, key, val, 1, 10000, &cfg->imap.max_sessions_per_user);
+        if (strcmp(key, "idle_timeout") == 0)
+            return set_unsigned(ps, key, val, 1800, 86400, &cfg->imap.idle_timeout);
+        if (strcmp(key, "auth_fail_delay_ms") == 0)
+            return set_unsigned(ps, key, val, 0, 60000, &cfg->imap.auth_fail_delay_ms);
+        if (strcmp(key, "auth_fail_max") == 0)
+            return set_unsigned(ps, key, val, 1, 1000, &cfg->imap.auth_fail_max);
+        if (strcmp(key, "idle_check_ms") == 0)
+            return set_unsigned(ps, key, val, 10, 60000, &cfg->imap.idle_check_ms);
+        if (strcmp(key, "state_check_ms") == 0)
+            return set_unsigned(ps, key, val, 10, 600000, &cfg->imap.state_check_ms);
+        break;
     }
-    static const char *names[] = {"the top level", "[store]", "[lmtp]",
-                                  "[smtp]",        "[queue]", "[mover]"};
+    static const char *names[] = {"the top level", "[store]", "[lmtp]", "[smtp]",
+                                  "[queue]",       "[mover]", "[imap]"};
     return perr(ps, "unknown key '%s' in %s", key, names[ps->section]);
 }
 

@@ -79,6 +79,19 @@ struct config_mover {
     unsigned catchup_delta;     /* changes at most in a pass before fencing; default 100 */
 };
 
+struct config_imap {
+    char listen[CONFIG_ENDPOINT_MAX + 1]; /* default 127.0.0.1:1143 */
+    unsigned max_line;                    /* octets per command line; default 65536 */
+    uint64_t max_literal;                 /* octets per literal (APPEND); default 64 MiB */
+    unsigned max_nesting;                 /* parenthesized lists; default 16 */
+    unsigned max_sessions;                /* in all; default 500 */
+    unsigned max_sessions_per_user;       /* default 20 */
+    unsigned idle_timeout;                /* seconds; at least 1800 (RFC 3501) */
+    unsigned auth_fail_delay_ms;          /* a failed login is answered this late; 1000 */
+    unsigned auth_fail_max;               /* failed logins before BYE; default 3 */
+    unsigned idle_check_ms;               /* IDLE looks for news this often; default 250 */
+    unsigned state_check_ms;              /* sessions check for a move this often; 1000 */
+};
 struct config {
     char data_dir[CONFIG_PATH_MAX];     /* set by the caller (--data); not in the file */
     char directory[CONFIG_PATH_MAX];    /* SQLite directory path; default DATA/directory.db */
@@ -91,6 +104,7 @@ struct config {
     struct config_smtp smtp;
     struct config_queue queue;
     struct config_mover mover;
+    struct config_imap imap;
 };
 
 /* Fills cfg with the defaults for data_dir (stores s1, s2 on 2401/2402). */

@@ -4,6 +4,7 @@
  * order of checks), so tests written against it hold for production. Plain
  * arrays and linear scans: sizes in tests are tiny.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,8 @@ struct dir_mem {
     struct dir_job *jobs; /* in id order */
     size_t n_jobs;
     uint64_t next_job_id;
+    char **subs; /* "user\nfolder", sorted */
+    size_t n_subs;
 };
 
 /* arr (n elements of size size) grown by one zeroed element at index n. */
@@ -122,6 +125,9 @@ static void dir_mem_close(struct directory *dir)
     free(m->aliases);
     free(m->stores);
     free(m->jobs);
+    for (size_t i = 0; i < m->n_subs; i++)
+        free(m->subs[i]);
+    free(m->subs);
     free(m);
 }
 
@@ -402,6 +408,50 @@ static enum dir_status dir_mem_job_list(struct directory *dir, struct dir_job **
     return DIR_OK;
 }
 
+static int dir_mem_sub_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static enum dir_status dir_mem_sub_set(struct directory *dir, const char *user, const char *folder,
+                                       bool on)
+{
+    struct dir_mem *m = (struct dir_mem *)dir;
+    size_t l = strlen(user) + strlen(folder) + 2;
+    char *key = xmalloc(l);
+    snprintf(key, l, "%s\n%s", user, folder);
+    for (size_t i = 0; i < m->n_subs; i++) {
+        if (strcmp(m->subs[i], key) == 0) {
+            free(key);
+            if (!on) {
+                free(m->subs[i]);
+                memmove(&m->subs[i], &m->subs[i + 1], (m->n_subs - i - 1) * sizeof(*m->subs));
+                m->n_subs--;
+            }
+            return DIR_OK;
+        }
+    }
+    if (!on) {
+        free(key);
+        return DIR_NOTFOUND;
+    }
+    m->subs = xrealloc(m->subs, (m->n_subs + 1) * sizeof(*m->subs));
+    m->subs[m->n_subs++] = key;
+    qsort(m->subs, m->n_subs, sizeof(*m->subs), dir_mem_sub_cmp);
+    return DIR_OK;
+}
+
+static enum dir_status dir_mem_sub_list(struct directory *dir, const char *user,
+                                        void (*cb)(void *ctx, const char *folder), void *ctx)
+{
+    struct dir_mem *m = (struct dir_mem *)dir;
+    size_t ul = strlen(user);
+    for (size_t i = 0; i < m->n_subs; i++)
+        if (strncmp(m->subs[i], user, ul) == 0 && m->subs[i][ul] == '\n')
+            cb(ctx, m->subs[i] + ul + 1);
+    return DIR_OK;
+}
+
 static const struct dir_ops dir_mem_ops = {
     .close = dir_mem_close,
     .domain_add = dir_mem_domain_add,
@@ -423,6 +473,8 @@ static const struct dir_ops dir_mem_ops = {
     .job_get = dir_mem_job_get,
     .job_update = dir_mem_job_update,
     .job_list = dir_mem_job_list,
+    .sub_set = dir_mem_sub_set,
+    .sub_list = dir_mem_sub_list,
 };
 
 struct directory *dir_open_memory(void)

@@ -56,6 +56,9 @@ static const char *const dir_sqlite_migrations[] = {
     "ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE jobs ADD COLUMN retain_until INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE jobs ADD COLUMN options INTEGER NOT NULL DEFAULT 0;",
+    /* 4: IMAP subscriptions, per user (they survive moves). */
+    "CREATE TABLE subscriptions(user TEXT NOT NULL, folder TEXT NOT NULL,"
+    " PRIMARY KEY(user, folder));",
 };
 
 #define USER_COLS                                                                                  \
@@ -754,6 +757,50 @@ static enum dir_status dir_sqlite_job_list(struct directory *dir, struct dir_job
     return *list_r != NULL ? DIR_OK : DIR_TEMPFAIL;
 }
 
+/* ---- subscriptions (rare: prepared per call) ---- */
+
+static enum dir_status dir_sqlite_sub_set(struct directory *dir, const char *user,
+                                          const char *folder, bool on)
+{
+    struct dir_sqlite *h = dir_sqlite_h(dir);
+    sqlite3_stmt *st;
+    const char *sql = on ? "INSERT OR IGNORE INTO subscriptions(user, folder) VALUES(?1, ?2)"
+                         : "DELETE FROM subscriptions WHERE user = ?1 AND folder = ?2";
+    if (sqlite3_prepare_v2(h->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        dir_sqlite_log(h, sql);
+        return DIR_TEMPFAIL;
+    }
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, folder, -1, SQLITE_STATIC);
+    int r = dir_sqlite_step(h, st);
+    int changes = sqlite3_changes(h->db);
+    sqlite3_finalize(st);
+    if (r < 0)
+        return DIR_TEMPFAIL;
+    return !on && changes == 0 ? DIR_NOTFOUND : DIR_OK;
+}
+
+static enum dir_status dir_sqlite_sub_list(struct directory *dir, const char *user,
+                                           void (*cb)(void *ctx, const char *folder), void *ctx)
+{
+    struct dir_sqlite *h = dir_sqlite_h(dir);
+    sqlite3_stmt *st;
+    const char *sql = "SELECT folder FROM subscriptions WHERE user = ?1 ORDER BY folder";
+    if (sqlite3_prepare_v2(h->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        dir_sqlite_log(h, sql);
+        return DIR_TEMPFAIL;
+    }
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
+    int r;
+    while ((r = dir_sqlite_step(h, st)) > 0) {
+        const unsigned char *f = sqlite3_column_text(st, 0);
+        if (f != NULL)
+            cb(ctx, (const char *)f);
+    }
+    sqlite3_finalize(st);
+    return r < 0 ? DIR_TEMPFAIL : DIR_OK;
+}
+
 /* ---- open, migrate, close ---- */
 
 static void dir_sqlite_close(struct directory *dir)
@@ -920,4 +967,6 @@ static const struct dir_ops dir_sqlite_ops = {
     .job_get = dir_sqlite_job_get,
     .job_update = dir_sqlite_job_update,
     .job_list = dir_sqlite_job_list,
+    .sub_set = dir_sqlite_sub_set,
+    .sub_list = dir_sqlite_sub_list,
 };

@@ -319,3 +319,26 @@ enum dir_status dir_job_list(struct directory *dir, struct dir_job **list_r, siz
     ASSERT(dir != NULL && list_args_ok(list_r, n_r));
     return dir->ops->job_list(dir, list_r, n_r);
 }
+
+/* ---- subscriptions ---- */
+
+static bool dir_sub_args_ok(const char *user, const char *folder)
+{
+    size_t fl = folder != NULL ? strlen(folder) : 0;
+    return user != NULL && strlen(user) <= MAIL_ADDR_MAX && fl > 0 && fl <= DIR_FOLDER_MAX;
+}
+
+enum dir_status dir_sub_set(struct directory *dir, const char *user, const char *folder, bool on)
+{
+    if (!dir_sub_args_ok(user, folder))
+        return DIR_INVALID;
+    return dir->ops->sub_set(dir, user, folder, on);
+}
+
+enum dir_status dir_sub_list(struct directory *dir, const char *user,
+                             void (*cb)(void *ctx, const char *folder), void *ctx)
+{
+    if (user == NULL || strlen(user) > MAIL_ADDR_MAX)
+        return DIR_INVALID;
+    return dir->ops->sub_list(dir, user, cb, ctx);
+}

@@ -194,6 +194,18 @@ enum dir_status dir_job_update(struct directory *dir, struct dir_job *j);
 /* All jobs, newest first. */
 enum dir_status dir_job_list(struct directory *dir, struct dir_job **list_r, size_t *n_r);
 
+/* ---- IMAP subscriptions ----
+ * Kept with the user, not in a store, so they survive moves. Names are
+ * folder names as IMAP clients send them (at most DIR_FOLDER_MAX octets);
+ * the folder need not exist (RFC 3501 6.3.6). */
+#define DIR_FOLDER_MAX 255
+/* on: subscribe (already subscribed is OK); off: unsubscribe (not
+ * subscribed is DIR_NOTFOUND). DIR_INVALID for a bad name. */
+enum dir_status dir_sub_set(struct directory *dir, const char *user, const char *folder, bool on);
+/* Calls cb for each subscribed name of user, sorted. */
+enum dir_status dir_sub_list(struct directory *dir, const char *user,
+                             void (*cb)(void *ctx, const char *folder), void *ctx);
+
 /* ---- passwords (libxcrypt) ---- */
 /* Hashes pw with yescrypt into out (DIR_HASH_MAX + 1). 0, or -1 with
  * *error_r. */

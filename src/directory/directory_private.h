@@ -29,6 +29,9 @@ struct dir_ops {
     enum dir_status (*job_get)(struct directory *, uint64_t id, struct dir_job *);
     enum dir_status (*job_update)(struct directory *, struct dir_job *);
     enum dir_status (*job_list)(struct directory *, struct dir_job **, size_t *);
+    enum dir_status (*sub_set)(struct directory *, const char *user, const char *folder, bool on);
+    enum dir_status (*sub_list)(struct directory *, const char *user,
+                                void (*cb)(void *ctx, const char *folder), void *ctx);
 };
 
 struct directory {

@@ -74,6 +74,9 @@ enum imap_read imap_reader_feed(struct imap_reader *r, const char *p, size_t n, 
  * verbatim and marked so the argument parser can tell "{3}\r\nabc" from text.
  * Valid until the next feed. The reader is then ready for the next command. */
 const struct imap_framed *imap_reader_command(struct imap_reader *r);
+/* After IMAP_READ_TOO_BIG: true if the refused literal was
+ * non-synchronizing ({n+}), so its octets are on their way. */
+bool imap_reader_nonsync(const struct imap_reader *r);
 /* The tag of the command being read so far ("" if none yet): for replies to
  * IMAP_READ_TOO_BIG and friends. */
 const char *imap_reader_tag(const struct imap_reader *r);

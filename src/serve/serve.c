@@ -68,8 +68,11 @@ static int parse_roles(const struct config *cfg, const char *spec, struct role_p
             if (strcmp(tok, "all") == 0) {
                 add_role(roles, n, "mta", "");
                 add_role(roles, n, "mover", "");
+                add_role(roles, n, "imap", "");
             }
-        } else if ((strcmp(tok, "mta") == 0 || strcmp(tok, "mover") == 0) && arg[0] == '\0') {
+        } else if ((strcmp(tok, "mta") == 0 || strcmp(tok, "mover") == 0 ||
+                    strcmp(tok, "imap") == 0) &&
+                   arg[0] == '\0') {
             add_role(roles, n, tok, "");
         } else if (strcmp(tok, "store") == 0) {
             if (config_store(cfg, arg) == NULL) {
@@ -79,7 +82,7 @@ static int parse_roles(const struct config *cfg, const char *spec, struct role_p
             add_role(roles, n, "store", arg);
         } else {
             fprintf(stderr,
-                    "tern serve: unknown role '%s' (known: all, mta, mover, store, store:NAME)\n",
+                    "tern serve: unknown role '%s' (known: all, mta, mover, imap, store, store:NAME)\n",
                     tok);
             return -1;
         }
@@ -107,7 +110,7 @@ static void start_role(struct role_proc *r, const char *self_exe, const struct c
         if (getppid() != parent)
             _exit(1);
         sigprocmask(SIG_SETMASK, orig_mask, NULL);
-        const char *argv[12];
+        const char *argv[14];
         int a = 0;
         argv[a++] = "tern";
         argv[a++] = "--data";
@@ -115,6 +118,8 @@ static void start_role(struct role_proc *r, const char *self_exe, const struct c
         /* The --smtp override travels with the role's argv. */
         argv[a++] = "--smtp";
         argv[a++] = cfg->smtp.listen;
+        argv[a++] = "--imap";
+        argv[a++] = cfg->imap.listen;
         if (config_path != NULL) {
             argv[a++] = "--config";
             argv[a++] = config_path;

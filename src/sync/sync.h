@@ -141,6 +141,34 @@ struct sync_ops {
                       const char **why_r);
     int (*delivery_add)(struct sync *s, const char *user, const struct sync_delivery *d,
                         const char **why_r);
+
+    /* ---- what an IMAP session needs (the imap role; docs/sync.md) ---- */
+
+    /* Live folders, sorted by name (modseq: of the folder's last
+     * create/rename; deleted always false). *list_r malloc'd. */
+    int (*folders)(struct sync *s, const char *user, struct sync_folder **list_r, size_t *n_r,
+                   const char **why_r);
+    /* Live messages of one folder in UID order. *modseq_r is the mailbox
+     * modseq read BEFORE the listing: every change after it shows up in
+     * changes(since = *modseq_r), some may already be in the listing. */
+    int (*msgs)(struct sync *s, const char *user, const char *folder,
+                int (*cb)(void *ctx, const struct sync_msg *m), void *ctx, uint64_t *modseq_r,
+                const char **why_r);
+    /* Appends as a client does: the store picks the UID and GUID (into an
+     * ACTIVE or STAGED mailbox, the state guard's "append"). */
+    int (*append_new)(struct sync *s, const char *user, const char *folder, uint32_t flags,
+                      const char *keywords, int64_t internal_date, const void *data, size_t len,
+                      uint32_t *uid_r, uint32_t *uidvalidity_r, const char **why_r);
+    /* store_msg_set_flags: a mode, keywords NULL = unchanged (ADD/REMOVE
+     * only), CONDSTORE's unchanged_since (0 = none; "conflict" if the
+     * message changed after it). *modseq_r the message's new modseq. */
+    int (*flags_ex)(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                    enum store_flag_mode mode, uint32_t flags, const char *keywords,
+                    uint64_t unchanged_since, uint64_t *modseq_r, const char **why_r);
+    /* A new folder (the store picks its UIDVALIDITY); "exists". */
+    int (*folder_create)(struct sync *s, const char *user, const char *name, const char **why_r);
+    int (*folder_rename)(struct sync *s, const char *user, const char *from, const char *to,
+                         const char **why_r);
 };
 
 struct sync {

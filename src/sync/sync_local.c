@@ -15,20 +15,19 @@
 #include <string.h>
 #include <strings.h>
 
-#include "sync/sync.h"
+#include "sync/sync_private.h"
 
 struct sync_local {
     struct sync base;
     struct store *st;
 };
 
-static struct store *sync_local_store(struct sync *s)
+struct store *sync_local_store(struct sync *s)
 {
     return ((struct sync_local *)s)->st;
 }
 
-/* 0 / SYNC_NO with *why_r / -1, from a store status. */
-static int sync_local_status(enum store_status st, const char **why_r)
+int sync_local_status(enum store_status st, const char **why_r)
 {
     switch (st) {
     case STORE_OK:
@@ -131,22 +130,28 @@ static int sync_local_change_folder(void *ctx, const struct store_folder *f)
 
 /* The store hands each message record its folder row (live or tombstone,
  * as it is now), so name and UIDVALIDITY need no lookup by folder id. */
+void sync_local_msg_from_store(struct sync_msg *sm, const struct store_folder *f,
+                               const struct store_msg *m)
+{
+    memset(sm, 0, sizeof(*sm));
+    str_copy(sm->folder, f->name, sizeof(sm->folder));
+    sm->uidvalidity = f->uidvalidity;
+    sm->uid = m->uid;
+    memcpy(sm->guid, m->guid, STORE_GUID_LEN);
+    sm->flags = m->flags;
+    str_copy(sm->keywords, m->keywords != NULL ? m->keywords : "", sizeof(sm->keywords));
+    sm->internal_date = m->internal_date;
+    sm->size = m->size;
+    memcpy(sm->sha256, m->sha256, SHA256_LEN);
+    sm->modseq = m->modseq;
+    sm->expunged = m->expunged;
+}
+
 static int sync_local_change_msg(void *ctx, const struct store_folder *f, const struct store_msg *m)
 {
     struct sync_local_changes *c = ctx;
     struct sync_msg sm;
-    memset(&sm, 0, sizeof(sm));
-    str_copy(sm.folder, f->name, sizeof(sm.folder));
-    sm.uidvalidity = f->uidvalidity;
-    sm.uid = m->uid;
-    memcpy(sm.guid, m->guid, STORE_GUID_LEN);
-    sm.flags = m->flags;
-    str_copy(sm.keywords, m->keywords != NULL ? m->keywords : "", sizeof(sm.keywords));
-    sm.internal_date = m->internal_date;
-    sm.size = m->size;
-    memcpy(sm.sha256, m->sha256, SHA256_LEN);
-    sm.modseq = m->modseq;
-    sm.expunged = m->expunged;
+    sync_local_msg_from_store(&sm, f, m);
     return c->cb->msg != NULL ? c->cb->msg(c->cb->ctx, &sm) : 0;
 }
 
@@ -522,6 +527,12 @@ static const struct sync_ops sync_local_ops = {
     .digest = sync_local_digest,
     .deliveries = sync_local_deliveries,
     .delivery_add = sync_local_delivery_add,
+    .folders = sync_local_folders,
+    .msgs = sync_local_msgs,
+    .append_new = sync_local_append_new,
+    .flags_ex = sync_local_flags_ex,
+    .folder_create = sync_local_folder_create,
+    .folder_rename = sync_local_folder_rename,
 };
 
 struct sync *sync_local_new(struct store *st)

@@ -770,6 +770,178 @@ static int sync_tcp_delivery_add(struct sync *s, const char *user, const struct 
     return sync_tcp_call(c, why_r, NULL);
 }
 
+/* ---- for IMAP sessions ---- */
+
+static int sync_tcp_folders(struct sync *s, const char *user, struct sync_folder **list_r,
+                            size_t *n_r, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    *list_r = NULL;
+    *n_r = 0;
+    int r = sync_tcp_cmd_user(c, "FOLDERS", user, why_r);
+    if (r != 0)
+        return r;
+    buf_puts(&c->out, "\r\n");
+    if (sync_tcp_send_out(c) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    struct sync_tcp_list l = {.size = sizeof(struct sync_folder)};
+    for (;;) {
+        size_t len;
+        if (sync_tcp_read_line(c, &len) < 0) {
+            free(l.list);
+            return sync_tcp_broken(c, why_r, NULL);
+        }
+        if (c->line[0] == 'F' && c->line[1] == ' ') {
+            struct sync_tcp_tok t[SYNC_TCP_TOKS];
+            struct sync_folder f;
+            if (sync_tcp_parse_folder(t, sync_tcp_split(c->line, t, SYNC_TCP_TOKS), &f) < 0) {
+                free(l.list);
+                return sync_tcp_broken(c, why_r, "malformed F record");
+            }
+            *(struct sync_folder *)sync_tcp_list_add(&l) = f;
+            continue;
+        }
+        r = sync_tcp_final(c, why_r, NULL);
+        if (r != 0) {
+            free(l.list);
+            return r;
+        }
+        *list_r = l.list != NULL ? l.list : xmalloc(1);
+        *n_r = l.n;
+        return 0;
+    }
+}
+
+static int sync_tcp_msgs(struct sync *s, const char *user, const char *folder,
+                         int (*cb)(void *ctx, const struct sync_msg *m), void *ctx,
+                         uint64_t *modseq_r, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "MSGS", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(folder))
+        return sync_tcp_invalid(why_r);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, folder, "\r\n");
+    if (sync_tcp_send_out(c) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    for (;;) {
+        size_t len;
+        if (sync_tcp_read_line(c, &len) < 0)
+            return sync_tcp_broken(c, why_r, NULL);
+        if (c->line[0] == 'M' && c->line[1] == ' ') {
+            struct sync_tcp_tok t[SYNC_TCP_TOKS];
+            struct sync_msg m;
+            if (sync_tcp_parse_msg(t, sync_tcp_split(c->line, t, SYNC_TCP_TOKS), &m) < 0)
+                return sync_tcp_broken(c, why_r, "malformed M record");
+            if (cb(ctx, &m) != 0)
+                return sync_tcp_broken(c, why_r, "listing aborted by the caller");
+            continue;
+        }
+        char *rest;
+        if ((r = sync_tcp_final(c, why_r, &rest)) != 0)
+            return r;
+        if (parse_u64(rest, UINT64_MAX, modseq_r) < 0)
+            return sync_tcp_broken(c, why_r, "malformed MSGS reply");
+        return 0;
+    }
+}
+
+static int sync_tcp_append_new(struct sync *s, const char *user, const char *folder,
+                               uint32_t flags, const char *keywords, int64_t internal_date,
+                               const void *data, size_t len, uint32_t *uid_r,
+                               uint32_t *uidvalidity_r, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "ADD", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(folder) || !sync_tcp_kw_ok(keywords) ||
+        (uint64_t)len > SYNC_TCP_BODY_MAX || (data == NULL && len > 0))
+        return sync_tcp_invalid(why_r);
+    uint8_t sha[SHA256_LEN];
+    char hex[2 * SHA256_LEN + 1];
+    sha256_buf(data, len, sha);
+    hex_encode(sha, SHA256_LEN, hex);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, folder, "");
+    buf_printf(&c->out, " %u %lld %zu %s ", flags, (long long)internal_date, len, hex);
+    sync_tcp_put_hex(&c->out, keywords != NULL ? keywords : "", "\r\n");
+    if (sync_tcp_send_out(c) < 0 || (len > 0 && sync_tcp_send(c, data, len) < 0) ||
+        sync_tcp_send(c, "\r\n", 2) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    size_t l;
+    if (sync_tcp_read_line(c, &l) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    char *rest;
+    if ((r = sync_tcp_final(c, why_r, &rest)) != 0)
+        return r;
+    struct sync_tcp_tok t[SYNC_TCP_TOKS];
+    if (sync_tcp_split(rest, t, SYNC_TCP_TOKS) != 2 || sync_tcp_u32(&t[0], uid_r) < 0 ||
+        sync_tcp_u32(&t[1], uidvalidity_r) < 0)
+        return sync_tcp_broken(c, why_r, "malformed ADD reply");
+    return 0;
+}
+
+static int sync_tcp_flags_ex(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                             enum store_flag_mode mode, uint32_t flags, const char *keywords,
+                             uint64_t unchanged_since, uint64_t *modseq_r, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "SETFLAGS", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(folder) || !sync_tcp_kw_ok(keywords))
+        return sync_tcp_invalid(why_r);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, folder, "");
+    buf_printf(&c->out, " %u %c %u ", uid,
+               mode == STORE_FLAGS_SET ? '=' : mode == STORE_FLAGS_ADD ? '+' : '-', flags);
+    /* "-" is both "no keywords" and, for ADD/REMOVE, "leave them": the same
+     * thing for those modes. */
+    sync_tcp_put_hex(&c->out, keywords != NULL ? keywords : "", "");
+    buf_printf(&c->out, " %llu\r\n", (unsigned long long)unchanged_since);
+    char *rest;
+    if ((r = sync_tcp_call(c, why_r, &rest)) != 0)
+        return r;
+    uint64_t ms;
+    if (parse_u64(rest, UINT64_MAX, &ms) < 0)
+        return sync_tcp_broken(c, why_r, "malformed SETFLAGS reply");
+    if (modseq_r != NULL)
+        *modseq_r = ms;
+    return 0;
+}
+
+static int sync_tcp_folder_create(struct sync *s, const char *user, const char *name,
+                                  const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "FCREATE", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(name) || name[0] == '\0')
+        return sync_tcp_invalid(why_r);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, name, "\r\n");
+    return sync_tcp_call(c, why_r, NULL);
+}
+
+static int sync_tcp_folder_rename(struct sync *s, const char *user, const char *from,
+                                  const char *to, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "FRENAME", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(from) || !sync_tcp_folder_ok(to) || from[0] == '\0' || to[0] == '\0')
+        return sync_tcp_invalid(why_r);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, from, " ");
+    sync_tcp_put_hex(&c->out, to, "\r\n");
+    return sync_tcp_call(c, why_r, NULL);
+}
+
 static const struct sync_ops sync_tcp_ops = {
     .close = sync_tcp_close,
     .mailbox_get = sync_tcp_mailbox_get,
@@ -787,6 +959,12 @@ static const struct sync_ops sync_tcp_ops = {
     .digest = sync_tcp_digest,
     .deliveries = sync_tcp_deliveries,
     .delivery_add = sync_tcp_delivery_add,
+    .folders = sync_tcp_folders,
+    .msgs = sync_tcp_msgs,
+    .append_new = sync_tcp_append_new,
+    .flags_ex = sync_tcp_flags_ex,
+    .folder_create = sync_tcp_folder_create,
+    .folder_rename = sync_tcp_folder_rename,
 };
 
 /* ---- connection ---- */

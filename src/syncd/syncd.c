@@ -227,6 +227,12 @@ static const struct {
     {"DELIVERIES", SYNCD_DELIVERIES, 1, 0},
     {"DELIVERY", SYNCD_DELIVERY, 4, 0},
     {"QUIT", SYNCD_QUIT, 0, 0},
+    {"FOLDERS", SYNCD_FOLDERS, 1, 0},
+    {"MSGS", SYNCD_MSGS, 2, 0},
+    {"ADD", SYNCD_ADD, 7, 0},
+    {"SETFLAGS", SYNCD_SETFLAGS, 7, 0},
+    {"FCREATE", SYNCD_FCREATE, 2, 0},
+    {"FRENAME", SYNCD_FRENAME, 3, 0},
 };
 
 /* Splits a line at single spaces into t (SYNCD_TOKENS_MAX); *n_r tokens. */
@@ -403,6 +409,48 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
         syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), syncd_bad_num);
         syncd_note(&p, syncd_tok_u32(&a[3], &cmd->flags), syncd_bad_num);
         syncd_note(&p, syncd_tok_str(&a[4], cmd->keywords, sizeof(cmd->keywords)), syncd_bad_kw);
+        break;
+    case SYNCD_FOLDERS:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        break;
+    case SYNCD_MSGS:
+    case SYNCD_FCREATE:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+        break;
+    case SYNCD_FRENAME:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+        syncd_note(&p, syncd_tok_str(&a[2], cmd->folder2, sizeof(cmd->folder2)), syncd_bad_folder);
+        break;
+    case SYNCD_ADD:
+        /* ADD <user> <folder> <flags> <date> <len> <sha256> <keywords> */
+        if (syncd_tok_u64(&a[4], SYNCD_BODY_MAX, &cmd->body_len) == 0)
+            cmd->has_body = true;
+        else
+            syncd_note(&p, -1, "bad body length");
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->flags), syncd_bad_num);
+        syncd_note(&p, syncd_tok_date(&a[3], &cmd->date), "bad date");
+        syncd_note(&p, syncd_tok_bin(&a[5], cmd->sha256, SHA256_LEN), "bad SHA-256");
+        syncd_note(&p, syncd_tok_str(&a[6], cmd->keywords, sizeof(cmd->keywords)), syncd_bad_kw);
+        break;
+    case SYNCD_SETFLAGS:
+        /* SETFLAGS <user> <folder> <uid> <=|+|-> <flags> <keywords|-> <unchanged_since> */
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), syncd_bad_num);
+        if (a[3].len == 1 && (a[3].p[0] == '=' || a[3].p[0] == '+' || a[3].p[0] == '-'))
+            cmd->flag_mode = a[3].p[0] == '=' ? STORE_FLAGS_SET
+                             : a[3].p[0] == '+' ? STORE_FLAGS_ADD
+                                                : STORE_FLAGS_REMOVE;
+        else
+            syncd_note(&p, -1, "bad flag mode");
+        syncd_note(&p, syncd_tok_u32(&a[4], &cmd->flags), syncd_bad_num);
+        cmd->keywords_none = a[5].len == 1 && a[5].p[0] == '-';
+        syncd_note(&p, syncd_tok_str(&a[5], cmd->keywords, sizeof(cmd->keywords)), syncd_bad_kw);
+        syncd_note(&p, syncd_tok_u64(&a[6], UINT64_MAX, &cmd->num), syncd_bad_num);
         break;
     case SYNCD_DELIVERY:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
@@ -616,13 +664,101 @@ static void syncd_cmd_append(struct syncd_session *s)
     syncd_result(s, r, why);
 }
 
+/* ADD: a client append (the imap role's APPEND/COPY); the store picks the
+ * UID. Answered "+OK <uid> <uidvalidity>" once committed (fsync'd). */
+static void syncd_cmd_add(struct syncd_session *s)
+{
+    struct sync *sy = s->d->sync;
+    const struct syncd_cmd *c = &s->cmd;
+    uint8_t sha[SHA256_LEN];
+    sha256_buf(s->body.data, s->body.len, sha);
+    if (memcmp(sha, c->sha256, SHA256_LEN) != 0) {
+        syncd_say(s, "-NO checksum");
+        return;
+    }
+    const char *why = NULL;
+    uint32_t uid = 0, uidvalidity = 0;
+    int r = sy->ops->append_new(sy, c->user, c->folder, c->flags, c->keywords, c->date,
+                                s->body.data, s->body.len, &uid, &uidvalidity, &why);
+    if (r != 0)
+        syncd_fail(s, r, why);
+    else
+        syncd_say(s, "+OK %u %u", uid, uidvalidity);
+}
+
+static int syncd_msgs_cb(void *ctx, const struct sync_msg *m)
+{
+    return syncd_change_msg(ctx, m);
+}
+
+static void syncd_execute_client(struct syncd_session *s, struct sync *sy,
+                                 const struct syncd_cmd *c)
+{
+    const char *why = NULL;
+    int r;
+    switch (c->verb) {
+    case SYNCD_FOLDERS: {
+        struct sync_folder *list = NULL;
+        size_t n = 0;
+        r = sy->ops->folders(sy, c->user, &list, &n, &why);
+        if (r != 0) {
+            syncd_fail(s, r, why);
+            return;
+        }
+        for (size_t i = 0; i < n; i++)
+            syncd_change_folder(s, &list[i]);
+        free(list);
+        syncd_say(s, "+OK");
+        return;
+    }
+    case SYNCD_MSGS: {
+        uint64_t modseq = 0;
+        r = sy->ops->msgs(sy, c->user, c->folder, syncd_msgs_cb, s, &modseq, &why);
+        if (r != 0)
+            syncd_fail(s, r, why);
+        else
+            syncd_say(s, "+OK %llu", (unsigned long long)modseq);
+        return;
+    }
+    case SYNCD_SETFLAGS: {
+        uint64_t modseq = 0;
+        const char *kw = c->keywords_none && c->flag_mode != STORE_FLAGS_SET ? NULL : c->keywords;
+        r = sy->ops->flags_ex(sy, c->user, c->folder, c->uid, c->flag_mode, c->flags, kw, c->num,
+                              &modseq, &why);
+        if (r != 0)
+            syncd_fail(s, r, why);
+        else
+            syncd_say(s, "+OK %llu", (unsigned long long)modseq);
+        return;
+    }
+    case SYNCD_FCREATE:
+        r = sy->ops->folder_create(sy, c->user, c->folder, &why);
+        syncd_result(s, r, why);
+        return;
+    case SYNCD_FRENAME:
+        r = sy->ops->folder_rename(sy, c->user, c->folder, c->folder2, &why);
+        syncd_result(s, r, why);
+        return;
+    default:
+        return;
+    }
+}
+
 static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
 {
     struct sync *sy = s->d->sync;
     const char *why = NULL;
     int r;
     switch (c->verb) {
+    case SYNCD_FOLDERS:
+    case SYNCD_MSGS:
+    case SYNCD_SETFLAGS:
+    case SYNCD_FCREATE:
+    case SYNCD_FRENAME:
+        syncd_execute_client(s, sy, c);
+        break;
     case SYNCD_NONE:
+    case SYNCD_ADD:     /* after its body: syncd_body_done() */
     case SYNCD_APPEND:  /* after its body: syncd_body_done() */
     case SYNCD_APPENDS: /* after all records: syncd_batch_run() */
         break;
@@ -725,6 +861,8 @@ static void syncd_dispatch(struct syncd_session *s, int r, const char *err)
     }
     if (s->cmd.verb == SYNCD_APPEND)
         syncd_cmd_append(s);
+    else if (s->cmd.verb == SYNCD_ADD)
+        syncd_cmd_add(s);
     else
         syncd_execute(s, &s->cmd);
 }
@@ -879,7 +1017,7 @@ static void syncd_line(struct syncd_session *s, const char *line, size_t len)
         syncd_batch_start(s, r, err);
         return;
     }
-    if (s->cmd.verb == SYNCD_APPEND) {
+    if (s->cmd.verb == SYNCD_APPEND || s->cmd.verb == SYNCD_ADD) {
         if (!s->cmd.has_body) {
             syncd_err_close(s, err);
             return;

@@ -84,6 +84,13 @@ enum syncd_verb {
     SYNCD_DELIVERIES,
     SYNCD_DELIVERY,
     SYNCD_QUIT,
+    /* for IMAP sessions (the imap role) */
+    SYNCD_FOLDERS,
+    SYNCD_MSGS,
+    SYNCD_ADD, /* a client append: the store picks the UID; a body follows */
+    SYNCD_SETFLAGS,
+    SYNCD_FCREATE,
+    SYNCD_FRENAME,
 };
 
 /* One parsed command; only the fields its verb has are set. Strings are
@@ -92,6 +99,9 @@ struct syncd_cmd {
     enum syncd_verb verb;
     char user[MAIL_ADDR_MAX + 1];
     char folder[STORE_FOLDER_MAX + 1]; /* FETCH/APPEND/FLAGS/EXPUNGE/DELIVERY; FOLDER's name */
+    char folder2[STORE_FOLDER_MAX + 1]; /* FRENAME: the new name */
+    enum store_flag_mode flag_mode;    /* SETFLAGS */
+    bool keywords_none;                /* SETFLAGS: "-" given for ADD/REMOVE = leave them */
     char keywords[STORE_KEYWORDS_MAX + 1];
     char moved_to[MAIL_NAME_MAX + 1];
     char id[STORE_DELIVERY_ID_MAX + 1];
