@@ -66,11 +66,12 @@ class Tern:
     """One tern installation: data dir, config file, CLI, supervisor."""
 
     def __init__(self, root, lmtp_extra="", top_extra="", smtp_extra="", queue_extra="",
-                 mover_extra="retention = 0\nlease_ms = 2000"):
+                 mover_extra="retention = 0\nlease_ms = 2000", imap_extra=""):
         self.data = root / "data"
         self.ports = {"s1": free_port(), "s2": free_port(), "smtp": free_port(),
-                      "sync-s1": free_port(), "sync-s2": free_port()}
+                      "sync-s1": free_port(), "sync-s2": free_port(), "imap": free_port()}
         self.config = root / "tern.conf"
+        self.imap_extra = imap_extra
         self.write_config(lmtp_extra, top_extra, smtp_extra, queue_extra, mover_extra)
         self.serve_proc = None
         self.serve_log = root / "serve.log"
@@ -88,6 +89,8 @@ class Tern:
             f"[smtp]\nlisten = 127.0.0.1:{self.ports['smtp']}\n{smtp_extra}\n"
             f"[queue]\n{queue_extra}\n"
             f"[mover]\n{mover_extra}\n"
+            f"[imap]\nlisten = 127.0.0.1:{self.ports['imap']}\nauth_fail_delay_ms = 50\n"
+            f"{self.imap_extra}\n"
         )
 
     def env(self):
@@ -122,8 +125,8 @@ class Tern:
         if "--roles" in extra:
             spec = extra[list(extra).index("--roles") + 1].split(",")
             return [r.split(":", 1)[1] for r in spec if r.startswith("store:")] + \
-                (["smtp"] if "mta" in spec else [])
-        return ["s1", "s2", "smtp", "sync-s1", "sync-s2"]
+                (["smtp"] if "mta" in spec else []) + (["imap"] if "imap" in spec else [])
+        return ["s1", "s2", "smtp", "sync-s1", "sync-s2", "imap"]
 
     def stop(self):
         p = self.serve_proc
