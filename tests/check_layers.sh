@@ -9,6 +9,7 @@ allowed() {
         mail) echo "util mail" ;;
         config) echo "util mail config" ;;
         smtp) echo "util mail smtp" ;;
+        imap) echo "util imap" ;;
         net) echo "util net" ;;
         directory) echo "util mail directory" ;;
         store) echo "util mail store" ;;
