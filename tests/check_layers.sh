@@ -26,7 +26,6 @@ allowed() {
         role_mover) echo "util mail config directory store sync move role_mover" ;;
         doctor) echo "util mail config directory store sync move doctor" ;;
         serve) echo "util mail config directory serve" ;;
-        imap) echo "util imap" ;;
         mime) echo "util mime" ;;
         imapd) echo "util mail imap mime store sync imapd" ;;
         role_imap) echo "util mail config directory store sync imap mime imapd role_imap" ;;

@@ -1623,13 +1623,10 @@ void imapd_session_run(int fd, const char *peer, const struct imapd_env *env)
                 imapd_flush(s);
                 continue;
             case IMAP_READ_TOO_BIG: {
-                const char *tag = imap_reader_tag(s->rd);
-                if (imap_reader_nonsync(s->rd)) {
-                    imapd_bye(s, "[TOOBIG] Literal too big");
-                } else {
-                    imapd_reply(s, tag, "NO", "[TOOBIG] Literal too big");
-                    imapd_flush(s);
-                }
+                /* The reader drops the command (and skips the octets of a
+                 * non-synchronizing literal), so the session stays in step. */
+                imapd_reply(s, imap_reader_tag(s->rd), "NO", "[TOOBIG] Literal too big");
+                imapd_flush(s);
                 continue;
             }
             case IMAP_READ_LINE_TOO_LONG:
