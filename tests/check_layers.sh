@@ -19,6 +19,7 @@ allowed() {
         role_store) echo "util mail config smtp smtpd net directory store syncd role_store" ;;
         queue) echo "util mail queue" ;;
         dsn) echo "util mail dsn" ;;
+        mime) echo "util mime" ;;
         lmtpc) echo "util mail smtp lmtpc" ;;
         router) echo "util mail directory router" ;;
         role_mta) echo "util mail config smtp smtpd net directory queue dsn lmtpc router role_mta" ;;
@@ -61,5 +62,7 @@ third_party "sqlite3.h" "directory store queue"
 third_party "event2/" "net"
 third_party "openssl/" "util"
 third_party "crypt.h" "directory"
+third_party "gmime/" "mime"
+third_party "glib" "mime"
 [ $status -eq 0 ] && echo "layers: ok"
 exit $status

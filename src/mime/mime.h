@@ -11,8 +11,22 @@
  * fetches agree with RFC822.SIZE.
  *
  * Limits: at most MIME_DEPTH_MAX nested multiparts / message/rfc822 parts
- * and MIME_PARTS_MAX parts are structured; deeper or further parts are
- * treated as opaque leaves (text/plain or application/octet-stream).
+ * and MIME_PARTS_MAX parts are structured. A deeper multipart or
+ * message/rfc822 part is an opaque leaf (written as APPLICATION/OCTET-STREAM,
+ * its octets still its body), as is a message/rfc822 part with a transfer
+ * encoding other than 7bit/8bit/binary. Parts past MIME_PARTS_MAX are not
+ * listed (their octets stay inside the enclosing multipart's body). A
+ * multipart without parts (no boundary, or none found) is written with one
+ * empty TEXT/PLAIN part, its part 1 (as Dovecot does: BODYSTRUCTURE needs
+ * at least one). The work is linear in the message size.
+ *
+ * Most strings follow Dovecot's output (address placeholders
+ * "MISSING_MAILBOX"/"MISSING_DOMAIN", merged RFC 2231 parameters, line
+ * counts = LF octets in the body); media type, subtype, parameter names,
+ * encoding and disposition type are upper-cased (RFC 3501's examples).
+ * Every IMAP string is quoted (with \ and " escaped) when it is 7-bit
+ * without CR/LF/NUL and at most 1024 octets, else a literal; NULs in
+ * header values are written as '?'.
  *
  * Threading: GMime is initialised once (mime_init(), idempotent, not
  * thread-safe; the first mime_parse() calls it). A struct mime_msg is used
@@ -35,7 +49,10 @@ void mime_init(void);
 struct mime_msg;
 
 /* Parses len octets at data (CRLF or LF lines). data is not copied and
- * must stay valid and unchanged until mime_free(). Never NULL. */
+ * must stay valid and unchanged until mime_free(). Never NULL. Cheap: the
+ * MIME structure is found on first need (BODYSTRUCTURE, a numbered section,
+ * body text), then kept; ENVELOPE, HEADER, TEXT and the header helpers read
+ * only the top header. */
 struct mime_msg *mime_parse(const char *data, size_t len);
 void mime_free(struct mime_msg **m);
 
@@ -62,16 +79,30 @@ enum mime_section {
  * Part numbers follow RFC 3501: a non-multipart message has part 1 (its
  * body). HEADER.FIELDS returns the matching header lines as sent, in
  * message order, followed by the blank line. Case-insensitive keywords.
+ * N.HEADER, N.TEXT and N.HEADER.FIELDS need part N to be message/rfc822
+ * (else NONE); N.MIME is part N's MIME header with its blank line. BAD for:
+ * a number that is 0, has a leading zero or exceeds 2^32-1, an empty
+ * component ("1..2", "1.", ".1"), an unknown keyword ("1.FOO"), MIME without
+ * a part number, HEADER.FIELDS without "(" 1*name ")", junk after it.
  * *error_r (client-safe) on BAD/NONE. */
 enum mime_section mime_section_get(struct mime_msg *m, const char *spec, struct buf *out,
                                    const char **error_r);
+/* The same without a copy where one is not needed: a section that is one
+ * run of the message's octets (every kind but HEADER.FIELDS[.NOT]) is
+ * returned as *off_r, *len_r into data and out is left alone; for
+ * HEADER.FIELDS[.NOT] the octets are appended to out and *off_r is
+ * SIZE_MAX. */
+enum mime_section mime_section_locate(struct mime_msg *m, const char *spec, struct buf *out,
+                                      size_t *off_r, size_t *len_r, const char **error_r);
 
 /* For SEARCH. Appends the values of every top-level header field `name`
  * (case-insensitive), unfolded and with RFC 2047 encoded words decoded to
  * UTF-8, separated by "\n". Returns the number of fields found. */
 size_t mime_header_text(struct mime_msg *m, const char *name, struct buf *out);
 /* Appends the decoded (transfer encoding and charset to UTF-8) text of
- * every text/ * part, separated by "\n". */
+ * every text/ * part (in document order, inside message/rfc822 parts too),
+ * separated by "\n". The output is valid UTF-8; an append that would pass
+ * out->max is dropped. */
 void mime_body_text(struct mime_msg *m, struct buf *out);
 /* The Date: header as unix seconds, or -1 if missing or unparsable. */
 int64_t mime_date(struct mime_msg *m);

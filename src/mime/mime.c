@@ -1,0 +1,629 @@
+/*
+ * mime.c — the MIME structure of a message and its body sections; see
+ * mime.h and mime_private.h.
+ *
+ * The structure is found here, not by GMime's parser: IMAP needs the
+ * offsets of every header and body in the original octets (BODY[1.2] must
+ * be the bytes as stored, and sizes must add up with RFC822.SIZE), which
+ * GMime's object tree does not keep; and the limits (depth, part count)
+ * must hold while parsing, not after. The scan is one pass over the lines,
+ * like Dovecot's and GMime's own parsers: a part's header runs to the first
+ * empty line; a multipart's body is cut at lines that start with "--" and
+ * one of the open boundaries (innermost first, a prefix match, as both do);
+ * the line end before a delimiter line belongs to the delimiter (RFC 2046
+ * 5.1.1), so a part's body excludes it. An outer boundary also ends every
+ * inner part (a missing close delimiter). Recursion is bounded by
+ * MIME_DEPTH_MAX, the node array by MIME_PARTS_MAX; the work is linear in
+ * the message size times the (bounded) number of open boundaries.
+ *
+ * The structure is built lazily: ENVELOPE and HEADER-only fetches read the
+ * top header only.
+ */
+#include "mime/mime_private.h"
+
+#include <string.h>
+
+#include <gmime/gmime.h>
+
+#define MIME_BOUNDARY_MAX 998  /* RFC 2046 says 70; a line's worth of slack */
+#define SECTION_PATH_MAX  128  /* numbers in a section spec (deeper: no such part) */
+#define SECTION_NAMES_MAX 1000 /* names in a HEADER.FIELDS list */
+
+static bool mime_initialized;
+
+void mime_init(void)
+{
+    if (mime_initialized)
+        return;
+    mime_initialized = true;
+    g_mime_init();
+}
+
+struct mime_msg *mime_parse(const char *data, size_t len)
+{
+    mime_init();
+    struct mime_msg *m = xmalloc(sizeof(*m));
+    m->data = data != NULL ? data : "";
+    m->len = data != NULL ? len : 0;
+    buf_init(&m->tmp, 0);
+    buf_init(&m->sb, 0);
+    for (size_t i = 0; i < ARRAY_SIZE(m->scratch); i++)
+        buf_init(&m->scratch[i], 0);
+    m->ct = xmalloc(sizeof(*m->ct));
+    return m;
+}
+
+void mime_free(struct mime_msg **mp)
+{
+    struct mime_msg *m = *mp;
+    if (m == NULL)
+        return;
+    buf_free(&m->tmp);
+    buf_free(&m->sb);
+    for (size_t i = 0; i < ARRAY_SIZE(m->scratch); i++)
+        buf_free(&m->scratch[i]);
+    free(m->ct);
+    free(m->nodes);
+    xfree(mp);
+}
+
+/* ---- the structure ------------------------------------------------------ */
+
+static size_t line_after(const char *d, size_t pos, size_t end)
+{
+    const char *nl = memchr(d + pos, '\n', end - pos);
+    return nl == NULL ? end : (size_t)(nl - d) + 1;
+}
+
+static bool line_blank(const char *d, size_t pos, size_t end)
+{
+    return (pos < end && d[pos] == '\n') ||
+           (end - pos >= 2 && d[pos] == '\r' && d[pos + 1] == '\n');
+}
+
+void mime_header_bounds(const char *d, size_t pos, size_t end, size_t *hdr_end_r,
+                        size_t *body_start_r)
+{
+    while (pos < end && !line_blank(d, pos, end))
+        pos = line_after(d, pos, end);
+    *hdr_end_r = pos;
+    *body_start_r = pos < end ? line_after(d, pos, end) : end;
+}
+
+/* Where a scan stopped: at the start of a delimiter line of open boundary
+ * `which` (close: a "--b--" line), or at the end (which < 0). */
+struct stop {
+    size_t at;
+    int which;
+    bool close;
+};
+
+struct parser {
+    struct mime_msg *m;
+    const char *d;
+    size_t len;
+    char *bnd[MIME_DEPTH_MAX];
+    size_t blen[MIME_DEPTH_MAX];
+    int nb;
+    struct mime_ctype ct; /* scratch: used before any recursion */
+    struct buf sb;
+};
+
+static bool is_delimiter(const struct parser *p, size_t pos, struct stop *st)
+{
+    const char *d = p->d;
+    if (p->len - pos < 2 || d[pos] != '-' || d[pos + 1] != '-')
+        return false;
+    size_t rest = p->len - pos - 2;
+    for (int i = p->nb - 1; i >= 0; i--) {
+        if (rest >= p->blen[i] && memcmp(d + pos + 2, p->bnd[i], p->blen[i]) == 0) {
+            size_t q = pos + 2 + p->blen[i];
+            st->at = pos;
+            st->which = i;
+            st->close = p->len - q >= 2 && d[q] == '-' && d[q + 1] == '-';
+            return true;
+        }
+    }
+    return false;
+}
+
+/* From pos (a line start), the first delimiter line of an open boundary. */
+static struct stop scan_to_delimiter(const struct parser *p, size_t pos)
+{
+    struct stop st = {.at = p->len, .which = -1};
+    if (p->nb == 0)
+        return st;
+    while (pos < p->len) {
+        if (is_delimiter(p, pos, &st))
+            return st;
+        pos = line_after(p->d, pos, p->len);
+    }
+    return st;
+}
+
+/* The end of a body that a delimiter line at `at` ends: without the line
+ * end before it, but never before `min`. */
+static size_t cut_eol(const struct parser *p, const struct stop *st, size_t min)
+{
+    if (st->which < 0)
+        return p->len;
+    size_t e = st->at;
+    if (e > min && p->d[e - 1] == '\n') {
+        e--;
+        if (e > min && p->d[e - 1] == '\r')
+            e--;
+    }
+    return e;
+}
+
+static uint32_t node_new(struct parser *p)
+{
+    struct mime_msg *m = p->m;
+    if (m->n_nodes >= MIME_PARTS_MAX)
+        return MIME_NONE;
+    if ((m->n_nodes & (m->n_nodes - 1)) == 0) { /* 0, 1, 2, 4, ...: grow */
+        size_t cap = m->n_nodes == 0 ? 4 : 2 * (size_t)m->n_nodes;
+        m->nodes = xrealloc(m->nodes, cap * sizeof(*m->nodes));
+    }
+    uint32_t i = m->n_nodes++;
+    struct mime_node *n = &m->nodes[i];
+    memset(n, 0, sizeof(*n));
+    n->first_child = n->next = MIME_NONE;
+    return i;
+}
+
+/* Reads the header of node idx at pos; records its Content-* fields.
+ * Returns true if a delimiter line ended it (in *st) before an empty line. */
+static bool parse_header(struct parser *p, uint32_t idx, size_t pos, struct stop *st)
+{
+    struct mime_node *n = &p->m->nodes[idx];
+    const char *d = p->d;
+    bool cut = false;
+    n->hdr_start = pos;
+    for (;;) {
+        if (pos >= p->len) {
+            n->hdr_end = n->body_start = p->len;
+            break;
+        }
+        if (line_blank(d, pos, p->len)) {
+            n->hdr_end = pos;
+            n->body_start = line_after(d, pos, p->len);
+            break;
+        }
+        if (p->nb > 0 && is_delimiter(p, pos, st)) {
+            n->hdr_end = n->body_start = cut_eol(p, st, n->hdr_start);
+            cut = true;
+            break;
+        }
+        pos = line_after(d, pos, p->len);
+    }
+    size_t fp = n->hdr_start;
+    struct mime_field f;
+    while (mime_field_next(d, &fp, n->hdr_end, &f)) {
+        if (f.name_len < 9 || !mime_eq(d + f.start, 8, "content-"))
+            continue;
+        const char *nm = d + f.start + 8;
+        size_t nl = f.name_len - 8;
+        struct mime_range *r = mime_eq(nm, nl, "type")                ? &n->ctype
+                               : mime_eq(nm, nl, "transfer-encoding") ? &n->cte
+                               : mime_eq(nm, nl, "id")                ? &n->cid
+                               : mime_eq(nm, nl, "description")       ? &n->cdesc
+                               : mime_eq(nm, nl, "disposition")       ? &n->cdisp
+                               : mime_eq(nm, nl, "language")          ? &n->clang
+                               : mime_eq(nm, nl, "location")          ? &n->cloc
+                                                                      : NULL;
+        if (r != NULL && !r->set) {
+            r->off = f.value;
+            r->len = f.value_end - f.value;
+            r->set = true;
+        }
+    }
+    return cut;
+}
+
+/* message/rfc822 can be parsed only if not transfer-encoded (RFC 2046
+ * 5.2.1 allows 7bit, 8bit and binary). */
+static bool cte_identity(const struct parser *p, const struct mime_node *n)
+{
+    if (!n->cte.set)
+        return true;
+    const char *s = p->d + n->cte.off, *end = s + n->cte.len;
+    s = mime_skip_cfws(s, end, NULL, NULL);
+    const char *t = s;
+    while (s < end && mime_is_token((unsigned char)*s))
+        s++;
+    size_t tl = (size_t)(s - t);
+    return tl == 0 || mime_eq(t, tl, "7bit") || mime_eq(t, tl, "8bit") || mime_eq(t, tl, "binary");
+}
+
+static void link_child(struct mime_msg *m, uint32_t parent, uint32_t *last, uint32_t c)
+{
+    if (*last == MIME_NONE)
+        m->nodes[parent].first_child = c;
+    else
+        m->nodes[*last].next = c;
+    *last = c;
+    m->nodes[parent].n_children++;
+}
+
+static struct stop parse_part(struct parser *p, uint32_t idx, size_t pos, int depth);
+
+static struct stop parse_multipart(struct parser *p, uint32_t idx, int depth, const char *bnd,
+                                   size_t blen, bool digest)
+{
+    struct mime_msg *m = p->m;
+    p->bnd[p->nb] = xstrndup(bnd, blen);
+    p->blen[p->nb] = blen;
+    int mine = p->nb++;
+    uint32_t last = MIME_NONE;
+    struct stop st = scan_to_delimiter(p, m->nodes[idx].body_start); /* the preamble */
+    while (st.which == mine && !st.close) {
+        size_t start = line_after(p->d, st.at, p->len);
+        uint32_t c = node_new(p);
+        if (c == MIME_NONE) { /* over MIME_PARTS_MAX: not listed */
+            st = scan_to_delimiter(p, start);
+            continue;
+        }
+        link_child(m, idx, &last, c);
+        m->nodes[c].digest_child = digest;
+        st = parse_part(p, c, start, depth + 1);
+    }
+    p->nb--;
+    xfree(&p->bnd[p->nb]);
+    if (st.which == mine) /* the close delimiter: the epilogue follows */
+        st = scan_to_delimiter(p, line_after(p->d, st.at, p->len));
+    return st;
+}
+
+static struct stop parse_part(struct parser *p, uint32_t idx, size_t pos, int depth)
+{
+    struct mime_msg *m = p->m;
+    struct stop st;
+    bool cut = parse_header(p, idx, pos, &st);
+    struct mime_node *n = &m->nodes[idx];
+    bool multi = false, msg = false, digest = false;
+    const char *bnd = NULL;
+    size_t blen = 0;
+    if (n->ctype.set) {
+        buf_reset(&p->sb);
+        mime_ctype_parse(p->d + n->ctype.off, n->ctype.len, &p->ct, &p->sb);
+        if (p->ct.valid && mime_eq(p->ct.type, p->ct.type_len, "multipart")) {
+            multi = true;
+            digest = mime_eq(p->ct.sub, p->ct.sub_len, "digest");
+            bnd = mime_param_get(&p->ct, &p->sb, "boundary", &blen);
+        } else if (p->ct.valid) {
+            msg = mime_eq(p->ct.type, p->ct.type_len, "message") &&
+                  mime_eq(p->ct.sub, p->ct.sub_len, "rfc822");
+        }
+    } else {
+        msg = n->digest_child;
+    }
+    if (multi)
+        n->kind = depth >= MIME_DEPTH_MAX ? MIME_OPAQUE : MIME_MULTIPART;
+    else if (msg)
+        n->kind =
+            depth >= MIME_DEPTH_MAX || cut || !cte_identity(p, n) ? MIME_OPAQUE : MIME_MESSAGE;
+    if (cut) {
+        n->body_end = n->body_start;
+        return st;
+    }
+    if (n->kind == MIME_MULTIPART && bnd != NULL && blen > 0 && blen <= MIME_BOUNDARY_MAX) {
+        st = parse_multipart(p, idx, depth, bnd, blen, digest);
+    } else if (n->kind == MIME_MESSAGE) {
+        uint32_t c = node_new(p);
+        n = &m->nodes[idx]; /* node_new may move the array */
+        if (c == MIME_NONE) {
+            n->kind = MIME_OPAQUE;
+            st = scan_to_delimiter(p, n->body_start);
+        } else {
+            uint32_t last = MIME_NONE;
+            link_child(m, idx, &last, c);
+            st = parse_part(p, c, n->body_start, depth + 1);
+        }
+    } else {
+        /* a leaf, an opaque part, or a multipart without a usable boundary
+         * (no parts: written with one empty text part, as Dovecot does) */
+        st = scan_to_delimiter(p, n->body_start);
+    }
+    n = &m->nodes[idx];
+    n->body_end = cut_eol(p, &st, n->body_start);
+    return st;
+}
+
+void mime_structure(struct mime_msg *m)
+{
+    if (m->parsed)
+        return;
+    struct parser p = {.m = m, .d = m->data, .len = m->len};
+    buf_init(&p.sb, 0);
+    uint32_t root = node_new(&p);
+    ASSERT(root == 0);
+    struct stop st = parse_part(&p, root, 0, 0);
+    ASSERT(st.which < 0 && p.nb == 0);
+    buf_free(&p.sb);
+    m->parsed = true;
+}
+
+/* ---- sections (RFC 3501 6.4.5) ------------------------------------------ */
+
+enum sec_kind { SEC_BODY, SEC_MIME, SEC_HEADER, SEC_TEXT, SEC_FIELDS, SEC_FIELDS_NOT };
+
+struct section {
+    enum sec_kind kind;
+    uint32_t path[SECTION_PATH_MAX];
+    size_t np;
+    bool too_deep;
+    struct buf names; /* HEADER.FIELDS: NUL-terminated names, one after another */
+    size_t n_names;
+};
+
+static const char *keyword(const char *p, const char *word)
+{
+    size_t n = strlen(word);
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c >= 'a' && c <= 'z')
+            c = (char)(c - 'a' + 'A');
+        if (c != word[i])
+            return NULL;
+    }
+    return p + n;
+}
+
+/* The list after HEADER.FIELDS[.NOT]: " (" astring *(SP astring) ")". */
+static int parse_names(const char *p, struct section *s, const char **error_r)
+{
+    if (*p != ' ' || p[1] != '(') {
+        *error_r = "Missing header field list";
+        return -1;
+    }
+    p += 2;
+    for (;;) {
+        while (*p == ' ')
+            p++;
+        if (*p == ')') {
+            if (s->n_names == 0) {
+                *error_r = "Empty header field list";
+                return -1;
+            }
+            p++;
+            break;
+        }
+        if (++s->n_names > SECTION_NAMES_MAX) {
+            *error_r = "Too many header field names";
+            return -1;
+        }
+        if (*p == '"') {
+            p++;
+            while (*p != '"') {
+                if (*p == '\\' && (p[1] == '"' || p[1] == '\\'))
+                    p++;
+                else if (*p == '\0' || *p == '\\' || *p == '\r' || *p == '\n') {
+                    *error_r = "Invalid header field name";
+                    return -1;
+                }
+                buf_append(&s->names, p++, 1);
+            }
+            p++;
+        } else {
+            const char *a = p;
+            while ((unsigned char)*p > 0x20 && (unsigned char)*p < 0x7f &&
+                   strchr("()\"{\\%*", *p) == NULL) /* ATOM-CHAR / "]" */
+                p++;
+            if (p == a) {
+                *error_r = "Invalid header field name";
+                return -1;
+            }
+            buf_append(&s->names, a, (size_t)(p - a));
+        }
+        buf_append(&s->names, "", 1); /* the NUL between names */
+        if (*p != ' ' && *p != ')') {
+            *error_r = "Invalid header field list";
+            return -1;
+        }
+    }
+    if (*p != '\0') {
+        *error_r = "Junk after header field list";
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_spec(const char *p, struct section *s, const char **error_r)
+{
+    s->kind = SEC_BODY;
+    if (*p == '\0')
+        return 0;
+    while (*p >= '0' && *p <= '9') {
+        if (*p == '0') {
+            *error_r = "Invalid part number";
+            return -1;
+        }
+        uint64_t v = 0;
+        while (*p >= '0' && *p <= '9') {
+            v = v * 10 + (uint64_t)(*p++ - '0');
+            if (v > UINT32_MAX) {
+                *error_r = "Invalid part number";
+                return -1;
+            }
+        }
+        if (s->np < SECTION_PATH_MAX)
+            s->path[s->np++] = (uint32_t)v;
+        else
+            s->too_deep = true;
+        if (*p == '\0')
+            return 0;
+        if (*p != '.' || p[1] == '\0') {
+            *error_r = "Invalid section";
+            return -1;
+        }
+        p++;
+    }
+    const char *q;
+    bool numbered = s->np > 0 || s->too_deep;
+    if ((q = keyword(p, "HEADER.FIELDS.NOT")) != NULL) {
+        s->kind = SEC_FIELDS_NOT;
+        return parse_names(q, s, error_r);
+    }
+    if ((q = keyword(p, "HEADER.FIELDS")) != NULL) {
+        s->kind = SEC_FIELDS;
+        return parse_names(q, s, error_r);
+    }
+    if ((q = keyword(p, "HEADER")) != NULL)
+        s->kind = SEC_HEADER;
+    else if ((q = keyword(p, "TEXT")) != NULL)
+        s->kind = SEC_TEXT;
+    else if (numbered && (q = keyword(p, "MIME")) != NULL)
+        s->kind = SEC_MIME;
+    if (q == NULL || *q != '\0') {
+        *error_r = "Invalid section";
+        return -1;
+    }
+    return 0;
+}
+
+static bool name_listed(const struct section *s, const char *d, const struct mime_field *f)
+{
+    const char *n = s->names.data;
+    for (size_t i = 0; i < s->n_names; i++) {
+        if (mime_eq(d + f->start, f->name_len, n))
+            return true;
+        n += strlen(n) + 1;
+    }
+    return false;
+}
+
+/* Follows the part numbers: *node_r is the part they name; *synth_r if it
+ * is the empty part written for a multipart without parts. 0 or -1. */
+static int resolve(struct mime_msg *m, const struct section *s, uint32_t *node_r, bool *synth_r)
+{
+    uint32_t cur = 0;
+    bool in_msg = true; /* cur is a message, whose part 1 may be its body */
+    *synth_r = false;
+    for (size_t i = 0; i < s->np; i++) {
+        if (*synth_r)
+            return -1;
+        struct mime_node *n = &m->nodes[cur];
+        if (i > 0 && n->kind == MIME_MESSAGE) {
+            cur = n->first_child;
+            n = &m->nodes[cur];
+            in_msg = true;
+        }
+        uint32_t want = s->path[i];
+        if (n->kind == MIME_MULTIPART && n->n_children == 0) {
+            if (want != 1)
+                return -1;
+            *synth_r = true;
+        } else if (n->kind == MIME_MULTIPART) {
+            if (want > n->n_children)
+                return -1;
+            uint32_t c = n->first_child;
+            while (--want > 0)
+                c = m->nodes[c].next;
+            cur = c;
+        } else if (!in_msg || want != 1) {
+            return -1;
+        }
+        in_msg = false;
+    }
+    *node_r = cur;
+    return 0;
+}
+
+/* Appends the header fields of [start, end) that are (or are not) listed,
+ * then the empty line. */
+static void put_fields(const struct mime_msg *m, const struct section *s, size_t start, size_t end,
+                       struct buf *out)
+{
+    struct mime_field f;
+    size_t pos = start;
+    bool want = s->kind == SEC_FIELDS;
+    while (mime_field_next(m->data, &pos, end, &f)) {
+        if (name_listed(s, m->data, &f) != want)
+            continue;
+        buf_append(out, m->data + f.start, f.end - f.start);
+        if (m->data[f.end - 1] != '\n')
+            buf_append(out, "\r\n", 2);
+    }
+    buf_append(out, "\r\n", 2);
+}
+
+enum mime_section mime_section_locate(struct mime_msg *m, const char *spec, struct buf *out,
+                                      size_t *off_r, size_t *len_r, const char **error_r)
+{
+    struct section s = {.np = 0};
+    enum mime_section ret = MIME_SECTION_OK;
+    *off_r = 0;
+    *len_r = 0;
+    buf_init(&s.names, 0);
+    if (parse_spec(spec, &s, error_r) < 0) {
+        ret = MIME_SECTION_BAD;
+        goto done;
+    }
+    if (s.kind == SEC_BODY && s.np == 0 && !s.too_deep) {
+        *len_r = m->len;
+        goto done;
+    }
+    /* the message whose header/text is wanted: [hs, he) header fields,
+     * [bs, be) body */
+    size_t hs = 0, he, bs, be = m->len;
+    uint32_t node = 0;
+    bool synth = false;
+    if (s.np == 0 && !s.too_deep) {
+        mime_header_bounds(m->data, 0, m->len, &he, &bs);
+    } else {
+        mime_structure(m);
+        if (s.too_deep || resolve(m, &s, &node, &synth) < 0) {
+            *error_r = "No such message part";
+            ret = MIME_SECTION_NONE;
+            goto done;
+        }
+        const struct mime_node *n = &m->nodes[node];
+        if (synth) {
+            if (s.kind != SEC_BODY && s.kind != SEC_MIME) {
+                *error_r = "Not a message/rfc822 part";
+                ret = MIME_SECTION_NONE;
+            }
+            goto done; /* the empty part */
+        }
+        if (s.kind == SEC_BODY || s.kind == SEC_MIME) {
+            *off_r = s.kind == SEC_BODY ? n->body_start : n->hdr_start;
+            *len_r =
+                s.kind == SEC_BODY ? n->body_end - n->body_start : n->body_start - n->hdr_start;
+            goto done;
+        }
+        if (n->kind != MIME_MESSAGE) {
+            *error_r = "Not a message/rfc822 part";
+            ret = MIME_SECTION_NONE;
+            goto done;
+        }
+        n = &m->nodes[n->first_child];
+        hs = n->hdr_start;
+        he = n->hdr_end;
+        bs = n->body_start;
+        be = n->body_end;
+    }
+    if (s.kind == SEC_HEADER) {
+        *off_r = hs;
+        *len_r = bs - hs;
+    } else if (s.kind == SEC_TEXT) {
+        *off_r = bs;
+        *len_r = be - bs;
+    } else {
+        *off_r = SIZE_MAX;
+        put_fields(m, &s, hs, he, out);
+    }
+done:
+    buf_free(&s.names);
+    return ret;
+}
+
+enum mime_section mime_section_get(struct mime_msg *m, const char *spec, struct buf *out,
+                                   const char **error_r)
+{
+    size_t off, len;
+    enum mime_section r = mime_section_locate(m, spec, out, &off, &len, error_r);
+    if (r == MIME_SECTION_OK && off != SIZE_MAX)
+        buf_append(out, m->data + off, len);
+    return r;
+}
