@@ -58,12 +58,12 @@ void imapd_out(struct imapd_session *s, const char *fmt, ...)
 void imapd_flush(struct imapd_session *s)
 {
     size_t off = 0;
-    while (off < s->out.len && !s->closing) {
+    while (off < s->out.len && !s->broken) {
         ssize_t w = send(s->fd, s->out.data + off, s->out.len - off, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
-            s->closing = true;
+            s->broken = s->closing = true;
             break;
         }
         off += (size_t)w;
@@ -1115,8 +1115,14 @@ static void cmd_list(struct imapd_session *s, const struct imap_command *c, bool
         }
         ai = 1;
     }
-    if (c->n_args < ai + 2 || !imap_arg_astring(&c->args[ai], &ref, &rl) ||
-        !imap_arg_astring(&c->args[ai + 1], &pat, &pl)) {
+    /* list-mailbox: an astring or an atom with the wildcards % and *. */
+    if (c->n_args >= ai + 2 && c->args[ai + 1].type == IMAP_ARG_ATOM) {
+        pat = c->args[ai + 1].str;
+        pl = c->args[ai + 1].len;
+    } else if (c->n_args < ai + 2 || !imap_arg_astring(&c->args[ai + 1], &pat, &pl)) {
+        pat = NULL;
+    }
+    if (c->n_args < ai + 2 || !imap_arg_astring(&c->args[ai], &ref, &rl) || pat == NULL) {
         imapd_reply(s, c->tag, "BAD", "%s needs a reference and a pattern", c->name);
         return;
     }

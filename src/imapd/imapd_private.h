@@ -35,7 +35,8 @@ struct imapd_session {
     char *in;
     size_t in_off, in_len;
     struct buf out;
-    bool closing;
+    bool closing; /* end the session after flushing */
+    bool broken;  /* the connection failed: write nothing more */
     enum imapd_state state;
     unsigned n_bad, n_auth_fail;
     int64_t last_input_ms, last_state_check_ms;

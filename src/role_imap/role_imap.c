@@ -145,6 +145,13 @@ static enum imapd_auth imap_login(void *ctx, const char *user, const char *passw
         struct store_mailbox mb;
         const char *w = NULL;
         int r = sy->ops->mailbox_get(sy, addr, &mb, &w);
+        if (r == SYNC_NO && strcmp(w, "notfound") == 0 && u.epoch == 1) {
+            /* Never delivered to yet: create it as a first delivery would
+             * (only at epoch 1, so never where a move left nothing). */
+            int cr = sy->ops->mailbox_create(sy, addr, STORE_MBOX_ACTIVE, 1, 0, &w);
+            if (cr == 0 || (cr == SYNC_NO && strcmp(w, "exists") == 0))
+                r = sy->ops->mailbox_get(sy, addr, &mb, &w);
+        }
         if (r == 0 && mb.state == STORE_MBOX_ACTIVE) {
             if (!count_take(ri, addr)) {
                 sync_close(&sy);
