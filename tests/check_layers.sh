@@ -18,6 +18,8 @@ allowed() {
         role_store) echo "util mail config smtp smtpd net directory store syncd role_store" ;;
         queue) echo "util mail queue" ;;
         dsn) echo "util mail dsn" ;;
+        mbox) echo "util mail mbox" ;;
+        maildir) echo "util mail maildir" ;;
         lmtpc) echo "util mail smtp lmtpc" ;;
         router) echo "util mail directory router" ;;
         role_mta) echo "util mail config smtp smtpd net directory queue dsn lmtpc router role_mta" ;;

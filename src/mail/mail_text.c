@@ -28,8 +28,8 @@ int mail_keywords_add(struct buf *list, const char *kw, size_t len)
     if (!mail_keyword_valid(kw, len))
         return -1;
     /* Already there? Walk the space-separated words. */
-    const char *p = list->data, *end = list->data + list->len;
-    while (p != NULL && p < end) {
+    const char *p = list->data, *end = list->len > 0 ? list->data + list->len : NULL;
+    while (end != NULL && p < end) {
         const char *sp = memchr(p, ' ', (size_t)(end - p));
         size_t wlen = sp != NULL ? (size_t)(sp - p) : (size_t)(end - p);
         if (wlen == len && strncasecmp(p, kw, len) == 0)

@@ -449,6 +449,8 @@ static int get_line(struct mbox_reader *r, const char **error_r)
         buf_consume(&r->line, 3);
         l->off = 3;
         l->raw -= 3;
+        if (l->raw == 0)
+            return 0; /* the file is a byte order mark and nothing else */
     }
     if (l->raw - (l->lf ? 1 : 0) == 0)
         l->all_nul = false;
