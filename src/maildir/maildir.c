@@ -192,6 +192,12 @@ int maildir_folder_name(const char *dirname, char *out, unsigned depth_max, cons
         }
         if (depth > 1)
             buf_append(&b, "/", 1);
+        if (memchr(p, '/', n) != NULL) {
+            /* Never in a directory entry; it would read as a level. */
+            *reason_r = "'/' in the name";
+            rc = -1;
+            break;
+        }
         if (mutf7_valid(p, n)) {
             buf_append(&b, p, n);
         } else if (utf8_to_mutf7(p, n, &b) < 0) {

@@ -120,7 +120,7 @@ static void test_crlf(void **state)
             for (size_t piece = 0; piece <= 3; piece++) {
                 struct mail_crlf st;
                 run_crlf(c->in, n, cut, piece, &out, &st);
-                if (out.len != on || memcmp(out.data, c->out, on) != 0 ||
+                if (out.len != on || (on > 0 && memcmp(out.data, c->out, on) != 0) ||
                     st.bare_cr != c->bare_cr || st.nul != c->nul)
                     fail_msg("case %zu cut %zu piece %zu: %zu octets, bare %llu nul %llu", i, cut,
                              piece, out.len, (unsigned long long)st.bare_cr,

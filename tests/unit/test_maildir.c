@@ -136,6 +136,7 @@ static void test_folder_names(void **state)
         {"..", NULL, "not a Maildir++ folder name", 0},
         {".", NULL, "not a Maildir++ folder name", 0},
         {"Sent", NULL, "not a Maildir++ folder name", 0},
+        {".Work/.x", NULL, "'/' in the name", 0},
         {".tab\there", NULL, "name is neither modified UTF-7 nor UTF-8", 0},
         {".bad\xff", NULL, "name is neither modified UTF-7 nor UTF-8", 0},
         {".over\xc0\xaflong", NULL, "name is neither modified UTF-7 nor UTF-8", 0},
