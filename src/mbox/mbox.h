@@ -20,7 +20,9 @@
  * From_ line (and one empty line at the end of the file) belongs to the
  * separator, not to the message. A UTF-8 byte order mark at the very start
  * of the file is ignored. Lines end at LF; a CR right before it is part of
- * the line ending (CRLF files read like LF files).
+ * the line ending (CRLF files read like LF files). A file with CR-only line
+ * endings (classic Mac OS) is one long line to this reader: it is reported
+ * (a line over line_max, or an empty message), never split wrongly.
  *
  * Variants (enum mbox_format), i.e. how a body line that starts with
  * "From " was written and is undone here:
