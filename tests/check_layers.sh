@@ -20,6 +20,8 @@ allowed() {
         queue) echo "util mail queue" ;;
         dsn) echo "util mail dsn" ;;
         mime) echo "util mime" ;;
+        mbox) echo "util mail mbox" ;;
+        maildir) echo "util mail maildir" ;;
         lmtpc) echo "util mail smtp lmtpc" ;;
         router) echo "util mail directory router" ;;
         role_mta) echo "util mail config smtp smtpd net directory queue dsn lmtpc router role_mta" ;;

@@ -71,8 +71,7 @@ void imapd_flush(struct imapd_session *s)
     buf_reset(&s->out);
 }
 
-void imapd_reply(struct imapd_session *s, const char *tag, const char *status, const char *fmt,
-                 ...)
+void imapd_reply(struct imapd_session *s, const char *tag, const char *status, const char *fmt, ...)
 {
     char text[512];
     va_list ap;
@@ -641,8 +640,8 @@ static ssize_t b64_decode(const char *in, size_t len, char *out, size_t cap)
                 return -1;
             }
         }
-        uint32_t x = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 |
-                     (uint32_t)v[3];
+        uint32_t x =
+            (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
         char bytes[3] = {(char)(x >> 16), (char)(x >> 8), (char)x};
         for (int k = 0; k < 3 - pad; k++) {
             if (o >= cap)
@@ -745,8 +744,8 @@ static const char *special_use(const char *name)
 }
 
 /* Finds folder `name` among the live ones. */
-static int find_folder(struct imapd_session *s, const char *name, struct sync_folder *out,
-                       int *r_r, const char **why_r)
+static int find_folder(struct imapd_session *s, const char *name, struct sync_folder *out, int *r_r,
+                       const char **why_r)
 {
     struct sync_folder *fl = NULL;
     size_t nf = 0;
@@ -1127,8 +1126,9 @@ static void cmd_list(struct imapd_session *s, const struct imap_command *c, bool
         return;
     }
     /* LIST ... RETURN (SPECIAL-USE ...): every listing carries the attributes anyway. */
-    if (c->n_args > ai + 2 && !(c->n_args == ai + 4 && imap_arg_atom_is(&c->args[ai + 2], "RETURN") &&
-                                c->args[ai + 3].type == IMAP_ARG_LIST)) {
+    if (c->n_args > ai + 2 &&
+        !(c->n_args == ai + 4 && imap_arg_atom_is(&c->args[ai + 2], "RETURN") &&
+          c->args[ai + 3].type == IMAP_ARG_LIST)) {
         imapd_reply(s, c->tag, "BAD", "Unexpected %s arguments", c->name);
         return;
     }
@@ -1473,17 +1473,37 @@ static void execute(struct imapd_session *s, const struct imap_command *c)
         const char *name;
         unsigned states;
     } known[] = {
-        {"CAPABILITY", M_ANY},    {"NOOP", M_ANY},           {"LOGOUT", M_ANY},
-        {"ID", M_ANY},            {"LOGIN", M_NOAUTH},       {"AUTHENTICATE", M_NOAUTH},
-        {"STARTTLS", M_NOAUTH},   {"ENABLE", M_AUTH},        {"SELECT", M_AUTH | M_SEL},
-        {"EXAMINE", M_AUTH | M_SEL}, {"CREATE", M_AUTH | M_SEL}, {"DELETE", M_AUTH | M_SEL},
-        {"RENAME", M_AUTH | M_SEL}, {"SUBSCRIBE", M_AUTH | M_SEL},
-        {"UNSUBSCRIBE", M_AUTH | M_SEL}, {"LIST", M_AUTH | M_SEL}, {"LSUB", M_AUTH | M_SEL},
-        {"STATUS", M_AUTH | M_SEL}, {"APPEND", M_AUTH | M_SEL}, {"NAMESPACE", M_AUTH | M_SEL},
-        {"IDLE", M_AUTH | M_SEL}, {"CHECK", M_SEL},          {"CLOSE", M_SEL},
-        {"UNSELECT", M_SEL},      {"EXPUNGE", M_SEL},        {"SEARCH", M_SEL},
-        {"FETCH", M_SEL},         {"STORE", M_SEL},          {"COPY", M_SEL},
-        {"MOVE", M_SEL},          {"UID", M_SEL},
+        {"CAPABILITY", M_ANY},
+        {"NOOP", M_ANY},
+        {"LOGOUT", M_ANY},
+        {"ID", M_ANY},
+        {"LOGIN", M_NOAUTH},
+        {"AUTHENTICATE", M_NOAUTH},
+        {"STARTTLS", M_NOAUTH},
+        {"ENABLE", M_AUTH},
+        {"SELECT", M_AUTH | M_SEL},
+        {"EXAMINE", M_AUTH | M_SEL},
+        {"CREATE", M_AUTH | M_SEL},
+        {"DELETE", M_AUTH | M_SEL},
+        {"RENAME", M_AUTH | M_SEL},
+        {"SUBSCRIBE", M_AUTH | M_SEL},
+        {"UNSUBSCRIBE", M_AUTH | M_SEL},
+        {"LIST", M_AUTH | M_SEL},
+        {"LSUB", M_AUTH | M_SEL},
+        {"STATUS", M_AUTH | M_SEL},
+        {"APPEND", M_AUTH | M_SEL},
+        {"NAMESPACE", M_AUTH | M_SEL},
+        {"IDLE", M_AUTH | M_SEL},
+        {"CHECK", M_SEL},
+        {"CLOSE", M_SEL},
+        {"UNSELECT", M_SEL},
+        {"EXPUNGE", M_SEL},
+        {"SEARCH", M_SEL},
+        {"FETCH", M_SEL},
+        {"STORE", M_SEL},
+        {"COPY", M_SEL},
+        {"MOVE", M_SEL},
+        {"UID", M_SEL},
     };
     size_t k;
     for (k = 0; k < ARRAY_SIZE(known); k++)
@@ -1573,10 +1593,10 @@ static void execute(struct imapd_session *s, const struct imap_command *c)
     } else if (strcmp(n, "COPY") == 0 || strcmp(n, "MOVE") == 0) {
         imapd_cmd_copy(s, c, c->args, c->n_args, false, strcmp(n, "MOVE") == 0);
     } else if (strcmp(n, "UID") == 0) {
-        quiet = c->n_args > 0 && c->args[0].type == IMAP_ARG_ATOM &&
-                (strcasecmp(c->args[0].str, "FETCH") == 0 ||
-                 strcasecmp(c->args[0].str, "STORE") == 0 ||
-                 strcasecmp(c->args[0].str, "SEARCH") == 0);
+        quiet =
+            c->n_args > 0 && c->args[0].type == IMAP_ARG_ATOM &&
+            (strcasecmp(c->args[0].str, "FETCH") == 0 || strcasecmp(c->args[0].str, "STORE") == 0 ||
+             strcasecmp(c->args[0].str, "SEARCH") == 0);
         (void)quiet;
         cmd_uid(s, c);
     }

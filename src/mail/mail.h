@@ -17,6 +17,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "util/util.h"
 
 #define MAIL_LOCAL_MAX  64  /* RFC 5321 4.5.3.1.1 */
 #define MAIL_DOMAIN_MAX 253 /* DNS name, no trailing dot */
@@ -40,5 +43,48 @@ int mail_domain_normalize(const char *in, char out[MAIL_DOMAIN_MAX + 1], const c
 
 /* True if name is a valid store name: 1..MAIL_NAME_MAX of [a-z0-9_-]. */
 bool mail_store_name_valid(const char *name);
+
+/* ---- message flags, keywords and line endings (mail_text.c) ------------
+ * Shared by the readers of foreign mail formats (mbox, maildir) and the
+ * modules that store or serve messages. */
+
+/* IMAP system flags as bits; the same values as the store's STORE_F_*
+ * (test_maildir.c checks that they agree). \Recent is not a stored flag. */
+#define MAIL_F_SEEN     0x01u
+#define MAIL_F_ANSWERED 0x02u
+#define MAIL_F_FLAGGED  0x04u
+#define MAIL_F_DELETED  0x08u
+#define MAIL_F_DRAFT    0x10u
+
+/* Octets of a space-separated keyword list (the store's STORE_KEYWORDS_MAX). */
+#define MAIL_KEYWORDS_MAX 1024
+
+/* True if s[0..len) is an IMAP flag-keyword: 1..len atom characters (RFC
+ * 3501: no SP, CTL, 8-bit, "(){%*\"\\]"), so never a system flag. */
+bool mail_keyword_valid(const char *s, size_t len);
+
+/* Adds a keyword to a space-separated list in `list` unless the list holds
+ * it already (compared ASCII case-insensitively, as IMAP does). Returns 0
+ * (added or already there), -1 if it is not a valid keyword (list
+ * unchanged), 1 if the list would exceed MAIL_KEYWORDS_MAX octets (list
+ * unchanged). Allocates through `list`. */
+int mail_keywords_add(struct buf *list, const char *kw, size_t len);
+
+/* Line-ending normalizer: turns any text into CRLF lines as tern stores
+ * them. LF, and CR...CR LF (any CRs right before a LF), end a line as one
+ * CRLF; a CR that is not followed by CRs and a LF (a bare CR) ends a line
+ * too. So the output never holds a bare CR or a bare LF, and CRLF input is
+ * unchanged. Streaming: the result does not depend on how input is cut. */
+struct mail_crlf {
+    uint64_t pending_cr; /* CRs seen, not yet known to precede a LF */
+    uint64_t bare_cr;    /* CRs that were not part of a line ending "CR* LF" */
+    uint64_t nul;        /* NUL octets seen (kept as they are) */
+};
+void mail_crlf_init(struct mail_crlf *c);
+/* Appends the normalized form of p[0..n) to out. -1 (out is then partly
+ * appended) if out->max would be exceeded, else 0. */
+int mail_crlf_feed(struct mail_crlf *c, struct buf *out, const void *p, size_t n);
+/* End of input: pending CRs become line endings. 0 or -1 as above. */
+int mail_crlf_finish(struct mail_crlf *c, struct buf *out);
 
 #endif

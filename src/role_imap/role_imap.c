@@ -130,8 +130,8 @@ static enum imapd_auth imap_login(void *ctx, const char *user, const char *passw
         }
         const struct config_store *cs = config_store(ri->cfg, u.home);
         if (cs == NULL || cs->sync[0] == '\0') {
-            log_error("imap", "%s: home store '%s' has no sync endpoint in the configuration",
-                      addr, u.home);
+            log_error("imap", "%s: home store '%s' has no sync endpoint in the configuration", addr,
+                      u.home);
             *why_r = "Mailbox unavailable";
             return IMAPD_AUTH_UNAVAILABLE;
         }

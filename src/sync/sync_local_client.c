@@ -114,8 +114,7 @@ int sync_local_flags_ex(struct sync *s, const char *user, const char *folder, ui
     return r;
 }
 
-int sync_local_folder_create(struct sync *s, const char *user, const char *name,
-                             const char **why_r)
+int sync_local_folder_create(struct sync *s, const char *user, const char *name, const char **why_r)
 {
     return sync_local_status(store_folder_create(sync_local_store(s), user, name, 0), why_r);
 }

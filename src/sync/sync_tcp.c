@@ -848,10 +848,10 @@ static int sync_tcp_msgs(struct sync *s, const char *user, const char *folder,
     }
 }
 
-static int sync_tcp_append_new(struct sync *s, const char *user, const char *folder,
-                               uint32_t flags, const char *keywords, int64_t internal_date,
-                               const void *data, size_t len, uint32_t *uid_r,
-                               uint32_t *uidvalidity_r, const char **why_r)
+static int sync_tcp_append_new(struct sync *s, const char *user, const char *folder, uint32_t flags,
+                               const char *keywords, int64_t internal_date, const void *data,
+                               size_t len, uint32_t *uid_r, uint32_t *uidvalidity_r,
+                               const char **why_r)
 {
     struct sync_tcp *c = (struct sync_tcp *)s;
     int r = sync_tcp_cmd_user(c, "ADD", user, why_r);
@@ -897,7 +897,10 @@ static int sync_tcp_flags_ex(struct sync *s, const char *user, const char *folde
     buf_puts(&c->out, " ");
     sync_tcp_put_hex(&c->out, folder, "");
     buf_printf(&c->out, " %u %c %u ", uid,
-               mode == STORE_FLAGS_SET ? '=' : mode == STORE_FLAGS_ADD ? '+' : '-', flags);
+               mode == STORE_FLAGS_SET   ? '='
+               : mode == STORE_FLAGS_ADD ? '+'
+                                         : '-',
+               flags);
     /* "-" is both "no keywords" and, for ADD/REMOVE, "leave them": the same
      * thing for those modes. */
     sync_tcp_put_hex(&c->out, keywords != NULL ? keywords : "", "");

@@ -442,7 +442,7 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
         syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
         syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), syncd_bad_num);
         if (a[3].len == 1 && (a[3].p[0] == '=' || a[3].p[0] == '+' || a[3].p[0] == '-'))
-            cmd->flag_mode = a[3].p[0] == '=' ? STORE_FLAGS_SET
+            cmd->flag_mode = a[3].p[0] == '='   ? STORE_FLAGS_SET
                              : a[3].p[0] == '+' ? STORE_FLAGS_ADD
                                                 : STORE_FLAGS_REMOVE;
         else

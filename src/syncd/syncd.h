@@ -98,10 +98,10 @@ enum syncd_verb {
 struct syncd_cmd {
     enum syncd_verb verb;
     char user[MAIL_ADDR_MAX + 1];
-    char folder[STORE_FOLDER_MAX + 1]; /* FETCH/APPEND/FLAGS/EXPUNGE/DELIVERY; FOLDER's name */
+    char folder[STORE_FOLDER_MAX + 1];  /* FETCH/APPEND/FLAGS/EXPUNGE/DELIVERY; FOLDER's name */
     char folder2[STORE_FOLDER_MAX + 1]; /* FRENAME: the new name */
-    enum store_flag_mode flag_mode;    /* SETFLAGS */
-    bool keywords_none;                /* SETFLAGS: "-" given for ADD/REMOVE = leave them */
+    enum store_flag_mode flag_mode;     /* SETFLAGS */
+    bool keywords_none;                 /* SETFLAGS: "-" given for ADD/REMOVE = leave them */
     char keywords[STORE_KEYWORDS_MAX + 1];
     char moved_to[MAIL_NAME_MAX + 1];
     char id[STORE_DELIVERY_ID_MAX + 1];
