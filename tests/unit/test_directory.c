@@ -605,7 +605,8 @@ static void test_sqlite_migrate_v2_jobs(void **state)
     assert_int_equal(dir_job_create(fx->d, &j), DIR_OK);
     dir_close(&fx->d);
     raw_sql(fx, "ALTER TABLE jobs DROP COLUMN checkpoint; ALTER TABLE jobs DROP COLUMN epoch;"
-                "ALTER TABLE jobs DROP COLUMN retain_until; ALTER TABLE jobs DROP COLUMN options;"
+                "ALTER TABLE jobs DROP COLUMN retain_until; ALTER TABLE jobs DROP COLUMN options; "
+                "DROP TABLE subscriptions;"
                 "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
     fx->d = open_sqlite_ok(fx->path);
     assert_int_equal(dir_job_get(fx->d, j.id, &g), DIR_OK);
@@ -630,7 +631,7 @@ static void test_sqlite_migrate_forward(void **state)
     assert_int_equal(add_user(fx->d, "alice@example.org", "s1"), DIR_OK);
     dir_close(&fx->d);
     /* Rewind to what step 1 alone leaves behind. */
-    raw_sql(fx, "DROP TABLE jobs; DROP INDEX users_home;"
+    raw_sql(fx, "DROP TABLE jobs; DROP INDEX users_home; DROP TABLE subscriptions;"
                 "UPDATE meta SET value = '1' WHERE key = 'schema_version'");
     fx->d = open_sqlite_ok(fx->path);
 
