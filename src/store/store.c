@@ -306,6 +306,14 @@ enum store_status store_mailbox_set_state(struct store *st, const char *user,
     return st->ops->mailbox_set_state(st, u, expect, state, epoch, moved_to);
 }
 
+enum store_status store_mailbox_raise_modseq(struct store *st, const char *user, uint64_t modseq)
+{
+    char u[MAIL_ADDR_MAX + 1];
+    if (!store_user_canon(user, u) || modseq > (uint64_t)INT64_MAX)
+        return STORE_INVALID;
+    return st->ops->mailbox_raise_modseq(st, u, modseq);
+}
+
 enum store_status store_mailbox_purge(struct store *st, const char *user)
 {
     char u[MAIL_ADDR_MAX + 1];

@@ -189,6 +189,13 @@ enum store_status store_mailbox_get(struct store *st, const char *user, struct s
 enum store_status store_mailbox_set_state(struct store *st, const char *user,
                                           enum store_mbox_state expect, enum store_mbox_state state,
                                           uint64_t epoch, const char *moved_to);
+/* Raises the mailbox's modseq to at least `modseq` (never lowers it; no
+ * change and STORE_OK if it is already there). A move raises the
+ * destination's counter to the source's before each pass, so every change
+ * it copies gets a modseq above any the source had handed out by then, and
+ * a client's CONDSTORE/QRESYNC state (CHANGEDSINCE its HIGHESTMODSEQ) never
+ * misses a change after the switch. State guard: STAGED and ACTIVE. */
+enum store_status store_mailbox_raise_modseq(struct store *st, const char *user, uint64_t modseq);
 /* Removes the mailbox and all its data. Only allowed in DELETING state
  * (STORE_CONFLICT otherwise). */
 enum store_status store_mailbox_purge(struct store *st, const char *user);

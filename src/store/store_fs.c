@@ -123,6 +123,7 @@ enum store_fs_sql {
     SQL_MBOX_BUMP,
     SQL_MBOX_SET_STATE,
     SQL_MBOX_LIST,
+    SQL_MBOX_RAISE_MODSEQ,
     SQL_MBOX_DELETE,
     SQL_PURGE_MSGS,
     SQL_PURGE_FOLDERS,
@@ -164,6 +165,7 @@ static const char *const store_fs_sql_text[SQL_COUNT] = {
     [SQL_MBOX_SET_STATE] = "UPDATE mailboxes SET state = ?2, epoch = ?3, moved_to = ?4,"
                            " modseq = modseq + 1 WHERE id = ?1",
     [SQL_MBOX_LIST] = "SELECT " MBOX_COLS " FROM mailboxes ORDER BY user",
+    [SQL_MBOX_RAISE_MODSEQ] = "UPDATE mailboxes SET modseq = ?2 WHERE id = ?1 AND modseq < ?2",
     [SQL_MBOX_DELETE] = "DELETE FROM mailboxes WHERE id = ?1",
     [SQL_PURGE_MSGS] = "DELETE FROM messages WHERE mailbox_id = ?1",
     [SQL_PURGE_FOLDERS] = "DELETE FROM folders WHERE mailbox_id = ?1",
@@ -858,6 +860,27 @@ static enum store_status store_fs_mailbox_set_state(struct store *st, const char
         sqlite3_bind_int64(q, 3, (int64_t)epoch);
         sqlite3_bind_text(q, 4, moved_to, -1, SQLITE_STATIC);
         if (store_fs_exec(fs, q, "mailbox state") < 0)
+            s = STORE_ERROR;
+    }
+    return store_fs_finish(fs, s);
+}
+
+static enum store_status store_fs_mailbox_raise_modseq(struct store *st, const char *user,
+                                                       uint64_t modseq)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    if (store_fs_begin(fs) < 0)
+        return STORE_ERROR;
+    int64_t id;
+    struct store_mailbox mb;
+    enum store_status s = store_fs_mbox_load(fs, user, &id, &mb);
+    if (s == STORE_OK && mb.state != STORE_MBOX_STAGED && mb.state != STORE_MBOX_ACTIVE)
+        s = STORE_NOTLIVE;
+    if (s == STORE_OK && mb.modseq < modseq) {
+        sqlite3_stmt *q = store_fs_q(fs, SQL_MBOX_RAISE_MODSEQ);
+        sqlite3_bind_int64(q, 1, id);
+        sqlite3_bind_int64(q, 2, (int64_t)modseq);
+        if (store_fs_exec(fs, q, "mailbox modseq") < 0)
             s = STORE_ERROR;
     }
     return store_fs_finish(fs, s);
@@ -1773,6 +1796,7 @@ static const struct store_ops store_fs_ops = {
     .mailbox_create = store_fs_mailbox_create,
     .mailbox_get = store_fs_mailbox_get,
     .mailbox_set_state = store_fs_mailbox_set_state,
+    .mailbox_raise_modseq = store_fs_mailbox_raise_modseq,
     .mailbox_purge = store_fs_mailbox_purge,
     .mailbox_list = store_fs_mailbox_list,
     .folder_create = store_fs_folder_create,

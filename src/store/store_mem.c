@@ -262,6 +262,19 @@ static enum store_status store_mem_mailbox_set_state(struct store *st, const cha
     return STORE_OK;
 }
 
+static enum store_status store_mem_mailbox_raise_modseq(struct store *st, const char *user,
+                                                        uint64_t modseq)
+{
+    struct store_mem_mbox *mb = store_mem_mbox_find((struct store_mem *)st, user);
+    if (mb == NULL)
+        return STORE_NOTFOUND;
+    if (mb->info.state != STORE_MBOX_STAGED && mb->info.state != STORE_MBOX_ACTIVE)
+        return STORE_NOTLIVE;
+    if (mb->info.modseq < modseq)
+        mb->info.modseq = modseq;
+    return STORE_OK;
+}
+
 static enum store_status store_mem_mailbox_purge(struct store *st, const char *user)
 {
     struct store_mem *sm = (struct store_mem *)st;
@@ -773,6 +786,7 @@ static const struct store_ops store_mem_ops = {
     .mailbox_get = store_mem_mailbox_get,
     .mailbox_set_state = store_mem_mailbox_set_state,
     .mailbox_purge = store_mem_mailbox_purge,
+    .mailbox_raise_modseq = store_mem_mailbox_raise_modseq,
     .mailbox_list = store_mem_mailbox_list,
     .folder_create = store_mem_folder_create,
     .folder_get = store_mem_folder_get,

@@ -42,6 +42,7 @@ struct store_ops {
                                            enum store_mbox_state state, uint64_t epoch,
                                            const char *moved_to);
     enum store_status (*mailbox_purge)(struct store *st, const char *user);
+    enum store_status (*mailbox_raise_modseq)(struct store *st, const char *user, uint64_t modseq);
     enum store_status (*mailbox_list)(struct store *st, struct store_mailbox **list_r, size_t *n_r);
     enum store_status (*folder_create)(struct store *st, const char *user, const char *name,
                                        uint32_t uidvalidity);

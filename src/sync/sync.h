@@ -142,6 +142,9 @@ struct sync_ops {
     int (*delivery_add)(struct sync *s, const char *user, const struct sync_delivery *d,
                         const char **why_r);
 
+    /* store_mailbox_raise_modseq: the mover, before each pass. */
+    int (*modseq_raise)(struct sync *s, const char *user, uint64_t modseq, const char **why_r);
+
     /* ---- what an IMAP session needs (the imap role; docs/sync.md) ---- */
 
     /* Live folders, sorted by name (modseq: of the folder's last

@@ -527,6 +527,7 @@ static const struct sync_ops sync_local_ops = {
     .digest = sync_local_digest,
     .deliveries = sync_local_deliveries,
     .delivery_add = sync_local_delivery_add,
+    .modseq_raise = sync_local_modseq_raise,
     .folders = sync_local_folders,
     .msgs = sync_local_msgs,
     .append_new = sync_local_append_new,

@@ -124,3 +124,8 @@ int sync_local_folder_rename(struct sync *s, const char *user, const char *from,
 {
     return sync_local_status(store_folder_rename(sync_local_store(s), user, from, to), why_r);
 }
+
+int sync_local_modseq_raise(struct sync *s, const char *user, uint64_t modseq, const char **why_r)
+{
+    return sync_local_status(store_mailbox_raise_modseq(sync_local_store(s), user, modseq), why_r);
+}

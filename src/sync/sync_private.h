@@ -14,6 +14,7 @@ int sync_local_status(enum store_status st, const char **why_r);
 void sync_local_msg_from_store(struct sync_msg *sm, const struct store_folder *f,
                                const struct store_msg *m);
 
+int sync_local_modseq_raise(struct sync *s, const char *user, uint64_t modseq, const char **why_r);
 int sync_local_folders(struct sync *s, const char *user, struct sync_folder **list_r, size_t *n_r,
                        const char **why_r);
 int sync_local_msgs(struct sync *s, const char *user, const char *folder,

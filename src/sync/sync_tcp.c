@@ -770,6 +770,17 @@ static int sync_tcp_delivery_add(struct sync *s, const char *user, const struct 
     return sync_tcp_call(c, why_r, NULL);
 }
 
+static int sync_tcp_modseq_raise(struct sync *s, const char *user, uint64_t modseq,
+                                 const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "MODSEQ", user, why_r);
+    if (r != 0)
+        return r;
+    buf_printf(&c->out, " %llu\r\n", (unsigned long long)modseq);
+    return sync_tcp_call(c, why_r, NULL);
+}
+
 /* ---- for IMAP sessions ---- */
 
 static int sync_tcp_folders(struct sync *s, const char *user, struct sync_folder **list_r,
@@ -962,6 +973,7 @@ static const struct sync_ops sync_tcp_ops = {
     .digest = sync_tcp_digest,
     .deliveries = sync_tcp_deliveries,
     .delivery_add = sync_tcp_delivery_add,
+    .modseq_raise = sync_tcp_modseq_raise,
     .folders = sync_tcp_folders,
     .msgs = sync_tcp_msgs,
     .append_new = sync_tcp_append_new,

@@ -227,6 +227,7 @@ static const struct {
     {"DELIVERIES", SYNCD_DELIVERIES, 1, 0},
     {"DELIVERY", SYNCD_DELIVERY, 4, 0},
     {"QUIT", SYNCD_QUIT, 0, 0},
+    {"MODSEQ", SYNCD_MODSEQ, 2, 0},
     {"FOLDERS", SYNCD_FOLDERS, 1, 0},
     {"MSGS", SYNCD_MSGS, 2, 0},
     {"ADD", SYNCD_ADD, 7, 0},
@@ -412,6 +413,10 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
         break;
     case SYNCD_FOLDERS:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        break;
+    case SYNCD_MODSEQ:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_u64(&a[1], (uint64_t)INT64_MAX, &cmd->num), syncd_bad_num);
         break;
     case SYNCD_MSGS:
     case SYNCD_FCREATE:
@@ -731,6 +736,10 @@ static void syncd_execute_client(struct syncd_session *s, struct sync *sy,
             syncd_say(s, "+OK %llu", (unsigned long long)modseq);
         return;
     }
+    case SYNCD_MODSEQ:
+        r = sy->ops->modseq_raise(sy, c->user, c->num, &why);
+        syncd_result(s, r, why);
+        return;
     case SYNCD_FCREATE:
         r = sy->ops->folder_create(sy, c->user, c->folder, &why);
         syncd_result(s, r, why);
@@ -750,6 +759,7 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     const char *why = NULL;
     int r;
     switch (c->verb) {
+    case SYNCD_MODSEQ:
     case SYNCD_FOLDERS:
     case SYNCD_MSGS:
     case SYNCD_SETFLAGS:

@@ -84,6 +84,7 @@ enum syncd_verb {
     SYNCD_DELIVERIES,
     SYNCD_DELIVERY,
     SYNCD_QUIT,
+    SYNCD_MODSEQ, /* raise the mailbox modseq (the mover) */
     /* for IMAP sessions (the imap role) */
     SYNCD_FOLDERS,
     SYNCD_MSGS,

@@ -938,6 +938,34 @@ static void test_iter_stop(void **state)
 }
 
 /* UIDNEXT is only ever raised, and only a raise is a change. */
+static void test_raise_modseq(void **state)
+{
+    struct tctx *t = *state;
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, 5), STORE_NOTFOUND);
+    assert_int_equal(store_mailbox_create(t->st, U1, STORE_MBOX_STAGED, 1), STORE_OK);
+    uint64_t ms = mbox_modseq(t->st, U1);
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, ms + 1000), STORE_OK);
+    assert_int_equal(mbox_modseq(t->st, U1), ms + 1000);
+    /* Never lowers it. */
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, 3), STORE_OK);
+    assert_int_equal(mbox_modseq(t->st, U1), ms + 1000);
+    /* The next change is stamped above the raised counter. */
+    assert_int_equal(store_folder_create(t->st, U1, "Work", 0), STORE_OK);
+    assert_int_equal(mbox_modseq(t->st, U1), ms + 1001);
+    struct store_folder f;
+    assert_int_equal(store_folder_get(t->st, U1, "Work", &f), STORE_OK);
+    assert_int_equal(f.modseq, ms + 1001);
+    reopen(t);
+    assert_int_equal(mbox_modseq(t->st, U1), ms + 1001);
+    /* State guard: not while fenced. */
+    assert_int_equal(
+        store_mailbox_set_state(t->st, U1, STORE_MBOX_STAGED, STORE_MBOX_FENCED, 1, NULL),
+        STORE_OK);
+    uint64_t fenced = mbox_modseq(t->st, U1);
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, fenced + 50), STORE_NOTLIVE);
+    assert_int_equal(mbox_modseq(t->st, U1), fenced);
+}
+
 static void test_set_uidnext(void **state)
 {
     struct tctx *t = *state;
@@ -1683,6 +1711,7 @@ int main(void)
         BOTH(test_state_guard),
         BOTH(test_state_staged),
         BOTH(test_set_uidnext),
+        BOTH(test_raise_modseq),
         BOTH(test_delivery_ids),
         BOTH(test_delivery_ids_orphan),
         FS(test_fence_other_handle),
