@@ -172,6 +172,7 @@ struct pending {
 struct pass {
     struct run *r;
     uint64_t since;
+    uint64_t limit;      /* the source's modseq when the pass began */
     int64_t deadline_ms; /* mono; 0 = none */
     uint64_t changes;
     enum step result;
@@ -297,6 +298,12 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
     struct run *r = p->r;
     const char *why = "";
     int rc;
+    /* A change newer than the pass's start waits for the next pass (which
+     * lists it again: the checkpoint is the start): every change applied
+     * here has a source modseq <= limit, and the destination's counter was
+     * raised to limit first, so its copy is stamped above it. */
+    if (m->modseq > p->limit)
+        return 0;
     p->changes++;
     if (p->deadline_ms != 0 && time_mono_ms() > p->deadline_ms) {
         p->over_budget = true;
@@ -376,8 +383,24 @@ static enum step sync_pass(struct run *r, uint64_t since, int64_t deadline_ms, u
     const char *why = "";
     if (connect_all(r) < 0)
         return STEP_LATER;
+    /* Modseqs for clients (CONDSTORE/QRESYNC): the destination's counter
+     * goes to the source's before anything of this pass is applied, so a
+     * change a client has not seen (source modseq > its HIGHESTMODSEQ) is
+     * stamped above that HIGHESTMODSEQ on the destination too, and the
+     * client's CHANGEDSINCE after the switch finds it. docs/move.md. */
+    struct store_mailbox smb;
+    int rc = r->src->ops->mailbox_get(r->src, r->job.user, &smb, &why);
+    if (rc == 0)
+        rc = r->dst->ops->modseq_raise(r->dst, r->job.user, smb.modseq, &why);
+    if (rc < 0)
+        return io_fail(r, "modseq");
+    if (rc == SYNC_NO) {
+        set_err(r, "modseq of %s: %s", r->job.user, why);
+        return STEP_FAIL;
+    }
+    p.limit = smb.modseq;
     p.batch = xcalloc(BATCH_MSGS, sizeof(*p.batch));
-    int rc = r->src->ops->changes(r->src, r->job.user, since, &cb, &modseq, &why);
+    rc = r->src->ops->changes(r->src, r->job.user, since, &cb, &modseq, &why);
     if (rc == 0 && p.result == STEP_NEXT && !p.over_budget && batch_flush(&p) < 0)
         rc = 1; /* p.result says why */
     batch_drop(&p);
@@ -399,7 +422,9 @@ static enum step sync_pass(struct run *r, uint64_t since, int64_t deadline_ms, u
         set_err(r, "listing changes on %s: %s", r->job.source, why);
         return STEP_FAIL;
     }
-    r->job.checkpoint = modseq;
+    /* Not the listing's modseq: what came after limit was left for later. */
+    (void)modseq;
+    r->job.checkpoint = p.limit;
     return STEP_NEXT;
 }
 

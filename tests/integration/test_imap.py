@@ -706,3 +706,39 @@ def test_move_ends_sessions_and_keeps_uids(imap_tern):
         c.logout()
     except (imaplib.IMAP4.abort, OSError):
         pass
+
+
+def test_condstore_state_survives_a_move(imap_tern):
+    """A client's HIGHESTMODSEQ from before a move still finds, after it,
+    every change it has not seen (CHANGEDSINCE / QRESYNC), and the new
+    home's HIGHESTMODSEQ is not below it."""
+    t = imap_tern
+    for i in range(4, 31):
+        lmtp_deliver(t, ALICE, msg(i))
+    c = connect(t)
+    c.select("INBOX")
+    # Many changes on the source: its modseq runs far ahead of what a plain
+    # copy of 30 messages would count up to on the destination.
+    for _ in range(60):
+        c.store("1", "+FLAGS.SILENT", "(\\Answered)")
+        c.store("1", "-FLAGS.SILENT", "(\\Answered)")
+    c.select("INBOX")
+    uv = int(c.untagged_responses["UIDVALIDITY"][0])
+    hms = int(c.untagged_responses["HIGHESTMODSEQ"][0])
+    assert hms > 120
+    c.store("5", "+FLAGS", "(\\Flagged)")   # a change after the client's state
+    c.logout()
+    p = t.cli("move", ALICE, "--to", "s2", "--wait")
+    assert p.returncode == 0, p.stderr
+    assert wait_for(lambda: "s2" in t.cli("user", "show", ALICE).stdout)
+    r = Raw(t)
+    r.cmd("a1 ENABLE QRESYNC")
+    out = r.cmd(f"a2 SELECT INBOX (QRESYNC ({uv} {hms}))")
+    text = "".join(out)
+    assert "a2 OK" in tagged(out, "a2"), text
+    after = int(re.search(r"HIGHESTMODSEQ (\d+)", text).group(1))
+    assert after >= hms
+    assert re.search(r"\* 5 FETCH \(UID 5 FLAGS \(\\Flagged\)", text), text
+    out = r.cmd(f"a3 FETCH 1:* (FLAGS) (CHANGEDSINCE {hms})")
+    assert any(ln.startswith("* 5 FETCH") and "\\Flagged" in ln for ln in out), out
+    r.close()
