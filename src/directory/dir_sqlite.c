@@ -59,6 +59,9 @@ static const char *const dir_sqlite_migrations[] = {
     /* 4: IMAP subscriptions, per user (they survive moves). */
     "CREATE TABLE subscriptions(user TEXT NOT NULL, folder TEXT NOT NULL,"
     " PRIMARY KEY(user, folder));",
+    /* 5: a job's data beside its row (an import's settings, checkpoints and
+     * report), written only in the transaction that updates the row. */
+    "CREATE TABLE job_data(id INTEGER PRIMARY KEY, data BLOB NOT NULL);",
 };
 
 #define USER_COLS                                                                                  \
@@ -674,7 +677,28 @@ static enum dir_status dir_sqlite_store_list(struct directory *dir, struct dir_s
 
 /* ---- jobs ---- */
 
-static enum dir_status dir_sqlite_job_create(struct directory *dir, struct dir_job *j)
+/* Replaces job id's data inside the caller's transaction (data NULL: no
+ * change). Prepared per call: only imports write it. */
+static enum dir_status dir_sqlite_job_data_put(struct dir_sqlite *h, uint64_t id, const void *data,
+                                               size_t len)
+{
+    if (data == NULL)
+        return DIR_OK;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(h->db, "INSERT OR REPLACE INTO job_data(id, data) VALUES(?1, ?2)", -1,
+                           &st, NULL) != SQLITE_OK) {
+        dir_sqlite_log(h, "preparing the job data insert");
+        return DIR_TEMPFAIL;
+    }
+    dir_sqlite_bind_u64(st, 1, id);
+    sqlite3_bind_blob64(st, 2, len > 0 ? data : "", (sqlite3_uint64)len, SQLITE_STATIC);
+    int r = dir_sqlite_step(h, st);
+    sqlite3_finalize(st);
+    return r < 0 ? DIR_TEMPFAIL : DIR_OK;
+}
+
+static enum dir_status dir_sqlite_job_create_data(struct directory *dir, struct dir_job *j,
+                                                  const void *data, size_t len)
 {
     struct dir_sqlite *h = dir_sqlite_h(dir);
     struct dir_job row = *j;
@@ -701,6 +725,8 @@ static enum dir_status dir_sqlite_job_create(struct directory *dir, struct dir_j
             row.id = (uint64_t)sqlite3_last_insert_rowid(h->db);
         }
     }
+    if (s == DIR_OK)
+        s = dir_sqlite_job_data_put(h, row.id, data, len);
     s = dir_sqlite_end(h, s);
     if (s == DIR_OK)
         *j = row;
@@ -713,7 +739,13 @@ static enum dir_status dir_sqlite_job_get(struct directory *dir, uint64_t id, st
                             out);
 }
 
-static enum dir_status dir_sqlite_job_update(struct directory *dir, struct dir_job *j)
+static enum dir_status dir_sqlite_job_create(struct directory *dir, struct dir_job *j)
+{
+    return dir_sqlite_job_create_data(dir, j, NULL, 0);
+}
+
+static enum dir_status dir_sqlite_job_update_data(struct directory *dir, struct dir_job *j,
+                                                  const void *data, size_t len)
 {
     struct dir_sqlite *h = dir_sqlite_h(dir);
     struct dir_job row = *j, cur;
@@ -741,12 +773,43 @@ static enum dir_status dir_sqlite_job_update(struct directory *dir, struct dir_j
             s = dir_sqlite_cas(h, st, ST_JOB_GET, NULL, (int64_t)row.id);
         }
     }
+    if (s == DIR_OK)
+        s = dir_sqlite_job_data_put(h, row.id, data, len);
     s = dir_sqlite_end(h, s);
     if (s == DIR_OK) {
         row.version++;
         *j = row;
     }
     return s;
+}
+
+static enum dir_status dir_sqlite_job_update(struct directory *dir, struct dir_job *j)
+{
+    return dir_sqlite_job_update_data(dir, j, NULL, 0);
+}
+
+static enum dir_status dir_sqlite_job_data_get(struct directory *dir, uint64_t id, struct buf *out)
+{
+    struct dir_sqlite *h = dir_sqlite_h(dir);
+    enum dir_status s = dir_sqlite_fetch(h, ST_JOB_GET, NULL, (int64_t)id, NULL, NULL);
+    if (s != DIR_OK)
+        return s;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(h->db, "SELECT data FROM job_data WHERE id = ?1", -1, &st, NULL) !=
+        SQLITE_OK) {
+        dir_sqlite_log(h, "preparing the job data query");
+        return DIR_TEMPFAIL;
+    }
+    dir_sqlite_bind_u64(st, 1, id);
+    int r = dir_sqlite_step(h, st);
+    if (r > 0) {
+        const void *p = sqlite3_column_blob(st, 0);
+        size_t n = (size_t)sqlite3_column_bytes(st, 0);
+        if (n > 0 && buf_append(out, p, n) < 0)
+            s = DIR_INVALID; /* over the caller's limit */
+    }
+    sqlite3_finalize(st);
+    return r < 0 ? DIR_TEMPFAIL : s;
 }
 
 static enum dir_status dir_sqlite_job_list(struct directory *dir, struct dir_job **list_r,
@@ -967,6 +1030,9 @@ static const struct dir_ops dir_sqlite_ops = {
     .job_get = dir_sqlite_job_get,
     .job_update = dir_sqlite_job_update,
     .job_list = dir_sqlite_job_list,
+    .job_create_data = dir_sqlite_job_create_data,
+    .job_update_data = dir_sqlite_job_update_data,
+    .job_data_get = dir_sqlite_job_data_get,
     .sub_set = dir_sqlite_sub_set,
     .sub_list = dir_sqlite_sub_list,
 };
