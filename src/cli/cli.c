@@ -76,6 +76,9 @@ static const char help_text[] =
     "  move ADDR --to STORE [--wait] [--suspend-when-ready]   move a mailbox\n"
     "  move show ID | abort ID | complete ID | wait ID\n"
     "  moves                             every move job, phase and progress\n"
+    "  import ADDR --from mbox:PATH|maildir:PATH|imap://USER@HOST:PORT [--create] [--watch]\n"
+    "         [--wait] [--password-file F] [--poll DUR] [--sweep DUR]   migrate mail in\n"
+    "  import complete ID | report ID | wait ID\n"
     "  drain STORE --to STORE [--parallel N]          move every mailbox off a store\n"
     "  doctor [--repair]                 compare the directory with the stores\n"
     "  version | help\n"
@@ -1331,6 +1334,8 @@ int cli_main(int argc, char **argv)
         rc = cmd_move(&c, sac, sav);
     else if (strcmp(cmd, "moves") == 0)
         rc = cmd_moves(&c, sac, sav);
+    else if (strcmp(cmd, "import") == 0)
+        rc = cli_import(&c.cfg, sac, sav);
     else if (strcmp(cmd, "drain") == 0)
         rc = cmd_drain(&c, sac, sav);
     else if (strcmp(cmd, "doctor") == 0) {

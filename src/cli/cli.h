@@ -16,4 +16,9 @@
 /* The whole program: returns the exit status. */
 int cli_main(int argc, char **argv);
 
+/* `tern import ...` (cli_import.c), called by cli_main with the arguments
+ * after "import". Returns the exit status. */
+struct config;
+int cli_import(const struct config *cfg, int argc, char **argv);
+
 #endif
