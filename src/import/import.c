@@ -40,6 +40,7 @@ struct dmsg {
 struct ident {
     uint8_t ik[IMPORT_IK_LEN];
     uint32_t dmsg;
+    bool mine; /* recorded by the job that runs now */
 };
 
 /* Open addressing over indices (+1; 0 = empty). */
@@ -216,7 +217,7 @@ static int64_t find_ck(const struct records *r, uint32_t folder, const uint8_t *
 /* Adds a record: the identity ik names destination message (folder, uid)
  * of content ck. Returns the dmsg index. */
 static uint32_t records_add(struct records *r, const uint8_t *ik, const uint8_t *ck,
-                            const char *folder, uint32_t uid)
+                            const char *folder, uint32_t uid, bool mine)
 {
     uint32_t fi = name_index(r, folder);
     int64_t mi = find_msg(r, fi, uid);
@@ -259,6 +260,7 @@ static uint32_t records_add(struct records *r, const uint8_t *ik, const uint8_t 
         r->id = xrealloc(r->id, (r->n_id + 1) * sizeof(*r->id));
         memcpy(r->id[r->n_id].ik, ik, IMPORT_IK_LEN);
         r->id[r->n_id].dmsg = (uint32_t)mi;
+        r->id[r->n_id].mine = mine;
         r->n_id++;
         size_t before = r->by_ik.cap;
         hidx_grow(&r->by_ik, r, r->n_id, hash_ik);
@@ -540,7 +542,7 @@ static enum step load_records(struct run *r)
         uint64_t job;
         if (import_id_parse(l[i].id, ik, ck, &mark, &job) < 0)
             continue; /* an LMTP delivery's id */
-        records_add(&r->rec, ik, ck, l[i].folder, l[i].uid);
+        records_add(&r->rec, ik, ck, l[i].folder, l[i].uid, job == r->job.id);
         if (job != r->job.id)
             continue;
         /* This job's counts come from its records: exact after any crash. */
@@ -631,7 +633,34 @@ struct fpass {
     uint64_t first_deferred; /* position before the first deferred item */
     struct buf deferred;     /* identity keys of deferred items, IMPORT_IK_LEN each */
     bool phase2;
+    /* What the latest scan found since the checkpoint last moved: counted
+     * into the folder's state only with the checkpoint that covers it, so
+     * an item read again after a crash is never counted twice. */
+    uint64_t pend_msgs, pend_bytes, pend_already;
+    struct import_fail *pend_f;
+    size_t n_pend_f;
 };
+
+static void pend_fail(struct fpass *p, const char *where, const char *why)
+{
+    p->pend_f = xrealloc(p->pend_f, (p->n_pend_f + 1) * sizeof(*p->pend_f));
+    str_copy(p->pend_f[p->n_pend_f].where, where, sizeof(p->pend_f[0].where));
+    str_copy(p->pend_f[p->n_pend_f].why, why, sizeof(p->pend_f[0].why));
+    p->n_pend_f++;
+}
+
+static void commit_pending(struct fpass *p)
+{
+    p->fs->src_msgs += p->pend_msgs;
+    p->fs->src_bytes += p->pend_bytes;
+    p->fs->already += p->pend_already;
+    for (size_t i = 0; i < p->n_pend_f; i++)
+        import_fstate_fail(p->fs, p->pend_f[i].where, p->pend_f[i].why);
+    free(p->pend_f);
+    p->pend_f = NULL;
+    p->n_pend_f = 0;
+    p->pend_msgs = p->pend_bytes = p->pend_already = 0;
+}
 
 static enum import_mark mark_now(const struct run *r)
 {
@@ -653,6 +682,8 @@ static void update_cp(struct fpass *p)
     uint64_t cp = p->last_end;
     if (p->deferred_any && p->first_deferred < cp)
         cp = p->first_deferred;
+    else
+        commit_pending(p); /* everything read so far is behind the checkpoint */
     if (cp > p->fs->cp || p->fs->cp == 0)
         p->fs->cp = cp;
 }
@@ -688,7 +719,7 @@ static enum step record(struct fpass *p, const struct import_keys *k, enum impor
         set_err(r, "recording an import in %s: %s", folder, why);
         return later(r, RETRY_MS);
     }
-    uint32_t mi = records_add(&r->rec, k->ik, k->ck, folder, uid);
+    uint32_t mi = records_add(&r->rec, k->ik, k->ck, folder, uid, true);
     r->rec.m[mi].claim = r->rec.claim;
     return STEP_NEXT;
 }
@@ -854,13 +885,15 @@ static enum step handle_msg(struct fpass *p, const struct import_item *it)
     if (p->phase2 && !is_deferred(p, k.ik))
         return STEP_NEXT;
     if (!p->phase2) {
-        p->fs->src_msgs++;
-        p->fs->src_bytes += it->len;
+        p->pend_msgs++;
+        p->pend_bytes += it->len;
     }
     const struct ident *known = find_ik(&r->rec, k.ik);
     if (known != NULL) {
         r->rec.m[known->dmsg].claim = r->rec.claim;
-        p->fs->already++;
+        /* Imported before this job (this job's own count as imported). */
+        if (!known->mine)
+            p->pend_already++;
         r->job.msgs_done++;
         return STEP_NEXT;
     }
@@ -905,7 +938,7 @@ static enum step handle_msg(struct fpass *p, const struct import_item *it)
         char why[IMPORT_TEXT_MAX + 1];
         snprintf(why, sizeof(why), "message over the size limit (%zu octets, limit %zu)", it->len,
                  r->msg_max);
-        import_fstate_fail(p->fs, it->where, why);
+        pend_fail(p, it->where, why);
         r->job.msgs_done++;
         return STEP_NEXT;
     }
@@ -1058,10 +1091,13 @@ static enum step folder_pass(struct run *r, const struct import_sfolder *sf,
             }
             if (it.kind == IMPORT_ITEM_WAIT)
                 break; /* half written: the next pass */
+            /* Before handling it: a flush it triggers covers it. */
+            if (!p.phase2 && it.pos_after > p.last_end)
+                p.last_end = it.pos_after;
             if (it.kind == IMPORT_ITEM_FAIL) {
                 if (!p.phase2) {
-                    fs->src_msgs++;
-                    import_fstate_fail(fs, it.where, it.why);
+                    p.pend_msgs++;
+                    pend_fail(&p, it.where, it.why);
                     r->job.msgs_done++;
                 }
             } else {
@@ -1069,8 +1105,6 @@ static enum step folder_pass(struct run *r, const struct import_sfolder *sf,
             }
             if (s != STEP_NEXT)
                 break;
-            if (!p.phase2 && it.pos_after > p.last_end)
-                p.last_end = it.pos_after;
             update_cp(&p);
             if (stopping(r)) {
                 s = STEP_STOP;
@@ -1104,6 +1138,7 @@ static enum step folder_pass(struct run *r, const struct import_sfolder *sf,
         fs->src_msgs = sf->count;
     r->src->ops->iter_free(&p.it);
     buf_free(&p.deferred);
+    free(p.pend_f);
     if (s == STEP_NEXT && p.keep && sf->uidnext > p.dnext) {
         /* Later stragglers can keep their UIDs too. */
         const char *why = "";
@@ -1501,16 +1536,16 @@ int import_report(struct directory *dir, uint64_t id, FILE *out, const char **er
     for (size_t i = 0; i < st.n; i++) {
         const struct import_fstate *f = &st.f[i];
         char uids[IMPORT_TEXT_MAX + 64];
-        if (f->uids_kept + f->uids_new == 0)
-            snprintf(uids, sizeof(uids), "%s", "new (source has none)");
+        if (f->uidvalidity == 0)
+            snprintf(uids, sizeof(uids), "%s", f->imported > 0 ? "new (the source has none)" : "-");
+        else if (f->uids_kept + f->uids_new == 0)
+            snprintf(uids, sizeof(uids), "-");
         else if (f->uids_new == 0)
             snprintf(uids, sizeof(uids), "kept");
         else
             snprintf(uids, sizeof(uids), "%llu kept, %llu new%s%s",
                      (unsigned long long)f->uids_kept, (unsigned long long)f->uids_new,
                      f->uid_note[0] ? ": " : "", f->uid_note);
-        if (strncmp(uids, "new", 3) == 0 && f->uid_note[0] != '\0')
-            snprintf(uids, sizeof(uids), "new: %s", f->uid_note);
         fprintf(out, "%-24s %9llu %11llu %9llu %9llu %6llu %11llu %7llu  %s%s\n", f->name,
                 (unsigned long long)f->src_msgs, (unsigned long long)f->src_bytes,
                 (unsigned long long)f->imported, (unsigned long long)f->already,
