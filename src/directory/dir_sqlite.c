@@ -61,7 +61,8 @@ static const char *const dir_sqlite_migrations[] = {
     " PRIMARY KEY(user, folder));",
     /* 5: a job's data beside its row (an import's settings, checkpoints and
      * report), written only in the transaction that updates the row. */
-    "CREATE TABLE job_data(id INTEGER PRIMARY KEY, data BLOB NOT NULL);",
+    "CREATE TABLE job_data(id INTEGER PRIMARY KEY,"
+    " data BLOB NOT NULL);",
 };
 
 #define USER_COLS                                                                                  \

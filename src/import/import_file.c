@@ -474,7 +474,7 @@ static int maildir_list(struct file_src *s, bool counting, struct import_sfolder
  * recently that a file could still arrive within the same tick. */
 static int64_t maildir_mtime(const char *folder_path)
 {
-    int64_t m = 0;
+    uint64_t m = 0;
     static const char *const sub[] = {"new", "cur"};
     for (size_t i = 0; i < 2; i++) {
         char p[PATH_MAX];
@@ -485,9 +485,10 @@ static int64_t maildir_mtime(const char *folder_path)
         int64_t t = stat_mtime_ns(&st);
         if (time_now_ms() - t / 1000000 < IMPORT_SETTLE_MS)
             return 0;
-        m = m * 1000003 + t;
+        m = m * 1000003u + (uint64_t)t;
     }
-    return m == 0 ? 1 : m;
+    /* Positive (it is stored as a signed number) and never 0. */
+    return (int64_t)(m >> 1) | 1;
 }
 
 static int maildir_open_folder(struct file_src *s, const struct import_sfolder *f,

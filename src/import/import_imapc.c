@@ -46,6 +46,10 @@ struct resp {
 
 struct imapc {
     struct sock *s;
+    /* Without a socket (tests, fuzzing): the server's words from memory,
+     * what the client sends goes nowhere. */
+    const char *mem;
+    size_t mem_len, mem_pos;
     unsigned tagn;
     char tag[16];
     char caps[IMAPC_CAPS_MAX + 1]; /* " CAP1 CAP2 " upper case */
@@ -210,7 +214,47 @@ static int fail(struct imapc *c, const char *fmt, ...)
 
 static int sock_fail(struct imapc *c, const char *what)
 {
-    return fail(c, "IMAP source: %s: %s", what, sock_why(c->s));
+    return fail(c, "IMAP source: %s: %s", what,
+                c->s != NULL ? sock_why(c->s) : "end of input or no CRLF");
+}
+
+/* sock_read_line's contract, over the socket or the memory input. */
+static int in_line(struct imapc *c, char *line, size_t cap, size_t *len_r)
+{
+    if (c->s != NULL)
+        return sock_read_line(c->s, line, cap, len_r);
+    const char *start = c->mem + c->mem_pos;
+    const char *nl = memchr(start, '\n', c->mem_len - c->mem_pos);
+    if (nl == NULL || nl == start || nl[-1] != '\r')
+        return -1;
+    size_t take = (size_t)(nl - start) - 1;
+    c->mem_pos += take + 2;
+    bool cut = take > cap - 1;
+    size_t k = cut ? cap - 1 : take;
+    memcpy(line, start, k);
+    line[k] = '\0';
+    *len_r = k;
+    return cut ? 1 : 0;
+}
+
+/* Exactly n octets appended to b (b != NULL) or into p. */
+static int in_exact(struct imapc *c, struct buf *b, void *p, size_t n)
+{
+    if (c->s != NULL)
+        return b != NULL ? sock_read_buf(c->s, b, n) : sock_read_exact(c->s, p, n);
+    if (c->mem_len - c->mem_pos < n)
+        return -1;
+    const char *src = c->mem + c->mem_pos;
+    c->mem_pos += n;
+    if (b != NULL)
+        return buf_append(b, src, n);
+    memcpy(p, src, n);
+    return 0;
+}
+
+static int out_send(struct imapc *c, const void *p, size_t n)
+{
+    return c->s != NULL ? sock_send(c->s, p, n) : 0;
 }
 
 /* A literal announced at the end of a line: "{123}" (or "{123+}"). Returns
@@ -258,7 +302,7 @@ static int read_resp(struct imapc *c, struct buf *big, size_t big_max)
     r->big_used = r->big_dropped = false;
     for (;;) {
         size_t len;
-        int lr = sock_read_line(c->s, c->line, sizeof(c->line), &len);
+        int lr = in_line(c, c->line, sizeof(c->line), &len);
         if (lr < 0)
             return sock_fail(c, "reading a response");
         if (lr == 1)
@@ -277,7 +321,7 @@ static int read_resp(struct imapc *c, struct buf *big, size_t big_max)
             off = r->text.len;
             if (buf_append(&r->text, "", 0) < 0 || r->text.len + lit > IMAPC_RESP_MAX)
                 return fail(c, "IMAP source: a response over %u octets", IMAPC_RESP_MAX);
-            if (lit > 0 && sock_read_buf(c->s, &r->text, (size_t)lit) < 0)
+            if (lit > 0 && in_exact(c, &r->text, NULL, (size_t)lit) < 0)
                 return sock_fail(c, "reading a literal");
             if (add_part(c, PART_LIT, off, (size_t)lit) < 0)
                 return -1;
@@ -288,7 +332,7 @@ static int read_resp(struct imapc *c, struct buf *big, size_t big_max)
                         (unsigned long long)lit);
         if (lit <= big_max) {
             buf_reset(big);
-            if (sock_read_buf(c->s, big, (size_t)lit) < 0)
+            if (in_exact(c, big, NULL, (size_t)lit) < 0)
                 return sock_fail(c, "reading a message");
             r->big_used = true;
         } else {
@@ -297,7 +341,7 @@ static int read_resp(struct imapc *c, struct buf *big, size_t big_max)
             uint64_t left = lit;
             while (left > 0) {
                 size_t k = left < sizeof(sink) ? (size_t)left : sizeof(sink);
-                if (sock_read_exact(c->s, sink, k) < 0)
+                if (in_exact(c, NULL, sink, k) < 0)
                     return sock_fail(c, "reading a message");
                 left -= k;
             }
@@ -339,7 +383,7 @@ static int put_string(struct imapc *c, struct buf *cmd, const char *s, size_t le
     bool plus = imapc_has_cap(c, "LITERAL+");
     buf_printf(cmd, "{%zu%s}\r\n", len, plus ? "+" : "");
     if (!plus) {
-        if (sock_send(c->s, cmd->data, cmd->len) < 0)
+        if (out_send(c, cmd->data, cmd->len) < 0)
             return sock_fail(c, "sending a command");
         buf_reset(cmd);
         if (read_resp(c, NULL, 0) < 0)
@@ -354,7 +398,7 @@ static int put_string(struct imapc *c, struct buf *cmd, const char *s, size_t le
 static int send_cmd(struct imapc *c, struct buf *cmd)
 {
     buf_puts(cmd, "\r\n");
-    if (sock_send(c->s, cmd->data, cmd->len) < 0)
+    if (out_send(c, cmd->data, cmd->len) < 0)
         return sock_fail(c, "sending a command");
     return 0;
 }
@@ -476,6 +520,15 @@ struct imapc *imapc_connect(const char *host, int port, unsigned timeout_ms, cha
     return c;
 }
 
+struct imapc *imapc_new_mem(const char *p, size_t n)
+{
+    struct imapc *c = xmalloc(sizeof(*c));
+    c->mem = p;
+    c->mem_len = n;
+    buf_init(&c->r.text, IMAPC_RESP_MAX);
+    return c;
+}
+
 void imapc_free(struct imapc **cp)
 {
     struct imapc *c = *cp;
@@ -491,7 +544,7 @@ void imapc_logout(struct imapc **cp)
     struct imapc *c = *cp;
     if (c == NULL)
         return;
-    if (!c->fetching) {
+    if (!c->fetching && c->s != NULL) {
         static const char bye[] = "z LOGOUT\r\n";
         sock_send_nowait(c->s, bye, sizeof(bye) - 1);
     }

@@ -220,6 +220,9 @@ struct imapc_msg {
 struct imapc *imapc_connect(const char *host, int port, unsigned timeout_ms, char *err,
                             size_t errlen);
 void imapc_free(struct imapc **c);
+/* A client whose server says p[0..n) (nothing is sent anywhere): for tests
+ * and fuzzing of the response parser. p must outlive it. */
+struct imapc *imapc_new_mem(const char *p, size_t n);
 /* LOGIN. 0, 1 refused (wrong user or password: *error_r the server's
  * words), -1 failure. */
 int imapc_login(struct imapc *c, const char *user, const char *password, const char **error_r);

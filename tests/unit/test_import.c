@@ -498,6 +498,136 @@ static void test_imap_url_and_date(void **state)
         assert_int_equal(imapc_parse_date(bad_dates[i], strlen(bad_dates[i]), &t), -1);
 }
 
+/* ---- the IMAP client's response parser (from memory) ----------------------- */
+
+struct names {
+    char n[8][64];
+    char delim[8];
+    size_t count;
+};
+
+static int name_cb(void *ctx, const char *name, size_t len, char delim)
+{
+    struct names *ns = ctx;
+    assert_true(ns->count < 8 && len < 64);
+    memcpy(ns->n[ns->count], name, len);
+    ns->n[ns->count][len] = '\0';
+    ns->delim[ns->count++] = delim;
+    return 0;
+}
+
+static void test_imapc_responses(void **state)
+{
+    (void)state;
+    const char srv[] = "* LIST (\\HasNoChildren) \".\" INBOX\r\n"
+                       "* LIST (\\Noselect \\HasChildren) \".\" \"Parent\"\r\n"
+                       "* LIST () \".\" {10}\r\nwe\"ird one\r\n"
+                       "* LIST () NIL \"Sent \\\"Items\\\"\"\r\n"
+                       "t1 OK done\r\n"
+                       "* 3 EXISTS\r\n* OK [UIDVALIDITY 42] x\r\n* OK [UIDNEXT 9] x\r\n"
+                       "* OK [HIGHESTMODSEQ 77] x\r\nt2 OK [READ-ONLY] done\r\n"
+                       "* 1 FETCH (UID 4 FLAGS (\\Seen \\Recent $Label1 \\Unknown) "
+                       "INTERNALDATE \"17-Jul-1996 02:44:25 -0700\" BODY[] {6}\r\nhi\r\nxx)\r\n"
+                       "* 2 FETCH (FLAGS (\\Deleted))\r\n"
+                       "* 9 EXPUNGE\r\n"
+                       "* 3 FETCH (UID 9 MODSEQ (12) BODY[] NIL FLAGS ())\r\n"
+                       "* 4 FETCH (UID 10 BODY[] {30}\r\n123456789012345678901234567890)\r\n"
+                       "* 5 FETCH (UID 2 BODY[] \"x\")\r\n" /* under from: "n:*" quirk */
+                       "t3 OK fetched\r\n";
+    struct imapc *c = imapc_new_mem(srv, strlen(srv));
+    struct names ns = {0};
+    const char *e;
+    assert_int_equal(imapc_list(c, name_cb, &ns, &e), 0);
+    assert_int_equal(ns.count, 3);
+    assert_string_equal(ns.n[0], "INBOX");
+    assert_int_equal(ns.delim[0], '.');
+    assert_string_equal(ns.n[1], "we\"ird one");
+    assert_string_equal(ns.n[2], "Sent \"Items\"");
+    assert_int_equal(ns.delim[2], 0);
+    struct imapc_box b;
+    assert_int_equal(imapc_examine(c, "INBOX", 5, &b, &e), 0);
+    assert_int_equal(b.uidvalidity, 42);
+    assert_int_equal(b.uidnext, 9);
+    assert_int_equal(b.exists, 3);
+    assert_int_equal(b.highestmodseq, 77);
+    assert_int_equal(imapc_fetch_start(c, 3, 0, 20, &e), 0);
+    struct imapc_msg m;
+    imapc_msg_init(&m);
+    assert_int_equal(imapc_fetch_next(c, &m, &e), 1);
+    assert_int_equal(m.uid, 4);
+    assert_int_equal(m.flags, MAIL_F_SEEN);
+    assert_string_equal(m.keywords.data, "$Label1");
+    assert_true(m.has_date);
+    assert_int_equal(m.internal_date, 837596665);
+    assert_int_equal(m.body.len, 6);
+    assert_memory_equal(m.body.data, "hi\r\nxx", 6);
+    assert_int_equal(imapc_fetch_next(c, &m, &e), 1);
+    assert_int_equal(m.uid, 9);
+    assert_int_equal(m.body.len, 0);
+    assert_false(m.too_big);
+    assert_int_equal(imapc_fetch_next(c, &m, &e), 1);
+    assert_int_equal(m.uid, 10);
+    assert_true(m.too_big);
+    assert_int_equal(m.size, 30);
+    assert_int_equal(imapc_fetch_next(c, &m, &e), 0);
+    imapc_msg_free(&m);
+    imapc_free(&c);
+
+    /* Every way a response can be wrong: an error, never a crash. */
+    static const struct {
+        const char *name, *text;
+        int op; /* 0 list, 1 examine, 2 fetch */
+    } bad[] = {
+        {"unbalanced LIST", "* LIST (\\HasNoChildren \".\" INBOX\r\nt1 OK\r\n", 0},
+        {"LIST without a name", "* LIST () \".\"\r\nt1 OK\r\n", 0},
+        {"NO to LIST", "t1 NO no way\r\n", 0},
+        {"no CRLF", "* LIST () \".\" INBOX\n", 0},
+        {"end of input", "* LIST () \".\" INBOX\r\n", 0},
+        {"continuation out of place", "+ go on\r\n", 0},
+        {"BYE", "* BYE bye\r\n", 0},
+        {"literal cut short", "* LIST () \".\" {10}\r\nabc", 0},
+        {"no UIDVALIDITY", "* 3 EXISTS\r\nt1 OK\r\n", 1},
+        {"BAD examine", "t1 BAD what\r\n", 1},
+        {"unterminated quote", "* 1 FETCH (UID 1 BODY[] \"abc)\r\nt1 OK\r\n", 2},
+        {"huge literal count", "* 1 FETCH (UID 1 BODY[] {99999999999999999999}\r\nt1 OK\r\n", 2},
+        {"bad UID", "* 1 FETCH (UID x BODY[] NIL)\r\nt1 OK\r\n", 2},
+        {"UID 0", "* 1 FETCH (UID 0 BODY[] NIL)\r\nt1 OK\r\n", 2},
+        {"bad flags", "* 1 FETCH (UID 1 FLAGS \\Seen BODY[] NIL)\r\nt1 OK\r\n", 2},
+        {"unknown item without value", "* 1 FETCH (UID 1 X-THING)\r\nt1 OK\r\n", 2},
+        {"BYE in a fetch", "* BYE going down\r\n", 2},
+        {"NO to a fetch", "t1 NO gone\r\n", 2},
+        {"big literal cut short",
+         "* 1 FETCH (UID 1 BODY[] {70000}\r\n", 2},
+    };
+    char *longline = xmalloc(70 * 1024 + 8);
+    memset(longline, 'a', 70 * 1024);
+    strcpy(longline + 70 * 1024, "\r\n");
+    for (size_t i = 0; i <= ARRAY_SIZE(bad); i++) {
+        const char *text = i < ARRAY_SIZE(bad) ? bad[i].text : longline;
+        int op = i < ARRAY_SIZE(bad) ? bad[i].op : 0;
+        c = imapc_new_mem(text, strlen(text));
+        int r;
+        e = NULL;
+        if (op == 0) {
+            ns.count = 0;
+            r = imapc_list(c, name_cb, &ns, &e);
+        } else if (op == 1) {
+            r = imapc_examine(c, "INBOX", 5, &b, &e);
+        } else {
+            imapc_msg_init(&m);
+            assert_int_equal(imapc_fetch_start(c, 1, 0, 100000, &e), 0);
+            r = imapc_fetch_next(c, &m, &e);
+            imapc_msg_free(&m);
+        }
+        if (r >= 0 && !(op == 1 && r == 1))
+            fail_msg("case %zu (%s) was accepted", i, i < ARRAY_SIZE(bad) ? bad[i].name : "long");
+        assert_non_null(e);
+        assert_true(strlen(e) > 0);
+        imapc_free(&c);
+    }
+    free(longline);
+}
+
 /* ---- whole imports ------------------------------------------------------------ */
 
 static void test_mbox_import_and_rerun(void **state)
@@ -858,6 +988,7 @@ int main(void)
         cmocka_unit_test(test_keys_and_ids),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_imap_url_and_date),
+        cmocka_unit_test(test_imapc_responses),
         cmocka_unit_test_setup_teardown(test_mbox_import_and_rerun, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mbox_rewritten, setup, teardown),
         cmocka_unit_test_setup_teardown(test_identical_messages, setup, teardown),
