@@ -395,6 +395,11 @@ int import_state_read(struct import_state *s, const char *p, size_t len, const c
                     *error_r = "import state: a folder without a name";
                     goto bad;
                 }
+                for (size_t k = 0; k < s->n; k++)
+                    if (strcmp(s->f[k].name, f.name) == 0) {
+                        *error_r = "import state: a folder twice";
+                        goto bad;
+                    }
                 uint64_t failed = f.failed;
                 cur = import_state_folder(s, f.name);
                 *cur = f;

@@ -436,6 +436,7 @@ static void test_state_round_trip(void **state)
         "tern-import 1\nF name=41",
         "tern-import 1\nF  name=41\n",
         "tern-import 1\nF name=4100\n",
+        "tern-import 1\nF name=41\nX where=41 why=41\nF name=41\n",
     };
     for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
         e = NULL;
@@ -596,8 +597,7 @@ static void test_imapc_responses(void **state)
         {"unknown item without value", "* 1 FETCH (UID 1 X-THING)\r\nt1 OK\r\n", 2},
         {"BYE in a fetch", "* BYE going down\r\n", 2},
         {"NO to a fetch", "t1 NO gone\r\n", 2},
-        {"big literal cut short",
-         "* 1 FETCH (UID 1 BODY[] {70000}\r\n", 2},
+        {"big literal cut short", "* 1 FETCH (UID 1 BODY[] {70000}\r\n", 2},
     };
     char *longline = xmalloc(70 * 1024 + 8);
     memset(longline, 'a', 70 * 1024);
