@@ -29,10 +29,30 @@ struct imap_src {
     struct imapc *c;
 };
 
+/* A message the listing found: what is needed to decide without its body. */
+struct imap_meta {
+    uint32_t uid;
+    uint32_t flags;
+    char *keywords;
+    int64_t date;
+    bool has_date;
+    unsigned bad_keywords;
+    uint64_t size;
+};
+
+#define IMAP_CHUNK_MAX 256 /* bodies asked for in one UID FETCH */
+
+struct imap_iter;
+static void import_iter_free_imap(struct imap_iter *it);
+
 struct imap_iter {
     struct imap_src *s;
     struct import_sfolder f;
     uint64_t cp;
+    struct imap_meta *list; /* the listing above cp, in UID order */
+    size_t n, pos;
+    bool in_chunk;    /* a UID FETCH of bodies is being read */
+    size_t chunk_end; /* ... for list[pos .. chunk_end) */
     struct imapc_msg m;
     struct buf data;
 };
@@ -304,14 +324,16 @@ static int imap_open(struct import_src *base, const struct import_sfolder *f,
         *error_r = "the folder's UIDVALIDITY changed during the pass";
         return -1;
     }
-    uint64_t from = full ? 1 : st->cp + 1;
+    if (full)
+        st->cp = 0;
+    uint64_t from = st->cp + 1;
     if (from > UINT32_MAX) {
         *iter_r = NULL;
         return 0;
     }
-    if (full)
-        st->cp = 0;
-    if (imapc_fetch_start(s->c, (uint32_t)from, 0, base->msg_max, error_r) < 0) {
+    /* First what is there (UIDs, flags, dates, sizes), then bodies only for
+     * what is not imported yet: a re-run costs a listing, not a download. */
+    if (imapc_fetch_meta_start(s->c, (uint32_t)from, error_r) < 0) {
         imapc_free(&s->c);
         return -1;
     }
@@ -321,24 +343,142 @@ static int imap_open(struct import_src *base, const struct import_sfolder *f,
     it->cp = st->cp;
     imapc_msg_init(&it->m);
     buf_init(&it->data, 0);
+    size_t cap = 0;
+    while ((r = imapc_fetch_next(s->c, &it->m, error_r)) == 1) {
+        if (it->n == cap) {
+            cap = cap ? 2 * cap : 256;
+            it->list = xrealloc(it->list, cap * sizeof(*it->list));
+        }
+        struct imap_meta *e = &it->list[it->n++];
+        e->uid = it->m.uid;
+        e->flags = it->m.flags;
+        e->keywords = xstrdup(it->m.keywords.data != NULL ? it->m.keywords.data : "");
+        e->date = it->m.internal_date;
+        e->has_date = it->m.has_date;
+        e->bad_keywords = it->m.bad_keywords;
+        e->size = it->m.size;
+    }
+    if (r < 0) {
+        imapc_free(&s->c);
+        it->s = NULL;
+        import_iter_free_imap(it);
+        return -1;
+    }
     *iter_r = (struct import_iter *)it;
     return 0;
+}
+
+static void ident_of(const struct imap_iter *it, uint32_t uid, char *out, size_t n)
+{
+    snprintf(out, n, "%u:%u", it->f.uidvalidity, uid);
+}
+
+static bool is_known(const struct imap_iter *it, const struct imap_meta *e)
+{
+    const struct import_src *b = &it->s->base;
+    char ident[IMPORT_IDENT_MAX + 1];
+    ident_of(it, e->uid, ident, sizeof(ident));
+    return b->known != NULL && b->known(b->known_ctx, it->f.name, ident);
+}
+
+/* Starts a UID FETCH of bodies for the run of unknown messages at pos. */
+static int start_chunk(struct imap_iter *it, const char **error_r)
+{
+    struct buf set;
+    buf_init(&set, 0);
+    size_t k = it->pos;
+    while (k < it->n && k - it->pos < IMAP_CHUNK_MAX && !is_known(it, &it->list[k]) &&
+           it->list[k].size <= it->s->base.msg_max) {
+        uint32_t lo = it->list[k].uid, hi = lo;
+        while (k + 1 < it->n && k + 1 - it->pos < IMAP_CHUNK_MAX && it->list[k + 1].uid == hi + 1 &&
+               !is_known(it, &it->list[k + 1]) && it->list[k + 1].size <= it->s->base.msg_max) {
+            k++;
+            hi++;
+        }
+        if (set.len > 0)
+            buf_puts(&set, ",");
+        if (lo == hi)
+            buf_printf(&set, "%u", lo);
+        else
+            buf_printf(&set, "%u:%u", lo, hi);
+        k++;
+    }
+    it->chunk_end = k;
+    int r = imapc_fetch_set_start(it->s->c, set.data, it->s->base.msg_max, error_r);
+    buf_free(&set);
+    if (r < 0) {
+        imapc_free(&it->s->c);
+        return -1;
+    }
+    it->in_chunk = true;
+    return 0;
+}
+
+static void item_head(const struct imap_iter *it, uint32_t uid, struct import_item *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->pos_before = uid - 1;
+    out->pos_after = uid;
+    snprintf(out->where, sizeof(out->where), "UID %u", uid);
+    ident_of(it, uid, out->ident, sizeof(out->ident));
 }
 
 static int imap_next(struct import_iter *i, struct import_item *out, const char **error_r)
 {
     struct imap_iter *it = (struct imap_iter *)i;
-    int r = imapc_fetch_next(it->s->c, &it->m, error_r);
-    if (r < 0)
-        imapc_free(&it->s->c);
-    if (r <= 0)
-        return r;
+    for (;;) {
+        if (it->in_chunk) {
+            if (it->s->c == NULL) {
+                *error_r = "IMAP source: connection lost";
+                return -1;
+            }
+            int r = imapc_fetch_next(it->s->c, &it->m, error_r);
+            if (r < 0) {
+                imapc_free(&it->s->c);
+                return -1;
+            }
+            if (r == 0) {
+                it->in_chunk = false;
+                it->pos = it->chunk_end; /* any not returned: expunged meanwhile */
+                continue;
+            }
+            /* Listed ones the server did not return were expunged meanwhile. */
+            while (it->pos < it->chunk_end && it->list[it->pos].uid < it->m.uid)
+                it->pos++;
+            if (it->pos == it->chunk_end || it->list[it->pos].uid != it->m.uid)
+                continue; /* not asked for */
+            it->pos++;
+            break;
+        }
+        if (it->pos == it->n)
+            return 0;
+        const struct imap_meta *e = &it->list[it->pos];
+        if (e->size > it->s->base.msg_max) {
+            item_head(it, e->uid, out);
+            out->kind = IMPORT_ITEM_FAIL;
+            snprintf(out->why, sizeof(out->why),
+                     "message over the size limit (%llu octets, limit %zu)",
+                     (unsigned long long)e->size, it->s->base.msg_max);
+            it->pos++;
+            return 1;
+        }
+        if (is_known(it, e)) {
+            item_head(it, e->uid, out);
+            out->kind = IMPORT_ITEM_MSG;
+            out->known = true;
+            out->uid = e->uid;
+            out->flags = e->flags;
+            out->keywords = e->keywords;
+            out->internal_date = e->has_date ? e->date : 0;
+            out->len = (size_t)e->size;
+            it->pos++;
+            return 1;
+        }
+        if (start_chunk(it, error_r) < 0)
+            return -1;
+    }
     const struct imapc_msg *m = &it->m;
-    memset(out, 0, sizeof(*out));
-    out->pos_before = m->uid - 1;
-    out->pos_after = m->uid;
-    snprintf(out->where, sizeof(out->where), "UID %u", m->uid);
-    snprintf(out->ident, sizeof(out->ident), "%u:%u", it->f.uidvalidity, m->uid);
+    item_head(it, m->uid, out);
     if (m->too_big) {
         out->kind = IMPORT_ITEM_FAIL;
         snprintf(out->why, sizeof(out->why), "message over the size limit (%llu octets, limit %zu)",
@@ -380,21 +520,26 @@ static void imap_finish(struct import_iter *i, struct import_fstate *st, bool do
     st->modseq = it->f.modseq;
 }
 
+static void import_iter_free_imap(struct imap_iter *it)
+{
+    /* A fetch cut short leaves the connection mid-response: drop it (the
+     * next pass connects again). */
+    if (it->s != NULL && it->in_chunk)
+        imapc_free(&it->s->c);
+    for (size_t i = 0; i < it->n; i++)
+        free(it->list[i].keywords);
+    free(it->list);
+    imapc_msg_free(&it->m);
+    buf_free(&it->data);
+    free(it);
+}
+
 static void imap_iter_free(struct import_iter **ip)
 {
     struct imap_iter *it = (struct imap_iter *)*ip;
     if (it == NULL)
         return;
-    /* A fetch cut short leaves the connection mid-response: drop it. */
-    const char *e;
-    struct imapc_msg m;
-    imapc_msg_init(&m);
-    if (it->s->c != NULL && imapc_fetch_next(it->s->c, &m, &e) != 0)
-        imapc_free(&it->s->c);
-    imapc_msg_free(&m);
-    imapc_msg_free(&it->m);
-    buf_free(&it->data);
-    free(it);
+    import_iter_free_imap(it);
     *ip = NULL;
 }
 

@@ -57,6 +57,7 @@ struct imapc {
     char err[256];
     struct resp r;
     bool fetching;
+    bool fetch_bodies; /* BODY[] is asked for (else RFC822.SIZE) */
     uint32_t fetch_from;
     size_t fetch_max;
 };
@@ -697,16 +698,13 @@ int imapc_examine(struct imapc *c, const char *name, size_t len, struct imapc_bo
 
 /* ---- UID FETCH, streamed ----------------------------------------------------- */
 
-int imapc_fetch_start(struct imapc *c, uint32_t from, uint32_t to, size_t max, const char **error_r)
+static int fetch_begin(struct imapc *c, const char *set, const char *items, uint32_t from,
+                       bool bodies, size_t max, const char **error_r)
 {
     struct buf cmd;
     buf_init(&cmd, 0);
     next_tag(c);
-    if (to == 0)
-        buf_printf(&cmd, "%s UID FETCH %u:* (UID FLAGS INTERNALDATE BODY.PEEK[])", c->tag, from);
-    else
-        buf_printf(&cmd, "%s UID FETCH %u:%u (UID FLAGS INTERNALDATE BODY.PEEK[])", c->tag, from,
-                   to);
+    buf_printf(&cmd, "%s UID FETCH %s %s", c->tag, set, items);
     int r = send_cmd(c, &cmd);
     buf_free(&cmd);
     *error_r = c->err;
@@ -714,8 +712,35 @@ int imapc_fetch_start(struct imapc *c, uint32_t from, uint32_t to, size_t max, c
         return -1;
     c->fetching = true;
     c->fetch_from = from;
+    c->fetch_bodies = bodies;
     c->fetch_max = max;
     return 0;
+}
+
+int imapc_fetch_start(struct imapc *c, uint32_t from, uint32_t to, size_t max, const char **error_r)
+{
+    char set[32];
+    if (to == 0)
+        snprintf(set, sizeof(set), "%u:*", from);
+    else
+        snprintf(set, sizeof(set), "%u:%u", from, to);
+    return fetch_begin(c, set, "(UID FLAGS INTERNALDATE BODY.PEEK[])", from, true, max, error_r);
+}
+
+int imapc_fetch_meta_start(struct imapc *c, uint32_t from, const char **error_r)
+{
+    char set[32];
+    snprintf(set, sizeof(set), "%u:*", from);
+    return fetch_begin(c, set, "(UID FLAGS INTERNALDATE RFC822.SIZE)", from, false, 0, error_r);
+}
+
+int imapc_fetch_set_start(struct imapc *c, const char *set, size_t max, const char **error_r)
+{
+    if (strlen(set) > IMAPC_LINE_MAX / 2 || strspn(set, "0123456789:,") != strlen(set)) {
+        *error_r = "IMAP source: a bad UID set (a bug)";
+        return -1;
+    }
+    return fetch_begin(c, set, "(UID FLAGS INTERNALDATE BODY.PEEK[])", 0, true, max, error_r);
 }
 
 void imapc_msg_init(struct imapc_msg *m)
@@ -816,13 +841,17 @@ static int parse_fetch(struct imapc *c, struct imapc_msg *m)
                     buf_append(&m->body, t.p, t.len);
             }
             have_body = true;
+        } else if (tok_is(&t, "RFC822.SIZE") && !c->fetch_bodies) {
+            if (tok_next(&cu, &t) < 0 || tok_u64(&t, UINT32_MAX, &v) < 0)
+                goto bad;
+            m->size = v;
         } else {
-            /* another item (MODSEQ, RFC822.SIZE, ...): its value is skipped */
+            /* another item (MODSEQ, ...): its value is skipped */
             if (tok_next(&cu, &t) < 0 || tok_skip_value(&cu, &t) < 0)
                 goto bad;
         }
     }
-    ret = have_body && have_uid ? 1 : 0;
+    ret = have_uid && (have_body || !c->fetch_bodies) ? 1 : 0;
     goto out;
 bad:
     fail(c, "IMAP source: a malformed FETCH response");

@@ -141,8 +141,9 @@ struct import_item {
     uint32_t flags;                 /* MAIL_F_* */
     const char *keywords;           /* space-separated */
     int64_t internal_date;
-    const char *data; /* CRLF octets, valid until the next call */
-    size_t len;
+    const char *data; /* CRLF octets, valid until the next call; NULL if known */
+    size_t len;       /* octets (known: the source's size) */
+    bool known;       /* the source asked known(): imported already, no body */
     uint8_t sha256[SHA256_LEN];
     bool malformed; /* imported as it is, with a problem */
     char where[IMPORT_TEXT_MAX + 1];
@@ -178,6 +179,10 @@ struct import_src {
     char scope[IMPORT_SRC_KEY_MAX + 1]; /* see import_key_ident */
     size_t msg_max;
     bool counting; /* list() also estimates counts (costs a read of mbox files) */
+    /* Set by the engine: true if a message of folder with this identity is
+     * imported already, so a source that can (IMAP) skips its body. */
+    bool (*known)(void *ctx, const char *folder, const char *ident);
+    void *known_ctx;
 };
 
 /* Opens a source for spec ("mbox:PATH", "maildir:PATH", "imap://..."). The
@@ -240,6 +245,12 @@ int imapc_examine(struct imapc *c, const char *name, size_t len, struct imapc_bo
 int imapc_fetch_start(struct imapc *c, uint32_t from, uint32_t to, size_t max,
                       const char **error_r);
 int imapc_fetch_next(struct imapc *c, struct imapc_msg *m, const char **error_r);
+/* UID FETCH from:* (UID FLAGS INTERNALDATE RFC822.SIZE): what is there,
+ * without bodies (imapc_fetch_next gives size, no body). */
+int imapc_fetch_meta_start(struct imapc *c, uint32_t from, const char **error_r);
+/* UID FETCH SET (UID FLAGS INTERNALDATE BODY.PEEK[]) for a set of UIDs
+ * ("3,7:9"). */
+int imapc_fetch_set_start(struct imapc *c, const char *set, size_t max, const char **error_r);
 void imapc_msg_init(struct imapc_msg *m);
 void imapc_msg_free(struct imapc_msg *m);
 /* LOGOUT and close. */

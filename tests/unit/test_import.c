@@ -574,6 +574,29 @@ static void test_imapc_responses(void **state)
     imapc_msg_free(&m);
     imapc_free(&c);
 
+    /* A listing without bodies, then bodies for a set. */
+    const char srv2[] = "* 1 FETCH (UID 3 FLAGS (\\Seen) RFC822.SIZE 123)\r\n"
+                        "* 2 FETCH (UID 5 RFC822.SIZE 7 FLAGS ())\r\nt1 OK\r\n"
+                        "* 2 FETCH (UID 5 FLAGS () BODY[] {3}\r\nabc)\r\nt2 OK\r\n";
+    c = imapc_new_mem(srv2, strlen(srv2));
+    imapc_msg_init(&m);
+    assert_int_equal(imapc_fetch_meta_start(c, 1, &e), 0);
+    assert_int_equal(imapc_fetch_next(c, &m, &e), 1);
+    assert_int_equal(m.uid, 3);
+    assert_int_equal(m.size, 123);
+    assert_int_equal(m.flags, MAIL_F_SEEN);
+    assert_int_equal(imapc_fetch_next(c, &m, &e), 1);
+    assert_int_equal(m.uid, 5);
+    assert_int_equal(m.size, 7);
+    assert_int_equal(imapc_fetch_next(c, &m, &e), 0);
+    assert_int_equal(imapc_fetch_set_start(c, "5", 100, &e), 0);
+    assert_int_equal(imapc_fetch_next(c, &m, &e), 1);
+    assert_int_equal(m.body.len, 3);
+    assert_int_equal(imapc_fetch_next(c, &m, &e), 0);
+    assert_int_equal(imapc_fetch_set_start(c, "5 BODY[]", 100, &e), -1); /* a bug: refused */
+    imapc_msg_free(&m);
+    imapc_free(&c);
+
     /* Every way a response can be wrong: an error, never a crash. */
     static const struct {
         const char *name, *text;
