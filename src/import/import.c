@@ -1445,6 +1445,10 @@ enum import_result import_run(const struct import_env *env, uint64_t id)
 int import_source_check(const char *spec, bool *needs_password_r, const char **error_r)
 {
     *needs_password_r = false;
+    if (strlen(spec) > DIR_JOB_ARG_MAX) {
+        *error_r = "the source is too long";
+        return -1;
+    }
     if (strncmp(spec, "imap://", 7) == 0 || strncmp(spec, "imaps://", 8) == 0) {
         char user[256], host[256];
         int port;

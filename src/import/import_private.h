@@ -19,11 +19,13 @@
 #define IMPORT_STATE_MAGIC "tern-import 1"
 #define IMPORT_FOLDERS_MAX 10000 /* folders of one source */
 #define IMPORT_FAILS_KEPT  100   /* failures listed per folder (all are counted) */
-#define IMPORT_TEXT_MAX    255   /* a failure's place or reason */
-#define IMPORT_SETTLE_MS   2000  /* an mbox tail younger than this may be half written */
-#define IMPORT_IDENT_MAX   255   /* a source identity string */
-#define IMPORT_SRC_KEY_MAX 1024  /* a folder's locator in its source */
-#define IMPORT_SECRET_MAX  1024  /* octets of a password */
+#define IMPORT_STATE_FAILS_BUDGET                                                                  \
+    (4u << 20)                  /* state octets after which no more failures are listed */
+#define IMPORT_TEXT_MAX    255  /* a failure's place or reason */
+#define IMPORT_SETTLE_MS   2000 /* an mbox tail younger than this may be half written */
+#define IMPORT_IDENT_MAX   255  /* a source identity string */
+#define IMPORT_SRC_KEY_MAX 1024 /* a folder's locator in its source */
+#define IMPORT_SECRET_MAX  1024 /* octets of a password */
 #define IMPORT_ID_PREFIX   "imp1."
 #define IMPORT_IK_LEN      15 /* octets of the identity key in a delivery id */
 #define IMPORT_CK_LEN      15 /* octets of the content key in a delivery id */

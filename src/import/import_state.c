@@ -129,6 +129,10 @@ void import_state_write(const struct import_state *s, struct buf *out)
         put_u64(out, "failed", f->failed);
         buf_puts(out, "\n");
         for (size_t k = 0; k < f->n_fails; k++) {
+            /* The listing is bounded so the state always fits the job's data
+             * (DIR_JOB_DATA_MAX); the counts stay exact. */
+            if (out->len > IMPORT_STATE_FAILS_BUDGET)
+                break;
             buf_puts(out, "X");
             put_str(out, "where", f->fails[k].where);
             put_str(out, "why", f->fails[k].why);

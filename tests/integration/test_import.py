@@ -638,3 +638,61 @@ def test_q190423_imap_watch_and_stragglers(t, dovecot, tmp_path):
     row = report_row(t, job, "INBOX")
     assert row[5] == 1 and row[2] == 7, report(t, job)
     assert report_row(t, job, "Sent Items")[5] == 0
+
+
+def test_imap_uidvalidity_change_falls_back_to_content(t, dovecot, tmp_path):
+    """The source renumbers a folder (a new UIDVALIDITY, the same mail): a
+    re-run links what is there by content and imports only what is new."""
+    c = dovecot.client()
+    c.create("Work")
+    for i in range(3):
+        c.append("Work", r"(\Seen)", None, b"Subject: w%d\r\n\r\nsame body %d\r\n" % (i, i))
+    c.logout()
+    pw = tmp_path / "pw"
+    pw.write_text("oldpass")
+    src = f"imap://bob@127.0.0.1:{dovecot.port}"
+    job = start_import(t, src, "--password-file", str(pw), "--wait", "--sweep", "0")
+    wait_phase(t, job, ("done",))
+    assert subjects(messages(tern_imap(t), "Work")) == ["w0", "w1", "w2"]
+    # Delete and recreate the folder at the source: new UIDVALIDITY.
+    c = dovecot.client()
+    assert c.delete("Work")[0] == "OK"
+    c.create("Work")
+    for i in (0, 1, 2, 2, 3):  # w2 twice now: the folder gets two copies
+        c.append("Work", r"(\Seen)", None, b"Subject: w%d\r\n\r\nsame body %d\r\n" % (i, i))
+    c.logout()
+    job2 = start_import(t, src, "--password-file", str(pw), "--wait", "--sweep", "0")
+    wait_phase(t, job2, ("done",))
+    got = subjects(messages(tern_imap(t), "Work"))
+    assert sorted(got) == ["w0", "w1", "w2", "w2", "w3"], got
+    row = report_row(t, job2, "Work")
+    assert row[2] == 2 and row[4] == 3, report(t, job2)  # imported w2 (second copy), w3; 3 dups
+    assert "another UIDVALIDITY" in report(t, job2)
+
+
+def test_imap_too_big_is_reported_not_imported(tmp_path):
+    t = Tern(tmp_path, lmtp_extra="max_message_size = 100000",
+             mover_extra="retention = 0\nlease_ms = 2000")
+    t.cli("domain", "add", "example.org")
+    t.cli("user", "add", USER, "--password", PW, "--store", "s1")
+    t.serve()
+    d = Dovecot()
+    try:
+        c = d.client()
+        c.append("INBOX", None, None, b"Subject: small\r\n\r\nok\r\n")
+        c.append("INBOX", None, None, b"Subject: big\r\n\r\n" + b"x" * 200000 + b"\r\n")
+        c.append("INBOX", None, None, b"Subject: after\r\n\r\nok\r\n")
+        c.logout()
+        pw = tmp_path / "pw"
+        pw.write_text("oldpass")
+        job = start_import(t, f"imap://bob@127.0.0.1:{d.port}", "--password-file", str(pw),
+                           "--wait", "--sweep", "0")
+        wait_phase(t, job, ("done",))
+        assert subjects(messages(tern_imap(t), "INBOX")) == ["small", "after"]
+        rep = report(t, job)
+        row = report_row(t, job, "INBOX")
+        assert row[0] == 3 and row[2] == 2 and row[6] == 1, rep
+        assert "UID 2: message over the size limit" in rep, rep
+    finally:
+        d.stop()
+        t.stop()
