@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "import/import_private.h"
@@ -639,7 +640,108 @@ struct fpass {
     uint64_t pend_msgs, pend_bytes, pend_already;
     struct import_fail *pend_f;
     size_t n_pend_f;
+    /* Flag sync while watching: the destination folder's flags, by UID. */
+    bool sync_flags;
+    bool dfl_loaded;
+    struct dflag {
+        uint32_t uid;
+        uint32_t flags;
+        char *keywords;
+    } * dfl;
+    size_t n_dfl;
 };
+
+static int dfl_cb(void *ctx, const struct sync_msg *m)
+{
+    struct fpass *p = ctx;
+    p->dfl = xrealloc(p->dfl, (p->n_dfl + 1) * sizeof(*p->dfl));
+    p->dfl[p->n_dfl].uid = m->uid;
+    p->dfl[p->n_dfl].flags = m->flags;
+    p->dfl[p->n_dfl].keywords = xstrdup(m->keywords);
+    p->n_dfl++;
+    return 0;
+}
+
+static void dfl_free(struct fpass *p)
+{
+    for (size_t i = 0; i < p->n_dfl; i++)
+        free(p->dfl[i].keywords);
+    free(p->dfl);
+    p->dfl = NULL;
+    p->n_dfl = 0;
+}
+
+/* True if two space-separated keyword lists hold the same keywords (in any
+ * order, ASCII case-insensitively, as IMAP compares them). */
+static bool keywords_equal(const char *a, const char *b)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        const char *x = pass == 0 ? a : b, *y = pass == 0 ? b : a;
+        for (const char *w = x; *w != '\0';) {
+            while (*w == ' ')
+                w++;
+            size_t n = strcspn(w, " ");
+            if (n == 0)
+                break;
+            bool found = false;
+            for (const char *v = y; *v != '\0' && !found;) {
+                while (*v == ' ')
+                    v++;
+                size_t m = strcspn(v, " ");
+                found = m == n && strncasecmp(v, w, n) == 0;
+                v += m;
+            }
+            if (!found)
+                return false;
+            w += n;
+        }
+    }
+    return true;
+}
+
+/* The source is the master until the cutover: a message imported before
+ * whose flags changed there gets them in tern too. */
+static enum step sync_flags(struct fpass *p, const struct ident *known,
+                            const struct import_item *it)
+{
+    struct run *r = p->r;
+    const struct dmsg *d = &r->rec.m[known->dmsg];
+    if (strcmp(r->rec.names[d->folder], p->fs->name) != 0)
+        return STEP_NEXT; /* the user moved it elsewhere in tern meanwhile */
+    if (!p->dfl_loaded) {
+        const char *why = "";
+        uint64_t modseq;
+        int rc = r->dst->ops->msgs(r->dst, r->job.user, p->fs->name, dfl_cb, p, &modseq, &why);
+        if (rc < 0)
+            return dst_fail(r, "listing a folder");
+        p->dfl_loaded = true;
+    }
+    size_t lo = 0, hi = p->n_dfl;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (p->dfl[mid].uid < d->uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == p->n_dfl || p->dfl[lo].uid != d->uid)
+        return STEP_NEXT; /* expunged in tern: nothing to update */
+    uint32_t want = it->flags & STORE_F_ALL;
+    const char *kw = it->keywords != NULL ? it->keywords : "";
+    if (p->dfl[lo].flags == want && keywords_equal(p->dfl[lo].keywords, kw))
+        return STEP_NEXT;
+    const char *why = "";
+    int rc = r->dst->ops->flags(r->dst, r->job.user, p->fs->name, d->uid, want, kw, &why);
+    if (rc < 0)
+        return dst_fail(r, "setting flags");
+    if (rc == 0) {
+        p->fs->flags_synced++;
+        p->dfl[lo].flags = want;
+        free(p->dfl[lo].keywords);
+        p->dfl[lo].keywords = xstrdup(kw);
+    }
+    return STEP_NEXT;
+}
 
 static void pend_fail(struct fpass *p, const char *where, const char *why)
 {
@@ -884,6 +986,10 @@ static enum step handle_msg(struct fpass *p, const struct import_item *it)
     import_key_ident(&k, r->job.user, r->src->ops->kind, r->src->scope, p->fs->name, it->ident);
     if (p->phase2 && !is_deferred(p, k.ik))
         return STEP_NEXT;
+    if (it->flags_only) {
+        const struct ident *kn = find_ik(&r->rec, k.ik);
+        return kn != NULL && p->sync_flags ? sync_flags(p, kn, it) : STEP_NEXT;
+    }
     if (!p->phase2) {
         p->pend_msgs++;
         p->pend_bytes += it->len;
@@ -900,7 +1006,7 @@ static enum step handle_msg(struct fpass *p, const struct import_item *it)
         if (!known->mine)
             p->pend_already++;
         r->job.msgs_done++;
-        return STEP_NEXT;
+        return p->sync_flags ? sync_flags(p, known, it) : STEP_NEXT;
     }
     /* An append whose record a crash cut off: its GUID is there. */
     const struct recon *rc = r->reconcile ? find_guid(&r->rec, k.guid) : NULL;
@@ -1049,6 +1155,11 @@ static enum step folder_pass(struct run *r, const struct import_sfolder *sf,
     if (p.dnext == 0)
         return STEP_NEXT; /* the folder was refused (listed as a failure) */
     const char *e = NULL;
+    /* A watching import keeps tern's copy like the source until the
+     * cutover (flags too); after it the user's changes in tern win. */
+    p.sync_flags = r->st.set.watch && r->st.cutover == 0 &&
+                   (strcmp(r->job.phase, "copy") == 0 || strcmp(r->job.phase, "watch") == 0);
+    r->src->flag_changes = p.sync_flags;
     r->src->known = source_knows;
     r->src->known_ctx = r;
     if (r->src->ops->open(r->src, sf, fs, false, &p.it, &e) < 0) {
@@ -1159,6 +1270,7 @@ static enum step folder_pass(struct run *r, const struct import_sfolder *sf,
     r->src->ops->iter_free(&p.it);
     buf_free(&p.deferred);
     free(p.pend_f);
+    dfl_free(&p);
     if (s == STEP_NEXT && p.keep && sf->uidnext > p.dnext) {
         /* Later stragglers can keep their UIDs too. */
         const char *why = "";
@@ -1584,9 +1696,14 @@ int import_report(struct directory *dir, uint64_t id, FILE *out, const char **er
             (unsigned long long)tot[0], (unsigned long long)tot[1], (unsigned long long)tot[2],
             (unsigned long long)tot[3], (unsigned long long)tot[4], (unsigned long long)tot[5],
             (unsigned long long)tot[6]);
-    uint64_t malformed = 0;
-    for (size_t i = 0; i < st.n; i++)
+    uint64_t malformed = 0, flagsync = 0;
+    for (size_t i = 0; i < st.n; i++) {
         malformed += st.f[i].malformed;
+        flagsync += st.f[i].flags_synced;
+    }
+    if (flagsync > 0)
+        fprintf(out, "flag changes at the source carried over before the cutover: %llu\n",
+                (unsigned long long)flagsync);
     if (malformed > 0)
         fprintf(out, "imported as they are despite a problem (malformed): %llu\n",
                 (unsigned long long)malformed);

@@ -51,6 +51,8 @@ struct imap_iter {
     uint64_t cp;
     struct imap_meta *list; /* the listing above cp, in UID order */
     size_t n, pos;
+    struct imap_meta *chg; /* at or below cp: flags changed (CONDSTORE) */
+    size_t n_chg, chg_pos;
     bool in_chunk;    /* a UID FETCH of bodies is being read */
     size_t chunk_end; /* ... for list[pos .. chunk_end) */
     struct imapc_msg m;
@@ -358,6 +360,26 @@ static int imap_open(struct import_src *base, const struct import_sfolder *f,
         e->bad_keywords = it->m.bad_keywords;
         e->size = it->m.size;
     }
+    /* While the source is the master, flag changes of what was imported
+     * come along too: CONDSTORE tells which, since the last pass. */
+    if (r == 0 && base->flag_changes && st->modseq != 0 && f->modseq != st->modseq && st->cp > 0 &&
+        st->cp <= UINT32_MAX && imapc_has_cap(s->c, "CONDSTORE")) {
+        r = imapc_fetch_changed_start(s->c, (uint32_t)st->cp, st->modseq, error_r);
+        cap = 0;
+        while (r >= 0 && (r = imapc_fetch_next(s->c, &it->m, error_r)) == 1) {
+            if (it->m.uid > st->cp)
+                continue;
+            if (it->n_chg == cap) {
+                cap = cap ? 2 * cap : 64;
+                it->chg = xrealloc(it->chg, cap * sizeof(*it->chg));
+            }
+            struct imap_meta *e = &it->chg[it->n_chg++];
+            memset(e, 0, sizeof(*e));
+            e->uid = it->m.uid;
+            e->flags = it->m.flags;
+            e->keywords = xstrdup(it->m.keywords.data != NULL ? it->m.keywords.data : "");
+        }
+    }
     if (r < 0) {
         imapc_free(&s->c);
         it->s = NULL;
@@ -450,6 +472,18 @@ static int imap_next(struct import_iter *i, struct import_item *out, const char 
             it->pos++;
             break;
         }
+        while (it->chg_pos < it->n_chg) {
+            const struct imap_meta *e = &it->chg[it->chg_pos++];
+            if (!is_known(it, e))
+                continue;
+            item_head(it, e->uid, out);
+            out->kind = IMPORT_ITEM_MSG;
+            out->known = true;
+            out->flags_only = true;
+            out->flags = e->flags;
+            out->keywords = e->keywords;
+            return 1;
+        }
         if (it->pos == it->n)
             return 0;
         const struct imap_meta *e = &it->list[it->pos];
@@ -529,6 +563,9 @@ static void import_iter_free_imap(struct imap_iter *it)
     for (size_t i = 0; i < it->n; i++)
         free(it->list[i].keywords);
     free(it->list);
+    for (size_t i = 0; i < it->n_chg; i++)
+        free(it->chg[i].keywords);
+    free(it->chg);
     imapc_msg_free(&it->m);
     buf_free(&it->data);
     free(it);

@@ -734,6 +734,14 @@ int imapc_fetch_meta_start(struct imapc *c, uint32_t from, const char **error_r)
     return fetch_begin(c, set, "(UID FLAGS INTERNALDATE RFC822.SIZE)", from, false, 0, error_r);
 }
 
+int imapc_fetch_changed_start(struct imapc *c, uint32_t to, uint64_t since, const char **error_r)
+{
+    char set[32], items[64];
+    snprintf(set, sizeof(set), "1:%u", to);
+    snprintf(items, sizeof(items), "(UID FLAGS) (CHANGEDSINCE %llu)", (unsigned long long)since);
+    return fetch_begin(c, set, items, 0, false, 0, error_r);
+}
+
 int imapc_fetch_set_start(struct imapc *c, const char *set, size_t max, const char **error_r)
 {
     if (strlen(set) > IMAPC_LINE_MAX / 2 || strspn(set, "0123456789:,") != strlen(set)) {

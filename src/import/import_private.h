@@ -59,6 +59,7 @@ struct import_fstate {
     uint64_t uids_kept, uids_new;        /* source UIDs kept, or not (imap) */
     char uid_note[IMPORT_TEXT_MAX + 1];  /* why source UIDs were not kept */
     uint64_t failed;                     /* messages that could not be imported */
+    uint64_t flags_synced;               /* flag changes carried over while watching */
     struct import_fail *fails;           /* the first IMPORT_FAILS_KEPT of them */
     size_t n_fails;
 };
@@ -146,6 +147,7 @@ struct import_item {
     const char *data; /* CRLF octets, valid until the next call; NULL if known */
     size_t len;       /* octets (known: the source's size) */
     bool known;       /* the source asked known(): imported already, no body */
+    bool flags_only;  /* known, below the checkpoint, its flags changed */
     uint8_t sha256[SHA256_LEN];
     bool malformed; /* imported as it is, with a problem */
     char where[IMPORT_TEXT_MAX + 1];
@@ -185,6 +187,10 @@ struct import_src {
      * imported already, so a source that can (IMAP) skips its body. */
     bool (*known)(void *ctx, const char *folder, const char *ident);
     void *known_ctx;
+    /* Set by the engine while the source is the master (watching, before
+     * the cutover): a source that can (IMAP with CONDSTORE) also returns
+     * messages below its checkpoint whose flags changed (flags_only). */
+    bool flag_changes;
 };
 
 /* Opens a source for spec ("mbox:PATH", "maildir:PATH", "imap://..."). The
@@ -253,6 +259,9 @@ int imapc_fetch_meta_start(struct imapc *c, uint32_t from, const char **error_r)
 /* UID FETCH SET (UID FLAGS INTERNALDATE BODY.PEEK[]) for a set of UIDs
  * ("3,7:9"). */
 int imapc_fetch_set_start(struct imapc *c, const char *set, size_t max, const char **error_r);
+/* UID FETCH 1:to (UID FLAGS) (CHANGEDSINCE since): messages whose flags
+ * changed (CONDSTORE), without bodies. */
+int imapc_fetch_changed_start(struct imapc *c, uint32_t to, uint64_t since, const char **error_r);
 void imapc_msg_init(struct imapc_msg *m);
 void imapc_msg_free(struct imapc_msg *m);
 /* LOGOUT and close. */

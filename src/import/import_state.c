@@ -127,6 +127,7 @@ void import_state_write(const struct import_state *s, struct buf *out)
         put_u64(out, "renum", f->uids_new);
         put_str(out, "uidnote", f->uid_note);
         put_u64(out, "failed", f->failed);
+        put_u64(out, "flagsync", f->flags_synced);
         buf_puts(out, "\n");
         for (size_t k = 0; k < f->n_fails; k++) {
             /* The listing is bounded so the state always fits the job's data
@@ -260,7 +261,7 @@ static int set_F(void *ctx, const struct kv *kv)
     static const char *const nums[] = {
         "seen", "cp",        "uv",    "unext",  "modseq",  "fmt",      "size",
         "ino",  "mtime",     "smsgs", "sbytes", "already", "imported", "stragglers",
-        "dups", "malformed", "kept",  "renum",  "failed",
+        "dups", "malformed", "kept",  "renum",  "failed",  "flagsync",
     };
     size_t k;
     for (k = 0; k < ARRAY_SIZE(nums); k++)
@@ -336,6 +337,9 @@ static int set_F(void *ctx, const struct kv *kv)
         break;
     case 18:
         f->failed = v;
+        break;
+    case 19:
+        f->flags_synced = v;
         break;
     }
     return 0;

@@ -624,8 +624,14 @@ def test_q190423_imap_watch_and_stragglers(t, dovecot, tmp_path):
     c = dovecot.client()
     c.append("INBOX", None, None, b"Subject: during watch\r\n\r\nx\r\n")
     c.append(quote("Sent Items"), r"(\Seen)", None, b"Subject: sent during watch\r\n\r\nx\r\n")
+    # The user still reads mail at the old server: flags follow (CONDSTORE).
+    c.select("INBOX")
+    c.uid("STORE", "1", "+FLAGS", r"(\Flagged urgent)")
+    c.uid("STORE", "2", "-FLAGS", r"(\Answered)")
     c.logout()
     assert wait_for(lambda: "during watch" in subjects(messages(tern_imap(t), "INBOX")), 20)
+    assert wait_for(lambda: {"\\Flagged", "urgent"} <= messages(tern_imap(t), "INBOX")[1][0] and
+                    "\\Answered" not in messages(tern_imap(t), "INBOX")[2][0], 20)
     t.cli("import", "complete", str(job))
     wait_phase(t, job, ("sweep",), 20)
     c = dovecot.client()
@@ -638,6 +644,7 @@ def test_q190423_imap_watch_and_stragglers(t, dovecot, tmp_path):
     row = report_row(t, job, "INBOX")
     assert row[5] == 1 and row[2] == 7, report(t, job)
     assert report_row(t, job, "Sent Items")[5] == 0
+    assert "flag changes at the source carried over before the cutover: 2" in report(t, job)
 
 
 def test_imap_uidvalidity_change_falls_back_to_content(t, dovecot, tmp_path):
