@@ -283,10 +283,13 @@ static void human(uint64_t b, char *out, size_t n)
         snprintf(out, n, "%llu B", (unsigned long long)b);
 }
 
-/* The initial copy is over once the job watches, sweeps or is done. */
-static bool copied(const char *phase)
+/* The initial copy is over once the job watches, sweeps (a sweep that is
+ * about to end: once it is done) or is done. */
+static bool copied(const struct dir_job *j)
 {
-    return strcmp(phase, "watch") == 0 || strcmp(phase, "sweep") == 0 || strcmp(phase, "done") == 0;
+    if (strcmp(j->phase, "sweep") == 0)
+        return j->retain_until > time_now_ms() / 1000;
+    return strcmp(j->phase, "watch") == 0 || strcmp(j->phase, "done") == 0;
 }
 
 /* Waits like `tern move --wait`: a progress bar on a terminal, each phase
@@ -310,7 +313,7 @@ static int wait_import(struct directory *dir, uint64_t id)
                     fill = (unsigned)(width *
                                       (j.msgs_done > j.msgs_total ? j.msgs_total : j.msgs_done) /
                                       j.msgs_total);
-                if (copied(j.phase))
+                if (copied(&j))
                     fill = width;
                 char bar[64], bytes[32];
                 for (unsigned k = 0; k < width; k++)
@@ -336,7 +339,7 @@ static int wait_import(struct directory *dir, uint64_t id)
                 return ifail("import of %s failed: %s", j.user,
                              j.last_error[0] ? j.last_error : "no reason recorded");
             }
-            if (copied(j.phase)) {
+            if (copied(&j)) {
                 if (tty)
                     putchar('\n');
                 if (strcmp(j.phase, "watch") == 0)
