@@ -44,6 +44,14 @@ static void fuzz_client(const char *p, size_t n, size_t max)
             ASSERT(m.keywords.len <= MAIL_KEYWORDS_MAX);
         }
         ASSERT(r == 0 || (e != NULL && e[0] != '\0'));
+        /* Then a listing without bodies, and the flag changes. */
+        if (r == 0 && imapc_fetch_meta_start(c, 1, &e) == 0) {
+            while ((r = imapc_fetch_next(c, &m, &e)) == 1)
+                ASSERT(m.uid >= 1 && m.body.len == 0);
+            if (r == 0 && imapc_fetch_changed_start(c, 100, 7, &e) == 0)
+                while (imapc_fetch_next(c, &m, &e) == 1)
+                    ASSERT(m.body.len == 0);
+        }
         imapc_msg_free(&m);
     }
     imapc_free(&c);
