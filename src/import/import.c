@@ -319,6 +319,7 @@ struct run {
     bool reconcile; /* the state said appends may lack their records */
     int64_t last_save_ms;
     size_t msg_max;
+    bool hold_lease;        /* the last save: keep the lease until the job is due */
     struct sync_folder *df; /* destination folders as last listed */
     size_t n_df;
     bool mailbox_ok;
@@ -360,6 +361,10 @@ static int job_save(struct run *r)
     int ret = -1;
     for (int attempt = 0; attempt < 20; attempt++) {
         r->job.lease_expires = time_now_ms() + env->lease_ms;
+        /* A job that waits for its next pass stays ours until then: nothing
+         * is to be done before, and `tern doctor` does not see it stuck. */
+        if (r->hold_lease && (int64_t)r->job.checkpoint > r->job.lease_expires)
+            r->job.lease_expires = (int64_t)r->job.checkpoint;
         str_copy(r->job.lease_owner, env->owner, sizeof(r->job.lease_owner));
         str_copy(r->job.last_error, r->err, sizeof(r->job.last_error));
         if (r->job.msgs_done > r->job.msgs_total)
@@ -1541,6 +1546,7 @@ enum import_result import_run(const struct import_env *env, uint64_t id)
             break;
         }
         /* STEP_LATER: record why and when, keep the lease fresh. */
+        r.hold_lease = true;
         result = job_save(&r) == -2 ? IMPORT_LOST : IMPORT_LATER;
         break;
     }
