@@ -38,7 +38,26 @@ struct addrp {
 
 static bool is_atext(unsigned char c)
 {
-    return c > 0x20 && c != 0x7f && strchr("()<>[]:;@\\,.\"", c) == NULL;
+    if (c <= 0x20 || c == 0x7f)
+        return false;
+    switch (c) { /* specials (RFC 5322 3.2.3) */
+    case '(':
+    case ')':
+    case '<':
+    case '>':
+    case '[':
+    case ']':
+    case ':':
+    case ';':
+    case '@':
+    case '\\':
+    case ',':
+    case '.':
+    case '"':
+        return false;
+    default:
+        return true; /* including 8-bit octets (RFC 6532) */
+    }
 }
 
 static void put_addr(struct addrp *a, const struct buf *name, const struct buf *route,

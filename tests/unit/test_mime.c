@@ -28,6 +28,8 @@
 /* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
 static bool utf8_valid(const char *s, size_t n)
 {
+    if (n == 0)
+        return true;
     const unsigned char *p = (const unsigned char *)s, *end = p + n;
     while (p < end) {
         unsigned c = *p++;
@@ -86,6 +88,15 @@ static void check_part(void *ctx, const char *section, unsigned long size, bool 
     assert_int_equal(mime_section_locate(pc->m, spec, &out, &moff, &mlen, &error), MIME_SECTION_OK);
     if (len > 0)
         assert_int_equal(moff + mlen, off);
+    /* inside its parent's body (a top-level part: inside the message) */
+    const char *dot = strrchr(section, '.');
+    if (dot == NULL)
+        spec[0] = '\0';
+    else
+        snprintf(spec, sizeof(spec), "%.*s", (int)(dot - section), section);
+    size_t poff, plen;
+    assert_int_equal(mime_section_locate(pc->m, spec, &out, &poff, &plen, &error), MIME_SECTION_OK);
+    assert_true(moff >= poff && off + len <= poff + plen);
     if (msg) {
         snprintf(spec, sizeof(spec), "%s.HEADER", section);
         assert_int_equal(mime_section_locate(pc->m, spec, &out, &hoff, &hlen, &error),
@@ -1070,6 +1081,29 @@ static void test_unstructured_parts(void **state)
     free(bs);
 }
 
+/* A delimiter right after a part's blank line: the body is empty, and
+ * the line end is both the header's end and the delimiter's start. */
+static void test_delimiter_after_blank_line(void **state)
+{
+    (void)state;
+    static const char msg[] = "Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+                              "--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: s\r\n\r\n"
+                              "--b\r\nContent-Type: text/plain\r\n\r\n"
+                              "--b--";
+    char *bs = bodystructure_str(msg, sizeof(msg) - 1);
+    assert_string_equal(bs,
+                        "((\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 14 (NIL \"s\" NIL NIL "
+                        "NIL NIL NIL NIL NIL NIL) (" TEXT_PLAIN_ASCII " 0 0 NIL NIL NIL NIL) "
+                        "2 NIL NIL NIL NIL)(" TEXT_PLAIN_ASCII " 0 0 NIL NIL NIL NIL) \"MIXED\" "
+                        "(\"BOUNDARY\" \"b\") NIL NIL NIL)");
+    free(bs);
+    SECTION_IS(msg, "1", "Subject: s\r\n\r\n");
+    SECTION_IS(msg, "1.HEADER", "Subject: s\r\n\r\n");
+    SECTION_IS(msg, "1.TEXT", "");
+    SECTION_IS(msg, "2", "");
+    SECTION_IS(msg, "2.MIME", "Content-Type: text/plain\r\n\r\n");
+}
+
 /* Odd inputs: whatever they are, every general check holds. */
 static void test_odd_inputs(void **state)
 {
@@ -1099,6 +1133,8 @@ static void test_odd_inputs(void **state)
         "To: ((((((((((((((((((((\r\n\r\n",
         "To: \"\\\r\n\r\n",
         "To: <\r\nCc: @\r\nBcc: :;,<>@\r\n\r\n",
+        "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n"
+        "\r\nContent-Type: multipart/alternative\r\n\r\n--b--\r\n",
     };
     for (size_t i = 0; i < ARRAY_SIZE(odd); i++)
         check_any(odd[i], strlen(odd[i]));
@@ -1127,16 +1163,27 @@ static void test_long_lines(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_messages),        cmocka_unit_test(test_call_order),
-        cmocka_unit_test(test_sections),        cmocka_unit_test(test_bad_sections),
-        cmocka_unit_test(test_section_locate),  cmocka_unit_test(test_addresses),
-        cmocka_unit_test(test_sender_defaults), cmocka_unit_test(test_header_text),
-        cmocka_unit_test(test_body_text),       cmocka_unit_test(test_date),
-        cmocka_unit_test(test_no_blank_line),   cmocka_unit_test(test_missing_close_delimiter),
-        cmocka_unit_test(test_bare_lf),         cmocka_unit_test(test_nul_bytes),
-        cmocka_unit_test(test_8bit_headers),    cmocka_unit_test(test_deep_nesting),
-        cmocka_unit_test(test_many_parts),      cmocka_unit_test(test_unstructured_parts),
-        cmocka_unit_test(test_odd_inputs),      cmocka_unit_test(test_long_lines),
+        cmocka_unit_test(test_messages),
+        cmocka_unit_test(test_call_order),
+        cmocka_unit_test(test_sections),
+        cmocka_unit_test(test_bad_sections),
+        cmocka_unit_test(test_section_locate),
+        cmocka_unit_test(test_addresses),
+        cmocka_unit_test(test_sender_defaults),
+        cmocka_unit_test(test_header_text),
+        cmocka_unit_test(test_body_text),
+        cmocka_unit_test(test_date),
+        cmocka_unit_test(test_no_blank_line),
+        cmocka_unit_test(test_missing_close_delimiter),
+        cmocka_unit_test(test_bare_lf),
+        cmocka_unit_test(test_nul_bytes),
+        cmocka_unit_test(test_8bit_headers),
+        cmocka_unit_test(test_deep_nesting),
+        cmocka_unit_test(test_many_parts),
+        cmocka_unit_test(test_unstructured_parts),
+        cmocka_unit_test(test_delimiter_after_blank_line),
+        cmocka_unit_test(test_odd_inputs),
+        cmocka_unit_test(test_long_lines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
