@@ -369,7 +369,39 @@ struct section {
     bool too_deep;
     struct buf names; /* HEADER.FIELDS: NUL-terminated names, one after another */
     size_t n_names;
+    /* a hash of the names by length and first letter, so a long header
+     * against a long list costs fields + names, not fields * names */
+    uint32_t bucket[64];
+    uint32_t *name_off, *name_len, *name_next;
 };
+
+static unsigned name_hash(const char *p, size_t len)
+{
+    unsigned char c = len > 0 ? (unsigned char)p[0] : 0;
+    if (c >= 'A' && c <= 'Z')
+        c = (unsigned char)(c - 'A' + 'a');
+    return (unsigned)(len * 7 + c) % 64;
+}
+
+static void index_names(struct section *s)
+{
+    s->name_off = xcalloc(s->n_names, sizeof(uint32_t));
+    s->name_len = xcalloc(s->n_names, sizeof(uint32_t));
+    s->name_next = xcalloc(s->n_names, sizeof(uint32_t));
+    for (size_t b = 0; b < ARRAY_SIZE(s->bucket); b++)
+        s->bucket[b] = UINT32_MAX;
+    size_t off = 0;
+    for (uint32_t i = 0; i < s->n_names; i++) {
+        const char *n = s->names.data + off;
+        size_t len = strlen(n);
+        unsigned h = name_hash(n, len);
+        s->name_off[i] = (uint32_t)off;
+        s->name_len[i] = (uint32_t)len;
+        s->name_next[i] = s->bucket[h];
+        s->bucket[h] = i;
+        off += len + 1;
+    }
+}
 
 static const char *keyword(const char *p, const char *word)
 {
@@ -498,12 +530,11 @@ static int parse_spec(const char *p, struct section *s, const char **error_r)
 
 static bool name_listed(const struct section *s, const char *d, const struct mime_field *f)
 {
-    const char *n = s->names.data;
-    for (size_t i = 0; i < s->n_names; i++) {
-        if (mime_eq(d + f->start, f->name_len, n))
+    const char *name = d + f->start;
+    for (uint32_t i = s->bucket[name_hash(name, f->name_len)]; i != UINT32_MAX; i = s->name_next[i])
+        if (s->name_len[i] == f->name_len &&
+            mime_eq(name, f->name_len, s->names.data + s->name_off[i]))
             return true;
-        n += strlen(n) + 1;
-    }
     return false;
 }
 
@@ -565,7 +596,7 @@ static void put_fields(const struct mime_msg *m, const struct section *s, size_t
 enum mime_section mime_section_locate(struct mime_msg *m, const char *spec, struct buf *out,
                                       size_t *off_r, size_t *len_r, const char **error_r)
 {
-    struct section s = {.np = 0};
+    struct section s = {.np = 0, .name_off = NULL};
     enum mime_section ret = MIME_SECTION_OK;
     *off_r = 0;
     *len_r = 0;
@@ -627,10 +658,14 @@ enum mime_section mime_section_locate(struct mime_msg *m, const char *spec, stru
         *len_r = be - bs;
     } else {
         *off_r = SIZE_MAX;
+        index_names(&s);
         put_fields(m, &s, hs, he, out);
     }
 done:
     buf_free(&s.names);
+    free(s.name_off);
+    free(s.name_len);
+    free(s.name_next);
     return ret;
 }
 

@@ -114,7 +114,7 @@ static size_t read_words(struct addrp *a, struct buf *phrase, struct buf *local)
         if (c == '"') {
             size_t mark = local->len;
             a->p = mime_quoted(a->p, a->end, local);
-            if (phrase != NULL)
+            if (phrase != NULL && local->len > mark)
                 buf_append(phrase, local->data + mark, local->len - mark);
         } else {
             a->p++;
@@ -432,6 +432,7 @@ static void put_params(struct mime_msg *m, const struct mime_ctype *ct, bool tex
                 continue;
             buf_reset(nb);
             buf_reset(vb);
+            buf_append(vb, "", 0); /* allocated even if every section is empty */
             buf_append(nb, name, base);
             if (ext0)
                 buf_append(nb, "*", 1);

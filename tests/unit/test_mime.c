@@ -1081,6 +1081,48 @@ static void test_unstructured_parts(void **state)
     free(bs);
 }
 
+/* A long header against a long list of names: every listed field and no
+ * other, in message order (names hash into buckets: collisions abound). */
+static void test_many_header_fields(void **state)
+{
+    (void)state;
+    struct buf msg, spec, want, want_not, out;
+    buf_init(&msg, 0);
+    buf_init(&spec, 0);
+    buf_init(&want, 0);
+    buf_init(&want_not, 0);
+    buf_init(&out, 0);
+    for (int i = 0; i < 20000; i++) {
+        char line[64];
+        int n = snprintf(line, sizeof(line), "%s-%d: v%d\r\n", i % 3 ? "X" : "Y", i, i);
+        buf_append(&msg, line, (size_t)n);
+        buf_append(i % 3 != 0 && i % 40 == 1 ? &want : &want_not, line, (size_t)n);
+    }
+    buf_puts(&msg, "\r\nbody\r\n");
+    buf_puts(&want, "\r\n");
+    buf_puts(&want_not, "\r\n");
+    for (int i = 1; i < 20000; i += 40)
+        buf_printf(&spec, "%s\"x-%d\" x-%d", spec.len == 0 ? "HEADER.FIELDS (" : " ", i, i + 20000);
+    buf_puts(&spec, ")");
+    struct mime_msg *m = mime_parse(msg.data, msg.len);
+    const char *error;
+    assert_int_equal(mime_section_get(m, spec.data, &out, &error), MIME_SECTION_OK);
+    assert_int_equal(out.len, want.len);
+    assert_memory_equal(out.data, want.data, want.len);
+    buf_reset(&out);
+    char *not = xasprintf("HEADER.FIELDS.NOT%s", spec.data + strlen("HEADER.FIELDS"));
+    assert_int_equal(mime_section_get(m, not, &out, &error), MIME_SECTION_OK);
+    assert_int_equal(out.len, want_not.len);
+    assert_memory_equal(out.data, want_not.data, want_not.len);
+    free(not );
+    mime_free(&m);
+    buf_free(&msg);
+    buf_free(&spec);
+    buf_free(&want);
+    buf_free(&want_not);
+    buf_free(&out);
+}
+
 /* A delimiter right after a part's blank line: the body is empty, and
  * the line end is both the header's end and the delimiter's start. */
 static void test_delimiter_after_blank_line(void **state)
@@ -1135,6 +1177,8 @@ static void test_odd_inputs(void **state)
         "To: <\r\nCc: @\r\nBcc: :;,<>@\r\n\r\n",
         "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n"
         "\r\nContent-Type: multipart/alternative\r\n\r\n--b--\r\n",
+        "To: \"\"\"\" x@y, \"\"@z\r\n\r\n",
+        "Content-Type: text/plain; a*0=\"\"; a*1=\"\"\r\n\r\nx",
     };
     for (size_t i = 0; i < ARRAY_SIZE(odd); i++)
         check_any(odd[i], strlen(odd[i]));
@@ -1181,6 +1225,7 @@ int main(void)
         cmocka_unit_test(test_deep_nesting),
         cmocka_unit_test(test_many_parts),
         cmocka_unit_test(test_unstructured_parts),
+        cmocka_unit_test(test_many_header_fields),
         cmocka_unit_test(test_delimiter_after_blank_line),
         cmocka_unit_test(test_odd_inputs),
         cmocka_unit_test(test_long_lines),
