@@ -300,7 +300,7 @@ static void put_string(struct buf *out, const char *s, size_t len, bool upper)
     bool quoted = len <= IMAP_QUOTED_MAX, plain = true; /* plain: copy as is */
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == 0 || c >= 0x80 || c == '\r' || c == '\n')
+        if ((c < 0x20 && c != '\t') || c >= 0x7f) /* printable (and TAB) only */
             quoted = false;
         if (c == 0 || c == '"' || c == '\\' || (upper && c >= 'a' && c <= 'z'))
             plain = false;

@@ -726,6 +726,8 @@ static const struct addr_case ADDRS[] = {
     {"   ", "NIL"},
     {"\xc3\x89lodie <e@x>", "(({7}\r\n\xc3\x89lodie NIL \"e\" \"x\"))"},
     {"=?utf-8?q?=C3=89lodie?= <e@x>", "((\"=?utf-8?q?=C3=89lodie?=\" NIL \"e\" \"x\"))"},
+    {"\"tab\there\" <t@x>", "((\"tab\there\" NIL \"t\" \"x\"))"},
+    {"\"bell\a\" <b@x>", "(({5}\r\nbell\a NIL \"b\" \"x\"))"},
 };
 
 static void test_addresses(void **state)
