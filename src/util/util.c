@@ -304,8 +304,11 @@ static const char *fault_parse_one(char *s, struct fault *f)
     static const struct {
         const char *name;
         enum fault_kind kind;
-    } kinds[] = {{"fsync", FAULT_FSYNC}, {"write", FAULT_WRITE}, {"crash", FAULT_CRASH},
-                 {"fail", FAULT_FAIL},   {"pause", FAULT_PAUSE}};
+    } kinds[] = {{"fsync", FAULT_FSYNC},
+                 {"write", FAULT_WRITE},
+                 {"crash", FAULT_CRASH},
+                 {"fail", FAULT_FAIL},
+                 {"pause", FAULT_PAUSE}};
     memset(f, 0, sizeof(*f));
     char *at = strchr(s, '@');
     if (at != NULL) {
@@ -432,8 +435,7 @@ static void fault_pause(const char *name)
 {
     const char *path = getenv("TERN_FAULT_PAUSE");
     if (path == NULL) {
-        log_warn("fault", "TERN_FAULT: pause at %s needs TERN_FAULT_PAUSE=PATH; not pausing",
-                 name);
+        log_warn("fault", "TERN_FAULT: pause at %s needs TERN_FAULT_PAUSE=PATH; not pausing", name);
         return;
     }
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
