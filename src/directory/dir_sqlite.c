@@ -58,8 +58,8 @@ static const char *const dir_sqlite_migrations[] = {
     "ALTER TABLE jobs ADD COLUMN options INTEGER NOT NULL DEFAULT 0;",
     /* 4: a move's bounded cutover: when the source was fenced (0 = not
      * fenced by this job now) and how many cutovers the job has begun. */
-    "ALTER TABLE jobs ADD COLUMN fenced_at INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE jobs ADD COLUMN cutovers INTEGER NOT NULL DEFAULT 0;",
+    ("ALTER TABLE jobs ADD COLUMN fenced_at INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE jobs ADD COLUMN cutovers INTEGER NOT NULL DEFAULT 0;"),
 };
 
 #define USER_COLS                                                                                  \
