@@ -285,7 +285,7 @@ struct fault {
     uint64_t n;     /* fsync/write: the Nth counted call fails */
     char name[96];  /* crash/fail/pause: the point's name */
     char role[64];  /* "" = any process; else the log_init() role */
-    uint64_t count; /* fsync/write: calls counted so far */
+    uint64_t count; /* fsync/write: calls counted while armed */
 };
 
 static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -411,19 +411,24 @@ static bool fault_once(size_t k)
     return true;
 }
 
-/* Counts one call of a counted kind; true if this one must fail. */
-static bool fault_count(enum fault_kind kind)
+/* One call of a counted kind, the process's `calls`th: true if it must
+ * fail. Unarmed, "fsync:N" means the process's Nth call; armed (with
+ * TERN_FAULT_ARMED), the Nth call made while armed. */
+static bool fault_count(enum fault_kind kind, uint64_t calls)
 {
     if (getenv("TERN_FAULT") == NULL)
         return false;
     bool fire = false;
+    bool gated = getenv("TERN_FAULT_ARMED") != NULL;
     pthread_mutex_lock(&fault_lock);
     fault_load();
     for (size_t i = 0; i < n_faults; i++) {
         struct fault *f = &faults[i];
-        if (f->kind != kind || !fault_role_ok(f) || !fault_armed())
+        if (f->kind != kind || !fault_role_ok(f))
             continue;
-        if (++f->count == f->n)
+        if (!gated)
+            fire |= calls == f->n;
+        else if (fault_armed() && ++f->count == f->n)
             fire = true;
     }
     pthread_mutex_unlock(&fault_lock);
@@ -501,7 +506,7 @@ bool util_fault_active(const char *name)
 bool util_fault_write(void)
 {
     write_calls++;
-    if (!fault_count(FAULT_WRITE))
+    if (!fault_count(FAULT_WRITE, write_calls))
         return false;
     log_warn("fault", "TERN_FAULT: failing write #%llu", (unsigned long long)write_calls);
     return true;
@@ -553,7 +558,7 @@ int pread_full(int fd, void *p, size_t n, off_t off)
 static int do_sync(int fd, const char *why, bool data_only)
 {
     ++fsync_calls;
-    if (fault_count(FAULT_FSYNC)) {
+    if (fault_count(FAULT_FSYNC, fsync_calls)) {
         log_warn("fault", "TERN_FAULT: failing fsync #%llu (%s)", (unsigned long long)fsync_calls,
                  why);
         errno = EIO;
@@ -582,6 +587,11 @@ int util_fdatasync(int fd, const char *why)
 uint64_t util_fsync_count(void)
 {
     return fsync_calls;
+}
+
+uint64_t util_write_count(void)
+{
+    return write_calls;
 }
 
 int util_fsync_dir(const char *dirpath, const char *why)

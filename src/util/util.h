@@ -120,6 +120,9 @@ int util_fdatasync(int fd, const char *why);
 int util_fsync_dir(const char *dirpath, const char *why);
 /* Number of fsync/fdatasync calls this process has made. */
 uint64_t util_fsync_count(void);
+/* Number of writes counted for TERN_FAULT=write:N (write_full() calls and
+ * util_fault_write() checks) this process has made. */
+uint64_t util_write_count(void);
 /* mkdir -p with `mode`. 0 or -1 (errno set). */
 int mkdir_p(const char *path, unsigned mode);
 /* Reads a whole file of at most max bytes into out (appended). 0 or -1 with
@@ -136,8 +139,10 @@ int lockfile_acquire(const char *path, int *fd_r, pid_t *holder_r);
 /* Fault injection for tests. TERN_FAULT is a comma-separated list of up to
  * 8 faults, each KIND:ARG, optionally @ROLE to restrict it to the process
  * whose log_init() role is ROLE ("mover", "mta", "store:s2"):
- *   fsync:N     the Nth util_fsync/util_fdatasync/util_fsync_dir fails (EIO);
- *   write:N     the Nth write_full() or util_fault_write() check fails (EIO);
+ *   fsync:N     the process's Nth util_fsync/util_fdatasync/util_fsync_dir
+ *               fails (EIO);
+ *   write:N     the process's Nth write_full() or util_fault_write() check
+ *               fails (EIO);
  *   crash:NAME  util_fault_point("NAME") calls _exit(137) (a simulated kill -9);
  *   pause:NAME  util_fault_point("NAME") creates the file TERN_FAULT_PAUSE
  *               names and waits until it is removed (at most 600 s), so a
@@ -146,8 +151,9 @@ int lockfile_acquire(const char *path, int *fd_r, pid_t *holder_r);
  * TERN_FAULT_ONCE=PATH: a crash or pause fires only in the first process to
  * create its marker file (PATH for the list's first fault, PATH.K for the
  * Kth after it), so a role restarted with the same environment goes on.
- * TERN_FAULT_ARMED=PATH: every fault but a pause counts calls and fires only
- * while PATH exists ("fsync:1" = the first fsync after PATH appeared).
+ * TERN_FAULT_ARMED=PATH: every fault but a pause fires only while PATH
+ * exists, and fsync:N / write:N count only the calls made while it does
+ * ("fsync:1" = the first fsync after PATH appeared).
  * A malformed entry is logged and ignored. Each call below is a getenv()
  * when TERN_FAULT is unset. util_fault_point returns false (a crash never
  * returns). */

@@ -69,31 +69,61 @@ static void run_calls(int calls, char *fsyncs, char *writes)
     close(fd);
 }
 
+/* spec with "fsync:+K" / "write:+K" made absolute: the process's count of
+ * such calls so far plus K (fsync:N is the process's Nth fsync). */
+static void expand(const char *spec, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    size_t n = 0;
+    for (const char *p = spec; *p != '\0' && n + 32 < outlen;) {
+        const char *kinds[] = {"fsync:+", "write:+"};
+        size_t k;
+        for (k = 0; k < 2; k++)
+            if (strncmp(p, kinds[k], 7) == 0)
+                break;
+        if (k < 2) {
+            char *end;
+            unsigned long rel = strtoul(p + 7, &end, 10);
+            uint64_t base = k == 0 ? util_fsync_count() : util_write_count();
+            n += (size_t)snprintf(out + n, outlen - n, "%.6s%llu", kinds[k],
+                                  (unsigned long long)(base + rel));
+            p = end;
+        } else {
+            out[n++] = *p++;
+            out[n] = '\0';
+        }
+    }
+}
+
 static void test_counted_faults(void **state)
 {
     (void)state;
     static const struct {
         const char *name;
-        const char *spec; /* NULL: unset */
+        const char *spec; /* NULL: unset; "+K": the Kth call from now */
         const char *role; /* log_init() of the process */
         const char *fsyncs, *writes;
     } cases[] = {
         {"unset", NULL, "store:s1", ".....", "....."},
-        {"third fsync", "fsync:3", "store:s1", "..F..", "....."},
-        {"second write", "write:2", "mover", ".....", ".F..."},
-        {"both in a list", "write:1,fsync:4", "mover", "...F.", "F...."},
-        {"role matches", "fsync:2@store:s2", "store:s2", ".F...", "....."},
-        {"role differs", "fsync:2@store:s2", "store:s1", ".....", "....."},
-        {"one role of two", "fsync:1@store:s1,write:1@store:s2", "store:s2", ".....", "F...."},
-        {"malformed entries ignored", "bogus:1,fsync,fsync:0,fsync:x,write:3", "mta", ".....",
+        {"third fsync", "fsync:+3", "store:s1", "..F..", "....."},
+        {"second write", "write:+2", "mover", ".....", ".F..."},
+        {"both in a list", "write:+1,fsync:+4", "mover", "...F.", "F...."},
+        {"role matches", "fsync:+2@store:s2", "store:s2", ".F...", "....."},
+        {"role differs", "fsync:+2@store:s2", "store:s1", ".....", "....."},
+        {"one role of two", "fsync:+1@store:s1,write:+1@store:s2", "store:s2", ".....", "F...."},
+        {"a past count never fires", "fsync:1", "mta", ".....", "....."},
+        {"malformed entries ignored", "bogus:1,fsync,fsync:0,fsync:x,write:+3", "mta", ".....",
          "..F.."},
         {"empty role ignored", "fsync:1@", "mta", ".....", "....."},
         {"named kinds do not count", "crash:fsync,fail:x,pause:y", "mta", ".....", "....."},
     };
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         clear_env();
-        if (cases[i].spec != NULL)
-            setenv("TERN_FAULT", cases[i].spec, 1);
+        char spec[256];
+        if (cases[i].spec != NULL) {
+            expand(cases[i].spec, spec, sizeof(spec));
+            setenv("TERN_FAULT", spec, 1);
+        }
         log_init(cases[i].role);
         log_set_level(LOG_ERROR); /* the warnings are expected */
         char f[8], w[8];
