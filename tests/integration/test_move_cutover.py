@@ -7,6 +7,7 @@ and the source stays the only home. Mail keeps coming through the mta."""
 import os
 import re
 import signal
+import sqlite3
 import time
 
 from conftest import SLOW
@@ -144,5 +145,39 @@ def test_cutover_gives_up_after_ten_tries(tmp_path):
         assert snapshot(t, U, "s1") == before
         d = t.cli("doctor", check=False)
         assert d.returncode == 0, d.stdout
+    finally:
+        t.stop()
+
+
+def test_doctor_reports_a_fence_past_the_budget(tmp_path):
+    """A job whose mover keeps the source fenced a minute past the budget
+    (a mover that neither finishes nor lets go: its lease is still valid)
+    is reported; nothing is changed."""
+    t = cluster(tmp_path)
+    t.serve("--roles", "store:s1,store:s2")  # no mover to resume anything
+    try:
+        fill(t, U, n=6)
+        t.cli("mailbox", "fence", U)
+        now = int(time.time() * 1000)
+        db = sqlite3.connect(t.data / "directory.db")
+        db.execute("insert into jobs(kind, user, source, dest, phase, msgs_total, msgs_done,"
+                   " bytes_total, bytes_done, lease_owner, lease_expires, created, updated,"
+                   " last_error, version, checkpoint, epoch, retain_until, options, fenced_at,"
+                   " cutovers) values(0, ?, 's1', 's2', 'verify', 0, 0, 0, 0, 'mover@elsewhere:1',"
+                   " ?, 0, 0, '', 1, 0, 1, 0, 0, ?, 1)", (U, now + 600000, now - 125000))
+        db.commit()
+        db.close()
+        p = t.cli("doctor", check=False)
+        assert p.returncode == 1, p.stdout
+        assert re.search(r"job 1 \(alice@example\.org, phase verify\) has kept the source s1 "
+                         r"fenced for 12\ds \(cutover budget 2000 ms\)", p.stdout), p.stdout
+        assert "stuck" not in p.stdout
+        assert mbox_state(t, U, "s1").startswith("+OK fenced 1")
+        # Within the budget (plus a minute's grace) it is not a problem.
+        db = sqlite3.connect(t.data / "directory.db")
+        db.execute("update jobs set fenced_at = ?, version = version + 1", (now - 1000,))
+        db.commit()
+        db.close()
+        assert "has kept the source" not in t.cli("doctor", check=False).stdout
     finally:
         t.stop()
