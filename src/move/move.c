@@ -202,6 +202,15 @@ struct pass {
     size_t ngone;
 };
 
+/* A transport call inside a pass failed. The channels are dropped only
+ * once the listing has returned (sync_pass): a callback closing the source
+ * under the listing that calls it would leave it a freed connection. */
+static enum step pass_io_fail(struct run *r, const char *what)
+{
+    set_err(r, "%s: store connection failed", what);
+    return STEP_LATER;
+}
+
 static void batch_drop(struct pass *p)
 {
     for (size_t i = 0; i < p->nb; i++)
@@ -241,7 +250,7 @@ static int batch_flush(struct pass *p)
     }
     int ret = 0;
     if (rc < 0) {
-        p->result = io_fail(r, "copy");
+        p->result = pass_io_fail(r, "copy");
         ret = -1;
     }
     for (size_t i = 0; ret == 0 && i < p->nb; i++) {
@@ -255,7 +264,7 @@ static int batch_flush(struct pass *p)
             x = r->dst->ops->flags(r->dst, r->job.user, m->folder, m->uid, m->flags, m->keywords,
                                    &why);
             if (x < 0) {
-                p->result = io_fail(r, "flags");
+                p->result = pass_io_fail(r, "flags");
                 ret = -1;
             } else if (x == SYNC_NO && strcmp(why, "notfound") != 0) {
                 set_err(r, "message %s/%u: %s", m->folder, m->uid, why);
@@ -352,7 +361,7 @@ static int pass_folder(void *ctx, const struct sync_folder *f)
         }
     }
     if (rc < 0) {
-        p->result = io_fail(r, "folder");
+        p->result = pass_io_fail(r, "folder");
         return -1;
     }
     if (rc == SYNC_NO && strcmp(why, "notfound") != 0) {
@@ -392,7 +401,7 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
             return -1;
         rc = r->dst->ops->expunge(r->dst, r->job.user, m->folder, m->uid, &why);
         if (rc < 0) {
-            p->result = io_fail(r, "expunge");
+            p->result = pass_io_fail(r, "expunge");
             return -1;
         }
     } else {
@@ -405,7 +414,7 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
             rc = r->dst->ops->flags(r->dst, r->job.user, m->folder, m->uid, m->flags, m->keywords,
                                     &why);
             if (rc < 0) {
-                p->result = io_fail(r, "flags");
+                p->result = pass_io_fail(r, "flags");
                 return -1;
             }
         }
@@ -418,7 +427,7 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
             rc = r->src2->ops->fetch(r->src2, r->job.user, m->folder, m->uid, &pe->body, &why);
             if (rc < 0) {
                 buf_free(&pe->body);
-                p->result = io_fail(r, "fetch");
+                p->result = pass_io_fail(r, "fetch");
                 return -1;
             }
             if (rc == SYNC_NO) {
@@ -472,13 +481,12 @@ static enum step sync_pass(struct run *r, uint64_t since, int64_t deadline_ms, u
         *changes_r = p.changes;
     if (over_budget_r != NULL)
         *over_budget_r = p.over_budget;
-    if (p.over_budget) {
-        /* The channel is mid-listing: start fresh next time. */
+    if (p.over_budget || p.result != STEP_NEXT) {
+        /* The listing was cut short (or a store failed under it): the
+         * source channel is mid-listing; start fresh next time. */
         drop_transports(r);
-        return STEP_NEXT;
+        return p.over_budget ? STEP_NEXT : p.result;
     }
-    if (p.result != STEP_NEXT)
-        return p.result;
     if (rc < 0)
         return io_fail(r, "changes");
     if (rc == SYNC_NO) {
