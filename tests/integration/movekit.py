@@ -116,3 +116,11 @@ def check_acked(t, load):
         assert len(seen) == len(set(seen)), f"{user}: a message was duplicated"
         missing = set(acked) - set(seen)
         assert not missing, f"{user}: {len(missing)} acknowledged message(s) lost"
+
+
+def check_sanitizers(t):
+    """No role hit an AddressSanitizer or UBSan error (a role that aborts on
+    one is restarted by the supervisor, so the test could pass without)."""
+    bad = [l for l in t.log().splitlines()
+           if "ERROR: AddressSanitizer" in l or "runtime error:" in l]
+    assert not bad, "\n".join(bad[:5])

@@ -11,7 +11,7 @@ import sqlite3
 import time
 
 from conftest import SLOW
-from movekit import Load, check_acked, pause_env, serve_with, snapshot
+from movekit import Load, check_acked, check_sanitizers, pause_env, serve_with, snapshot
 from test_move import cluster, fill, home, job_phase, mbox_state, start_move, wait_for
 from tsync import TSync
 
@@ -69,6 +69,7 @@ def test_final_sync_over_budget_retries_the_cutover(tmp_path):
         assert len(load.acked[U]) > 0
         d = t.cli("doctor", check=False)
         assert d.returncode == 0, d.stdout
+        check_sanitizers(t)
     finally:
         t.stop()
 
@@ -112,6 +113,7 @@ def test_fence_is_bounded_while_the_destination_is_unreachable(tmp_path):
         after = snapshot(t, U, "s2")
         assert all(after.get(k) == v for k, v in before.items())
         check_acked(t, load)
+        check_sanitizers(t)
     finally:
         if stopped is not None:
             os.kill(stopped, signal.SIGCONT)
@@ -145,6 +147,7 @@ def test_cutover_gives_up_after_ten_tries(tmp_path):
         assert snapshot(t, U, "s1") == before
         d = t.cli("doctor", check=False)
         assert d.returncode == 0, d.stdout
+        check_sanitizers(t)
     finally:
         t.stop()
 

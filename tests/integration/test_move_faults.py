@@ -34,7 +34,8 @@ import time
 import pytest
 
 from conftest import Tern, wait_port
-from movekit import Load, check_acked, pause_env, serve_with, snapshot, tokens
+from movekit import (Load, check_acked, check_sanitizers, pause_env, serve_with, snapshot,
+                     tokens)
 from test_move import fill, home, job_phase, mbox_state, start_move, wait_for
 
 POINTS = ["provision", "copy", "batch", "catchup", "fence", "final", "verify", "switch",
@@ -144,6 +145,7 @@ def run_case(tmp_path, point, kind):
         assert len(load.acked[MOVING]) > 0
         assert len(extra) == len(tokens(t, MOVING))
         assert t.export(SENDER) == "", "a DSN was sent"
+        check_sanitizers(t)
         return phase
     except AssertionError:
         print(t.log(6000))

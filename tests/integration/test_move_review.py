@@ -10,7 +10,7 @@ import sqlite3
 import time
 
 from conftest import free_port, wait_port
-from movekit import folders, pause_env, serve_with, snapshot
+from movekit import check_sanitizers, folders, pause_env, serve_with, snapshot
 from test_move import cluster, digest, fill, home, job_phase, mbox_state, start_move, wait_for
 from tsync import TSync, hx
 
@@ -48,6 +48,7 @@ def test_folder_swap_during_catchup(tmp_path):
         assert got["Archive/2026"] == 2222 and got["Sent Items"] == 1111, got
         assert not any(n.startswith(".tern-move-swap-") for n in got), got
         assert digest(t, U, "s2") == digest(t, U, "s1")  # s1: the frozen source, kept
+        check_sanitizers(t)
     finally:
         t.stop()
 
@@ -92,6 +93,7 @@ def test_same_name_folder_incarnations(tmp_path):
         assert re.search(r"mover \(pid \d+\) killed by signal 9", t.log())
         assert home(t, U) == ("s2", 2, "active")
         assert snapshot(t, U, "s2") == before
+        check_sanitizers(t)
     finally:
         t.stop()
 
@@ -123,6 +125,7 @@ def test_verify_compares_internal_dates(tmp_path):
         assert home(t, U) == ("s1", 1, "active")
         assert mbox_state(t, U, "s1").startswith("+OK active 1")
         assert "notfound" in mbox_state(t, U, "s2")
+        check_sanitizers(t)
     finally:
         t.stop()
 
@@ -176,6 +179,7 @@ def test_aborted_reuse_restores_the_retained_copy(tmp_path):
         assert digest(t, U, "s3") == before
         d = t.cli("doctor", check=False)
         assert d.returncode == 0, d.stdout
+        check_sanitizers(t)
     finally:
         t.stop()
 
@@ -201,5 +205,6 @@ def test_parks_are_not_attempts(tmp_path):
         t.cli("mailbox", "unfence", U)
         assert wait_for(lambda: "Subject: parked" in t.export(U))
         assert t.wait_queue_empty()
+        check_sanitizers(t)
     finally:
         t.stop()
