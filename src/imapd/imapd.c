@@ -3,6 +3,7 @@
  * (folder) commands, SELECT and the change feed. Message commands (FETCH,
  * STORE, SEARCH, COPY/MOVE, EXPUNGE) are in imapd_msg.c. See imapd.h.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -71,8 +72,7 @@ void imapd_flush(struct imapd_session *s)
     buf_reset(&s->out);
 }
 
-void imapd_reply(struct imapd_session *s, const char *tag, const char *status, const char *fmt,
-                 ...)
+void imapd_reply(struct imapd_session *s, const char *tag, const char *status, const char *fmt, ...)
 {
     char text[512];
     va_list ap;
@@ -447,6 +447,18 @@ void imapd_sync_selected(struct imapd_session *s, bool allow_expunge)
         s->modseq = modseq;
 }
 
+/* Applies the changes made by others (a rename, flags) to the selected
+ * folder without reporting them: for CLOSE, which closes the folder without
+ * untagged EXPUNGE responses (RFC 3501 6.4.2). A BYE still goes out. */
+static void sync_selected_unreported(struct imapd_session *s)
+{
+    struct buf keep = s->out;
+    buf_init(&s->out, 0);
+    imapd_sync_selected(s, true);
+    buf_free(&s->out);
+    s->out = keep;
+}
+
 /* The mailbox state on the store: once it is not ACTIVE, the session ends. */
 static bool check_state(struct imapd_session *s)
 {
@@ -544,10 +556,10 @@ static void login_done(struct imapd_session *s, const char *tag, const char *use
     case IMAPD_AUTH_OK:
         break;
     case IMAPD_AUTH_FAILED:
-        st_login_failures++;
         s->n_auth_fail++;
-        log_info("imap", "%s: failed login for '%.64s' (%u in this session)", s->peer, user,
-                 s->n_auth_fail);
+        log_info("imap", "%s: failed login for '%.64s' (%u in this session, %llu in all)", s->peer,
+                 user, s->n_auth_fail,
+                 (unsigned long long)atomic_fetch_add(&st_login_failures, 1) + 1);
         /* The delay makes guessing slow; the count ends the session. */
         if (s->env->auth_fail_delay_ms > 0) {
             struct timespec ts = {.tv_sec = s->env->auth_fail_delay_ms / 1000,
@@ -641,8 +653,8 @@ static ssize_t b64_decode(const char *in, size_t len, char *out, size_t cap)
                 return -1;
             }
         }
-        uint32_t x = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 |
-                     (uint32_t)v[3];
+        uint32_t x =
+            (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
         char bytes[3] = {(char)(x >> 16), (char)(x >> 8), (char)x};
         for (int k = 0; k < 3 - pad; k++) {
             if (o >= cap)
@@ -680,7 +692,12 @@ static void cmd_authenticate(struct imapd_session *s, const struct imap_command 
         imapd_out(s, "+ \r\n");
         imapd_flush(s);
         int r;
-        while ((r = raw_line(s, line, sizeof(line), 60000)) == 0) {
+        while ((r = raw_line(s, line, sizeof(line), 1000)) == 0) {
+            if ((s->env->shutdown != NULL && *s->env->shutdown) ||
+                time_mono_ms() - s->last_input_ms >= (int64_t)s->env->idle_timeout_ms) {
+                imapd_bye(s, "Autologout; no authentication response");
+                return;
+            }
         }
         if (r < 0) {
             s->closing = true;
@@ -745,8 +762,8 @@ static const char *special_use(const char *name)
 }
 
 /* Finds folder `name` among the live ones. */
-static int find_folder(struct imapd_session *s, const char *name, struct sync_folder *out,
-                       int *r_r, const char **why_r)
+static int find_folder(struct imapd_session *s, const char *name, struct sync_folder *out, int *r_r,
+                       const char **why_r)
 {
     struct sync_folder *fl = NULL;
     size_t nf = 0;
@@ -801,17 +818,32 @@ static void cmd_select(struct imapd_session *s, const struct imap_command *c, bo
                     imapd_reply(s, c->tag, "BAD", "QRESYNC needs UIDVALIDITY and MODSEQ");
                     return;
                 }
+                char *end2;
                 unsigned long long v = strtoull(q->list[0].str, &end, 10);
-                unsigned long long ms = strtoull(q->list[1].str, &end, 10);
-                if (v == 0 || v > UINT32_MAX || *end != '\0') {
+                unsigned long long ms = strtoull(q->list[1].str, &end2, 10);
+                if (v == 0 || v > UINT32_MAX || *end != '\0' || *end2 != '\0' ||
+                    !isdigit((unsigned char)q->list[0].str[0]) ||
+                    !isdigit((unsigned char)q->list[1].str[0]) ||
+                    (q->n >= 3 && q->list[2].type != IMAP_ARG_ATOM &&
+                     q->list[2].type != IMAP_ARG_LIST) ||
+                    q->n > 4) {
                     imapd_reply(s, c->tag, "BAD", "Invalid QRESYNC parameters");
                     return;
                 }
                 qr = true;
                 qr_uidvalidity = (uint32_t)v;
                 qr_modseq = ms;
-                if (q->n >= 3 && q->list[2].type == IMAP_ARG_ATOM)
+                if (q->n >= 3 && q->list[2].type == IMAP_ARG_ATOM) {
+                    struct imap_range *kr = NULL;
+                    size_t nk = 0;
+                    const char *err;
+                    if (imap_seqset_parse(q->list[2].str, UINT32_MAX, &kr, &nk, &err) < 0) {
+                        imapd_reply(s, c->tag, "BAD", "Invalid known UIDs: %s", err);
+                        return;
+                    }
+                    free(kr);
                     qr_known = q->list[2].str;
+                }
             } else {
                 imapd_reply(s, c->tag, "BAD", "Unknown select parameter");
                 return;
@@ -820,7 +852,11 @@ static void cmd_select(struct imapd_session *s, const struct imap_command *c, bo
     }
     if (folder_arg(s, c->tag, &c->args[0], name) < 0)
         return;
-    imapd_unselect(s);
+    if (s->state == ST_SELECTED) {
+        /* RFC 7162 3.2.11: what follows is about the new mailbox. */
+        imapd_unselect(s);
+        imapd_out(s, "* OK [CLOSED] Previous mailbox closed\r\n");
+    }
     struct sync_folder f;
     int r;
     const char *why = NULL;
@@ -879,7 +915,7 @@ static void cmd_select(struct imapd_session *s, const struct imap_command *c, bo
         const char *err;
         uint32_t top = s->uidnext > 1 ? s->uidnext - 1 : 1;
         if (qr_known != NULL && imap_seqset_parse(qr_known, top, &kr, &nk, &err) < 0) {
-            kr = NULL;
+            kr = NULL; /* checked above; only '*' can differ, and it means all */
             nk = 0;
         }
         if (kr == NULL) {
@@ -1017,6 +1053,15 @@ static void cmd_rename(struct imapd_session *s, const struct imap_command *c)
         imapd_store_failed(s, c->tag, r, why);
         return;
     }
+    /* The selected folder (or one under it) keeps being served under its new
+     * name: its UIDVALIDITY and messages are the same. */
+    if (s->state == ST_SELECTED && strncmp(s->folder, from, fl) == 0 &&
+        (s->folder[fl] == '\0' || s->folder[fl] == IMAPD_HIER)) {
+        char nn[2 * STORE_FOLDER_MAX + 2];
+        snprintf(nn, sizeof(nn), "%s%s", to, s->folder + fl);
+        if (strlen(nn) <= STORE_FOLDER_MAX)
+            str_copy(s->folder, nn, sizeof(s->folder));
+    }
     /* Inferior names follow (RFC 3501 6.3.5). */
     struct sync_folder *list = NULL;
     size_t nf = 0;
@@ -1127,8 +1172,9 @@ static void cmd_list(struct imapd_session *s, const struct imap_command *c, bool
         return;
     }
     /* LIST ... RETURN (SPECIAL-USE ...): every listing carries the attributes anyway. */
-    if (c->n_args > ai + 2 && !(c->n_args == ai + 4 && imap_arg_atom_is(&c->args[ai + 2], "RETURN") &&
-                                c->args[ai + 3].type == IMAP_ARG_LIST)) {
+    if (c->n_args > ai + 2 &&
+        !(c->n_args == ai + 4 && imap_arg_atom_is(&c->args[ai + 2], "RETURN") &&
+          c->args[ai + 3].type == IMAP_ARG_LIST)) {
         imapd_reply(s, c->tag, "BAD", "Unexpected %s arguments", c->name);
         return;
     }
@@ -1400,8 +1446,10 @@ static void cmd_idle(struct imapd_session *s, const struct imap_command *c)
             imapd_bye(s, "IDLE for too long");
             return;
         }
-        /* Idle tick: the mailbox state (moves end the session), then news. */
-        if (!check_state(s))
+        /* Idle tick: the mailbox state every state_check_ms (moves end the
+         * session), the news every tick. */
+        if (time_mono_ms() - s->last_state_check_ms >= (int64_t)s->env->state_check_ms &&
+            !check_state(s))
             return;
         imapd_sync_selected(s, true);
         imapd_flush(s);
@@ -1473,17 +1521,37 @@ static void execute(struct imapd_session *s, const struct imap_command *c)
         const char *name;
         unsigned states;
     } known[] = {
-        {"CAPABILITY", M_ANY},    {"NOOP", M_ANY},           {"LOGOUT", M_ANY},
-        {"ID", M_ANY},            {"LOGIN", M_NOAUTH},       {"AUTHENTICATE", M_NOAUTH},
-        {"STARTTLS", M_NOAUTH},   {"ENABLE", M_AUTH},        {"SELECT", M_AUTH | M_SEL},
-        {"EXAMINE", M_AUTH | M_SEL}, {"CREATE", M_AUTH | M_SEL}, {"DELETE", M_AUTH | M_SEL},
-        {"RENAME", M_AUTH | M_SEL}, {"SUBSCRIBE", M_AUTH | M_SEL},
-        {"UNSUBSCRIBE", M_AUTH | M_SEL}, {"LIST", M_AUTH | M_SEL}, {"LSUB", M_AUTH | M_SEL},
-        {"STATUS", M_AUTH | M_SEL}, {"APPEND", M_AUTH | M_SEL}, {"NAMESPACE", M_AUTH | M_SEL},
-        {"IDLE", M_AUTH | M_SEL}, {"CHECK", M_SEL},          {"CLOSE", M_SEL},
-        {"UNSELECT", M_SEL},      {"EXPUNGE", M_SEL},        {"SEARCH", M_SEL},
-        {"FETCH", M_SEL},         {"STORE", M_SEL},          {"COPY", M_SEL},
-        {"MOVE", M_SEL},          {"UID", M_SEL},
+        {"CAPABILITY", M_ANY},
+        {"NOOP", M_ANY},
+        {"LOGOUT", M_ANY},
+        {"ID", M_ANY},
+        {"LOGIN", M_NOAUTH},
+        {"AUTHENTICATE", M_NOAUTH},
+        {"STARTTLS", M_NOAUTH},
+        {"ENABLE", M_AUTH},
+        {"SELECT", M_AUTH | M_SEL},
+        {"EXAMINE", M_AUTH | M_SEL},
+        {"CREATE", M_AUTH | M_SEL},
+        {"DELETE", M_AUTH | M_SEL},
+        {"RENAME", M_AUTH | M_SEL},
+        {"SUBSCRIBE", M_AUTH | M_SEL},
+        {"UNSUBSCRIBE", M_AUTH | M_SEL},
+        {"LIST", M_AUTH | M_SEL},
+        {"LSUB", M_AUTH | M_SEL},
+        {"STATUS", M_AUTH | M_SEL},
+        {"APPEND", M_AUTH | M_SEL},
+        {"NAMESPACE", M_AUTH | M_SEL},
+        {"IDLE", M_AUTH | M_SEL},
+        {"CHECK", M_SEL},
+        {"CLOSE", M_SEL},
+        {"UNSELECT", M_SEL},
+        {"EXPUNGE", M_SEL},
+        {"SEARCH", M_SEL},
+        {"FETCH", M_SEL},
+        {"STORE", M_SEL},
+        {"COPY", M_SEL},
+        {"MOVE", M_SEL},
+        {"UID", M_SEL},
     };
     size_t k;
     for (k = 0; k < ARRAY_SIZE(known); k++)
@@ -1552,8 +1620,10 @@ static void execute(struct imapd_session *s, const struct imap_command *c)
     } else if (strcmp(n, "IDLE") == 0) {
         cmd_idle(s, c);
     } else if (strcmp(n, "CLOSE") == 0) {
-        if (!s->readonly)
+        if (!s->readonly) {
+            sync_selected_unreported(s);
             imapd_cmd_expunge(s, NULL, NULL, true);
+        }
         imapd_unselect(s);
         imapd_reply(s, c->tag, "OK", "CLOSE completed");
     } else if (strcmp(n, "UNSELECT") == 0) {
@@ -1573,10 +1643,10 @@ static void execute(struct imapd_session *s, const struct imap_command *c)
     } else if (strcmp(n, "COPY") == 0 || strcmp(n, "MOVE") == 0) {
         imapd_cmd_copy(s, c, c->args, c->n_args, false, strcmp(n, "MOVE") == 0);
     } else if (strcmp(n, "UID") == 0) {
-        quiet = c->n_args > 0 && c->args[0].type == IMAP_ARG_ATOM &&
-                (strcasecmp(c->args[0].str, "FETCH") == 0 ||
-                 strcasecmp(c->args[0].str, "STORE") == 0 ||
-                 strcasecmp(c->args[0].str, "SEARCH") == 0);
+        quiet =
+            c->n_args > 0 && c->args[0].type == IMAP_ARG_ATOM &&
+            (strcasecmp(c->args[0].str, "FETCH") == 0 || strcasecmp(c->args[0].str, "STORE") == 0 ||
+             strcasecmp(c->args[0].str, "SEARCH") == 0);
         (void)quiet;
         cmd_uid(s, c);
     }

@@ -51,11 +51,11 @@ enum imapd_auth {
 struct imapd_env {
     struct imap_limits limits;
     const char *hostname;
-    unsigned idle_timeout_ms;  /* >= 30 min outside IDLE */
-    unsigned idle_check_ms;    /* how often IDLE looks for changes (e.g. 250) */
-    unsigned state_check_ms;   /* how often an idle session checks its mailbox state */
+    unsigned idle_timeout_ms;    /* >= 30 min outside IDLE */
+    unsigned idle_check_ms;      /* how often IDLE looks for changes (e.g. 250) */
+    unsigned state_check_ms;     /* how often an idle session checks its mailbox state */
     unsigned auth_fail_delay_ms; /* a failed login is answered this late */
-    unsigned auth_fail_max;    /* failed logins before the session ends */
+    unsigned auth_fail_max;      /* failed logins before the session ends */
     /* Checks the credentials and connects to the user's home store. On
      * IMAPD_AUTH_OK: *user_r the canonical address (MAIL_ADDR_MAX + 1) and
      * *sync_r an open channel (the session closes it). *why_r: a

@@ -221,8 +221,8 @@ int imapd_load(struct imapd_session *s, size_t i, const char **why_r, int *r_r)
 static struct mime_msg *loaded_mime(struct imapd_session *s)
 {
     if (s->cache_mime == NULL)
-        s->cache_mime = mime_parse(s->cache_body.data != NULL ? s->cache_body.data : "",
-                                   s->cache_body.len);
+        s->cache_mime =
+            mime_parse(s->cache_body.data != NULL ? s->cache_body.data : "", s->cache_body.len);
     return s->cache_mime;
 }
 
@@ -520,8 +520,8 @@ static int fetch_one(struct imapd_session *s, size_t i, const struct fitem *item
     return 0;
 }
 
-void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c, const struct imap_arg *a,
-                     size_t n, bool uid)
+void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
+                     const struct imap_arg *a, size_t n, bool uid)
 {
     if (n < 2 || n > 3 || a[0].type != IMAP_ARG_ATOM) {
         imapd_reply(s, c->tag, "BAD", "FETCH needs a message set and items");
@@ -542,9 +542,9 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c, cons
     items = xcalloc(nl + 8, sizeof(*items));
     for (size_t k = 0; k < nl; k++) {
         /* macros, only alone */
-        if (a[1].type == IMAP_ARG_ATOM && (imap_arg_atom_is(&list[k], "ALL") ||
-                                           imap_arg_atom_is(&list[k], "FAST") ||
-                                           imap_arg_atom_is(&list[k], "FULL"))) {
+        if (a[1].type == IMAP_ARG_ATOM &&
+            (imap_arg_atom_is(&list[k], "ALL") || imap_arg_atom_is(&list[k], "FAST") ||
+             imap_arg_atom_is(&list[k], "FULL"))) {
             items[ni++].k = FI_FLAGS;
             items[ni++].k = FI_INTERNALDATE;
             items[ni++].k = FI_SIZE;
@@ -615,11 +615,14 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c, cons
         uint32_t top = s->uidnext > 1 ? s->uidnext - 1 : 1;
         if (imap_seqset_parse(a[0].str, top, &r, &nr, &err) == 0) {
             uint32_t *gone = NULL;
-            size_t ng = 0;
+            size_t ng = 0, capg = 0;
             for (size_t k = 0; k < nr; k++)
                 for (uint64_t u = r[k].lo; u <= r[k].hi && u < s->uidnext && ng < 1000000; u++)
                     if (imapd_seq_of(s, (uint32_t)u) == 0) {
-                        gone = xrealloc(gone, (ng + 1) * sizeof(*gone));
+                        if (ng == capg) {
+                            capg = capg ? capg * 2 : 256;
+                            gone = xrealloc(gone, capg * sizeof(*gone));
+                        }
                         gone[ng++] = (uint32_t)u;
                     }
             if (ng > 0) {
@@ -680,8 +683,8 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c, cons
 
 /* ---- STORE ------------------------------------------------------------------ */
 
-void imapd_cmd_store(struct imapd_session *s, const struct imap_command *c, const struct imap_arg *a,
-                     size_t n, bool uid)
+void imapd_cmd_store(struct imapd_session *s, const struct imap_command *c,
+                     const struct imap_arg *a, size_t n, bool uid)
 {
     if (n < 3 || a[0].type != IMAP_ARG_ATOM) {
         imapd_reply(s, c->tag, "BAD", "STORE needs a message set, an item and flags");
@@ -881,10 +884,13 @@ void imapd_cmd_store(struct imapd_session *s, const struct imap_command *c, cons
     if (uid)
         imapd_sync_selected(s, true);
     if (nmod > 0) {
+        /* Not through imapd_reply: the set can be longer than its text. */
         struct buf b;
         buf_init(&b, 0);
+        buf_printf(&b, "%s OK [MODIFIED ", c->tag);
         imapd_write_uidset(&b, modified, nmod);
-        imapd_reply(s, c->tag, "OK", "[MODIFIED %s] Conditional STORE failed for some", b.data);
+        buf_puts(&b, "] Conditional STORE failed for some\r\n");
+        buf_append(&s->out, b.data, b.len);
         buf_free(&b);
     } else {
         imapd_reply(s, c->tag, "OK", "%sSTORE completed", uid ? "UID " : "");
@@ -1023,9 +1029,9 @@ static struct sk *sk_key(struct sk_parse *p)
         const char *name;
         uint32_t mask;
         bool want;
-    } flagkeys[] = {{"ANSWERED", STORE_F_ANSWERED, true}, {"DELETED", STORE_F_DELETED, true},
-                    {"DRAFT", STORE_F_DRAFT, true},       {"FLAGGED", STORE_F_FLAGGED, true},
-                    {"SEEN", STORE_F_SEEN, true},         {"UNANSWERED", STORE_F_ANSWERED, false},
+    } flagkeys[] = {{"ANSWERED", STORE_F_ANSWERED, true},  {"DELETED", STORE_F_DELETED, true},
+                    {"DRAFT", STORE_F_DRAFT, true},        {"FLAGGED", STORE_F_FLAGGED, true},
+                    {"SEEN", STORE_F_SEEN, true},          {"UNANSWERED", STORE_F_ANSWERED, false},
                     {"UNDELETED", STORE_F_DELETED, false}, {"UNDRAFT", STORE_F_DRAFT, false},
                     {"UNFLAGGED", STORE_F_FLAGGED, false}, {"UNSEEN", STORE_F_SEEN, false},
                     {"NEW", STORE_F_SEEN, false}};
@@ -1083,9 +1089,9 @@ static struct sk *sk_key(struct sk_parse *p)
         static const struct {
             const char *n;
             enum sk_kind k;
-        } dk[] = {{"BEFORE", SK_BEFORE},         {"ON", SK_ON},
-                  {"SINCE", SK_SINCE},           {"SENTBEFORE", SK_SENTBEFORE},
-                  {"SENTON", SK_SENTON},         {"SENTSINCE", SK_SENTSINCE}};
+        } dk[] = {{"BEFORE", SK_BEFORE}, {"ON", SK_ON},
+                  {"SINCE", SK_SINCE},   {"SENTBEFORE", SK_SENTBEFORE},
+                  {"SENTON", SK_SENTON}, {"SENTSINCE", SK_SENTSINCE}};
         for (size_t i = 0; i < ARRAY_SIZE(dk); i++)
             if (strcasecmp(w, dk[i].n) == 0)
                 k = sk_new(dk[i].k);
@@ -1097,15 +1103,14 @@ static struct sk *sk_key(struct sk_parse *p)
             goto fail;
         }
         p->pos++;
-    } else if (strcasecmp(w, "FROM") == 0 || strcasecmp(w, "TO") == 0 ||
-               strcasecmp(w, "CC") == 0 || strcasecmp(w, "BCC") == 0 ||
-               strcasecmp(w, "SUBJECT") == 0) {
+    } else if (strcasecmp(w, "FROM") == 0 || strcasecmp(w, "TO") == 0 || strcasecmp(w, "CC") == 0 ||
+               strcasecmp(w, "BCC") == 0 || strcasecmp(w, "SUBJECT") == 0) {
         k = sk_new(SK_HEADER);
-        k->hdr = strcasecmp(w, "FROM") == 0      ? "From"
-                 : strcasecmp(w, "TO") == 0      ? "To"
-                 : strcasecmp(w, "CC") == 0      ? "Cc"
-                 : strcasecmp(w, "BCC") == 0     ? "Bcc"
-                                                 : "Subject";
+        k->hdr = strcasecmp(w, "FROM") == 0  ? "From"
+                 : strcasecmp(w, "TO") == 0  ? "To"
+                 : strcasecmp(w, "CC") == 0  ? "Cc"
+                 : strcasecmp(w, "BCC") == 0 ? "Bcc"
+                                             : "Subject";
         if (!sk_string(p, k))
             goto fail;
     } else if (strcasecmp(w, "HEADER") == 0) {
@@ -1271,7 +1276,9 @@ static bool sk_match(struct sk_eval *e, const struct sk *k)
         if (d < 0)
             return false;
         d = d / 86400 * 86400;
-        return k->k == SK_SENTBEFORE ? d < k->date : k->k == SK_SENTON ? d == k->date : d >= k->date;
+        return k->k == SK_SENTBEFORE ? d < k->date
+               : k->k == SK_SENTON   ? d == k->date
+                                     : d >= k->date;
     }
     case SK_HEADER: {
         struct buf h;

@@ -62,8 +62,8 @@ struct imapd_session {
 /* Responses. */
 void imapd_out(struct imapd_session *s, const char *fmt, ...) TERN_PRINTF(2, 3);
 void imapd_flush(struct imapd_session *s);
-void imapd_reply(struct imapd_session *s, const char *tag, const char *status, const char *fmt,
-                 ...) TERN_PRINTF(4, 5);
+void imapd_reply(struct imapd_session *s, const char *tag, const char *status, const char *fmt, ...)
+    TERN_PRINTF(4, 5);
 /* A store failure as a reply: NO with a client-safe text, or BYE when the
  * channel is gone or the mailbox is no longer here. */
 void imapd_store_failed(struct imapd_session *s, const char *tag, int r, const char *why);
@@ -90,10 +90,10 @@ void imapd_write_uidset(struct buf *b, const uint32_t *uids, size_t n);
 int imapd_folder_name(const char *in, size_t len, char *out, const char **why_r);
 
 /* Commands in imapd_msg.c. */
-void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c, const struct imap_arg *a,
-                     size_t n, bool uid);
-void imapd_cmd_store(struct imapd_session *s, const struct imap_command *c, const struct imap_arg *a,
-                     size_t n, bool uid);
+void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
+                     const struct imap_arg *a, size_t n, bool uid);
+void imapd_cmd_store(struct imapd_session *s, const struct imap_command *c,
+                     const struct imap_arg *a, size_t n, bool uid);
 void imapd_cmd_search(struct imapd_session *s, const struct imap_command *c,
                       const struct imap_arg *a, size_t n, bool uid);
 void imapd_cmd_copy(struct imapd_session *s, const struct imap_command *c, const struct imap_arg *a,

@@ -21,6 +21,7 @@
 
 #include "directory/directory.h"
 #include "imapd/imapd.h"
+#include "mime/mime.h"
 #include "sync/sync.h"
 #include "util/util.h"
 
@@ -130,8 +131,8 @@ static enum imapd_auth imap_login(void *ctx, const char *user, const char *passw
         }
         const struct config_store *cs = config_store(ri->cfg, u.home);
         if (cs == NULL || cs->sync[0] == '\0') {
-            log_error("imap", "%s: home store '%s' has no sync endpoint in the configuration",
-                      addr, u.home);
+            log_error("imap", "%s: home store '%s' has no sync endpoint in the configuration", addr,
+                      u.home);
             *why_r = "Mailbox unavailable";
             return IMAPD_AUTH_UNAVAILABLE;
         }
@@ -276,8 +277,13 @@ int role_imap_main(const struct config *cfg)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* GMime's initialisation is not thread-safe: done here, before any
+     * session thread parses a message. */
+    mime_init();
     int lfd = listen_on(cfg->imap.listen);
-    log_info("imap", "IMAP listening on %s", cfg->imap.listen);
+    log_info("imap", "IMAP listening on %s (idle timeout %u s, %u sessions, %u per user)",
+             cfg->imap.listen, cfg->imap.idle_timeout, cfg->imap.max_sessions,
+             cfg->imap.max_sessions_per_user);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

@@ -81,9 +81,10 @@ static int parse_roles(const struct config *cfg, const char *spec, struct role_p
             }
             add_role(roles, n, "store", arg);
         } else {
-            fprintf(stderr,
-                    "tern serve: unknown role '%s' (known: all, mta, mover, imap, store, store:NAME)\n",
-                    tok);
+            fprintf(
+                stderr,
+                "tern serve: unknown role '%s' (known: all, mta, mover, imap, store, store:NAME)\n",
+                tok);
             return -1;
         }
     }

@@ -23,6 +23,7 @@ import time
 import pytest
 
 from conftest import SLOW, Tern
+from test_imap import assert_imap_role_clean
 
 PW = "secret"
 ALICE = "alice@example.org"
@@ -202,6 +203,7 @@ def mail20(tmp_path):
     c.logout()
     yield t, dict(folders, INBOX=12)
     t.stop()
+    assert_imap_role_clean(t)
 
 
 def test_mbsync_after_a_move_downloads_only_the_new_messages(mail20, tmp_path):
@@ -420,3 +422,4 @@ def test_mutt_reads_flags_and_deletes(tmp_path):
         if screen is not None:
             screen.kill()
         t.stop()
+    assert_imap_role_clean(t)
