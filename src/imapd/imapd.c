@@ -3,7 +3,6 @@
  * (folder) commands, SELECT and the change feed. Message commands (FETCH,
  * STORE, SEARCH, COPY/MOVE, EXPUNGE) are in imapd_msg.c. See imapd.h.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -812,18 +811,14 @@ static void cmd_select(struct imapd_session *s, const struct imap_command *c, bo
                     return;
                 }
                 const struct imap_arg *q = &p->list[++i];
-                char *end;
                 if (q->n < 2 || q->list[0].type != IMAP_ARG_ATOM ||
                     q->list[1].type != IMAP_ARG_ATOM) {
                     imapd_reply(s, c->tag, "BAD", "QRESYNC needs UIDVALIDITY and MODSEQ");
                     return;
                 }
-                char *end2;
-                unsigned long long v = strtoull(q->list[0].str, &end, 10);
-                unsigned long long ms = strtoull(q->list[1].str, &end2, 10);
-                if (v == 0 || v > UINT32_MAX || *end != '\0' || *end2 != '\0' ||
-                    !isdigit((unsigned char)q->list[0].str[0]) ||
-                    !isdigit((unsigned char)q->list[1].str[0]) ||
+                uint64_t v = 0, ms = 0;
+                if (imapd_parse_number(q->list[0].str, UINT32_MAX, &v) < 0 || v == 0 ||
+                    imapd_parse_number(q->list[1].str, IMAPD_MODSEQ_MAX, &ms) < 0 ||
                     (q->n >= 3 && q->list[2].type != IMAP_ARG_ATOM &&
                      q->list[2].type != IMAP_ARG_LIST) ||
                     q->n > 4) {

@@ -1108,3 +1108,98 @@ def test_concurrent_sessions(imap_tern):
     for k in range(8):
         assert b"MESSAGES 5" in c.status(f"T{k}", "(MESSAGES)")[1][0]
     c.logout()
+
+
+def test_conditional_store_reports_every_modified_uid(imap_tern):
+    """A [MODIFIED set] longer than any fixed reply buffer comes whole."""
+    r = Raw(imap_tern)
+    body = b"Subject: x\r\n\r\nx\r\n"
+    r.send(b"".join(b"p%d APPEND INBOX {%d+}\r\n%s\r\n" % (i, len(body), body)
+                    for i in range(300)))
+    for i in range(300):
+        assert f"p{i} OK" in tagged(r.until(f"p{i}"), f"p{i}")
+    r.cmd("a1 SELECT INBOX")
+    uids = list(range(1, 304, 2))  # 152 UIDs, none adjacent to the next
+    out = r.cmd(f"a2 UID STORE {','.join(map(str, uids))} (UNCHANGEDSINCE 1) +FLAGS (\\Seen)")
+    m = re.match(r"a2 OK \[MODIFIED ([0-9,:]+)\] ", tagged(out, "a2"))
+    assert m, tagged(out, "a2")[:300]
+    assert [int(u) for u in m.group(1).split(",")] == uids
+    out = r.cmd("a3 SEARCH SEEN")
+    assert "* SEARCH\r\n" in out, out  # nothing was changed
+    r.close()
+
+
+def test_stop_during_authenticate_says_bye(imap_tern):
+    t = imap_tern
+    r = Raw(t, login=False)
+    r.send("a1 AUTHENTICATE PLAIN\r\n")
+    assert r.line().startswith("+")
+    t0 = time.time()
+    t.stop()
+    assert r.line().startswith("* BYE")
+    assert time.time() - t0 < 4 * SLOW
+    r.close()
+    assert_imap_role_clean(t)
+
+
+def test_keywords_are_case_insensitive_like_the_store(imap_tern):
+    c = connect(imap_tern)
+    c.select("INBOX")
+    typ, data = c.store("1", "+FLAGS", "(Work $Label1 work)")
+    assert typ == "OK" and data[0].count(b"ork") == 1, data
+    typ, data = c.store("1", "-FLAGS", "(WORK)")  # the reply shows what the store holds
+    assert b"FLAGS ($Label1)" in data[0], data
+    typ, data = c.store("1", "+FLAGS", "($label1 Other)")
+    assert b"FLAGS ($Label1 Other)" in data[0], data
+    typ, data = c.store("1", "FLAGS", "(\\Seen A a B)")
+    assert b"FLAGS (\\Seen A B)" in data[0], data
+    other = connect(imap_tern)
+    other.select("INBOX")
+    typ, data = other.fetch("1", "(FLAGS)")
+    assert b"FLAGS (\\Seen A B)" in data[0], data
+    assert other.search(None, "KEYWORD", "b")[1][0] == b"1"
+    other.logout()
+    c.logout()
+
+
+def test_syntax_corners_clients_use(imap_tern):
+    r = Raw(imap_tern)
+    r.cmd("a1 SELECT INBOX")
+    # header-fld-name is an astring: quoted names work as atoms do.
+    out = r.cmd('a2 FETCH 1 (BODY.PEEK[HEADER.FIELDS ("Subject" "Message-ID")])')
+    assert "a2 OK" in tagged(out, "a2"), out
+    text = "".join(out)
+    assert "Subject: message 1" in text and "Message-ID: <m1@" in text and "From:" not in text
+    for bad_spec in ('("")', '("Sub ject")', '("Subject)', '("Sub:ject")'):
+        out = r.cmd(f"a3 FETCH 1 (BODY.PEEK[HEADER.FIELDS {bad_spec}])")
+        assert "a3 BAD" in tagged(out, "a3"), (bad_spec, out)
+    # Numbers: no overflow, no sign.
+    for line in ("b1 SEARCH LARGER 99999999999999999999999",
+                 "b1 SEARCH SMALLER 4294967296",
+                 "b1 SEARCH MODSEQ -1",
+                 "b1 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 99999999999999999999999)",
+                 "b1 UID FETCH 1:* (FLAGS) (CHANGEDSINCE +5)",
+                 "b1 STORE 1 (UNCHANGEDSINCE 18446744073709551616) +FLAGS (\\Seen)",
+                 "b1 STORE 1 (UNCHANGEDSINCE -1) +FLAGS (\\Seen)"):
+        assert "b1 BAD" in tagged(r.cmd(line), "b1"), line
+    assert "* SEARCH\r\n" in r.cmd("b2 SEARCH SEEN")  # none of that stored anything
+    # APPEND's date-time with a one-digit day, as some clients send it.
+    body = b"Subject: d\r\n\r\nd\r\n"
+    r.send(b'c1 APPEND INBOX "5-Jan-2021 10:20:30 +0200" {%d+}\r\n%s\r\n' % (len(body), body))
+    assert "c1 OK" in tagged(r.until("c1"), "c1")
+    out = r.cmd("c2 FETCH 4 (INTERNALDATE)")
+    assert '"05-Jan-2021 08:20:30 +0000"' in "".join(out), out
+    r.close()
+    # Folder names that need quoting travel both ways.
+    c = connect(imap_tern)
+    for name in ('we"ird\\name', "with space", "#hash", "~tilde"):
+        quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        assert c.create(quoted)[0] == "OK", name
+        typ, data = c.list('""', quoted)
+        assert typ == "OK" and len(data) == 1 and data[0] is not None, (name, data)
+        assert data[0].endswith(b' "/" ' + quoted.encode()) or \
+            data[0].endswith(b' "/" ' + name.encode()), (name, data)
+        assert c.select(quoted)[0] == "OK", name
+        assert c.append(quoted, None, None, msg(60).encode())[0] == "OK"
+        assert b"MESSAGES 1" in c.status(quoted, "(MESSAGES)")[1][0]
+    c.logout()
