@@ -1248,9 +1248,11 @@ static void cmd_list(struct imapd_session *s, const struct imap_command *c, bool
                 }
                 break;
             }
-            /* Try the parent: "a/b/c" -> "a/b" (only for % patterns). */
+            /* Try the parent: "a/b/c" -> "a/b" (only for % patterns). LSUB
+             * too: a parent of a subscribed name shows as \Noselect (RFC
+             * 3501 6.3.9). */
             char *slash = strrchr(cur, IMAPD_HIER);
-            if (slash == NULL || lsub)
+            if (slash == NULL)
                 break;
             *slash = '\0';
         }

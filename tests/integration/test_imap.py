@@ -1203,3 +1203,36 @@ def test_syntax_corners_clients_use(imap_tern):
         assert c.append(quoted, None, None, msg(60).encode())[0] == "OK"
         assert b"MESSAGES 1" in c.status(quoted, "(MESSAGES)")[1][0]
     c.logout()
+
+
+def test_folder_lifecycle_corners(imap_tern):
+    c = connect(imap_tern)
+    # A name deleted and created again gets a new, larger UIDVALIDITY.
+    c.create("X")
+    uv1 = int(re.search(rb"UIDVALIDITY (\d+)", c.status("X", "(UIDVALIDITY)")[1][0]).group(1))
+    c.append("X", None, None, msg(70).encode())
+    assert c.delete("X")[0] == "OK"
+    assert c.status("X", "(MESSAGES)")[0] == "NO"
+    c.create("X")
+    typ, data = c.status("X", "(MESSAGES UIDVALIDITY UIDNEXT)")
+    uv2 = int(re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1))
+    assert uv2 > uv1 and b"MESSAGES 0" in data[0] and b"UIDNEXT 1" in data[0], data
+    # LSUB with '%' shows the parent of a subscribed name as \Noselect.
+    assert c.subscribe("Lists/tern/dev")[0] == "OK"
+    typ, data = c.lsub('""', "%")
+    assert data == [b'(\\Noselect) "/" Lists'], data
+    typ, data = c.lsub('""', "Lists/%")
+    assert data == [b'(\\Noselect) "/" Lists/tern'], data
+    typ, data = c.lsub('""', "*")
+    assert [d for d in data if d.endswith(b"Lists/tern/dev")], data
+    # A folder deleted under a session that has it selected: its messages go.
+    c.select("X")
+    c.append("X", None, None, msg(71).encode())
+    c.noop()
+    other = connect(imap_tern)
+    assert other.delete("X")[0] == "OK"
+    other.logout()
+    typ, _ = c.noop()
+    assert typ == "OK" and c.untagged_responses.get("EXPUNGE") == [b"1"], c.untagged_responses
+    assert "BAD" in bad(c.fetch, "1", "(FLAGS)")
+    c.logout()
