@@ -33,6 +33,7 @@
 #ifndef TERN_IMAPD_H
 #define TERN_IMAPD_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -71,7 +72,7 @@ struct imapd_env {
                     void *cbctx);
     void *ctx;
     /* Set by the role to stop every session (they end with BYE). */
-    volatile int *shutdown;
+    const atomic_int *shutdown;
 };
 
 /* Runs one session on the connected socket fd until the client logs out,

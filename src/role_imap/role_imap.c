@@ -41,7 +41,7 @@ struct role_imap {
 };
 
 static volatile sig_atomic_t stop_flag;
-static volatile int shutdown_flag;
+static atomic_int shutdown_flag;
 
 static void on_stop(int sig)
 {

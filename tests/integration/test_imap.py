@@ -1236,3 +1236,24 @@ def test_folder_lifecycle_corners(imap_tern):
     assert typ == "OK" and c.untagged_responses.get("EXPUNGE") == [b"1"], c.untagged_responses
     assert "BAD" in bad(c.fetch, "1", "(FLAGS)")
     c.logout()
+
+
+def test_nesting_is_capped_at_max_nesting(tmp_path):
+    t = Tern(tmp_path, imap_extra="max_nesting = 4")
+    t.setup_users(ALICE)
+    t.serve()
+    try:
+        lmtp_deliver(t, ALICE, msg(1))
+        r = Raw(t)
+        r.cmd("a1 SELECT INBOX")
+        out = r.cmd("a2 SEARCH ((((ALL))))")  # 4 deep: the limit
+        assert "* SEARCH 1\r\n" in out and "a2 OK" in tagged(out, "a2"), out
+        out = r.cmd("a3 SEARCH (((((ALL)))))")  # 5 deep
+        assert "a3 BAD" in tagged(out, "a3"), out
+        out = r.cmd("a4 FETCH 1 (FLAGS (((((UID))))))")
+        assert "a4 BAD" in tagged(out, "a4"), out
+        assert "a5 OK" in tagged(r.cmd("a5 NOOP"), "a5")
+        r.close()
+    finally:
+        t.stop()
+    assert_imap_role_clean(t)
