@@ -554,21 +554,35 @@ static void login_done(struct imapd_session *s, const char *tag, const char *use
     switch (a) {
     case IMAPD_AUTH_OK:
         break;
-    case IMAPD_AUTH_FAILED:
+    case IMAPD_AUTH_FAILED: {
         s->n_auth_fail++;
-        log_info("imap", "%s: failed login for '%.64s' (%u in this session, %llu in all)", s->peer,
-                 user, s->n_auth_fail,
-                 (unsigned long long)atomic_fetch_add(&st_login_failures, 1) + 1);
-        /* The delay makes guessing slow; the count ends the session. */
-        if (s->env->auth_fail_delay_ms > 0) {
-            struct timespec ts = {.tv_sec = s->env->auth_fail_delay_ms / 1000,
-                                  .tv_nsec = (long)(s->env->auth_fail_delay_ms % 1000) * 1000000};
+        unsigned from_addr =
+            s->env->auth_failed != NULL ? s->env->auth_failed(s->env->ctx, s->peer) : 0;
+        /* The delay makes guessing slow; the count ends the session, and
+         * failures from the same address across sessions lengthen it. */
+        uint64_t delay = s->env->auth_fail_delay_ms;
+        if (s->env->auth_fail_max > 0 && from_addr > s->env->auth_fail_max) {
+            unsigned shift = from_addr - s->env->auth_fail_max;
+            delay <<= shift < 6 ? shift : 6;
+            if (delay > 60000)
+                delay = 60000;
+        }
+        log_info("imap",
+                 "%s: failed login for '%.64s' (%u in this session, %u from this address, "
+                 "%llu in all); answered after %llu ms",
+                 s->peer, user, s->n_auth_fail, from_addr,
+                 (unsigned long long)atomic_fetch_add(&st_login_failures, 1) + 1,
+                 (unsigned long long)delay);
+        if (delay > 0) {
+            struct timespec ts = {.tv_sec = (time_t)(delay / 1000),
+                                  .tv_nsec = (long)(delay % 1000) * 1000000};
             nanosleep(&ts, NULL);
         }
         imapd_reply(s, tag, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
         if (s->env->auth_fail_max > 0 && s->n_auth_fail >= s->env->auth_fail_max)
             imapd_bye(s, "Too many failed logins");
         return;
+    }
     case IMAPD_AUTH_UNAVAILABLE:
         imapd_reply(s, tag, "NO", "[UNAVAILABLE] %s", why);
         return;

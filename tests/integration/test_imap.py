@@ -1058,9 +1058,9 @@ def test_failed_logins_are_counted_in_the_log(imap_tern):
     fails = [ln for ln in log.splitlines() if "failed login for" in ln]
     assert len(fails) == 3, fails
     assert f"'{ALICE}'" in fails[0] and "127.0.0.1:" in fails[0], fails
-    assert re.search(r"1 in this session, 1 in all", fails[0]), fails
-    assert re.search(r"2 in this session, 2 in all", fails[1]), fails
-    assert re.search(r"1 in this session, 3 in all", fails[2]), fails
+    assert re.search(r"1 in this session, 1 from this address, 1 in all", fails[0]), fails
+    assert re.search(r"2 in this session, 2 from this address, 2 in all", fails[1]), fails
+    assert re.search(r"1 in this session, 3 from this address, 3 in all", fails[2]), fails
     assert wrong_password_never_logged(log)
     assert re.search(r"imap: \d+ sessions, 1 logins, 3 failed logins", log), log[-2000:]
 
@@ -1257,3 +1257,29 @@ def test_nesting_is_capped_at_max_nesting(tmp_path):
     finally:
         t.stop()
     assert_imap_role_clean(t)
+
+
+def test_failed_logins_from_one_address_slow_down_across_sessions(imap_tern):
+    """auth_fail_delay_ms is 50 and auth_fail_max 3 in the test config: the
+    first three failures from 127.0.0.1 take 50 ms each; reconnecting after
+    the session's BYE does not reset that: the 4th takes 100 ms, the 5th
+    200, the 6th 400."""
+    t = imap_tern
+    took = []
+    for session in range(2):
+        r = Raw(t, login=False)
+        for i in range(3):
+            t0 = time.time()
+            assert "a NO" in tagged(r.cmd(f"a LOGIN {ALICE} Wr0ng{session}{i}"), "a")
+            took.append(time.time() - t0)
+        assert r.line().startswith("* BYE")
+        r.close()
+    assert all(d >= 0.05 for d in took[:3]), took
+    assert took[3] >= 0.1 and took[4] >= 0.2 and took[5] >= 0.4, took
+    # The right password still works at once (a delay, never a lockout).
+    t0 = time.time()
+    c = connect(t)
+    c.logout()
+    assert time.time() - t0 < 5 * SLOW
+    fails = [ln for ln in t.log().splitlines() if "failed login for" in ln]
+    assert "6 from this address" in fails[-1] and "answered after 400 ms" in fails[-1], fails
