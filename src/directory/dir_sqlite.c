@@ -57,7 +57,7 @@ static const char *const dir_sqlite_migrations[] = {
     "ALTER TABLE jobs ADD COLUMN retain_until INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE jobs ADD COLUMN options INTEGER NOT NULL DEFAULT 0;",
     /* 4: IMAP subscriptions, per user (they survive moves). */
-    ("CREATE TABLE subscriptions(user TEXT NOT NULL, folder TEXT NOT NULL,"
+    ("CREATE TABLE IF NOT EXISTS subscriptions(user TEXT NOT NULL, folder TEXT NOT NULL,"
      " PRIMARY KEY(user, folder));"),
 };
 
