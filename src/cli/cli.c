@@ -812,6 +812,13 @@ static void print_job(const struct dir_job *j)
     if (j->options & DIR_JOB_OPT_SUSPEND)
         printf("cutover:    waits for 'tern move complete %llu'%s\n", (unsigned long long)j->id,
                (j->options & DIR_JOB_OPT_COMPLETE) ? " (completed)" : "");
+    if (j->cutovers > 0) {
+        char fenced[32] = "";
+        if (j->fenced_at > 0)
+            time_format_utc(j->fenced_at / 1000, fenced, sizeof(fenced));
+        printf("cutovers:   %u%s%s\n", j->cutovers,
+               j->fenced_at > 0 ? ", source fenced since " : "", fenced);
+    }
     if (j->retain_until > 0) {
         char until[32];
         time_format_utc(j->retain_until, until, sizeof(until));

@@ -119,6 +119,8 @@ struct dir_job {
     uint64_t epoch;       /* moves: the user's epoch when the job began */
     int64_t retain_until; /* moves: unix seconds; the source copy is kept until */
     uint32_t options;     /* DIR_JOB_OPT_* */
+    int64_t fenced_at;    /* moves: unix ms when this cutover fenced the source; 0 = none */
+    uint32_t cutovers;    /* moves: cutovers begun (each fence is one) */
 };
 
 #define DIR_JOB_OPT_SUSPEND  0x1u /* stop when ready to cut over, until completed */

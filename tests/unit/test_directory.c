@@ -648,7 +648,8 @@ static void test_sqlite_reopen(void **state)
 }
 
 /* A directory written by a version-2 tern (jobs without the move fields)
- * keeps its jobs when step 3 adds them, and the new fields round-trip. */
+ * keeps its jobs when steps 3 and 4 add them, and the new fields
+ * round-trip. */
 static void test_sqlite_migrate_v2_jobs(void **state)
 {
     struct fixture *fx = *state;
@@ -658,7 +659,8 @@ static void test_sqlite_migrate_v2_jobs(void **state)
     assert_int_equal(dir_job_create(fx->d, &j), DIR_OK);
     dir_close(&fx->d);
     raw_sql(fx, "ALTER TABLE jobs DROP COLUMN checkpoint; ALTER TABLE jobs DROP COLUMN epoch;"
-                "ALTER TABLE jobs DROP COLUMN retain_until; ALTER TABLE jobs DROP COLUMN options; "
+                "ALTER TABLE jobs DROP COLUMN retain_until; ALTER TABLE jobs DROP COLUMN options;"
+                "ALTER TABLE jobs DROP COLUMN fenced_at; ALTER TABLE jobs DROP COLUMN cutovers;"
                 "DROP TABLE subscriptions; DROP TABLE job_data;"
                 "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
     fx->d = open_sqlite_ok(fx->path);
@@ -666,16 +668,22 @@ static void test_sqlite_migrate_v2_jobs(void **state)
     assert_string_equal(g.phase, "copy");
     assert_int_equal(g.checkpoint, 0);
     assert_int_equal(g.options, 0);
+    assert_int_equal(g.fenced_at, 0);
+    assert_int_equal(g.cutovers, 0);
     g.checkpoint = 12345;
     g.epoch = 7;
     g.retain_until = 1800000000;
     g.options = DIR_JOB_OPT_SUSPEND | DIR_JOB_OPT_COMPLETE;
+    g.fenced_at = 1800000000123;
+    g.cutovers = 3;
     assert_int_equal(dir_job_update(fx->d, &g), DIR_OK);
     assert_int_equal(dir_job_get(fx->d, j.id, &j), DIR_OK);
     assert_int_equal(j.checkpoint, 12345);
     assert_int_equal(j.epoch, 7);
     assert_int_equal(j.retain_until, 1800000000);
     assert_int_equal(j.options, DIR_JOB_OPT_SUSPEND | DIR_JOB_OPT_COMPLETE);
+    assert_int_equal(j.fenced_at, 1800000000123);
+    assert_int_equal(j.cutovers, 3);
 }
 
 static void test_sqlite_migrate_forward(void **state)
