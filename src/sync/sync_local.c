@@ -11,6 +11,7 @@
  * the only writer of its store, and each step is idempotent, so a retry
  * after a failure in the middle converges.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -112,13 +113,54 @@ static int sync_local_mailbox_purge(struct sync *s, const char *user, const char
 
 /* ---- changes ---- */
 
+static const struct sync_ops sync_local_ops;
+
+static void sync_local_check(struct sync *s)
+{
+    if (s->ops != &sync_local_ops)
+        panic("sync: a listing in steps needs the local transport");
+}
+
+/* One step's state between the store's callbacks. */
 struct sync_local_changes {
     const struct sync_changes_cb *cb;
+    struct sync_changes_cursor *cur;
+    size_t max, n;
+    uint64_t last; /* modseq of the last record listed in this step */
+    int r;         /* a callback's non-zero */
+    bool stop;     /* the step ends (this is not an error) */
+    bool end;      /* ... and so does the listing */
 };
+
+/* Whether the record at modseq ends the step: past the listing's end, or
+ * the step has its records and this one starts a new modseq. */
+static bool sync_local_step_full(struct sync_local_changes *c, uint64_t modseq)
+{
+    if (modseq > c->cur->upto) {
+        c->stop = c->end = true;
+        return true;
+    }
+    if (c->n >= c->max && modseq != c->last) {
+        c->stop = true;
+        return true;
+    }
+    return false;
+}
 
 static int sync_local_change_folder(void *ctx, const struct store_folder *f)
 {
     struct sync_local_changes *c = ctx;
+    if (c->cur->msgs)
+        return 0; /* listed in an earlier step */
+    if (f->modseq > c->cur->upto) {
+        /* Every folder record of the listing is out: messages follow. */
+        c->cur->msgs = true;
+        c->cur->pos = c->cur->since;
+        c->stop = true;
+        return 1;
+    }
+    if (sync_local_step_full(c, f->modseq))
+        return 1;
     struct sync_folder sf;
     memset(&sf, 0, sizeof(sf));
     str_copy(sf.name, f->name, sizeof(sf.name));
@@ -126,7 +168,12 @@ static int sync_local_change_folder(void *ctx, const struct store_folder *f)
     sf.uidnext = f->uidnext;
     sf.modseq = f->modseq;
     sf.deleted = f->deleted;
-    return c->cb->folder != NULL ? c->cb->folder(c->cb->ctx, &sf) : 0;
+    c->n++;
+    c->last = f->modseq;
+    c->cur->pos = f->modseq;
+    if (c->cb->folder != NULL && (c->r = c->cb->folder(c->cb->ctx, &sf)) != 0)
+        return 1;
+    return 0;
 }
 
 /* The store hands each message record its folder row (live or tombstone,
@@ -134,6 +181,22 @@ static int sync_local_change_folder(void *ctx, const struct store_folder *f)
 static int sync_local_change_msg(void *ctx, const struct store_folder *f, const struct store_msg *m)
 {
     struct sync_local_changes *c = ctx;
+    if (!c->cur->msgs) {
+        /* The store went on to the messages: every folder record is out. */
+        c->cur->msgs = true;
+        c->cur->pos = c->cur->since;
+        c->stop = true;
+        return 1;
+    }
+    if (sync_local_step_full(c, m->modseq))
+        return 1;
+    if (f->modseq > c->cur->upto) {
+        /* The folder changed since the listing began: this record would
+         * carry a name the listing's folder records do not (see sync.h). */
+        c->cur->upto = m->modseq - 1;
+        c->stop = c->end = true;
+        return 1;
+    }
     struct sync_msg sm;
     memset(&sm, 0, sizeof(sm));
     str_copy(sm.folder, f->name, sizeof(sm.folder));
@@ -147,31 +210,81 @@ static int sync_local_change_msg(void *ctx, const struct store_folder *f, const 
     memcpy(sm.sha256, m->sha256, SHA256_LEN);
     sm.modseq = m->modseq;
     sm.expunged = m->expunged;
-    return c->cb->msg != NULL ? c->cb->msg(c->cb->ctx, &sm) : 0;
+    c->n++;
+    c->last = m->modseq;
+    c->cur->pos = m->modseq;
+    if (c->cb->msg != NULL && (c->r = c->cb->msg(c->cb->ctx, &sm)) != 0)
+        return 1;
+    return 0;
+}
+
+int sync_local_changes_begin(struct sync *s, const char *user, uint64_t since,
+                             struct sync_changes_cursor *cur, const char **why_r)
+{
+    sync_local_check(s);
+    memset(cur, 0, sizeof(*cur));
+    struct store_mailbox mb;
+    /* The modseq is read before the listing: rows only ever move up, so
+     * whatever changes during the listing has a modseq above it and the
+     * next pass (since = the final modseq) sees it again. Reading it after
+     * could claim a change the listing missed. */
+    int r = sync_local_status(store_mailbox_get(sync_local_store(s), user, &mb), why_r);
+    if (r != 0)
+        return r;
+    cur->since = cur->pos = since;
+    cur->upto = mb.modseq;
+    cur->done = since >= mb.modseq;
+    return 0;
+}
+
+int sync_local_changes_step(struct sync *s, const char *user, struct sync_changes_cursor *cur,
+                            size_t max, const struct sync_changes_cb *cb, const char **why_r)
+{
+    sync_local_check(s);
+    struct store *st = sync_local_store(s);
+    if (cur->done)
+        return 0;
+    struct store_mailbox mb;
+    int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
+    if (r != 0)
+        return r;
+    struct sync_local_changes c = {.cb = cb, .cur = cur, .max = max ? max : 1};
+    c.last = cur->pos;
+    struct store_change_cb scb = {
+        .folder = sync_local_change_folder, .msg = sync_local_change_msg, .ctx = &c};
+    const char *error = NULL;
+    r = store_changes(st, user, cur->pos, &scb, &error);
+    if (c.r != 0) {
+        *why_r = "aborted";
+        return -1;
+    }
+    if (r != 0 && !c.stop) {
+        *why_r = error != NULL ? error : "store error";
+        return -1;
+    }
+    if (!c.stop && !cur->msgs) {
+        /* The folders ran out with no message after them: the messages
+         * still have to be listed from `since`. */
+        cur->msgs = true;
+        cur->pos = cur->since;
+        return 0;
+    }
+    if (!c.stop || c.end)
+        cur->done = true; /* the store ran out of records, or upto is reached */
+    return 0;
 }
 
 static int sync_local_changes(struct sync *s, const char *user, uint64_t since,
                               const struct sync_changes_cb *cb, uint64_t *modseq_r,
                               const char **why_r)
 {
-    struct store *st = sync_local_store(s);
-    struct store_mailbox mb;
-    /* The modseq is read before the listing: rows only ever move up, so
-     * whatever changes during the listing has a modseq above it and the
-     * next pass (since = *modseq_r) sees it again. Reading it after could
-     * claim a change the listing missed. */
-    int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
+    struct sync_changes_cursor cur;
+    int r = sync_local_changes_begin(s, user, since, &cur, why_r);
+    while (r == 0 && !cur.done)
+        r = sync_local_changes_step(s, user, &cur, 4096, cb, why_r);
     if (r != 0)
         return r;
-    struct sync_local_changes c = {.cb = cb};
-    struct store_change_cb scb = {
-        .folder = sync_local_change_folder, .msg = sync_local_change_msg, .ctx = &c};
-    const char *error = NULL;
-    if (store_changes(st, user, since, &scb, &error) != 0) {
-        *why_r = error != NULL ? error : "aborted";
-        return -1;
-    }
-    *modseq_r = mb.modseq;
+    *modseq_r = cur.upto;
     return 0;
 }
 
@@ -181,6 +294,21 @@ static int sync_local_fetch(struct sync *s, const char *user, const char *folder
                             struct buf *out, const char **why_r)
 {
     return sync_local_status(store_msg_read(sync_local_store(s), user, folder, uid, out), why_r);
+}
+
+static int sync_local_fetch_batch(struct sync *s, const char *user, const char *const *folders,
+                                  const uint32_t *uids, size_t n, struct buf *outs, int *rc_out,
+                                  const char **why_out)
+{
+    if (n > SYNC_BATCH_MAX)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        why_out[i] = NULL;
+        rc_out[i] = sync_local_fetch(s, user, folders[i], uids[i], &outs[i], &why_out[i]);
+        if (rc_out[i] < 0)
+            return -1;
+    }
+    return 0;
 }
 
 static int sync_local_append(struct sync *s, const char *user, const struct sync_msg *m,
@@ -283,6 +411,22 @@ static int sync_local_append_batch(struct sync *s, const char *user,
     free(queued);
     free(res);
     return r;
+}
+
+/* The local transport has nothing to overlap: start does the whole batch
+ * (a -1 from it needs no end), end has nothing left to report. */
+static int sync_local_append_batch_start(struct sync *s, const char *user,
+                                         const struct sync_msg *const *msgs,
+                                         const void *const *data, const size_t *lens, size_t n,
+                                         int *rc_out, const char **why_out)
+{
+    return sync_local_append_batch(s, user, msgs, data, lens, n, rc_out, why_out);
+}
+
+static int sync_local_append_batch_end(struct sync *s)
+{
+    (void)s;
+    return 0;
 }
 
 /* ---- folders ---- */
@@ -389,56 +533,105 @@ static int sync_local_expunge(struct sync *s, const char *user, const char *fold
 /* ---- digest ---- */
 
 struct sync_local_digest {
-    struct buf lines;
+    struct sha256 *h;
     uint64_t n;
 };
 
 static int sync_local_digest_msg(void *ctx, const struct store_msg *m)
 {
     struct sync_local_digest *d = ctx;
+    char line[2 * STORE_GUID_LEN + 2 * SHA256_LEN + STORE_KEYWORDS_MAX + 80];
     char guid[2 * STORE_GUID_LEN + 1], sha[2 * SHA256_LEN + 1];
     hex_encode(m->guid, STORE_GUID_LEN, guid);
     hex_encode(m->sha256, SHA256_LEN, sha);
-    if (buf_printf(&d->lines, "%u %s %u %llu %s %s\n", m->uid, guid, m->flags,
-                   (unsigned long long)m->size, sha, m->keywords != NULL ? m->keywords : "") < 0)
+    int n = snprintf(line, sizeof(line), "%u %s %u %llu %s %s\n", m->uid, guid, m->flags,
+                     (unsigned long long)m->size, sha, m->keywords != NULL ? m->keywords : "");
+    if (n < 0 || (size_t)n >= sizeof(line))
         return -1;
+    sha256_update(d->h, line, (size_t)n);
     d->n++;
     return 0;
+}
+
+int sync_local_digest_begin(struct sync *s, const char *user, struct sync_digest_cursor *cur,
+                            const char **why_r)
+{
+    sync_local_check(s);
+    memset(cur, 0, sizeof(*cur));
+    return sync_local_status(store_folder_list(sync_local_store(s), user, &cur->folders, &cur->n),
+                             why_r);
+}
+
+int sync_local_digest_step(struct sync *s, const char *user, struct sync_digest_cursor *cur,
+                           struct sync_digest *out, const char **why_r)
+{
+    sync_local_check(s);
+    struct store *st = sync_local_store(s);
+    for (; cur->next < cur->n; cur->next++) {
+        const struct store_folder *f = &cur->folders[cur->next];
+        /* The folder as it is now: deleted or renamed since the list was
+         * taken, it is left out (a digest taken while the mailbox changes
+         * is stale anyway; the mover digests frozen mailboxes). */
+        struct store_folder now;
+        enum store_status ss = store_folder_get(st, user, f->name, &now);
+        if (ss == STORE_NOTFOUND) {
+            struct store_mailbox mb;
+            int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
+            if (r != 0)
+                return r;
+            continue;
+        }
+        int r = sync_local_status(ss, why_r);
+        if (r != 0)
+            return r;
+        if (now.uidvalidity != f->uidvalidity)
+            continue;
+        /* The lines are hashed as they come: nothing per message is kept. */
+        struct sync_local_digest d = {.h = sha256_new(), .n = 0};
+        const char *error = NULL;
+        if (store_msg_iter(st, user, now.name, sync_local_digest_msg, &d, &error) != 0) {
+            sha256_free(&d.h);
+            *why_r = error != NULL ? error : "store error";
+            return -1;
+        }
+        memset(out, 0, sizeof(*out));
+        str_copy(out->name, now.name, sizeof(out->name));
+        out->uidvalidity = now.uidvalidity;
+        out->uidnext = now.uidnext;
+        out->messages = d.n;
+        sha256_final(&d.h, out->digest);
+        cur->next++;
+        return 0;
+    }
+    cur->done = true;
+    return 0;
+}
+
+void sync_local_digest_end(struct sync_digest_cursor *cur)
+{
+    free(cur->folders);
+    memset(cur, 0, sizeof(*cur));
 }
 
 static int sync_local_digest(struct sync *s, const char *user, struct sync_digest **list_r,
                              size_t *n_r, const char **why_r)
 {
-    struct store *st = sync_local_store(s);
-    struct store_folder *fl;
-    size_t n;
     *list_r = NULL;
     *n_r = 0;
-    int r = sync_local_status(store_folder_list(st, user, &fl, &n), why_r);
+    struct sync_digest_cursor cur;
+    int r = sync_local_digest_begin(s, user, &cur, why_r);
     if (r != 0)
         return r;
-    struct sync_digest *list = xcalloc(n ? n : 1, sizeof(*list));
-    struct sync_local_digest d;
-    /* The whole folder's lines are hashed in one go (util has no
-     * incremental SHA-256): about 130 octets per message in memory. */
-    buf_init(&d.lines, 0);
-    for (size_t i = 0; i < n && r == 0; i++) {
-        buf_reset(&d.lines);
-        d.n = 0;
-        const char *error = NULL;
-        if (store_msg_iter(st, user, fl[i].name, sync_local_digest_msg, &d, &error) != 0) {
-            *why_r = error != NULL ? error : "store error";
-            r = -1;
+    struct sync_digest *list = xcalloc(cur.n ? cur.n : 1, sizeof(*list));
+    size_t n = 0;
+    while (r == 0 && n < cur.n) {
+        r = sync_local_digest_step(s, user, &cur, &list[n], why_r);
+        if (r == 0 && !cur.done)
+            n++;
+        else
             break;
-        }
-        str_copy(list[i].name, fl[i].name, sizeof(list[i].name));
-        list[i].uidvalidity = fl[i].uidvalidity;
-        list[i].uidnext = fl[i].uidnext;
-        list[i].messages = d.n;
-        sha256_buf(d.lines.data, d.lines.len, list[i].digest);
     }
-    buf_free(&d.lines);
-    free(fl);
+    sync_local_digest_end(&cur);
     if (r != 0) {
         free(list);
         return r;
@@ -513,8 +706,11 @@ static const struct sync_ops sync_local_ops = {
     .mailbox_purge = sync_local_mailbox_purge,
     .changes = sync_local_changes,
     .fetch = sync_local_fetch,
+    .fetch_batch = sync_local_fetch_batch,
     .append = sync_local_append,
     .append_batch = sync_local_append_batch,
+    .append_batch_start = sync_local_append_batch_start,
+    .append_batch_end = sync_local_append_batch_end,
     .folder_ensure = sync_local_folder_ensure,
     .folder_delete = sync_local_folder_delete,
     .flags = sync_local_flags,

@@ -14,13 +14,17 @@
 #include "syncd/syncd.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define SYNCD_TOKENS_MAX 12
-#define SYNCD_FLUSH_AT   (64 * 1024)   /* stream replies out in pieces of this */
-#define SYNCD_BODY_KEEP  (1024 * 1024) /* body buffer kept between APPENDs */
+#define SYNCD_FLUSH_AT   (64 * 1024) /* stream replies out in pieces of this */
+/* A listing makes one step per loop iteration: SYNCD_STEP_RECORDS CHANGES
+ * records, or one DIGEST folder (backpressure: syncd.h). */
+#define SYNCD_STEP_RECORDS 256
+#define SYNCD_BODY_KEEP    (1024 * 1024) /* body buffer kept between APPENDs */
 
 struct syncd {
     struct net_listener *l;
@@ -28,6 +32,7 @@ struct syncd {
     char name[MAIL_NAME_MAX + 1];
     unsigned n_sessions;
     uint64_t next_id;
+    atomic_size_t backlog_max;
 };
 
 /* An APPENDS batch being read: its records' fields, and where each body
@@ -68,6 +73,13 @@ struct syncd_session {
     uint64_t body_left;
     unsigned crlf_seen;
     struct buf out;
+    /* A listing being streamed (SYNCD_CHANGES or SYNCD_DIGEST), or
+     * SYNCD_NONE; its user and cursor. Input is paused meanwhile. */
+    enum syncd_verb streaming;
+    char suser[MAIL_ADDR_MAX + 1];
+    struct sync_changes_cursor ccur;
+    struct sync_digest_cursor dcur;
+    bool paused; /* input paused until the output drains (or the listing ends) */
 };
 
 /* ---- parsing ---- */
@@ -553,25 +565,67 @@ static void syncd_cmd_fetch(struct syncd_session *s, struct sync *sy, const stru
     buf_free(&b);
 }
 
-static void syncd_cmd_digest(struct syncd_session *s, struct sync *sy, const struct syncd_cmd *c)
+/* Starts streaming a listing: the records follow in steps, from the loop
+ * (syncd_stream_step), as the connection's output drains. */
+static void syncd_stream_start(struct syncd_session *s, const struct syncd_cmd *c)
 {
+    struct sync *sy = s->d->sync;
     const char *why = NULL;
-    struct sync_digest *list;
-    size_t n;
-    int r = sy->ops->digest(sy, c->user, &list, &n, &why);
+    int r;
+    if (c->verb == SYNCD_CHANGES)
+        r = sync_local_changes_begin(sy, c->user, c->num, &s->ccur, &why);
+    else
+        r = sync_local_digest_begin(sy, c->user, &s->dcur, &why);
     if (r != 0) {
+        if (c->verb == SYNCD_DIGEST)
+            sync_local_digest_end(&s->dcur);
         syncd_fail(s, r, why);
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        char hex[2 * SHA256_LEN + 1];
-        hex_encode(list[i].digest, SHA256_LEN, hex);
-        buf_printf(&s->out, "D %u %u %llu %s ", list[i].uidvalidity, list[i].uidnext,
-                   (unsigned long long)list[i].messages, hex);
-        syncd_put_hex(&s->out, list[i].name, "\r\n");
+    s->streaming = c->verb;
+    str_copy(s->suser, c->user, sizeof(s->suser));
+}
+
+/* Ends the listing with its final line (or a failure's). */
+static void syncd_stream_end(struct syncd_session *s, int r, const char *why)
+{
+    if (s->streaming == SYNCD_DIGEST)
+        sync_local_digest_end(&s->dcur);
+    if (r == 0 && s->streaming == SYNCD_CHANGES)
+        syncd_say(s, "+OK %llu", (unsigned long long)s->ccur.upto);
+    else if (r == 0)
+        syncd_say(s, "+OK");
+    else
+        syncd_fail(s, r, why);
+    s->streaming = SYNCD_NONE;
+}
+
+/* One step of the listing being streamed. */
+static void syncd_stream_step(struct syncd_session *s)
+{
+    struct sync *sy = s->d->sync;
+    const char *why = NULL;
+    bool done;
+    int r;
+    if (s->streaming == SYNCD_CHANGES) {
+        struct sync_changes_cb cb = {
+            .folder = syncd_change_folder, .msg = syncd_change_msg, .ctx = s};
+        r = sync_local_changes_step(sy, s->suser, &s->ccur, SYNCD_STEP_RECORDS, &cb, &why);
+        done = s->ccur.done;
+    } else {
+        struct sync_digest d;
+        r = sync_local_digest_step(sy, s->suser, &s->dcur, &d, &why);
+        done = s->dcur.done;
+        if (r == 0 && !done) {
+            char hex[2 * SHA256_LEN + 1];
+            hex_encode(d.digest, SHA256_LEN, hex);
+            buf_printf(&s->out, "D %u %u %llu %s ", d.uidvalidity, d.uidnext,
+                       (unsigned long long)d.messages, hex);
+            syncd_put_hex(&s->out, d.name, "\r\n");
+        }
     }
-    free(list);
-    syncd_say(s, "+OK");
+    if (r != 0 || done)
+        syncd_stream_end(s, r, why);
 }
 
 static void syncd_cmd_deliveries(struct syncd_session *s, struct sync *sy,
@@ -659,17 +713,10 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
         r = sy->ops->mailbox_purge(sy, c->user, &why);
         syncd_result(s, r, why);
         break;
-    case SYNCD_CHANGES: {
-        struct sync_changes_cb cb = {
-            .folder = syncd_change_folder, .msg = syncd_change_msg, .ctx = s};
-        uint64_t modseq = 0;
-        r = sy->ops->changes(sy, c->user, c->num, &cb, &modseq, &why);
-        if (r != 0)
-            syncd_fail(s, r, why);
-        else
-            syncd_say(s, "+OK %llu", (unsigned long long)modseq);
+    case SYNCD_CHANGES:
+    case SYNCD_DIGEST:
+        syncd_stream_start(s, c);
         break;
-    }
     case SYNCD_FETCH:
         syncd_cmd_fetch(s, sy, c);
         break;
@@ -688,9 +735,6 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     case SYNCD_EXPUNGE:
         r = sy->ops->expunge(sy, c->user, c->folder, c->uid, &why);
         syncd_result(s, r, why);
-        break;
-    case SYNCD_DIGEST:
-        syncd_cmd_digest(s, sy, c);
         break;
     case SYNCD_DELIVERIES:
         syncd_cmd_deliveries(s, sy, c);
@@ -919,9 +963,56 @@ static void *syncd_on_accept(struct net_conn *c, void *ctx)
     buf_init(&s->body, SYNCD_BODY_MAX);
     s->batch = NULL;
     buf_init(&s->out, 0);
+    s->streaming = SYNCD_NONE;
+    s->paused = false;
     d->n_sessions++;
     log_debug(s->id, "connection from %s", net_conn_peer(c));
     return s;
+}
+
+/* Octets of reply not yet sent: queued in net and still in s->out. */
+static size_t syncd_backlog(const struct syncd_session *s)
+{
+    return net_conn_output_len(s->conn) + s->out.len;
+}
+
+static void syncd_on_drained(struct net_conn *c, void *ctx);
+
+/* After input was handled or a listing made a step: flushes, and while a
+ * listing is streaming or the output is above SYNCD_OUT_HIGH, keeps input
+ * paused and asks to be called back once the output has drained (at once,
+ * from the loop, if it is low already: the listing's next step). */
+static void syncd_pace(struct syncd_session *s)
+{
+    syncd_flush(s);
+    if (s->closing)
+        return;
+    size_t backlog = net_conn_output_len(s->conn);
+    if (backlog > atomic_load(&s->d->backlog_max))
+        atomic_store(&s->d->backlog_max, backlog);
+    if (s->streaming != SYNCD_NONE || syncd_backlog(s) > SYNCD_OUT_HIGH) {
+        if (!s->paused) {
+            s->paused = true;
+            net_conn_pause(s->conn);
+        }
+        net_conn_when_drained(s->conn, SYNCD_OUT_LOW, syncd_on_drained);
+        return;
+    }
+    if (s->paused) {
+        s->paused = false;
+        /* Offers the input that waited (pipelined commands): on_data runs
+         * from here, and paces itself again. */
+        net_conn_resume(s->conn);
+    }
+}
+
+static void syncd_on_drained(struct net_conn *c, void *ctx)
+{
+    (void)c;
+    struct syncd_session *s = ctx;
+    if (s->streaming != SYNCD_NONE)
+        syncd_stream_step(s);
+    syncd_pace(s);
 }
 
 static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t n)
@@ -929,7 +1020,10 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
     (void)c;
     struct syncd_session *s = ctx;
     size_t used = 0;
-    while (used < n && !s->closing) {
+    /* Commands are taken one at a time while nothing holds them back: a
+     * listing being streamed, or too much output waiting to be read. */
+    while (used < n && !s->closing && s->streaming == SYNCD_NONE &&
+           (s->mode != SYNCD_M_LINE || syncd_backlog(s) <= SYNCD_OUT_HIGH)) {
         const char *at = p + used;
         size_t avail = n - used;
         switch (s->mode) {
@@ -996,7 +1090,7 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
             break;
         }
     }
-    syncd_flush(s);
+    syncd_pace(s);
     return s->closing ? n : used;
 }
 
@@ -1014,6 +1108,8 @@ static void syncd_on_close(struct net_conn *c, void *ctx)
     struct syncd_session *s = ctx;
     log_debug(s->id, "connection closed");
     s->d->n_sessions--;
+    if (s->streaming == SYNCD_DIGEST)
+        sync_local_digest_end(&s->dcur);
     syncd_batch_free(&s->batch);
     buf_free(&s->body);
     buf_free(&s->out);
@@ -1029,6 +1125,7 @@ struct syncd *syncd_listen(struct net_loop *loop, const char *endpoint, struct s
                                               .on_timeout = syncd_on_timeout,
                                               .on_close = syncd_on_close};
     struct syncd *d = xmalloc(sizeof(*d));
+    atomic_init(&d->backlog_max, 0);
     str_copy(d->name, store_name, sizeof(d->name));
     d->sync = sync_local_new(st);
     d->l = net_listen(loop, endpoint, &h, d, limits, error_r);
@@ -1053,4 +1150,9 @@ void syncd_free(struct syncd **dp)
 unsigned syncd_sessions(const struct syncd *d)
 {
     return d->n_sessions;
+}
+
+size_t syncd_backlog_max(const struct syncd *d)
+{
+    return atomic_load(&d->backlog_max);
 }

@@ -30,6 +30,18 @@
  *    with another malformed field: the whole batch is answered with one
  *    "-ERR" (nothing stored) and the connection stays usable.
  *
+ *  - Replies stream with backpressure: CHANGES and DIGEST are produced a
+ *    step at a time (sync.h: listings in steps), one step per loop
+ *    iteration and only while the connection's queued output is at most
+ *    SYNCD_OUT_LOW; no further command of the connection is read until the
+ *    listing ended. Any other reply that leaves more than SYNCD_OUT_HIGH
+ *    octets queued (FETCHes of big messages) stops the reading of commands
+ *    until the output is down to SYNCD_OUT_LOW. A session's memory is thus
+ *    bounded by these, one step's records (or one message), and an APPENDS
+ *    batch — not by the mailbox. Answers stay in the order of the commands.
+ *    A client that reads nothing for the idle time while output waits is
+ *    disconnected (net.h).
+ *
  * Runs on the loop's thread and uses st from there only (store.h: one
  * thread at a time per store).
  */
@@ -48,6 +60,8 @@
 #define SYNCD_LINE_MAX   8192         /* octets of a command line, without CRLF */
 #define SYNCD_BODY_MAX   (1ull << 31) /* octets of an APPEND body */
 #define SYNCD_MAX_ERRORS 20           /* -ERR answers before the server hangs up */
+#define SYNCD_OUT_HIGH   (256 * 1024) /* queued reply octets above which commands wait */
+#define SYNCD_OUT_LOW    (64 * 1024)  /* ... until the output is down to this */
 /* An APPENDS batch: at most SYNC_BATCH_MAX records and SYNC_BATCH_BYTES of
  * bodies (sync.h), all held in memory until the batch is executed. */
 
@@ -62,6 +76,11 @@ struct syncd *syncd_listen(struct net_loop *loop, const char *endpoint, struct s
 void syncd_free(struct syncd **d);
 /* Open connections, for stats and an orderly shutdown. */
 unsigned syncd_sessions(const struct syncd *d);
+/* The most reply octets any session of d had queued at once (in net and
+ * not yet sent), for tests and stats: with backpressure it stays near
+ * SYNCD_OUT_HIGH plus one step or one message, however big the mailbox.
+ * Readable from any thread. */
+size_t syncd_backlog_max(const struct syncd *d);
 
 /* ---- command parsing (exposed for tests and fuzzing) ---- */
 
