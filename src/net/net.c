@@ -263,6 +263,18 @@ static void conn_drain_reset(struct net_conn *c)
     bufferevent_set_timeouts(c->bev, NULL, NULL);
 }
 
+/* While output waits for the peer: no progress for idle_ms ends the
+ * connection (event_cb). */
+static void conn_write_timeout(struct net_conn *c)
+{
+    unsigned idle = c->l->limits.idle_ms;
+    if (idle == 0)
+        return;
+    struct timeval tv = {.tv_sec = (time_t)(idle / 1000),
+                         .tv_usec = (suseconds_t)(idle % 1000) * 1000};
+    bufferevent_set_timeouts(c->bev, NULL, &tv);
+}
+
 /* Calls a pending net_conn_when_drained() callback if the output is low. */
 static void conn_check_drained(struct net_conn *c)
 {
@@ -302,9 +314,10 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct net_conn *c = arg;
-    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING) && !c->closing) {
-        /* Only set while a drain wait is pending: the peer took nothing
-         * for idle_ms. No last reply: it would not be read either. */
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING)) {
+        /* Set while a drain wait is pending or a close waits for the output
+         * to go: the peer took nothing for idle_ms. No last reply: it would
+         * not be read either. */
         log_info(c->peer, "closing connection: the peer reads nothing");
         c->closing = true;
         bufferevent_disable(c->bev, EV_READ | EV_WRITE);
@@ -453,12 +466,7 @@ void net_conn_when_drained(struct net_conn *c, size_t below,
     }
     /* write_cb runs once the output is down to `below`. */
     bufferevent_setwatermark(c->bev, EV_WRITE, below, 0);
-    unsigned idle = c->l->limits.idle_ms;
-    if (idle > 0) {
-        struct timeval tv = {.tv_sec = (time_t)(idle / 1000),
-                             .tv_usec = (suseconds_t)(idle % 1000) * 1000};
-        bufferevent_set_timeouts(c->bev, NULL, &tv);
-    }
+    conn_write_timeout(c);
 }
 
 void net_conn_close(struct net_conn *c)
@@ -472,7 +480,8 @@ void net_conn_close(struct net_conn *c)
     event_del(c->timer);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         conn_finish_soon(c);
-    /* else write_cb finishes once the output has drained. */
+    else /* write_cb finishes once the output has drained, or the timeout */
+        conn_write_timeout(c);
 }
 
 void net_conn_pause(struct net_conn *c)

@@ -23,8 +23,9 @@
  * that produces a long reply (a listing) keeps its memory bounded by asking
  * net_conn_when_drained() to call it back once the queued output has gone
  * down to a bound, and producing the next piece only then. While such a
- * wait is pending, a peer that takes none of the output for idle_ms is cut
- * off (closed at once, without on_timeout: it reads nothing anyway).
+ * wait is pending, and while a closed connection waits for its last output
+ * to leave, a peer that takes none of it for idle_ms is cut off (closed at
+ * once, without on_timeout: it reads nothing anyway).
  *
  * Ownership: a struct net_conn is owned by the loop; the handler's context
  * pointer is owned by the handler and must be freed in on_close(), after
