@@ -708,7 +708,7 @@ static int store_mem_delivery_cmp(const void *a, const void *b)
                   ((const struct store_mem_delivery *)b)->id);
 }
 
-static int store_mem_delivery_iter(struct store *st, const char *user,
+static int store_mem_delivery_iter(struct store *st, const char *user, const char *after,
                                    int (*cb)(void *ctx, const char *id, const char *folder,
                                              uint32_t uid),
                                    void *ctx, const char **error_r)
@@ -733,7 +733,8 @@ static int store_mem_delivery_iter(struct store *st, const char *user,
                  sizeof(names[i]));
     int r = 0;
     for (size_t i = 0; i < n && r == 0; i++)
-        r = cb(ctx, dels[i].id, names[i], dels[i].uid);
+        if (strcmp(dels[i].id, after) > 0)
+            r = cb(ctx, dels[i].id, names[i], dels[i].uid);
     free(names);
     free(dels);
     return r;
@@ -767,6 +768,15 @@ static enum store_status store_mem_delivery_add(struct store *st, const char *us
     return STORE_OK;
 }
 
+static int store_mem_delivery_add_many(struct store *st, const char *user,
+                                       const struct store_delivery *recs, size_t n,
+                                       enum store_status *status_out)
+{
+    for (size_t i = 0; i < n; i++)
+        status_out[i] = store_mem_delivery_add(st, user, recs[i].id, recs[i].folder, recs[i].uid);
+    return 0;
+}
+
 static const struct store_ops store_mem_ops = {
     .close = store_mem_close,
     .mailbox_create = store_mem_mailbox_create,
@@ -788,6 +798,7 @@ static const struct store_ops store_mem_ops = {
     .changes = store_mem_changes,
     .delivery_iter = store_mem_delivery_iter,
     .delivery_add = store_mem_delivery_add,
+    .delivery_add_many = store_mem_delivery_add_many,
 };
 
 struct store *store_open_memory(const char *name)
