@@ -551,10 +551,11 @@ int store_delivery_iter(struct store *st, const char *user,
                         int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
                         void *ctx, const char **error_r)
 {
-    return store_delivery_iter_from(st, user, NULL, cb, ctx, error_r);
+    return store_delivery_iter_from(st, user, NULL, 0, UINT64_MAX, cb, ctx, error_r);
 }
 
-int store_delivery_iter_from(struct store *st, const char *user, const char *after,
+int store_delivery_iter_from(struct store *st, const char *user, const char *after, uint64_t since,
+                             uint64_t upto,
                              int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
                              void *ctx, const char **error_r)
 {
@@ -563,7 +564,7 @@ int store_delivery_iter_from(struct store *st, const char *user, const char *aft
         *error_r = "invalid user";
         return -1;
     }
-    return st->ops->delivery_iter(st, u, after != NULL ? after : "", cb, ctx, error_r);
+    return st->ops->delivery_iter(st, u, after != NULL ? after : "", since, upto, cb, ctx, error_r);
 }
 
 enum store_status store_delivery_add(struct store *st, const char *user, const char *id,

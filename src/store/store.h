@@ -296,8 +296,13 @@ int store_delivery_iter(struct store *st, const char *user,
                         int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
                         void *ctx, const char **error_r);
 /* store_delivery_iter from the first id after `after` in that order (NULL
- * or "" = from the first): a long listing can be taken in steps. */
-int store_delivery_iter_from(struct store *st, const char *user, const char *after,
+ * or "" = from the first), so that a long listing can be taken in steps;
+ * and only the ids whose message here (live or expunged) has a modseq in
+ * (since, upto], or that have no message here: since 0 and upto UINT64_MAX
+ * list every id. What a move uses to copy, during its final pause, only
+ * the ids of the messages changed since it copied the others. */
+int store_delivery_iter_from(struct store *st, const char *user, const char *after, uint64_t since,
+                             uint64_t upto,
                              int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
                              void *ctx, const char **error_r);
 /* Records delivery id `id` for the message folder/uid, so a retried delivery

@@ -215,7 +215,9 @@ static const char *const store_fs_sql_text[SQL_COUNT] = {
                             " created, folder) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
     [SQL_DELIVERY_ITER] = "SELECT d.delivery_id, COALESCE(f.name, d.folder), d.uid"
                           " FROM deliveries d LEFT JOIN folders f ON f.id = d.folder_id"
+                          " LEFT JOIN messages m ON m.folder_id = d.folder_id AND m.uid = d.uid"
                           " WHERE d.mailbox_id = ?1 AND d.delivery_id > ?2"
+                          " AND (m.modseq IS NULL OR (m.modseq > ?3 AND m.modseq <= ?4))"
                           " ORDER BY d.delivery_id",
 };
 
@@ -1684,6 +1686,7 @@ static int store_fs_changes(struct store *st, const char *user, uint64_t since,
 /* ---- delivery ids ---- */
 
 static int store_fs_delivery_iter(struct store *st, const char *user, const char *after,
+                                  uint64_t since, uint64_t upto,
                                   int (*cb)(void *ctx, const char *id, const char *folder,
                                             uint32_t uid),
                                   void *ctx, const char **error_r)
@@ -1704,6 +1707,9 @@ static int store_fs_delivery_iter(struct store *st, const char *user, const char
     }
     sqlite3_bind_int64(q, 1, id);
     sqlite3_bind_text(q, 2, after, -1, SQLITE_STATIC);
+    /* modseqs are stored as SQLite's signed integers. */
+    sqlite3_bind_int64(q, 3, since > INT64_MAX ? INT64_MAX : (int64_t)since);
+    sqlite3_bind_int64(q, 4, upto > INT64_MAX ? INT64_MAX : (int64_t)upto);
     int rc, r = 0;
     while (r == 0 && (rc = sqlite3_step(q)) == SQLITE_ROW)
         r = cb(ctx, store_fs_text(q, 0), store_fs_text(q, 1), (uint32_t)sqlite3_column_int64(q, 2));

@@ -73,8 +73,9 @@ struct store_ops {
                                   uint32_t uid, struct buf *out);
     int (*changes)(struct store *st, const char *user, uint64_t since,
                    const struct store_change_cb *cb, const char **error_r);
-    /* after: "" = from the first id. */
-    int (*delivery_iter)(struct store *st, const char *user, const char *after,
+    /* after: "" = from the first id; since/upto as store_delivery_iter_from. */
+    int (*delivery_iter)(struct store *st, const char *user, const char *after, uint64_t since,
+                         uint64_t upto,
                          int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
                          void *ctx, const char **error_r);
     /* id valid, uid != 0 (checked by store.c). */

@@ -1012,7 +1012,7 @@ static void get_dl_from(struct store *st, const char *user, const char *after, s
 {
     memset(d, 0, sizeof(*d));
     const char *err = NULL;
-    assert_int_equal(store_delivery_iter_from(st, user, after, dl_cb, d, &err), 0);
+    assert_int_equal(store_delivery_iter_from(st, user, after, 0, UINT64_MAX, dl_cb, d, &err), 0);
 }
 
 /* Many delivery ids in one transaction, each with its own answer; a
@@ -1062,6 +1062,26 @@ static void test_delivery_many(void **state)
     assert_int_equal(d.n, 0);
     get_dl_from(st, U1, "", &d);
     assert_int_equal(d.n, 2);
+
+    /* By the modseq of their message: q.b's message (Work/5) was appended
+     * at or before ms; q.a has no message here and is always listed. */
+    const char *err = NULL;
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(store_delivery_iter_from(st, U1, NULL, ms, UINT64_MAX, dl_cb, &d, &err), 0);
+    assert_int_equal(d.n, 1);
+    assert_string_equal(d.id[0], "q.a");
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(store_delivery_iter_from(st, U1, NULL, 0, ms, dl_cb, &d, &err), 0);
+    assert_int_equal(d.n, 2);
+    assert_int_equal(
+        store_msg_set_flags(st, U1, "Work", 5, STORE_FLAGS_SET, STORE_F_SEEN, NULL, 0, NULL),
+        STORE_OK);
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(store_delivery_iter_from(st, U1, NULL, ms, UINT64_MAX, dl_cb, &d, &err), 0);
+    assert_int_equal(d.n, 2);
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(store_delivery_iter_from(st, U1, "q.a", 0, ms, dl_cb, &d, &err), 0);
+    assert_int_equal(d.n, 0);
 
     /* No mailbox, or one that refuses changes: every item says so. */
     assert_int_equal(store_delivery_add_many(st, U2, recs, 2, out), 0);
