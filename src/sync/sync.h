@@ -161,6 +161,23 @@ struct sync_ops {
                       const char **why_r);
     int (*delivery_add)(struct sync *s, const char *user, const struct sync_delivery *d,
                         const char **why_r);
+    /* The delivery ids one by one, sorted by id, without building a list:
+     * only those whose message here (live or expunged) has a modseq in
+     * (since, upto], and those with no message here (since 0 and upto
+     * UINT64_MAX: every id). A move copies the ids of the messages it
+     * copied before its fence, and during its pause only the delta's. cb
+     * returning non-zero aborts (-1; over TCP the connection is then
+     * unusable). */
+    int (*deliveries_each)(struct sync *s, const char *user, uint64_t since, uint64_t upto,
+                           int (*cb)(void *ctx, const struct sync_delivery *d), void *ctx,
+                           const char **why_r);
+    /* n delivery_adds with one store commit: rc_out[i] 0 or SYNC_NO with
+     * why_out[i] ("exists" for an id recorded already, or delivery_add's
+     * other reasons); returns 0 when every item has its result, -1 when the
+     * channel or the store failed (nothing is known). n <= SYNC_BATCH_MAX,
+     * beyond is a caller bug answered -1 without sending anything. */
+    int (*delivery_add_batch)(struct sync *s, const char *user, const struct sync_delivery *ds,
+                              size_t n, int *rc_out, const char **why_out);
 };
 
 struct sync {
@@ -235,6 +252,22 @@ int sync_local_digest_begin(struct sync *s, const char *user, struct sync_digest
 int sync_local_digest_step(struct sync *s, const char *user, struct sync_digest_cursor *cur,
                            struct sync_digest *out, const char **why_r);
 void sync_local_digest_end(struct sync_digest_cursor *cur);
+
+/* DELIVERIES. Steps of at least `max` ids (fewer at the end), resumed
+ * after the last id listed; since/upto as deliveries_each. begin checks
+ * that the mailbox exists. Returns 0 (cur->done at the end), SYNC_NO
+ * "notfound" or -1. */
+struct sync_deliveries_cursor {
+    char after[STORE_DELIVERY_ID_MAX + 1];
+    uint64_t since, upto;
+    bool done;
+};
+int sync_local_deliveries_begin(struct sync *s, const char *user, uint64_t since, uint64_t upto,
+                                struct sync_deliveries_cursor *cur, const char **why_r);
+int sync_local_deliveries_step(struct sync *s, const char *user,
+                               struct sync_deliveries_cursor *cur, size_t max,
+                               int (*cb)(void *ctx, const struct sync_delivery *d), void *ctx,
+                               const char **why_r);
 
 /* TCP: connects to a store's sync endpoint "HOST:PORT" and says HELLO.
  * NULL with a message in err. */

@@ -644,48 +644,116 @@ static int sync_local_digest(struct sync *s, const char *user, struct sync_diges
 /* ---- delivery ids ---- */
 
 struct sync_local_dels {
-    struct sync_delivery *list;
-    size_t n, cap;
+    struct sync_deliveries_cursor *cur;
+    int (*cb)(void *ctx, const struct sync_delivery *d);
+    void *ctx;
+    size_t max, n;
+    int r; /* the callback's non-zero */
 };
 
 static int sync_local_del_cb(void *ctx, const char *id, const char *folder, uint32_t uid)
 {
     struct sync_local_dels *d = ctx;
+    if (d->n >= d->max)
+        return 1; /* the step is full: resumed after cur->after */
+    str_copy(d->cur->after, id, sizeof(d->cur->after));
+    d->n++;
     if (!sync_local_id_ok(id)) {
         log_warn("sync", "delivery id with unsendable octets left out of the list");
         return 0;
     }
-    if (d->n == d->cap) {
-        d->cap = d->cap ? d->cap * 2 : 16;
-        d->list = xrealloc(d->list, d->cap * sizeof(*d->list));
+    struct sync_delivery e;
+    memset(&e, 0, sizeof(e));
+    str_copy(e.id, id, sizeof(e.id));
+    str_copy(e.folder, folder, sizeof(e.folder));
+    e.uid = uid;
+    if ((d->r = d->cb(d->ctx, &e)) != 0)
+        return 1;
+    return 0;
+}
+
+int sync_local_deliveries_begin(struct sync *s, const char *user, uint64_t since, uint64_t upto,
+                                struct sync_deliveries_cursor *cur, const char **why_r)
+{
+    sync_local_check(s);
+    memset(cur, 0, sizeof(*cur));
+    cur->since = since;
+    cur->upto = upto;
+    struct store_mailbox mb;
+    return sync_local_status(store_mailbox_get(sync_local_store(s), user, &mb), why_r);
+}
+
+int sync_local_deliveries_step(struct sync *s, const char *user,
+                               struct sync_deliveries_cursor *cur, size_t max,
+                               int (*cb)(void *ctx, const struct sync_delivery *d), void *ctx,
+                               const char **why_r)
+{
+    sync_local_check(s);
+    struct store *st = sync_local_store(s);
+    if (cur->done)
+        return 0;
+    struct store_mailbox mb;
+    int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
+    if (r != 0)
+        return r;
+    struct sync_local_dels d = {.cur = cur, .cb = cb, .ctx = ctx, .max = max ? max : 1};
+    const char *error = NULL;
+    r = store_delivery_iter_from(st, user, cur->after, cur->since, cur->upto, sync_local_del_cb,
+                                 &d, &error);
+    if (d.r != 0) {
+        *why_r = "aborted";
+        return -1;
     }
-    struct sync_delivery *e = &d->list[d->n++];
-    memset(e, 0, sizeof(*e));
-    str_copy(e->id, id, sizeof(e->id));
-    str_copy(e->folder, folder, sizeof(e->folder));
-    e->uid = uid;
+    if (r < 0) {
+        *why_r = error != NULL ? error : "store error";
+        return -1;
+    }
+    if (r == 0)
+        cur->done = true; /* the store ran out of ids */
+    return 0;
+}
+
+static int sync_local_deliveries_each(struct sync *s, const char *user, uint64_t since,
+                                      uint64_t upto,
+                                      int (*cb)(void *ctx, const struct sync_delivery *d),
+                                      void *ctx, const char **why_r)
+{
+    struct sync_deliveries_cursor cur;
+    int r = sync_local_deliveries_begin(s, user, since, upto, &cur, why_r);
+    while (r == 0 && !cur.done)
+        r = sync_local_deliveries_step(s, user, &cur, 4096, cb, ctx, why_r);
+    return r;
+}
+
+struct sync_local_list {
+    struct sync_delivery *list;
+    size_t n, cap;
+};
+
+static int sync_local_list_add(void *ctx, const struct sync_delivery *d)
+{
+    struct sync_local_list *l = ctx;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16;
+        l->list = xrealloc(l->list, l->cap * sizeof(*l->list));
+    }
+    l->list[l->n++] = *d;
     return 0;
 }
 
 static int sync_local_deliveries(struct sync *s, const char *user, struct sync_delivery **list_r,
                                  size_t *n_r, const char **why_r)
 {
-    struct store *st = sync_local_store(s);
-    struct store_mailbox mb;
+    struct sync_local_list l = {0};
     *list_r = NULL;
     *n_r = 0;
-    int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
-    if (r != 0)
+    int r = sync_local_deliveries_each(s, user, 0, UINT64_MAX, sync_local_list_add, &l, why_r);
+    if (r != 0) {
+        free(l.list);
         return r;
-    struct sync_local_dels d = {0};
-    const char *error = NULL;
-    if (store_delivery_iter(st, user, sync_local_del_cb, &d, &error) != 0) {
-        free(d.list);
-        *why_r = error != NULL ? error : "store error";
-        return -1;
     }
-    *list_r = d.list != NULL ? d.list : xmalloc(1);
-    *n_r = d.n;
+    *list_r = l.list != NULL ? l.list : xmalloc(1);
+    *n_r = l.n;
     return 0;
 }
 
@@ -696,6 +764,44 @@ static int sync_local_delivery_add(struct sync *s, const char *user, const struc
         return sync_local_no("invalid", why_r);
     return sync_local_status(
         store_delivery_add(sync_local_store(s), user, d->id, d->folder, d->uid), why_r);
+}
+
+static int sync_local_delivery_add_batch(struct sync *s, const char *user,
+                                         const struct sync_delivery *ds, size_t n, int *rc_out,
+                                         const char **why_out)
+{
+    if (n > SYNC_BATCH_MAX) {
+        log_warn("sync", "delivery_add_batch over its limit (%zu ids): not sent", n);
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    struct store_delivery *recs = xcalloc(n, sizeof(*recs));
+    enum store_status *st = xcalloc(n, sizeof(*st));
+    size_t *idx = xcalloc(n, sizeof(*idx));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        rc_out[i] = 0;
+        why_out[i] = NULL;
+        if (!sync_local_id_ok(ds[i].id)) {
+            rc_out[i] = sync_local_no("invalid", &why_out[i]);
+            continue;
+        }
+        recs[k].id = ds[i].id;
+        recs[k].folder = ds[i].folder;
+        recs[k].uid = ds[i].uid;
+        idx[k++] = i;
+    }
+    int r = k > 0 ? store_delivery_add_many(sync_local_store(s), user, recs, k, st) : 0;
+    for (size_t j = 0; r == 0 && j < k; j++)
+        rc_out[idx[j]] = sync_local_status(st[j], &why_out[idx[j]]);
+    if (r < 0)
+        for (size_t i = 0; i < n; i++)
+            why_out[i] = "store error";
+    free(recs);
+    free(st);
+    free(idx);
+    return r < 0 ? -1 : 0;
 }
 
 static const struct sync_ops sync_local_ops = {
@@ -718,6 +824,8 @@ static const struct sync_ops sync_local_ops = {
     .digest = sync_local_digest,
     .deliveries = sync_local_deliveries,
     .delivery_add = sync_local_delivery_add,
+    .deliveries_each = sync_local_deliveries_each,
+    .delivery_add_batch = sync_local_delivery_add_batch,
 };
 
 struct sync *sync_local_new(struct store *st)

@@ -774,7 +774,8 @@ static int sync_tcp_expunge(struct sync *s, const char *user, const char *folder
 }
 
 /* Reads "X ..." records until the final reply, handing each line's tokens
- * to rec (which returns -1 on a malformed record). */
+ * to rec (which returns -1 on a malformed record, -2 to stop: the rest of
+ * the listing unread, the connection is broken either way). */
 static int sync_tcp_records(struct sync_tcp *c, char tag, int ntok,
                             int (*rec)(void *ctx, struct sync_tcp_tok *t), void *ctx,
                             const char **why_r)
@@ -788,7 +789,10 @@ static int sync_tcp_records(struct sync_tcp *c, char tag, int ntok,
         if (c->line[0] != tag || c->line[1] != ' ')
             return sync_tcp_final(c, why_r, NULL);
         struct sync_tcp_tok t[SYNC_TCP_TOKS];
-        if (sync_tcp_split(c->line, t, SYNC_TCP_TOKS) != ntok || rec(ctx, t) < 0)
+        int rr = sync_tcp_split(c->line, t, SYNC_TCP_TOKS) != ntok ? -1 : rec(ctx, t);
+        if (rr == -2)
+            return sync_tcp_broken(c, why_r, "listing aborted by the caller");
+        if (rr < 0)
             return sync_tcp_broken(c, why_r, "malformed %c record", tag);
     }
 }
@@ -884,6 +888,104 @@ static int sync_tcp_delivery_add(struct sync *s, const char *user, const struct 
     return sync_tcp_call(c, why_r, NULL);
 }
 
+/* The I records of a DELIVERIES listing, one callback each. */
+struct sync_tcp_each {
+    int (*cb)(void *ctx, const struct sync_delivery *d);
+    void *ctx;
+};
+
+static int sync_tcp_each_rec(void *ctx, struct sync_tcp_tok *t)
+{
+    struct sync_tcp_each *e = ctx;
+    struct sync_delivery d;
+    memset(&d, 0, sizeof(d));
+    if (!sync_tcp_atom_ok(t[1].p, STORE_DELIVERY_ID_MAX) || sync_tcp_u32(&t[2], &d.uid) < 0 ||
+        sync_tcp_str(&t[3], d.folder, sizeof(d.folder)) < 0)
+        return -1;
+    memcpy(d.id, t[1].p, t[1].len + 1);
+    return e->cb(e->ctx, &d) != 0 ? -2 : 0;
+}
+
+static int sync_tcp_deliveries_each(struct sync *s, const char *user, uint64_t since,
+                                    uint64_t upto,
+                                    int (*cb)(void *ctx, const struct sync_delivery *d), void *ctx,
+                                    const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "DELIVERIES", user, why_r);
+    if (r != 0)
+        return r;
+    /* The range only when it is one: the plain form lists every id. */
+    if (since != 0 || upto != UINT64_MAX)
+        buf_printf(&c->out, " %llu %llu", (unsigned long long)since, (unsigned long long)upto);
+    buf_puts(&c->out, "\r\n");
+    struct sync_tcp_each e = {.cb = cb, .ctx = ctx};
+    return sync_tcp_records(c, 'I', 4, sync_tcp_each_rec, &e, why_r);
+}
+
+/* DELIVERED: n record lines sent at once, then n answers and "+OK <n>". */
+static int sync_tcp_delivery_add_batch(struct sync *s, const char *user,
+                                       const struct sync_delivery *ds, size_t n, int *rc_out,
+                                       const char **why_out)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    if (n > SYNC_BATCH_MAX) {
+        log_warn("sync", "%s: delivery_add_batch of %zu ids: over the limit", c->endpoint, n);
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    const char *why = NULL;
+    int r = sync_tcp_cmd_user(c, "DELIVERED", user, &why);
+    if (r < 0)
+        return -1;
+    /* Items the server would refuse as invalid are answered here (as
+     * sync_tcp_delivery_add does); the others travel. */
+    size_t sent[SYNC_BATCH_MAX], k = 0;
+    for (size_t i = 0; i < n; i++) {
+        rc_out[i] = 0;
+        why_out[i] = NULL;
+        if (r == SYNC_NO || !sync_tcp_atom_ok(ds[i].id, STORE_DELIVERY_ID_MAX) ||
+            !sync_tcp_folder_ok(ds[i].folder))
+            rc_out[i] = sync_tcp_invalid(&why_out[i]);
+        else
+            sent[k++] = i;
+    }
+    if (k == 0) {
+        buf_reset(&c->out);
+        return 0;
+    }
+    buf_printf(&c->out, " %zu\r\n", k);
+    for (size_t j = 0; j < k; j++) {
+        const struct sync_delivery *d = &ds[sent[j]];
+        buf_printf(&c->out, "%s %u ", d->id, d->uid);
+        sync_tcp_put_hex(&c->out, d->folder, "\r\n");
+    }
+    if (sync_tcp_send_out(c) < 0)
+        return sync_tcp_broken(c, NULL, NULL);
+    for (size_t j = 0; j < k; j++) {
+        size_t len;
+        char *rest;
+        if (sync_tcp_read_line(c, &len) < 0)
+            return sync_tcp_broken(c, NULL, NULL);
+        r = sync_tcp_final(c, &why_out[sent[j]], &rest);
+        if (r < 0)
+            return -1;
+        if (r == 0 && rest[0] != '\0')
+            return sync_tcp_broken(c, NULL, "unexpected DELIVERED item reply \"%.60s\"", c->line);
+        rc_out[sent[j]] = r;
+    }
+    size_t len;
+    char *rest;
+    uint64_t got;
+    if (sync_tcp_read_line(c, &len) < 0)
+        return sync_tcp_broken(c, NULL, NULL);
+    r = sync_tcp_final(c, &why, &rest);
+    if (r == SYNC_NO || (r == 0 && (parse_u64(rest, SYNC_BATCH_MAX, &got) < 0 || got != k)))
+        return sync_tcp_broken(c, NULL, "unexpected DELIVERED reply \"%.60s\"", c->line);
+    return r;
+}
+
 static const struct sync_ops sync_tcp_ops = {
     .close = sync_tcp_close,
     .mailbox_get = sync_tcp_mailbox_get,
@@ -904,6 +1006,8 @@ static const struct sync_ops sync_tcp_ops = {
     .digest = sync_tcp_digest,
     .deliveries = sync_tcp_deliveries,
     .delivery_add = sync_tcp_delivery_add,
+    .deliveries_each = sync_tcp_deliveries_each,
+    .delivery_add_batch = sync_tcp_delivery_add_batch,
 };
 
 /* ---- connection ---- */

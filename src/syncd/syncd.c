@@ -49,6 +49,17 @@ struct syncd_batch {
     size_t *off, *len;
 };
 
+/* A DELIVERED batch being read: its records, parsed. */
+struct syncd_dbatch {
+    char user[MAIL_ADDR_MAX + 1];
+    int user_r; /* how the user parsed: 0, SYNC_NO or -1 */
+    const char *user_err;
+    const char *bad; /* a malformed record's -ERR text: the batch is refused */
+    size_t n, got;
+    struct sync_delivery *ds;
+    int *parse_r; /* per record: 0 or SYNC_NO ("invalid") */
+};
+
 enum syncd_mode {
     SYNCD_M_LINE,     /* reading a command line */
     SYNCD_M_SKIP,     /* discarding a too-long line up to its LF */
@@ -79,6 +90,8 @@ struct syncd_session {
     char suser[MAIL_ADDR_MAX + 1];
     struct sync_changes_cursor ccur;
     struct sync_digest_cursor dcur;
+    struct sync_deliveries_cursor lcur;
+    struct syncd_dbatch *dbatch; /* a DELIVERED being read, or NULL */
     bool paused; /* input paused until the output drains (or the listing ends) */
 };
 
@@ -236,8 +249,9 @@ static const struct {
     {"FLAGS", SYNCD_FLAGS, 5, 0},
     {"EXPUNGE", SYNCD_EXPUNGE, 3, 0},
     {"DIGEST", SYNCD_DIGEST, 1, 0},
-    {"DELIVERIES", SYNCD_DELIVERIES, 1, 0},
+    {"DELIVERIES", SYNCD_DELIVERIES, 1, 2},
     {"DELIVERY", SYNCD_DELIVERY, 4, 0},
+    {"DELIVERED", SYNCD_DELIVERED, 2, 0},
     {"QUIT", SYNCD_QUIT, 0, 0},
 };
 
@@ -317,6 +331,32 @@ int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, cons
     return p.r;
 }
 
+int syncd_parse_delivered(const char *line, size_t len, struct syncd_cmd *cmd,
+                          const char **error_r)
+{
+    memset(cmd, 0, sizeof(*cmd));
+    cmd->verb = SYNCD_DELIVERY;
+    struct syncd_tok t[SYNCD_TOKENS_MAX];
+    size_t n;
+    if (len == 0) {
+        *error_r = "empty DELIVERED record";
+        return -1;
+    }
+    if (syncd_tokenize(line, len, t, &n, error_r) < 0)
+        return -1;
+    if (n != 3) {
+        *error_r = "wrong number of fields in a DELIVERED record";
+        return -1;
+    }
+    struct syncd_parse p = {0, NULL};
+    syncd_note(&p, syncd_tok_atom(&t[0], cmd->id, sizeof(cmd->id), false), "bad id");
+    syncd_note(&p, syncd_tok_u32(&t[1], &cmd->uid), syncd_bad_num);
+    syncd_note(&p, syncd_tok_str(&t[2], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+    if (p.r != 0)
+        *error_r = p.err;
+    return p.r;
+}
+
 int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r)
 {
     memset(cmd, 0, sizeof(*cmd));
@@ -358,7 +398,23 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
     case SYNCD_MBOX:
     case SYNCD_PURGE:
     case SYNCD_DIGEST:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        break;
     case SYNCD_DELIVERIES:
+        /* Optional: since (default 0), then upto (default all). */
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        cmd->upto = UINT64_MAX;
+        if (n - 1 > 1)
+            syncd_note(&p, syncd_tok_u64(&a[1], UINT64_MAX, &cmd->num), syncd_bad_num);
+        if (n - 1 > 2)
+            syncd_note(&p, syncd_tok_u64(&a[2], UINT64_MAX, &cmd->upto), syncd_bad_num);
+        break;
+    case SYNCD_DELIVERED:
+        /* The count frames the records, as for APPENDS. */
+        if (syncd_tok_u64(&a[1], SYNC_BATCH_MAX, &cmd->num) == 0)
+            cmd->has_count = true;
+        else
+            syncd_note(&p, -1, "bad DELIVERED count");
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         break;
     case SYNCD_CREATE:
@@ -574,6 +630,8 @@ static void syncd_stream_start(struct syncd_session *s, const struct syncd_cmd *
     int r;
     if (c->verb == SYNCD_CHANGES)
         r = sync_local_changes_begin(sy, c->user, c->num, &s->ccur, &why);
+    else if (c->verb == SYNCD_DELIVERIES)
+        r = sync_local_deliveries_begin(sy, c->user, c->num, c->upto, &s->lcur, &why);
     else
         r = sync_local_digest_begin(sy, c->user, &s->dcur, &why);
     if (r != 0) {
@@ -600,6 +658,15 @@ static void syncd_stream_end(struct syncd_session *s, int r, const char *why)
     s->streaming = SYNCD_NONE;
 }
 
+static int syncd_delivery_line(void *ctx, const struct sync_delivery *d)
+{
+    struct syncd_session *s = ctx;
+    /* Ids are single tokens: sync_local lists no others. */
+    buf_printf(&s->out, "I %s %u ", d->id, d->uid);
+    syncd_put_hex(&s->out, d->folder, "\r\n");
+    return 0;
+}
+
 /* One step of the listing being streamed. */
 static void syncd_stream_step(struct syncd_session *s)
 {
@@ -612,6 +679,10 @@ static void syncd_stream_step(struct syncd_session *s)
             .folder = syncd_change_folder, .msg = syncd_change_msg, .ctx = s};
         r = sync_local_changes_step(sy, s->suser, &s->ccur, SYNCD_STEP_RECORDS, &cb, &why);
         done = s->ccur.done;
+    } else if (s->streaming == SYNCD_DELIVERIES) {
+        r = sync_local_deliveries_step(sy, s->suser, &s->lcur, SYNCD_STEP_RECORDS,
+                                       syncd_delivery_line, s, &why);
+        done = s->lcur.done;
     } else {
         struct sync_digest d;
         r = sync_local_digest_step(sy, s->suser, &s->dcur, &d, &why);
@@ -626,26 +697,6 @@ static void syncd_stream_step(struct syncd_session *s)
     }
     if (r != 0 || done)
         syncd_stream_end(s, r, why);
-}
-
-static void syncd_cmd_deliveries(struct syncd_session *s, struct sync *sy,
-                                 const struct syncd_cmd *c)
-{
-    const char *why = NULL;
-    struct sync_delivery *list;
-    size_t n;
-    int r = sy->ops->deliveries(sy, c->user, &list, &n, &why);
-    if (r != 0) {
-        syncd_fail(s, r, why);
-        return;
-    }
-    /* Ids are single tokens: sync_local lists no others. */
-    for (size_t i = 0; i < n; i++) {
-        buf_printf(&s->out, "I %s %u ", list[i].id, list[i].uid);
-        syncd_put_hex(&s->out, list[i].folder, "\r\n");
-    }
-    free(list);
-    syncd_say(s, "+OK");
 }
 
 static void syncd_cmd_append(struct syncd_session *s)
@@ -677,8 +728,9 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     int r;
     switch (c->verb) {
     case SYNCD_NONE:
-    case SYNCD_APPEND:  /* after its body: syncd_body_done() */
-    case SYNCD_APPENDS: /* after all records: syncd_batch_run() */
+    case SYNCD_APPEND:    /* after its body: syncd_body_done() */
+    case SYNCD_APPENDS:   /* after all records: syncd_batch_run() */
+    case SYNCD_DELIVERED: /* after all records: syncd_dbatch_run() */
         break;
     case SYNCD_HELLO:
         s->hello = true;
@@ -715,6 +767,7 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
         break;
     case SYNCD_CHANGES:
     case SYNCD_DIGEST:
+    case SYNCD_DELIVERIES:
         syncd_stream_start(s, c);
         break;
     case SYNCD_FETCH:
@@ -735,9 +788,6 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     case SYNCD_EXPUNGE:
         r = sy->ops->expunge(sy, c->user, c->folder, c->uid, &why);
         syncd_result(s, r, why);
-        break;
-    case SYNCD_DELIVERIES:
-        syncd_cmd_deliveries(s, sy, c);
         break;
     case SYNCD_DELIVERY: {
         struct sync_delivery d;
@@ -911,16 +961,120 @@ static void syncd_batch_record(struct syncd_session *s, const char *line, size_t
     s->mode = s->body_left > 0 ? SYNCD_M_BODY : SYNCD_M_BODY_END;
 }
 
+/* ---- DELIVERED ---- */
+
+static void syncd_dbatch_free(struct syncd_dbatch **bp)
+{
+    struct syncd_dbatch *b = *bp;
+    if (b == NULL)
+        return;
+    free(b->ds);
+    free(b->parse_r);
+    xfree(bp);
+}
+
+/* Every record is in: one delivery_add_batch (one store commit), then a
+ * line per record and "+OK <n>"; or one -ERR for the whole batch. */
+static void syncd_dbatch_run(struct syncd_session *s)
+{
+    struct syncd_dbatch *b = s->dbatch;
+    s->dbatch = NULL;
+    if (!s->hello) {
+        syncd_err(s, "say HELLO " SYNC_PROTO " first");
+    } else if (b->user_r < 0) {
+        syncd_err(s, b->user_err);
+    } else if (b->bad != NULL) {
+        syncd_err(s, b->bad);
+    } else {
+        size_t cap = b->n ? b->n : 1;
+        struct sync_delivery *ds = xcalloc(cap, sizeof(*ds));
+        size_t *idx = xcalloc(cap, sizeof(*idx));
+        int *rc = xcalloc(cap, sizeof(*rc));
+        const char **why = xcalloc(cap, sizeof(*why));
+        size_t k = 0;
+        for (size_t i = 0; i < b->n; i++) {
+            if (b->user_r != 0 || b->parse_r[i] != 0)
+                continue;
+            ds[k] = b->ds[i];
+            idx[k++] = i;
+        }
+        struct sync *sy = s->d->sync;
+        int r = k == 0 ? 0 : sy->ops->delivery_add_batch(sy, b->user, ds, k, rc, why);
+        if (r < 0) {
+            syncd_fail(s, -1, why[0]);
+        } else {
+            for (size_t i = 0, j = 0; i < b->n; i++) {
+                if (j < k && idx[j] == i) {
+                    syncd_result(s, rc[j], why[j]);
+                    j++;
+                } else {
+                    syncd_say(s, "-NO invalid");
+                }
+            }
+            syncd_say(s, "+OK %zu", b->n);
+        }
+        free(ds);
+        free(idx);
+        free(rc);
+        free(why);
+    }
+    syncd_dbatch_free(&b);
+}
+
+/* "DELIVERED <user> <n>" parsed (r, err): the n record lines follow. */
+static void syncd_dbatch_start(struct syncd_session *s, int r, const char *err)
+{
+    if (!s->cmd.has_count) {
+        syncd_err_close(s, err);
+        return;
+    }
+    struct syncd_dbatch *b = xcalloc(1, sizeof(*b));
+    str_copy(b->user, s->cmd.user, sizeof(b->user));
+    b->user_r = r;
+    b->user_err = err;
+    b->n = (size_t)s->cmd.num;
+    b->ds = xcalloc(b->n ? b->n : 1, sizeof(*b->ds));
+    b->parse_r = xcalloc(b->n ? b->n : 1, sizeof(*b->parse_r));
+    s->dbatch = b;
+    if (b->n == 0)
+        syncd_dbatch_run(s);
+}
+
+static void syncd_dbatch_record(struct syncd_session *s, const char *line, size_t len)
+{
+    struct syncd_dbatch *b = s->dbatch;
+    const char *err = NULL;
+    struct syncd_cmd c;
+    int r = syncd_parse_delivered(line, len, &c, &err);
+    if (r < 0 && b->bad == NULL)
+        b->bad = err;
+    size_t i = b->got++;
+    str_copy(b->ds[i].id, c.id, sizeof(b->ds[i].id));
+    str_copy(b->ds[i].folder, c.folder, sizeof(b->ds[i].folder));
+    b->ds[i].uid = c.uid;
+    b->parse_r[i] = r;
+    if (b->got == b->n)
+        syncd_dbatch_run(s);
+}
+
 static void syncd_line(struct syncd_session *s, const char *line, size_t len)
 {
     if (s->batch != NULL) {
         syncd_batch_record(s, line, len);
         return;
     }
+    if (s->dbatch != NULL) {
+        syncd_dbatch_record(s, line, len);
+        return;
+    }
     const char *err = NULL;
     int r = syncd_parse_line(line, len, &s->cmd, &err);
     if (s->cmd.verb == SYNCD_APPENDS) {
         syncd_batch_start(s, r, err);
+        return;
+    }
+    if (s->cmd.verb == SYNCD_DELIVERED) {
+        syncd_dbatch_start(s, r, err);
         return;
     }
     if (s->cmd.verb == SYNCD_APPEND) {
@@ -1032,8 +1186,9 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
             if (nl == NULL) {
                 /* LINE_MAX octets and a CR may still end well; more may not. */
                 if (avail > SYNCD_LINE_MAX + 1) {
-                    if (s->batch != NULL) { /* a record's framing is lost */
-                        syncd_err_close(s, "APPENDS record line too long");
+                    if (s->batch != NULL || s->dbatch != NULL) { /* a record's framing is lost */
+                        syncd_err_close(s, s->batch != NULL ? "APPENDS record line too long"
+                                                            : "DELIVERED record line too long");
                         break;
                     }
                     s->mode = SYNCD_M_SKIP;
@@ -1047,8 +1202,9 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
             used += len + 1;
             if (len > 0 && at[len - 1] == '\r')
                 len--;
-            if (len > SYNCD_LINE_MAX && s->batch != NULL)
-                syncd_err_close(s, "APPENDS record line too long");
+            if (len > SYNCD_LINE_MAX && (s->batch != NULL || s->dbatch != NULL))
+                syncd_err_close(s, s->batch != NULL ? "APPENDS record line too long"
+                                                    : "DELIVERED record line too long");
             else if (len > SYNCD_LINE_MAX)
                 syncd_err(s, "line too long");
             else
@@ -1111,6 +1267,7 @@ static void syncd_on_close(struct net_conn *c, void *ctx)
     if (s->streaming == SYNCD_DIGEST)
         sync_local_digest_end(&s->dcur);
     syncd_batch_free(&s->batch);
+    syncd_dbatch_free(&s->dbatch);
     buf_free(&s->body);
     buf_free(&s->out);
     free(s);

@@ -20,6 +20,11 @@
  *    net_conn_limits given (net.h).
  *  - An APPEND is acknowledged only after its store commit returned, i.e.
  *    (fs store) it is durable.
+ *  - A DELIVERED batch (at most SYNC_BATCH_MAX records, each a line) is
+ *    executed once its last record is in, through delivery_add_batch: one
+ *    store commit; a count over the limit or a record line over
+ *    SYNCD_LINE_MAX loses the framing ("-ERR", closed); a malformed record
+ *    gets the whole batch one "-ERR" (nothing recorded, still usable).
  *  - An APPENDS batch is read whole (bounded by SYNC_BATCH_MAX records and
  *    SYNC_BATCH_BYTES of bodies), then executed through the transport's
  *    append_batch: one store commit for all its messages, then one line per
@@ -30,7 +35,7 @@
  *    with another malformed field: the whole batch is answered with one
  *    "-ERR" (nothing stored) and the connection stays usable.
  *
- *  - Replies stream with backpressure: CHANGES and DIGEST are produced a
+ *  - Replies stream with backpressure: CHANGES, DIGEST and DELIVERIES are produced a
  *    step at a time (sync.h: listings in steps), one step per loop
  *    iteration and only while the connection's queued output is at most
  *    SYNCD_OUT_LOW; no further command of the connection is read until the
@@ -102,6 +107,7 @@ enum syncd_verb {
     SYNCD_DIGEST,
     SYNCD_DELIVERIES,
     SYNCD_DELIVERY,
+    SYNCD_DELIVERED, /* a batch: count records follow, each as syncd_parse_delivered() */
     SYNCD_QUIT,
 };
 
@@ -115,7 +121,8 @@ struct syncd_cmd {
     char moved_to[MAIL_NAME_MAX + 1];
     char id[STORE_DELIVERY_ID_MAX + 1];
     enum store_mbox_state expect, state;
-    uint64_t num; /* CREATE/STATE epoch, CHANGES since, APPENDS count */
+    uint64_t num;  /* CREATE/STATE epoch, CHANGES/DELIVERIES since, APPENDS/DELIVERED count */
+    uint64_t upto; /* DELIVERIES: UINT64_MAX if absent */
     uint32_t uid, uidvalidity, uidnext, flags; /* CREATE: INBOX's uidvalidity, 0 if absent */
     int64_t date;
     uint8_t guid[STORE_GUID_LEN];
@@ -126,8 +133,8 @@ struct syncd_cmd {
      * server can skip the body and stay in step with the client. */
     bool has_body;
     uint64_t body_len;
-    /* APPENDS: the count (num) is valid, so the records can be read (and
-     * skipped) even if the user is not. */
+    /* APPENDS, DELIVERED: the count (num) is valid, so the records can be
+     * read (and skipped) even if the user is not. */
     bool has_count;
 };
 
@@ -141,5 +148,10 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
  * into cmd (verb SYNCD_APPEND, user left empty); returns as
  * syncd_parse_line. has_body is set whenever the length is readable. */
 int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r);
+/* Parses one record of a DELIVERED batch, "<id> <uid> <folder>" (DELIVERY's
+ * arguments without the user), into cmd (verb SYNCD_DELIVERY, user left
+ * empty); returns as syncd_parse_line. */
+int syncd_parse_delivered(const char *line, size_t len, struct syncd_cmd *cmd,
+                          const char **error_r);
 
 #endif

@@ -1579,6 +1579,169 @@ static void test_parse(void **state)
     assert_false(c.has_body);
 }
 
+/* ---- delivery ids in batches and ranges ---- */
+
+struct ids {
+    size_t n;
+    char id[8][STORE_DELIVERY_ID_MAX + 1];
+    int stop_at;
+};
+
+static int ids_cb(void *ctx, const struct sync_delivery *d)
+{
+    struct ids *c = ctx;
+    if (c->n < 8)
+        str_copy(c->id[c->n], d->id, sizeof(c->id[0]));
+    c->n++;
+    return c->stop_at != 0 && (int)c->n == c->stop_at;
+}
+
+static struct ids ids_of(struct sync *s, const char *user, uint64_t since, uint64_t upto)
+{
+    struct ids c;
+    memset(&c, 0, sizeof(c));
+    OK(s->ops->deliveries_each(s, user, since, upto, ids_cb, &c, &why));
+    return c;
+}
+
+static void test_deliveries_batch(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s, *s2 = e->s2;
+    struct ids c;
+    NO(s->ops->deliveries_each(s, U1, 0, UINT64_MAX, ids_cb, &c, &why), "notfound");
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_STAGED, 1, 0, &why));
+    OK(s->ops->folder_ensure(s, U1, "Work", 1000, 1, &why));
+    OK(append(s, U1, "Work", 3, "three\r\n"));
+    OK(append(s, U1, "INBOX", 4, "four\r\n"));
+    uint64_t ms0 = get_mb(s, U1).modseq;
+    const struct sync_delivery ds[] = {
+        {.id = "q2.1", .folder = "Work", .uid = 3},  {.id = "q1.1", .folder = "INBOX", .uid = 4},
+        {.id = "q2.1", .folder = "Work", .uid = 3},  {.id = "a b", .folder = "Work", .uid = 3},
+        {.id = "q3.1", .folder = "Work", .uid = 99},
+    };
+    int rcs[5];
+    const char *whys[5];
+    OK(s->ops->delivery_add_batch(s, U1, ds, 5, rcs, whys));
+    assert_int_equal(rcs[0], 0);
+    assert_int_equal(rcs[1], 0);
+    assert_int_equal(rcs[2], SYNC_NO);
+    assert_string_equal(whys[2], "exists");
+    assert_int_equal(rcs[3], SYNC_NO);
+    assert_string_equal(whys[3], "invalid");
+    assert_int_equal(rcs[4], 0);
+    OK(s->ops->delivery_add_batch(s, U1, ds, 0, rcs, whys));
+    assert_int_equal(s->ops->delivery_add_batch(s, U1, ds, SYNC_BATCH_MAX + 1, rcs, whys), -1);
+    OK(s->ops->delivery_add_batch(s, U2, ds, 2, rcs, whys));
+    assert_int_equal(rcs[0], SYNC_NO);
+    assert_string_equal(whys[0], "notfound");
+
+    /* Every id, in order; or by the modseq of their message: q3.1 has none
+     * here and is always listed. */
+    c = ids_of(s, U1, 0, UINT64_MAX);
+    assert_int_equal(c.n, 3);
+    assert_string_equal(c.id[0], "q1.1");
+    assert_string_equal(c.id[1], "q2.1");
+    assert_string_equal(c.id[2], "q3.1");
+    c = ids_of(s, U1, ms0, UINT64_MAX);
+    assert_int_equal(c.n, 1);
+    assert_string_equal(c.id[0], "q3.1");
+    OK(s->ops->flags(s, U1, "Work", 3, STORE_F_SEEN, NULL, &why));
+    c = ids_of(s, U1, ms0, UINT64_MAX);
+    assert_int_equal(c.n, 2);
+    assert_string_equal(c.id[0], "q2.1");
+    c = ids_of(s, U1, 0, ms0);
+    assert_int_equal(c.n, 2);
+    assert_string_equal(c.id[0], "q1.1");
+    assert_string_equal(c.id[1], "q3.1");
+
+    /* In steps of one id (what syncd streams), resumed after the last. */
+    if (!e->tcp) {
+        struct sync_deliveries_cursor cur;
+        memset(&c, 0, sizeof(c));
+        OK(sync_local_deliveries_begin(s, U1, 0, UINT64_MAX, &cur, &why));
+        size_t steps = 0;
+        while (!cur.done) {
+            OK(sync_local_deliveries_step(s, U1, &cur, 1, ids_cb, &c, &why));
+            steps++;
+        }
+        assert_int_equal(c.n, 3);
+        assert_int_equal(steps, 3); /* the last one ran out of ids: done */
+        assert_string_equal(c.id[2], "q3.1");
+        NO(sync_local_deliveries_begin(s, U2, 0, UINT64_MAX, &cur, &why), "notfound");
+    }
+
+    /* A callback that stops the listing: -1 (over TCP the connection is
+     * then unusable). */
+    memset(&c, 0, sizeof(c));
+    c.stop_at = 1;
+    assert_int_equal(s->ops->deliveries_each(s, U1, 0, UINT64_MAX, ids_cb, &c, &why), -1);
+    assert_int_equal(c.n, 1);
+    if (e->tcp) {
+        reconnect(e);
+        s = e->s;
+    }
+
+    /* The copy a move makes, in one batch: the same ids on the other side. */
+    OK(s2->ops->mailbox_create(s2, U1, STORE_MBOX_STAGED, 2, 0, &why));
+    OK(s2->ops->folder_ensure(s2, U1, "Work", 1000, 1, &why));
+    OK(append(s2, U1, "Work", 3, "three\r\n"));
+    OK(append(s2, U1, "INBOX", 4, "four\r\n"));
+    struct sync_delivery *l;
+    size_t n;
+    OK(s->ops->deliveries(s, U1, &l, &n, &why));
+    assert_int_equal(n, 3);
+    OK(s2->ops->delivery_add_batch(s2, U1, l, n, rcs, whys));
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(rcs[i], 0);
+    struct ids c2 = ids_of(s2, U1, 0, UINT64_MAX);
+    assert_int_equal(c2.n, 3);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(c2.id[i], l[i].id);
+    free(l);
+    OK(s2->ops->mailbox_state(s2, U1, STORE_MBOX_STAGED, STORE_MBOX_FENCED, 2, NULL, &why));
+    const struct sync_delivery late = {.id = "q9.1", .folder = "Work", .uid = 3};
+    OK(s2->ops->delivery_add_batch(s2, U1, &late, 1, rcs, whys));
+    assert_int_equal(rcs[0], SYNC_NO);
+    assert_string_equal(whys[0], "notlive");
+}
+
+/* DELIVERED's framing: a malformed record refuses the batch (usable); a
+ * count over the limit loses the framing (closed). */
+static void test_tcp_delivered(void **state)
+{
+    struct env *e = *state;
+    if (!e->tcp)
+        skip();
+    char u[2 * sizeof(U1)], cmd[512], line[1024];
+    hexs(U1, u);
+    OK(e->s->ops->mailbox_create(e->s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    struct raw r;
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "DELIVERED %s 2\r\nq1 4 494e424f58\r\nq2 x 494e424f58", u);
+    raw_expect(&r, cmd, "-ERR bad number");
+    snprintf(cmd, sizeof(cmd), "DELIVERED %s 2\r\nq1 4 494e424f58\r\nq2 4", u);
+    raw_expect(&r, cmd, "-ERR wrong number of fields");
+    snprintf(cmd, sizeof(cmd), "DELIVERIES %s", u);
+    raw_expect(&r, cmd, "+OK"); /* nothing was recorded */
+    snprintf(cmd, sizeof(cmd), "DELIVERED %s 2\r\nq1 4 494e424f58\r\nq1 5 494e424f58", u);
+    raw_expect(&r, cmd, "+OK");
+    raw_want(&r, "-NO exists");
+    raw_want(&r, "+OK 2");
+    snprintf(cmd, sizeof(cmd), "DELIVERIES %s 0 18446744073709551615", u);
+    raw_expect(&r, cmd, "I q1 4 494e424f58");
+    raw_want(&r, "+OK");
+    snprintf(cmd, sizeof(cmd), "DELIVERIES %s 1 2 3", u);
+    raw_expect(&r, cmd, "-ERR wrong number");
+    snprintf(cmd, sizeof(cmd), "DELIVERED %s 0", u);
+    raw_expect(&r, cmd, "+OK 0");
+    snprintf(cmd, sizeof(cmd), "DELIVERED %s 257", u);
+    raw_expect(&r, cmd, "-ERR bad DELIVERED count");
+    raw_closed(&r);
+    (void)line;
+}
+
 /* ---- listings in steps, streaming and backpressure ---- */
 
 struct steps {
@@ -1903,6 +2066,8 @@ int main(void)
         TCP(test_tcp_client),
         cmocka_unit_test(test_parse),
         BOTH(test_changes_steps),
+        BOTH(test_deliveries_batch),
+        TCP(test_tcp_delivered),
         TCP(test_tcp_streaming),
         cmocka_unit_test(test_tcp_stalled_reader),
     };
