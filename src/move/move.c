@@ -33,6 +33,10 @@ struct run {
     char err[DIR_ERROR_MAX + 1];
     int64_t last_save_ms;
     unsigned since_save;
+    /* The delivery ids of the messages up to this modseq were copied before
+     * the fence (ids_copied): the pause copies only the later ones. */
+    bool ids_copied;
+    uint64_t ids_upto;
 };
 
 bool move_phase_active(const char *phase)
@@ -652,6 +656,72 @@ static enum step phase_provision(struct run *r)
     return next_phase(r, "copy");
 }
 
+/* Delivery ids streamed from the source and recorded on the destination
+ * SYNC_BATCH_MAX at a time (one commit each). */
+struct id_copy {
+    struct run *r;
+    size_t n;
+    int rc;
+    struct sync_delivery ds[SYNC_BATCH_MAX];
+    int rcs[SYNC_BATCH_MAX];
+    const char *whys[SYNC_BATCH_MAX];
+};
+
+static int id_flush(struct id_copy *c)
+{
+    struct run *r = c->r;
+    if (c->n == 0)
+        return 0;
+    /* Per item, SYNC_NO is "already recorded there" (or refused): nothing
+     * to keep. */
+    int rc = r->dst->ops->delivery_add_batch(r->dst, r->job.user, c->ds, c->n, c->rcs, c->whys);
+    c->n = 0;
+    if (rc < 0)
+        c->rc = -1;
+    return rc;
+}
+
+static int id_one(void *ctx, const struct sync_delivery *d)
+{
+    struct id_copy *c = ctx;
+    c->ds[c->n++] = *d;
+    return c->n == SYNC_BATCH_MAX && id_flush(c) < 0 ? 1 : 0;
+}
+
+/* Copies the delivery ids of the source's messages with a modseq in
+ * (since, upto] (and those with no message there), so that a delivery
+ * retried after the switch stays a duplicate. */
+static enum step copy_deliveries(struct run *r, uint64_t since, uint64_t upto)
+{
+    const char *why = "";
+    struct id_copy *c = xcalloc(1, sizeof(*c));
+    c->r = r;
+    int rc = r->src->ops->deliveries_each(r->src, r->job.user, since, upto, id_one, c, &why);
+    if (rc == 0 && id_flush(c) < 0)
+        rc = -1;
+    if (c->rc < 0)
+        rc = -1;
+    free(c);
+    if (rc < 0)
+        return io_fail(r, "delivery ids");
+    return STEP_NEXT;
+}
+
+/* Before the fence, while the source is live: the ids of everything copied
+ * so far, so that the pause copies only those of the final delta. */
+static enum step ids_before_fence(struct run *r)
+{
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+    uint64_t upto = r->job.checkpoint;
+    enum step s = copy_deliveries(r, 0, upto);
+    if (s != STEP_NEXT)
+        return s;
+    r->ids_copied = true;
+    r->ids_upto = upto;
+    return STEP_NEXT;
+}
+
 static enum step phase_copy(struct run *r)
 {
     enum step s = sync_pass(r, r->job.checkpoint, 0, NULL, NULL);
@@ -675,6 +745,9 @@ static enum step phase_catchup(struct run *r)
     }
     if ((r->job.options & DIR_JOB_OPT_SUSPEND) && !(r->job.options & DIR_JOB_OPT_COMPLETE))
         return next_phase(r, "ready");
+    enum step s = ids_before_fence(r);
+    if (s != STEP_NEXT)
+        return s;
     return next_phase(r, "fence");
 }
 
@@ -689,8 +762,12 @@ static enum step phase_ready(struct run *r)
         return STEP_ABORT;
     if (saved == -2)
         return STEP_LOST;
-    if (r->job.options & DIR_JOB_OPT_COMPLETE)
+    if (r->job.options & DIR_JOB_OPT_COMPLETE) {
+        s = ids_before_fence(r);
+        if (s != STEP_NEXT)
+            return s;
         return next_phase(r, "fence");
+    }
     return STEP_LATER;
 }
 
@@ -743,23 +820,6 @@ static enum step unfence(struct run *r)
     return STEP_NEXT;
 }
 
-static enum step copy_deliveries(struct run *r)
-{
-    const char *why = "";
-    struct sync_delivery *list = NULL;
-    size_t n = 0;
-    int rc = r->src->ops->deliveries(r->src, r->job.user, &list, &n, &why);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        rc = r->dst->ops->delivery_add(r->dst, r->job.user, &list[i], &why);
-        if (rc == SYNC_NO) /* already recorded there (or refused): nothing to keep */
-            rc = 0;
-    }
-    free(list);
-    if (rc < 0)
-        return io_fail(r, "delivery ids");
-    return STEP_NEXT;
-}
-
 static enum step phase_final(struct run *r)
 {
     bool over = false;
@@ -793,7 +853,9 @@ static enum step phase_final(struct run *r)
     free(dg);
     if (rc < 0)
         return io_fail(r, "folder UIDNEXT");
-    s = copy_deliveries(r);
+    /* Only the final delta's ids if the others were copied before the
+     * fence by this run; all of them after a restart. */
+    s = copy_deliveries(r, r->ids_copied ? r->ids_upto : 0, UINT64_MAX);
     if (s != STEP_NEXT)
         return s;
     return next_phase(r, "verify");
