@@ -492,10 +492,12 @@ static int sync_tcp_fetch_reply(struct sync_tcp *c, struct buf *out, const char 
     }
     if (crlf[0] != '\r' || crlf[1] != '\n')
         return sync_tcp_broken(c, why_r, "message body not followed by CRLF");
-    sha256_buf(out->data + start, (size_t)n, got);
+    /* An empty body may have left an empty buffer without storage. */
+    sha256_buf(out->data != NULL ? out->data + start : "", (size_t)n, got);
     if (memcmp(got, sha, SHA256_LEN) != 0) {
         out->len = start;
-        out->data[start] = '\0';
+        if (out->data != NULL)
+            out->data[start] = '\0';
         return sync_tcp_broken(c, why_r, "message body does not match its SHA-256");
     }
     return 0;

@@ -2047,7 +2047,8 @@ static void test_tcp_stalled_reader(void **state)
 #define BOTH(f)                                                                                    \
     cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_local),                     \
         cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_tcp)
-#define TCP(f) cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_tcp)
+#define TCP(f)   cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_tcp)
+#define LOCAL(f) cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_local)
 
 int main(void)
 {
@@ -2065,7 +2066,7 @@ int main(void)
         TCP(test_tcp_appends),
         TCP(test_tcp_client),
         cmocka_unit_test(test_parse),
-        BOTH(test_changes_steps),
+        LOCAL(test_changes_steps),
         BOTH(test_deliveries_batch),
         TCP(test_tcp_delivered),
         TCP(test_tcp_streaming),
