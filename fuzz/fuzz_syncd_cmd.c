@@ -36,13 +36,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ASSERT(r == 0 || r == -1 || r == SYNC_NO);
     if (r != 0)
         ASSERT(err != NULL && err[0] != '\0');
+    int r_line = r;
     check_str(cmd.user, sizeof(cmd.user));
     check_str(cmd.folder, sizeof(cmd.folder));
     check_str(cmd.keywords, sizeof(cmd.keywords));
     check_str(cmd.moved_to, sizeof(cmd.moved_to));
     check_str(cmd.id, sizeof(cmd.id));
     if (cmd.has_body) {
-        ASSERT(cmd.verb == SYNCD_APPEND);
+        ASSERT(cmd.verb == SYNCD_APPEND || cmd.verb == SYNCD_ADD);
         ASSERT(cmd.body_len <= SYNCD_BODY_MAX);
     }
     if (cmd.has_count) {
@@ -66,7 +67,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_str(again.folder, sizeof(again.folder));
     if (r == 0)
         ASSERT(again.id[0] != '\0' && again.verb == SYNCD_DELIVERY);
-    if (r == 0 && cmd.verb == SYNCD_MBOX) {
+    if (r_line == 0 && cmd.verb == SYNCD_MBOX) {
         /* Re-encode the user: the same command must come back. */
         size_t n = strlen(cmd.user);
         char *l2 = malloc(5 + 2 * n + 2);
