@@ -264,10 +264,9 @@ struct sync_deliveries_cursor {
 };
 int sync_local_deliveries_begin(struct sync *s, const char *user, uint64_t since, uint64_t upto,
                                 struct sync_deliveries_cursor *cur, const char **why_r);
-int sync_local_deliveries_step(struct sync *s, const char *user,
-                               struct sync_deliveries_cursor *cur, size_t max,
-                               int (*cb)(void *ctx, const struct sync_delivery *d), void *ctx,
-                               const char **why_r);
+int sync_local_deliveries_step(struct sync *s, const char *user, struct sync_deliveries_cursor *cur,
+                               size_t max, int (*cb)(void *ctx, const struct sync_delivery *d),
+                               void *ctx, const char **why_r);
 
 /* TCP: connects to a store's sync endpoint "HOST:PORT" and says HELLO.
  * NULL with a message in err. */

@@ -683,10 +683,9 @@ int sync_local_deliveries_begin(struct sync *s, const char *user, uint64_t since
     return sync_local_status(store_mailbox_get(sync_local_store(s), user, &mb), why_r);
 }
 
-int sync_local_deliveries_step(struct sync *s, const char *user,
-                               struct sync_deliveries_cursor *cur, size_t max,
-                               int (*cb)(void *ctx, const struct sync_delivery *d), void *ctx,
-                               const char **why_r)
+int sync_local_deliveries_step(struct sync *s, const char *user, struct sync_deliveries_cursor *cur,
+                               size_t max, int (*cb)(void *ctx, const struct sync_delivery *d),
+                               void *ctx, const char **why_r)
 {
     sync_local_check(s);
     struct store *st = sync_local_store(s);
@@ -698,8 +697,8 @@ int sync_local_deliveries_step(struct sync *s, const char *user,
         return r;
     struct sync_local_dels d = {.cur = cur, .cb = cb, .ctx = ctx, .max = max ? max : 1};
     const char *error = NULL;
-    r = store_delivery_iter_from(st, user, cur->after, cur->since, cur->upto, sync_local_del_cb,
-                                 &d, &error);
+    r = store_delivery_iter_from(st, user, cur->after, cur->since, cur->upto, sync_local_del_cb, &d,
+                                 &error);
     if (d.r != 0) {
         *why_r = "aborted";
         return -1;

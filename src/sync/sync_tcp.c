@@ -908,8 +908,7 @@ static int sync_tcp_each_rec(void *ctx, struct sync_tcp_tok *t)
     return e->cb(e->ctx, &d) != 0 ? -2 : 0;
 }
 
-static int sync_tcp_deliveries_each(struct sync *s, const char *user, uint64_t since,
-                                    uint64_t upto,
+static int sync_tcp_deliveries_each(struct sync *s, const char *user, uint64_t since, uint64_t upto,
                                     int (*cb)(void *ctx, const struct sync_delivery *d), void *ctx,
                                     const char **why_r)
 {

@@ -92,7 +92,7 @@ struct syncd_session {
     struct sync_digest_cursor dcur;
     struct sync_deliveries_cursor lcur;
     struct syncd_dbatch *dbatch; /* a DELIVERED being read, or NULL */
-    bool paused; /* input paused until the output drains (or the listing ends) */
+    bool paused;                 /* input paused until the output drains (or the listing ends) */
 };
 
 /* ---- parsing ---- */
@@ -235,24 +235,15 @@ static const struct {
     enum syncd_verb verb;
     size_t nargs, nopt; /* required arguments, then optional trailing ones */
 } syncd_verbs[] = {
-    {"HELLO", SYNCD_HELLO, 1, 0},
-    {"MBOX", SYNCD_MBOX, 1, 0},
-    {"CREATE", SYNCD_CREATE, 3, 1},
-    {"STATE", SYNCD_STATE, 5, 0},
-    {"PURGE", SYNCD_PURGE, 1, 0},
-    {"CHANGES", SYNCD_CHANGES, 2, 0},
-    {"FETCH", SYNCD_FETCH, 3, 0},
-    {"APPEND", SYNCD_APPEND, 9, 0},
-    {"APPENDS", SYNCD_APPENDS, 2, 0},
-    {"FOLDER", SYNCD_FOLDER, 4, 0},
-    {"FDELETE", SYNCD_FDELETE, 2, 0},
-    {"FLAGS", SYNCD_FLAGS, 5, 0},
-    {"EXPUNGE", SYNCD_EXPUNGE, 3, 0},
-    {"DIGEST", SYNCD_DIGEST, 1, 0},
-    {"DELIVERIES", SYNCD_DELIVERIES, 1, 2},
-    {"DELIVERY", SYNCD_DELIVERY, 4, 0},
-    {"DELIVERED", SYNCD_DELIVERED, 2, 0},
-    {"QUIT", SYNCD_QUIT, 0, 0},
+    {"HELLO", SYNCD_HELLO, 1, 0},           {"MBOX", SYNCD_MBOX, 1, 0},
+    {"CREATE", SYNCD_CREATE, 3, 1},         {"STATE", SYNCD_STATE, 5, 0},
+    {"PURGE", SYNCD_PURGE, 1, 0},           {"CHANGES", SYNCD_CHANGES, 2, 0},
+    {"FETCH", SYNCD_FETCH, 3, 0},           {"APPEND", SYNCD_APPEND, 9, 0},
+    {"APPENDS", SYNCD_APPENDS, 2, 0},       {"FOLDER", SYNCD_FOLDER, 4, 0},
+    {"FDELETE", SYNCD_FDELETE, 2, 0},       {"FLAGS", SYNCD_FLAGS, 5, 0},
+    {"EXPUNGE", SYNCD_EXPUNGE, 3, 0},       {"DIGEST", SYNCD_DIGEST, 1, 0},
+    {"DELIVERIES", SYNCD_DELIVERIES, 1, 2}, {"DELIVERY", SYNCD_DELIVERY, 4, 0},
+    {"DELIVERED", SYNCD_DELIVERED, 2, 0},   {"QUIT", SYNCD_QUIT, 0, 0},
 };
 
 /* Splits a line at single spaces into t (SYNCD_TOKENS_MAX); *n_r tokens. */
@@ -331,8 +322,7 @@ int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, cons
     return p.r;
 }
 
-int syncd_parse_delivered(const char *line, size_t len, struct syncd_cmd *cmd,
-                          const char **error_r)
+int syncd_parse_delivered(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r)
 {
     memset(cmd, 0, sizeof(*cmd));
     cmd->verb = SYNCD_DELIVERY;
