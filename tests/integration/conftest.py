@@ -124,7 +124,9 @@ class Tern:
     def role_ports(extra):
         if "--roles" in extra:
             spec = extra[list(extra).index("--roles") + 1].split(",")
-            return [r.split(":", 1)[1] for r in spec if r.startswith("store:")] + \
+            stores = [r.split(":", 1)[1] for r in spec if r.startswith("store:")]
+            # A store listens for LMTP first, then for TSYNC: wait for both.
+            return stores + [f"sync-{s}" for s in stores] + \
                 (["smtp"] if "mta" in spec else []) + (["imap"] if "imap" in spec else [])
         return ["s1", "s2", "smtp", "sync-s1", "sync-s2", "imap"]
 
