@@ -31,7 +31,9 @@ def test_doctor_reports_and_repairs_without_deleting(tmp_path):
         assert "carol@example.org has a active mailbox on s2 but lives on s1" in p.stdout
         assert "ghost@example.org on s2 (active): not in the directory; kept" in p.stdout
 
-        # A stuck job: its mover vanished two minutes ago.
+        # A stuck job: its mover vanished two minutes ago. (Everything is
+        # stopped first: a running mover would claim the job at once.)
+        t.stop()
         db = sqlite3.connect(t.data / "directory.db")
         db.execute("insert into jobs(kind, user, source, dest, phase, msgs_total, msgs_done,"
                    " bytes_total, bytes_done, lease_owner, lease_expires, created, updated,"
@@ -41,7 +43,6 @@ def test_doctor_reports_and_repairs_without_deleting(tmp_path):
                    (int(time.time() * 1000) - 120000,))
         db.commit()
         db.close()
-        t.stop()
         t.serve("--roles", "store:s1,store:s2")  # no mover to pick it up
         p = t.cli("doctor", "--repair", check=False)
         assert "is stuck: lease of mover@gone:1 expired" in p.stdout
