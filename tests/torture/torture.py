@@ -922,17 +922,23 @@ class Torture:
                 delays.append(d)
                 if not led.near_fault(m["t250"], m["t250"] + d):
                     delays_calm.append(d)
-        pauses, pauses_calm = [], []
+        pauses, pauses_calm, slow = [], [], []
         for job, ph in c.watch.phases.items():
             fence = None
-            for ts, name in ph:
+            for k, (ts, name) in enumerate(ph):
                 if name == "fence":
-                    fence = ts
+                    fence = k
                 elif name == "retention" and fence is not None:
-                    pauses.append(ts - fence)
-                    if not led.near_fault(fence, ts):
-                        pauses_calm.append(ts - fence)
+                    pause = ts - ph[fence][0]
+                    pauses.append(pause)
+                    if not led.near_fault(ph[fence][0], ts):
+                        pauses_calm.append(pause)
+                        # Where the time went: each phase until the next one.
+                        steps = ", ".join(f"{ph[j][1]} {1000 * (ph[j + 1][0] - ph[j][0]):.0f} ms"
+                                          for j in range(fence, k))
+                        slow.append((pause, job, steps))
                     break
+        user_of = {r["id"]: r["user"] for r in rows}
         phases = {}
         for r in rows:
             phases[r["phase"]] = phases.get(r["phase"], 0) + 1
@@ -981,6 +987,10 @@ class Torture:
             ("wall time", f"{wall:.0f} s"),
         ]
         ok = not led.problems
+        if slow:
+            print("\nslowest cutovers with no fault near (phase: time until the next phase):")
+            for pause, job, steps in sorted(slow, reverse=True)[:3]:
+                print(f"  job {job} ({user_of.get(job, '?')}): {1000 * pause:.0f} ms = {steps}")
         print()
         print(f"{self.title}, {len(self.users)} users: {'PASS' if ok else 'FAIL'}")
         w = max(len(r[0]) for r in rows_out)
