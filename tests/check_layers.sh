@@ -26,13 +26,14 @@ allowed() {
         router) echo "util mail directory router" ;;
         role_mta) echo "util mail config smtp smtpd net directory queue dsn lmtpc router role_mta" ;;
         move) echo "util mail store directory sync move" ;;
-        role_mover) echo "util mail config directory store sync move role_mover" ;;
+        import) echo "util mail imap mbox maildir store directory sync import" ;;
+        role_mover) echo "util mail config directory store sync move import role_mover" ;;
         doctor) echo "util mail config directory store sync move doctor" ;;
         serve) echo "util mail config directory serve" ;;
         mime) echo "util mime" ;;
         imapd) echo "util mail imap mime store sync imapd" ;;
         role_imap) echo "util mail config directory store sync imap mime imapd role_imap" ;;
-        cli) echo "util mail config directory store queue sync move serve role_store role_mta role_mover role_imap doctor cli" ;;
+        cli) echo "util mail config directory store queue sync move import serve role_store role_mta role_mover role_imap doctor cli" ;;
         *) echo "" ;;
     esac
 }

@@ -76,6 +76,9 @@ static const char help_text[] =
     "  move ADDR --to STORE [--wait] [--suspend-when-ready]   move a mailbox\n"
     "  move show ID | abort ID | complete ID | wait ID\n"
     "  moves                             every move job, phase and progress\n"
+    "  import ADDR --from mbox:PATH|maildir:PATH|imap://USER@HOST:PORT [--create] [--watch]\n"
+    "         [--wait] [--password-file F] [--poll DUR] [--sweep DUR]   migrate mail in\n"
+    "  import complete ID | report ID | wait ID\n"
     "  drain STORE --to STORE [--parallel N]          move every mailbox off a store\n"
     "  doctor [--repair]                 compare the directory with the stores\n"
     "  demo                              a short show on a temporary cluster\n"
@@ -810,6 +813,13 @@ static void print_job(const struct dir_job *j)
     if (j->options & DIR_JOB_OPT_SUSPEND)
         printf("cutover:    waits for 'tern move complete %llu'%s\n", (unsigned long long)j->id,
                (j->options & DIR_JOB_OPT_COMPLETE) ? " (completed)" : "");
+    if (j->cutovers > 0) {
+        char fenced[32] = "";
+        if (j->fenced_at > 0)
+            time_format_utc(j->fenced_at / 1000, fenced, sizeof(fenced));
+        printf("cutovers:   %u%s%s\n", j->cutovers,
+               j->fenced_at > 0 ? ", source fenced since " : "", fenced);
+    }
     if (j->retain_until > 0) {
         char until[32];
         time_format_utc(j->retain_until, until, sizeof(until));
@@ -1332,6 +1342,8 @@ int cli_main(int argc, char **argv)
         rc = cmd_move(&c, sac, sav);
     else if (strcmp(cmd, "moves") == 0)
         rc = cmd_moves(&c, sac, sav);
+    else if (strcmp(cmd, "import") == 0)
+        rc = cli_import(&c.cfg, sac, sav);
     else if (strcmp(cmd, "drain") == 0)
         rc = cmd_drain(&c, sac, sav);
     else if (strcmp(cmd, "demo") == 0)

@@ -16,6 +16,11 @@
 /* The whole program: returns the exit status. */
 int cli_main(int argc, char **argv);
 
+/* `tern import ...` (cli_import.c), called by cli_main with the arguments
+ * after "import". Returns the exit status. */
+struct config;
+int cli_import(const struct config *cfg, int argc, char **argv);
+
 /* `tern demo` (demo.c), called by cli_main with the arguments after
  * "demo": replaces the process with the demo script of the source tree the
  * binary was built from (tests/torture/torture.py demo; TERN_DEMO_SCRIPT

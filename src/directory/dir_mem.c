@@ -22,6 +22,7 @@ struct dir_mem {
     struct dir_store *stores;
     size_t n_stores;
     struct dir_job *jobs; /* in id order */
+    struct buf *job_data; /* parallel to jobs */
     size_t n_jobs;
     uint64_t next_job_id;
     char **subs; /* "user\nfolder", sorted */
@@ -124,6 +125,9 @@ static void dir_mem_close(struct directory *dir)
     free(m->users);
     free(m->aliases);
     free(m->stores);
+    for (size_t i = 0; i < m->n_jobs; i++)
+        buf_free(&m->job_data[i]);
+    free(m->job_data);
     free(m->jobs);
     for (size_t i = 0; i < m->n_subs; i++)
         free(m->subs[i]);
@@ -363,8 +367,20 @@ static enum dir_status dir_mem_job_create(struct directory *dir, struct dir_job 
     j->version = 1;
     j->created = j->updated = dir_mem_now();
     m->jobs = dir_mem_grow(m->jobs, m->n_jobs, sizeof(*m->jobs));
+    m->job_data = dir_mem_grow(m->job_data, m->n_jobs, sizeof(*m->job_data));
+    buf_init(&m->job_data[m->n_jobs], 0);
     m->jobs[m->n_jobs++] = *j;
     return DIR_OK;
+}
+
+static enum dir_status dir_mem_job_create_data(struct directory *dir, struct dir_job *j,
+                                               const void *data, size_t len)
+{
+    struct dir_mem *m = (struct dir_mem *)dir;
+    enum dir_status s = dir_mem_job_create(dir, j);
+    if (s == DIR_OK && data != NULL)
+        buf_append(&m->job_data[m->n_jobs - 1], data, len);
+    return s;
 }
 
 static enum dir_status dir_mem_job_get(struct directory *dir, uint64_t id, struct dir_job *out)
@@ -394,6 +410,31 @@ static enum dir_status dir_mem_job_update(struct directory *dir, struct dir_job 
     j->version++;
     j->updated = dir_mem_now();
     *cur = *j;
+    return DIR_OK;
+}
+
+static enum dir_status dir_mem_job_update_data(struct directory *dir, struct dir_job *j,
+                                               const void *data, size_t len)
+{
+    struct dir_mem *m = (struct dir_mem *)dir;
+    enum dir_status s = dir_mem_job_update(dir, j);
+    if (s == DIR_OK && data != NULL) {
+        struct buf *b = &m->job_data[dir_mem_find_job(m, j->id) - m->jobs];
+        buf_reset(b);
+        buf_append(b, data, len);
+    }
+    return s;
+}
+
+static enum dir_status dir_mem_job_data_get(struct directory *dir, uint64_t id, struct buf *out)
+{
+    struct dir_mem *m = (struct dir_mem *)dir;
+    struct dir_job *j = dir_mem_find_job(m, id);
+    if (j == NULL)
+        return DIR_NOTFOUND;
+    const struct buf *b = &m->job_data[j - m->jobs];
+    if (b->len > 0 && buf_append(out, b->data, b->len) < 0)
+        return DIR_INVALID;
     return DIR_OK;
 }
 
@@ -473,6 +514,9 @@ static const struct dir_ops dir_mem_ops = {
     .job_get = dir_mem_job_get,
     .job_update = dir_mem_job_update,
     .job_list = dir_mem_job_list,
+    .job_create_data = dir_mem_job_create_data,
+    .job_update_data = dir_mem_job_update_data,
+    .job_data_get = dir_mem_job_data_get,
     .sub_set = dir_mem_sub_set,
     .sub_list = dir_mem_sub_list,
 };

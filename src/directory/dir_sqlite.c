@@ -57,8 +57,16 @@ static const char *const dir_sqlite_migrations[] = {
     "ALTER TABLE jobs ADD COLUMN retain_until INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE jobs ADD COLUMN options INTEGER NOT NULL DEFAULT 0;",
     /* 4: IMAP subscriptions, per user (they survive moves). */
-    "CREATE TABLE subscriptions(user TEXT NOT NULL, folder TEXT NOT NULL,"
-    " PRIMARY KEY(user, folder));",
+    ("CREATE TABLE subscriptions(user TEXT NOT NULL, folder TEXT NOT NULL,"
+     " PRIMARY KEY(user, folder));"),
+    /* 5: a move's bounded cutover: when the source was fenced (0 = not
+     * fenced by this job now) and how many cutovers the job has begun. */
+    ("ALTER TABLE jobs ADD COLUMN fenced_at INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE jobs ADD COLUMN cutovers INTEGER NOT NULL DEFAULT 0;"),
+    /* 6: a job's data beside its row (an import's settings, checkpoints and
+     * report), written only in the transaction that updates the row. */
+    ("CREATE TABLE job_data(id INTEGER PRIMARY KEY,"
+     " data BLOB NOT NULL);"),
 };
 
 #define USER_COLS                                                                                  \
@@ -67,7 +75,7 @@ static const char *const dir_sqlite_migrations[] = {
 #define JOB_COLS                                                                                   \
     "id, kind, user, source, dest, phase, msgs_total, msgs_done, bytes_total, bytes_done, "        \
     "lease_owner, lease_expires, created, updated, last_error, version, checkpoint, epoch, "       \
-    "retain_until, options"
+    "retain_until, options, fenced_at, cutovers"
 
 enum dir_sqlite_stmt {
     ST_BEGIN,
@@ -127,13 +135,14 @@ static const char *const dir_sqlite_sql[ST_COUNT] = {
     [ST_STORE_UPDATE] = "UPDATE stores SET lmtp = ?2, version = ?3 + 1"
                         " WHERE name = ?1 AND version = ?3",
     [ST_JOB_INSERT] = "INSERT INTO jobs(" JOB_COLS ") VALUES(NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
-                      " ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                      " ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
     [ST_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
     [ST_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs ORDER BY id DESC",
     [ST_JOB_UPDATE] = "UPDATE jobs SET source = ?4, dest = ?5, phase = ?6, msgs_total = ?7,"
                       " msgs_done = ?8, bytes_total = ?9, bytes_done = ?10, lease_owner = ?11,"
                       " lease_expires = ?12, updated = ?14, last_error = ?15, version = ?16 + 1,"
-                      " checkpoint = ?17, epoch = ?18, retain_until = ?19, options = ?20"
+                      " checkpoint = ?17, epoch = ?18, retain_until = ?19, options = ?20,"
+                      " fenced_at = ?21, cutovers = ?22"
                       " WHERE id = ?1 AND version = ?16",
     [ST_JOB_LIVE] = "SELECT 1 FROM jobs WHERE user = ?1 AND id <> ?2"
                     " AND phase NOT IN " DIR_SQLITE_FINAL_PHASES " LIMIT 1",
@@ -394,6 +403,8 @@ static void dir_sqlite_read_job(sqlite3_stmt *st, void *out)
     j->epoch = COL_U64(st, 17);
     j->retain_until = sqlite3_column_int64(st, 18);
     j->options = (uint32_t)sqlite3_column_int64(st, 19);
+    j->fenced_at = sqlite3_column_int64(st, 20);
+    j->cutovers = (uint32_t)sqlite3_column_int64(st, 21);
 }
 
 static void dir_sqlite_bind_job(sqlite3_stmt *st, const struct dir_job *j)
@@ -418,6 +429,8 @@ static void dir_sqlite_bind_job(sqlite3_stmt *st, const struct dir_job *j)
     dir_sqlite_bind_u64(st, 18, j->epoch);
     sqlite3_bind_int64(st, 19, j->retain_until);
     sqlite3_bind_int64(st, 20, (int64_t)j->options);
+    sqlite3_bind_int64(st, 21, j->fenced_at);
+    sqlite3_bind_int64(st, 22, (int64_t)j->cutovers);
 }
 
 /* Runs a CAS write (UPDATE/DELETE ... WHERE key AND version) already bound
@@ -674,7 +687,28 @@ static enum dir_status dir_sqlite_store_list(struct directory *dir, struct dir_s
 
 /* ---- jobs ---- */
 
-static enum dir_status dir_sqlite_job_create(struct directory *dir, struct dir_job *j)
+/* Replaces job id's data inside the caller's transaction (data NULL: no
+ * change). Prepared per call: only imports write it. */
+static enum dir_status dir_sqlite_job_data_put(struct dir_sqlite *h, uint64_t id, const void *data,
+                                               size_t len)
+{
+    if (data == NULL)
+        return DIR_OK;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(h->db, "INSERT OR REPLACE INTO job_data(id, data) VALUES(?1, ?2)", -1,
+                           &st, NULL) != SQLITE_OK) {
+        dir_sqlite_log(h, "preparing the job data insert");
+        return DIR_TEMPFAIL;
+    }
+    dir_sqlite_bind_u64(st, 1, id);
+    sqlite3_bind_blob64(st, 2, len > 0 ? data : "", (sqlite3_uint64)len, SQLITE_STATIC);
+    int r = dir_sqlite_step(h, st);
+    sqlite3_finalize(st);
+    return r < 0 ? DIR_TEMPFAIL : DIR_OK;
+}
+
+static enum dir_status dir_sqlite_job_create_data(struct directory *dir, struct dir_job *j,
+                                                  const void *data, size_t len)
 {
     struct dir_sqlite *h = dir_sqlite_h(dir);
     struct dir_job row = *j;
@@ -701,6 +735,8 @@ static enum dir_status dir_sqlite_job_create(struct directory *dir, struct dir_j
             row.id = (uint64_t)sqlite3_last_insert_rowid(h->db);
         }
     }
+    if (s == DIR_OK)
+        s = dir_sqlite_job_data_put(h, row.id, data, len);
     s = dir_sqlite_end(h, s);
     if (s == DIR_OK)
         *j = row;
@@ -713,7 +749,13 @@ static enum dir_status dir_sqlite_job_get(struct directory *dir, uint64_t id, st
                             out);
 }
 
-static enum dir_status dir_sqlite_job_update(struct directory *dir, struct dir_job *j)
+static enum dir_status dir_sqlite_job_create(struct directory *dir, struct dir_job *j)
+{
+    return dir_sqlite_job_create_data(dir, j, NULL, 0);
+}
+
+static enum dir_status dir_sqlite_job_update_data(struct directory *dir, struct dir_job *j,
+                                                  const void *data, size_t len)
 {
     struct dir_sqlite *h = dir_sqlite_h(dir);
     struct dir_job row = *j, cur;
@@ -741,12 +783,43 @@ static enum dir_status dir_sqlite_job_update(struct directory *dir, struct dir_j
             s = dir_sqlite_cas(h, st, ST_JOB_GET, NULL, (int64_t)row.id);
         }
     }
+    if (s == DIR_OK)
+        s = dir_sqlite_job_data_put(h, row.id, data, len);
     s = dir_sqlite_end(h, s);
     if (s == DIR_OK) {
         row.version++;
         *j = row;
     }
     return s;
+}
+
+static enum dir_status dir_sqlite_job_update(struct directory *dir, struct dir_job *j)
+{
+    return dir_sqlite_job_update_data(dir, j, NULL, 0);
+}
+
+static enum dir_status dir_sqlite_job_data_get(struct directory *dir, uint64_t id, struct buf *out)
+{
+    struct dir_sqlite *h = dir_sqlite_h(dir);
+    enum dir_status s = dir_sqlite_fetch(h, ST_JOB_GET, NULL, (int64_t)id, NULL, NULL);
+    if (s != DIR_OK)
+        return s;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(h->db, "SELECT data FROM job_data WHERE id = ?1", -1, &st, NULL) !=
+        SQLITE_OK) {
+        dir_sqlite_log(h, "preparing the job data query");
+        return DIR_TEMPFAIL;
+    }
+    dir_sqlite_bind_u64(st, 1, id);
+    int r = dir_sqlite_step(h, st);
+    if (r > 0) {
+        const void *p = sqlite3_column_blob(st, 0);
+        size_t n = (size_t)sqlite3_column_bytes(st, 0);
+        if (n > 0 && buf_append(out, p, n) < 0)
+            s = DIR_INVALID; /* over the caller's limit */
+    }
+    sqlite3_finalize(st);
+    return r < 0 ? DIR_TEMPFAIL : s;
 }
 
 static enum dir_status dir_sqlite_job_list(struct directory *dir, struct dir_job **list_r,
@@ -967,6 +1040,9 @@ static const struct dir_ops dir_sqlite_ops = {
     .job_get = dir_sqlite_job_get,
     .job_update = dir_sqlite_job_update,
     .job_list = dir_sqlite_job_list,
+    .job_create_data = dir_sqlite_job_create_data,
+    .job_update_data = dir_sqlite_job_update_data,
+    .job_data_get = dir_sqlite_job_data_get,
     .sub_set = dir_sqlite_sub_set,
     .sub_list = dir_sqlite_sub_list,
 };

@@ -314,6 +314,34 @@ enum dir_status dir_job_update(struct directory *dir, struct dir_job *j)
     return dir->ops->job_update(dir, j);
 }
 
+enum dir_status dir_job_create_data(struct directory *dir, struct dir_job *j, const void *data,
+                                    size_t len)
+{
+    ASSERT(dir != NULL && j != NULL && (data != NULL || len == 0));
+    if (!job_check(j) || len > DIR_JOB_DATA_MAX)
+        return DIR_INVALID;
+    return dir->ops->job_create_data(dir, j, data != NULL ? data : "", len);
+}
+
+enum dir_status dir_job_update_data(struct directory *dir, struct dir_job *j, const void *data,
+                                    size_t len)
+{
+    ASSERT(dir != NULL && j != NULL && (data != NULL || len == 0));
+    if (!job_check(j) || len > DIR_JOB_DATA_MAX)
+        return DIR_INVALID;
+    if (j->id == 0 || j->id > INT64_MAX)
+        return DIR_NOTFOUND;
+    return dir->ops->job_update_data(dir, j, data != NULL ? data : "", len);
+}
+
+enum dir_status dir_job_data_get(struct directory *dir, uint64_t id, struct buf *out)
+{
+    ASSERT(dir != NULL && out != NULL);
+    if (id == 0 || id > INT64_MAX)
+        return DIR_NOTFOUND;
+    return dir->ops->job_data_get(dir, id, out);
+}
+
 enum dir_status dir_job_list(struct directory *dir, struct dir_job **list_r, size_t *n_r)
 {
     ASSERT(dir != NULL && list_args_ok(list_r, n_r));

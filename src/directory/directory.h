@@ -119,6 +119,8 @@ struct dir_job {
     uint64_t epoch;       /* moves: the user's epoch when the job began */
     int64_t retain_until; /* moves: unix seconds; the source copy is kept until */
     uint32_t options;     /* DIR_JOB_OPT_* */
+    int64_t fenced_at;    /* moves: unix ms when this cutover fenced the source; 0 = none */
+    uint32_t cutovers;    /* moves: cutovers begun (each fence is one) */
 };
 
 #define DIR_JOB_OPT_SUSPEND  0x1u /* stop when ready to cut over, until completed */
@@ -193,6 +195,24 @@ enum dir_status dir_job_get(struct directory *dir, uint64_t id, struct dir_job *
 enum dir_status dir_job_update(struct directory *dir, struct dir_job *j);
 /* All jobs, newest first. */
 enum dir_status dir_job_list(struct directory *dir, struct dir_job **list_r, size_t *n_r);
+
+/* A job's data: octets kept beside its row, opaque here (an import keeps
+ * its settings, per-folder checkpoints and report there: docs/import.md),
+ * at most DIR_JOB_DATA_MAX. It is written only together with the row, in
+ * the same transaction and under the row's compare-and-set, so a job's row
+ * and its data never disagree. A job created without data has 0 octets. */
+#define DIR_JOB_DATA_MAX (16u * 1024 * 1024)
+/* dir_job_create, with data stored in the same transaction. DIR_INVALID
+ * also for data over DIR_JOB_DATA_MAX. */
+enum dir_status dir_job_create_data(struct directory *dir, struct dir_job *j, const void *data,
+                                    size_t len);
+/* dir_job_update (the same compare-and-set), replacing the data in the
+ * same transaction. */
+enum dir_status dir_job_update_data(struct directory *dir, struct dir_job *j, const void *data,
+                                    size_t len);
+/* Appends job id's data to out. DIR_NOTFOUND if there is no such job,
+ * DIR_INVALID if out's maximum is too small. */
+enum dir_status dir_job_data_get(struct directory *dir, uint64_t id, struct buf *out);
 
 /* ---- IMAP subscriptions ----
  * Kept with the user, not in a store, so they survive moves. Names are

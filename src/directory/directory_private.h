@@ -29,6 +29,13 @@ struct dir_ops {
     enum dir_status (*job_get)(struct directory *, uint64_t id, struct dir_job *);
     enum dir_status (*job_update)(struct directory *, struct dir_job *);
     enum dir_status (*job_list)(struct directory *, struct dir_job **, size_t *);
+    /* As job_create/job_update, and the job's data (NULL: unchanged) in the
+     * same transaction. */
+    enum dir_status (*job_create_data)(struct directory *, struct dir_job *, const void *data,
+                                       size_t len);
+    enum dir_status (*job_update_data)(struct directory *, struct dir_job *, const void *data,
+                                       size_t len);
+    enum dir_status (*job_data_get)(struct directory *, uint64_t id, struct buf *out);
     enum dir_status (*sub_set)(struct directory *, const char *user, const char *folder, bool on);
     enum dir_status (*sub_list)(struct directory *, const char *user,
                                 void (*cb)(void *ctx, const char *folder), void *ctx);

@@ -128,6 +128,17 @@ static void check_jobs(struct doc *d, struct directory *dir, bool repair)
             continue;
         if (strcmp(j.phase, "retention") == 0 && now / 1000 < j.retain_until)
             continue;
+        /* A mover unfences a cutover over its budget when it resumes the
+         * job; one that keeps the source fenced far longer is stuck there,
+         * and the user's mail is parked meanwhile. */
+        int64_t fenced_ms = j.fenced_at > 0 ? now - j.fenced_at : 0;
+        if (move_phase_abortable(j.phase) &&
+            fenced_ms > (int64_t)d->cfg->mover.cutover_budget_ms + STUCK_MS)
+            problem(d,
+                    "job %llu (%s, phase %s) has kept the source %s fenced for %llds (cutover "
+                    "budget %u ms)",
+                    (unsigned long long)j.id, j.user, j.phase, j.source,
+                    (long long)(fenced_ms / 1000), d->cfg->mover.cutover_budget_ms);
         if (j.lease_owner[0] == '\0' || j.lease_expires + STUCK_MS > now)
             continue;
         problem(d, "job %llu (%s, phase %s) is stuck: lease of %s expired %llds ago",

@@ -8,6 +8,8 @@
  *     user's home and that no live job explains — a mailbox on two stores;
  *   - a mailbox for an address the directory does not know (kept, reported);
  *   - a fenced mailbox without a live job;
+ *   - a job that has kept its source fenced a minute past the cutover budget
+ *     ([mover] cutover_budget_ms: a mover resuming it unfences it);
  *   - a job whose lease expired more than a minute ago (stuck).
  * With repair, stuck jobs are resumed (lease cleared, so a mover claims
  * them) or, if still before the switch and asked to, aborted. Nothing is

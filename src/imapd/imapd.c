@@ -446,6 +446,18 @@ void imapd_sync_selected(struct imapd_session *s, bool allow_expunge)
         s->modseq = modseq;
 }
 
+/* Applies the changes made by others (a rename, flags) to the selected
+ * folder without reporting them: for CLOSE, which closes the folder without
+ * untagged EXPUNGE responses (RFC 3501 6.4.2). A BYE still goes out. */
+static void sync_selected_unreported(struct imapd_session *s)
+{
+    struct buf keep = s->out;
+    buf_init(&s->out, 0);
+    imapd_sync_selected(s, true);
+    buf_free(&s->out);
+    s->out = keep;
+}
+
 /* The mailbox state on the store: once it is not ACTIVE, the session ends. */
 static bool check_state(struct imapd_session *s)
 {
@@ -542,21 +554,35 @@ static void login_done(struct imapd_session *s, const char *tag, const char *use
     switch (a) {
     case IMAPD_AUTH_OK:
         break;
-    case IMAPD_AUTH_FAILED:
-        st_login_failures++;
+    case IMAPD_AUTH_FAILED: {
         s->n_auth_fail++;
-        log_info("imap", "%s: failed login for '%.64s' (%u in this session)", s->peer, user,
-                 s->n_auth_fail);
-        /* The delay makes guessing slow; the count ends the session. */
-        if (s->env->auth_fail_delay_ms > 0) {
-            struct timespec ts = {.tv_sec = s->env->auth_fail_delay_ms / 1000,
-                                  .tv_nsec = (long)(s->env->auth_fail_delay_ms % 1000) * 1000000};
+        unsigned from_addr =
+            s->env->auth_failed != NULL ? s->env->auth_failed(s->env->ctx, s->peer) : 0;
+        /* The delay makes guessing slow; the count ends the session, and
+         * failures from the same address across sessions lengthen it. */
+        uint64_t delay = s->env->auth_fail_delay_ms;
+        if (s->env->auth_fail_max > 0 && from_addr > s->env->auth_fail_max) {
+            unsigned shift = from_addr - s->env->auth_fail_max;
+            delay <<= shift < 6 ? shift : 6;
+            if (delay > 60000)
+                delay = 60000;
+        }
+        log_info("imap",
+                 "%s: failed login for '%.64s' (%u in this session, %u from this address, "
+                 "%llu in all); answered after %llu ms",
+                 s->peer, user, s->n_auth_fail, from_addr,
+                 (unsigned long long)atomic_fetch_add(&st_login_failures, 1) + 1,
+                 (unsigned long long)delay);
+        if (delay > 0) {
+            struct timespec ts = {.tv_sec = (time_t)(delay / 1000),
+                                  .tv_nsec = (long)(delay % 1000) * 1000000};
             nanosleep(&ts, NULL);
         }
         imapd_reply(s, tag, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
         if (s->env->auth_fail_max > 0 && s->n_auth_fail >= s->env->auth_fail_max)
             imapd_bye(s, "Too many failed logins");
         return;
+    }
     case IMAPD_AUTH_UNAVAILABLE:
         imapd_reply(s, tag, "NO", "[UNAVAILABLE] %s", why);
         return;
@@ -679,7 +705,12 @@ static void cmd_authenticate(struct imapd_session *s, const struct imap_command 
         imapd_out(s, "+ \r\n");
         imapd_flush(s);
         int r;
-        while ((r = raw_line(s, line, sizeof(line), 60000)) == 0) {
+        while ((r = raw_line(s, line, sizeof(line), 1000)) == 0) {
+            if ((s->env->shutdown != NULL && *s->env->shutdown) ||
+                time_mono_ms() - s->last_input_ms >= (int64_t)s->env->idle_timeout_ms) {
+                imapd_bye(s, "Autologout; no authentication response");
+                return;
+            }
         }
         if (r < 0) {
             s->closing = true;
@@ -794,23 +825,34 @@ static void cmd_select(struct imapd_session *s, const struct imap_command *c, bo
                     return;
                 }
                 const struct imap_arg *q = &p->list[++i];
-                char *end;
                 if (q->n < 2 || q->list[0].type != IMAP_ARG_ATOM ||
                     q->list[1].type != IMAP_ARG_ATOM) {
                     imapd_reply(s, c->tag, "BAD", "QRESYNC needs UIDVALIDITY and MODSEQ");
                     return;
                 }
-                unsigned long long v = strtoull(q->list[0].str, &end, 10);
-                unsigned long long ms = strtoull(q->list[1].str, &end, 10);
-                if (v == 0 || v > UINT32_MAX || *end != '\0') {
+                uint64_t v = 0, ms = 0;
+                if (imapd_parse_number(q->list[0].str, UINT32_MAX, &v) < 0 || v == 0 ||
+                    imapd_parse_number(q->list[1].str, IMAPD_MODSEQ_MAX, &ms) < 0 ||
+                    (q->n >= 3 && q->list[2].type != IMAP_ARG_ATOM &&
+                     q->list[2].type != IMAP_ARG_LIST) ||
+                    q->n > 4) {
                     imapd_reply(s, c->tag, "BAD", "Invalid QRESYNC parameters");
                     return;
                 }
                 qr = true;
                 qr_uidvalidity = (uint32_t)v;
                 qr_modseq = ms;
-                if (q->n >= 3 && q->list[2].type == IMAP_ARG_ATOM)
+                if (q->n >= 3 && q->list[2].type == IMAP_ARG_ATOM) {
+                    struct imap_range *kr = NULL;
+                    size_t nk = 0;
+                    const char *err;
+                    if (imap_seqset_parse(q->list[2].str, UINT32_MAX, &kr, &nk, &err) < 0) {
+                        imapd_reply(s, c->tag, "BAD", "Invalid known UIDs: %s", err);
+                        return;
+                    }
+                    free(kr);
                     qr_known = q->list[2].str;
+                }
             } else {
                 imapd_reply(s, c->tag, "BAD", "Unknown select parameter");
                 return;
@@ -819,7 +861,11 @@ static void cmd_select(struct imapd_session *s, const struct imap_command *c, bo
     }
     if (folder_arg(s, c->tag, &c->args[0], name) < 0)
         return;
-    imapd_unselect(s);
+    if (s->state == ST_SELECTED) {
+        /* RFC 7162 3.2.11: what follows is about the new mailbox. */
+        imapd_unselect(s);
+        imapd_out(s, "* OK [CLOSED] Previous mailbox closed\r\n");
+    }
     struct sync_folder f;
     int r;
     const char *why = NULL;
@@ -878,7 +924,7 @@ static void cmd_select(struct imapd_session *s, const struct imap_command *c, bo
         const char *err;
         uint32_t top = s->uidnext > 1 ? s->uidnext - 1 : 1;
         if (qr_known != NULL && imap_seqset_parse(qr_known, top, &kr, &nk, &err) < 0) {
-            kr = NULL;
+            kr = NULL; /* checked above; only '*' can differ, and it means all */
             nk = 0;
         }
         if (kr == NULL) {
@@ -1015,6 +1061,15 @@ static void cmd_rename(struct imapd_session *s, const struct imap_command *c)
     if (r != 0) {
         imapd_store_failed(s, c->tag, r, why);
         return;
+    }
+    /* The selected folder (or one under it) keeps being served under its new
+     * name: its UIDVALIDITY and messages are the same. */
+    if (s->state == ST_SELECTED && strncmp(s->folder, from, fl) == 0 &&
+        (s->folder[fl] == '\0' || s->folder[fl] == IMAPD_HIER)) {
+        char nn[2 * STORE_FOLDER_MAX + 2];
+        snprintf(nn, sizeof(nn), "%s%s", to, s->folder + fl);
+        if (strlen(nn) <= STORE_FOLDER_MAX)
+            str_copy(s->folder, nn, sizeof(s->folder));
     }
     /* Inferior names follow (RFC 3501 6.3.5). */
     struct sync_folder *list = NULL;
@@ -1207,9 +1262,11 @@ static void cmd_list(struct imapd_session *s, const struct imap_command *c, bool
                 }
                 break;
             }
-            /* Try the parent: "a/b/c" -> "a/b" (only for % patterns). */
+            /* Try the parent: "a/b/c" -> "a/b" (only for % patterns). LSUB
+             * too: a parent of a subscribed name shows as \Noselect (RFC
+             * 3501 6.3.9). */
             char *slash = strrchr(cur, IMAPD_HIER);
-            if (slash == NULL || lsub)
+            if (slash == NULL)
                 break;
             *slash = '\0';
         }
@@ -1400,8 +1457,10 @@ static void cmd_idle(struct imapd_session *s, const struct imap_command *c)
             imapd_bye(s, "IDLE for too long");
             return;
         }
-        /* Idle tick: the mailbox state (moves end the session), then news. */
-        if (!check_state(s))
+        /* Idle tick: the mailbox state every state_check_ms (moves end the
+         * session), the news every tick. */
+        if (time_mono_ms() - s->last_state_check_ms >= (int64_t)s->env->state_check_ms &&
+            !check_state(s))
             return;
         imapd_sync_selected(s, true);
         imapd_flush(s);
@@ -1572,8 +1631,10 @@ static void execute(struct imapd_session *s, const struct imap_command *c)
     } else if (strcmp(n, "IDLE") == 0) {
         cmd_idle(s, c);
     } else if (strcmp(n, "CLOSE") == 0) {
-        if (!s->readonly)
+        if (!s->readonly) {
+            sync_selected_unreported(s);
             imapd_cmd_expunge(s, NULL, NULL, true);
+        }
         imapd_unselect(s);
         imapd_reply(s, c->tag, "OK", "CLOSE completed");
     } else if (strcmp(n, "UNSELECT") == 0) {

@@ -33,6 +33,7 @@
 #ifndef TERN_IMAPD_H
 #define TERN_IMAPD_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -62,6 +63,13 @@ struct imapd_env {
      * client-safe reason for the other results. */
     enum imapd_auth (*login)(void *ctx, const char *user, const char *password, char *user_r,
                              struct sync **sync_r, const char **why_r);
+    /* A failed login from peer ("ADDR:PORT"): returns how many failures
+     * came from the same address recently, this one included (NULL: not
+     * counted). From auth_fail_max on, each further failure from that
+     * address doubles the delay (up to 64 times auth_fail_delay_ms, at most
+     * a minute), so reconnecting after the per-session limit does not make
+     * guessing faster. */
+    unsigned (*auth_failed)(void *ctx, const char *peer);
     /* The session of user ended (to count sessions per user). */
     void (*logout)(void *ctx, const char *user);
     /* Subscriptions (LSUB): kept outside the store so they survive moves.
@@ -71,7 +79,7 @@ struct imapd_env {
                     void *cbctx);
     void *ctx;
     /* Set by the role to stop every session (they end with BYE). */
-    volatile int *shutdown;
+    const atomic_int *shutdown;
 };
 
 /* Runs one session on the connected socket fd until the client logs out,

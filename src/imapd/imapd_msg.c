@@ -69,7 +69,13 @@ int64_t imapd_parse_date(const char *s)
 
 int64_t imapd_parse_datetime(const char *s)
 {
-    /* "dd-Mon-yyyy hh:mm:ss +zzzz", dd may be " d" */
+    /* "dd-Mon-yyyy hh:mm:ss +zzzz", dd may be " d"; clients also send "d-" */
+    char padded[27];
+    if (strlen(s) == 25 && isdigit((unsigned char)s[0]) && s[1] == '-') {
+        padded[0] = ' ';
+        memcpy(padded + 1, s, 26);
+        s = padded;
+    }
     if (strlen(s) != 26)
         return -1;
     char day[3] = {s[0] == ' ' ? '0' : s[0], s[1], 0};
@@ -98,6 +104,23 @@ int64_t imapd_parse_datetime(const char *s)
     int64_t t = days_from_civil(v[0], m + 1, d) * 86400 + v[1] * 3600 + v[2] * 60 + v[3];
     int64_t off = (v[4] * 60 + v[5]) * 60;
     return s[21] == '+' ? t - off : t + off;
+}
+
+int imapd_parse_number(const char *s, uint64_t max, uint64_t *out_r)
+{
+    uint64_t v = 0;
+    if (*s == '\0' || strlen(s) > 20)
+        return -1;
+    for (; *s != '\0'; s++) {
+        if (!isdigit((unsigned char)*s))
+            return -1;
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (max - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out_r = v;
+    return 0;
 }
 
 int imapd_parse_flags(const struct imap_arg *a, size_t n, uint32_t *flags_r, struct buf *kw,
@@ -296,6 +319,45 @@ static bool spec_valid(const char *p)
     return true;
 }
 
+/* header-fld-name is an astring (RFC 3501), so a HEADER.FIELDS list may
+ * quote names: "HEADER.FIELDS (\"Subject\" From)" becomes
+ * "HEADER.FIELDS (Subject From)". -1 for a quoted name that is empty, badly
+ * quoted, or not a field name. */
+static int spec_unquote(char *spec, size_t cap)
+{
+    char *open = strchr(spec, '(');
+    if (open == NULL || strchr(open, '"') == NULL)
+        return 0;
+    char out[sizeof(((struct fitem *)0)->spec)];
+    size_t o = (size_t)(open + 1 - spec);
+    memcpy(out, spec, o);
+    for (const char *p = open + 1; *p != '\0';) {
+        if (*p != '"') {
+            if (o + 1 >= sizeof(out))
+                return -1;
+            out[o++] = *p++;
+            continue;
+        }
+        size_t start = o;
+        for (p++; *p != '"'; p++) {
+            if (*p == '\\')
+                p++;
+            unsigned char ch = (unsigned char)*p;
+            if (ch <= 0x20 || ch >= 0x7f || ch == ':' || o + 1 >= sizeof(out))
+                return -1; /* also the end of the string: unterminated */
+            out[o++] = (char)ch;
+        }
+        if (o == start)
+            return -1;
+        p++;
+    }
+    if (o >= cap)
+        return -1;
+    out[o] = '\0';
+    memcpy(spec, out, o + 1);
+    return 0;
+}
+
 /* Parses one fetch-att atom into it. 0 or -1 (BAD). */
 static int fitem_parse(const struct imap_arg *a, struct fitem *it)
 {
@@ -337,7 +399,7 @@ static int fitem_parse(const struct imap_arg *a, struct fitem *it)
         return -1;
     memcpy(it->spec, br + 1, (size_t)(end - br - 1));
     it->spec[end - br - 1] = '\0';
-    if (!spec_valid(it->spec))
+    if (spec_unquote(it->spec, sizeof(it->spec)) < 0 || !spec_valid(it->spec))
         return -1;
     it->k = FI_SECTION;
     const char *p = end + 1;
@@ -574,9 +636,8 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
             const struct imap_arg *m = &a[2].list[k];
             if (imap_arg_atom_is(m, "CHANGEDSINCE") && k + 1 < a[2].n &&
                 a[2].list[k + 1].type == IMAP_ARG_ATOM) {
-                char *e;
-                changedsince = strtoull(a[2].list[++k].str, &e, 10);
-                if (*e != '\0' || changedsince == 0) {
+                if (imapd_parse_number(a[2].list[++k].str, IMAPD_MODSEQ_MAX, &changedsince) < 0 ||
+                    changedsince == 0) {
                     imapd_reply(s, c->tag, "BAD", "Invalid CHANGEDSINCE");
                     free(items);
                     return;
@@ -615,11 +676,14 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
         uint32_t top = s->uidnext > 1 ? s->uidnext - 1 : 1;
         if (imap_seqset_parse(a[0].str, top, &r, &nr, &err) == 0) {
             uint32_t *gone = NULL;
-            size_t ng = 0;
+            size_t ng = 0, capg = 0;
             for (size_t k = 0; k < nr; k++)
                 for (uint64_t u = r[k].lo; u <= r[k].hi && u < s->uidnext && ng < 1000000; u++)
                     if (imapd_seq_of(s, (uint32_t)u) == 0) {
-                        gone = xrealloc(gone, (ng + 1) * sizeof(*gone));
+                        if (ng == capg) {
+                            capg = capg ? capg * 2 : 256;
+                            gone = xrealloc(gone, capg * sizeof(*gone));
+                        }
                         gone[ng++] = (uint32_t)u;
                     }
             if (ng > 0) {
@@ -680,6 +744,59 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
 
 /* ---- STORE ------------------------------------------------------------------ */
 
+/* True if the keyword [p, p+len) is in the space-separated list s (keywords
+ * are atoms: case-insensitive, RFC 3501 9). */
+static bool kw_has(const char *s, const char *p, size_t len)
+{
+    while (*s != '\0') {
+        size_t l = strcspn(s, " ");
+        if (l == len && strncasecmp(s, p, len) == 0)
+            return true;
+        s += l;
+        s += *s == ' ';
+    }
+    return false;
+}
+
+/* Appends keyword [p, p+len) to out unless it is there (any case). */
+static void kw_add(char out[STORE_KEYWORDS_MAX + 1], const char *p, size_t len)
+{
+    size_t ol = strlen(out);
+    if (len == 0 || kw_has(out, p, len) || ol + (ol > 0) + len > STORE_KEYWORDS_MAX)
+        return;
+    if (ol > 0)
+        out[ol++] = ' ';
+    memcpy(out + ol, p, len);
+    out[ol + len] = '\0';
+}
+
+/* The store's rule for a keyword change (so the session's copy matches what
+ * the store now holds): SET replaces; ADD keeps the current ones and appends
+ * the new; REMOVE drops matches; case-insensitive, no duplicates, the first
+ * spelling wins. */
+static void keywords_apply(const char *cur, enum store_flag_mode mode, const char *kw,
+                           char out[STORE_KEYWORDS_MAX + 1])
+{
+    out[0] = '\0';
+    if (mode != STORE_FLAGS_SET) {
+        for (const char *p = cur; *p != '\0';) {
+            size_t l = strcspn(p, " ");
+            if (mode == STORE_FLAGS_ADD || !kw_has(kw, p, l))
+                kw_add(out, p, l);
+            p += l;
+            p += *p == ' ';
+        }
+        if (mode == STORE_FLAGS_REMOVE)
+            return;
+    }
+    for (const char *p = kw; *p != '\0';) {
+        size_t l = strcspn(p, " ");
+        kw_add(out, p, l);
+        p += l;
+        p += *p == ' ';
+    }
+}
+
 void imapd_cmd_store(struct imapd_session *s, const struct imap_command *c,
                      const struct imap_arg *a, size_t n, bool uid)
 {
@@ -692,14 +809,12 @@ void imapd_cmd_store(struct imapd_session *s, const struct imap_command *c,
     bool conditional = false;
     if (a[1].type == IMAP_ARG_LIST) {
         const struct imap_arg *m = &a[1];
-        char *e;
         if (m->n != 2 || !imap_arg_atom_is(&m->list[0], "UNCHANGEDSINCE") ||
             m->list[1].type != IMAP_ARG_ATOM) {
             imapd_reply(s, c->tag, "BAD", "Invalid STORE modifier");
             return;
         }
-        unchanged_since = strtoull(m->list[1].str, &e, 10);
-        if (*e != '\0' || m->list[1].str[0] == '\0') {
+        if (imapd_parse_number(m->list[1].str, IMAPD_MODSEQ_MAX, &unchanged_since) < 0) {
             imapd_reply(s, c->tag, "BAD", "Invalid UNCHANGEDSINCE");
             return;
         }
@@ -805,47 +920,7 @@ void imapd_cmd_store(struct imapd_session *s, const struct imap_command *c,
             m->flags &= ~flags;
         if (kws != NULL) {
             char out[STORE_KEYWORDS_MAX + 1];
-            /* The store's merge rule, so the local copy matches the store. */
-            out[0] = '\0';
-            if (mode == STORE_FLAGS_SET) {
-                str_copy(out, kws, sizeof(out));
-            } else {
-                /* rebuild: tokens of m->keywords +/- kws */
-                struct buf nb;
-                buf_init(&nb, 0);
-                char *cur = xstrdup(m->keywords), *save = NULL;
-                for (char *t = strtok_r(cur, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
-                    bool in_k = false;
-                    char *kc = xstrdup(kws), *s2 = NULL;
-                    for (char *u = strtok_r(kc, " ", &s2); u; u = strtok_r(NULL, " ", &s2))
-                        in_k |= strcmp(t, u) == 0;
-                    free(kc);
-                    if (mode == STORE_FLAGS_REMOVE && in_k)
-                        continue;
-                    if (nb.len)
-                        buf_puts(&nb, " ");
-                    buf_puts(&nb, t);
-                }
-                free(cur);
-                if (mode == STORE_FLAGS_ADD) {
-                    char *kc = xstrdup(kws), *s2 = NULL;
-                    for (char *u = strtok_r(kc, " ", &s2); u; u = strtok_r(NULL, " ", &s2)) {
-                        bool have = false;
-                        char *c2 = xstrdup(nb.data != NULL ? nb.data : ""), *s3 = NULL;
-                        for (char *t = strtok_r(c2, " ", &s3); t; t = strtok_r(NULL, " ", &s3))
-                            have |= strcmp(t, u) == 0;
-                        free(c2);
-                        if (!have) {
-                            if (nb.len)
-                                buf_puts(&nb, " ");
-                            buf_puts(&nb, u);
-                        }
-                    }
-                    free(kc);
-                }
-                str_copy(out, nb.data != NULL ? nb.data : "", sizeof(out));
-                buf_free(&nb);
-            }
+            keywords_apply(m->keywords, mode, kws, out);
             free(m->keywords);
             m->keywords = xstrdup(out);
         }
@@ -881,10 +956,13 @@ void imapd_cmd_store(struct imapd_session *s, const struct imap_command *c,
     if (uid)
         imapd_sync_selected(s, true);
     if (nmod > 0) {
+        /* Not through imapd_reply: the set can be longer than its text. */
         struct buf b;
         buf_init(&b, 0);
+        buf_printf(&b, "%s OK [MODIFIED ", c->tag);
         imapd_write_uidset(&b, modified, nmod);
-        imapd_reply(s, c->tag, "OK", "[MODIFIED %s] Conditional STORE failed for some", b.data);
+        buf_puts(&b, "] Conditional STORE failed for some\r\n");
+        buf_append(&s->out, b.data, b.len);
         buf_free(&b);
     } else {
         imapd_reply(s, c->tag, "OK", "%sSTORE completed", uid ? "UID " : "");
@@ -1065,14 +1143,12 @@ static struct sk *sk_key(struct sk_parse *p)
             p->uses_modseq = true;
             p->s->condstore = true;
         }
-        char *e;
-        if (p->pos >= p->n || p->a[p->pos].type != IMAP_ARG_ATOM ||
-            !isdigit((unsigned char)p->a[p->pos].str[0])) {
+        if (p->pos >= p->n || p->a[p->pos].type != IMAP_ARG_ATOM) {
             p->err = "Search key needs a number";
             goto fail;
         }
-        k->num = strtoull(p->a[p->pos].str, &e, 10);
-        if (*e != '\0') {
+        if (imapd_parse_number(p->a[p->pos].str, k->k == SK_MODSEQ ? IMAPD_MODSEQ_MAX : UINT32_MAX,
+                               &k->num) < 0) {
             p->err = "Invalid number";
             goto fail;
         }

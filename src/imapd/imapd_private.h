@@ -104,6 +104,10 @@ void imapd_cmd_expunge(struct imapd_session *s, const char *tag, const char *uid
  * ("d-Mon-yyyy"); -1 if malformed. */
 int64_t imapd_parse_datetime(const char *s);
 int64_t imapd_parse_date(const char *s);
+/* A number: digits only, no sign, no overflow, at most max (RFC 3501's
+ * number is 32 bits, RFC 7162's mod-sequence-value 63). 0 or -1. */
+int imapd_parse_number(const char *s, uint64_t max, uint64_t *out_r);
+#define IMAPD_MODSEQ_MAX ((uint64_t)INT64_MAX)
 /* Flag list / single flag into flags + keywords (buf, space-separated).
  * -1 with *why_r for an unknown system flag or a bad keyword. */
 int imapd_parse_flags(const struct imap_arg *a, size_t n, uint32_t *flags_r, struct buf *kw,

@@ -127,17 +127,24 @@ static bool is_delimiter(const struct parser *p, size_t pos, struct stop *st)
     return false;
 }
 
-/* From pos (a line start), the first delimiter line of an open boundary. */
+/* From pos (a line start), the first delimiter line of an open boundary.
+ * Only lines that start with '-' can be one: memchr for '-' skips base64
+ * and most text at memory speed, instead of stopping at every line. */
 static struct stop scan_to_delimiter(const struct parser *p, size_t pos)
 {
     struct stop st = {.at = p->len, .which = -1};
-    if (p->nb == 0)
+    if (p->nb == 0 || pos >= p->len)
         return st;
-    while (pos < p->len) {
-        if (is_delimiter(p, pos, &st))
+    if (is_delimiter(p, pos, &st))
+        return st;
+    const char *d = p->d, *end = d + p->len, *q = d + pos + 1;
+    while (q < end && (q = memchr(q, '-', (size_t)(end - q))) != NULL) {
+        if (q[-1] == '\n' && is_delimiter(p, (size_t)(q - d), &st))
             return st;
-        pos = line_after(p->d, pos, p->len);
+        q++;
     }
+    st.at = p->len;
+    st.which = -1;
     return st;
 }
 
@@ -327,6 +334,13 @@ static struct stop parse_part(struct parser *p, uint32_t idx, size_t pos, int de
     }
     n = &m->nodes[idx];
     n->body_end = cut_eol(p, &st, n->body_start);
+    /* A child whose header's blank line is the line end before the
+     * delimiter keeps it: the parent's body must still contain the child. */
+    uint32_t last = n->first_child;
+    while (last != MIME_NONE && m->nodes[last].next != MIME_NONE)
+        last = m->nodes[last].next;
+    if (last != MIME_NONE && m->nodes[last].body_end > n->body_end)
+        n->body_end = m->nodes[last].body_end;
     return st;
 }
 
@@ -355,7 +369,39 @@ struct section {
     bool too_deep;
     struct buf names; /* HEADER.FIELDS: NUL-terminated names, one after another */
     size_t n_names;
+    /* a hash of the names by length and first letter, so a long header
+     * against a long list costs fields + names, not fields * names */
+    uint32_t bucket[64];
+    uint32_t *name_off, *name_len, *name_next;
 };
+
+static unsigned name_hash(const char *p, size_t len)
+{
+    unsigned char c = len > 0 ? (unsigned char)p[0] : 0;
+    if (c >= 'A' && c <= 'Z')
+        c = (unsigned char)(c - 'A' + 'a');
+    return (unsigned)(len * 7 + c) % 64;
+}
+
+static void index_names(struct section *s)
+{
+    s->name_off = xcalloc(s->n_names, sizeof(uint32_t));
+    s->name_len = xcalloc(s->n_names, sizeof(uint32_t));
+    s->name_next = xcalloc(s->n_names, sizeof(uint32_t));
+    for (size_t b = 0; b < ARRAY_SIZE(s->bucket); b++)
+        s->bucket[b] = UINT32_MAX;
+    size_t off = 0;
+    for (uint32_t i = 0; i < s->n_names; i++) {
+        const char *n = s->names.data + off;
+        size_t len = strlen(n);
+        unsigned h = name_hash(n, len);
+        s->name_off[i] = (uint32_t)off;
+        s->name_len[i] = (uint32_t)len;
+        s->name_next[i] = s->bucket[h];
+        s->bucket[h] = i;
+        off += len + 1;
+    }
+}
 
 static const char *keyword(const char *p, const char *word)
 {
@@ -484,12 +530,11 @@ static int parse_spec(const char *p, struct section *s, const char **error_r)
 
 static bool name_listed(const struct section *s, const char *d, const struct mime_field *f)
 {
-    const char *n = s->names.data;
-    for (size_t i = 0; i < s->n_names; i++) {
-        if (mime_eq(d + f->start, f->name_len, n))
+    const char *name = d + f->start;
+    for (uint32_t i = s->bucket[name_hash(name, f->name_len)]; i != UINT32_MAX; i = s->name_next[i])
+        if (s->name_len[i] == f->name_len &&
+            mime_eq(name, f->name_len, s->names.data + s->name_off[i]))
             return true;
-        n += strlen(n) + 1;
-    }
     return false;
 }
 
@@ -551,7 +596,7 @@ static void put_fields(const struct mime_msg *m, const struct section *s, size_t
 enum mime_section mime_section_locate(struct mime_msg *m, const char *spec, struct buf *out,
                                       size_t *off_r, size_t *len_r, const char **error_r)
 {
-    struct section s = {.np = 0};
+    struct section s = {.np = 0, .name_off = NULL};
     enum mime_section ret = MIME_SECTION_OK;
     *off_r = 0;
     *len_r = 0;
@@ -579,12 +624,14 @@ enum mime_section mime_section_locate(struct mime_msg *m, const char *spec, stru
             goto done;
         }
         const struct mime_node *n = &m->nodes[node];
-        if (synth) {
+        if (synth) { /* the empty part: at the start of the multipart's body */
+            *off_r = n->body_start;
             if (s.kind != SEC_BODY && s.kind != SEC_MIME) {
+                *off_r = 0;
                 *error_r = "Not a message/rfc822 part";
                 ret = MIME_SECTION_NONE;
             }
-            goto done; /* the empty part */
+            goto done;
         }
         if (s.kind == SEC_BODY || s.kind == SEC_MIME) {
             *off_r = s.kind == SEC_BODY ? n->body_start : n->hdr_start;
@@ -611,10 +658,14 @@ enum mime_section mime_section_locate(struct mime_msg *m, const char *spec, stru
         *len_r = be - bs;
     } else {
         *off_r = SIZE_MAX;
+        index_names(&s);
         put_fields(m, &s, hs, he, out);
     }
 done:
     buf_free(&s.names);
+    free(s.name_off);
+    free(s.name_len);
+    free(s.name_next);
     return ret;
 }
 

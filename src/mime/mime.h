@@ -24,8 +24,8 @@
  * "MISSING_MAILBOX"/"MISSING_DOMAIN", merged RFC 2231 parameters, line
  * counts = LF octets in the body); media type, subtype, parameter names,
  * encoding and disposition type are upper-cased (RFC 3501's examples).
- * Every IMAP string is quoted (with \ and " escaped) when it is 7-bit
- * without CR/LF/NUL and at most 1024 octets, else a literal; NULs in
+ * Every IMAP string is quoted (with \ and " escaped) when it is printable
+ * US-ASCII (TAB allowed) of at most 1024 octets, else a literal; NULs in
  * header values are written as '?'.
  *
  * Threading: GMime is initialised once (mime_init(), idempotent, not

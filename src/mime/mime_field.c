@@ -154,7 +154,28 @@ const char *mime_quoted(const char *p, const char *end, struct buf *out)
 
 bool mime_is_token(unsigned char c)
 {
-    return c > 0x20 && c < 0x7f && strchr("()<>@,;:\\\"/[]?=", c) == NULL;
+    if (c <= 0x20 || c >= 0x7f)
+        return false;
+    switch (c) { /* tspecials */
+    case '(':
+    case ')':
+    case '<':
+    case '>':
+    case '@':
+    case ',':
+    case ';':
+    case ':':
+    case '\\':
+    case '"':
+    case '/':
+    case '[':
+    case ']':
+    case '?':
+    case '=':
+        return false;
+    default:
+        return true;
+    }
 }
 
 /* Skips to the next ';' (not inside a quoted string or comment). */
@@ -276,17 +297,20 @@ const char *mime_param_get(const struct mime_ctype *ct, const struct buf *sb, co
 
 static void put_string(struct buf *out, const char *s, size_t len, bool upper)
 {
-    bool quoted = len <= IMAP_QUOTED_MAX;
-    for (size_t i = 0; i < len && quoted; i++) {
-        unsigned char c = (unsigned char)s[i];
-        quoted = c != 0 && c < 0x80 && c != '\r' && c != '\n';
-    }
-    if (!quoted)
-        buf_printf(out, "{%zu}\r\n", len);
-    else
-        buf_append(out, "\"", 1);
-    size_t run = 0;
+    bool quoted = len <= IMAP_QUOTED_MAX, plain = true; /* plain: copy as is */
     for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 && c != '\t') || c >= 0x7f) /* printable (and TAB) only */
+            quoted = false;
+        if (c == 0 || c == '"' || c == '\\' || (upper && c >= 'a' && c <= 'z'))
+            plain = false;
+    }
+    if (quoted)
+        buf_append(out, "\"", 1);
+    else
+        buf_printf(out, "{%zu}\r\n", len);
+    size_t run = 0;
+    for (size_t i = 0; i < len && !plain; i++) {
         char c = s[i];
         bool lower = upper && c >= 'a' && c <= 'z';
         if (!lower && c != '\0' && !(quoted && (c == '"' || c == '\\')))

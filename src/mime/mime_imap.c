@@ -38,7 +38,26 @@ struct addrp {
 
 static bool is_atext(unsigned char c)
 {
-    return c > 0x20 && c != 0x7f && strchr("()<>[]:;@\\,.\"", c) == NULL;
+    if (c <= 0x20 || c == 0x7f)
+        return false;
+    switch (c) { /* specials (RFC 5322 3.2.3) */
+    case '(':
+    case ')':
+    case '<':
+    case '>':
+    case '[':
+    case ']':
+    case ':':
+    case ';':
+    case '@':
+    case '\\':
+    case ',':
+    case '.':
+    case '"':
+        return false;
+    default:
+        return true; /* including 8-bit octets (RFC 6532) */
+    }
 }
 
 static void put_addr(struct addrp *a, const struct buf *name, const struct buf *route,
@@ -95,7 +114,7 @@ static size_t read_words(struct addrp *a, struct buf *phrase, struct buf *local)
         if (c == '"') {
             size_t mark = local->len;
             a->p = mime_quoted(a->p, a->end, local);
-            if (phrase != NULL)
+            if (phrase != NULL && local->len > mark)
                 buf_append(phrase, local->data + mark, local->len - mark);
         } else {
             a->p++;
@@ -413,6 +432,7 @@ static void put_params(struct mime_msg *m, const struct mime_ctype *ct, bool tex
                 continue;
             buf_reset(nb);
             buf_reset(vb);
+            buf_append(vb, "", 0); /* allocated even if every section is empty */
             buf_append(nb, name, base);
             if (ext0)
                 buf_append(nb, "*", 1);

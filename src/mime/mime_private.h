@@ -120,8 +120,8 @@ bool mime_eq(const char *p, size_t len, const char *word); /* ASCII case-insensi
 
 /* ---- IMAP strings (RFC 3501 4.3) ----------------------------------------- */
 
-/* Quoted (with \ and " escaped) if 7-bit, no CR/LF/NUL and at most 1024
- * octets; else a literal {n}\r\n with NUL octets written as '?'. */
+/* Quoted (with \ and " escaped) if printable US-ASCII (or TAB) and at most
+ * 1024 octets; else a literal {n}\r\n with NUL octets written as '?'. */
 void mime_put_string(struct buf *out, const char *s, size_t len);
 /* The same, upper-casing ASCII letters. */
 void mime_put_upper(struct buf *out, const char *s, size_t len);

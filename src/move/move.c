@@ -15,6 +15,8 @@
 #define CATCHUP_PASSES_MAX 20
 #define BATCH_MSGS         128        /* appends sent to the destination at once */
 #define BATCH_BYTES        (8u << 20) /* ... and their bodies at most: memory stays flat */
+#define CUTOVERS_MAX       10 /* cutovers over budget before the job gives up (source stays) */
+#define SWAP_PREFIX        ".tern-move-swap-" /* a folder moved out of another's way */
 
 /* What a phase function tells the loop. */
 enum step {
@@ -33,6 +35,7 @@ struct run {
     char err[DIR_ERROR_MAX + 1];
     int64_t last_save_ms;
     unsigned since_save;
+    bool fenced_here; /* this run fenced the source: the cutover goes straight through */
 };
 
 bool move_phase_active(const char *phase)
@@ -153,6 +156,18 @@ fail:
     return -1;
 }
 
+/* Only the source: what unfencing needs, even with the destination down. */
+static int connect_src(struct run *r)
+{
+    const struct move_env *env = r->env;
+    char e[200];
+    if (r->src == NULL && (r->src = env->connect(env->ctx, r->job.source, e, sizeof(e))) == NULL) {
+        set_err(r, "cannot reach %s: %s", r->job.source, e);
+        return -1;
+    }
+    return 0;
+}
+
 /* A transport call's result: -1 drops the channels (the step is retried). */
 static enum step io_fail(struct run *r, const char *what)
 {
@@ -180,7 +195,22 @@ struct pass {
     struct pending *batch; /* BATCH_MSGS slots */
     size_t nb;
     size_t bytes;
+    /* UIDVALIDITYs of the folders this listing shows deleted. Their
+     * messages' tombstones share the folder's modseq, so they are always in
+     * the same listing; folder_delete already took them on the destination,
+     * where the name may belong to a new folder by now. */
+    uint32_t *gone;
+    size_t ngone;
 };
+
+/* A transport call inside a pass failed. The channels are dropped only
+ * once the listing has returned (sync_pass): a callback closing the source
+ * under the listing that calls it would leave it a freed connection. */
+static enum step pass_io_fail(struct run *r, const char *what)
+{
+    set_err(r, "%s: store connection failed", what);
+    return STEP_LATER;
+}
 
 static void batch_drop(struct pass *p)
 {
@@ -221,7 +251,7 @@ static int batch_flush(struct pass *p)
     }
     int ret = 0;
     if (rc < 0) {
-        p->result = io_fail(r, "copy");
+        p->result = pass_io_fail(r, "copy");
         ret = -1;
     }
     for (size_t i = 0; ret == 0 && i < p->nb; i++) {
@@ -235,7 +265,7 @@ static int batch_flush(struct pass *p)
             x = r->dst->ops->flags(r->dst, r->job.user, m->folder, m->uid, m->flags, m->keywords,
                                    &why);
             if (x < 0) {
-                p->result = io_fail(r, "flags");
+                p->result = pass_io_fail(r, "flags");
                 ret = -1;
             } else if (x == SYNC_NO && strcmp(why, "notfound") != 0) {
                 set_err(r, "message %s/%u: %s", m->folder, m->uid, why);
@@ -252,6 +282,9 @@ static int batch_flush(struct pass *p)
         }
     }
     if (ret == 0) {
+        /* Fault injection (tests): the batch is durable on the destination,
+         * the checkpoint does not know it yet. */
+        util_fault_point("move.batch");
         /* Everything up to the last flushed record is applied. */
         uint64_t ms = p->batch[p->nb - 1].m.modseq;
         if (ms > 0 && ms - 1 > r->job.checkpoint)
@@ -266,6 +299,41 @@ static int batch_flush(struct pass *p)
     return ret;
 }
 
+/* The destination folder called `name` has another UIDVALIDITY than the
+ * source's folder of that name (a swap of names on the source, applied one
+ * folder record at a time): rename it out of the way, to a name that carries
+ * its UIDVALIDITY. Its own record, later in the listing, names it again; a
+ * name left over would fail verify, never pass it. 0, SYNC_NO (r->err) or -1. */
+static int folder_unblock(struct run *r, const char *name, uint32_t uidvalidity)
+{
+    const char *why = "";
+    struct sync_digest *dg = NULL;
+    size_t n = 0;
+    int rc = r->dst->ops->digest(r->dst, r->job.user, &dg, &n, &why);
+    if (rc != 0) {
+        free(dg);
+        return rc;
+    }
+    uint32_t blocker = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(dg[i].name, name) == 0)
+            blocker = dg[i].uidvalidity;
+    free(dg);
+    if (blocker == 0 || blocker == uidvalidity) {
+        set_err(r, "folder %s on %s: conflict, but no other folder holds the name", name,
+                r->job.dest);
+        return SYNC_NO;
+    }
+    char tmp[STORE_FOLDER_MAX + 1];
+    snprintf(tmp, sizeof(tmp), SWAP_PREFIX "%u", blocker);
+    log_info(r->ctx, "%s: folder %s (UIDVALIDITY %u) on %s makes way as %s", r->job.user, name,
+             blocker, r->job.dest, tmp);
+    rc = r->dst->ops->folder_ensure(r->dst, r->job.user, tmp, blocker, 0, &why);
+    if (rc == SYNC_NO)
+        set_err(r, "folder %s on %s cannot make way: %s", name, r->job.dest, why);
+    return rc;
+}
+
 static int pass_folder(void *ctx, const struct sync_folder *f)
 {
     struct pass *p = ctx;
@@ -275,13 +343,26 @@ static int pass_folder(void *ctx, const struct sync_folder *f)
     p->changes++;
     if (batch_flush(p) < 0)
         return -1;
-    if (f->deleted)
+    if (f->deleted) {
+        p->gone = xrealloc(p->gone, (p->ngone + 1) * sizeof(*p->gone));
+        p->gone[p->ngone++] = f->uidvalidity;
         rc = r->dst->ops->folder_delete(r->dst, r->job.user, f->uidvalidity, &why);
-    else
+    } else {
         rc = r->dst->ops->folder_ensure(r->dst, r->job.user, f->name, f->uidvalidity, f->uidnext,
                                         &why);
+        if (rc == SYNC_NO && strcmp(why, "conflict") == 0) {
+            rc = folder_unblock(r, f->name, f->uidvalidity);
+            if (rc == SYNC_NO) {
+                p->result = STEP_FAIL;
+                return -1;
+            }
+            if (rc == 0)
+                rc = r->dst->ops->folder_ensure(r->dst, r->job.user, f->name, f->uidvalidity,
+                                                f->uidnext, &why);
+        }
+    }
     if (rc < 0) {
-        p->result = io_fail(r, "folder");
+        p->result = pass_io_fail(r, "folder");
         return -1;
     }
     if (rc == SYNC_NO && strcmp(why, "notfound") != 0) {
@@ -290,6 +371,14 @@ static int pass_folder(void *ctx, const struct sync_folder *f)
         return -1;
     }
     return 0;
+}
+
+static bool pass_folder_gone(const struct pass *p, uint32_t uidvalidity)
+{
+    for (size_t i = 0; i < p->ngone; i++)
+        if (p->gone[i] == uidvalidity)
+            return true;
+    return false;
 }
 
 static int pass_msg(void *ctx, const struct sync_msg *m)
@@ -305,16 +394,21 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
     if (m->modseq > p->limit)
         return 0;
     p->changes++;
+    if (p->deadline_ms != 0)
+        util_fault_point("move.final.record"); /* tests: a slow final sync */
     if (p->deadline_ms != 0 && time_mono_ms() > p->deadline_ms) {
         p->over_budget = true;
         return -1;
     }
-    if (m->expunged) {
+    if (pass_folder_gone(p, m->uidvalidity)) {
+        /* A tombstone of a deleted folder: applying it by name could hit a
+         * new folder of the same name (another incarnation). */
+    } else if (m->expunged) {
         if (batch_flush(p) < 0)
             return -1;
         rc = r->dst->ops->expunge(r->dst, r->job.user, m->folder, m->uid, &why);
         if (rc < 0) {
-            p->result = io_fail(r, "expunge");
+            p->result = pass_io_fail(r, "expunge");
             return -1;
         }
     } else {
@@ -327,7 +421,7 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
             rc = r->dst->ops->flags(r->dst, r->job.user, m->folder, m->uid, m->flags, m->keywords,
                                     &why);
             if (rc < 0) {
-                p->result = io_fail(r, "flags");
+                p->result = pass_io_fail(r, "flags");
                 return -1;
             }
         }
@@ -340,7 +434,7 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
             rc = r->src2->ops->fetch(r->src2, r->job.user, m->folder, m->uid, &pe->body, &why);
             if (rc < 0) {
                 buf_free(&pe->body);
-                p->result = io_fail(r, "fetch");
+                p->result = pass_io_fail(r, "fetch");
                 return -1;
             }
             if (rc == SYNC_NO) {
@@ -405,17 +499,17 @@ static enum step sync_pass(struct run *r, uint64_t since, int64_t deadline_ms, u
         rc = 1; /* p.result says why */
     batch_drop(&p);
     free(p.batch);
+    free(p.gone);
     if (changes_r != NULL)
         *changes_r = p.changes;
     if (over_budget_r != NULL)
         *over_budget_r = p.over_budget;
-    if (p.over_budget) {
-        /* The channel is mid-listing: start fresh next time. */
+    if (p.over_budget || p.result != STEP_NEXT) {
+        /* The listing was cut short (or a store failed under it): the
+         * source channel is mid-listing; start fresh next time. */
         drop_transports(r);
-        return STEP_NEXT;
+        return p.over_budget ? STEP_NEXT : p.result;
     }
-    if (p.result != STEP_NEXT)
-        return p.result;
     if (rc < 0)
         return io_fail(r, "changes");
     if (rc == SYNC_NO) {
@@ -589,8 +683,35 @@ static enum step phase_copy(struct run *r)
     return next_phase(r, "catchup");
 }
 
+/* Catch-up runs against a live source. Found fenced at the job's epoch, it
+ * is an unfence that a crash interrupted (unfence() persists "catchup"
+ * first): finish it. 0, or -1 on transport trouble. */
+static int source_live_again(struct run *r)
+{
+    const char *why = "";
+    struct store_mailbox mb;
+    if (connect_src(r) < 0)
+        return -1;
+    int rc = r->src->ops->mailbox_get(r->src, r->job.user, &mb, &why);
+    if (rc < 0)
+        return -1;
+    if (rc == 0 && mb.state == STORE_MBOX_FENCED && mb.epoch == r->job.epoch) {
+        log_info(r->ctx, "%s: the source is still fenced from an earlier cutover: unfencing",
+                 r->job.user);
+        if (r->src->ops->mailbox_state(r->src, r->job.user, STORE_MBOX_FENCED, STORE_MBOX_ACTIVE,
+                                       r->job.epoch, NULL, &why) < 0)
+            return -1;
+    }
+    struct dir_user u;
+    if (dir_user_get(r->env->dir, r->job.user, &u) == DIR_OK && u.state == DIR_USER_FINALIZING)
+        (void)user_state(r, DIR_USER_FINALIZING, DIR_USER_MOVING);
+    return 0;
+}
+
 static enum step phase_catchup(struct run *r)
 {
+    if (source_live_again(r) < 0)
+        return io_fail(r, "source state");
     for (int pass = 0; pass < CATCHUP_PASSES_MAX; pass++) {
         uint64_t n = 0;
         enum step s = sync_pass(r, r->job.checkpoint, 0, &n, NULL);
@@ -626,6 +747,25 @@ static enum step phase_ready(struct run *r)
 static enum step phase_fence(struct run *r)
 {
     const char *why = "";
+    if (r->job.fenced_at == 0) {
+        /* A new cutover. Its start is persisted before the source is
+         * fenced, so whoever resumes the job measures the fence from no
+         * later than it began (the budget bounds it across crashes). */
+        if (r->job.cutovers >= CUTOVERS_MAX) {
+            set_err(r, "%u cutovers did not fit the %u ms budget ([mover] cutover_budget_ms)",
+                    r->job.cutovers, r->env->cutover_budget_ms);
+            return STEP_FAIL;
+        }
+        r->job.fenced_at = time_now_ms();
+        r->job.cutovers++;
+        int sv = job_save(r);
+        if (sv == 1)
+            return STEP_ABORT;
+        if (sv == -2)
+            return STEP_LOST;
+        if (sv < 0)
+            return STEP_LATER;
+    }
     if (user_state(r, DIR_USER_MOVING, DIR_USER_FINALIZING) < 0)
         return STEP_FAIL;
     if (connect_all(r) < 0)
@@ -648,21 +788,27 @@ static enum step phase_fence(struct run *r)
         set_err(r, "cannot fence: %s", why);
         return STEP_FAIL;
     }
+    r->fenced_here = true;
     return next_phase(r, "final");
 }
 
-/* Unfences the source and goes back to catch-up (a cutover over budget). */
-static enum step unfence(struct run *r)
+/* Unfences the source and goes back to catch-up: the cutover did not fit
+ * its budget. Needs only the source. */
+static enum step unfence(struct run *r, const char *why_over)
 {
     const char *why = "";
+    log_warn(r->ctx, "%s: cutover %u %s (budget %u ms): unfencing, catching up, trying again",
+             r->job.user, r->job.cutovers, why_over, r->env->cutover_budget_ms);
     /* The phase goes back first: whoever resumes this job after a crash
      * must fence again before any final sync, never switch from a source
-     * that was live again. (catchup and fence accept a fenced source and a
-     * finalizing user.) */
+     * that was live again; catchup finishes an unfence a crash cut short. */
+    r->job.fenced_at = 0;
+    r->fenced_here = false;
     enum step s = next_phase(r, "catchup");
     if (s != STEP_NEXT)
         return s;
-    if (connect_all(r) < 0)
+    set_err(r, "cutover %u %s; retrying", r->job.cutovers, why_over);
+    if (connect_src(r) < 0)
         return STEP_LATER;
     int rc = r->src->ops->mailbox_state(r->src, r->job.user, STORE_MBOX_FENCED, STORE_MBOX_ACTIVE,
                                         r->job.epoch, NULL, &why);
@@ -670,6 +816,16 @@ static enum step unfence(struct run *r)
         return io_fail(r, "unfence");
     (void)user_state(r, DIR_USER_FINALIZING, DIR_USER_MOVING);
     return STEP_NEXT;
+}
+
+/* True if the source has been fenced longer than the budget allows. A run
+ * that fenced it itself goes straight through final (whose sync has the
+ * budget as its deadline), verify and switch; a run that resumes a cutover
+ * (after a failure or a crash) checks this before each step. */
+static bool fence_overdue(const struct run *r)
+{
+    return r->job.fenced_at != 0 &&
+           time_now_ms() - r->job.fenced_at > (int64_t)r->env->cutover_budget_ms;
 }
 
 static enum step copy_deliveries(struct run *r)
@@ -692,6 +848,10 @@ static enum step copy_deliveries(struct run *r)
 static enum step phase_final(struct run *r)
 {
     bool over = false;
+    if (r->job.fenced_at == 0) /* a job of an older mover: fenced just now */
+        r->job.fenced_at = time_now_ms();
+    if (fence_overdue(r))
+        return unfence(r, "was over budget before its final sync");
     if (connect_all(r) < 0)
         return STEP_LATER;
     int f = source_fenced(r);
@@ -699,15 +859,14 @@ static enum step phase_final(struct run *r)
         return io_fail(r, "source state");
     if (f > 0)
         return next_phase(r, "fence");
-    int64_t deadline = time_mono_ms() + r->env->cutover_budget_ms;
+    /* The final delta must fit what is left of the budget since the fence. */
+    int64_t left = r->job.fenced_at + (int64_t)r->env->cutover_budget_ms - time_now_ms();
+    int64_t deadline = time_mono_ms() + (left > 1 ? left : 1);
     enum step s = sync_pass(r, r->job.checkpoint, deadline, NULL, &over);
     if (s != STEP_NEXT)
         return s;
-    if (over) {
-        log_warn(r->ctx, "%s: final sync exceeded the %u ms cutover budget: unfencing", r->job.user,
-                 r->env->cutover_budget_ms);
-        return unfence(r);
-    }
+    if (over)
+        return unfence(r, "exceeded its budget in the final sync");
     if (connect_all(r) < 0)
         return STEP_LATER;
     /* UIDNEXT moves without a folder record when a message is appended and
@@ -763,6 +922,8 @@ static int compare(struct run *r)
 
 static enum step phase_verify(struct run *r)
 {
+    if (!r->fenced_here && fence_overdue(r))
+        return unfence(r, "was over budget when verify resumed");
     if (connect_all(r) < 0)
         return STEP_LATER;
     int f = source_fenced(r);
@@ -810,6 +971,8 @@ static enum step phase_switch(struct run *r)
             return STEP_ABORT;
         }
         if (attempt == 0) {
+            if (!r->fenced_here && fence_overdue(r))
+                return unfence(r, "was over budget when the switch resumed");
             if (connect_all(r) < 0)
                 return STEP_LATER;
             int f = source_fenced(r);
@@ -829,6 +992,9 @@ static enum step phase_switch(struct run *r)
     }
     log_info(r->ctx, "%s: directory switched to %s at epoch %llu", r->job.user, r->job.dest,
              (unsigned long long)(e + 1));
+    /* Fault injection (tests): after the home changed, before the stores
+     * know it; then between the two store state changes; then after both. */
+    util_fault_point("move.switch.cas_done");
     if (connect_all(r) < 0)
         return STEP_LATER;
     struct store_mailbox mb;
@@ -844,6 +1010,7 @@ static enum step phase_switch(struct run *r)
         }
     }
     if (rc == 0) {
+        util_fault_point("move.switch.dst_active");
         rc = r->src->ops->mailbox_state(r->src, r->job.user, STORE_MBOX_FENCED, STORE_MBOX_MOVED,
                                         e + 1, r->job.dest, &why);
         if (rc == SYNC_NO && strcmp(why, "conflict") == 0) {
@@ -863,6 +1030,8 @@ static enum step phase_switch(struct run *r)
         set_err(r, "after the switch: %s", why);
         return STEP_LATER;
     }
+    util_fault_point("move.switch.src_moved");
+    r->job.fenced_at = 0; /* the source is moved now, no longer fenced */
     r->job.retain_until = time_now_ms() / 1000 + r->env->retention;
     return next_phase(r, "retention");
 }
@@ -887,6 +1056,19 @@ static enum step phase_retention(struct run *r)
         set_err(r, "directory does not show a later home: the copy on %s is kept", r->job.source);
         return next_phase(r, "done");
     }
+    /* A later move reusing the old copy as its staged destination: wait
+     * for it. If it completes, the copy is a home again (nothing to purge);
+     * if it aborts, the copy is restored as this move left it. */
+    struct store_mailbox old;
+    if (connect_src(r) < 0)
+        return STEP_LATER;
+    int rc = r->src->ops->mailbox_get(r->src, r->job.user, &old, &why);
+    if (rc < 0)
+        return io_fail(r, "old copy");
+    if (rc == 0 && old.state == STORE_MBOX_STAGED) {
+        set_err(r, "the copy on %s is staged for another move: waiting for it", r->job.source);
+        return STEP_LATER;
+    }
     /* Re-verify the current home: live at the directory's epoch, and every
      * message's metadata readable (the digest walks them all). */
     char e[200];
@@ -898,7 +1080,7 @@ static enum step phase_retention(struct run *r)
     struct store_mailbox mb;
     struct sync_digest *d = NULL;
     size_t nd = 0;
-    int rc = home->ops->mailbox_get(home, r->job.user, &mb, &why);
+    rc = home->ops->mailbox_get(home, r->job.user, &mb, &why);
     bool ok = rc == 0 && mb.state == STORE_MBOX_ACTIVE && mb.epoch == u.epoch;
     if (ok)
         ok = home->ops->digest(home, r->job.user, &d, &nd, &why) == 0;
@@ -913,7 +1095,6 @@ static enum step phase_retention(struct run *r)
         return STEP_LATER;
     /* Only the copy this job left behind: a later move may have reused the
      * old copy, moved away again and left a newer one in its grace period. */
-    struct store_mailbox old;
     rc = r->src->ops->mailbox_get(r->src, r->job.user, &old, &why);
     if (rc < 0)
         return io_fail(r, "old copy");
@@ -946,6 +1127,40 @@ static enum step phase_retention(struct run *r)
     return next_phase(r, "done");
 }
 
+/* The state a retained copy on this job's destination had before the job
+ * reused it: moved(to, epoch) as left by the last move away from that store
+ * that switched — the user's home at the next epoch. (Not simply this job's
+ * source and epoch: the user may have moved on since, s1 → s2 → s3 → s1.)
+ * The directory's job history has it; without such a job, (source, job
+ * epoch). 0, or -1 if the directory cannot answer. */
+static int retained_state(struct run *r, char *to, size_t tolen, uint64_t *epoch_r)
+{
+    struct dir_job *jobs = NULL;
+    size_t n = 0;
+    if (dir_job_list(r->env->dir, &jobs, &n) != DIR_OK) {
+        set_err(r, "directory unavailable");
+        return -1;
+    }
+    str_copy(to, r->job.source, tolen);
+    *epoch_r = r->job.epoch;
+    uint64_t best = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct dir_job *j = &jobs[i];
+        if (j->id == r->job.id || j->kind != DIR_JOB_MOVE || strcmp(j->user, r->job.user) != 0 ||
+            strcmp(j->source, r->job.dest) != 0 ||
+            (strcmp(j->phase, "retention") != 0 && strcmp(j->phase, "done") != 0))
+            continue;
+        if (j->epoch + 1 > best && j->epoch + 1 <= r->job.epoch) {
+            best = j->epoch + 1;
+            str_copy(to, j->dest, tolen);
+        }
+    }
+    if (best != 0)
+        *epoch_r = best;
+    free(jobs);
+    return 0;
+}
+
 /* Before the switch: the source stays the only home; the staged copy goes. */
 static enum step phase_abort(struct run *r, const char *final_phase)
 {
@@ -973,10 +1188,14 @@ static enum step phase_abort(struct run *r, const char *final_phase)
     struct store_mailbox mb;
     rc = r->dst->ops->mailbox_get(r->dst, r->job.user, &mb, &why);
     if (rc == 0 && mb.state == STORE_MBOX_STAGED && (r->job.options & DIR_JOB_OPT_REUSED)) {
-        /* It was the copy an earlier move kept (moved to the source): it
-         * goes back to that, and its own retention rules still apply. */
+        /* It was the copy an earlier move kept: it goes back to exactly the
+         * state that move left, which is what its retention purges by. */
+        char to[MAIL_NAME_MAX + 1];
+        uint64_t epoch;
+        if (retained_state(r, to, sizeof(to), &epoch) < 0)
+            return STEP_LATER;
         rc = r->dst->ops->mailbox_state(r->dst, r->job.user, STORE_MBOX_STAGED, STORE_MBOX_MOVED,
-                                        r->job.epoch, r->job.source, &why);
+                                        epoch, to, &why);
         mb.state = STORE_MBOX_MOVED;
     } else if (rc == 0 && mb.state == STORE_MBOX_STAGED)
         rc = r->dst->ops->mailbox_state(r->dst, r->job.user, STORE_MBOX_STAGED, STORE_MBOX_DELETING,
@@ -985,6 +1204,7 @@ static enum step phase_abort(struct run *r, const char *final_phase)
         rc = r->dst->ops->mailbox_purge(r->dst, r->job.user, &why);
     if (rc < 0)
         return io_fail(r, "drop staged copy");
+    r->job.fenced_at = 0;
     str_copy(r->job.phase, final_phase, sizeof(r->job.phase));
     int s = job_save(r);
     if (s == -2)

@@ -21,6 +21,7 @@
 
 #include "directory/directory.h"
 #include "imapd/imapd.h"
+#include "mime/mime.h"
 #include "sync/sync.h"
 #include "util/util.h"
 
@@ -29,18 +30,29 @@ struct user_count {
     unsigned n;
 };
 
+/* Recent failed logins of one client address. */
+struct addr_fail {
+    char addr[NI_MAXHOST];
+    unsigned n;
+    int64_t last_ms;
+};
+#define ADDR_FAIL_MAX       4096           /* addresses remembered */
+#define ADDR_FAIL_WINDOW_MS (15 * 60000LL) /* forgotten after this long without a failure */
+
 struct role_imap {
     const struct config *cfg;
     struct imapd_env env;
-    pthread_mutex_t lock; /* dir, counts */
+    pthread_mutex_t lock; /* dir, counts, fails */
     struct directory *dir;
     struct user_count *counts;
     size_t n_counts;
+    struct addr_fail *fails;
+    size_t n_fails;
     atomic_uint sessions;
 };
 
 static volatile sig_atomic_t stop_flag;
-static volatile int shutdown_flag;
+static atomic_int shutdown_flag;
 
 static void on_stop(int sig)
 {
@@ -89,6 +101,46 @@ static void imap_logout(void *ctx, const char *user)
         }
     }
     pthread_mutex_unlock(&ri->lock);
+}
+
+/* imapd_env.auth_failed: counts a failure of the peer's address (the
+ * peer without its ":PORT") and returns the recent count. */
+static unsigned imap_auth_failed(void *ctx, const char *peer)
+{
+    struct role_imap *ri = ctx;
+    char addr[NI_MAXHOST];
+    str_copy(addr, peer, sizeof(addr));
+    char *colon = strrchr(addr, ':');
+    if (colon != NULL)
+        *colon = '\0';
+    int64_t now = time_mono_ms();
+    pthread_mutex_lock(&ri->lock);
+    size_t i, oldest = 0;
+    for (i = 0; i < ri->n_fails; i++) {
+        if (strcmp(ri->fails[i].addr, addr) == 0)
+            break;
+        if (ri->fails[i].last_ms < ri->fails[oldest].last_ms)
+            oldest = i;
+    }
+    if (i == ri->n_fails) {
+        if (ri->n_fails < ADDR_FAIL_MAX) {
+            ri->fails = xrealloc(ri->fails, (ri->n_fails + 1) * sizeof(*ri->fails));
+            ri->n_fails++;
+        } else {
+            i = oldest; /* the table is bounded: forget the quietest address */
+        }
+        memset(&ri->fails[i], 0, sizeof(ri->fails[i]));
+        str_copy(ri->fails[i].addr, addr, sizeof(ri->fails[i].addr));
+    }
+    struct addr_fail *f = &ri->fails[i];
+    if (now - f->last_ms > ADDR_FAIL_WINDOW_MS)
+        f->n = 0;
+    if (f->n < UINT32_MAX)
+        f->n++;
+    f->last_ms = now;
+    unsigned n = f->n;
+    pthread_mutex_unlock(&ri->lock);
+    return n;
 }
 
 static enum dir_status user_get(struct role_imap *ri, const char *addr, struct dir_user *u)
@@ -265,6 +317,7 @@ int role_imap_main(const struct config *cfg)
     ri.env.auth_fail_max = cfg->imap.auth_fail_max;
     ri.env.login = imap_login;
     ri.env.logout = imap_logout;
+    ri.env.auth_failed = imap_auth_failed;
     ri.env.sub_set = imap_sub_set;
     ri.env.sub_list = imap_sub_list;
     ri.env.ctx = &ri;
@@ -276,8 +329,13 @@ int role_imap_main(const struct config *cfg)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* GMime's initialisation is not thread-safe: done here, before any
+     * session thread parses a message. */
+    mime_init();
     int lfd = listen_on(cfg->imap.listen);
-    log_info("imap", "IMAP listening on %s", cfg->imap.listen);
+    log_info("imap", "IMAP listening on %s (idle timeout %u s, %u sessions, %u per user)",
+             cfg->imap.listen, cfg->imap.idle_timeout, cfg->imap.max_sessions,
+             cfg->imap.max_sessions_per_user);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -335,5 +393,6 @@ int role_imap_main(const struct config *cfg)
     pthread_attr_destroy(&attr);
     dir_close(&ri.dir);
     free(ri.counts);
+    free(ri.fails);
     return 0;
 }

@@ -15,7 +15,9 @@
  * Limits: [imap] max_sessions in all (further connections get "* BYE"),
  * max_sessions_per_user ("NO [LIMIT]" at login), and the session limits of
  * imapd.h. Failed logins are delayed (auth_fail_delay_ms), counted per
- * session (auth_fail_max, then BYE) and logged with the peer.
+ * session (auth_fail_max, then BYE) and per client address across sessions
+ * (the delay doubles past auth_fail_max in 15 minutes; a bounded table),
+ * and logged with the peer.
  */
 #ifndef TERN_ROLE_IMAP_H
 #define TERN_ROLE_IMAP_H

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "directory/directory.h"
+#include "import/import.h"
 #include "move/move.h"
 #include "sync/sync.h"
 #include "util/util.h"
@@ -21,6 +22,7 @@
 struct slot {
     struct mover *m;
     uint64_t job;
+    enum dir_job_kind kind;
     int64_t not_before; /* mono ms: when a waiting job may run again */
     atomic_bool busy;
     pthread_t thread;
@@ -57,6 +59,27 @@ static struct sync *connect_store(void *ctx, const char *store, char *err, size_
     return sync_tcp_connect(cs->sync, t, err, errlen);
 }
 
+static bool mover_stopping(void *ctx)
+{
+    (void)ctx;
+    return stopping != 0;
+}
+
+/* Import jobs (import.h) through the same leases and slots as moves. */
+static enum move_result import_run_for_mover(const struct move_env *me, uint64_t msg_max,
+                                             uint64_t id)
+{
+    struct import_env env = {.dir = me->dir,
+                             .connect = me->connect,
+                             .ctx = me->ctx,
+                             .owner = me->owner,
+                             .lease_ms = me->lease_ms,
+                             .msg_max = msg_max,
+                             .stopping = mover_stopping};
+    enum import_result r = import_run(&env, id);
+    return r == IMPORT_FINISHED ? MOVE_FINISHED : r == IMPORT_LOST ? MOVE_LOST : MOVE_LATER;
+}
+
 static void *slot_main(void *arg)
 {
     struct slot *s = arg;
@@ -73,7 +96,10 @@ static void *slot_main(void *arg)
                                .retention = m->cfg->mover.retention,
                                .cutover_budget_ms = m->cfg->mover.cutover_budget_ms,
                                .catchup_delta = m->cfg->mover.catchup_delta};
-        r = move_run(&env, s->job);
+        if (s->kind == DIR_JOB_IMPORT)
+            r = import_run_for_mover(&env, m->cfg->lmtp.max_message_size, s->job);
+        else
+            r = move_run(&env, s->job);
         dir_close(&dir);
     }
     s->not_before = r == MOVE_FINISHED || r == MOVE_LOST ? 0 : time_mono_ms() + REVISIT_MS;
@@ -152,8 +178,10 @@ int role_mover_main(const struct config *cfg)
             /* Oldest first: the list comes newest first. */
             for (size_t k = n; k-- > 0 && !stopping;) {
                 struct dir_job *j = &jobs[k];
-                if (j->kind != DIR_JOB_MOVE ||
-                    (!move_phase_active(j->phase) && strcmp(j->phase, "aborting") != 0))
+                if (j->kind == DIR_JOB_IMPORT
+                        ? !import_job_due(j, time_now_ms())
+                        : (j->kind != DIR_JOB_MOVE ||
+                           (!move_phase_active(j->phase) && strcmp(j->phase, "aborting") != 0)))
                     continue;
                 if (strcmp(j->phase, "retention") == 0 && time_now_ms() / 1000 < j->retain_until)
                     continue;
@@ -170,6 +198,7 @@ int role_mover_main(const struct config *cfg)
                 struct slot *s = &m->slots[i];
                 s->m = m;
                 s->job = j->id;
+                s->kind = j->kind;
                 s->not_before = 0;
                 atomic_store(&s->busy, true);
                 if (pthread_create(&s->thread, NULL, slot_main, s) != 0) {

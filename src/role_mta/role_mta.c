@@ -513,6 +513,9 @@ static void deliver_message(struct worker *w, const char *id)
         struct attempt *a = &att[i];
         struct queue_update *u = &ups[i];
         u->idx = a->r->idx;
+        /* A "move in progress" park is not a failed attempt: counting it
+         * would stretch the next real retry (retry_min << attempts) by the
+         * number of parks a move caused. */
         u->attempts = a->r->attempts + 1;
         u->reply = a->reply;
         u->state = QUEUE_PENDING;
@@ -529,6 +532,7 @@ static void deliver_message(struct worker *w, const char *id)
             u->state = QUEUE_FAILED;
             str_copy(status[i], "4.4.7", sizeof(status[i]));
         } else if (a->out == OUT_PARK) {
+            u->attempts = a->r->attempts;
             unsigned k = park_next(m, msg.id, a->r->idx);
             uint64_t d = (uint64_t)cfg->queue.park_min_ms << (k < 16 ? k : 16);
             if (d > cfg->queue.park_max_ms)

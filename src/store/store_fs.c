@@ -547,6 +547,10 @@ static int store_fs_seg_prepare(struct store_fs *fs, uint64_t need, uint64_t *of
 /* pwritev() all of iov (modified in place), in IOV_MAX chunks. */
 static int store_fs_pwritev_full(int fd, struct iovec *iov, size_t cnt, uint64_t off)
 {
+    if (util_fault_write()) { /* TERN_FAULT=write:N (tests) */
+        errno = EIO;
+        return -1;
+    }
     while (cnt > 0) {
         int n = cnt > IOV_MAX ? IOV_MAX : (int)cnt;
         ssize_t w = pwritev(fd, iov, n, (off_t)off);

@@ -55,7 +55,8 @@ struct sync_msg {
 };
 
 /* Per-folder verification digest: SHA-256 over the folder's live messages in
- * UID order, each as "uid guidhex flags size sha256hex keywords\n". */
+ * UID order, each as "uid guidhex flags date size sha256hex keywords\n"
+ * (date: the internal date, Unix seconds). */
 struct sync_digest {
     char name[STORE_FOLDER_MAX + 1];
     uint32_t uidvalidity;

@@ -404,8 +404,9 @@ static int sync_local_digest_msg(void *ctx, const struct store_msg *m)
     char guid[2 * STORE_GUID_LEN + 1], sha[2 * SHA256_LEN + 1];
     hex_encode(m->guid, STORE_GUID_LEN, guid);
     hex_encode(m->sha256, SHA256_LEN, sha);
-    if (buf_printf(&d->lines, "%u %s %u %llu %s %s\n", m->uid, guid, m->flags,
-                   (unsigned long long)m->size, sha, m->keywords != NULL ? m->keywords : "") < 0)
+    if (buf_printf(&d->lines, "%u %s %u %lld %llu %s %s\n", m->uid, guid, m->flags,
+                   (long long)m->internal_date, (unsigned long long)m->size, sha,
+                   m->keywords != NULL ? m->keywords : "") < 0)
         return -1;
     d->n++;
     return 0;

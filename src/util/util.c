@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -269,51 +270,246 @@ void time_format_utc(int64_t unix_secs, char *out, size_t outlen)
 
 /* ---- fault injection -------------------------------------------------- */
 
+/* TERN_FAULT is a comma-separated list of up to FAULTS_MAX faults, each
+ * KIND:ARG[@ROLE] (util.h). It is parsed again whenever its text changes
+ * (unit tests setenv() it); each fault keeps its own call counter. All of it
+ * under one mutex: the mta's threads fsync too. */
+#define FAULTS_MAX      8
+#define FAULT_SPEC_MAX  1024
+#define FAULT_PAUSE_MAX 600 /* seconds a pause waits at most for its release */
+
+enum fault_kind { FAULT_FSYNC, FAULT_WRITE, FAULT_CRASH, FAULT_FAIL, FAULT_PAUSE };
+
+struct fault {
+    enum fault_kind kind;
+    uint64_t n;     /* fsync/write: the Nth counted call fails */
+    char name[96];  /* crash/fail/pause: the point's name */
+    char role[64];  /* "" = any process; else the log_init() role */
+    uint64_t count; /* fsync/write: calls counted while armed */
+};
+
+static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
+static char fault_text[FAULT_SPEC_MAX + 1];
+static const char *fault_env; /* getenv()'s pointer: a new setenv() gives a new one */
+static bool fault_text_set;
+static struct fault faults[FAULTS_MAX];
+static size_t n_faults;
+
 static uint64_t fsync_calls;
 static uint64_t write_calls;
 
-/* Parses TERN_FAULT once: "fsync:N", "write:N" or "crash:NAME". */
-static const char *fault_spec(const char *kind, uint64_t *n_r)
+/* One "KIND:ARG[@ROLE]" into f. NULL, or why it is malformed. */
+static const char *fault_parse_one(char *s, struct fault *f)
 {
-    const char *f = getenv("TERN_FAULT");
-    size_t kl = strlen(kind);
-    if (f == NULL || strncmp(f, kind, kl) != 0 || f[kl] != ':')
-        return NULL;
-    if (n_r != NULL && parse_u64(f + kl + 1, UINT64_MAX, n_r) < 0)
-        return NULL;
-    return f + kl + 1;
+    static const struct {
+        const char *name;
+        enum fault_kind kind;
+    } kinds[] = {{"fsync", FAULT_FSYNC},
+                 {"write", FAULT_WRITE},
+                 {"crash", FAULT_CRASH},
+                 {"fail", FAULT_FAIL},
+                 {"pause", FAULT_PAUSE}};
+    memset(f, 0, sizeof(*f));
+    char *at = strchr(s, '@');
+    if (at != NULL) {
+        *at = '\0';
+        if (at[1] == '\0' || strlen(at + 1) >= sizeof(f->role))
+            return "empty or over-long role";
+        str_copy(f->role, at + 1, sizeof(f->role));
+    }
+    char *colon = strchr(s, ':');
+    if (colon == NULL)
+        return "no ':' between kind and argument";
+    *colon = '\0';
+    const char *arg = colon + 1;
+    size_t k;
+    for (k = 0; k < ARRAY_SIZE(kinds); k++)
+        if (strcmp(s, kinds[k].name) == 0)
+            break;
+    if (k == ARRAY_SIZE(kinds))
+        return "unknown kind";
+    f->kind = kinds[k].kind;
+    if (f->kind == FAULT_FSYNC || f->kind == FAULT_WRITE) {
+        if (parse_u64(arg, UINT64_MAX, &f->n) < 0 || f->n == 0)
+            return "the count must be a number from 1";
+    } else if (arg[0] == '\0' || strlen(arg) >= sizeof(f->name)) {
+        return "empty or over-long point name";
+    } else {
+        str_copy(f->name, arg, sizeof(f->name));
+    }
+    return NULL;
+}
+
+/* Makes faults[] match TERN_FAULT. Caller holds fault_lock. */
+static void fault_load(void)
+{
+    const char *env = getenv("TERN_FAULT");
+    if (env == NULL || env[0] == '\0') {
+        n_faults = 0;
+        fault_text_set = false;
+        return;
+    }
+    if (fault_text_set && env == fault_env && strcmp(env, fault_text) == 0)
+        return;
+    n_faults = 0;
+    fault_text_set = true;
+    fault_env = env;
+    str_copy(fault_text, env, sizeof(fault_text));
+    if (strlen(env) > FAULT_SPEC_MAX) {
+        log_warn("fault", "TERN_FAULT is over %d octets: ignored", FAULT_SPEC_MAX);
+        return;
+    }
+    char copy[FAULT_SPEC_MAX + 1];
+    str_copy(copy, env, sizeof(copy));
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+        char shown[FAULT_SPEC_MAX + 1];
+        str_copy(shown, tok, sizeof(shown));
+        if (n_faults == FAULTS_MAX) {
+            log_warn("fault", "TERN_FAULT: more than %d faults; '%s' and the rest ignored",
+                     FAULTS_MAX, shown);
+            break;
+        }
+        const char *why = fault_parse_one(tok, &faults[n_faults]);
+        if (why != NULL)
+            log_warn("fault", "TERN_FAULT: '%s' ignored: %s", shown, why);
+        else
+            n_faults++;
+    }
+}
+
+static bool fault_role_ok(const struct fault *f)
+{
+    return f->role[0] == '\0' || strcmp(f->role, log_role) == 0;
+}
+
+/* TERN_FAULT_ARMED=PATH: every fault but a pause counts and fires only while
+ * PATH exists, so a test can arm a store's fault at a chosen moment. */
+static bool fault_armed(void)
+{
+    const char *p = getenv("TERN_FAULT_ARMED");
+    return p == NULL || access(p, F_OK) == 0;
+}
+
+/* TERN_FAULT_ONCE=PATH: a crash or pause fires only in the first process to
+ * create its marker (PATH for the first fault of the list, PATH.K for the
+ * Kth after it), so a role restarted with the same environment goes on. */
+static bool fault_once(size_t k)
+{
+    const char *once = getenv("TERN_FAULT_ONCE");
+    if (once == NULL)
+        return true;
+    char path[PATH_MAX];
+    if (k == 0)
+        str_copy(path, once, sizeof(path));
+    else
+        snprintf(path, sizeof(path), "%s.%zu", once, k);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}
+
+/* One call of a counted kind, the process's `calls`th: true if it must
+ * fail. Unarmed, "fsync:N" means the process's Nth call; armed (with
+ * TERN_FAULT_ARMED), the Nth call made while armed. */
+static bool fault_count(enum fault_kind kind, uint64_t calls)
+{
+    if (getenv("TERN_FAULT") == NULL)
+        return false;
+    bool fire = false;
+    bool gated = getenv("TERN_FAULT_ARMED") != NULL;
+    pthread_mutex_lock(&fault_lock);
+    fault_load();
+    for (size_t i = 0; i < n_faults; i++) {
+        struct fault *f = &faults[i];
+        if (f->kind != kind || !fault_role_ok(f))
+            continue;
+        if (!gated)
+            fire |= calls == f->n;
+        else if (fault_armed() && ++f->count == f->n)
+            fire = true;
+    }
+    pthread_mutex_unlock(&fault_lock);
+    return fire;
+}
+
+/* Waits at a pause point until the test removes the pause file. */
+static void fault_pause(const char *name)
+{
+    const char *path = getenv("TERN_FAULT_PAUSE");
+    if (path == NULL) {
+        log_warn("fault", "TERN_FAULT: pause at %s needs TERN_FAULT_PAUSE=PATH; not pausing", name);
+        return;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        log_warn("fault", "TERN_FAULT: cannot create %s: %s; not pausing", path, strerror(errno));
+        return;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+    ssize_t ignored = write(fd, pid, (size_t)n);
+    (void)ignored;
+    close(fd);
+    log_warn("fault", "TERN_FAULT: paused at %s until %s is removed", name, path);
+    int64_t end = time_mono_ms() + FAULT_PAUSE_MAX * 1000;
+    while (access(path, F_OK) == 0 && time_mono_ms() < end)
+        usleep(10 * 1000);
+    log_warn("fault", "TERN_FAULT: resumed at %s", name);
 }
 
 bool util_fault_point(const char *name)
 {
-    const char *what = fault_spec("crash", NULL);
-    if (what != NULL && strcmp(what, name) == 0) {
-        /* TERN_FAULT_ONCE=PATH: only the first process to get here crashes
-         * (it creates PATH), so a role restarted with the same environment
-         * goes on. */
-        const char *once = getenv("TERN_FAULT_ONCE");
-        if (once != NULL) {
-            int fd = open(once, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-            if (fd < 0)
-                return false;
-            close(fd);
-        }
+    if (getenv("TERN_FAULT") == NULL)
+        return false;
+    enum fault_kind what = FAULT_FAIL; /* none */
+    pthread_mutex_lock(&fault_lock);
+    fault_load();
+    for (size_t i = 0; i < n_faults && what == FAULT_FAIL; i++) {
+        const struct fault *f = &faults[i];
+        if ((f->kind != FAULT_CRASH && f->kind != FAULT_PAUSE) || strcmp(f->name, name) != 0 ||
+            !fault_role_ok(f))
+            continue;
+        if (f->kind == FAULT_CRASH && !fault_armed())
+            continue;
+        if (fault_once(i))
+            what = f->kind;
+    }
+    pthread_mutex_unlock(&fault_lock);
+    if (what == FAULT_CRASH) {
         log_warn("fault", "TERN_FAULT: simulated crash at %s", name);
         _exit(137);
     }
+    if (what == FAULT_PAUSE)
+        fault_pause(name);
     return false;
 }
 
 bool util_fault_active(const char *name)
 {
-    const char *what = fault_spec("fail", NULL);
-    return what != NULL && strcmp(what, name) == 0;
+    if (getenv("TERN_FAULT") == NULL)
+        return false;
+    bool active = false;
+    pthread_mutex_lock(&fault_lock);
+    fault_load();
+    for (size_t i = 0; i < n_faults && !active; i++) {
+        const struct fault *f = &faults[i];
+        active = f->kind == FAULT_FAIL && strcmp(f->name, name) == 0 && fault_role_ok(f) &&
+                 fault_armed();
+    }
+    pthread_mutex_unlock(&fault_lock);
+    return active;
 }
 
-static bool fault_now(const char *kind, uint64_t count)
+bool util_fault_write(void)
 {
-    uint64_t n;
-    return fault_spec(kind, &n) != NULL && n == count;
+    write_calls++;
+    if (!fault_count(FAULT_WRITE, write_calls))
+        return false;
+    log_warn("fault", "TERN_FAULT: failing write #%llu", (unsigned long long)write_calls);
+    return true;
 }
 
 /* ---- files ------------------------------------------------------------ */
@@ -321,7 +517,7 @@ static bool fault_now(const char *kind, uint64_t count)
 int write_full(int fd, const void *p, size_t n)
 {
     const char *c = p;
-    if (fault_now("write", ++write_calls)) {
+    if (util_fault_write()) {
         errno = EIO;
         return -1;
     }
@@ -361,7 +557,8 @@ int pread_full(int fd, void *p, size_t n, off_t off)
 
 static int do_sync(int fd, const char *why, bool data_only)
 {
-    if (fault_now("fsync", ++fsync_calls)) {
+    ++fsync_calls;
+    if (fault_count(FAULT_FSYNC, fsync_calls)) {
         log_warn("fault", "TERN_FAULT: failing fsync #%llu (%s)", (unsigned long long)fsync_calls,
                  why);
         errno = EIO;
@@ -390,6 +587,11 @@ int util_fdatasync(int fd, const char *why)
 uint64_t util_fsync_count(void)
 {
     return fsync_calls;
+}
+
+uint64_t util_write_count(void)
+{
+    return write_calls;
 }
 
 int util_fsync_dir(const char *dirpath, const char *why)

@@ -120,6 +120,9 @@ int util_fdatasync(int fd, const char *why);
 int util_fsync_dir(const char *dirpath, const char *why);
 /* Number of fsync/fdatasync calls this process has made. */
 uint64_t util_fsync_count(void);
+/* Number of writes counted for TERN_FAULT=write:N (write_full() calls and
+ * util_fault_write() checks) this process has made. */
+uint64_t util_write_count(void);
 /* mkdir -p with `mode`. 0 or -1 (errno set). */
 int mkdir_p(const char *path, unsigned mode);
 /* Reads a whole file of at most max bytes into out (appended). 0 or -1 with
@@ -133,16 +136,35 @@ int file_read_all(const char *path, size_t max, struct buf *out, const char **er
  * kill -9 never leaves a stale lock behind. */
 int lockfile_acquire(const char *path, int *fd_r, pid_t *holder_r);
 
-/* Fault injection for tests. TERN_FAULT="fsync:N" makes the Nth fsync of the
- * process fail with EIO; "write:N" the Nth util write_full(); "crash:NAME"
- * makes util_fault_point("NAME") call _exit(137) (a simulated kill -9);
- * "fail:NAME" makes util_fault_active("NAME") true. With TERN_FAULT_ONCE=PATH
- * a crash fault fires only once: in the process that creates PATH.
- * Returns true when the named point should fail now. */
+/* Fault injection for tests. TERN_FAULT is a comma-separated list of up to
+ * 8 faults, each KIND:ARG, optionally @ROLE to restrict it to the process
+ * whose log_init() role is ROLE ("mover", "mta", "store:s2"):
+ *   fsync:N     the process's Nth util_fsync/util_fdatasync/util_fsync_dir
+ *               fails (EIO);
+ *   write:N     the process's Nth write_full() or util_fault_write() check
+ *               fails (EIO);
+ *   crash:NAME  util_fault_point("NAME") calls _exit(137) (a simulated kill -9);
+ *   pause:NAME  util_fault_point("NAME") creates the file TERN_FAULT_PAUSE
+ *               names and waits until it is removed (at most 600 s), so a
+ *               test can act (kill -9 a process, arm a fault) at that point;
+ *   fail:NAME   util_fault_active("NAME") is true.
+ * TERN_FAULT_ONCE=PATH: a crash or pause fires only in the first process to
+ * create its marker file (PATH for the list's first fault, PATH.K for the
+ * Kth after it), so a role restarted with the same environment goes on.
+ * TERN_FAULT_ARMED=PATH: every fault but a pause fires only while PATH
+ * exists, and fsync:N / write:N count only the calls made while it does
+ * ("fsync:1" = the first fsync after PATH appeared).
+ * A malformed entry is logged and ignored. Each call below is a getenv()
+ * when TERN_FAULT is unset. util_fault_point returns false (a crash never
+ * returns). */
 bool util_fault_point(const char *name);
 /* TERN_FAULT="fail:NAME": true while set, for simulating an outage of a
  * dependency (e.g. "dir_resolve": the directory cannot be reached). */
 bool util_fault_active(const char *name);
+/* Counts one write for "write:N", for writers that do not use write_full()
+ * (the store's pwritev of bodies): true if this one must fail, and the
+ * caller fails it with EIO. */
+bool util_fault_write(void);
 
 /* ---- strings and numbers ---------------------------------------------- */
 

@@ -70,6 +70,22 @@ def wait_for(pred, timeout=10.0):
     return False
 
 
+def assert_imap_role_clean(t):
+    """After t.stop(): the imap role never crashed, exited 0 each time, and a
+    sanitized build reported nothing about it (no ASan/LSan report from its
+    pid, no UBSan runtime error anywhere)."""
+    log = t.log()
+    pids = set(re.findall(r"started imap \(pid (\d+)\)", log))
+    assert pids, log[-2000:]
+    problems = [ln for ln in log.splitlines()
+                if re.search(r"serve: imap \(pid \d+\) (killed by signal|exited with status [1-9])",
+                             ln) or "runtime error:" in ln or
+                any(f"=={pid}==ERROR" in ln for pid in pids)]
+    if problems:
+        at = log.index(problems[0])
+        raise AssertionError(f"imap role trouble: {problems}\n{log[at:at + 6000]}")
+
+
 @pytest.fixture
 def imap_tern(tmp_path):
     t = Tern(tmp_path)
@@ -79,6 +95,7 @@ def imap_tern(tmp_path):
         lmtp_deliver(t, ALICE, msg(i))
     yield t
     t.stop()
+    assert_imap_role_clean(t)
 
 
 def connect(t, user=ALICE, pw=PW):
@@ -641,6 +658,7 @@ def test_literal_over_the_limit_is_refused_before_it_is_read(tmp_path):
         assert b"MESSAGES 0" in inbox_state(t)
     finally:
         t.stop()
+    assert_imap_role_clean(t)
 
 
 def test_sessions_per_user_are_capped(tmp_path):
@@ -659,6 +677,7 @@ def test_sessions_per_user_are_capped(tmp_path):
         b.logout()
     finally:
         t.stop()
+    assert_imap_role_clean(t)
 
 
 def test_no_internal_detail_in_responses(imap_tern):
@@ -706,6 +725,564 @@ def test_move_ends_sessions_and_keeps_uids(imap_tern):
         c.logout()
     except (imaplib.IMAP4.abort, OSError):
         pass
+
+
+# ---- more of every command: corners the tests above do not reach -------------
+
+
+def untagged(lines, word):
+    """The untagged lines of `lines` whose second or third token is `word`."""
+    return [ln.strip() for ln in lines if ln.startswith("* ") and
+            word in ln.split(" ", 3)[1:3]]
+
+
+def test_rename_of_the_selected_folder(imap_tern):
+    c = connect(imap_tern)
+    c.create("Work")
+    for i in range(3):
+        c.append("Work", None, None, msg(30 + i).encode())
+    c.create("Work/Sub")
+    for i in range(2):
+        c.append("Work/Sub", None, None, msg(40 + i).encode())
+    r = Raw(imap_tern)
+    assert "s1 OK" in tagged(r.cmd("s1 SELECT Work/Sub"), "s1")
+    assert c.select("Work")[0] == "OK"
+    uv = int(c.untagged_responses["UIDVALIDITY"][0])
+    # This session renames the folder it has selected and goes on with it:
+    # CLOSE right after the rename expunges in the folder under its new name.
+    assert c.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
+    assert c.rename("Work", "Job")[0] == "OK"
+    assert c.close()[0] == "OK"
+    typ, data = c.status("Job", "(MESSAGES UIDVALIDITY)")
+    assert typ == "OK" and b"MESSAGES 2" in data[0] and f"UIDVALIDITY {uv}".encode() in data[0]
+    assert c.status("Work", "(MESSAGES)")[0] == "NO"
+    c.select("Job")
+    typ, data = c.fetch("1", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert typ == "OK" and b"UID 2" in data[0][0] and b"message 31" in data[0][1], data
+    # The other session had the inferior selected: its folder was renamed and
+    # a message flagged \Deleted by someone else; its CLOSE sees both.
+    c.select("Job/Sub")
+    c.store("1", "+FLAGS", "(\\Deleted)")
+    c.unselect()
+    out = r.cmd("s2 CLOSE")
+    assert "s2 OK" in tagged(out, "s2") and not untagged(out, "EXPUNGE"), out
+    r.close()
+    typ, data = c.status("Job/Sub", "(MESSAGES)")
+    assert b"MESSAGES 1" in data[0], data
+    # Renaming onto an existing name or a missing folder changes nothing.
+    c.create("Other")
+    typ, data = c.rename("Job", "Other")
+    assert typ == "NO" and b"ALREADYEXISTS" in data[0], data
+    typ, data = c.rename("Ghost", "Spirit")
+    assert typ == "NO" and b"NONEXISTENT" in data[0], data
+    assert b"MESSAGES 2" in c.status("Job", "(MESSAGES)")[1][0]
+    c.logout()
+
+
+def test_copy_and_move_into_the_selected_folder(imap_tern):
+    r = Raw(imap_tern)
+    r.cmd("a1 SELECT INBOX")
+    out = r.cmd("a2 UID COPY 1:2 INBOX")
+    # The new messages are announced before the tagged OK, with their UIDs.
+    assert "* 5 EXISTS" in [ln.strip() for ln in out], out
+    assert re.search(r"a2 OK \[COPYUID \d+ 1:2 4:5\]", tagged(out, "a2")), out
+    out = r.cmd("a3 FETCH 4:5 (UID BODY.PEEK[TEXT])")
+    text = "".join(out)
+    assert "body of message 1" in text and "body of message 2" in text, out
+    # MOVE into the same folder: a new UID, the old one expunged, in order.
+    out = r.cmd("a4 UID MOVE 3 INBOX")
+    lines = [ln.strip() for ln in out]
+    ok = next(i for i, ln in enumerate(lines) if "[COPYUID" in ln and ln.startswith("* OK"))
+    exp = lines.index("* 3 EXPUNGE")
+    assert ok < exp < len(lines) - 1 and "a4 OK" in lines[-1], lines
+    assert re.search(r"COPYUID \d+ 3 6\]", lines[ok]), lines
+    out = r.cmd("a5 UID SEARCH ALL")
+    assert "* SEARCH 1 2 4 5 6" in [ln.strip() for ln in out], out
+    r.close()
+
+
+def test_examine_never_sets_seen(imap_tern):
+    c = connect(imap_tern)
+    typ, data = c.select("INBOX", readonly=True)
+    assert typ == "OK"
+    for item in ("(BODY[])", "(BODY[TEXT])", "(RFC822)", "(RFC822.TEXT)", "(BODY[1])"):
+        typ, data = c.fetch("1", item)
+        assert typ == "OK", (item, data)
+        assert b"\\Seen" not in data[0][0], (item, data)
+    assert c.store("1", "+FLAGS", "(\\Seen)")[0] == "NO"
+    assert c.expunge()[0] == "NO"
+    assert c.uid("MOVE", "1", "Trash")[0] == "NO"
+    typ, data = c.copy("1", "Trash")  # reading is allowed: COPY works
+    assert typ == "OK"
+    assert c.close()[0] == "OK"
+    c.select("INBOX")
+    typ, data = c.fetch("1:*", "(FLAGS)")
+    assert all(b"\\Seen" not in d for d in data), data
+    typ, data = c.status("INBOX", "(UNSEEN)")
+    assert b"UNSEEN 3" in data[0]
+    c.logout()
+
+
+def test_idle_reports_changes_by_other_sessions(imap_tern):
+    r = Raw(imap_tern)
+    r.cmd("a1 SELECT INBOX")
+    r.send("a2 IDLE\r\n")
+    assert r.line().startswith("+")
+    other = connect(imap_tern)
+    other.select("INBOX")
+    t0 = time.time()
+    other.store("2", "+FLAGS", "(\\Flagged)")
+    ln = r.line()
+    assert re.match(r"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged\)\)", ln), ln
+    assert time.time() - t0 < 1.0 * SLOW
+    other.store("3", "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    lines = [r.line()]  # the \Deleted flag (unless both changes fall in one tick), the expunge
+    if lines[0].startswith("* 3 FETCH"):
+        lines.append(r.line())
+    assert lines[-1] == "* 3 EXPUNGE\r\n", lines
+    r.send("DONE\r\n")
+    assert "a2 OK" in tagged(r.until("a2"), "a2")
+    out = r.cmd("a3 FETCH 1:* (UID)")
+    assert len(untagged(out, "FETCH")) == 2, out
+    other.logout()
+    r.close()
+
+
+def test_qresync_reports_vanished_not_expunge(imap_tern):
+    r = Raw(imap_tern)
+    r.cmd("a1 ENABLE QRESYNC")
+    r.cmd("a2 SELECT INBOX")
+    other = connect(imap_tern)
+    other.select("INBOX")
+    other.store("2", "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    out = r.cmd("a3 NOOP")
+    assert "* VANISHED 2\r\n" in out and not untagged(out, "EXPUNGE"), out
+    # Re-selecting says where the old mailbox's responses end.
+    out = r.cmd("a4 SELECT INBOX")
+    closed = [i for i, ln in enumerate(out) if "[CLOSED]" in ln]
+    assert closed and closed[0] < out.index("* 2 EXISTS\r\n"), out
+    other.logout()
+    r.close()
+
+
+def test_uid_fetch_changedsince_vanished(imap_tern):
+    r = Raw(imap_tern)
+    out = r.cmd("a1 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)")
+    assert "a1 BAD" in tagged(out, "a1"), out  # not selected yet
+    out = r.cmd("a2 SELECT INBOX")
+    hms = int(re.search(r"HIGHESTMODSEQ (\d+)", "".join(out)).group(1))
+    out = r.cmd("a3 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)")
+    assert "a3 BAD" in tagged(out, "a3"), out  # QRESYNC not enabled
+    # Meanwhile another client flags one message and expunges another.
+    other = connect(imap_tern)
+    other.select("INBOX")
+    other.store("3", "+FLAGS", "(\\Seen)")
+    other.store("1", "+FLAGS", "(\\Deleted)")
+    other.uid("EXPUNGE", "1")
+    other.logout()
+    r.cmd("a4 UNSELECT")
+    assert "a5 OK" in tagged(r.cmd("a5 ENABLE QRESYNC"), "a5")
+    r.cmd("a6 SELECT INBOX")
+    # What changed since the modseq the client knew: UID 1 vanished, UID 3 changed.
+    out = r.cmd(f"a7 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {hms} VANISHED)")
+    assert [ln for ln in out if "VANISHED" in ln] == ["* VANISHED (EARLIER) 1\r\n"], out
+    fetches = untagged(out, "FETCH")
+    assert len(fetches) == 1 and "UID 3" in fetches[0] and "\\Seen" in fetches[0], out
+    assert "MODSEQ" in fetches[0] and "a7 OK" in tagged(out, "a7"), out
+    # Without VANISHED only the changes; nothing more to announce afterwards.
+    out = r.cmd(f"a8 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {hms})")
+    assert not [ln for ln in out if "VANISHED" in ln] and len(untagged(out, "FETCH")) == 1, out
+    out = r.cmd("a9 NOOP")
+    assert len(out) == 1 and "a9 OK" in out[0], out
+    for bad_line in ("b1 FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)",  # UID FETCH only
+                     "b1 UID FETCH 1:* (FLAGS) (VANISHED)",               # needs CHANGEDSINCE
+                     "b1 UID FETCH 1:* (FLAGS) (CHANGEDSINCE x)",
+                     "b1 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 0)",
+                     "b1 UID FETCH 1:* (FLAGS) ()"):
+        assert "b1 BAD" in tagged(r.cmd(bad_line), "b1"), bad_line
+    r.close()
+
+
+def test_status_corners(imap_tern):
+    c = connect(imap_tern)
+    typ, data = c.status("Nonexistent", "(MESSAGES)")
+    assert typ == "NO" and b"NONEXISTENT" in data[0], data
+    assert "BAD" in bad(c.status, "INBOX", "(MESSAGES BOGUS)")
+    assert "BAD" in bad(c.status, "INBOX", "()")
+    c.select("INBOX")
+    c.store("1", "+FLAGS", "(\\Seen)")
+    lmtp_deliver(imap_tern, ALICE, msg(7))
+    typ, data = c.status("INBOX", "(MESSAGES UNSEEN UIDNEXT)")  # of the selected folder
+    assert typ == "OK" and b"MESSAGES 4" in data[0] and b"UNSEEN 3" in data[0], data
+    assert b"UIDNEXT 5" in data[0], data
+    typ, data = c.status('"&ZeVnLIqe-"', "(MESSAGES)")
+    assert typ == "NO"
+    c.logout()
+
+
+def test_unselect_check_and_special_use_listing(imap_tern):
+    c = connect(imap_tern)
+    c.select("INBOX")
+    c.store("1", "+FLAGS", "(\\Deleted)")
+    assert c.check()[0] == "OK"
+    typ, _ = c.unselect()
+    assert typ == "OK"
+    assert b"MESSAGES 3" in c.status("INBOX", "(MESSAGES)")[1][0]  # nothing expunged
+    typ, data = c.list('(SPECIAL-USE) ""', "*")
+    names = sorted(d.decode() for d in data if d)
+    assert len(names) == 4 and all(re.search(r"\\(Sent|Drafts|Trash|Junk)\b", n)
+                                   for n in names), names
+    assert "BAD" in bad(c.list, '(BOGUS) ""', "*")
+    c.logout()
+    r = Raw(imap_tern)
+    assert "a1 BAD" in tagged(r.cmd("a1 UNSELECT"), "a1")  # nothing selected
+    assert "a2 BAD" in tagged(r.cmd("a2 CHECK"), "a2")
+    r.close()
+
+
+def test_append_to_the_selected_folder_announces_it(imap_tern):
+    r = Raw(imap_tern)
+    r.cmd("a1 SELECT INBOX")
+    body = msg(50).encode()
+    r.send(b"a2 APPEND INBOX (\\Flagged) {%d+}\r\n" % len(body) + body + b"\r\n")
+    out = r.until("a2")
+    assert "* 4 EXISTS\r\n" in out and re.search(r"APPENDUID \d+ 4\]", tagged(out, "a2")), out
+    # Pipelined commands are answered in order, IDLE and DONE in one packet too.
+    r.send("b1 NOOP\r\nb2 IDLE\r\nDONE\r\nb3 FETCH 4 (FLAGS)\r\n")
+    out = r.until("b3")
+    tags = [ln.split(" ", 1)[0] for ln in out if not ln.startswith(("*", "+"))]
+    assert tags == ["b1", "b2", "b3"], out
+    assert "\\Flagged" in "".join(out)
+    r.close()
+
+
+def test_star_is_the_last_message_and_partial_past_the_end(imap_tern):
+    c = connect(imap_tern)
+    c.select("INBOX")
+    typ, data = c.fetch("*:*", "(UID)")
+    assert typ == "OK" and data == [b"3 (UID 3)"], data
+    typ, data = c.fetch("*:2", "(UID)")
+    assert [d.split()[0] for d in data] == [b"2", b"3"], data
+    typ, data = c.fetch("1", "(BODY.PEEK[]<100000.10>)")
+    assert typ == "OK" and data[0][1] == b"", data
+    typ, data = c.uid("FETCH", "4:*", "(UID)")  # no UID >= 4: '*' is the last one
+    assert typ == "OK" and data == [b"3 (UID 3)"], data
+    typ, data = c.uid("FETCH", "100:200", "(UID)")
+    assert typ == "OK" and data == [None], data
+    c.logout()
+
+
+def test_authenticate_continuation_and_cancel(imap_tern):
+    r = Raw(imap_tern, login=False)
+    r.send("a1 AUTHENTICATE PLAIN\r\n")
+    assert r.line().startswith("+")
+    r.send("*\r\n")
+    assert "a1 BAD" in tagged(r.until("a1"), "a1")
+    r.send("a2 AUTHENTICATE PLAIN\r\n")
+    assert r.line().startswith("+")
+    r.send(base64.b64encode(f"bob@example.org\0{ALICE}\0{PW}".encode()) + b"\r\n")
+    assert "a2 NO" in tagged(r.until("a2"), "a2")  # no acting as another user
+    r.send("a3 AUTHENTICATE PLAIN\r\n")
+    assert r.line().startswith("+")
+    r.send(base64.b64encode(f"{ALICE}\0{ALICE}\0{PW}".encode()) + b"\r\n")
+    assert "a3 OK" in tagged(r.until("a3"), "a3")
+    assert "a4 OK" in tagged(r.cmd("a4 SELECT INBOX"), "a4")
+    r.close()
+
+
+def test_too_many_bad_commands_end_the_session(imap_tern):
+    r = Raw(imap_tern)
+    for i in range(19):
+        assert f"b{i} BAD" in tagged(r.cmd(f"b{i} BOGUS"), f"b{i}")
+    assert "c1 OK" in tagged(r.cmd("c1 NOOP"), "c1")  # still in service after 19
+    assert "b19 BAD" in tagged(r.cmd("b19 BOGUS"), "b19")
+    assert r.line().startswith("* BYE")
+    assert r.line() == ""  # closed
+    r.close()
+
+
+def test_sessions_in_all_are_capped(tmp_path):
+    t = Tern(tmp_path, imap_extra="max_sessions = 2")
+    t.setup_users(ALICE)
+    t.serve()
+    try:
+        def greeting():
+            with socket.create_connection(("127.0.0.1", t.ports["imap"]),
+                                          timeout=10 * SLOW) as s:
+                return s.makefile("rb").readline()
+
+        a, b = connect(t), connect(t, user=None)
+        g = greeting()
+        assert g.startswith(b"* BYE"), g
+        a.logout()
+        assert wait_for(lambda: greeting().startswith(b"* OK"))
+        b.logout()
+    finally:
+        t.stop()
+    assert_imap_role_clean(t)
+
+
+def test_idle_timeout_is_at_least_30_minutes(tmp_path):
+    # Shorter than RFC 3501's 30 minutes is refused with a clear error ...
+    t = Tern(tmp_path, imap_extra="idle_timeout = 1799")
+    p = t.cli("user", "list", check=False)
+    assert p.returncode != 0 and "idle_timeout" in p.stderr, p.stderr
+    # ... and the default is what the role runs with (it says so in its log).
+    (tmp_path / "b").mkdir()
+    t2 = Tern(tmp_path / "b")
+    t2.setup_users(ALICE)
+    t2.serve()
+    try:
+        assert wait_for(lambda: "idle timeout 1800 s" in t2.log()), t2.log(3000)
+    finally:
+        t2.stop()
+    assert_imap_role_clean(t2)
+
+
+def test_failed_logins_are_counted_in_the_log(imap_tern):
+    t = imap_tern
+    r = Raw(t, login=False)
+    assert "a1 NO" in tagged(r.cmd(f"a1 LOGIN {ALICE} Wr0ngPa55"), "a1")
+    assert "a2 NO" in tagged(r.cmd("a2 LOGIN nobody@example.org Wr0ngPa55"), "a2")
+    r.close()
+    r = Raw(t, login=False)
+    assert "a1 NO" in tagged(r.cmd(f'a1 LOGIN "{ALICE}\\\\x" Wr0ngPa55'), "a1")
+    r.close()
+    c = connect(t)
+    c.logout()
+    t.stop()
+    assert_imap_role_clean(t)
+    log = t.log()
+    fails = [ln for ln in log.splitlines() if "failed login for" in ln]
+    assert len(fails) == 3, fails
+    assert f"'{ALICE}'" in fails[0] and "127.0.0.1:" in fails[0], fails
+    assert re.search(r"1 in this session, 1 from this address, 1 in all", fails[0]), fails
+    assert re.search(r"2 in this session, 2 from this address, 2 in all", fails[1]), fails
+    assert re.search(r"1 in this session, 3 from this address, 3 in all", fails[2]), fails
+    assert wrong_password_never_logged(log)
+    assert re.search(r"imap: \d+ sessions, 1 logins, 3 failed logins", log), log[-2000:]
+
+
+def wrong_password_never_logged(log):
+    return "Wr0ngPa55" not in log
+
+
+def test_concurrent_sessions(imap_tern):
+    """Eight sessions at once (threads in the role): each appends to its own
+    folder, reads, flags and searches; nothing of one shows up in another,
+    and every result is what that session did."""
+    t = imap_tern
+    errors = []
+
+    def worker(k):
+        try:
+            c = connect(t)
+            name = f"T{k}"
+            assert c.create(name)[0] == "OK"
+            for i in range(5):
+                assert c.append(name, None, None, msg(100 * k + i, body=f"w{k} {i}").encode())[0] \
+                    == "OK"
+            c.select(name)
+            for _ in range(3):
+                typ, data = c.fetch("1:*", "(UID FLAGS BODYSTRUCTURE ENVELOPE BODY.PEEK[TEXT])")
+                assert typ == "OK" and len([d for d in data if isinstance(d, tuple)]) == 5
+                assert all(f"w{k} ".encode() in d[1] for d in data if isinstance(d, tuple))
+            c.store("2:3", "+FLAGS", "(\\Flagged)")
+            typ, data = c.search(None, "FLAGGED")
+            assert data[0] == b"2 3", data
+            typ, data = c.search(None, "BODY", f"w{k}")
+            assert data[0] == b"1 2 3 4 5", data
+            c.logout()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"{k}: {e!r}")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60 * SLOW)
+    assert not errors, errors
+    c = connect(t)
+    for k in range(8):
+        assert b"MESSAGES 5" in c.status(f"T{k}", "(MESSAGES)")[1][0]
+    c.logout()
+
+
+def test_conditional_store_reports_every_modified_uid(imap_tern):
+    """A [MODIFIED set] longer than any fixed reply buffer comes whole."""
+    r = Raw(imap_tern)
+    body = b"Subject: x\r\n\r\nx\r\n"
+    r.send(b"".join(b"p%d APPEND INBOX {%d+}\r\n%s\r\n" % (i, len(body), body)
+                    for i in range(300)))
+    for i in range(300):
+        assert f"p{i} OK" in tagged(r.until(f"p{i}"), f"p{i}")
+    r.cmd("a1 SELECT INBOX")
+    uids = list(range(1, 304, 2))  # 152 UIDs, none adjacent to the next
+    out = r.cmd(f"a2 UID STORE {','.join(map(str, uids))} (UNCHANGEDSINCE 1) +FLAGS (\\Seen)")
+    m = re.match(r"a2 OK \[MODIFIED ([0-9,:]+)\] ", tagged(out, "a2"))
+    assert m, tagged(out, "a2")[:300]
+    assert [int(u) for u in m.group(1).split(",")] == uids
+    out = r.cmd("a3 SEARCH SEEN")
+    assert "* SEARCH\r\n" in out, out  # nothing was changed
+    r.close()
+
+
+def test_stop_during_authenticate_says_bye(imap_tern):
+    t = imap_tern
+    r = Raw(t, login=False)
+    r.send("a1 AUTHENTICATE PLAIN\r\n")
+    assert r.line().startswith("+")
+    t0 = time.time()
+    t.stop()
+    assert r.line().startswith("* BYE")
+    assert time.time() - t0 < 4 * SLOW
+    r.close()
+    assert_imap_role_clean(t)
+
+
+def test_keywords_are_case_insensitive_like_the_store(imap_tern):
+    c = connect(imap_tern)
+    c.select("INBOX")
+    typ, data = c.store("1", "+FLAGS", "(Work $Label1 work)")
+    assert typ == "OK" and data[0].count(b"ork") == 1, data
+    typ, data = c.store("1", "-FLAGS", "(WORK)")  # the reply shows what the store holds
+    assert b"FLAGS ($Label1)" in data[0], data
+    typ, data = c.store("1", "+FLAGS", "($label1 Other)")
+    assert b"FLAGS ($Label1 Other)" in data[0], data
+    typ, data = c.store("1", "FLAGS", "(\\Seen A a B)")
+    assert b"FLAGS (\\Seen A B)" in data[0], data
+    other = connect(imap_tern)
+    other.select("INBOX")
+    typ, data = other.fetch("1", "(FLAGS)")
+    assert b"FLAGS (\\Seen A B)" in data[0], data
+    assert other.search(None, "KEYWORD", "b")[1][0] == b"1"
+    other.logout()
+    c.logout()
+
+
+def test_syntax_corners_clients_use(imap_tern):
+    r = Raw(imap_tern)
+    r.cmd("a1 SELECT INBOX")
+    # header-fld-name is an astring: quoted names work as atoms do.
+    out = r.cmd('a2 FETCH 1 (BODY.PEEK[HEADER.FIELDS ("Subject" "Message-ID")])')
+    assert "a2 OK" in tagged(out, "a2"), out
+    text = "".join(out)
+    assert "Subject: message 1" in text and "Message-ID: <m1@" in text and "From:" not in text
+    for bad_spec in ('("")', '("Sub ject")', '("Subject)', '("Sub:ject")'):
+        out = r.cmd(f"a3 FETCH 1 (BODY.PEEK[HEADER.FIELDS {bad_spec}])")
+        assert "a3 BAD" in tagged(out, "a3"), (bad_spec, out)
+    # Numbers: no overflow, no sign.
+    for line in ("b1 SEARCH LARGER 99999999999999999999999",
+                 "b1 SEARCH SMALLER 4294967296",
+                 "b1 SEARCH MODSEQ -1",
+                 "b1 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 99999999999999999999999)",
+                 "b1 UID FETCH 1:* (FLAGS) (CHANGEDSINCE +5)",
+                 "b1 STORE 1 (UNCHANGEDSINCE 18446744073709551616) +FLAGS (\\Seen)",
+                 "b1 STORE 1 (UNCHANGEDSINCE -1) +FLAGS (\\Seen)"):
+        assert "b1 BAD" in tagged(r.cmd(line), "b1"), line
+    assert "* SEARCH\r\n" in r.cmd("b2 SEARCH SEEN")  # none of that stored anything
+    # APPEND's date-time with a one-digit day, as some clients send it.
+    body = b"Subject: d\r\n\r\nd\r\n"
+    r.send(b'c1 APPEND INBOX "5-Jan-2021 10:20:30 +0200" {%d+}\r\n%s\r\n' % (len(body), body))
+    assert "c1 OK" in tagged(r.until("c1"), "c1")
+    out = r.cmd("c2 FETCH 4 (INTERNALDATE)")
+    assert '"05-Jan-2021 08:20:30 +0000"' in "".join(out), out
+    r.close()
+    # Folder names that need quoting travel both ways.
+    c = connect(imap_tern)
+    for name in ('we"ird\\name', "with space", "#hash", "~tilde"):
+        quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        assert c.create(quoted)[0] == "OK", name
+        typ, data = c.list('""', quoted)
+        assert typ == "OK" and len(data) == 1 and data[0] is not None, (name, data)
+        assert data[0].endswith(b' "/" ' + quoted.encode()) or \
+            data[0].endswith(b' "/" ' + name.encode()), (name, data)
+        assert c.select(quoted)[0] == "OK", name
+        assert c.append(quoted, None, None, msg(60).encode())[0] == "OK"
+        assert b"MESSAGES 1" in c.status(quoted, "(MESSAGES)")[1][0]
+    c.logout()
+
+
+def test_folder_lifecycle_corners(imap_tern):
+    c = connect(imap_tern)
+    # A name deleted and created again gets a new, larger UIDVALIDITY.
+    c.create("X")
+    uv1 = int(re.search(rb"UIDVALIDITY (\d+)", c.status("X", "(UIDVALIDITY)")[1][0]).group(1))
+    c.append("X", None, None, msg(70).encode())
+    assert c.delete("X")[0] == "OK"
+    assert c.status("X", "(MESSAGES)")[0] == "NO"
+    c.create("X")
+    typ, data = c.status("X", "(MESSAGES UIDVALIDITY UIDNEXT)")
+    uv2 = int(re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1))
+    assert uv2 > uv1 and b"MESSAGES 0" in data[0] and b"UIDNEXT 1" in data[0], data
+    # LSUB with '%' shows the parent of a subscribed name as \Noselect.
+    assert c.subscribe("Lists/tern/dev")[0] == "OK"
+    typ, data = c.lsub('""', "%")
+    assert data == [b'(\\Noselect) "/" Lists'], data
+    typ, data = c.lsub('""', "Lists/%")
+    assert data == [b'(\\Noselect) "/" Lists/tern'], data
+    typ, data = c.lsub('""', "*")
+    assert [d for d in data if d.endswith(b"Lists/tern/dev")], data
+    # A folder deleted under a session that has it selected: its messages go.
+    c.select("X")
+    c.append("X", None, None, msg(71).encode())
+    c.noop()
+    other = connect(imap_tern)
+    assert other.delete("X")[0] == "OK"
+    other.logout()
+    typ, _ = c.noop()
+    assert typ == "OK" and c.untagged_responses.get("EXPUNGE") == [b"1"], c.untagged_responses
+    assert "BAD" in bad(c.fetch, "1", "(FLAGS)")
+    c.logout()
+
+
+def test_nesting_is_capped_at_max_nesting(tmp_path):
+    t = Tern(tmp_path, imap_extra="max_nesting = 4")
+    t.setup_users(ALICE)
+    t.serve()
+    try:
+        lmtp_deliver(t, ALICE, msg(1))
+        r = Raw(t)
+        r.cmd("a1 SELECT INBOX")
+        out = r.cmd("a2 SEARCH ((((ALL))))")  # 4 deep: the limit
+        assert "* SEARCH 1\r\n" in out and "a2 OK" in tagged(out, "a2"), out
+        out = r.cmd("a3 SEARCH (((((ALL)))))")  # 5 deep
+        assert "a3 BAD" in tagged(out, "a3"), out
+        out = r.cmd("a4 FETCH 1 (FLAGS (((((UID))))))")
+        assert "a4 BAD" in tagged(out, "a4"), out
+        assert "a5 OK" in tagged(r.cmd("a5 NOOP"), "a5")
+        r.close()
+    finally:
+        t.stop()
+    assert_imap_role_clean(t)
+
+
+def test_failed_logins_from_one_address_slow_down_across_sessions(imap_tern):
+    """auth_fail_delay_ms is 50 and auth_fail_max 3 in the test config: the
+    first three failures from 127.0.0.1 take 50 ms each; reconnecting after
+    the session's BYE does not reset that: the 4th takes 100 ms, the 5th
+    200, the 6th 400."""
+    t = imap_tern
+    took = []
+    for session in range(2):
+        r = Raw(t, login=False)
+        for i in range(3):
+            t0 = time.time()
+            assert "a NO" in tagged(r.cmd(f"a LOGIN {ALICE} Wr0ng{session}{i}"), "a")
+            took.append(time.time() - t0)
+        assert r.line().startswith("* BYE")
+        r.close()
+    assert all(d >= 0.05 for d in took[:3]), took
+    assert took[3] >= 0.1 and took[4] >= 0.2 and took[5] >= 0.4, took
+    # The right password still works at once (a delay, never a lockout).
+    t0 = time.time()
+    c = connect(t)
+    c.logout()
+    assert time.time() - t0 < 5 * SLOW
+    fails = [ln for ln in t.log().splitlines() if "failed login for" in ln]
+    assert "6 from this address" in fails[-1] and "answered after 400 ms" in fails[-1], fails
 
 
 def test_condstore_state_survives_a_move(imap_tern):

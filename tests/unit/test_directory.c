@@ -516,6 +516,59 @@ static void test_jobs(void **state)
     free(l);
 }
 
+/* A job's data goes with its row: created together, replaced only by the
+ * row's compare-and-set, never by a stale writer. */
+static void test_job_data(void **state)
+{
+    struct fixture *fx = *state;
+    struct dir_job j, stale;
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(add_user(fx->d, "alice@example.org", "s1"), DIR_OK);
+    assert_int_equal(add_user(fx->d, "bob@example.org", "s1"), DIR_OK);
+    init_job(&j, "alice@example.org", "queued");
+    j.kind = DIR_JOB_IMPORT;
+    assert_int_equal(dir_job_create_data(fx->d, &j, "v1\0x", 4), DIR_OK);
+    assert_int_equal(dir_job_data_get(fx->d, j.id, &b), DIR_OK);
+    assert_int_equal(b.len, 4);
+    assert_memory_equal(b.data, "v1\0x", 4);
+
+    stale = j;
+    str_copy(j.phase, "copy", sizeof(j.phase));
+    assert_int_equal(dir_job_update_data(fx->d, &j, "second", 6), DIR_OK);
+    assert_int_equal(dir_job_update_data(fx->d, &stale, "stale", 5), DIR_CONFLICT);
+    buf_reset(&b);
+    assert_int_equal(dir_job_data_get(fx->d, j.id, &b), DIR_OK);
+    assert_int_equal(b.len, 6);
+    assert_memory_equal(b.data, "second", 6);
+    /* A plain update keeps the data. */
+    assert_int_equal(dir_job_update(fx->d, &j), DIR_OK);
+    buf_reset(&b);
+    assert_int_equal(dir_job_data_get(fx->d, j.id, &b), DIR_OK);
+    assert_int_equal(b.len, 6);
+
+    /* A job without data has none; unknown jobs and small buffers. */
+    struct dir_job k;
+    init_job(&k, "bob@example.org", "queued");
+    assert_int_equal(dir_job_create(fx->d, &k), DIR_OK);
+    buf_reset(&b);
+    assert_int_equal(dir_job_data_get(fx->d, k.id, &b), DIR_OK);
+    assert_int_equal(b.len, 0);
+    assert_int_equal(dir_job_data_get(fx->d, 9999, &b), DIR_NOTFOUND);
+    struct buf small;
+    buf_init(&small, 3);
+    assert_int_equal(dir_job_data_get(fx->d, j.id, &small), DIR_INVALID);
+    buf_free(&small);
+    /* Over the limit: refused, nothing changes. */
+    char *big = xmalloc(DIR_JOB_DATA_MAX + 1);
+    assert_int_equal(dir_job_update_data(fx->d, &j, big, DIR_JOB_DATA_MAX + 1), DIR_INVALID);
+    free(big);
+    buf_reset(&b);
+    assert_int_equal(dir_job_data_get(fx->d, j.id, &b), DIR_OK);
+    assert_memory_equal(b.data, "second", 6);
+    buf_free(&b);
+}
+
 /* ---- SQLite only ---- */
 
 #define RACE_ROUNDS 100
@@ -595,7 +648,8 @@ static void test_sqlite_reopen(void **state)
 }
 
 /* A directory written by a version-2 tern (jobs without the move fields)
- * keeps its jobs when step 3 adds them, and the new fields round-trip. */
+ * keeps its jobs when steps 3 and 4 add them, and the new fields
+ * round-trip. */
 static void test_sqlite_migrate_v2_jobs(void **state)
 {
     struct fixture *fx = *state;
@@ -605,24 +659,31 @@ static void test_sqlite_migrate_v2_jobs(void **state)
     assert_int_equal(dir_job_create(fx->d, &j), DIR_OK);
     dir_close(&fx->d);
     raw_sql(fx, "ALTER TABLE jobs DROP COLUMN checkpoint; ALTER TABLE jobs DROP COLUMN epoch;"
-                "ALTER TABLE jobs DROP COLUMN retain_until; ALTER TABLE jobs DROP COLUMN options; "
-                "DROP TABLE subscriptions;"
+                "ALTER TABLE jobs DROP COLUMN retain_until; ALTER TABLE jobs DROP COLUMN options;"
+                "ALTER TABLE jobs DROP COLUMN fenced_at; ALTER TABLE jobs DROP COLUMN cutovers;"
+                "DROP TABLE subscriptions; DROP TABLE job_data;"
                 "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
     fx->d = open_sqlite_ok(fx->path);
     assert_int_equal(dir_job_get(fx->d, j.id, &g), DIR_OK);
     assert_string_equal(g.phase, "copy");
     assert_int_equal(g.checkpoint, 0);
     assert_int_equal(g.options, 0);
+    assert_int_equal(g.fenced_at, 0);
+    assert_int_equal(g.cutovers, 0);
     g.checkpoint = 12345;
     g.epoch = 7;
     g.retain_until = 1800000000;
     g.options = DIR_JOB_OPT_SUSPEND | DIR_JOB_OPT_COMPLETE;
+    g.fenced_at = 1800000000123;
+    g.cutovers = 3;
     assert_int_equal(dir_job_update(fx->d, &g), DIR_OK);
     assert_int_equal(dir_job_get(fx->d, j.id, &j), DIR_OK);
     assert_int_equal(j.checkpoint, 12345);
     assert_int_equal(j.epoch, 7);
     assert_int_equal(j.retain_until, 1800000000);
     assert_int_equal(j.options, DIR_JOB_OPT_SUSPEND | DIR_JOB_OPT_COMPLETE);
+    assert_int_equal(j.fenced_at, 1800000000123);
+    assert_int_equal(j.cutovers, 3);
 }
 
 static void test_sqlite_migrate_forward(void **state)
@@ -631,8 +692,9 @@ static void test_sqlite_migrate_forward(void **state)
     assert_int_equal(add_user(fx->d, "alice@example.org", "s1"), DIR_OK);
     dir_close(&fx->d);
     /* Rewind to what step 1 alone leaves behind. */
-    raw_sql(fx, "DROP TABLE jobs; DROP INDEX users_home; DROP TABLE subscriptions;"
-                "UPDATE meta SET value = '1' WHERE key = 'schema_version'");
+    raw_sql(fx,
+            "DROP TABLE jobs; DROP INDEX users_home; DROP TABLE subscriptions; DROP TABLE job_data;"
+            "UPDATE meta SET value = '1' WHERE key = 'schema_version'");
     fx->d = open_sqlite_ok(fx->path);
 
     sqlite3 *db;
@@ -731,6 +793,7 @@ int main(void)
         BOTH(test_resolve),
         BOTH(test_stores),
         BOTH(test_jobs),
+        BOTH(test_job_data),
         SQLITE(test_sqlite_fork_race),
         SQLITE(test_sqlite_reopen),
         SQLITE(test_sqlite_migrate_forward),

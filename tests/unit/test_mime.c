@@ -28,6 +28,8 @@
 /* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
 static bool utf8_valid(const char *s, size_t n)
 {
+    if (n == 0)
+        return true;
     const unsigned char *p = (const unsigned char *)s, *end = p + n;
     while (p < end) {
         unsigned c = *p++;
@@ -86,6 +88,15 @@ static void check_part(void *ctx, const char *section, unsigned long size, bool 
     assert_int_equal(mime_section_locate(pc->m, spec, &out, &moff, &mlen, &error), MIME_SECTION_OK);
     if (len > 0)
         assert_int_equal(moff + mlen, off);
+    /* inside its parent's body (a top-level part: inside the message) */
+    const char *dot = strrchr(section, '.');
+    if (dot == NULL)
+        spec[0] = '\0';
+    else
+        snprintf(spec, sizeof(spec), "%.*s", (int)(dot - section), section);
+    size_t poff, plen;
+    assert_int_equal(mime_section_locate(pc->m, spec, &out, &poff, &plen, &error), MIME_SECTION_OK);
+    assert_true(moff >= poff && off + len <= poff + plen);
     if (msg) {
         snprintf(spec, sizeof(spec), "%s.HEADER", section);
         assert_int_equal(mime_section_locate(pc->m, spec, &out, &hoff, &hlen, &error),
@@ -715,6 +726,8 @@ static const struct addr_case ADDRS[] = {
     {"   ", "NIL"},
     {"\xc3\x89lodie <e@x>", "(({7}\r\n\xc3\x89lodie NIL \"e\" \"x\"))"},
     {"=?utf-8?q?=C3=89lodie?= <e@x>", "((\"=?utf-8?q?=C3=89lodie?=\" NIL \"e\" \"x\"))"},
+    {"\"tab\there\" <t@x>", "((\"tab\there\" NIL \"t\" \"x\"))"},
+    {"\"bell\a\" <b@x>", "(({5}\r\nbell\a NIL \"b\" \"x\"))"},
 };
 
 static void test_addresses(void **state)
@@ -1070,6 +1083,71 @@ static void test_unstructured_parts(void **state)
     free(bs);
 }
 
+/* A long header against a long list of names: every listed field and no
+ * other, in message order (names hash into buckets: collisions abound). */
+static void test_many_header_fields(void **state)
+{
+    (void)state;
+    struct buf msg, spec, want, want_not, out;
+    buf_init(&msg, 0);
+    buf_init(&spec, 0);
+    buf_init(&want, 0);
+    buf_init(&want_not, 0);
+    buf_init(&out, 0);
+    for (int i = 0; i < 20000; i++) {
+        char line[64];
+        int n = snprintf(line, sizeof(line), "%s-%d: v%d\r\n", i % 3 ? "X" : "Y", i, i);
+        buf_append(&msg, line, (size_t)n);
+        buf_append(i % 3 != 0 && i % 40 == 1 ? &want : &want_not, line, (size_t)n);
+    }
+    buf_puts(&msg, "\r\nbody\r\n");
+    buf_puts(&want, "\r\n");
+    buf_puts(&want_not, "\r\n");
+    for (int i = 1; i < 20000; i += 40)
+        buf_printf(&spec, "%s\"x-%d\" x-%d", spec.len == 0 ? "HEADER.FIELDS (" : " ", i, i + 20000);
+    buf_puts(&spec, ")");
+    struct mime_msg *m = mime_parse(msg.data, msg.len);
+    const char *error;
+    assert_int_equal(mime_section_get(m, spec.data, &out, &error), MIME_SECTION_OK);
+    assert_int_equal(out.len, want.len);
+    assert_memory_equal(out.data, want.data, want.len);
+    buf_reset(&out);
+    char *not = xasprintf("HEADER.FIELDS.NOT%s", spec.data + strlen("HEADER.FIELDS"));
+    assert_int_equal(mime_section_get(m, not, &out, &error), MIME_SECTION_OK);
+    assert_int_equal(out.len, want_not.len);
+    assert_memory_equal(out.data, want_not.data, want_not.len);
+    free(not );
+    mime_free(&m);
+    buf_free(&msg);
+    buf_free(&spec);
+    buf_free(&want);
+    buf_free(&want_not);
+    buf_free(&out);
+}
+
+/* A delimiter right after a part's blank line: the body is empty, and
+ * the line end is both the header's end and the delimiter's start. */
+static void test_delimiter_after_blank_line(void **state)
+{
+    (void)state;
+    static const char msg[] = "Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+                              "--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: s\r\n\r\n"
+                              "--b\r\nContent-Type: text/plain\r\n\r\n"
+                              "--b--";
+    char *bs = bodystructure_str(msg, sizeof(msg) - 1);
+    assert_string_equal(bs,
+                        "((\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 14 (NIL \"s\" NIL NIL "
+                        "NIL NIL NIL NIL NIL NIL) (" TEXT_PLAIN_ASCII " 0 0 NIL NIL NIL NIL) "
+                        "2 NIL NIL NIL NIL)(" TEXT_PLAIN_ASCII " 0 0 NIL NIL NIL NIL) \"MIXED\" "
+                        "(\"BOUNDARY\" \"b\") NIL NIL NIL)");
+    free(bs);
+    SECTION_IS(msg, "1", "Subject: s\r\n\r\n");
+    SECTION_IS(msg, "1.HEADER", "Subject: s\r\n\r\n");
+    SECTION_IS(msg, "1.TEXT", "");
+    SECTION_IS(msg, "2", "");
+    SECTION_IS(msg, "2.MIME", "Content-Type: text/plain\r\n\r\n");
+}
+
 /* Odd inputs: whatever they are, every general check holds. */
 static void test_odd_inputs(void **state)
 {
@@ -1099,6 +1177,10 @@ static void test_odd_inputs(void **state)
         "To: ((((((((((((((((((((\r\n\r\n",
         "To: \"\\\r\n\r\n",
         "To: <\r\nCc: @\r\nBcc: :;,<>@\r\n\r\n",
+        "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n"
+        "\r\nContent-Type: multipart/alternative\r\n\r\n--b--\r\n",
+        "To: \"\"\"\" x@y, \"\"@z\r\n\r\n",
+        "Content-Type: text/plain; a*0=\"\"; a*1=\"\"\r\n\r\nx",
     };
     for (size_t i = 0; i < ARRAY_SIZE(odd); i++)
         check_any(odd[i], strlen(odd[i]));
@@ -1127,16 +1209,28 @@ static void test_long_lines(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_messages),        cmocka_unit_test(test_call_order),
-        cmocka_unit_test(test_sections),        cmocka_unit_test(test_bad_sections),
-        cmocka_unit_test(test_section_locate),  cmocka_unit_test(test_addresses),
-        cmocka_unit_test(test_sender_defaults), cmocka_unit_test(test_header_text),
-        cmocka_unit_test(test_body_text),       cmocka_unit_test(test_date),
-        cmocka_unit_test(test_no_blank_line),   cmocka_unit_test(test_missing_close_delimiter),
-        cmocka_unit_test(test_bare_lf),         cmocka_unit_test(test_nul_bytes),
-        cmocka_unit_test(test_8bit_headers),    cmocka_unit_test(test_deep_nesting),
-        cmocka_unit_test(test_many_parts),      cmocka_unit_test(test_unstructured_parts),
-        cmocka_unit_test(test_odd_inputs),      cmocka_unit_test(test_long_lines),
+        cmocka_unit_test(test_messages),
+        cmocka_unit_test(test_call_order),
+        cmocka_unit_test(test_sections),
+        cmocka_unit_test(test_bad_sections),
+        cmocka_unit_test(test_section_locate),
+        cmocka_unit_test(test_addresses),
+        cmocka_unit_test(test_sender_defaults),
+        cmocka_unit_test(test_header_text),
+        cmocka_unit_test(test_body_text),
+        cmocka_unit_test(test_date),
+        cmocka_unit_test(test_no_blank_line),
+        cmocka_unit_test(test_missing_close_delimiter),
+        cmocka_unit_test(test_bare_lf),
+        cmocka_unit_test(test_nul_bytes),
+        cmocka_unit_test(test_8bit_headers),
+        cmocka_unit_test(test_deep_nesting),
+        cmocka_unit_test(test_many_parts),
+        cmocka_unit_test(test_unstructured_parts),
+        cmocka_unit_test(test_many_header_fields),
+        cmocka_unit_test(test_delimiter_after_blank_line),
+        cmocka_unit_test(test_odd_inputs),
+        cmocka_unit_test(test_long_lines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -699,7 +699,8 @@ static void test_digest(void **state)
         char g[33], h[65];
         hex_encode(m.guid, STORE_GUID_LEN, g);
         hex_encode(m.sha256, SHA256_LEN, h);
-        buf_printf(&lines, "%u %s %u 6 %s %s\n", u * 3, g, u & STORE_F_ALL, h, u % 2 ? "$a" : "");
+        buf_printf(&lines, "%u %s %u %lld 6 %s %s\n", u * 3, g, u & STORE_F_ALL,
+                   (long long)m.internal_date, h, u % 2 ? "$a" : "");
     }
     uint8_t want[SHA256_LEN];
     sha256_buf(lines.data, lines.len, want);

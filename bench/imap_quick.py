@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""bench/imap_quick.py [N] — quick IMAP figures, tern only.
+
+Starts a private `tern serve` (free ports, temp data dir) and, with one
+IMAP session over the imap role (TSYNC/1 to the home store), times: the
+delay from a delivery's LMTP 250 to the EXISTS an IDLE session gets (20
+deliveries), N pipelined APPENDs (LITERAL+), FETCH/SEARCH/STORE over all N,
+COPY and STORE+EXPUNGE of half, and a SELECT. Prints one line per figure.
+docs/imap.md keeps the last figures.
+"""
+import imaplib
+import os
+import shutil
+import smtplib
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
+os.environ.setdefault("TERN_BIN", str(HERE.parent / "build" / "tern"))
+
+from conftest import Tern  # noqa: E402
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+USER = "bench@example.org"
+root = Path(tempfile.mkdtemp(prefix="tern-imapbench."))
+t = Tern(root)
+t.setup_users(USER)
+t.serve()
+try:
+    s = socket.create_connection(("127.0.0.1", t.ports["imap"]), timeout=30)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(f"a LOGIN {USER} secret\r\nb SELECT INBOX\r\n".encode())
+    while not f.readline().startswith(b"b OK"):
+        pass
+    s.sendall(b"c IDLE\r\n")
+    f.readline()
+    lat = []
+    for i in range(20):
+        with smtplib.LMTP("127.0.0.1", t.ports["s1"]) as c:
+            c.sendmail("x@example.net", [USER], b"Subject: x\r\n\r\nx\r\n")
+        t1 = time.time()
+        ln = f.readline()
+        assert b"EXISTS" in ln, ln
+        lat.append((time.time() - t1) * 1000)
+    s.sendall(b"DONE\r\n")
+    f.readline()
+    print("IDLE: LMTP 250 -> EXISTS: median %.0f ms, max %.0f ms (20 deliveries)"
+          % (statistics.median(lat), max(lat)))
+    body = b"Subject: y\r\n\r\n" + b"y" * 4000 + b"\r\n"
+    t0 = time.time()
+    s.sendall(b"".join(b"p%d APPEND INBOX {%d+}\r\n%s\r\n" % (i, len(body), body)
+                       for i in range(N)))
+    done = 0
+    while done < N:
+        if f.readline().startswith(b"p"):
+            done += 1
+    print("%d pipelined APPENDs of 4 KB: %.2f s" % (N, time.time() - t0))
+    s.close()
+    c = imaplib.IMAP4("127.0.0.1", t.ports["imap"])
+    c.login(USER, "secret")
+    c.select("INBOX")
+    half = (N + 20) // 2
+    steps = [
+        ("FETCH 1:* (FLAGS)", lambda: c.fetch("1:*", "(FLAGS)")),
+        ("FETCH 1:* (BODY.PEEK[HEADER])", lambda: c.fetch("1:*", "(BODY.PEEK[HEADER])")),
+        ("SEARCH BODY yyyy", lambda: c.search(None, "BODY", "yyyy")),
+        ("STORE 1:* +FLAGS.SILENT (\\Seen)", lambda: c.store("1:*", "+FLAGS.SILENT", "(\\Seen)")),
+        (f"COPY 1:{half} Trash", lambda: c.copy(f"1:{half}", "Trash")),
+        (f"STORE 1:{half} +FLAGS.SILENT (\\Deleted) and EXPUNGE",
+         lambda: (c.store(f"1:{half}", "+FLAGS.SILENT", "(\\Deleted)"), c.expunge())),
+        ("SELECT INBOX", lambda: c.select("INBOX")),
+    ]
+    for what, fn in steps:
+        t0 = time.time()
+        fn()
+        print("%s: %.2f s" % (what, time.time() - t0))
+    c.logout()
+finally:
+    t.stop()
+    shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,520 @@
+/*
+ * cli — `tern import`: start an import job, complete it, report on it
+ * (docs/import.md, docs/cli.md). The job runs in the mover; this only
+ * writes the directory and reads it back.
+ *
+ * The IMAP password never travels on the command line: it comes from
+ * --password-file FILE or $TERN_IMPORT_PASSWORD, and is copied into
+ * DATA/imports/ (mode 0600, fsync'd) for the mover, which deletes it when
+ * the job ends.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "config/config.h"
+#include "directory/directory.h"
+#include "import/import.h"
+#include "mail/mail.h"
+#include "util/util.h"
+
+#define SECRET_MAX 1024
+
+static int ifail(const char *fmt, ...) TERN_PRINTF(1, 2);
+static int ifail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("tern: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+static int iusage(const char *fmt, ...) TERN_PRINTF(1, 2);
+static int iusage(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("tern: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs(" (see 'tern help')\n", stderr);
+    va_end(ap);
+    return 2;
+}
+
+/* "--name VALUE" or "--name=VALUE", removed from argv. */
+static const char *opt(int *argc, char **argv, const char *name, bool *bad)
+{
+    size_t nl = strlen(name);
+    for (int i = 0; i < *argc; i++) {
+        if (strncmp(argv[i], name, nl) != 0)
+            continue;
+        const char *val;
+        int used;
+        if (argv[i][nl] == '=') {
+            val = argv[i] + nl + 1;
+            used = 1;
+        } else if (argv[i][nl] == '\0') {
+            if (i + 1 >= *argc) {
+                *bad = true;
+                return NULL;
+            }
+            val = argv[i + 1];
+            used = 2;
+        } else {
+            continue;
+        }
+        memmove(&argv[i], &argv[i + used], (size_t)(*argc - i - used + 1) * sizeof(char *));
+        *argc -= used;
+        return val;
+    }
+    return NULL;
+}
+
+static bool flag(int *argc, char **argv, const char *name)
+{
+    for (int i = 0; i < *argc; i++)
+        if (strcmp(argv[i], name) == 0) {
+            memmove(&argv[i], &argv[i + 1], (size_t)(*argc - i) * sizeof(char *));
+            (*argc)--;
+            return true;
+        }
+    return false;
+}
+
+static int leftover(int argc, char **argv, int want)
+{
+    for (int i = 0; i < argc; i++)
+        if (strncmp(argv[i], "--", 2) == 0)
+            return iusage("unknown option %s", argv[i]);
+    if (argc != want)
+        return iusage(argc < want ? "missing argument" : "unexpected argument '%s'",
+                      argc > want ? argv[want] : "");
+    return 0;
+}
+
+/* "90", "90s", "15m", "72h", "3d" into seconds. */
+static int parse_duration(const char *s, uint64_t max, uint64_t *out)
+{
+    char b[32];
+    size_t n = strlen(s);
+    if (n == 0 || n >= sizeof(b))
+        return -1;
+    memcpy(b, s, n + 1);
+    uint64_t mult = 1;
+    char u = b[n - 1];
+    if (u == 's' || u == 'm' || u == 'h' || u == 'd') {
+        mult = u == 's' ? 1 : u == 'm' ? 60 : u == 'h' ? 3600 : 86400;
+        b[--n] = '\0';
+    }
+    uint64_t v;
+    if (parse_u64(b, max / mult, &v) < 0)
+        return -1;
+    *out = v * mult;
+    return 0;
+}
+
+static struct directory *idir(const struct config *cfg)
+{
+    if (mkdir_p(cfg->data_dir, 0750) < 0) {
+        ifail("cannot create data directory %s: %s", cfg->data_dir, strerror(errno));
+        return NULL;
+    }
+    const char *error;
+    struct directory *dir = dir_open_sqlite(cfg->directory, &error);
+    if (dir == NULL)
+        ifail("cannot open directory %s: %s", cfg->directory, error);
+    return dir;
+}
+
+static int dir_trouble(enum dir_status ds, const char *what)
+{
+    if (ds == DIR_TEMPFAIL)
+        return ifail("%s: directory unavailable, try again", what);
+    return ifail("%s: %s", what, dir_status_str(ds));
+}
+
+/* The password for an IMAP source: from a file or the environment; copied
+ * to DATA/imports/ for the mover. 0 with the copy's path, or exit status. */
+static int keep_secret(const struct config *cfg, const char *file, char out[IMPORT_PATH_MAX + 1])
+{
+    struct buf pw;
+    buf_init(&pw, SECRET_MAX + 2);
+    if (file != NULL) {
+        const char *e;
+        if (file_read_all(strcmp(file, "-") == 0 ? "/dev/stdin" : file, SECRET_MAX + 2, &pw, &e) <
+            0) {
+            buf_free(&pw);
+            return ifail("password file %s: %s", file, e);
+        }
+    } else {
+        const char *env = getenv("TERN_IMPORT_PASSWORD");
+        if (env == NULL || env[0] == '\0') {
+            buf_free(&pw);
+            return iusage("an IMAP source needs --password-file FILE or $TERN_IMPORT_PASSWORD "
+                          "(never the command line)");
+        }
+        if (buf_puts(&pw, env) < 0) {
+            buf_free(&pw);
+            return ifail("the password is longer than %d octets", SECRET_MAX);
+        }
+    }
+    while (pw.len > 0 && (pw.data[pw.len - 1] == '\n' || pw.data[pw.len - 1] == '\r'))
+        pw.len--;
+    if (pw.len == 0 || pw.len > SECRET_MAX || memchr(pw.data, '\0', pw.len) != NULL) {
+        buf_free(&pw);
+        return ifail(pw.len == 0 ? "the password is empty" : "the password is not usable");
+    }
+    char dirpath[PATH_MAX];
+    snprintf(dirpath, sizeof(dirpath), "%s/imports", cfg->data_dir);
+    if (mkdir_p(dirpath, 0700) < 0) {
+        buf_free(&pw);
+        return ifail("cannot create %s: %s", dirpath, strerror(errno));
+    }
+    uint8_t rnd[12];
+    char hex[25];
+    rand_bytes(rnd, sizeof(rnd));
+    hex_encode(rnd, sizeof(rnd), hex);
+    if (snprintf(out, IMPORT_PATH_MAX + 1, "%s/%s.password", dirpath, hex) > IMPORT_PATH_MAX) {
+        buf_free(&pw);
+        return ifail("data directory path too long");
+    }
+    int fd = open(out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int r = fd < 0 ? -1 : write_full(fd, pw.data, pw.len);
+    /* The job refers to this file: it must be on disk before the job is. */
+    if (r == 0)
+        r = util_fsync(fd, "import password");
+    if (fd >= 0)
+        close(fd);
+    if (r == 0)
+        r = util_fsync_dir(dirpath, "import password");
+    memset(pw.data, 0, pw.len);
+    buf_free(&pw);
+    if (r < 0) {
+        unlink(out);
+        return ifail("cannot write %s: %s", out, strerror(errno));
+    }
+    return 0;
+}
+
+static int pick_home(struct directory *dir, char out[MAIL_NAME_MAX + 1])
+{
+    struct dir_store *stores;
+    struct dir_user *users;
+    size_t ns, nu;
+    if (dir_store_list(dir, &stores, &ns) != DIR_OK)
+        return -1;
+    if (dir_user_list(dir, &users, &nu) != DIR_OK) {
+        free(stores);
+        return -1;
+    }
+    size_t best = 0, best_n = SIZE_MAX;
+    for (size_t i = 0; i < ns; i++) {
+        size_t k = 0;
+        for (size_t j = 0; j < nu; j++)
+            k += strcmp(users[j].home, stores[i].name) == 0;
+        if (k < best_n) {
+            best_n = k;
+            best = i;
+        }
+    }
+    int r = ns > 0 ? 0 : -1;
+    if (ns > 0)
+        str_copy(out, stores[best].name, MAIL_NAME_MAX + 1);
+    free(stores);
+    free(users);
+    return r;
+}
+
+/* --create: a user with a random password nobody knows (set one with
+ * `tern user set ADDR --password-file F`). */
+static int create_user(struct directory *dir, const char *addr, const char *store,
+                       struct dir_user *u)
+{
+    memset(u, 0, sizeof(*u));
+    str_copy(u->address, addr, sizeof(u->address));
+    if (store != NULL) {
+        struct dir_store s;
+        if (dir_store_get(dir, store, &s) != DIR_OK)
+            return ifail("unknown store '%s' (see 'tern store list')", store);
+        str_copy(u->home, store, sizeof(u->home));
+    } else if (pick_home(dir, u->home) < 0) {
+        return ifail("no store to home the user on");
+    }
+    struct dir_domain d;
+    if (dir_domain_get(dir, mail_addr_domain(addr), &d) != DIR_OK)
+        return ifail("unknown domain '%s' (add it with 'tern domain add %s')",
+                     mail_addr_domain(addr), mail_addr_domain(addr));
+    uint8_t rnd[24];
+    char pw[49];
+    const char *e;
+    rand_bytes(rnd, sizeof(rnd));
+    hex_encode(rnd, sizeof(rnd), pw);
+    if (dir_password_hash(pw, u->password_hash, &e) < 0)
+        return ifail("cannot hash a password: %s", e);
+    u->state = DIR_USER_ACTIVE;
+    enum dir_status ds = dir_user_add(dir, u);
+    if (ds == DIR_EXISTS)
+        return ifail("%s exists as an alias", addr);
+    if (ds != DIR_OK)
+        return dir_trouble(ds, "creating the user");
+    printf("user %s created on store %s (set a password with 'tern user set %s "
+           "--password-file F')\n",
+           u->address, u->home, u->address);
+    return 0;
+}
+
+static void human(uint64_t b, char *out, size_t n)
+{
+    if (b >= 10ull << 20)
+        snprintf(out, n, "%.1f MB", (double)b / (1 << 20));
+    else if (b >= 10ull << 10)
+        snprintf(out, n, "%.1f KB", (double)b / (1 << 10));
+    else
+        snprintf(out, n, "%llu B", (unsigned long long)b);
+}
+
+/* The initial copy is over once the job watches, sweeps (a sweep that is
+ * about to end: once it is done) or is done. */
+static bool copied(const struct dir_job *j)
+{
+    if (strcmp(j->phase, "sweep") == 0)
+        return j->retain_until > time_now_ms() / 1000;
+    return strcmp(j->phase, "watch") == 0 || strcmp(j->phase, "done") == 0;
+}
+
+/* Waits like `tern move --wait`: a progress bar on a terminal, each phase
+ * otherwise. 0 once the initial copy is over, 1 if the job failed. */
+static int wait_import(struct directory *dir, uint64_t id)
+{
+    bool tty = isatty(STDOUT_FILENO);
+    int64_t start = time_mono_ms();
+    char last[DIR_PHASE_MAX + 1] = "";
+    for (;;) {
+        struct dir_job j;
+        enum dir_status ds = dir_job_get(dir, id, &j);
+        if (ds == DIR_NOTFOUND)
+            return ifail("job %llu is gone", (unsigned long long)id);
+        if (ds == DIR_OK) {
+            double secs = (double)(time_mono_ms() - start) / 1000.0;
+            double rate = secs > 0.5 ? (double)j.msgs_done / secs : 0;
+            if (tty) {
+                unsigned width = 30, fill = 0;
+                if (j.msgs_total > 0)
+                    fill = (unsigned)(width *
+                                      (j.msgs_done > j.msgs_total ? j.msgs_total : j.msgs_done) /
+                                      j.msgs_total);
+                if (copied(&j))
+                    fill = width;
+                char bar[64], bytes[32];
+                for (unsigned k = 0; k < width; k++)
+                    bar[k] = k < fill ? '#' : '.';
+                bar[width] = '\0';
+                human(j.bytes_done, bytes, sizeof(bytes));
+                double eta = rate > 0 && j.msgs_total > j.msgs_done
+                                 ? (double)(j.msgs_total - j.msgs_done) / rate
+                                 : 0;
+                printf("\r[%s] %-9s %llu/%llu msgs  %s  %.0f msg/s  ETA %.0fs   ", bar, j.phase,
+                       (unsigned long long)j.msgs_done, (unsigned long long)j.msgs_total, bytes,
+                       rate, eta);
+                fflush(stdout);
+            } else if (strcmp(last, j.phase) != 0) {
+                printf("job %llu: %s (%llu/%llu messages)\n", (unsigned long long)id, j.phase,
+                       (unsigned long long)j.msgs_done, (unsigned long long)j.msgs_total);
+                fflush(stdout);
+            }
+            str_copy(last, j.phase, sizeof(last));
+            if (strcmp(j.phase, "failed") == 0) {
+                if (tty)
+                    putchar('\n');
+                return ifail("import of %s failed: %s", j.user,
+                             j.last_error[0] ? j.last_error : "no reason recorded");
+            }
+            if (copied(&j)) {
+                if (tty)
+                    putchar('\n');
+                if (strcmp(j.phase, "watch") == 0)
+                    printf("imported %s from %s; watching for new mail until 'tern import "
+                           "complete %llu'\n",
+                           j.user, j.source, (unsigned long long)id);
+                else
+                    printf("imported %s from %s (%s)\n", j.user, j.source,
+                           strcmp(j.phase, "done") == 0 ? "done"
+                                                        : "sweeping the source for stragglers");
+                return 0;
+            }
+        }
+        usleep(200 * 1000);
+    }
+}
+
+static int parse_job_id(const char *s, uint64_t *id)
+{
+    if (parse_u64(s, UINT64_MAX, id) < 0 || *id == 0)
+        return iusage("'%s' is not a job id", s);
+    return 0;
+}
+
+static int import_sub(const struct config *cfg, const char *sub, int argc, char **argv)
+{
+    int r = leftover(argc, argv, 1);
+    uint64_t id;
+    if (r != 0 || (r = parse_job_id(argv[0], &id)) != 0)
+        return r;
+    struct directory *dir = idir(cfg);
+    if (dir == NULL)
+        return 1;
+    int rc = 0;
+    if (strcmp(sub, "report") == 0) {
+        const char *e;
+        if (import_report(dir, id, stdout, &e) < 0)
+            rc = ifail("report of job %llu: %s", (unsigned long long)id, e);
+    } else if (strcmp(sub, "wait") == 0) {
+        rc = wait_import(dir, id);
+    } else { /* complete */
+        for (int attempt = 0;; attempt++) {
+            struct dir_job j;
+            enum dir_status ds = dir_job_get(dir, id, &j);
+            if (ds != DIR_OK || j.kind != DIR_JOB_IMPORT) {
+                rc = ds == DIR_OK || ds == DIR_NOTFOUND
+                         ? ifail("no import job %llu", (unsigned long long)id)
+                         : dir_trouble(ds, "import complete");
+                break;
+            }
+            if (!import_phase_active(j.phase) || strcmp(j.phase, "sweep") == 0 ||
+                strcmp(j.phase, "complete") == 0) {
+                rc = ifail("import job %llu is past its cutover (%s)", (unsigned long long)id,
+                           j.phase);
+                break;
+            }
+            j.options |= DIR_JOB_OPT_COMPLETE;
+            /* Due now: the mover picks it up at once. */
+            j.checkpoint = 0;
+            ds = dir_job_update(dir, &j);
+            if (ds == DIR_CONFLICT && attempt < 50)
+                continue; /* the mover saved progress meanwhile */
+            if (ds != DIR_OK)
+                rc = dir_trouble(ds, "import complete");
+            else
+                printf("job %llu: complete requested: one last pass, then the straggler "
+                       "sweep\n",
+                       (unsigned long long)id);
+            break;
+        }
+    }
+    dir_close(&dir);
+    return rc;
+}
+
+int cli_import(const struct config *cfg, int argc, char **argv)
+{
+    if (argc < 1)
+        return iusage("import needs ADDRESS --from SOURCE, or complete|report|wait ID");
+    if (strcmp(argv[0], "complete") == 0 || strcmp(argv[0], "report") == 0 ||
+        strcmp(argv[0], "wait") == 0)
+        return import_sub(cfg, argv[0], argc - 1, argv + 1);
+    bool bad = false;
+    const char *from = opt(&argc, argv, "--from", &bad);
+    const char *pwfile = opt(&argc, argv, "--password-file", &bad);
+    const char *store = opt(&argc, argv, "--store", &bad);
+    const char *poll = opt(&argc, argv, "--poll", &bad);
+    const char *sweep = opt(&argc, argv, "--sweep", &bad);
+    bool create = flag(&argc, argv, "--create");
+    bool watch = flag(&argc, argv, "--watch");
+    bool wait = flag(&argc, argv, "--wait");
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--password") == 0 || strncmp(argv[i], "--password=", 11) == 0)
+            return iusage("the source password is never given on the command line: use "
+                          "--password-file FILE or $TERN_IMPORT_PASSWORD");
+    if (bad)
+        return iusage("option needs a value");
+    int r = leftover(argc, argv, 1);
+    if (r != 0)
+        return r;
+    if (from == NULL)
+        return iusage("import needs --from SOURCE (mbox:PATH, maildir:PATH or "
+                      "imap://USER@HOST:PORT)");
+    struct import_settings set;
+    memset(&set, 0, sizeof(set));
+    set.watch = watch;
+    set.poll = IMPORT_POLL_DEFAULT;
+    set.sweep = IMPORT_SWEEP_DEFAULT;
+    uint64_t v;
+    if (poll != NULL) {
+        if (parse_duration(poll, 86400, &v) < 0 || v == 0)
+            return iusage("--poll needs a duration of 1s to 1d (e.g. 10s)");
+        set.poll = (unsigned)v;
+    }
+    if (sweep != NULL) {
+        if (parse_duration(sweep, 366ull * 86400, &v) < 0)
+            return iusage("--sweep needs a duration up to a year (e.g. 72h; 0 for none)");
+        set.sweep = v;
+    }
+    char addr[MAIL_ADDR_MAX + 1];
+    const char *e;
+    if (mail_addr_normalize(argv[0], strlen(argv[0]), addr, &e) < 0)
+        return ifail("invalid address '%s': %s", argv[0], e);
+    /* A relative path is the operator's current directory's. */
+    char spec[DIR_JOB_ARG_MAX + 1];
+    const char *colon = strchr(from, ':');
+    if (colon != NULL && (strncmp(from, "mbox:", 5) == 0 || strncmp(from, "maildir:", 8) == 0) &&
+        colon[1] != '/' && colon[1] != '\0') {
+        char cwd[PATH_MAX];
+        if (getcwd(cwd, sizeof(cwd)) == NULL ||
+            snprintf(spec, sizeof(spec), "%.*s%s/%s", (int)(colon - from + 1), from, cwd,
+                     colon + 1) >= (int)sizeof(spec))
+            return ifail("the source path is too long");
+    } else if (str_copy(spec, from, sizeof(spec)) >= sizeof(spec)) {
+        return ifail("the source is too long");
+    }
+    bool needs_pw;
+    if (import_source_check(spec, &needs_pw, &e) < 0)
+        return ifail("%s: %s", from, e);
+    if (!needs_pw && (pwfile != NULL))
+        return iusage("--password-file is for an IMAP source");
+    if (store != NULL && !create)
+        return iusage("--store only goes with --create");
+    struct directory *dir = idir(cfg);
+    if (dir == NULL)
+        return 1;
+    for (size_t i = 0; i < cfg->n_stores; i++)
+        dir_store_upsert(dir, cfg->stores[i].name, cfg->stores[i].lmtp);
+    struct dir_user u;
+    enum dir_status ds = dir_user_get(dir, addr, &u);
+    if (ds == DIR_NOTFOUND && create)
+        r = create_user(dir, addr, store, &u);
+    else if (ds == DIR_NOTFOUND)
+        r = ifail("no such user %s (add it, or give --create)", addr);
+    else if (ds != DIR_OK)
+        r = dir_trouble(ds, "import");
+    if (r == 0 && needs_pw)
+        r = keep_secret(cfg, pwfile, set.secret);
+    uint64_t id = 0;
+    if (r == 0) {
+        ds = import_job_create(dir, u.address, u.home, spec, &set, &id);
+        if (ds == DIR_INVALID)
+            r = ifail("%s already has a move or import in progress (see 'tern moves')", addr);
+        else if (ds != DIR_OK)
+            r = dir_trouble(ds, "import");
+        if (r != 0 && set.secret[0] != '\0')
+            unlink(set.secret);
+    }
+    if (r == 0) {
+        printf("import job %llu: %s from %s into %s%s\n", (unsigned long long)id, u.address, spec,
+               u.home, watch ? " (watching until 'tern import complete')" : "");
+        fflush(stdout);
+        if (wait)
+            r = wait_import(dir, id);
+    }
+    dir_close(&dir);
+    return r;
+}

@@ -1,0 +1,705 @@
+"""Imports (issue 6): mbox files in each quoting style, a Maildir++ tree and a
+real Dovecot IMAP server on loopback as foreign sources, through the real
+binary (`tern import`, the mover role, the stores). An independent client
+(imaplib) reads tern's IMAP side and the source and compares folders,
+messages and flags. The Q190423 scenario: mail that reaches the source
+during --watch and after `complete` arrives exactly once and the report
+counts the stragglers. kill -9 of the mover during an import, and a crash
+between an append and its record: nothing twice, nothing missing."""
+import email.utils
+import imaplib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import SLOW, TERN_BIN, Tern, free_port, wait_port
+
+USER = "alice@example.org"
+PW = "secret"
+
+
+def wait_for(pred, timeout=30.0, step=0.1):
+    deadline = time.time() + timeout * SLOW
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return None
+
+
+@pytest.fixture
+def t(tmp_path):
+    t = Tern(tmp_path, mover_extra="retention = 0\nlease_ms = 2000")
+    t.cli("domain", "add", "example.org")
+    t.cli("user", "add", USER, "--password", PW, "--store", "s1")
+    t.serve()
+    yield t
+    t.stop()
+
+
+def start_import(t, source, *extra, user=USER, check=True, env=None):
+    p = t.cli("import", user, "--from", source, *extra, check=check, env=env)
+    if not check:
+        return p
+    m = re.search(r"import job (\d+)", p.stdout)
+    assert m, p.stdout + p.stderr
+    return int(m.group(1))
+
+
+def report(t, job):
+    return t.cli("import", "report", str(job)).stdout
+
+
+def phase(t, job):
+    return re.search(r"^phase: (\S+)", report(t, job), re.M).group(1)
+
+
+def wait_phase(t, job, want, timeout=60):
+    got = wait_for(lambda: phase(t, job) in want, timeout)
+    assert got, f"job {job} in {phase(t, job)}, wanted {want}:\n{report(t, job)}\n{t.log(3000)}"
+
+
+def report_row(t, job, folder):
+    """(source, bytes, imported, already, dups, stragglers, failed) of a folder."""
+    for line in report(t, job).splitlines():
+        if line.startswith(folder + " ") or line.split("  ")[0].strip() == folder:
+            nums = re.findall(r"\s(\d+)", line[len(folder):])
+            if len(nums) >= 7:
+                return tuple(int(x) for x in nums[:7])
+    raise AssertionError(f"no row for {folder}:\n{report(t, job)}")
+
+
+def tern_imap(t, user=USER, pw=PW):
+    c = imaplib.IMAP4("127.0.0.1", t.ports["imap"])
+    c.login(user, pw)
+    return c
+
+
+def folder_names(c):
+    typ, data = c.list()
+    assert typ == "OK"
+    names = []
+    for item in data:
+        if isinstance(item, tuple):  # a literal name
+            names.append(item[1].decode())
+            continue
+        m = re.match(rb'\((.*?)\) (?:"(?:\\.|[^"])*"|NIL) (.*)$', item)
+        name = m.group(2).decode()
+        if name.startswith('"'):
+            name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        names.append(name)
+    return names
+
+
+def quote(name):
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def epoch(internaldate):
+    return time.mktime(imaplib.Internaldate2tuple(b'INTERNALDATE "' + internaldate.encode() + b'"'))
+
+
+def messages(c, folder):
+    """{uid: (flags without \\Recent, body, internaldate)} of a folder."""
+    typ, data = c.select(quote(folder), readonly=True)
+    assert typ == "OK", folder
+    if int(data[0]) == 0:
+        return {}
+    typ, data = c.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+    assert typ == "OK"
+    out = {}
+    for item in data:
+        if not isinstance(item, tuple):
+            continue
+        meta = item[0].decode()
+        uid = int(re.search(r"UID (\d+)", meta).group(1))
+        flags = set(re.search(r"FLAGS \(([^)]*)\)", meta).group(1).split()) - {"\\Recent"}
+        date = re.search(r'INTERNALDATE "([^"]+)"', meta).group(1)
+        out[uid] = (flags, item[1], date)
+    return out
+
+
+def subjects(msgs):
+    res = []
+    for _, (flags, body, _) in sorted(msgs.items()):
+        m = re.search(rb"^Subject: (.*?)\r$", body, re.M)
+        res.append(m.group(1).decode() if m else None)
+    return res
+
+
+def old(path):
+    """An mbox counts as written once it is a few seconds old."""
+    past = time.time() - 60
+    os.utime(path, (past, past))
+
+
+# ---- mbox -------------------------------------------------------------------
+
+MBOXRD = (b"From alice@example.org Sat Jan  3 01:05:34 1996\n"
+          b"Subject: rd one\nStatus: RO\nX-Status: AF\nX-Keywords: $Label1 work\n\n"
+          b">From the start\n>>From twice quoted\nend\n\n"
+          b"From bob@example.org Sun Jan  4 02:00:00 1996\n"
+          b"Subject: rd two\n\nplain\n\n")
+MBOXO = (b"From alice@example.org Sat Jan  3 01:05:34 1996\n"
+         b"Subject: o one\nStatus: O\n\n>From quoted\nend\n\n")
+MBOXCL2 = (b"From alice@example.org Sat Jan  3 01:05:34 1996\n"
+           b"Subject: cl2 one\nContent-Length: 29\n\n"
+           b"From unquoted in the body\nx\n\n"
+           b"From bob@example.org Sun Jan  4 02:00:00 1996\n"
+           b"Subject: cl2 two\nContent-Length: 5\n\nhey!\n\n")
+
+
+def write_mbox_tree(root):
+    (root / "Archive.sbd").mkdir(parents=True)
+    (root / "inbox").write_bytes(MBOXRD)
+    (root / "Old O").write_bytes(MBOXO)
+    (root / "Archive.sbd" / "2019").write_bytes(MBOXCL2)
+    (root / "Archive").write_bytes(b"")
+    (root / "Archive.msf").write_bytes(b"// thunderbird index, not a folder")
+    for p in [root / "inbox", root / "Old O", root / "Archive.sbd" / "2019", root / "Archive"]:
+        old(p)
+
+
+def test_mbox_each_quoting_style_and_rerun(t, tmp_path):
+    root = tmp_path / "mail"
+    write_mbox_tree(root)
+    job = start_import(t, f"mbox:{root}", "--wait", "--sweep", "0")
+    wait_phase(t, job, ("done",))
+    c = tern_imap(t)
+    names = folder_names(c)
+    for want in ("INBOX", "Old O", "Archive", "Archive/2019"):
+        assert want in names, names
+    assert "Archive.msf" not in names
+    inbox = messages(c, "INBOX")
+    assert subjects(inbox)[-2:] == ["rd one", "rd two"]
+    one = list(inbox.values())[-2]
+    assert {"\\Seen", "\\Answered", "\\Flagged", "$Label1", "work"} <= one[0]
+    # mboxrd: one '>' less on each quoted From_ line; CRLF line endings.
+    assert b"\r\nFrom the start\r\n>From twice quoted\r\n" in one[1]
+    assert one[2].startswith("03-Jan-1996 01:05:34")
+    o = list(messages(c, "Old O").values())
+    assert b"\r\nFrom quoted\r\n" in o[0][1] and "\\Seen" not in o[0][0]
+    cl2 = messages(c, "Archive/2019")
+    assert subjects(cl2) == ["cl2 one", "cl2 two"]
+    assert b"\r\nFrom unquoted in the body\r\n" in list(cl2.values())[0][1]
+    assert messages(c, "Archive") == {}
+    c.logout()
+    assert report_row(t, job, "INBOX")[:3] == (2, report_row(t, job, "INBOX")[1], 2)
+    assert "import" in t.cli("moves").stdout
+
+    # A re-run imports nothing: everything is already there.
+    before = {f: messages(tern_imap(t), f) for f in ("INBOX", "Old O", "Archive/2019")}
+    job2 = start_import(t, f"mbox:{root}", "--wait", "--sweep", "0")
+    wait_phase(t, job2, ("done",))
+    row = report_row(t, job2, "INBOX")
+    assert row[2] == 0 and row[3] == 2, report(t, job2)
+    assert report_row(t, job2, "Archive/2019")[2:4] == (0, 2)
+    after = {f: messages(tern_imap(t), f) for f in ("INBOX", "Old O", "Archive/2019")}
+    assert after == before
+
+
+def test_import_cli_errors(t, tmp_path):
+    box = tmp_path / "box"
+    box.write_bytes(MBOXRD)
+    cases = [
+        (["import", USER, "--from", "mbox:" + str(box), "--password", "x"], 2, "never given"),
+        (["import", USER], 2, "--from"),
+        (["import", USER, "--from", "pop3://x@y"], 1, "SOURCE is"),
+        (["import", USER, "--from", "mbox:/nonexistent/x"], 1, "cannot be read"),
+        (["import", "nobody@example.org", "--from", "mbox:" + str(box)], 1, "no such user"),
+        (["import", USER, "--from", "imaps://u@127.0.0.1:1"], 1, "imaps"),
+        (["import", USER, "--from", "imap://u@127.0.0.1:1"], 2, "TERN_IMPORT_PASSWORD"),
+        (["import", USER, "--from", "imap://127.0.0.1:1"], 1, "user"),
+        (["import", USER, "--from", "mbox:" + str(box), "--poll", "0"], 2, "--poll"),
+        (["import", "report", "999"], 1, "no such import"),
+        (["import", "complete", "x"], 2, "not a job id"),
+    ]
+    env = t.env()
+    env.pop("TERN_IMPORT_PASSWORD", None)
+    for args, rc, text in cases:
+        p = t.cli(*args, check=False, env=env)
+        assert p.returncode == rc, (args, p.returncode, p.stderr)
+        assert text in p.stderr, (args, p.stderr)
+    assert "no jobs" in t.cli("moves").stdout
+    # --create makes the user (and a relative path is the caller's).
+    p = subprocess.run([TERN_BIN, "--data", str(t.data), "--config", str(t.config), "import",
+                        "new@example.org", "--from", "mbox:box", "--create", "--wait",
+                        "--sweep", "0"], cwd=tmp_path, capture_output=True, text=True,
+                       env=t.env(), timeout=60 * SLOW)
+    assert p.returncode == 0, p.stderr
+    assert "created" in p.stdout
+    assert "home:" in t.cli("user", "show", "new@example.org").stdout
+    # One live job per user.
+    job = start_import(t, f"mbox:{box}", "--watch")
+    p = t.cli("import", USER, "--from", f"mbox:{box}", check=False)
+    assert p.returncode == 1 and "in progress" in p.stderr
+    t.cli("import", "complete", str(job))
+    wait_phase(t, job, ("sweep",))
+    p = t.cli("import", "complete", str(job), check=False)
+    assert p.returncode == 1 and "past its cutover" in p.stderr
+
+
+# ---- Maildir ------------------------------------------------------------------
+
+def write_maildir(root):
+    for d in ("", ".Sent Items", ".Work.2024", ".Entw&APw-rfe", ".a..b"):
+        for sub in ("cur", "new", "tmp"):
+            (root / d / sub).mkdir(parents=True, exist_ok=True)
+    (root / "dovecot-keywords").write_text("0 $Label1\n1 work\n")
+    (root / "cur" / "1700000001.M1P1.host,S=40:2,SRab").write_bytes(
+        b"Subject: seen replied\n\nkeywords a and b\n")
+    (root / "cur" / "1700000002.M2P1.host:2,F").write_bytes(b"Subject: flagged\n\nbody\n")
+    (root / "new" / "1700000003.M3P1.host").write_bytes(b"Subject: new one\n\nbody\r\n")
+    (root / ".Sent Items" / "cur" / "1700000004.M4P1.host:2,S").write_bytes(
+        b"Subject: sent\n\nbody\n")
+    (root / ".Work.2024" / "cur" / "1700000005.M5P1.host:2,T").write_bytes(
+        b"Subject: trashed\n\nbody\n")
+    (root / ".Entw&APw-rfe" / "new" / "1700000006.M6P1.host").write_bytes(
+        b"Subject: draft \xc3\xa9\n\n8-bit body \xff\n")
+    (root / ".a..b" / "new" / "1700000007.M7P1.host").write_bytes(b"Subject: lost?\n\nx\n")
+    os.utime(root / "cur" / "1700000001.M1P1.host,S=40:2,SRab", (1700000001, 1700000001))
+
+
+def test_maildir_tree_flags_keywords_and_rerun(t, tmp_path):
+    root = tmp_path / "Maildir"
+    write_maildir(root)
+    job = start_import(t, f"maildir:{root}", "--wait", "--sweep", "0")
+    wait_phase(t, job, ("done",))
+    c = tern_imap(t)
+    names = folder_names(c)
+    for want in ("INBOX", "Sent Items", "Work/2024", "Entw&APw-rfe"):
+        assert want in names, names
+    inbox = messages(c, "INBOX")
+    by_subj = {subjects({u: m})[0]: m for u, m in inbox.items()}
+    assert by_subj["seen replied"][0] == {"\\Seen", "\\Answered", "$Label1", "work"}
+    assert by_subj["seen replied"][2].startswith("14-Nov-2023")
+    assert by_subj["flagged"][0] == {"\\Flagged"}
+    assert by_subj["new one"][0] == set()
+    assert by_subj["new one"][1] == b"Subject: new one\r\n\r\nbody\r\n"
+    assert list(messages(c, "Work/2024").values())[0][0] == {"\\Deleted"}
+    draft = list(messages(c, "Entw&APw-rfe").values())[0]
+    assert b"8-bit body \xff\r\n" in draft[1]
+    c.logout()
+    rep = report(t, job)
+    # The folder tern cannot hold is in the report with its reason.
+    assert ".a..b" in rep and "empty hierarchy level" in rep, rep
+    assert report_row(t, job, "INBOX")[:3] == (3, report_row(t, job, "INBOX")[1], 3)
+    job2 = start_import(t, f"maildir:{root}", "--wait", "--sweep", "0")
+    wait_phase(t, job2, ("done",))
+    assert report_row(t, job2, "INBOX")[2:4] == (0, 3)
+    c = tern_imap(t)
+    assert len(messages(c, "INBOX")) == 3
+    c.logout()
+
+
+# ---- crashes --------------------------------------------------------------------
+
+def big_mbox(path, n, start=0):
+    with open(path, "ab") as f:
+        for i in range(start, start + n):
+            f.write(b"From x@example.org Sat Jan  3 01:05:34 2026\n"
+                    b"Subject: bulk %d\nX-Seq: %d\n\n" % (i, i) + b"line of text\n" * 40 + b"\n")
+    old(path)
+
+
+def seqs(t, folder="INBOX"):
+    c = tern_imap(t)
+    typ, data = c.select(quote(folder), readonly=True)
+    if int(data[0]) == 0:
+        c.logout()
+        return []
+    typ, data = c.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (X-SEQ)])")
+    c.logout()
+    out = []
+    for item in data:
+        if isinstance(item, tuple):
+            m = re.search(rb"X-Seq: (\d+)", item[1])
+            out.append(int(m.group(1)))
+    return out
+
+
+def test_kill9_mover_during_import_then_resume(tmp_path):
+    t = Tern(tmp_path, top_extra="restart_backoff_max = 200",
+             mover_extra="retention = 0\nlease_ms = 2000")
+    t.cli("domain", "add", "example.org")
+    t.cli("user", "add", USER, "--password", PW, "--store", "s1")
+    t.serve()
+    try:
+        n = 4000
+        box = tmp_path / "big.mbox"
+        big_mbox(box, n)
+        job = start_import(t, f"mbox:{box}", "--sweep", "0")
+        kills = 0
+        for _ in range(3):
+            assert wait_for(lambda: re.search(r"\s(\d+)/\d+", t.cli("moves").stdout) and
+                            int(re.search(r"\s(\d+)/\d+", t.cli("moves").stdout).group(1)) >
+                            (kills + 1) * 500 or phase(t, job) == "done", 60)
+            if phase(t, job) == "done":
+                break
+            os.kill(t.role_pid("mover"), signal.SIGKILL)
+            kills += 1
+            time.sleep(0.3)
+        wait_phase(t, job, ("done",), 120)
+        got = seqs(t)
+        assert len(got) == n, (len(got), kills)
+        assert sorted(got) == list(range(n))
+        row = report_row(t, job, "INBOX")
+        assert row[0] == n and row[2] + row[3] == n and row[2] >= 1, report(t, job)
+        print(f"kill -9 of the mover {kills} times during the import")
+        assert kills >= 1
+    finally:
+        t.stop()
+
+
+def test_crash_between_append_and_record(tmp_path):
+    """The mover dies (simulated kill -9) right after the store committed a
+    batch and before the batch's records were written; the restarted mover
+    recognises the messages by their GUIDs: nothing twice."""
+    t = Tern(tmp_path, top_extra="restart_backoff_max = 200",
+             mover_extra="retention = 0\nlease_ms = 2000")
+    t.cli("domain", "add", "example.org")
+    t.cli("user", "add", USER, "--password", PW, "--store", "s1")
+    once = tmp_path / "fault-once"
+    os.environ["TERN_FAULT"] = "crash:import.appended"
+    os.environ["TERN_FAULT_ONCE"] = str(once)
+    try:
+        t.serve()
+    finally:
+        del os.environ["TERN_FAULT"]
+        del os.environ["TERN_FAULT_ONCE"]
+    try:
+        box = tmp_path / "box.mbox"
+        big_mbox(box, 300)
+        job = start_import(t, f"mbox:{box}", "--sweep", "0")
+        wait_phase(t, job, ("done",), 90)
+        assert once.exists(), "the fault did not fire"
+        got = seqs(t)
+        assert sorted(got) == list(range(300)), len(got)
+        assert report_row(t, job, "INBOX")[2] == 300, report(t, job)
+    finally:
+        t.stop()
+
+
+# ---- Q190423: watch, complete, straggler sweep -------------------------------------
+
+def test_q190423_watch_complete_and_straggler_sweep(t, tmp_path):
+    """Mail that reaches the old system during the migration and after the
+    cutover arrives exactly once, and the report counts the stragglers."""
+    box = tmp_path / "box.mbox"
+    big_mbox(box, 5)
+    md = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    job = start_import(t, f"mbox:{box}", "--watch", "--poll", "1s", "--sweep", "8s", "--wait")
+    assert phase(t, job) == "watch"
+    assert sorted(seqs(t)) == list(range(5))
+    # New mail at the old system while watching.
+    big_mbox(box, 3, start=5)
+    assert wait_for(lambda: len(seqs(t)) == 8, 20), seqs(t)
+    t.cli("import", "complete", str(job))
+    wait_phase(t, job, ("sweep",), 20)
+    # Stragglers: mail that still reaches the old system after the cutover.
+    big_mbox(box, 2, start=8)
+    assert wait_for(lambda: len(seqs(t)) == 10, 20), seqs(t)
+    wait_phase(t, job, ("done",), 30)
+    assert sorted(seqs(t)) == list(range(10))
+    row = report_row(t, job, "INBOX")
+    assert row[0] == 10 and row[2] == 10 and row[5] == 2, report(t, job)
+    assert "straggler sweep ended" in report(t, job)
+    # After the sweep nothing is imported any more (the job is done).
+    big_mbox(box, 1, start=10)
+    time.sleep(3)
+    assert len(seqs(t)) == 10
+
+
+def test_watch_maildir_picks_up_new_files(t, tmp_path):
+    md = tmp_path / "Maildir"
+    for d in ("", ".Lists"):
+        for sub in ("cur", "new", "tmp"):
+            (md / d / sub).mkdir(parents=True)
+    (md / "new" / "1.a.h").write_bytes(b"Subject: first\nX-Seq: 0\n\nx\n")
+    job = start_import(t, f"maildir:{md}", "--watch", "--poll", "1s", "--sweep", "3s", "--wait")
+    (md / "new" / "2.b.h").write_bytes(b"Subject: second\nX-Seq: 1\n\nx\n")
+    (md / ".Lists" / "new" / "3.c.h").write_bytes(b"Subject: list\nX-Seq: 2\n\nx\n")
+    # A client reads the first: it moves to cur/ with new flags; still one.
+    os.rename(md / "new" / "1.a.h", md / "cur" / "1.a.h:2,S")
+    assert wait_for(lambda: len(seqs(t)) == 2 and seqs(t, "Lists") == [2], 20)
+    t.cli("import", "complete", str(job))
+    (md / "new" / "4.d.h").write_bytes(b"Subject: late\nX-Seq: 3\n\nx\n")
+    wait_phase(t, job, ("done",), 30)
+    assert sorted(seqs(t)) == [0, 1, 3]
+    assert report_row(t, job, "INBOX")[5] in (0, 1)  # before or after the cutover pass
+
+
+# ---- a real Dovecot IMAP server -------------------------------------------------------
+
+DOVECOT_CONF = """
+base_dir = {d}/run
+instance_name = tern-import-test-{port}
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+first_valid_uid = 8
+first_valid_gid = 8
+default_internal_user = dovecot
+default_login_user = dovenull
+mail_uid = mail
+mail_gid = mail
+mail_location = maildir:{d}/mail/%n/Maildir
+passdb {{
+  driver = static
+  args = password=oldpass
+}}
+userdb {{
+  driver = static
+  args = uid=mail gid=mail home={d}/mail/%n
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+
+class Dovecot:
+    def __init__(self):
+        if shutil.which("dovecot") is None or os.geteuid() != 0:
+            pytest.skip("Dovecot (dovecot-imapd) and root are needed for the IMAP source tests")
+        self.dir = tempfile.mkdtemp(prefix="tern-dovecot-", dir="/tmp")
+        os.chmod(self.dir, 0o755)
+        for sub in ("run", "state", "mail"):
+            os.mkdir(os.path.join(self.dir, sub))
+        shutil.chown(os.path.join(self.dir, "mail"), "mail", "mail")
+        self.port = free_port()
+        self.conf = os.path.join(self.dir, "dovecot.conf")
+        with open(self.conf, "w") as f:
+            f.write(DOVECOT_CONF.format(d=self.dir, port=self.port))
+        self.proc = subprocess.Popen(["dovecot", "-F", "-c", self.conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        if not wait_port(self.port, 15):
+            self.stop()
+            raise AssertionError("dovecot did not start")
+
+    def client(self, user="bob"):
+        c = imaplib.IMAP4("127.0.0.1", self.port)
+        c.login(user, "oldpass")
+        return c
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecot():
+    d = Dovecot()
+    yield d
+    d.stop()
+
+
+SOURCE_FOLDERS = ["Sent Items", "Entw&APw-rfe", "Work", "Work.2024", 'we\\ird "q"', "Empty"]
+
+
+def fill_source(dc):
+    c = dc.client()
+    for f in SOURCE_FOLDERS:
+        assert c.create(quote(f))[0] == "OK", f
+    date = imaplib.Time2Internaldate(time.mktime((2020, 5, 17, 10, 30, 0, 0, 0, -1)))
+    msgs = [
+        ("INBOX", r"(\Seen $Label1 work)", b"Subject: hello\r\nFrom: a@b\r\n\r\nhi\r\n"),
+        ("INBOX", r"(\Answered \Flagged)", b"Subject: 8bit \xc3\xa9\r\n\r\nr\xc3\xa9sum\xc3\xa9 \xff\r\n"),
+        ("INBOX", None, b"no header at all, just text\r\nand more\r\n"),
+        ("INBOX", r"(\Draft)", b"Subject: bare lf\n\nline one\nline two\n"),
+        ("INBOX", r"(\Deleted \Seen)", b"Subject: deleted but not expunged\r\n\r\nx\r\n"),
+        ("Sent Items", r"(\Seen)", b"Subject: sent\r\n\r\nbody\r\n"),
+        ("Entw&APw-rfe", r"(\Draft $Forwarded)", b"Subject: draft\r\n\r\nbody\r\n"),
+        ("Work.2024", r"(\Flagged)", b"Subject: w1\r\n\r\nbody\r\n"),
+        ("Work.2024", r"()", b"Subject: w2\r\n\r\n" + b"long line " * 2000 + b"\r\n"),
+        ('we\\ird "q"', r"(\Seen)", b"Subject: odd\r\n\r\nbody\r\n"),
+    ]
+    for folder, flags, body in msgs:
+        typ, _ = c.append(quote(folder), flags, date, body)
+        assert typ == "OK", (folder, body)
+    # A gap in the UIDs: something expunged at the source.
+    c.select("INBOX")
+    c.uid("STORE", "5", "+FLAGS", r"(\Deleted)")
+    c.append("INBOX", r"(\Seen)", date, b"Subject: after the gap\r\n\r\nx\r\n")
+    c.expunge()
+    c.logout()
+
+
+def compare(dc, t, folders=None):
+    """Every source folder is in tern with the same UIDVALIDITY, and every
+    message with the same UID, flags, internal date and octets (CRLF)."""
+    src = dc.client()
+    dst = tern_imap(t)
+    names = [n.replace(".", "/") for n in folder_names(src)]
+    tern_names = folder_names(dst)
+    for n in names:
+        assert n in tern_names, (n, tern_names)
+    total = 0
+    for sname in folder_names(src):
+        tname = sname.replace(".", "/")
+        if folders is not None and tname not in folders:
+            continue
+        s = messages(src, sname)
+        uv_s = src.response("UIDVALIDITY")[1][0]
+        d = messages(dst, tname)
+        uv_d = dst.response("UIDVALIDITY")[1][0]
+        assert uv_s == uv_d, (sname, uv_s, uv_d)
+        assert sorted(s) == sorted(d), (sname, sorted(s), sorted(d))
+        for uid in s:
+            sf, sb, sd = s[uid]
+            df, db, dd = d[uid]
+            assert sf == df, (sname, uid, sf, df)
+            assert epoch(sd) == epoch(dd), (sname, uid, sd, dd)
+            assert sb.replace(b"\r\n", b"\n") == db.replace(b"\r\n", b"\n"), (sname, uid)
+            assert b"\n" not in db.replace(b"\r\n", b""), (sname, uid)
+        total += len(s)
+    src.logout()
+    dst.logout()
+    return total
+
+
+def test_imap_source_everything_arrives(t, dovecot, tmp_path):
+    fill_source(dovecot)
+    pw = tmp_path / "pw"
+    pw.write_text("oldpass\n")
+    src = f"imap://bob@127.0.0.1:{dovecot.port}"
+    job = start_import(t, src, "--password-file", str(pw), "--wait", "--sweep", "0")
+    wait_phase(t, job, ("done",))
+    assert compare(dovecot, t) == 10
+    rep = report(t, job)
+    assert "kept" in rep
+    assert report_row(t, job, "INBOX")[:3][::2] == (5, 5), rep
+    # The password copy is gone once the job is done.
+    assert not list((t.data / "imports").glob("*.password"))
+    # A re-run (password from the environment) imports nothing.
+    env = t.env()
+    env["TERN_IMPORT_PASSWORD"] = "oldpass"
+    job2 = start_import(t, src, "--wait", "--sweep", "0", env=env)
+    wait_phase(t, job2, ("done",))
+    assert report_row(t, job2, "INBOX")[2:4] == (0, 5), report(t, job2)
+    assert compare(dovecot, t) == 10
+
+
+def test_imap_wrong_password_waits_with_a_reason(t, dovecot, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("wrong\n")
+    job = start_import(t, f"imap://bob@127.0.0.1:{dovecot.port}", "--password-file", str(pw))
+    assert wait_for(lambda: "refused" in t.cli("moves").stdout, 20), t.cli("moves").stdout
+    assert phase(t, job) in ("scan", "queued")
+
+
+def test_q190423_imap_watch_and_stragglers(t, dovecot, tmp_path):
+    fill_source(dovecot)
+    pw = tmp_path / "pw"
+    pw.write_text("oldpass")
+    job = start_import(t, f"imap://bob@127.0.0.1:{dovecot.port}", "--password-file", str(pw),
+                       "--watch", "--poll", "1s", "--sweep", "6s", "--wait")
+    assert phase(t, job) == "watch"
+    c = dovecot.client()
+    c.append("INBOX", None, None, b"Subject: during watch\r\n\r\nx\r\n")
+    c.append(quote("Sent Items"), r"(\Seen)", None, b"Subject: sent during watch\r\n\r\nx\r\n")
+    # The user still reads mail at the old server: flags follow (CONDSTORE).
+    c.select("INBOX")
+    c.uid("STORE", "1", "+FLAGS", r"(\Flagged urgent)")
+    c.uid("STORE", "2", "-FLAGS", r"(\Answered)")
+    c.logout()
+    assert wait_for(lambda: "during watch" in subjects(messages(tern_imap(t), "INBOX")), 20)
+    assert wait_for(lambda: {"\\Flagged", "urgent"} <= messages(tern_imap(t), "INBOX")[1][0] and
+                    "\\Answered" not in messages(tern_imap(t), "INBOX")[2][0], 20)
+    t.cli("import", "complete", str(job))
+    wait_phase(t, job, ("sweep",), 20)
+    c = dovecot.client()
+    c.append("INBOX", r"(\Flagged)", None, b"Subject: straggler\r\n\r\nlate\r\n")
+    c.logout()
+    wait_phase(t, job, ("done",), 40)
+    assert compare(dovecot, t) == 13
+    inbox = subjects(messages(tern_imap(t), "INBOX"))
+    assert inbox.count("straggler") == 1 and inbox.count("during watch") == 1
+    row = report_row(t, job, "INBOX")
+    assert row[5] == 1 and row[2] == 7, report(t, job)
+    assert report_row(t, job, "Sent Items")[5] == 0
+    assert "flag changes at the source carried over before the cutover: 2" in report(t, job)
+
+
+def test_imap_uidvalidity_change_falls_back_to_content(t, dovecot, tmp_path):
+    """The source renumbers a folder (a new UIDVALIDITY, the same mail): a
+    re-run links what is there by content and imports only what is new."""
+    c = dovecot.client()
+    c.create("Work")
+    for i in range(3):
+        c.append("Work", r"(\Seen)", None, b"Subject: w%d\r\n\r\nsame body %d\r\n" % (i, i))
+    c.logout()
+    pw = tmp_path / "pw"
+    pw.write_text("oldpass")
+    src = f"imap://bob@127.0.0.1:{dovecot.port}"
+    job = start_import(t, src, "--password-file", str(pw), "--wait", "--sweep", "0")
+    wait_phase(t, job, ("done",))
+    assert subjects(messages(tern_imap(t), "Work")) == ["w0", "w1", "w2"]
+    # Delete and recreate the folder at the source: new UIDVALIDITY.
+    c = dovecot.client()
+    assert c.delete("Work")[0] == "OK"
+    c.create("Work")
+    for i in (0, 1, 2, 2, 3):  # w2 twice now: the folder gets two copies
+        c.append("Work", r"(\Seen)", None, b"Subject: w%d\r\n\r\nsame body %d\r\n" % (i, i))
+    c.logout()
+    job2 = start_import(t, src, "--password-file", str(pw), "--wait", "--sweep", "0")
+    wait_phase(t, job2, ("done",))
+    got = subjects(messages(tern_imap(t), "Work"))
+    assert sorted(got) == ["w0", "w1", "w2", "w2", "w3"], got
+    row = report_row(t, job2, "Work")
+    assert row[2] == 2 and row[4] == 3, report(t, job2)  # imported w2 (second copy), w3; 3 dups
+    assert "another UIDVALIDITY" in report(t, job2)
+
+
+def test_imap_too_big_is_reported_not_imported(tmp_path):
+    t = Tern(tmp_path, lmtp_extra="max_message_size = 100000",
+             mover_extra="retention = 0\nlease_ms = 2000")
+    t.cli("domain", "add", "example.org")
+    t.cli("user", "add", USER, "--password", PW, "--store", "s1")
+    t.serve()
+    d = Dovecot()
+    try:
+        c = d.client()
+        c.append("INBOX", None, None, b"Subject: small\r\n\r\nok\r\n")
+        c.append("INBOX", None, None, b"Subject: big\r\n\r\n" + b"x" * 200000 + b"\r\n")
+        c.append("INBOX", None, None, b"Subject: after\r\n\r\nok\r\n")
+        c.logout()
+        pw = tmp_path / "pw"
+        pw.write_text("oldpass")
+        job = start_import(t, f"imap://bob@127.0.0.1:{d.port}", "--password-file", str(pw),
+                           "--wait", "--sweep", "0")
+        wait_phase(t, job, ("done",))
+        assert subjects(messages(tern_imap(t), "INBOX")) == ["small", "after"]
+        rep = report(t, job)
+        row = report_row(t, job, "INBOX")
+        assert row[0] == 3 and row[2] == 2 and row[6] == 1, rep
+        assert "UID 2: message over the size limit" in rep, rep
+    finally:
+        d.stop()
+        t.stop()

@@ -1,0 +1,210 @@
+"""The move engine's review findings, each as a test that fails without its
+fix: folder names swapped on the source during catch-up, a folder deleted
+and created again under the same name, verify and internal dates, an aborted
+move that had reused a retained copy, and the mta's backoff after parks."""
+import os
+import re
+import signal
+import smtplib
+import sqlite3
+import time
+
+from conftest import free_port, wait_port
+from movekit import check_sanitizers, folders, pause_env, serve_with, snapshot
+from test_move import cluster, digest, fill, home, job_phase, mbox_state, start_move, wait_for
+from tsync import TSync, hx
+
+U = "alice@example.org"
+
+
+def wait_pause(t, pause, job, timeout=30):
+    assert wait_for(lambda: pause.exists() or job_phase(t, job) in ("done", "failed", "aborted"),
+                    timeout), t.log(3000)
+    assert pause.exists(), f"no pause; job is {job_phase(t, job)}:\n{t.log(3000)}"
+
+
+def test_folder_swap_during_catchup(tmp_path):
+    """A → tmp, B → A, tmp → B on the source while the move catches up: the
+    destination applies it one folder record at a time, so a name is still
+    held by the other folder; it makes way instead of failing the move."""
+    t = cluster(tmp_path, mover_extra="retention = 3600\nlease_ms = 2000")
+    pause = tmp_path / "pause"
+    serve_with(t, pause_env(tmp_path, ["pause:move.ready@mover"]))
+    try:
+        fill(t, U, n=20)
+        job = start_move(t, U, "s2", "--suspend-when-ready")
+        wait_pause(t, pause, job)  # caught up, before the next pass
+        assert folders(t, U, "s2") == folders(t, U, "s1")
+        c = TSync(t.ports["sync-s1"])
+        for uv, name in ((1111, "swap tmp"), (2222, "Archive/2026"), (1111, "Sent Items")):
+            assert c.folder(U, name, uv, 1).startswith("+OK")
+        c.close()
+        pause.unlink()
+        t.cli("move", "complete", str(job))
+        p = t.cli("move", "wait", str(job), check=False)
+        assert p.returncode == 0, p.stdout + p.stderr + t.cli("moves").stdout
+        assert "makes way as .tern-move-swap-" in t.log()
+        got = folders(t, U, "s2")
+        assert got["Archive/2026"] == 2222 and got["Sent Items"] == 1111, got
+        assert not any(n.startswith(".tern-move-swap-") for n in got), got
+        assert digest(t, U, "s2") == digest(t, U, "s1")  # s1: the frozen source, kept
+        check_sanitizers(t)
+    finally:
+        t.stop()
+
+
+def test_same_name_folder_incarnations(tmp_path):
+    """Folder Work (UIDVALIDITY 5000, UIDs 1-3) deleted, a new Work (6000,
+    UIDs 1-3 again) created. The mover dies after the copy's batch is on the
+    destination and resumes from its last saved checkpoint, so the listing
+    comes again: the old Work's tombstones must not expunge the new Work's
+    messages, which have the same name and UIDs."""
+    t = cluster(tmp_path, top_extra="restart_backoff_max = 200",
+                mover_extra="retention = 0\nlease_ms = 2000")
+    pause = tmp_path / "pause"
+    serve_with(t, pause_env(tmp_path, ["pause:move.batch@mover"]))
+    try:
+        # Built so that the copy's only batch holds the new Work's messages:
+        # the old Work's tombstones come first in the listing, with nothing
+        # to flush before them.
+        c = TSync(t.ports["sync-s1"])
+        assert c.cmd(f"CREATE {hx(U)} active 1").startswith("+OK")
+        assert c.folder(U, "Work", 5000, 1).startswith("+OK")
+        for uid in (1, 2, 3):
+            assert c.append(U, "Work", uid, f"Subject: old {uid}\r\n\r\n.\r\n".encode(),
+                            guid=f"{5000 + uid:032x}").startswith("+OK")
+        assert c.cmd(f"FDELETE {hx(U)} 5000").startswith("+OK")
+        assert c.folder(U, "Work", 6000, 1).startswith("+OK")
+        for uid in (1, 2, 3):
+            assert c.append(U, "Work", uid, f"Subject: new {uid}\r\n\r\n.\r\n".encode(),
+                            flags=4, guid=f"{6000 + uid:032x}").startswith("+OK")
+        for uid in (1, 2):
+            assert c.append(U, "INBOX", uid, f"Subject: in {uid}\r\n\r\n.\r\n".encode(),
+                            flags=1, keywords="$x").startswith("+OK")
+        c.close()
+        before = snapshot(t, U, "s1")
+        assert {k[2] for k in before if k[0] == "Work"} == {1, 2, 3}
+        job = start_move(t, U, "s2")
+        wait_pause(t, pause, job)
+        os.kill(t.role_pid("mover"), signal.SIGKILL)
+        pause.unlink()
+        p = t.cli("move", "wait", str(job), check=False)
+        assert p.returncode == 0, p.stdout + p.stderr + t.cli("moves").stdout
+        assert re.search(r"mover \(pid \d+\) killed by signal 9", t.log())
+        assert home(t, U) == ("s2", 2, "active")
+        assert snapshot(t, U, "s2") == before
+        check_sanitizers(t)
+    finally:
+        t.stop()
+
+
+def test_verify_compares_internal_dates(tmp_path):
+    """A destination message equal in everything but its internal date: the
+    move must not switch (and here cannot repair it: it fails, the source
+    stays the only home)."""
+    t = cluster(tmp_path, mover_extra="retention = 0\nlease_ms = 2000")
+    pause = tmp_path / "pause"
+    serve_with(t, pause_env(tmp_path, ["pause:move.ready@mover"]))
+    try:
+        fill(t, U, n=6)
+        job = start_move(t, U, "s2", "--suspend-when-ready")
+        wait_pause(t, pause, job)
+        body = b"Subject: dated\r\n\r\nx\r\n"
+        d = TSync(t.ports["sync-s2"])
+        assert d.append(U, "INBOX", 500, body, date=1600000000).startswith("+OK")
+        d.close()
+        s = TSync(t.ports["sync-s1"])
+        assert s.append(U, "INBOX", 500, body, date=1700000000).startswith("+OK")
+        s.close()
+        pause.unlink()
+        t.cli("move", "complete", str(job))
+        p = t.cli("move", "wait", str(job), check=False)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert job_phase(t, job) == "failed"
+        assert "verify: folder INBOX differs" in t.cli("move", "show", str(job)).stdout
+        assert home(t, U) == ("s1", 1, "active")
+        assert mbox_state(t, U, "s1").startswith("+OK active 1")
+        assert "notfound" in mbox_state(t, U, "s2")
+        check_sanitizers(t)
+    finally:
+        t.stop()
+
+
+def add_store_s3(t):
+    t.ports["s3"], t.ports["sync-s3"] = free_port(), free_port()
+    t.config.write_text(t.config.read_text() +
+                        f"[store s3]\nlmtp = 127.0.0.1:{t.ports['s3']}\n"
+                        f"sync = 127.0.0.1:{t.ports['sync-s3']}\n")
+
+
+def test_aborted_reuse_restores_the_retained_copy(tmp_path):
+    """s1 → s2 → s3, then s3 → s1 reuses the copy s1 kept (moved to s2 at
+    epoch 2) and is aborted: the copy is moved(s2, 2) again — what the first
+    move's retention purges by — not moved(s3, 3), which nothing would ever
+    purge. While the copy is staged for the third move, the first move's
+    retention waits instead of giving up on it."""
+    t = cluster(tmp_path, mover_extra="retention = 3600\nlease_ms = 2000")
+    add_store_s3(t)
+    t.serve()
+    try:
+        assert wait_port(t.ports["sync-s3"])
+        fill(t, U, n=10)
+        before = digest(t, U, "s1")
+        for to in ("s2", "s3"):
+            assert t.cli("move", U, "--to", to, "--wait").returncode == 0
+        assert mbox_state(t, U, "s1").startswith("+OK moved 2 s2")
+        assert mbox_state(t, U, "s2").startswith("+OK moved 3 s3")
+        job = start_move(t, U, "s1", "--suspend-when-ready")
+        assert wait_for(lambda: job_phase(t, job) == "ready")
+        assert mbox_state(t, U, "s1").startswith("+OK staged 4")
+        # Retention over for both earlier moves (an operator's clock jump):
+        # the first may purge now, but its copy is in use.
+        db = sqlite3.connect(t.data / "directory.db")
+        db.execute("UPDATE jobs SET retain_until = 0, version = version + 1 WHERE id IN (1, 2)")
+        db.commit()
+        db.close()
+        assert wait_for(lambda: "staged for another move" in t.cli("move", "show", "1").stdout)
+        assert job_phase(t, 1) == "retention"
+        assert mbox_state(t, U, "s1").startswith("+OK staged 4")
+        t.cli("move", "abort", str(job))
+        assert wait_for(lambda: job_phase(t, job) == "aborted")
+        # Back as the first move left it, so that move purges it now; the
+        # second move purges its own copy on s2.
+        assert wait_for(lambda: "notfound" in mbox_state(t, U, "s1")), \
+            mbox_state(t, U, "s1") + t.cli("moves").stdout
+        assert wait_for(lambda: job_phase(t, 1) == "done")
+        assert "purged the old copy on s1" in t.log()
+        assert wait_for(lambda: "notfound" in mbox_state(t, U, "s2"))
+        assert home(t, U) == ("s3", 3, "active")
+        assert digest(t, U, "s3") == before
+        d = t.cli("doctor", check=False)
+        assert d.returncode == 0, d.stdout
+        check_sanitizers(t)
+    finally:
+        t.stop()
+
+
+def test_parks_are_not_attempts(tmp_path):
+    """Deliveries parked on "move in progress" do not count as attempts, so
+    a real temporary failure afterwards is retried after retry_min, not
+    retry_min << (number of parks)."""
+    t = cluster(tmp_path, queue_extra="park_min_ms = 20\npark_max_ms = 50")
+    t.serve()
+    try:
+        with smtplib.SMTP("127.0.0.1", t.ports["smtp"]) as c:
+            c.sendmail("bob@example.org", [U], b"Subject: first\r\n\r\n.\r\n")
+        assert wait_for(lambda: "Subject: first" in t.export(U))
+        t.cli("mailbox", "fence", U)
+        with smtplib.SMTP("127.0.0.1", t.ports["smtp"]) as c:
+            c.sendmail("bob@example.org", [U], b"Subject: parked\r\n\r\n.\r\n")
+        assert wait_for(lambda: "parked" in t.queue())
+        time.sleep(1.0)  # about 20 parks
+        q = t.queue()
+        assert re.search(r"alice@example\.org\s+parked\s+attempts 0\b", q), q
+        assert "move in progress" in q
+        t.cli("mailbox", "unfence", U)
+        assert wait_for(lambda: "Subject: parked" in t.export(U))
+        assert t.wait_queue_empty()
+        check_sanitizers(t)
+    finally:
+        t.stop()
