@@ -25,9 +25,10 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
-from torture import Torture, say
+from torture import Torture
 
 
 def fill(t, user, n, size, clients=4):
@@ -175,8 +176,9 @@ def demo(cfg):
     except KeyboardInterrupt:
         print("\ninterrupted")
         rc = 2
-    except Exception as e:
-        print(f"\ntern demo failed: {e!r}")
+    except Exception:
+        print("\ntern demo failed:")
+        traceback.print_exc()
         rc = 2
     finally:
         t.stop.set()

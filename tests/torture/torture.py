@@ -54,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1104,8 +1105,9 @@ def main(argv):
     except KeyboardInterrupt:
         say("interrupted")
         rc = 2
-    except Exception as e:  # the harness itself failed: say so, clean up
-        say(f"torture: harness failure: {e!r}")
+    except Exception:  # the harness itself failed: say where, clean up
+        say("torture: harness failure:")
+        traceback.print_exc()
         rc = 2
     finally:
         t.stop.set()
