@@ -6,8 +6,8 @@ mailbox on s1 with N x ~4 KB messages over TSYNC/1, then times
 `tern move USER --to s2 --wait` (the whole job: provision, copy, catch-up,
 fence, final sync, verify, switch). Prints messages/s and MB/s.
 
-This is not yet the issue's bench/move (100k messages, doveadm backup and
-cp side by side, RSS, catch-up cost, cutover pause): see docs/testing.md.
+The issue's full benchmark (100k messages, doveadm backup and cp side by
+side, RSS, catch-up cost, cutover pause) is bench/move: see docs/testing.md.
 """
 import os
 import sys

@@ -1,6 +1,8 @@
 /*
  * fuzz_syncd_cmd — libFuzzer target for the TSYNC/1 command parser
- * (syncd_parse_line). Any octets make one command line; the parser must
+ * (syncd_parse_line) and the parsers of batch records (syncd_parse_record
+ * for APPENDS, syncd_parse_delivered for DELIVERED), each fed the same
+ * octets. Any octets make one command line; the parser must
  * classify it without crashing or reading past it, give a reason for every
  * refusal, and only ever hand out NUL-terminated strings within their
  * fields. An accepted line's hex strings, re-encoded, must parse again to
@@ -34,16 +36,38 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ASSERT(r == 0 || r == -1 || r == SYNC_NO);
     if (r != 0)
         ASSERT(err != NULL && err[0] != '\0');
+    int r_line = r;
     check_str(cmd.user, sizeof(cmd.user));
     check_str(cmd.folder, sizeof(cmd.folder));
     check_str(cmd.keywords, sizeof(cmd.keywords));
     check_str(cmd.moved_to, sizeof(cmd.moved_to));
     check_str(cmd.id, sizeof(cmd.id));
     if (cmd.has_body) {
-        ASSERT(cmd.verb == SYNCD_APPEND);
+        ASSERT(cmd.verb == SYNCD_APPEND || cmd.verb == SYNCD_ADD);
         ASSERT(cmd.body_len <= SYNCD_BODY_MAX);
     }
-    if (r == 0 && cmd.verb == SYNCD_MBOX) {
+    if (cmd.has_count) {
+        ASSERT(cmd.verb == SYNCD_APPENDS || cmd.verb == SYNCD_DELIVERED);
+        ASSERT(cmd.num <= SYNC_BATCH_MAX);
+    }
+    /* The same octets as a record of each batch. */
+    r = syncd_parse_record(line, size, &again, &err);
+    ASSERT(r == 0 || r == -1 || r == SYNC_NO);
+    if (r != 0)
+        ASSERT(err != NULL && err[0] != '\0');
+    if (again.has_body)
+        ASSERT(again.body_len <= SYNCD_BODY_MAX);
+    check_str(again.folder, sizeof(again.folder));
+    check_str(again.keywords, sizeof(again.keywords));
+    r = syncd_parse_delivered(line, size, &again, &err);
+    ASSERT(r == 0 || r == -1 || r == SYNC_NO);
+    if (r != 0)
+        ASSERT(err != NULL && err[0] != '\0');
+    check_str(again.id, sizeof(again.id));
+    check_str(again.folder, sizeof(again.folder));
+    if (r == 0)
+        ASSERT(again.id[0] != '\0' && again.verb == SYNCD_DELIVERY);
+    if (r_line == 0 && cmd.verb == SYNCD_MBOX) {
         /* Re-encode the user: the same command must come back. */
         size_t n = strlen(cmd.user);
         char *l2 = malloc(5 + 2 * n + 2);

@@ -36,6 +36,10 @@ struct run {
     int64_t last_save_ms;
     unsigned since_save;
     bool fenced_here; /* this run fenced the source: the cutover goes straight through */
+    /* The delivery ids of the messages up to this modseq were copied before
+     * the fence (ids_copied): the pause copies only the later ones. */
+    bool ids_copied;
+    uint64_t ids_upto;
 };
 
 bool move_phase_active(const char *phase)
@@ -201,6 +205,18 @@ struct pass {
      * where the name may belong to a new folder by now. */
     uint32_t *gone;
     size_t ngone;
+    /* The batch sent to the destination whose answers are not read yet
+     * (append_batch_start): the source is read meanwhile. in_flight may
+     * hold no message (all gone): it still moves the checkpoint. */
+    struct pending *flight; /* BATCH_MSGS slots */
+    size_t nf;
+    bool in_flight;
+    uint64_t flight_last; /* modseq of the listing's last record in it */
+    const struct sync_msg **f_msgs;
+    const void **f_data;
+    size_t *f_lens;
+    int *f_rcs;
+    const char **f_whys;
 };
 
 /* A transport call inside a pass failed. The channels are dropped only
@@ -220,44 +236,73 @@ static void batch_drop(struct pass *p)
     p->bytes = 0;
 }
 
-/* Appends the queued messages in one call (one commit on the destination);
- * the checkpoint moves past them only now. 0, or -1 with p->result set. */
-static int batch_flush(struct pass *p)
+static void flight_drop(struct pass *p)
+{
+    for (size_t i = 0; i < p->nf; i++)
+        buf_free(&p->flight[i].body);
+    p->nf = 0;
+    p->in_flight = false;
+}
+
+/* Fetches the bodies of the queued messages from the source in one
+ * pipelined round trip (fetch_batch) instead of one per message; a message
+ * gone since it was listed leaves the batch (its tombstone comes in a later
+ * pass). 0, or -1 with p->result set. */
+static int batch_fetch(struct pass *p)
 {
     struct run *r = p->r;
-    if (p->nb == 0)
-        return 0;
-    const struct sync_msg **msgs = xcalloc(p->nb, sizeof(*msgs));
-    const void **data = xcalloc(p->nb, sizeof(*data));
-    size_t *lens = xcalloc(p->nb, sizeof(*lens));
+    const char **folders = xcalloc(p->nb, sizeof(*folders));
+    uint32_t *uids = xcalloc(p->nb, sizeof(*uids));
+    struct buf *outs = xcalloc(p->nb, sizeof(*outs));
     int *rcs = xcalloc(p->nb, sizeof(*rcs));
     const char **whys = xcalloc(p->nb, sizeof(*whys));
     for (size_t i = 0; i < p->nb; i++) {
-        msgs[i] = &p->batch[i].m;
-        data[i] = p->batch[i].body.data != NULL ? p->batch[i].body.data : "";
-        lens[i] = p->batch[i].body.len;
-        whys[i] = "";
+        folders[i] = p->batch[i].m.folder;
+        uids[i] = p->batch[i].m.uid;
+        buf_init(&outs[i], 0);
     }
-    int rc;
-    if (r->dst->ops->append_batch != NULL) {
-        rc = r->dst->ops->append_batch(r->dst, r->job.user, msgs, data, lens, p->nb, rcs, whys);
-    } else {
-        rc = 0;
-        for (size_t i = 0; rc >= 0 && i < p->nb; i++) {
-            rcs[i] = r->dst->ops->append(r->dst, r->job.user, msgs[i], data[i], lens[i], &whys[i]);
-            if (rcs[i] < 0)
-                rc = -1;
+    int rc = r->src2->ops->fetch_batch(r->src2, r->job.user, folders, uids, p->nb, outs, rcs, whys);
+    size_t k = 0;
+    for (size_t i = 0; i < p->nb; i++) {
+        if (rc == 0 && rcs[i] == 0) {
+            p->batch[k].m = p->batch[i].m;
+            p->batch[k++].body = outs[i];
+        } else {
+            buf_free(&outs[i]);
         }
     }
-    int ret = 0;
+    p->nb = rc == 0 ? k : 0;
+    free(folders);
+    free(uids);
+    free(outs);
+    free(rcs);
+    free(whys);
     if (rc < 0) {
-        p->result = pass_io_fail(r, "copy");
-        ret = -1;
+        p->result = pass_io_fail(r, "fetch");
+        return -1;
     }
-    for (size_t i = 0; ret == 0 && i < p->nb; i++) {
-        const struct sync_msg *m = msgs[i];
-        const char *why = whys[i];
-        int x = rcs[i];
+    return 0;
+}
+
+/* Reads the answers of the batch in flight and acts on them; the
+ * checkpoint moves past it only now. 0, or -1 with p->result set. */
+static int batch_settle(struct pass *p)
+{
+    struct run *r = p->r;
+    if (!p->in_flight)
+        return 0;
+    p->in_flight = false;
+    int rc = p->nf > 0 ? r->dst->ops->append_batch_end(r->dst) : 0;
+    if (rc < 0) {
+        flight_drop(p);
+        p->result = pass_io_fail(r, "copy");
+        return -1;
+    }
+    int ret = 0;
+    for (size_t i = 0; ret == 0 && i < p->nf; i++) {
+        const struct sync_msg *m = &p->flight[i].m;
+        const char *why = p->f_whys[i];
+        int x = p->f_rcs[i];
         if (x == 0) {
             r->job.msgs_done++;
             r->job.bytes_done += m->size;
@@ -281,22 +326,69 @@ static int batch_flush(struct pass *p)
             ret = -1;
         }
     }
-    if (ret == 0) {
+    if (ret == 0 && p->nf > 0) {
         /* Fault injection (tests): the batch is durable on the destination,
          * the checkpoint does not know it yet. */
         util_fault_point("move.batch");
-        /* Everything up to the last flushed record is applied. */
-        uint64_t ms = p->batch[p->nb - 1].m.modseq;
-        if (ms > 0 && ms - 1 > r->job.checkpoint)
-            r->job.checkpoint = ms - 1;
     }
-    free(msgs);
-    free(data);
-    free(lens);
-    free(rcs);
-    free(whys);
-    batch_drop(p);
+    /* Everything up to the last record of this batch is applied. Only
+     * records up to the pass's limit are queued (pass_msg), so this never
+     * passes it; the bound keeps that so. */
+    uint64_t upto = p->flight_last > 0 ? p->flight_last - 1 : 0;
+    if (upto > p->limit)
+        upto = p->limit;
+    if (ret == 0 && upto > r->job.checkpoint)
+        r->job.checkpoint = upto;
+    flight_drop(p);
     return ret;
+}
+
+/* The queued messages: their bodies fetched from the source (while the
+ * destination commits the batch in flight), that batch settled, then these
+ * sent as the new batch in flight (one commit on the destination for all).
+ * 0, or -1 with p->result set. */
+static int batch_push(struct pass *p)
+{
+    struct run *r = p->r;
+    if (p->nb == 0)
+        return 0;
+    /* The listing's last record in the batch bounds the checkpoint, even if
+     * its message is gone by now. */
+    uint64_t last_modseq = p->batch[p->nb - 1].m.modseq;
+    if (batch_fetch(p) < 0 || batch_settle(p) < 0)
+        return -1;
+    struct pending *t = p->flight;
+    p->flight = p->batch;
+    p->batch = t;
+    p->nf = p->nb;
+    p->nb = 0;
+    p->bytes = 0;
+    p->flight_last = last_modseq;
+    p->in_flight = true;
+    if (p->nf == 0)
+        return 0;
+    for (size_t i = 0; i < p->nf; i++) {
+        p->f_msgs[i] = &p->flight[i].m;
+        p->f_data[i] = p->flight[i].body.data != NULL ? p->flight[i].body.data : "";
+        p->f_lens[i] = p->flight[i].body.len;
+        p->f_whys[i] = "";
+    }
+    if (r->dst->ops->append_batch_start(r->dst, r->job.user, p->f_msgs, p->f_data, p->f_lens, p->nf,
+                                        p->f_rcs, p->f_whys) < 0) {
+        flight_drop(p);
+        p->result = pass_io_fail(r, "copy");
+        return -1;
+    }
+    return 0;
+}
+
+/* Everything queued is applied on the destination. 0, or -1 with p->result
+ * set. */
+static int batch_flush(struct pass *p)
+{
+    if (batch_push(p) < 0 || batch_settle(p) < 0)
+        return -1;
+    return 0;
 }
 
 /* The destination folder called `name` has another UIDVALIDITY than the
@@ -426,26 +518,16 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
             }
         }
         if (rc == SYNC_NO) {
-            /* New on the destination: fetch it now, append it with the next
-             * batch (one commit on the destination for many messages). */
+            /* New on the destination: queued for the next batch, whose
+             * bodies are fetched together (batch_fetch) and appended with
+             * one commit on the destination. */
             struct pending *pe = &p->batch[p->nb];
             pe->m = *m;
             buf_init(&pe->body, 0);
-            rc = r->src2->ops->fetch(r->src2, r->job.user, m->folder, m->uid, &pe->body, &why);
-            if (rc < 0) {
-                buf_free(&pe->body);
-                p->result = pass_io_fail(r, "fetch");
+            p->nb++;
+            p->bytes += m->size;
+            if ((p->nb == BATCH_MSGS || p->bytes >= BATCH_BYTES) && batch_push(p) < 0)
                 return -1;
-            }
-            if (rc == SYNC_NO) {
-                /* Expunged since it was listed: the tombstone follows. */
-                buf_free(&pe->body);
-            } else {
-                p->nb++;
-                p->bytes += pe->body.len;
-                if ((p->nb == BATCH_MSGS || p->bytes >= BATCH_BYTES) && batch_flush(p) < 0)
-                    return -1;
-            }
             enum step s2 = maybe_save(r);
             if (s2 != STEP_NEXT) {
                 p->result = s2;
@@ -456,7 +538,7 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
     }
     /* All changes below this modseq are applied (the listing is ordered,
      * and nothing is waiting in the batch: it was flushed above). */
-    if (p->nb == 0 && m->modseq > 0 && m->modseq - 1 > r->job.checkpoint)
+    if (p->nb == 0 && !p->in_flight && m->modseq > 0 && m->modseq - 1 > r->job.checkpoint)
         r->job.checkpoint = m->modseq - 1;
     enum step s = maybe_save(r);
     if (s != STEP_NEXT) {
@@ -472,6 +554,8 @@ static enum step sync_pass(struct run *r, uint64_t since, int64_t deadline_ms, u
                            bool *over_budget_r)
 {
     struct pass p = {.r = r, .since = since, .deadline_ms = deadline_ms, .result = STEP_NEXT};
+    int64_t t0 = time_mono_ms();
+    uint64_t msgs0 = r->job.msgs_done, bytes0 = r->job.bytes_done;
     struct sync_changes_cb cb = {.folder = pass_folder, .msg = pass_msg, .ctx = &p};
     uint64_t modseq = 0;
     const char *why = "";
@@ -494,12 +578,29 @@ static enum step sync_pass(struct run *r, uint64_t since, int64_t deadline_ms, u
     }
     p.limit = smb.modseq;
     p.batch = xcalloc(BATCH_MSGS, sizeof(*p.batch));
+    p.flight = xcalloc(BATCH_MSGS, sizeof(*p.flight));
+    p.f_msgs = xcalloc(BATCH_MSGS, sizeof(*p.f_msgs));
+    p.f_data = xcalloc(BATCH_MSGS, sizeof(*p.f_data));
+    p.f_lens = xcalloc(BATCH_MSGS, sizeof(*p.f_lens));
+    p.f_rcs = xcalloc(BATCH_MSGS, sizeof(*p.f_rcs));
+    p.f_whys = xcalloc(BATCH_MSGS, sizeof(*p.f_whys));
     rc = r->src->ops->changes(r->src, r->job.user, since, &cb, &modseq, &why);
     if (rc == 0 && p.result == STEP_NEXT && !p.over_budget && batch_flush(&p) < 0)
         rc = 1; /* p.result says why */
+    /* A batch still in flight (the pass stopped early): its answers are
+     * read and dropped; the checkpoint stays before it. */
+    if (p.in_flight && p.nf > 0 && r->dst != NULL)
+        (void)r->dst->ops->append_batch_end(r->dst);
+    flight_drop(&p);
     batch_drop(&p);
     free(p.batch);
     free(p.gone);
+    free(p.flight);
+    free(p.f_msgs);
+    free(p.f_data);
+    free(p.f_lens);
+    free(p.f_rcs);
+    free(p.f_whys);
     if (changes_r != NULL)
         *changes_r = p.changes;
     if (over_budget_r != NULL)
@@ -516,9 +617,16 @@ static enum step sync_pass(struct run *r, uint64_t since, int64_t deadline_ms, u
         set_err(r, "listing changes on %s: %s", r->job.source, why);
         return STEP_FAIL;
     }
-    /* Not the listing's modseq: what came after limit was left for later. */
-    (void)modseq;
-    r->job.checkpoint = p.limit;
+    /* Not the listing's modseq as such: what came after limit was left for
+     * the next pass. But a listing can end early (a folder changed under it:
+     * sync.h), complete only up to its modseq; then that is the checkpoint. */
+    r->job.checkpoint = modseq < p.limit ? modseq : p.limit;
+    /* What a pass cost (bench/move reads it: a catch-up pass costs the delta). */
+    log_info(r->ctx,
+             "%s: pass since %llu: %llu changes, %llu messages (%llu octets) copied in %lld ms",
+             r->job.user, (unsigned long long)since, (unsigned long long)p.changes,
+             (unsigned long long)(r->job.msgs_done - msgs0),
+             (unsigned long long)(r->job.bytes_done - bytes0), (long long)(time_mono_ms() - t0));
     return STEP_NEXT;
 }
 
@@ -675,6 +783,72 @@ static enum step phase_provision(struct run *r)
     return next_phase(r, "copy");
 }
 
+/* Delivery ids streamed from the source and recorded on the destination
+ * SYNC_BATCH_MAX at a time (one commit each). */
+struct id_copy {
+    struct run *r;
+    size_t n;
+    int rc;
+    struct sync_delivery ds[SYNC_BATCH_MAX];
+    int rcs[SYNC_BATCH_MAX];
+    const char *whys[SYNC_BATCH_MAX];
+};
+
+static int id_flush(struct id_copy *c)
+{
+    struct run *r = c->r;
+    if (c->n == 0)
+        return 0;
+    /* Per item, SYNC_NO is "already recorded there" (or refused): nothing
+     * to keep. */
+    int rc = r->dst->ops->delivery_add_batch(r->dst, r->job.user, c->ds, c->n, c->rcs, c->whys);
+    c->n = 0;
+    if (rc < 0)
+        c->rc = -1;
+    return rc;
+}
+
+static int id_one(void *ctx, const struct sync_delivery *d)
+{
+    struct id_copy *c = ctx;
+    c->ds[c->n++] = *d;
+    return c->n == SYNC_BATCH_MAX && id_flush(c) < 0 ? 1 : 0;
+}
+
+/* Copies the delivery ids of the source's messages with a modseq in
+ * (since, upto] (and those with no message there), so that a delivery
+ * retried after the switch stays a duplicate. */
+static enum step copy_deliveries(struct run *r, uint64_t since, uint64_t upto)
+{
+    const char *why = "";
+    struct id_copy *c = xcalloc(1, sizeof(*c));
+    c->r = r;
+    int rc = r->src->ops->deliveries_each(r->src, r->job.user, since, upto, id_one, c, &why);
+    if (rc == 0 && id_flush(c) < 0)
+        rc = -1;
+    if (c->rc < 0)
+        rc = -1;
+    free(c);
+    if (rc < 0)
+        return io_fail(r, "delivery ids");
+    return STEP_NEXT;
+}
+
+/* Before the fence, while the source is live: the ids of everything copied
+ * so far, so that the pause copies only those of the final delta. */
+static enum step ids_before_fence(struct run *r)
+{
+    if (connect_all(r) < 0)
+        return STEP_LATER;
+    uint64_t upto = r->job.checkpoint;
+    enum step s = copy_deliveries(r, 0, upto);
+    if (s != STEP_NEXT)
+        return s;
+    r->ids_copied = true;
+    r->ids_upto = upto;
+    return STEP_NEXT;
+}
+
 static enum step phase_copy(struct run *r)
 {
     enum step s = sync_pass(r, r->job.checkpoint, 0, NULL, NULL);
@@ -725,6 +899,9 @@ static enum step phase_catchup(struct run *r)
     }
     if ((r->job.options & DIR_JOB_OPT_SUSPEND) && !(r->job.options & DIR_JOB_OPT_COMPLETE))
         return next_phase(r, "ready");
+    enum step s = ids_before_fence(r);
+    if (s != STEP_NEXT)
+        return s;
     return next_phase(r, "fence");
 }
 
@@ -739,8 +916,12 @@ static enum step phase_ready(struct run *r)
         return STEP_ABORT;
     if (saved == -2)
         return STEP_LOST;
-    if (r->job.options & DIR_JOB_OPT_COMPLETE)
+    if (r->job.options & DIR_JOB_OPT_COMPLETE) {
+        s = ids_before_fence(r);
+        if (s != STEP_NEXT)
+            return s;
         return next_phase(r, "fence");
+    }
     return STEP_LATER;
 }
 
@@ -828,23 +1009,6 @@ static bool fence_overdue(const struct run *r)
            time_now_ms() - r->job.fenced_at > (int64_t)r->env->cutover_budget_ms;
 }
 
-static enum step copy_deliveries(struct run *r)
-{
-    const char *why = "";
-    struct sync_delivery *list = NULL;
-    size_t n = 0;
-    int rc = r->src->ops->deliveries(r->src, r->job.user, &list, &n, &why);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        rc = r->dst->ops->delivery_add(r->dst, r->job.user, &list[i], &why);
-        if (rc == SYNC_NO) /* already recorded there (or refused): nothing to keep */
-            rc = 0;
-    }
-    free(list);
-    if (rc < 0)
-        return io_fail(r, "delivery ids");
-    return STEP_NEXT;
-}
-
 static enum step phase_final(struct run *r)
 {
     bool over = false;
@@ -881,7 +1045,9 @@ static enum step phase_final(struct run *r)
     free(dg);
     if (rc < 0)
         return io_fail(r, "folder UIDNEXT");
-    s = copy_deliveries(r);
+    /* Only the final delta's ids if the others were copied before the
+     * fence by this run; all of them after a restart. */
+    s = copy_deliveries(r, r->ids_copied ? r->ids_upto : 0, UINT64_MAX);
     if (s != STEP_NEXT)
         return s;
     return next_phase(r, "verify");

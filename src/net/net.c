@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,8 +38,11 @@ struct net_listener {
 struct net_conn {
     struct net_listener *l;
     struct bufferevent *bev;
-    struct event *timer;  /* idle / deadline / rate */
-    struct event *closer; /* deferred free */
+    struct event *timer;   /* idle / deadline / rate */
+    struct event *closer;  /* deferred free */
+    struct event *drainer; /* net_conn_when_drained: already below */
+    void (*drain_cb)(struct net_conn *c, void *ctx);
+    size_t drain_below;
     void *ctx;
     char peer[64];
     int64_t started_ms;
@@ -125,6 +129,7 @@ static void conn_free(struct net_conn *c)
     bufferevent_free(c->bev);
     event_free(c->timer);
     event_free(c->closer);
+    event_free(c->drainer);
     free(c);
 }
 
@@ -249,19 +254,77 @@ static void read_cb(struct bufferevent *bev, void *arg)
     conn_arm_timer(c);
 }
 
+/* Stops waiting for the output to drain: the write watermark and the
+ * write timeout go back to their defaults (called back when empty; none). */
+static void conn_drain_reset(struct net_conn *c)
+{
+    c->drain_cb = NULL;
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    bufferevent_set_timeouts(c->bev, NULL, NULL);
+}
+
+/* While output waits for the peer: no progress for idle_ms ends the
+ * connection (event_cb). */
+static void conn_write_timeout(struct net_conn *c)
+{
+    unsigned idle = c->l->limits.idle_ms;
+    if (idle == 0)
+        return;
+    struct timeval tv = {.tv_sec = (time_t)(idle / 1000),
+                         .tv_usec = (suseconds_t)(idle % 1000) * 1000};
+    bufferevent_set_timeouts(c->bev, NULL, &tv);
+}
+
+/* Calls a pending net_conn_when_drained() callback if the output is low. */
+static void conn_check_drained(struct net_conn *c)
+{
+    if (c->drain_cb == NULL || c->closing ||
+        evbuffer_get_length(bufferevent_get_output(c->bev)) > c->drain_below)
+        return;
+    void (*cb)(struct net_conn *, void *) = c->drain_cb;
+    conn_drain_reset(c);
+    cb(c, c->ctx);
+}
+
+static void drainer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_check_drained(arg);
+}
+
 static void write_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
     struct net_conn *c = arg;
-    /* Called when the output buffer drained: a closing connection ends. */
-    if (c->closing)
-        conn_finish_soon(c);
+    /* Called when the output went down to the write low watermark: 0
+     * unless a drain wait raised it. A closing connection ends once the
+     * output is empty. */
+    if (c->closing) {
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            conn_finish_soon(c);
+        else
+            bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+        return;
+    }
+    conn_check_drained(c);
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct net_conn *c = arg;
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING)) {
+        /* Set while a drain wait is pending or a close waits for the output
+         * to go: the peer took nothing for idle_ms. No last reply: it would
+         * not be read either. */
+        log_info(c->peer, "closing connection: the peer reads nothing");
+        c->closing = true;
+        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+        event_del(c->timer);
+        conn_finish_soon(c);
+        return;
+    }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         if (!c->closing) {
             c->closing = true;
@@ -280,6 +343,11 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     struct event_base *base = l->loop->base;
     struct net_conn *c = xmalloc(sizeof(*c));
     c->l = l;
+    /* Replies are whole when written (an evbuffer gathers them), so Nagle's
+     * algorithm would only hold the tail of one back until the peer's
+     * delayed ACK: tens of ms per round trip of a pipelining client. */
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) {
         evutil_closesocket(fd);
@@ -290,6 +358,9 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     c->timer = evtimer_new(base, timer_cb, c);
     c->closer = event_new(base, -1, 0, closer_cb, c);
     event_priority_set(c->closer, PRIO_IO);
+    c->drainer = event_new(base, -1, 0, drainer_cb, c);
+    event_priority_set(c->drainer, PRIO_IO);
+    c->drain_cb = NULL;
     if (sa->sa_family == AF_INET) {
         struct sockaddr_in *sin = (struct sockaddr_in *)sa;
         char ip[INET_ADDRSTRLEN];
@@ -373,16 +444,44 @@ void net_conn_write(struct net_conn *c, const void *p, size_t n)
     bufferevent_write(c->bev, p, n);
 }
 
+size_t net_conn_output_len(const struct net_conn *c)
+{
+    return evbuffer_get_length(bufferevent_get_output(c->bev));
+}
+
+void net_conn_when_drained(struct net_conn *c, size_t below,
+                           void (*cb)(struct net_conn *c, void *ctx))
+{
+    if (c->closing)
+        return;
+    conn_drain_reset(c);
+    event_del(c->drainer);
+    if (cb == NULL)
+        return;
+    c->drain_cb = cb;
+    c->drain_below = below;
+    if (net_conn_output_len(c) <= below) {
+        event_active(c->drainer, EV_TIMEOUT, 0);
+        return;
+    }
+    /* write_cb runs once the output is down to `below`. */
+    bufferevent_setwatermark(c->bev, EV_WRITE, below, 0);
+    conn_write_timeout(c);
+}
+
 void net_conn_close(struct net_conn *c)
 {
     if (c->closing)
         return;
+    conn_drain_reset(c);
+    event_del(c->drainer);
     c->closing = true;
     bufferevent_disable(c->bev, EV_READ);
     event_del(c->timer);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         conn_finish_soon(c);
-    /* else write_cb finishes once the output has drained. */
+    else /* write_cb finishes once the output has drained, or the timeout */
+        conn_write_timeout(c);
 }
 
 void net_conn_pause(struct net_conn *c)

@@ -19,6 +19,14 @@
  * A slow-drip peer that sends one byte a second defeats an idle timeout but
  * not the deadline or the rate check.
  *
+ * Output and backpressure. net_conn_write() queues without limit; a handler
+ * that produces a long reply (a listing) keeps its memory bounded by asking
+ * net_conn_when_drained() to call it back once the queued output has gone
+ * down to a bound, and producing the next piece only then. While such a
+ * wait is pending, and while a closed connection waits for its last output
+ * to leave, a peer that takes none of it for idle_ms is cut off (closed at
+ * once, without on_timeout: it reads nothing anyway).
+ *
  * Ownership: a struct net_conn is owned by the loop; the handler's context
  * pointer is owned by the handler and must be freed in on_close(), after
  * which the connection is gone. Everything runs on the loop's one thread.
@@ -72,6 +80,15 @@ void net_listener_free(struct net_listener **l);
 
 /* Queues bytes for sending. */
 void net_conn_write(struct net_conn *c, const void *p, size_t n);
+/* Octets queued by net_conn_write() and not yet handed to the kernel. */
+size_t net_conn_output_len(const struct net_conn *c);
+/* Calls cb(c, ctx) once, on the loop, when the queued output is at most
+ * `below` octets — at once (from the loop, never from inside this call) if
+ * it is already. ctx is the handler's per-connection context. One wait per
+ * connection: a second call replaces the first; cb NULL cancels it. Nothing
+ * is called once the connection is closing. */
+void net_conn_when_drained(struct net_conn *c, size_t below,
+                           void (*cb)(struct net_conn *c, void *ctx));
 /* Closes after the queued output is flushed (on_close follows). */
 void net_conn_close(struct net_conn *c);
 /* Stops/starts delivering input to on_data (and reading the socket). */

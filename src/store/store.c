@@ -559,12 +559,20 @@ int store_delivery_iter(struct store *st, const char *user,
                         int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
                         void *ctx, const char **error_r)
 {
+    return store_delivery_iter_from(st, user, NULL, 0, UINT64_MAX, cb, ctx, error_r);
+}
+
+int store_delivery_iter_from(struct store *st, const char *user, const char *after, uint64_t since,
+                             uint64_t upto,
+                             int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
+                             void *ctx, const char **error_r)
+{
     char u[MAIL_ADDR_MAX + 1];
     if (!store_user_canon(user, u)) {
         *error_r = "invalid user";
         return -1;
     }
-    return st->ops->delivery_iter(st, u, cb, ctx, error_r);
+    return st->ops->delivery_iter(st, u, after != NULL ? after : "", since, upto, cb, ctx, error_r);
 }
 
 enum store_status store_delivery_add(struct store *st, const char *user, const char *id,
@@ -575,4 +583,40 @@ enum store_status store_delivery_add(struct store *st, const char *user, const c
         id == NULL || !store_delivery_id_valid(id) || uid == 0)
         return STORE_INVALID;
     return st->ops->delivery_add(st, u, id, f, uid);
+}
+
+int store_delivery_add_many(struct store *st, const char *user, const struct store_delivery *recs,
+                            size_t n, enum store_status *status_out)
+{
+    char u[MAIL_ADDR_MAX + 1];
+    bool user_ok = store_user_canon(user, u);
+    /* The valid items, their folder names canonical, go to the backend. */
+    struct store_delivery *ok = xcalloc(n ? n : 1, sizeof(*ok));
+    char(*names)[STORE_FOLDER_MAX + 1] = xcalloc(n ? n : 1, sizeof(*names));
+    size_t *idx = xcalloc(n ? n : 1, sizeof(*idx));
+    enum store_status *res = xcalloc(n ? n : 1, sizeof(*res));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct store_delivery *d = &recs[i];
+        if (!user_ok || d->folder == NULL || !store_folder_canon(d->folder, names[k]) ||
+            d->id == NULL || !store_delivery_id_valid(d->id) || d->uid == 0) {
+            status_out[i] = STORE_INVALID;
+            continue;
+        }
+        ok[k].id = d->id;
+        ok[k].folder = names[k];
+        ok[k].uid = d->uid;
+        idx[k++] = i;
+    }
+    int r = k > 0 ? st->ops->delivery_add_many(st, u, ok, k, res) : 0;
+    for (size_t j = 0; j < k; j++)
+        status_out[idx[j]] = r < 0 ? STORE_ERROR : res[j];
+    if (r < 0)
+        for (size_t i = 0; i < n; i++)
+            status_out[i] = STORE_ERROR;
+    free(ok);
+    free(names);
+    free(idx);
+    free(res);
+    return r;
 }

@@ -302,6 +302,16 @@ enum store_status store_msg_read(struct store *st, const char *user, const char 
 int store_delivery_iter(struct store *st, const char *user,
                         int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
                         void *ctx, const char **error_r);
+/* store_delivery_iter from the first id after `after` in that order (NULL
+ * or "" = from the first), so that a long listing can be taken in steps;
+ * and only the ids whose message here (live or expunged) has a modseq in
+ * (since, upto], or that have no message here: since 0 and upto UINT64_MAX
+ * list every id. What a move uses to copy, during its final pause, only
+ * the ids of the messages changed since it copied the others. */
+int store_delivery_iter_from(struct store *st, const char *user, const char *after, uint64_t since,
+                             uint64_t upto,
+                             int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
+                             void *ctx, const char **error_r);
 /* Records delivery id `id` for the message folder/uid, so a retried delivery
  * stays a duplicate after the mailbox moved here. The id is what matters:
  * it is recorded even if the folder or the message does not exist here (a
@@ -313,6 +323,18 @@ int store_delivery_iter(struct store *st, const char *user,
  * change: the modseq stays. */
 enum store_status store_delivery_add(struct store *st, const char *user, const char *id,
                                      const char *folder, uint32_t uid);
+/* n store_delivery_add()s for one mailbox in one transaction (one durable
+ * commit on the fs store instead of n): status_out[i] is what
+ * store_delivery_add would answer for recs[i] (an item refused does not
+ * keep the others out). Returns 0 when committed, -1 when nothing was
+ * (every status STORE_ERROR). */
+struct store_delivery {
+    const char *id;
+    const char *folder;
+    uint32_t uid;
+};
+int store_delivery_add_many(struct store *st, const char *user, const struct store_delivery *recs,
+                            size_t n, enum store_status *status_out);
 
 /* ---- change log ---- */
 

@@ -217,7 +217,10 @@ static const char *const store_fs_sql_text[SQL_COUNT] = {
                             " created, folder) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
     [SQL_DELIVERY_ITER] = "SELECT d.delivery_id, COALESCE(f.name, d.folder), d.uid"
                           " FROM deliveries d LEFT JOIN folders f ON f.id = d.folder_id"
-                          " WHERE d.mailbox_id = ?1 ORDER BY d.delivery_id",
+                          " LEFT JOIN messages m ON m.folder_id = d.folder_id AND m.uid = d.uid"
+                          " WHERE d.mailbox_id = ?1 AND d.delivery_id > ?2"
+                          " AND (m.modseq IS NULL OR (m.modseq > ?3 AND m.modseq <= ?4))"
+                          " ORDER BY d.delivery_id",
 };
 
 struct store_fs_rfd {
@@ -1709,7 +1712,8 @@ static int store_fs_changes(struct store *st, const char *user, uint64_t since,
 
 /* ---- delivery ids ---- */
 
-static int store_fs_delivery_iter(struct store *st, const char *user,
+static int store_fs_delivery_iter(struct store *st, const char *user, const char *after,
+                                  uint64_t since, uint64_t upto,
                                   int (*cb)(void *ctx, const char *id, const char *folder,
                                             uint32_t uid),
                                   void *ctx, const char **error_r)
@@ -1729,6 +1733,10 @@ static int store_fs_delivery_iter(struct store *st, const char *user,
         return -1;
     }
     sqlite3_bind_int64(q, 1, id);
+    sqlite3_bind_text(q, 2, after, -1, SQLITE_STATIC);
+    /* modseqs are stored as SQLite's signed integers. */
+    sqlite3_bind_int64(q, 3, since > INT64_MAX ? INT64_MAX : (int64_t)since);
+    sqlite3_bind_int64(q, 4, upto > INT64_MAX ? INT64_MAX : (int64_t)upto);
     int rc, r = 0;
     while (r == 0 && (rc = sqlite3_step(q)) == SQLITE_ROW)
         r = cb(ctx, store_fs_text(q, 0), store_fs_text(q, 1), (uint32_t)sqlite3_column_int64(q, 2));
@@ -1741,36 +1749,30 @@ static int store_fs_delivery_iter(struct store *st, const char *user,
     return r;
 }
 
-/* store_mem_delivery_add() makes the same decisions in the same order. */
-static enum store_status store_fs_delivery_add(struct store *st, const char *user, const char *did,
+/* Records one delivery id inside the caller's write transaction on a
+ * mailbox that may be changed: STORE_OK, STORE_EXISTS or STORE_ERROR.
+ * store_mem_delivery_add() makes the same decisions in the same order. */
+static enum store_status store_fs_delivery_put(struct store_fs *fs, int64_t id, const char *did,
                                                const char *folder, uint32_t uid)
 {
-    struct store_fs *fs = (struct store_fs *)st;
-    if (store_fs_begin(fs) < 0)
-        return STORE_ERROR;
-    int64_t id;
-    struct store_mailbox mb;
-    struct store_folder f;
-    enum store_status s = store_fs_resolve(fs, user, NULL, true, &id, &mb, &f);
-    if (s == STORE_OK) {
-        sqlite3_stmt *q = store_fs_q(fs, SQL_DELIVERY_GET);
-        sqlite3_bind_int64(q, 1, id);
-        sqlite3_bind_text(q, 2, did, -1, SQLITE_STATIC);
-        int r = store_fs_row(fs, q, "delivery lookup");
-        if (r > 0)
-            sqlite3_reset(q);
-        s = r < 0 ? STORE_ERROR : r > 0 ? STORE_EXISTS : STORE_OK;
-    }
+    sqlite3_stmt *q = store_fs_q(fs, SQL_DELIVERY_GET);
+    sqlite3_bind_int64(q, 1, id);
+    sqlite3_bind_text(q, 2, did, -1, SQLITE_STATIC);
+    int r = store_fs_row(fs, q, "delivery lookup");
+    if (r > 0)
+        sqlite3_reset(q);
+    enum store_status s = r < 0 ? STORE_ERROR : r > 0 ? STORE_EXISTS : STORE_OK;
     /* Linked to the message row if there is one here (tombstones included),
      * else kept with folder_id 0 and the folder name (see store.h). */
     int64_t folder_id = 0;
     if (s == STORE_OK) {
+        struct store_folder f;
         enum store_status fst = store_fs_folder_load(fs, id, folder, &f);
         if (fst == STORE_OK) {
-            sqlite3_stmt *q = store_fs_q(fs, SQL_MSG_EXISTS);
+            q = store_fs_q(fs, SQL_MSG_EXISTS);
             sqlite3_bind_int64(q, 1, (int64_t)f.id);
             sqlite3_bind_int64(q, 2, uid);
-            int r = store_fs_row(fs, q, "uid lookup");
+            r = store_fs_row(fs, q, "uid lookup");
             if (r > 0) {
                 sqlite3_reset(q);
                 folder_id = (int64_t)f.id;
@@ -1782,7 +1784,7 @@ static enum store_status store_fs_delivery_add(struct store *st, const char *use
         }
     }
     if (s == STORE_OK) {
-        sqlite3_stmt *q = store_fs_q(fs, SQL_DELIVERY_INSERT);
+        q = store_fs_q(fs, SQL_DELIVERY_INSERT);
         sqlite3_bind_int64(q, 1, id);
         sqlite3_bind_text(q, 2, did, -1, SQLITE_STATIC);
         sqlite3_bind_int64(q, 3, folder_id);
@@ -1792,7 +1794,61 @@ static enum store_status store_fs_delivery_add(struct store *st, const char *use
         if (store_fs_exec(fs, q, "delivery insert") < 0)
             s = STORE_ERROR;
     }
+    return s;
+}
+
+static enum store_status store_fs_delivery_add(struct store *st, const char *user, const char *did,
+                                               const char *folder, uint32_t uid)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    if (store_fs_begin(fs) < 0)
+        return STORE_ERROR;
+    int64_t id;
+    struct store_mailbox mb;
+    struct store_folder f;
+    enum store_status s = store_fs_resolve(fs, user, NULL, true, &id, &mb, &f);
+    if (s == STORE_OK)
+        s = store_fs_delivery_put(fs, id, did, folder, uid);
     return store_fs_finish(fs, s);
+}
+
+static int store_fs_delivery_add_many(struct store *st, const char *user,
+                                      const struct store_delivery *recs, size_t n,
+                                      enum store_status *status_out)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    for (size_t i = 0; i < n; i++)
+        status_out[i] = STORE_ERROR;
+    if (store_fs_begin(fs) < 0)
+        return -1;
+    int64_t id;
+    struct store_mailbox mb;
+    struct store_folder f;
+    enum store_status s = store_fs_resolve(fs, user, NULL, true, &id, &mb, &f);
+    if (s != STORE_OK) {
+        /* Every item gets the mailbox's answer; nothing was written. */
+        store_fs_rollback(fs);
+        for (size_t i = 0; i < n; i++)
+            status_out[i] = s;
+        return s == STORE_ERROR ? -1 : 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        status_out[i] = store_fs_delivery_put(fs, id, recs[i].id, recs[i].folder, recs[i].uid);
+        if (status_out[i] == STORE_ERROR) {
+            store_fs_rollback(fs);
+            for (size_t j = 0; j < n; j++)
+                status_out[j] = STORE_ERROR;
+            return -1;
+        }
+    }
+    /* One commit (one fsync of the WAL) for all of them; a batch of ids
+     * that were all recorded already writes nothing. */
+    if (store_fs_finish(fs, STORE_OK) != STORE_OK) {
+        for (size_t i = 0; i < n; i++)
+            status_out[i] = STORE_ERROR;
+        return -1;
+    }
+    return 0;
 }
 
 static const struct store_ops store_fs_ops = {
@@ -1817,4 +1873,5 @@ static const struct store_ops store_fs_ops = {
     .changes = store_fs_changes,
     .delivery_iter = store_fs_delivery_iter,
     .delivery_add = store_fs_delivery_add,
+    .delivery_add_many = store_fs_delivery_add_many,
 };

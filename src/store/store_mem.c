@@ -721,7 +721,8 @@ static int store_mem_delivery_cmp(const void *a, const void *b)
                   ((const struct store_mem_delivery *)b)->id);
 }
 
-static int store_mem_delivery_iter(struct store *st, const char *user,
+static int store_mem_delivery_iter(struct store *st, const char *user, const char *after,
+                                   uint64_t since, uint64_t upto,
                                    int (*cb)(void *ctx, const char *id, const char *folder,
                                              uint32_t uid),
                                    void *ctx, const char **error_r)
@@ -736,17 +737,23 @@ static int store_mem_delivery_iter(struct store *st, const char *user,
     size_t n = mb->ndels;
     struct store_mem_delivery *dels = xcalloc(n ? n : 1, sizeof(*dels));
     char(*names)[STORE_FOLDER_MAX + 1] = xcalloc(n ? n : 1, sizeof(*names));
+    bool *in = xcalloc(n ? n : 1, sizeof(*in));
     if (n > 0)
         memcpy(dels, mb->dels, n * sizeof(*dels));
     qsort(dels, n, sizeof(*dels), store_mem_delivery_cmp);
-    for (size_t i = 0; i < n; i++)
-        str_copy(names[i],
-                 dels[i].folder_id != 0 ? store_mem_folder_by_id(mb, dels[i].folder_id)->name
-                                        : dels[i].folder,
-                 sizeof(names[i]));
+    for (size_t i = 0; i < n; i++) {
+        struct store_mem_folder *f =
+            dels[i].folder_id != 0 ? store_mem_folder_by_id(mb, dels[i].folder_id) : NULL;
+        str_copy(names[i], f != NULL ? f->name : dels[i].folder, sizeof(names[i]));
+        /* The message's modseq decides, if there is a message here. */
+        struct store_mem_msg *m = f != NULL ? store_mem_msg_find(f, dels[i].uid) : NULL;
+        in[i] = m == NULL || (m->modseq > since && m->modseq <= upto);
+    }
     int r = 0;
     for (size_t i = 0; i < n && r == 0; i++)
-        r = cb(ctx, dels[i].id, names[i], dels[i].uid);
+        if (in[i] && strcmp(dels[i].id, after) > 0)
+            r = cb(ctx, dels[i].id, names[i], dels[i].uid);
+    free(in);
     free(names);
     free(dels);
     return r;
@@ -780,6 +787,15 @@ static enum store_status store_mem_delivery_add(struct store *st, const char *us
     return STORE_OK;
 }
 
+static int store_mem_delivery_add_many(struct store *st, const char *user,
+                                       const struct store_delivery *recs, size_t n,
+                                       enum store_status *status_out)
+{
+    for (size_t i = 0; i < n; i++)
+        status_out[i] = store_mem_delivery_add(st, user, recs[i].id, recs[i].folder, recs[i].uid);
+    return 0;
+}
+
 static const struct store_ops store_mem_ops = {
     .close = store_mem_close,
     .mailbox_create = store_mem_mailbox_create,
@@ -802,6 +818,7 @@ static const struct store_ops store_mem_ops = {
     .changes = store_mem_changes,
     .delivery_iter = store_mem_delivery_iter,
     .delivery_add = store_mem_delivery_add,
+    .delivery_add_many = store_mem_delivery_add_many,
 };
 
 struct store *store_open_memory(const char *name)

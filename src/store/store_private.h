@@ -74,12 +74,18 @@ struct store_ops {
                                   uint32_t uid, struct buf *out);
     int (*changes)(struct store *st, const char *user, uint64_t since,
                    const struct store_change_cb *cb, const char **error_r);
-    int (*delivery_iter)(struct store *st, const char *user,
+    /* after: "" = from the first id; since/upto as store_delivery_iter_from. */
+    int (*delivery_iter)(struct store *st, const char *user, const char *after, uint64_t since,
+                         uint64_t upto,
                          int (*cb)(void *ctx, const char *id, const char *folder, uint32_t uid),
                          void *ctx, const char **error_r);
     /* id valid, uid != 0 (checked by store.c). */
     enum store_status (*delivery_add)(struct store *st, const char *user, const char *id,
                                       const char *folder, uint32_t uid);
+    /* Every item valid (store.c answers the others); 0 or -1 as
+     * store_delivery_add_many. */
+    int (*delivery_add_many)(struct store *st, const char *user, const struct store_delivery *recs,
+                             size_t n, enum store_status *status_out);
 };
 
 struct store {

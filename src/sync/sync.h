@@ -101,6 +101,15 @@ struct sync_ops {
     /* The body of one message, verified against its SHA-256 by the store. */
     int (*fetch)(struct sync *s, const char *user, const char *folder, uint32_t uid,
                  struct buf *out, const char **why_r);
+    /* n fetches at once (pipelined over TCP: one round trip, not n):
+     * outs[i] gets the body of folders[i]/uids[i] appended, rc_out[i] is 0
+     * or SYNC_NO with why_out[i] (a static string, e.g. "notfound": gone
+     * since it was listed). Returns 0 when every item has its result, -1 if
+     * the channel failed (nothing is known; outs may hold partial data).
+     * n <= SYNC_BATCH_MAX; n == 0 is 0 at once. */
+    int (*fetch_batch)(struct sync *s, const char *user, const char *const *folders,
+                       const uint32_t *uids, size_t n, struct buf *outs, int *rc_out,
+                       const char **why_out);
     /* Appends with the given UID, GUID, flags, keywords and date into a
      * staged (or active) mailbox; the store checks sha256 against data.
      * SYNC_NO "exists" if the UID is taken. */
@@ -121,6 +130,17 @@ struct sync_ops {
     int (*append_batch)(struct sync *s, const char *user, const struct sync_msg *const *msgs,
                         const void *const *data, const size_t *lens, size_t n, int *rc_out,
                         const char **why_out);
+    /* append_batch in two halves, so that the caller can work (fetch the
+     * next batch from another store) while this store commits: start sends
+     * the batch and returns; end waits for the answers and fills rc_out and
+     * why_out as given to start (they must stay valid until then), and
+     * returns what append_batch would have. start's -1 means nothing was
+     * sent (end is not needed). Nothing but end may be called on s in
+     * between (a bug: panic). The local transport does all in start. */
+    int (*append_batch_start)(struct sync *s, const char *user, const struct sync_msg *const *msgs,
+                              const void *const *data, const size_t *lens, size_t n, int *rc_out,
+                              const char **why_out);
+    int (*append_batch_end)(struct sync *s);
     /* Makes the folder with this UIDVALIDITY exist under this name (create
      * with that UIDVALIDITY, or rename the one that has it), and its UIDNEXT
      * at least uidnext. */
@@ -142,6 +162,23 @@ struct sync_ops {
                       const char **why_r);
     int (*delivery_add)(struct sync *s, const char *user, const struct sync_delivery *d,
                         const char **why_r);
+    /* The delivery ids one by one, sorted by id, without building a list:
+     * only those whose message here (live or expunged) has a modseq in
+     * (since, upto], and those with no message here (since 0 and upto
+     * UINT64_MAX: every id). A move copies the ids of the messages it
+     * copied before its fence, and during its pause only the delta's. cb
+     * returning non-zero aborts (-1; over TCP the connection is then
+     * unusable). */
+    int (*deliveries_each)(struct sync *s, const char *user, uint64_t since, uint64_t upto,
+                           int (*cb)(void *ctx, const struct sync_delivery *d), void *ctx,
+                           const char **why_r);
+    /* n delivery_adds with one store commit: rc_out[i] 0 or SYNC_NO with
+     * why_out[i] ("exists" for an id recorded already, or delivery_add's
+     * other reasons); returns 0 when every item has its result, -1 when the
+     * channel or the store failed (nothing is known). n <= SYNC_BATCH_MAX,
+     * beyond is a caller bug answered -1 without sending anything. */
+    int (*delivery_add_batch)(struct sync *s, const char *user, const struct sync_delivery *ds,
+                              size_t n, int *rc_out, const char **why_out);
 
     /* store_mailbox_raise_modseq: the mover, before each pass. */
     int (*modseq_raise)(struct sync *s, const char *user, uint64_t modseq, const char **why_r);
@@ -193,6 +230,75 @@ static inline bool sync_batch_fits(const size_t *lens, size_t n)
     }
     return true;
 }
+
+/* ---- listings in steps: the server side of streamed replies ----
+ *
+ * syncd streams CHANGES and DIGEST with backpressure: it produces the next
+ * piece only when the connection's output has drained, so its memory does
+ * not grow with the mailbox. These run a listing of a sync_local_new()
+ * transport (anything else is a bug: panic) a step at a time; between steps
+ * the store may change (the loop serves deliveries meanwhile), and the
+ * listings stay exact as below. The local transport's changes and digest
+ * ops are these same steps run to the end in one call.
+ *
+ * CHANGES. begin reads the mailbox modseq M0 (cur->upto, the final modseq
+ * if nothing below intervenes). Each step lists the next records in
+ * (modseq, folders first) order with modseq in (since, M0]: at least `max`
+ * unless the listing ends, and never splitting the records of one modseq
+ * across steps (a folder delete gives all its messages one modseq: that
+ * step lists them all). A record changed after begin moves above M0 and is
+ * left to the next listing; nothing below M0 is skipped, since modseqs only
+ * grow. One case ends a listing early: a message whose folder was created,
+ * renamed or deleted after begin (its folder row's modseq is above M0)
+ * would carry a name the listing's folder records do not have, so the step
+ * stops before it and cur->upto becomes its modseq - 1 — complete up to
+ * there; the next listing from cur->upto lists the folder change first.
+ * Returns 0 (cur->done once the listing is complete: cur->upto is then its
+ * final modseq), SYNC_NO "notfound" (the mailbox is gone) or -1 (store
+ * failure, or a callback returned non-zero). */
+struct sync_changes_cursor {
+    uint64_t since; /* as asked */
+    uint64_t upto;  /* the listing's final modseq */
+    uint64_t pos;   /* records up to this modseq are listed (this phase) */
+    bool msgs;      /* the folder records are done */
+    bool done;
+};
+int sync_local_changes_begin(struct sync *s, const char *user, uint64_t since,
+                             struct sync_changes_cursor *cur, const char **why_r);
+int sync_local_changes_step(struct sync *s, const char *user, struct sync_changes_cursor *cur,
+                            size_t max, const struct sync_changes_cb *cb, const char **why_r);
+
+/* DIGEST. begin takes the list of live folders (sorted by name); each step
+ * digests one folder (a pass over its messages, hashed as they come: memory
+ * stays flat) into *out. A folder deleted in between is skipped; returns 0
+ * (*out filled, or cur->done when no folder is left), SYNC_NO "notfound"
+ * (mailbox gone) or -1. sync_local_digest_end() frees the cursor (also
+ * after an error). */
+struct sync_digest_cursor {
+    struct store_folder *folders;
+    size_t n, next;
+    bool done;
+};
+int sync_local_digest_begin(struct sync *s, const char *user, struct sync_digest_cursor *cur,
+                            const char **why_r);
+int sync_local_digest_step(struct sync *s, const char *user, struct sync_digest_cursor *cur,
+                           struct sync_digest *out, const char **why_r);
+void sync_local_digest_end(struct sync_digest_cursor *cur);
+
+/* DELIVERIES. Steps of at least `max` ids (fewer at the end), resumed
+ * after the last id listed; since/upto as deliveries_each. begin checks
+ * that the mailbox exists. Returns 0 (cur->done at the end), SYNC_NO
+ * "notfound" or -1. */
+struct sync_deliveries_cursor {
+    char after[STORE_DELIVERY_ID_MAX + 1];
+    uint64_t since, upto;
+    bool done;
+};
+int sync_local_deliveries_begin(struct sync *s, const char *user, uint64_t since, uint64_t upto,
+                                struct sync_deliveries_cursor *cur, const char **why_r);
+int sync_local_deliveries_step(struct sync *s, const char *user, struct sync_deliveries_cursor *cur,
+                               size_t max, int (*cb)(void *ctx, const struct sync_delivery *d),
+                               void *ctx, const char **why_r);
 
 /* TCP: connects to a store's sync endpoint "HOST:PORT" and says HELLO.
  * NULL with a message in err. */

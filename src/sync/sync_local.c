@@ -11,6 +11,7 @@
  * the only writer of its store, and each step is idempotent, so a retry
  * after a failure in the middle converges.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -111,13 +112,54 @@ static int sync_local_mailbox_purge(struct sync *s, const char *user, const char
 
 /* ---- changes ---- */
 
+static const struct sync_ops sync_local_ops;
+
+static void sync_local_check(struct sync *s)
+{
+    if (s->ops != &sync_local_ops)
+        panic("sync: a listing in steps needs the local transport");
+}
+
+/* One step's state between the store's callbacks. */
 struct sync_local_changes {
     const struct sync_changes_cb *cb;
+    struct sync_changes_cursor *cur;
+    size_t max, n;
+    uint64_t last; /* modseq of the last record listed in this step */
+    int r;         /* a callback's non-zero */
+    bool stop;     /* the step ends (this is not an error) */
+    bool end;      /* ... and so does the listing */
 };
+
+/* Whether the record at modseq ends the step: past the listing's end, or
+ * the step has its records and this one starts a new modseq. */
+static bool sync_local_step_full(struct sync_local_changes *c, uint64_t modseq)
+{
+    if (modseq > c->cur->upto) {
+        c->stop = c->end = true;
+        return true;
+    }
+    if (c->n >= c->max && modseq != c->last) {
+        c->stop = true;
+        return true;
+    }
+    return false;
+}
 
 static int sync_local_change_folder(void *ctx, const struct store_folder *f)
 {
     struct sync_local_changes *c = ctx;
+    if (c->cur->msgs)
+        return 0; /* listed in an earlier step */
+    if (f->modseq > c->cur->upto) {
+        /* Every folder record of the listing is out: messages follow. */
+        c->cur->msgs = true;
+        c->cur->pos = c->cur->since;
+        c->stop = true;
+        return 1;
+    }
+    if (sync_local_step_full(c, f->modseq))
+        return 1;
     struct sync_folder sf;
     memset(&sf, 0, sizeof(sf));
     str_copy(sf.name, f->name, sizeof(sf.name));
@@ -125,7 +167,12 @@ static int sync_local_change_folder(void *ctx, const struct store_folder *f)
     sf.uidnext = f->uidnext;
     sf.modseq = f->modseq;
     sf.deleted = f->deleted;
-    return c->cb->folder != NULL ? c->cb->folder(c->cb->ctx, &sf) : 0;
+    c->n++;
+    c->last = f->modseq;
+    c->cur->pos = f->modseq;
+    if (c->cb->folder != NULL && (c->r = c->cb->folder(c->cb->ctx, &sf)) != 0)
+        return 1;
+    return 0;
 }
 
 /* The store hands each message record its folder row (live or tombstone,
@@ -150,33 +197,99 @@ void sync_local_msg_from_store(struct sync_msg *sm, const struct store_folder *f
 static int sync_local_change_msg(void *ctx, const struct store_folder *f, const struct store_msg *m)
 {
     struct sync_local_changes *c = ctx;
+    if (!c->cur->msgs) {
+        /* The store went on to the messages: every folder record is out. */
+        c->cur->msgs = true;
+        c->cur->pos = c->cur->since;
+        c->stop = true;
+        return 1;
+    }
+    if (sync_local_step_full(c, m->modseq))
+        return 1;
+    if (f->modseq > c->cur->upto) {
+        /* The folder changed since the listing began: this record would
+         * carry a name the listing's folder records do not (see sync.h). */
+        c->cur->upto = m->modseq - 1;
+        c->stop = c->end = true;
+        return 1;
+    }
     struct sync_msg sm;
     sync_local_msg_from_store(&sm, f, m);
-    return c->cb->msg != NULL ? c->cb->msg(c->cb->ctx, &sm) : 0;
+    c->n++;
+    c->last = m->modseq;
+    c->cur->pos = m->modseq;
+    if (c->cb->msg != NULL && (c->r = c->cb->msg(c->cb->ctx, &sm)) != 0)
+        return 1;
+    return 0;
+}
+
+int sync_local_changes_begin(struct sync *s, const char *user, uint64_t since,
+                             struct sync_changes_cursor *cur, const char **why_r)
+{
+    sync_local_check(s);
+    memset(cur, 0, sizeof(*cur));
+    struct store_mailbox mb;
+    /* The modseq is read before the listing: rows only ever move up, so
+     * whatever changes during the listing has a modseq above it and the
+     * next pass (since = the final modseq) sees it again. Reading it after
+     * could claim a change the listing missed. */
+    int r = sync_local_status(store_mailbox_get(sync_local_store(s), user, &mb), why_r);
+    if (r != 0)
+        return r;
+    cur->since = cur->pos = since;
+    cur->upto = mb.modseq;
+    cur->done = since >= mb.modseq;
+    return 0;
+}
+
+int sync_local_changes_step(struct sync *s, const char *user, struct sync_changes_cursor *cur,
+                            size_t max, const struct sync_changes_cb *cb, const char **why_r)
+{
+    sync_local_check(s);
+    struct store *st = sync_local_store(s);
+    if (cur->done)
+        return 0;
+    struct store_mailbox mb;
+    int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
+    if (r != 0)
+        return r;
+    struct sync_local_changes c = {.cb = cb, .cur = cur, .max = max ? max : 1};
+    c.last = cur->pos;
+    struct store_change_cb scb = {
+        .folder = sync_local_change_folder, .msg = sync_local_change_msg, .ctx = &c};
+    const char *error = NULL;
+    r = store_changes(st, user, cur->pos, &scb, &error);
+    if (c.r != 0) {
+        *why_r = "aborted";
+        return -1;
+    }
+    if (r != 0 && !c.stop) {
+        *why_r = error != NULL ? error : "store error";
+        return -1;
+    }
+    if (!c.stop && !cur->msgs) {
+        /* The folders ran out with no message after them: the messages
+         * still have to be listed from `since`. */
+        cur->msgs = true;
+        cur->pos = cur->since;
+        return 0;
+    }
+    if (!c.stop || c.end)
+        cur->done = true; /* the store ran out of records, or upto is reached */
+    return 0;
 }
 
 static int sync_local_changes(struct sync *s, const char *user, uint64_t since,
                               const struct sync_changes_cb *cb, uint64_t *modseq_r,
                               const char **why_r)
 {
-    struct store *st = sync_local_store(s);
-    struct store_mailbox mb;
-    /* The modseq is read before the listing: rows only ever move up, so
-     * whatever changes during the listing has a modseq above it and the
-     * next pass (since = *modseq_r) sees it again. Reading it after could
-     * claim a change the listing missed. */
-    int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
+    struct sync_changes_cursor cur;
+    int r = sync_local_changes_begin(s, user, since, &cur, why_r);
+    while (r == 0 && !cur.done)
+        r = sync_local_changes_step(s, user, &cur, 4096, cb, why_r);
     if (r != 0)
         return r;
-    struct sync_local_changes c = {.cb = cb};
-    struct store_change_cb scb = {
-        .folder = sync_local_change_folder, .msg = sync_local_change_msg, .ctx = &c};
-    const char *error = NULL;
-    if (store_changes(st, user, since, &scb, &error) != 0) {
-        *why_r = error != NULL ? error : "aborted";
-        return -1;
-    }
-    *modseq_r = mb.modseq;
+    *modseq_r = cur.upto;
     return 0;
 }
 
@@ -186,6 +299,21 @@ static int sync_local_fetch(struct sync *s, const char *user, const char *folder
                             struct buf *out, const char **why_r)
 {
     return sync_local_status(store_msg_read(sync_local_store(s), user, folder, uid, out), why_r);
+}
+
+static int sync_local_fetch_batch(struct sync *s, const char *user, const char *const *folders,
+                                  const uint32_t *uids, size_t n, struct buf *outs, int *rc_out,
+                                  const char **why_out)
+{
+    if (n > SYNC_BATCH_MAX)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        why_out[i] = NULL;
+        rc_out[i] = sync_local_fetch(s, user, folders[i], uids[i], &outs[i], &why_out[i]);
+        if (rc_out[i] < 0)
+            return -1;
+    }
+    return 0;
 }
 
 static int sync_local_append(struct sync *s, const char *user, const struct sync_msg *m,
@@ -288,6 +416,22 @@ static int sync_local_append_batch(struct sync *s, const char *user,
     free(queued);
     free(res);
     return r;
+}
+
+/* The local transport has nothing to overlap: start does the whole batch
+ * (a -1 from it needs no end), end has nothing left to report. */
+static int sync_local_append_batch_start(struct sync *s, const char *user,
+                                         const struct sync_msg *const *msgs,
+                                         const void *const *data, const size_t *lens, size_t n,
+                                         int *rc_out, const char **why_out)
+{
+    return sync_local_append_batch(s, user, msgs, data, lens, n, rc_out, why_out);
+}
+
+static int sync_local_append_batch_end(struct sync *s)
+{
+    (void)s;
+    return 0;
 }
 
 /* ---- folders ---- */
@@ -394,57 +538,106 @@ static int sync_local_expunge(struct sync *s, const char *user, const char *fold
 /* ---- digest ---- */
 
 struct sync_local_digest {
-    struct buf lines;
+    struct sha256 *h;
     uint64_t n;
 };
 
 static int sync_local_digest_msg(void *ctx, const struct store_msg *m)
 {
     struct sync_local_digest *d = ctx;
+    char line[2 * STORE_GUID_LEN + 2 * SHA256_LEN + STORE_KEYWORDS_MAX + 80];
     char guid[2 * STORE_GUID_LEN + 1], sha[2 * SHA256_LEN + 1];
     hex_encode(m->guid, STORE_GUID_LEN, guid);
     hex_encode(m->sha256, SHA256_LEN, sha);
-    if (buf_printf(&d->lines, "%u %s %u %lld %llu %s %s\n", m->uid, guid, m->flags,
-                   (long long)m->internal_date, (unsigned long long)m->size, sha,
-                   m->keywords != NULL ? m->keywords : "") < 0)
+    int n = snprintf(line, sizeof(line), "%u %s %u %lld %llu %s %s\n", m->uid, guid, m->flags,
+                     (long long)m->internal_date, (unsigned long long)m->size, sha,
+                     m->keywords != NULL ? m->keywords : "");
+    if (n < 0 || (size_t)n >= sizeof(line))
         return -1;
+    sha256_update(d->h, line, (size_t)n);
     d->n++;
     return 0;
+}
+
+int sync_local_digest_begin(struct sync *s, const char *user, struct sync_digest_cursor *cur,
+                            const char **why_r)
+{
+    sync_local_check(s);
+    memset(cur, 0, sizeof(*cur));
+    return sync_local_status(store_folder_list(sync_local_store(s), user, &cur->folders, &cur->n),
+                             why_r);
+}
+
+int sync_local_digest_step(struct sync *s, const char *user, struct sync_digest_cursor *cur,
+                           struct sync_digest *out, const char **why_r)
+{
+    sync_local_check(s);
+    struct store *st = sync_local_store(s);
+    for (; cur->next < cur->n; cur->next++) {
+        const struct store_folder *f = &cur->folders[cur->next];
+        /* The folder as it is now: deleted or renamed since the list was
+         * taken, it is left out (a digest taken while the mailbox changes
+         * is stale anyway; the mover digests frozen mailboxes). */
+        struct store_folder now;
+        enum store_status ss = store_folder_get(st, user, f->name, &now);
+        if (ss == STORE_NOTFOUND) {
+            struct store_mailbox mb;
+            int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
+            if (r != 0)
+                return r;
+            continue;
+        }
+        int r = sync_local_status(ss, why_r);
+        if (r != 0)
+            return r;
+        if (now.uidvalidity != f->uidvalidity)
+            continue;
+        /* The lines are hashed as they come: nothing per message is kept. */
+        struct sync_local_digest d = {.h = sha256_new(), .n = 0};
+        const char *error = NULL;
+        if (store_msg_iter(st, user, now.name, sync_local_digest_msg, &d, &error) != 0) {
+            sha256_free(&d.h);
+            *why_r = error != NULL ? error : "store error";
+            return -1;
+        }
+        memset(out, 0, sizeof(*out));
+        str_copy(out->name, now.name, sizeof(out->name));
+        out->uidvalidity = now.uidvalidity;
+        out->uidnext = now.uidnext;
+        out->messages = d.n;
+        sha256_final(&d.h, out->digest);
+        cur->next++;
+        return 0;
+    }
+    cur->done = true;
+    return 0;
+}
+
+void sync_local_digest_end(struct sync_digest_cursor *cur)
+{
+    free(cur->folders);
+    memset(cur, 0, sizeof(*cur));
 }
 
 static int sync_local_digest(struct sync *s, const char *user, struct sync_digest **list_r,
                              size_t *n_r, const char **why_r)
 {
-    struct store *st = sync_local_store(s);
-    struct store_folder *fl;
-    size_t n;
     *list_r = NULL;
     *n_r = 0;
-    int r = sync_local_status(store_folder_list(st, user, &fl, &n), why_r);
+    struct sync_digest_cursor cur;
+    int r = sync_local_digest_begin(s, user, &cur, why_r);
     if (r != 0)
         return r;
-    struct sync_digest *list = xcalloc(n ? n : 1, sizeof(*list));
-    struct sync_local_digest d;
-    /* The whole folder's lines are hashed in one go (util has no
-     * incremental SHA-256): about 130 octets per message in memory. */
-    buf_init(&d.lines, 0);
-    for (size_t i = 0; i < n && r == 0; i++) {
-        buf_reset(&d.lines);
-        d.n = 0;
-        const char *error = NULL;
-        if (store_msg_iter(st, user, fl[i].name, sync_local_digest_msg, &d, &error) != 0) {
-            *why_r = error != NULL ? error : "store error";
-            r = -1;
+    struct sync_digest *list = xcalloc(cur.n ? cur.n : 1, sizeof(*list));
+    size_t n = 0;
+    while (r == 0 && n < cur.n) {
+        r = sync_local_digest_step(s, user, &cur, &list[n], why_r);
+        if (r == 0 && !cur.done)
+            n++;
+        else
             break;
-        }
-        str_copy(list[i].name, fl[i].name, sizeof(list[i].name));
-        list[i].uidvalidity = fl[i].uidvalidity;
-        list[i].uidnext = fl[i].uidnext;
-        list[i].messages = d.n;
-        sha256_buf(d.lines.data, d.lines.len, list[i].digest);
     }
-    buf_free(&d.lines);
-    free(fl);
+    sync_local_digest_end(&cur);
     if (r != 0) {
         free(list);
         return r;
@@ -457,48 +650,115 @@ static int sync_local_digest(struct sync *s, const char *user, struct sync_diges
 /* ---- delivery ids ---- */
 
 struct sync_local_dels {
-    struct sync_delivery *list;
-    size_t n, cap;
+    struct sync_deliveries_cursor *cur;
+    int (*cb)(void *ctx, const struct sync_delivery *d);
+    void *ctx;
+    size_t max, n;
+    int r; /* the callback's non-zero */
 };
 
 static int sync_local_del_cb(void *ctx, const char *id, const char *folder, uint32_t uid)
 {
     struct sync_local_dels *d = ctx;
+    if (d->n >= d->max)
+        return 1; /* the step is full: resumed after cur->after */
+    str_copy(d->cur->after, id, sizeof(d->cur->after));
+    d->n++;
     if (!sync_local_id_ok(id)) {
         log_warn("sync", "delivery id with unsendable octets left out of the list");
         return 0;
     }
-    if (d->n == d->cap) {
-        d->cap = d->cap ? d->cap * 2 : 16;
-        d->list = xrealloc(d->list, d->cap * sizeof(*d->list));
+    struct sync_delivery e;
+    memset(&e, 0, sizeof(e));
+    str_copy(e.id, id, sizeof(e.id));
+    str_copy(e.folder, folder, sizeof(e.folder));
+    e.uid = uid;
+    if ((d->r = d->cb(d->ctx, &e)) != 0)
+        return 1;
+    return 0;
+}
+
+int sync_local_deliveries_begin(struct sync *s, const char *user, uint64_t since, uint64_t upto,
+                                struct sync_deliveries_cursor *cur, const char **why_r)
+{
+    sync_local_check(s);
+    memset(cur, 0, sizeof(*cur));
+    cur->since = since;
+    cur->upto = upto;
+    struct store_mailbox mb;
+    return sync_local_status(store_mailbox_get(sync_local_store(s), user, &mb), why_r);
+}
+
+int sync_local_deliveries_step(struct sync *s, const char *user, struct sync_deliveries_cursor *cur,
+                               size_t max, int (*cb)(void *ctx, const struct sync_delivery *d),
+                               void *ctx, const char **why_r)
+{
+    sync_local_check(s);
+    struct store *st = sync_local_store(s);
+    if (cur->done)
+        return 0;
+    struct store_mailbox mb;
+    int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
+    if (r != 0)
+        return r;
+    struct sync_local_dels d = {.cur = cur, .cb = cb, .ctx = ctx, .max = max ? max : 1};
+    const char *error = NULL;
+    r = store_delivery_iter_from(st, user, cur->after, cur->since, cur->upto, sync_local_del_cb, &d,
+                                 &error);
+    if (d.r != 0) {
+        *why_r = "aborted";
+        return -1;
     }
-    struct sync_delivery *e = &d->list[d->n++];
-    memset(e, 0, sizeof(*e));
-    str_copy(e->id, id, sizeof(e->id));
-    str_copy(e->folder, folder, sizeof(e->folder));
-    e->uid = uid;
+    if (r < 0) {
+        *why_r = error != NULL ? error : "store error";
+        return -1;
+    }
+    if (r == 0)
+        cur->done = true; /* the store ran out of ids */
+    return 0;
+}
+
+static int sync_local_deliveries_each(struct sync *s, const char *user, uint64_t since,
+                                      uint64_t upto,
+                                      int (*cb)(void *ctx, const struct sync_delivery *d),
+                                      void *ctx, const char **why_r)
+{
+    struct sync_deliveries_cursor cur;
+    int r = sync_local_deliveries_begin(s, user, since, upto, &cur, why_r);
+    while (r == 0 && !cur.done)
+        r = sync_local_deliveries_step(s, user, &cur, 4096, cb, ctx, why_r);
+    return r;
+}
+
+struct sync_local_list {
+    struct sync_delivery *list;
+    size_t n, cap;
+};
+
+static int sync_local_list_add(void *ctx, const struct sync_delivery *d)
+{
+    struct sync_local_list *l = ctx;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16;
+        l->list = xrealloc(l->list, l->cap * sizeof(*l->list));
+    }
+    l->list[l->n++] = *d;
     return 0;
 }
 
 static int sync_local_deliveries(struct sync *s, const char *user, struct sync_delivery **list_r,
                                  size_t *n_r, const char **why_r)
 {
-    struct store *st = sync_local_store(s);
-    struct store_mailbox mb;
+    struct sync_local_list l = {0};
     *list_r = NULL;
     *n_r = 0;
-    int r = sync_local_status(store_mailbox_get(st, user, &mb), why_r);
-    if (r != 0)
+    int r = sync_local_deliveries_each(s, user, 0, UINT64_MAX, sync_local_list_add, &l, why_r);
+    if (r != 0) {
+        free(l.list);
         return r;
-    struct sync_local_dels d = {0};
-    const char *error = NULL;
-    if (store_delivery_iter(st, user, sync_local_del_cb, &d, &error) != 0) {
-        free(d.list);
-        *why_r = error != NULL ? error : "store error";
-        return -1;
     }
-    *list_r = d.list != NULL ? d.list : xmalloc(1);
-    *n_r = d.n;
+    *list_r = l.list != NULL ? l.list : xmalloc(1);
+    *n_r = l.n;
     return 0;
 }
 
@@ -511,6 +771,44 @@ static int sync_local_delivery_add(struct sync *s, const char *user, const struc
         store_delivery_add(sync_local_store(s), user, d->id, d->folder, d->uid), why_r);
 }
 
+static int sync_local_delivery_add_batch(struct sync *s, const char *user,
+                                         const struct sync_delivery *ds, size_t n, int *rc_out,
+                                         const char **why_out)
+{
+    if (n > SYNC_BATCH_MAX) {
+        log_warn("sync", "delivery_add_batch over its limit (%zu ids): not sent", n);
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    struct store_delivery *recs = xcalloc(n, sizeof(*recs));
+    enum store_status *st = xcalloc(n, sizeof(*st));
+    size_t *idx = xcalloc(n, sizeof(*idx));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        rc_out[i] = 0;
+        why_out[i] = NULL;
+        if (!sync_local_id_ok(ds[i].id)) {
+            rc_out[i] = sync_local_no("invalid", &why_out[i]);
+            continue;
+        }
+        recs[k].id = ds[i].id;
+        recs[k].folder = ds[i].folder;
+        recs[k].uid = ds[i].uid;
+        idx[k++] = i;
+    }
+    int r = k > 0 ? store_delivery_add_many(sync_local_store(s), user, recs, k, st) : 0;
+    for (size_t j = 0; r == 0 && j < k; j++)
+        rc_out[idx[j]] = sync_local_status(st[j], &why_out[idx[j]]);
+    if (r < 0)
+        for (size_t i = 0; i < n; i++)
+            why_out[i] = "store error";
+    free(recs);
+    free(st);
+    free(idx);
+    return r < 0 ? -1 : 0;
+}
+
 static const struct sync_ops sync_local_ops = {
     .close = sync_local_close,
     .mailbox_get = sync_local_mailbox_get,
@@ -519,8 +817,11 @@ static const struct sync_ops sync_local_ops = {
     .mailbox_purge = sync_local_mailbox_purge,
     .changes = sync_local_changes,
     .fetch = sync_local_fetch,
+    .fetch_batch = sync_local_fetch_batch,
     .append = sync_local_append,
     .append_batch = sync_local_append_batch,
+    .append_batch_start = sync_local_append_batch_start,
+    .append_batch_end = sync_local_append_batch_end,
     .folder_ensure = sync_local_folder_ensure,
     .folder_delete = sync_local_folder_delete,
     .flags = sync_local_flags,
@@ -535,6 +836,8 @@ static const struct sync_ops sync_local_ops = {
     .flags_ex = sync_local_flags_ex,
     .folder_create = sync_local_folder_create,
     .folder_rename = sync_local_folder_rename,
+    .deliveries_each = sync_local_deliveries_each,
+    .delivery_add_batch = sync_local_delivery_add_batch,
 };
 
 struct sync *sync_local_new(struct store *st)

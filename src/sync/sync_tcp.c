@@ -34,6 +34,13 @@ struct sync_tcp {
     char why[200]; /* the last failure, for the log */
     struct buf out;
     char line[SYNC_TCP_LINE_MAX + 1];
+    /* An APPENDS sent by append_batch_start whose answers are unread: its
+     * item count, which items travelled, and where their results go. */
+    bool batch_pending;
+    size_t batch_k;
+    size_t batch_sent[SYNC_BATCH_MAX];
+    int *batch_rc;
+    const char **batch_why;
 };
 
 /* The refusal reasons a server may give; *why_r points at these. */
@@ -222,6 +229,8 @@ static int sync_tcp_final(struct sync_tcp *c, const char **why_r, char **rest_r)
 /* Starts an operation: checks the connection and resets c->out. */
 static int sync_tcp_begin(struct sync_tcp *c, const char **why_r)
 {
+    if (c->batch_pending)
+        panic("sync: %s: an operation while an APPENDS awaits its answers", c->endpoint);
     buf_reset(&c->out);
     if (c->broken) {
         *why_r = "connection failed";
@@ -293,7 +302,7 @@ static int sync_tcp_invalid(const char **why_r)
 static void sync_tcp_close(struct sync *s)
 {
     struct sync_tcp *c = (struct sync_tcp *)s;
-    if (!c->broken) /* best effort, never waits */
+    if (!c->broken && !c->batch_pending) /* best effort, never waits */
         sock_send_nowait(c->sock, "QUIT\r\n", 6);
     sock_close(&c->sock);
     buf_free(&c->out);
@@ -444,23 +453,25 @@ static int sync_tcp_changes(struct sync *s, const char *user, uint64_t since,
     }
 }
 
-static int sync_tcp_fetch(struct sync *s, const char *user, const char *folder, uint32_t uid,
-                          struct buf *out, const char **why_r)
+/* Appends "FETCH <user> <folder> <uid>" CRLF to c->out. */
+static void sync_tcp_fetch_line(struct sync_tcp *c, const char *user, const char *folder,
+                                uint32_t uid)
 {
-    struct sync_tcp *c = (struct sync_tcp *)s;
-    int r = sync_tcp_cmd_user(c, "FETCH", user, why_r);
-    if (r != 0)
-        return r;
-    if (!sync_tcp_folder_ok(folder))
-        return sync_tcp_invalid(why_r);
-    buf_puts(&c->out, " ");
+    buf_puts(&c->out, "FETCH ");
+    sync_tcp_put_hex(&c->out, user, " ");
     sync_tcp_put_hex(&c->out, folder, "");
     buf_printf(&c->out, " %u\r\n", uid);
+}
+
+/* Reads one FETCH answer: "+DATA <len> <sha256>", the body (appended to
+ * out and checked against the SHA-256) and CRLF; or a refusal. */
+static int sync_tcp_fetch_reply(struct sync_tcp *c, struct buf *out, const char **why_r)
+{
     size_t len;
-    if (sync_tcp_send_out(c) < 0 || sync_tcp_read_line(c, &len) < 0)
+    if (sync_tcp_read_line(c, &len) < 0)
         return sync_tcp_broken(c, why_r, NULL);
     if (strncmp(c->line, "+DATA ", 6) != 0) {
-        r = sync_tcp_final(c, why_r, NULL);
+        int r = sync_tcp_final(c, why_r, NULL);
         return r == 0 ? sync_tcp_broken(c, why_r, "+OK where +DATA was due") : r;
     }
     struct sync_tcp_tok t[SYNC_TCP_TOKS];
@@ -481,11 +492,86 @@ static int sync_tcp_fetch(struct sync *s, const char *user, const char *folder, 
     }
     if (crlf[0] != '\r' || crlf[1] != '\n')
         return sync_tcp_broken(c, why_r, "message body not followed by CRLF");
-    sha256_buf(out->data + start, (size_t)n, got);
+    /* An empty body may have left an empty buffer without storage. */
+    sha256_buf(out->data != NULL ? out->data + start : "", (size_t)n, got);
     if (memcmp(got, sha, SHA256_LEN) != 0) {
         out->len = start;
-        out->data[start] = '\0';
+        if (out->data != NULL)
+            out->data[start] = '\0';
         return sync_tcp_broken(c, why_r, "message body does not match its SHA-256");
+    }
+    return 0;
+}
+
+static int sync_tcp_fetch(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                          struct buf *out, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "FETCH", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(folder))
+        return sync_tcp_invalid(why_r);
+    buf_reset(&c->out);
+    sync_tcp_fetch_line(c, user, folder, uid);
+    if (sync_tcp_send_out(c) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    return sync_tcp_fetch_reply(c, out, why_r);
+}
+
+/* FETCHes outstanding at once in a fetch_batch: the requests of a window
+ * are small (a line each), so sending them never waits on the server,
+ * which answers as it reads and pauses reading only while its output is
+ * above its bound (docs/sync.md). */
+#define SYNC_TCP_FETCH_WINDOW 64
+
+static int sync_tcp_fetch_batch(struct sync *s, const char *user, const char *const *folders,
+                                const uint32_t *uids, size_t n, struct buf *outs, int *rc_out,
+                                const char **why_out)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    if (n > SYNC_BATCH_MAX) {
+        log_warn("sync", "%s: fetch_batch of %zu messages: over the limit", c->endpoint, n);
+        return -1;
+    }
+    const char *why = NULL;
+    for (size_t i = 0; i < n; i++) {
+        rc_out[i] = 0;
+        why_out[i] = NULL;
+    }
+    if (n == 0)
+        return 0;
+    int r = sync_tcp_cmd_user(c, "FETCH", user, &why);
+    if (r != 0) {
+        for (size_t i = 0; i < n; i++) {
+            rc_out[i] = r;
+            why_out[i] = why;
+        }
+        return r < 0 ? -1 : 0;
+    }
+    /* Items refused here (as sync_tcp_fetch would) do not travel: sent[]
+     * are the indexes that do, answered in order. */
+    size_t sent[SYNC_BATCH_MAX], k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!sync_tcp_folder_ok(folders[i]))
+            rc_out[i] = sync_tcp_invalid(&why_out[i]);
+        else
+            sent[k++] = i;
+    }
+    size_t next = 0; /* the next request to send */
+    for (size_t j = 0; j < k; j++) {
+        buf_reset(&c->out);
+        while (next < k && next < j + SYNC_TCP_FETCH_WINDOW) {
+            sync_tcp_fetch_line(c, user, folders[sent[next]], uids[sent[next]]);
+            next++;
+        }
+        if (c->out.len > 0 && sync_tcp_send_out(c) < 0)
+            return sync_tcp_broken(c, NULL, NULL);
+        size_t i = sent[j];
+        r = sync_tcp_fetch_reply(c, &outs[i], &why_out[i]);
+        if (r < 0)
+            return -1;
+        rc_out[i] = r;
     }
     return 0;
 }
@@ -523,13 +609,17 @@ static int sync_tcp_append(struct sync *s, const char *user, const struct sync_m
 #define SYNC_TCP_INLINE_BODY (64 * 1024)
 #define SYNC_TCP_SEND_AT     (256 * 1024)
 
-/* APPENDS: the whole batch is sent in one go (the server answers only after
- * it has all of it), then its n item lines and "+OK <n>" are read. */
-static int sync_tcp_append_batch(struct sync *s, const char *user,
-                                 const struct sync_msg *const *msgs, const void *const *data,
-                                 const size_t *lens, size_t n, int *rc_out, const char **why_out)
+/* APPENDS, first half: the whole batch is sent in one go (the server
+ * answers only after it has all of it); the answers are read by
+ * sync_tcp_append_batch_end. */
+static int sync_tcp_append_batch_start(struct sync *s, const char *user,
+                                       const struct sync_msg *const *msgs, const void *const *data,
+                                       const size_t *lens, size_t n, int *rc_out,
+                                       const char **why_out)
 {
     struct sync_tcp *c = (struct sync_tcp *)s;
+    if (c->batch_pending)
+        panic("sync: %s: a second APPENDS before the answers of the first", c->endpoint);
     if (!sync_batch_fits(lens, n)) {
         log_warn("sync", "%s: append_batch over its limits (%zu messages): not sent", c->endpoint,
                  n);
@@ -543,7 +633,7 @@ static int sync_tcp_append_batch(struct sync *s, const char *user,
         return -1;
     /* Items the server would refuse as invalid are answered here (as
      * sync_tcp_append does); the others travel. */
-    size_t sent[SYNC_BATCH_MAX], k = 0;
+    size_t *sent = c->batch_sent, k = 0;
     for (size_t i = 0; i < n; i++) {
         rc_out[i] = 0;
         why_out[i] = NULL;
@@ -580,27 +670,53 @@ static int sync_tcp_append_batch(struct sync *s, const char *user,
     }
     if (sync_tcp_send_out(c) < 0)
         return sync_tcp_broken(c, NULL, NULL);
+    c->batch_pending = true;
+    c->batch_k = k;
+    c->batch_rc = rc_out;
+    c->batch_why = why_out;
+    return 0;
+}
+
+/* APPENDS, second half: its n item lines and "+OK <n>". */
+static int sync_tcp_append_batch_end(struct sync *s)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    if (!c->batch_pending)
+        return c->broken ? -1 : 0;
+    c->batch_pending = false;
+    size_t k = c->batch_k;
+    const size_t *sent = c->batch_sent;
+    int r;
     for (size_t j = 0; j < k; j++) {
         size_t len;
         char *rest;
         if (sync_tcp_read_line(c, &len) < 0)
             return sync_tcp_broken(c, NULL, NULL);
-        r = sync_tcp_final(c, &why_out[sent[j]], &rest);
+        r = sync_tcp_final(c, &c->batch_why[sent[j]], &rest);
         if (r < 0)
             return -1;
         if (r == 0 && rest[0] != '\0')
             return sync_tcp_broken(c, NULL, "unexpected APPENDS item reply \"%.60s\"", c->line);
-        rc_out[sent[j]] = r;
+        c->batch_rc[sent[j]] = r;
     }
     size_t len;
     char *rest;
     uint64_t got;
+    const char *why = NULL;
     if (sync_tcp_read_line(c, &len) < 0)
         return sync_tcp_broken(c, NULL, NULL);
     r = sync_tcp_final(c, &why, &rest);
     if (r == SYNC_NO || (r == 0 && (parse_u64(rest, SYNC_BATCH_MAX, &got) < 0 || got != k)))
         return sync_tcp_broken(c, NULL, "unexpected APPENDS reply \"%.60s\"", c->line);
     return r;
+}
+
+static int sync_tcp_append_batch(struct sync *s, const char *user,
+                                 const struct sync_msg *const *msgs, const void *const *data,
+                                 const size_t *lens, size_t n, int *rc_out, const char **why_out)
+{
+    int r = sync_tcp_append_batch_start(s, user, msgs, data, lens, n, rc_out, why_out);
+    return r < 0 ? r : sync_tcp_append_batch_end(s);
 }
 
 static int sync_tcp_folder_ensure(struct sync *s, const char *user, const char *name,
@@ -660,7 +776,8 @@ static int sync_tcp_expunge(struct sync *s, const char *user, const char *folder
 }
 
 /* Reads "X ..." records until the final reply, handing each line's tokens
- * to rec (which returns -1 on a malformed record). */
+ * to rec (which returns -1 on a malformed record, -2 to stop: the rest of
+ * the listing unread, the connection is broken either way). */
 static int sync_tcp_records(struct sync_tcp *c, char tag, int ntok,
                             int (*rec)(void *ctx, struct sync_tcp_tok *t), void *ctx,
                             const char **why_r)
@@ -674,7 +791,10 @@ static int sync_tcp_records(struct sync_tcp *c, char tag, int ntok,
         if (c->line[0] != tag || c->line[1] != ' ')
             return sync_tcp_final(c, why_r, NULL);
         struct sync_tcp_tok t[SYNC_TCP_TOKS];
-        if (sync_tcp_split(c->line, t, SYNC_TCP_TOKS) != ntok || rec(ctx, t) < 0)
+        int rr = sync_tcp_split(c->line, t, SYNC_TCP_TOKS) != ntok ? -1 : rec(ctx, t);
+        if (rr == -2)
+            return sync_tcp_broken(c, why_r, "listing aborted by the caller");
+        if (rr < 0)
             return sync_tcp_broken(c, why_r, "malformed %c record", tag);
     }
 }
@@ -956,6 +1076,103 @@ static int sync_tcp_folder_rename(struct sync *s, const char *user, const char *
     return sync_tcp_call(c, why_r, NULL);
 }
 
+/* The I records of a DELIVERIES listing, one callback each. */
+struct sync_tcp_each {
+    int (*cb)(void *ctx, const struct sync_delivery *d);
+    void *ctx;
+};
+
+static int sync_tcp_each_rec(void *ctx, struct sync_tcp_tok *t)
+{
+    struct sync_tcp_each *e = ctx;
+    struct sync_delivery d;
+    memset(&d, 0, sizeof(d));
+    if (!sync_tcp_atom_ok(t[1].p, STORE_DELIVERY_ID_MAX) || sync_tcp_u32(&t[2], &d.uid) < 0 ||
+        sync_tcp_str(&t[3], d.folder, sizeof(d.folder)) < 0)
+        return -1;
+    memcpy(d.id, t[1].p, t[1].len + 1);
+    return e->cb(e->ctx, &d) != 0 ? -2 : 0;
+}
+
+static int sync_tcp_deliveries_each(struct sync *s, const char *user, uint64_t since, uint64_t upto,
+                                    int (*cb)(void *ctx, const struct sync_delivery *d), void *ctx,
+                                    const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "DELIVERIES", user, why_r);
+    if (r != 0)
+        return r;
+    /* The range only when it is one: the plain form lists every id. */
+    if (since != 0 || upto != UINT64_MAX)
+        buf_printf(&c->out, " %llu %llu", (unsigned long long)since, (unsigned long long)upto);
+    buf_puts(&c->out, "\r\n");
+    struct sync_tcp_each e = {.cb = cb, .ctx = ctx};
+    return sync_tcp_records(c, 'I', 4, sync_tcp_each_rec, &e, why_r);
+}
+
+/* DELIVERED: n record lines sent at once, then n answers and "+OK <n>". */
+static int sync_tcp_delivery_add_batch(struct sync *s, const char *user,
+                                       const struct sync_delivery *ds, size_t n, int *rc_out,
+                                       const char **why_out)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    if (n > SYNC_BATCH_MAX) {
+        log_warn("sync", "%s: delivery_add_batch of %zu ids: over the limit", c->endpoint, n);
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    const char *why = NULL;
+    int r = sync_tcp_cmd_user(c, "DELIVERED", user, &why);
+    if (r < 0)
+        return -1;
+    /* Items the server would refuse as invalid are answered here (as
+     * sync_tcp_delivery_add does); the others travel. */
+    size_t sent[SYNC_BATCH_MAX], k = 0;
+    for (size_t i = 0; i < n; i++) {
+        rc_out[i] = 0;
+        why_out[i] = NULL;
+        if (r == SYNC_NO || !sync_tcp_atom_ok(ds[i].id, STORE_DELIVERY_ID_MAX) ||
+            !sync_tcp_folder_ok(ds[i].folder))
+            rc_out[i] = sync_tcp_invalid(&why_out[i]);
+        else
+            sent[k++] = i;
+    }
+    if (k == 0) {
+        buf_reset(&c->out);
+        return 0;
+    }
+    buf_printf(&c->out, " %zu\r\n", k);
+    for (size_t j = 0; j < k; j++) {
+        const struct sync_delivery *d = &ds[sent[j]];
+        buf_printf(&c->out, "%s %u ", d->id, d->uid);
+        sync_tcp_put_hex(&c->out, d->folder, "\r\n");
+    }
+    if (sync_tcp_send_out(c) < 0)
+        return sync_tcp_broken(c, NULL, NULL);
+    for (size_t j = 0; j < k; j++) {
+        size_t len;
+        char *rest;
+        if (sync_tcp_read_line(c, &len) < 0)
+            return sync_tcp_broken(c, NULL, NULL);
+        r = sync_tcp_final(c, &why_out[sent[j]], &rest);
+        if (r < 0)
+            return -1;
+        if (r == 0 && rest[0] != '\0')
+            return sync_tcp_broken(c, NULL, "unexpected DELIVERED item reply \"%.60s\"", c->line);
+        rc_out[sent[j]] = r;
+    }
+    size_t len;
+    char *rest;
+    uint64_t got;
+    if (sync_tcp_read_line(c, &len) < 0)
+        return sync_tcp_broken(c, NULL, NULL);
+    r = sync_tcp_final(c, &why, &rest);
+    if (r == SYNC_NO || (r == 0 && (parse_u64(rest, SYNC_BATCH_MAX, &got) < 0 || got != k)))
+        return sync_tcp_broken(c, NULL, "unexpected DELIVERED reply \"%.60s\"", c->line);
+    return r;
+}
+
 static const struct sync_ops sync_tcp_ops = {
     .close = sync_tcp_close,
     .mailbox_get = sync_tcp_mailbox_get,
@@ -964,8 +1181,11 @@ static const struct sync_ops sync_tcp_ops = {
     .mailbox_purge = sync_tcp_mailbox_purge,
     .changes = sync_tcp_changes,
     .fetch = sync_tcp_fetch,
+    .fetch_batch = sync_tcp_fetch_batch,
     .append = sync_tcp_append,
     .append_batch = sync_tcp_append_batch,
+    .append_batch_start = sync_tcp_append_batch_start,
+    .append_batch_end = sync_tcp_append_batch_end,
     .folder_ensure = sync_tcp_folder_ensure,
     .folder_delete = sync_tcp_folder_delete,
     .flags = sync_tcp_flags,
@@ -980,6 +1200,8 @@ static const struct sync_ops sync_tcp_ops = {
     .flags_ex = sync_tcp_flags_ex,
     .folder_create = sync_tcp_folder_create,
     .folder_rename = sync_tcp_folder_rename,
+    .deliveries_each = sync_tcp_deliveries_each,
+    .delivery_add_batch = sync_tcp_delivery_add_batch,
 };
 
 /* ---- connection ---- */

@@ -14,13 +14,17 @@
 #include "syncd/syncd.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define SYNCD_TOKENS_MAX 12
-#define SYNCD_FLUSH_AT   (64 * 1024)   /* stream replies out in pieces of this */
-#define SYNCD_BODY_KEEP  (1024 * 1024) /* body buffer kept between APPENDs */
+#define SYNCD_FLUSH_AT   (64 * 1024) /* stream replies out in pieces of this */
+/* A listing makes one step per loop iteration: SYNCD_STEP_RECORDS CHANGES
+ * records, or one DIGEST folder (backpressure: syncd.h). */
+#define SYNCD_STEP_RECORDS 256
+#define SYNCD_BODY_KEEP    (1024 * 1024) /* body buffer kept between APPENDs */
 
 struct syncd {
     struct net_listener *l;
@@ -28,6 +32,7 @@ struct syncd {
     char name[MAIL_NAME_MAX + 1];
     unsigned n_sessions;
     uint64_t next_id;
+    atomic_size_t backlog_max;
 };
 
 /* An APPENDS batch being read: its records' fields, and where each body
@@ -42,6 +47,17 @@ struct syncd_batch {
     struct sync_msg *msgs;
     int *parse_r; /* per record: 0 or SYNC_NO ("invalid") */
     size_t *off, *len;
+};
+
+/* A DELIVERED batch being read: its records, parsed. */
+struct syncd_dbatch {
+    char user[MAIL_ADDR_MAX + 1];
+    int user_r; /* how the user parsed: 0, SYNC_NO or -1 */
+    const char *user_err;
+    const char *bad; /* a malformed record's -ERR text: the batch is refused */
+    size_t n, got;
+    struct sync_delivery *ds;
+    int *parse_r; /* per record: 0 or SYNC_NO ("invalid") */
 };
 
 enum syncd_mode {
@@ -68,6 +84,15 @@ struct syncd_session {
     uint64_t body_left;
     unsigned crlf_seen;
     struct buf out;
+    /* A listing being streamed (SYNCD_CHANGES or SYNCD_DIGEST), or
+     * SYNCD_NONE; its user and cursor. Input is paused meanwhile. */
+    enum syncd_verb streaming;
+    char suser[MAIL_ADDR_MAX + 1];
+    struct sync_changes_cursor ccur;
+    struct sync_digest_cursor dcur;
+    struct sync_deliveries_cursor lcur;
+    struct syncd_dbatch *dbatch; /* a DELIVERED being read, or NULL */
+    bool paused;                 /* input paused until the output drains (or the listing ends) */
 };
 
 /* ---- parsing ---- */
@@ -224,8 +249,9 @@ static const struct {
     {"FLAGS", SYNCD_FLAGS, 5, 0},
     {"EXPUNGE", SYNCD_EXPUNGE, 3, 0},
     {"DIGEST", SYNCD_DIGEST, 1, 0},
-    {"DELIVERIES", SYNCD_DELIVERIES, 1, 0},
+    {"DELIVERIES", SYNCD_DELIVERIES, 1, 2},
     {"DELIVERY", SYNCD_DELIVERY, 4, 0},
+    {"DELIVERED", SYNCD_DELIVERED, 2, 0},
     {"QUIT", SYNCD_QUIT, 0, 0},
     {"MODSEQ", SYNCD_MODSEQ, 2, 0},
     {"FOLDERS", SYNCD_FOLDERS, 1, 0},
@@ -312,6 +338,31 @@ int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, cons
     return p.r;
 }
 
+int syncd_parse_delivered(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r)
+{
+    memset(cmd, 0, sizeof(*cmd));
+    cmd->verb = SYNCD_DELIVERY;
+    struct syncd_tok t[SYNCD_TOKENS_MAX];
+    size_t n;
+    if (len == 0) {
+        *error_r = "empty DELIVERED record";
+        return -1;
+    }
+    if (syncd_tokenize(line, len, t, &n, error_r) < 0)
+        return -1;
+    if (n != 3) {
+        *error_r = "wrong number of fields in a DELIVERED record";
+        return -1;
+    }
+    struct syncd_parse p = {0, NULL};
+    syncd_note(&p, syncd_tok_atom(&t[0], cmd->id, sizeof(cmd->id), false), "bad id");
+    syncd_note(&p, syncd_tok_u32(&t[1], &cmd->uid), syncd_bad_num);
+    syncd_note(&p, syncd_tok_str(&t[2], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+    if (p.r != 0)
+        *error_r = p.err;
+    return p.r;
+}
+
 int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r)
 {
     memset(cmd, 0, sizeof(*cmd));
@@ -353,7 +404,23 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
     case SYNCD_MBOX:
     case SYNCD_PURGE:
     case SYNCD_DIGEST:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        break;
     case SYNCD_DELIVERIES:
+        /* Optional: since (default 0), then upto (default all). */
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        cmd->upto = UINT64_MAX;
+        if (n - 1 > 1)
+            syncd_note(&p, syncd_tok_u64(&a[1], UINT64_MAX, &cmd->num), syncd_bad_num);
+        if (n - 1 > 2)
+            syncd_note(&p, syncd_tok_u64(&a[2], UINT64_MAX, &cmd->upto), syncd_bad_num);
+        break;
+    case SYNCD_DELIVERED:
+        /* The count frames the records, as for APPENDS. */
+        if (syncd_tok_u64(&a[1], SYNC_BATCH_MAX, &cmd->num) == 0)
+            cmd->has_count = true;
+        else
+            syncd_note(&p, -1, "bad DELIVERED count");
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         break;
     case SYNCD_CREATE:
@@ -606,45 +673,82 @@ static void syncd_cmd_fetch(struct syncd_session *s, struct sync *sy, const stru
     buf_free(&b);
 }
 
-static void syncd_cmd_digest(struct syncd_session *s, struct sync *sy, const struct syncd_cmd *c)
+/* Starts streaming a listing: the records follow in steps, from the loop
+ * (syncd_stream_step), as the connection's output drains. */
+static void syncd_stream_start(struct syncd_session *s, const struct syncd_cmd *c)
 {
+    struct sync *sy = s->d->sync;
     const char *why = NULL;
-    struct sync_digest *list;
-    size_t n;
-    int r = sy->ops->digest(sy, c->user, &list, &n, &why);
+    int r;
+    if (c->verb == SYNCD_CHANGES)
+        r = sync_local_changes_begin(sy, c->user, c->num, &s->ccur, &why);
+    else if (c->verb == SYNCD_DELIVERIES)
+        r = sync_local_deliveries_begin(sy, c->user, c->num, c->upto, &s->lcur, &why);
+    else
+        r = sync_local_digest_begin(sy, c->user, &s->dcur, &why);
     if (r != 0) {
+        if (c->verb == SYNCD_DIGEST)
+            sync_local_digest_end(&s->dcur);
         syncd_fail(s, r, why);
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        char hex[2 * SHA256_LEN + 1];
-        hex_encode(list[i].digest, SHA256_LEN, hex);
-        buf_printf(&s->out, "D %u %u %llu %s ", list[i].uidvalidity, list[i].uidnext,
-                   (unsigned long long)list[i].messages, hex);
-        syncd_put_hex(&s->out, list[i].name, "\r\n");
-    }
-    free(list);
-    syncd_say(s, "+OK");
+    s->streaming = c->verb;
+    str_copy(s->suser, c->user, sizeof(s->suser));
 }
 
-static void syncd_cmd_deliveries(struct syncd_session *s, struct sync *sy,
-                                 const struct syncd_cmd *c)
+/* Ends the listing with its final line (or a failure's). */
+static void syncd_stream_end(struct syncd_session *s, int r, const char *why)
 {
-    const char *why = NULL;
-    struct sync_delivery *list;
-    size_t n;
-    int r = sy->ops->deliveries(sy, c->user, &list, &n, &why);
-    if (r != 0) {
+    if (s->streaming == SYNCD_DIGEST)
+        sync_local_digest_end(&s->dcur);
+    if (r == 0 && s->streaming == SYNCD_CHANGES)
+        syncd_say(s, "+OK %llu", (unsigned long long)s->ccur.upto);
+    else if (r == 0)
+        syncd_say(s, "+OK");
+    else
         syncd_fail(s, r, why);
-        return;
-    }
+    s->streaming = SYNCD_NONE;
+}
+
+static int syncd_delivery_line(void *ctx, const struct sync_delivery *d)
+{
+    struct syncd_session *s = ctx;
     /* Ids are single tokens: sync_local lists no others. */
-    for (size_t i = 0; i < n; i++) {
-        buf_printf(&s->out, "I %s %u ", list[i].id, list[i].uid);
-        syncd_put_hex(&s->out, list[i].folder, "\r\n");
+    buf_printf(&s->out, "I %s %u ", d->id, d->uid);
+    syncd_put_hex(&s->out, d->folder, "\r\n");
+    return 0;
+}
+
+/* One step of the listing being streamed. */
+static void syncd_stream_step(struct syncd_session *s)
+{
+    struct sync *sy = s->d->sync;
+    const char *why = NULL;
+    bool done;
+    int r;
+    if (s->streaming == SYNCD_CHANGES) {
+        struct sync_changes_cb cb = {
+            .folder = syncd_change_folder, .msg = syncd_change_msg, .ctx = s};
+        r = sync_local_changes_step(sy, s->suser, &s->ccur, SYNCD_STEP_RECORDS, &cb, &why);
+        done = s->ccur.done;
+    } else if (s->streaming == SYNCD_DELIVERIES) {
+        r = sync_local_deliveries_step(sy, s->suser, &s->lcur, SYNCD_STEP_RECORDS,
+                                       syncd_delivery_line, s, &why);
+        done = s->lcur.done;
+    } else {
+        struct sync_digest d;
+        r = sync_local_digest_step(sy, s->suser, &s->dcur, &d, &why);
+        done = s->dcur.done;
+        if (r == 0 && !done) {
+            char hex[2 * SHA256_LEN + 1];
+            hex_encode(d.digest, SHA256_LEN, hex);
+            buf_printf(&s->out, "D %u %u %llu %s ", d.uidvalidity, d.uidnext,
+                       (unsigned long long)d.messages, hex);
+            syncd_put_hex(&s->out, d.name, "\r\n");
+        }
     }
-    free(list);
-    syncd_say(s, "+OK");
+    if (r != 0 || done)
+        syncd_stream_end(s, r, why);
 }
 
 static void syncd_cmd_append(struct syncd_session *s)
@@ -768,9 +872,10 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
         syncd_execute_client(s, sy, c);
         break;
     case SYNCD_NONE:
-    case SYNCD_ADD:     /* after its body: syncd_body_done() */
-    case SYNCD_APPEND:  /* after its body: syncd_body_done() */
-    case SYNCD_APPENDS: /* after all records: syncd_batch_run() */
+    case SYNCD_ADD:       /* after its body: syncd_body_done() */
+    case SYNCD_APPEND:    /* after its body: syncd_body_done() */
+    case SYNCD_APPENDS:   /* after all records: syncd_batch_run() */
+    case SYNCD_DELIVERED: /* after all records: syncd_dbatch_run() */
         break;
     case SYNCD_HELLO:
         s->hello = true;
@@ -805,17 +910,11 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
         r = sy->ops->mailbox_purge(sy, c->user, &why);
         syncd_result(s, r, why);
         break;
-    case SYNCD_CHANGES: {
-        struct sync_changes_cb cb = {
-            .folder = syncd_change_folder, .msg = syncd_change_msg, .ctx = s};
-        uint64_t modseq = 0;
-        r = sy->ops->changes(sy, c->user, c->num, &cb, &modseq, &why);
-        if (r != 0)
-            syncd_fail(s, r, why);
-        else
-            syncd_say(s, "+OK %llu", (unsigned long long)modseq);
+    case SYNCD_CHANGES:
+    case SYNCD_DIGEST:
+    case SYNCD_DELIVERIES:
+        syncd_stream_start(s, c);
         break;
-    }
     case SYNCD_FETCH:
         syncd_cmd_fetch(s, sy, c);
         break;
@@ -834,12 +933,6 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     case SYNCD_EXPUNGE:
         r = sy->ops->expunge(sy, c->user, c->folder, c->uid, &why);
         syncd_result(s, r, why);
-        break;
-    case SYNCD_DIGEST:
-        syncd_cmd_digest(s, sy, c);
-        break;
-    case SYNCD_DELIVERIES:
-        syncd_cmd_deliveries(s, sy, c);
         break;
     case SYNCD_DELIVERY: {
         struct sync_delivery d;
@@ -1015,16 +1108,120 @@ static void syncd_batch_record(struct syncd_session *s, const char *line, size_t
     s->mode = s->body_left > 0 ? SYNCD_M_BODY : SYNCD_M_BODY_END;
 }
 
+/* ---- DELIVERED ---- */
+
+static void syncd_dbatch_free(struct syncd_dbatch **bp)
+{
+    struct syncd_dbatch *b = *bp;
+    if (b == NULL)
+        return;
+    free(b->ds);
+    free(b->parse_r);
+    xfree(bp);
+}
+
+/* Every record is in: one delivery_add_batch (one store commit), then a
+ * line per record and "+OK <n>"; or one -ERR for the whole batch. */
+static void syncd_dbatch_run(struct syncd_session *s)
+{
+    struct syncd_dbatch *b = s->dbatch;
+    s->dbatch = NULL;
+    if (!s->hello) {
+        syncd_err(s, "say HELLO " SYNC_PROTO " first");
+    } else if (b->user_r < 0) {
+        syncd_err(s, b->user_err);
+    } else if (b->bad != NULL) {
+        syncd_err(s, b->bad);
+    } else {
+        size_t cap = b->n ? b->n : 1;
+        struct sync_delivery *ds = xcalloc(cap, sizeof(*ds));
+        size_t *idx = xcalloc(cap, sizeof(*idx));
+        int *rc = xcalloc(cap, sizeof(*rc));
+        const char **why = xcalloc(cap, sizeof(*why));
+        size_t k = 0;
+        for (size_t i = 0; i < b->n; i++) {
+            if (b->user_r != 0 || b->parse_r[i] != 0)
+                continue;
+            ds[k] = b->ds[i];
+            idx[k++] = i;
+        }
+        struct sync *sy = s->d->sync;
+        int r = k == 0 ? 0 : sy->ops->delivery_add_batch(sy, b->user, ds, k, rc, why);
+        if (r < 0) {
+            syncd_fail(s, -1, why[0]);
+        } else {
+            for (size_t i = 0, j = 0; i < b->n; i++) {
+                if (j < k && idx[j] == i) {
+                    syncd_result(s, rc[j], why[j]);
+                    j++;
+                } else {
+                    syncd_say(s, "-NO invalid");
+                }
+            }
+            syncd_say(s, "+OK %zu", b->n);
+        }
+        free(ds);
+        free(idx);
+        free(rc);
+        free(why);
+    }
+    syncd_dbatch_free(&b);
+}
+
+/* "DELIVERED <user> <n>" parsed (r, err): the n record lines follow. */
+static void syncd_dbatch_start(struct syncd_session *s, int r, const char *err)
+{
+    if (!s->cmd.has_count) {
+        syncd_err_close(s, err);
+        return;
+    }
+    struct syncd_dbatch *b = xcalloc(1, sizeof(*b));
+    str_copy(b->user, s->cmd.user, sizeof(b->user));
+    b->user_r = r;
+    b->user_err = err;
+    b->n = (size_t)s->cmd.num;
+    b->ds = xcalloc(b->n ? b->n : 1, sizeof(*b->ds));
+    b->parse_r = xcalloc(b->n ? b->n : 1, sizeof(*b->parse_r));
+    s->dbatch = b;
+    if (b->n == 0)
+        syncd_dbatch_run(s);
+}
+
+static void syncd_dbatch_record(struct syncd_session *s, const char *line, size_t len)
+{
+    struct syncd_dbatch *b = s->dbatch;
+    const char *err = NULL;
+    struct syncd_cmd c;
+    int r = syncd_parse_delivered(line, len, &c, &err);
+    if (r < 0 && b->bad == NULL)
+        b->bad = err;
+    size_t i = b->got++;
+    str_copy(b->ds[i].id, c.id, sizeof(b->ds[i].id));
+    str_copy(b->ds[i].folder, c.folder, sizeof(b->ds[i].folder));
+    b->ds[i].uid = c.uid;
+    b->parse_r[i] = r;
+    if (b->got == b->n)
+        syncd_dbatch_run(s);
+}
+
 static void syncd_line(struct syncd_session *s, const char *line, size_t len)
 {
     if (s->batch != NULL) {
         syncd_batch_record(s, line, len);
         return;
     }
+    if (s->dbatch != NULL) {
+        syncd_dbatch_record(s, line, len);
+        return;
+    }
     const char *err = NULL;
     int r = syncd_parse_line(line, len, &s->cmd, &err);
     if (s->cmd.verb == SYNCD_APPENDS) {
         syncd_batch_start(s, r, err);
+        return;
+    }
+    if (s->cmd.verb == SYNCD_DELIVERED) {
+        syncd_dbatch_start(s, r, err);
         return;
     }
     if (s->cmd.verb == SYNCD_APPEND || s->cmd.verb == SYNCD_ADD) {
@@ -1067,9 +1264,56 @@ static void *syncd_on_accept(struct net_conn *c, void *ctx)
     buf_init(&s->body, SYNCD_BODY_MAX);
     s->batch = NULL;
     buf_init(&s->out, 0);
+    s->streaming = SYNCD_NONE;
+    s->paused = false;
     d->n_sessions++;
     log_debug(s->id, "connection from %s", net_conn_peer(c));
     return s;
+}
+
+/* Octets of reply not yet sent: queued in net and still in s->out. */
+static size_t syncd_backlog(const struct syncd_session *s)
+{
+    return net_conn_output_len(s->conn) + s->out.len;
+}
+
+static void syncd_on_drained(struct net_conn *c, void *ctx);
+
+/* After input was handled or a listing made a step: flushes, and while a
+ * listing is streaming or the output is above SYNCD_OUT_HIGH, keeps input
+ * paused and asks to be called back once the output has drained (at once,
+ * from the loop, if it is low already: the listing's next step). */
+static void syncd_pace(struct syncd_session *s)
+{
+    syncd_flush(s);
+    if (s->closing)
+        return;
+    size_t backlog = net_conn_output_len(s->conn);
+    if (backlog > atomic_load(&s->d->backlog_max))
+        atomic_store(&s->d->backlog_max, backlog);
+    if (s->streaming != SYNCD_NONE || syncd_backlog(s) > SYNCD_OUT_HIGH) {
+        if (!s->paused) {
+            s->paused = true;
+            net_conn_pause(s->conn);
+        }
+        net_conn_when_drained(s->conn, SYNCD_OUT_LOW, syncd_on_drained);
+        return;
+    }
+    if (s->paused) {
+        s->paused = false;
+        /* Offers the input that waited (pipelined commands): on_data runs
+         * from here, and paces itself again. */
+        net_conn_resume(s->conn);
+    }
+}
+
+static void syncd_on_drained(struct net_conn *c, void *ctx)
+{
+    (void)c;
+    struct syncd_session *s = ctx;
+    if (s->streaming != SYNCD_NONE)
+        syncd_stream_step(s);
+    syncd_pace(s);
 }
 
 static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t n)
@@ -1077,7 +1321,10 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
     (void)c;
     struct syncd_session *s = ctx;
     size_t used = 0;
-    while (used < n && !s->closing) {
+    /* Commands are taken one at a time while nothing holds them back: a
+     * listing being streamed, or too much output waiting to be read. */
+    while (used < n && !s->closing && s->streaming == SYNCD_NONE &&
+           (s->mode != SYNCD_M_LINE || syncd_backlog(s) <= SYNCD_OUT_HIGH)) {
         const char *at = p + used;
         size_t avail = n - used;
         switch (s->mode) {
@@ -1086,8 +1333,9 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
             if (nl == NULL) {
                 /* LINE_MAX octets and a CR may still end well; more may not. */
                 if (avail > SYNCD_LINE_MAX + 1) {
-                    if (s->batch != NULL) { /* a record's framing is lost */
-                        syncd_err_close(s, "APPENDS record line too long");
+                    if (s->batch != NULL || s->dbatch != NULL) { /* a record's framing is lost */
+                        syncd_err_close(s, s->batch != NULL ? "APPENDS record line too long"
+                                                            : "DELIVERED record line too long");
                         break;
                     }
                     s->mode = SYNCD_M_SKIP;
@@ -1101,8 +1349,9 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
             used += len + 1;
             if (len > 0 && at[len - 1] == '\r')
                 len--;
-            if (len > SYNCD_LINE_MAX && s->batch != NULL)
-                syncd_err_close(s, "APPENDS record line too long");
+            if (len > SYNCD_LINE_MAX && (s->batch != NULL || s->dbatch != NULL))
+                syncd_err_close(s, s->batch != NULL ? "APPENDS record line too long"
+                                                    : "DELIVERED record line too long");
             else if (len > SYNCD_LINE_MAX)
                 syncd_err(s, "line too long");
             else
@@ -1144,7 +1393,7 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
             break;
         }
     }
-    syncd_flush(s);
+    syncd_pace(s);
     return s->closing ? n : used;
 }
 
@@ -1162,7 +1411,10 @@ static void syncd_on_close(struct net_conn *c, void *ctx)
     struct syncd_session *s = ctx;
     log_debug(s->id, "connection closed");
     s->d->n_sessions--;
+    if (s->streaming == SYNCD_DIGEST)
+        sync_local_digest_end(&s->dcur);
     syncd_batch_free(&s->batch);
+    syncd_dbatch_free(&s->dbatch);
     buf_free(&s->body);
     buf_free(&s->out);
     free(s);
@@ -1177,6 +1429,7 @@ struct syncd *syncd_listen(struct net_loop *loop, const char *endpoint, struct s
                                               .on_timeout = syncd_on_timeout,
                                               .on_close = syncd_on_close};
     struct syncd *d = xmalloc(sizeof(*d));
+    atomic_init(&d->backlog_max, 0);
     str_copy(d->name, store_name, sizeof(d->name));
     d->sync = sync_local_new(st);
     d->l = net_listen(loop, endpoint, &h, d, limits, error_r);
@@ -1201,4 +1454,9 @@ void syncd_free(struct syncd **dp)
 unsigned syncd_sessions(const struct syncd *d)
 {
     return d->n_sessions;
+}
+
+size_t syncd_backlog_max(const struct syncd *d)
+{
+    return atomic_load(&d->backlog_max);
 }

@@ -20,6 +20,11 @@
  *    net_conn_limits given (net.h).
  *  - An APPEND is acknowledged only after its store commit returned, i.e.
  *    (fs store) it is durable.
+ *  - A DELIVERED batch (at most SYNC_BATCH_MAX records, each a line) is
+ *    executed once its last record is in, through delivery_add_batch: one
+ *    store commit; a count over the limit or a record line over
+ *    SYNCD_LINE_MAX loses the framing ("-ERR", closed); a malformed record
+ *    gets the whole batch one "-ERR" (nothing recorded, still usable).
  *  - An APPENDS batch is read whole (bounded by SYNC_BATCH_MAX records and
  *    SYNC_BATCH_BYTES of bodies), then executed through the transport's
  *    append_batch: one store commit for all its messages, then one line per
@@ -29,6 +34,18 @@
  *    and the connection is closed, nothing of the batch stored. A record
  *    with another malformed field: the whole batch is answered with one
  *    "-ERR" (nothing stored) and the connection stays usable.
+ *
+ *  - Replies stream with backpressure: CHANGES, DIGEST and DELIVERIES are produced a
+ *    step at a time (sync.h: listings in steps), one step per loop
+ *    iteration and only while the connection's queued output is at most
+ *    SYNCD_OUT_LOW; no further command of the connection is read until the
+ *    listing ended. Any other reply that leaves more than SYNCD_OUT_HIGH
+ *    octets queued (FETCHes of big messages) stops the reading of commands
+ *    until the output is down to SYNCD_OUT_LOW. A session's memory is thus
+ *    bounded by these, one step's records (or one message), and an APPENDS
+ *    batch — not by the mailbox. Answers stay in the order of the commands.
+ *    A client that reads nothing for the idle time while output waits is
+ *    disconnected (net.h).
  *
  * Runs on the loop's thread and uses st from there only (store.h: one
  * thread at a time per store).
@@ -48,6 +65,8 @@
 #define SYNCD_LINE_MAX   8192         /* octets of a command line, without CRLF */
 #define SYNCD_BODY_MAX   (1ull << 31) /* octets of an APPEND body */
 #define SYNCD_MAX_ERRORS 20           /* -ERR answers before the server hangs up */
+#define SYNCD_OUT_HIGH   (256 * 1024) /* queued reply octets above which commands wait */
+#define SYNCD_OUT_LOW    (64 * 1024)  /* ... until the output is down to this */
 /* An APPENDS batch: at most SYNC_BATCH_MAX records and SYNC_BATCH_BYTES of
  * bodies (sync.h), all held in memory until the batch is executed. */
 
@@ -62,6 +81,11 @@ struct syncd *syncd_listen(struct net_loop *loop, const char *endpoint, struct s
 void syncd_free(struct syncd **d);
 /* Open connections, for stats and an orderly shutdown. */
 unsigned syncd_sessions(const struct syncd *d);
+/* The most reply octets any session of d had queued at once (in net and
+ * not yet sent), for tests and stats: with backpressure it stays near
+ * SYNCD_OUT_HIGH plus one step or one message, however big the mailbox.
+ * Readable from any thread. */
+size_t syncd_backlog_max(const struct syncd *d);
 
 /* ---- command parsing (exposed for tests and fuzzing) ---- */
 
@@ -83,6 +107,7 @@ enum syncd_verb {
     SYNCD_DIGEST,
     SYNCD_DELIVERIES,
     SYNCD_DELIVERY,
+    SYNCD_DELIVERED, /* a batch: count records follow, each as syncd_parse_delivered() */
     SYNCD_QUIT,
     SYNCD_MODSEQ, /* raise the mailbox modseq (the mover) */
     /* for IMAP sessions (the imap role) */
@@ -107,7 +132,8 @@ struct syncd_cmd {
     char moved_to[MAIL_NAME_MAX + 1];
     char id[STORE_DELIVERY_ID_MAX + 1];
     enum store_mbox_state expect, state;
-    uint64_t num; /* CREATE/STATE epoch, CHANGES since, APPENDS count */
+    uint64_t num;  /* CREATE/STATE epoch, CHANGES/DELIVERIES since, APPENDS/DELIVERED count */
+    uint64_t upto; /* DELIVERIES: UINT64_MAX if absent */
     uint32_t uid, uidvalidity, uidnext, flags; /* CREATE: INBOX's uidvalidity, 0 if absent */
     int64_t date;
     uint8_t guid[STORE_GUID_LEN];
@@ -118,8 +144,8 @@ struct syncd_cmd {
      * server can skip the body and stay in step with the client. */
     bool has_body;
     uint64_t body_len;
-    /* APPENDS: the count (num) is valid, so the records can be read (and
-     * skipped) even if the user is not. */
+    /* APPENDS, DELIVERED: the count (num) is valid, so the records can be
+     * read (and skipped) even if the user is not. */
     bool has_count;
 };
 
@@ -133,5 +159,10 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
  * into cmd (verb SYNCD_APPEND, user left empty); returns as
  * syncd_parse_line. has_body is set whenever the length is readable. */
 int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r);
+/* Parses one record of a DELIVERED batch, "<id> <uid> <folder>" (DELIVERY's
+ * arguments without the user), into cmd (verb SYNCD_DELIVERY, user left
+ * empty); returns as syncd_parse_line. */
+int syncd_parse_delivered(const char *line, size_t len, struct syncd_cmd *cmd,
+                          const char **error_r);
 
 #endif

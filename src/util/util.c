@@ -808,6 +808,42 @@ void sha256_buf(const void *p, size_t n, uint8_t out[SHA256_LEN])
         panic("EVP_Digest(sha256) failed");
 }
 
+struct sha256 {
+    EVP_MD_CTX *ctx;
+};
+
+struct sha256 *sha256_new(void)
+{
+    struct sha256 *h = xmalloc(sizeof(*h));
+    h->ctx = EVP_MD_CTX_new();
+    if (h->ctx == NULL || EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) != 1)
+        panic("EVP_DigestInit(sha256) failed");
+    return h;
+}
+
+void sha256_update(struct sha256 *h, const void *p, size_t n)
+{
+    if (n > 0 && EVP_DigestUpdate(h->ctx, p, n) != 1)
+        panic("EVP_DigestUpdate(sha256) failed");
+}
+
+void sha256_final(struct sha256 **hp, uint8_t out[SHA256_LEN])
+{
+    unsigned int len = SHA256_LEN;
+    if (EVP_DigestFinal_ex((*hp)->ctx, out, &len) != 1)
+        panic("EVP_DigestFinal(sha256) failed");
+    sha256_free(hp);
+}
+
+void sha256_free(struct sha256 **hp)
+{
+    struct sha256 *h = *hp;
+    if (h == NULL)
+        return;
+    EVP_MD_CTX_free(h->ctx);
+    xfree(hp);
+}
+
 void rand_bytes(void *p, size_t n)
 {
     uint8_t *b = p;

@@ -230,6 +230,16 @@ const char *sock_why(const struct sock *s);
 
 #define SHA256_LEN 32
 void sha256_buf(const void *p, size_t n, uint8_t out[SHA256_LEN]);
+/* Incremental SHA-256, for data that is hashed in pieces (a folder's digest
+ * over many messages) without holding it all: sha256_new(), any number of
+ * sha256_update(), then sha256_final() writes the hash and frees the
+ * context (*h becomes NULL). sha256_free() drops one unfinished. Never NULL;
+ * an OpenSSL failure is a panic, as for sha256_buf(). */
+struct sha256;
+struct sha256 *sha256_new(void);
+void sha256_update(struct sha256 *h, const void *p, size_t n);
+void sha256_final(struct sha256 **h, uint8_t out[SHA256_LEN]);
+void sha256_free(struct sha256 **h);
 /* Cryptographically random bytes (getrandom). Aborts if the kernel fails. */
 void rand_bytes(void *p, size_t n);
 

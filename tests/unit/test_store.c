@@ -1036,6 +1036,95 @@ static void get_dl(struct store *st, const char *user, struct dl *d)
     assert_int_equal(store_delivery_iter(st, user, dl_cb, d, &err), 0);
 }
 
+static void get_dl_from(struct store *st, const char *user, const char *after, struct dl *d)
+{
+    memset(d, 0, sizeof(*d));
+    const char *err = NULL;
+    assert_int_equal(store_delivery_iter_from(st, user, after, 0, UINT64_MAX, dl_cb, d, &err), 0);
+}
+
+/* Many delivery ids in one transaction, each with its own answer; a
+ * listing resumed after a given id. */
+static void test_delivery_many(void **state)
+{
+    struct tctx *t = *state;
+    struct store *st = t->st;
+    struct dl d;
+    assert_int_equal(store_mailbox_create(st, U1, STORE_MBOX_STAGED, 1), STORE_OK);
+    assert_int_equal(store_folder_create(st, U1, "Work", 0), STORE_OK);
+    struct store_append a = mk(U1, "Work", "copied\r\n");
+    a.uid = 5;
+    struct store_append_result res;
+    assert_int_equal(append1(st, &a, &res), STORE_OK);
+    uint64_t ms = mbox_modseq(st, U1);
+    const struct store_delivery recs[] = {
+        {"q.b", "Work", 5}, {"q.a", "work2", 9}, {"q.b", "INBOX", 1},
+        {"", "Work", 5},    {"q.c", "Work", 0},  {"q.d", NULL, 1},
+    };
+    enum store_status out[6];
+    assert_int_equal(store_delivery_add_many(st, U1, recs, 6, out), 0);
+    assert_int_equal(out[0], STORE_OK);
+    assert_int_equal(out[1], STORE_OK);
+    assert_int_equal(out[2], STORE_EXISTS); /* the same id earlier in the batch */
+    assert_int_equal(out[3], STORE_INVALID);
+    assert_int_equal(out[4], STORE_INVALID);
+    assert_int_equal(out[5], STORE_INVALID);
+    assert_int_equal(mbox_modseq(st, U1), ms); /* not a change */
+    assert_int_equal(store_delivery_add_many(st, U1, recs, 0, out), 0);
+
+    reopen(t);
+    st = t->st;
+    get_dl_from(st, U1, NULL, &d);
+    assert_int_equal(d.n, 2);
+    assert_string_equal(d.id[0], "q.a");
+    assert_string_equal(d.folder[0], "work2");
+    assert_int_equal(d.uid[0], 9);
+    assert_string_equal(d.id[1], "q.b");
+    assert_string_equal(d.folder[1], "Work");
+    get_dl_from(st, U1, "q.a", &d);
+    assert_int_equal(d.n, 1);
+    assert_string_equal(d.id[0], "q.b");
+    get_dl_from(st, U1, "q.a0", &d);
+    assert_int_equal(d.n, 1);
+    get_dl_from(st, U1, "q.b", &d);
+    assert_int_equal(d.n, 0);
+    get_dl_from(st, U1, "", &d);
+    assert_int_equal(d.n, 2);
+
+    /* By the modseq of their message: q.b's message (Work/5) was appended
+     * at or before ms; q.a has no message here and is always listed. */
+    const char *err = NULL;
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(store_delivery_iter_from(st, U1, NULL, ms, UINT64_MAX, dl_cb, &d, &err), 0);
+    assert_int_equal(d.n, 1);
+    assert_string_equal(d.id[0], "q.a");
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(store_delivery_iter_from(st, U1, NULL, 0, ms, dl_cb, &d, &err), 0);
+    assert_int_equal(d.n, 2);
+    assert_int_equal(
+        store_msg_set_flags(st, U1, "Work", 5, STORE_FLAGS_SET, STORE_F_SEEN, NULL, 0, NULL),
+        STORE_OK);
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(store_delivery_iter_from(st, U1, NULL, ms, UINT64_MAX, dl_cb, &d, &err), 0);
+    assert_int_equal(d.n, 2);
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(store_delivery_iter_from(st, U1, "q.a", 0, ms, dl_cb, &d, &err), 0);
+    assert_int_equal(d.n, 0);
+
+    /* No mailbox, or one that refuses changes: every item says so. */
+    assert_int_equal(store_delivery_add_many(st, U2, recs, 2, out), 0);
+    assert_int_equal(out[0], STORE_NOTFOUND);
+    assert_int_equal(out[1], STORE_NOTFOUND);
+    assert_int_equal(store_mailbox_set_state(st, U1, STORE_MBOX_STAGED, STORE_MBOX_FENCED, 1, NULL),
+                     STORE_OK);
+    const struct store_delivery more[] = {{"q.e", "Work", 5}, {"q.f", "Work", 5}};
+    assert_int_equal(store_delivery_add_many(st, U1, more, 2, out), 0);
+    assert_int_equal(out[0], STORE_NOTLIVE);
+    assert_int_equal(out[1], STORE_NOTLIVE);
+    get_dl_from(st, U1, NULL, &d);
+    assert_int_equal(d.n, 2);
+}
+
 /* Delivery ids: listed sorted with their folder's current name; added for
  * existing messages (a move's copy), after which a retried delivery is a
  * duplicate. */
@@ -1713,6 +1802,7 @@ int main(void)
         BOTH(test_set_uidnext),
         BOTH(test_raise_modseq),
         BOTH(test_delivery_ids),
+        BOTH(test_delivery_many),
         BOTH(test_delivery_ids_orphan),
         FS(test_fence_other_handle),
         FS(test_crash_bodies_synced),

@@ -47,6 +47,7 @@ struct server {
     bool ready, failed;
     atomic_bool stop;
     int64_t stop_deadline;
+    unsigned idle_ms;
     /* Owned by the server thread: */
     struct net_loop *loop;
     struct syncd *d[2];
@@ -78,7 +79,7 @@ static void *server_main(void *arg)
     st[0] = store_open_fs(sv->dir, "s1", &err);
     st[1] = store_open_memory("s2");
     sv->loop = net_loop_new();
-    struct net_conn_limits lim = {.idle_ms = 60000, .deadline_ms = 600000};
+    struct net_conn_limits lim = {.idle_ms = sv->idle_ms, .deadline_ms = 600000};
     bool ok = st[0] != NULL;
     for (int i = 0; i < 2 && ok; i++) {
         sv->d[i] = syncd_listen(sv->loop, sv->ep[i], st[i], i == 0 ? "s1" : "s2", &lim, &err);
@@ -116,9 +117,10 @@ static int free_port(void)
     return ntohs(a.sin_port);
 }
 
-static struct server *server_start(void)
+static struct server *server_start_idle(unsigned idle_ms)
 {
     struct server *sv = xmalloc(sizeof(*sv));
+    sv->idle_ms = idle_ms;
     str_copy(sv->dir, "/tmp/test_sync.XXXXXX", sizeof(sv->dir));
     if (mkdtemp(sv->dir) == NULL)
         fail_msg("mkdtemp: %s", strerror(errno));
@@ -140,6 +142,11 @@ static struct server *server_start(void)
     if (sv->failed)
         fail_msg("server did not start");
     return sv;
+}
+
+static struct server *server_start(void)
+{
+    return server_start_idle(60000);
 }
 
 static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -549,6 +556,41 @@ static void test_append_fetch(void **state)
     NO(s->ops->fetch(s, U1, "Work", 99, &b, &why), "notfound");
     NO(s->ops->fetch(s, U1, "Nope", 7, &b, &why), "notfound");
     NO(s->ops->fetch(s, U2, "Work", 7, &b, &why), "notfound");
+
+    /* Several at once (pipelined over TCP): each item its own answer, and
+     * the channel still usable after the refusals. */
+    {
+        char longf[STORE_FOLDER_MAX + 10];
+        memset(longf, 'F', sizeof(longf) - 1);
+        longf[sizeof(longf) - 1] = '\0';
+        const char *folders[] = {"Work", "Work", longf, "Nope", "INBOX", "Work"};
+        const uint32_t uids[] = {7, 99, 7, 7, 100, 9};
+        struct buf outs[6];
+        int rcs[6];
+        const char *whys[6];
+        for (size_t i = 0; i < 6; i++)
+            buf_init(&outs[i], 0);
+        OK(s->ops->fetch_batch(s, U1, folders, uids, 6, outs, rcs, whys));
+        assert_int_equal(rcs[0], 0);
+        assert_int_equal(outs[0].len, blen);
+        assert_memory_equal(outs[0].data, body, blen);
+        assert_int_equal(rcs[1], SYNC_NO);
+        assert_string_equal(whys[1], "notfound");
+        assert_int_equal(rcs[2], SYNC_NO);
+        assert_string_equal(whys[2], "invalid");
+        assert_int_equal(rcs[3], SYNC_NO);
+        assert_string_equal(whys[3], "notfound");
+        assert_int_equal(rcs[4], 0);
+        assert_int_equal(outs[4].len, big);
+        assert_int_equal(rcs[5], 0);
+        assert_int_equal(outs[5].len, 0);
+        for (size_t i = 0; i < 6; i++)
+            buf_free(&outs[i]);
+        OK(s->ops->fetch_batch(s, U1, folders, uids, 0, outs, rcs, whys));
+        assert_int_equal(
+            s->ops->fetch_batch(s, U1, folders, uids, SYNC_BATCH_MAX + 1, outs, rcs, whys), -1);
+        fetch_eq(s, U1, "Work", 7, body, blen);
+    }
 
     /* Only into STAGED or ACTIVE. */
     OK(s->ops->mailbox_state(s, U1, STORE_MBOX_STAGED, STORE_MBOX_FENCED, 1, NULL, &why));
@@ -1538,19 +1580,498 @@ static void test_parse(void **state)
     assert_false(c.has_body);
 }
 
+/* ---- delivery ids in batches and ranges ---- */
+
+struct ids {
+    size_t n;
+    char id[8][STORE_DELIVERY_ID_MAX + 1];
+    int stop_at;
+};
+
+static int ids_cb(void *ctx, const struct sync_delivery *d)
+{
+    struct ids *c = ctx;
+    if (c->n < 8)
+        str_copy(c->id[c->n], d->id, sizeof(c->id[0]));
+    c->n++;
+    return c->stop_at != 0 && (int)c->n == c->stop_at;
+}
+
+static struct ids ids_of(struct sync *s, const char *user, uint64_t since, uint64_t upto)
+{
+    struct ids c;
+    memset(&c, 0, sizeof(c));
+    OK(s->ops->deliveries_each(s, user, since, upto, ids_cb, &c, &why));
+    return c;
+}
+
+static void test_deliveries_batch(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s, *s2 = e->s2;
+    struct ids c;
+    NO(s->ops->deliveries_each(s, U1, 0, UINT64_MAX, ids_cb, &c, &why), "notfound");
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_STAGED, 1, 0, &why));
+    OK(s->ops->folder_ensure(s, U1, "Work", 1000, 1, &why));
+    OK(append(s, U1, "Work", 3, "three\r\n"));
+    OK(append(s, U1, "INBOX", 4, "four\r\n"));
+    uint64_t ms0 = get_mb(s, U1).modseq;
+    const struct sync_delivery ds[] = {
+        {.id = "q2.1", .folder = "Work", .uid = 3},  {.id = "q1.1", .folder = "INBOX", .uid = 4},
+        {.id = "q2.1", .folder = "Work", .uid = 3},  {.id = "a b", .folder = "Work", .uid = 3},
+        {.id = "q3.1", .folder = "Work", .uid = 99},
+    };
+    int rcs[5];
+    const char *whys[5];
+    OK(s->ops->delivery_add_batch(s, U1, ds, 5, rcs, whys));
+    assert_int_equal(rcs[0], 0);
+    assert_int_equal(rcs[1], 0);
+    assert_int_equal(rcs[2], SYNC_NO);
+    assert_string_equal(whys[2], "exists");
+    assert_int_equal(rcs[3], SYNC_NO);
+    assert_string_equal(whys[3], "invalid");
+    assert_int_equal(rcs[4], 0);
+    OK(s->ops->delivery_add_batch(s, U1, ds, 0, rcs, whys));
+    assert_int_equal(s->ops->delivery_add_batch(s, U1, ds, SYNC_BATCH_MAX + 1, rcs, whys), -1);
+    OK(s->ops->delivery_add_batch(s, U2, ds, 2, rcs, whys));
+    assert_int_equal(rcs[0], SYNC_NO);
+    assert_string_equal(whys[0], "notfound");
+
+    /* Every id, in order; or by the modseq of their message: q3.1 has none
+     * here and is always listed. */
+    c = ids_of(s, U1, 0, UINT64_MAX);
+    assert_int_equal(c.n, 3);
+    assert_string_equal(c.id[0], "q1.1");
+    assert_string_equal(c.id[1], "q2.1");
+    assert_string_equal(c.id[2], "q3.1");
+    c = ids_of(s, U1, ms0, UINT64_MAX);
+    assert_int_equal(c.n, 1);
+    assert_string_equal(c.id[0], "q3.1");
+    OK(s->ops->flags(s, U1, "Work", 3, STORE_F_SEEN, NULL, &why));
+    c = ids_of(s, U1, ms0, UINT64_MAX);
+    assert_int_equal(c.n, 2);
+    assert_string_equal(c.id[0], "q2.1");
+    c = ids_of(s, U1, 0, ms0);
+    assert_int_equal(c.n, 2);
+    assert_string_equal(c.id[0], "q1.1");
+    assert_string_equal(c.id[1], "q3.1");
+
+    /* In steps of one id (what syncd streams), resumed after the last. */
+    if (!e->tcp) {
+        struct sync_deliveries_cursor cur;
+        memset(&c, 0, sizeof(c));
+        OK(sync_local_deliveries_begin(s, U1, 0, UINT64_MAX, &cur, &why));
+        size_t steps = 0;
+        while (!cur.done) {
+            OK(sync_local_deliveries_step(s, U1, &cur, 1, ids_cb, &c, &why));
+            steps++;
+        }
+        assert_int_equal(c.n, 3);
+        assert_int_equal(steps, 3); /* the last one ran out of ids: done */
+        assert_string_equal(c.id[2], "q3.1");
+        NO(sync_local_deliveries_begin(s, U2, 0, UINT64_MAX, &cur, &why), "notfound");
+    }
+
+    /* A callback that stops the listing: -1 (over TCP the connection is
+     * then unusable). */
+    memset(&c, 0, sizeof(c));
+    c.stop_at = 1;
+    assert_int_equal(s->ops->deliveries_each(s, U1, 0, UINT64_MAX, ids_cb, &c, &why), -1);
+    assert_int_equal(c.n, 1);
+    if (e->tcp) {
+        reconnect(e);
+        s = e->s;
+    }
+
+    /* The copy a move makes, in one batch: the same ids on the other side. */
+    OK(s2->ops->mailbox_create(s2, U1, STORE_MBOX_STAGED, 2, 0, &why));
+    OK(s2->ops->folder_ensure(s2, U1, "Work", 1000, 1, &why));
+    OK(append(s2, U1, "Work", 3, "three\r\n"));
+    OK(append(s2, U1, "INBOX", 4, "four\r\n"));
+    struct sync_delivery *l;
+    size_t n;
+    OK(s->ops->deliveries(s, U1, &l, &n, &why));
+    assert_int_equal(n, 3);
+    OK(s2->ops->delivery_add_batch(s2, U1, l, n, rcs, whys));
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(rcs[i], 0);
+    struct ids c2 = ids_of(s2, U1, 0, UINT64_MAX);
+    assert_int_equal(c2.n, 3);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(c2.id[i], l[i].id);
+    free(l);
+    OK(s2->ops->mailbox_state(s2, U1, STORE_MBOX_STAGED, STORE_MBOX_FENCED, 2, NULL, &why));
+    const struct sync_delivery late = {.id = "q9.1", .folder = "Work", .uid = 3};
+    OK(s2->ops->delivery_add_batch(s2, U1, &late, 1, rcs, whys));
+    assert_int_equal(rcs[0], SYNC_NO);
+    assert_string_equal(whys[0], "notlive");
+}
+
+/* DELIVERED's framing: a malformed record refuses the batch (usable); a
+ * count over the limit loses the framing (closed). */
+static void test_tcp_delivered(void **state)
+{
+    struct env *e = *state;
+    if (!e->tcp)
+        skip();
+    char u[2 * sizeof(U1)], cmd[512], line[1024];
+    hexs(U1, u);
+    OK(e->s->ops->mailbox_create(e->s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    struct raw r;
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "DELIVERED %s 2\r\nq1 4 494e424f58\r\nq2 x 494e424f58", u);
+    raw_expect(&r, cmd, "-ERR bad number");
+    snprintf(cmd, sizeof(cmd), "DELIVERED %s 2\r\nq1 4 494e424f58\r\nq2 4", u);
+    raw_expect(&r, cmd, "-ERR wrong number of fields");
+    snprintf(cmd, sizeof(cmd), "DELIVERIES %s", u);
+    raw_expect(&r, cmd, "+OK"); /* nothing was recorded */
+    snprintf(cmd, sizeof(cmd), "DELIVERED %s 2\r\nq1 4 494e424f58\r\nq1 5 494e424f58", u);
+    raw_expect(&r, cmd, "+OK");
+    raw_want(&r, "-NO exists");
+    raw_want(&r, "+OK 2");
+    snprintf(cmd, sizeof(cmd), "DELIVERIES %s 0 18446744073709551615", u);
+    raw_expect(&r, cmd, "I q1 4 494e424f58");
+    raw_want(&r, "+OK");
+    snprintf(cmd, sizeof(cmd), "DELIVERIES %s 1 2 3", u);
+    raw_expect(&r, cmd, "-ERR wrong number");
+    snprintf(cmd, sizeof(cmd), "DELIVERED %s 0", u);
+    raw_expect(&r, cmd, "+OK 0");
+    snprintf(cmd, sizeof(cmd), "DELIVERED %s 257", u);
+    raw_expect(&r, cmd, "-ERR bad DELIVERED count");
+    raw_closed(&r);
+    (void)line;
+}
+
+/* ---- listings in steps, streaming and backpressure ---- */
+
+struct steps {
+    size_t nf, nm, steps;
+    struct sync_folder f[64];
+    struct sync_msg m[64];
+    size_t step_of_m[64]; /* which step listed message i */
+};
+
+static int steps_folder(void *ctx, const struct sync_folder *f)
+{
+    struct steps *c = ctx;
+    assert_true(c->nf < 64);
+    c->f[c->nf++] = *f;
+    return 0;
+}
+
+static int steps_msg(void *ctx, const struct sync_msg *m)
+{
+    struct steps *c = ctx;
+    assert_true(c->nm < 64);
+    c->step_of_m[c->nm] = c->steps;
+    c->m[c->nm++] = *m;
+    return 0;
+}
+
+/* Steps a listing of at least `max` records to its end (or `stop_after`
+ * steps); returns the cursor. */
+static struct sync_changes_cursor run_steps(struct sync *s, uint64_t since, size_t max,
+                                            struct steps *c, size_t stop_after)
+{
+    struct sync_changes_cursor cur;
+    struct sync_changes_cb cb = {.folder = steps_folder, .msg = steps_msg, .ctx = c};
+    OK(sync_local_changes_begin(s, U1, since, &cur, &why));
+    while (!cur.done && (stop_after == 0 || c->steps < stop_after)) {
+        size_t before = c->nf + c->nm;
+        OK(sync_local_changes_step(s, U1, &cur, max, &cb, &why));
+        c->steps++;
+        /* A step lists at least max records unless the listing ended or
+         * the folder records just ran out. */
+        if (!cur.done && c->nf + c->nm - before < max)
+            assert_true(cur.msgs);
+    }
+    return cur;
+}
+
+static void test_changes_steps(void **state)
+{
+    struct env *e = *state;
+    if (e->tcp)
+        skip();
+    struct sync *s = e->s;
+    struct store *st = e->st[0];
+    struct sync_changes_cursor cur;
+    NO(sync_local_changes_begin(s, U1, 0, &cur, &why), "notfound");
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    OK(s->ops->folder_ensure(s, U1, "Old", 900, 1, &why));
+    for (uint32_t u = 1; u <= 4; u++)
+        OK(append(s, U1, "Old", u, "old\r\n"));
+    OK(s->ops->folder_ensure(s, U1, "Work", 1000, 1, &why));
+    for (uint32_t u = 1; u <= 6; u++)
+        OK(append(s, U1, "Work", u, "work\r\n"));
+    /* Old's 4 tombstones share the modseq of its deletion. */
+    OK(s->ops->folder_delete(s, U1, 900, &why));
+    uint64_t m0 = get_mb(s, U1).modseq;
+
+    /* Steps of 2: everything once, in modseq order, a modseq never split
+     * across steps. */
+    struct steps *c = xcalloc(1, sizeof(*c));
+    cur = run_steps(s, 0, 2, c, 0);
+    assert_int_equal(cur.upto, m0);
+    assert_int_equal(c->nf, 3); /* INBOX, Old (tombstone), Work */
+    assert_int_equal(c->nm, 10);
+    for (size_t i = 1; i < c->nm; i++) {
+        assert_true(c->m[i].modseq >= c->m[i - 1].modseq);
+        if (c->m[i].modseq == c->m[i - 1].modseq)
+            assert_int_equal(c->step_of_m[i], c->step_of_m[i - 1]);
+    }
+    size_t tomb = 0;
+    for (size_t i = 0; i < c->nm; i++)
+        tomb += c->m[i].expunged;
+    assert_int_equal(tomb, 4);
+    /* The same as the one-call listing of both transports. */
+    struct col *cc;
+    assert_int_equal(changes(s, U1, 0, &cc), m0);
+    assert_int_equal(cc->nf, 3);
+    assert_int_equal(cc->nm, 10);
+    free(cc);
+    free(c);
+
+    /* Changes between steps: a record changed before it was listed moves
+     * above the listing's end and waits for the next listing; an append is
+     * not listed either. Nothing is lost. */
+    c = xcalloc(1, sizeof(*c));
+    cur = run_steps(s, m0 - 6, 1, c, 2); /* Work 1..6 remain, after 2 steps */
+    assert_false(cur.done);
+    assert_int_equal(
+        store_msg_set_flags(st, U1, "Work", 6, STORE_FLAGS_SET, STORE_F_SEEN, NULL, 0, NULL),
+        STORE_OK);
+    OK(append(s, U1, "Work", 7, "new\r\n"));
+    struct sync_changes_cb cb = {.folder = steps_folder, .msg = steps_msg, .ctx = c};
+    while (!cur.done)
+        OK(sync_local_changes_step(s, U1, &cur, 1, &cb, &why));
+    assert_int_equal(cur.upto, m0);
+    for (size_t i = 0; i < c->nm; i++)
+        assert_true(c->m[i].uid != 6 && c->m[i].uid != 7);
+    free(c);
+    c = xcalloc(1, sizeof(*c));
+    run_steps(s, m0, 100, c, 0);
+    assert_int_equal(c->nm, 2);
+    assert_int_equal(c->m[0].uid, 6);
+    assert_int_equal(c->m[0].flags, STORE_F_SEEN);
+    assert_int_equal(c->m[1].uid, 7);
+    free(c);
+
+    /* A folder renamed in the middle: the listing ends before the first
+     * record that would carry the new name; the next one starts with the
+     * rename. */
+    c = xcalloc(1, sizeof(*c));
+    cur = run_steps(s, 0, 2, c, 3);
+    assert_true(cur.msgs && !cur.done);
+    uint64_t m1 = get_mb(s, U1).modseq;
+    assert_int_equal(store_folder_rename(st, U1, "Work", "Play"), STORE_OK);
+    while (!cur.done)
+        OK(sync_local_changes_step(s, U1, &cur, 2, &cb, &why));
+    assert_true(cur.upto < m1);
+    for (size_t i = 0; i < c->nm; i++) {
+        assert_string_not_equal(c->m[i].folder, "Play");
+        assert_true(c->m[i].modseq <= cur.upto);
+    }
+    size_t listed = c->nm;
+    free(c);
+    c = xcalloc(1, sizeof(*c));
+    cur = run_steps(s, cur.upto, 2, c, 0);
+    assert_int_equal(cur.upto, m1 + 1);
+    assert_int_equal(c->nf, 2); /* Old's tombstone again, and the rename */
+    assert_string_equal(c->f[1].name, "Play");
+    assert_int_equal(c->f[1].uidvalidity, 1000);
+    for (size_t i = 0; i < c->nm; i++)
+        assert_true(c->m[i].expunged ? strcmp(c->m[i].folder, "Old") == 0
+                                     : strcmp(c->m[i].folder, "Play") == 0);
+    assert_true(listed + c->nm >= 11);
+    free(c);
+
+    /* The mailbox gone between steps. */
+    c = xcalloc(1, sizeof(*c));
+    cur = run_steps(s, 0, 1, c, 1);
+    assert_int_equal(
+        store_mailbox_set_state(st, U1, STORE_MBOX_ACTIVE, STORE_MBOX_DELETING, 1, NULL), STORE_OK);
+    assert_int_equal(store_mailbox_purge(st, U1), STORE_OK);
+    NO(sync_local_changes_step(s, U1, &cur, 1, &cb, &why), "notfound");
+    free(c);
+}
+
+/* Fills U1 on the TCP server's store s1 with n messages whose keywords make
+ * each CHANGES record about 2.3 KB long. */
+static void fill_wide(struct sync *s, size_t n)
+{
+    char kw[STORE_KEYWORDS_MAX + 1] = "";
+    for (int i = 0; strlen(kw) + 8 < STORE_KEYWORDS_MAX; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "%sk%05d", i ? " " : "", i);
+        strcat(kw, k);
+    }
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    struct sync_msg *ms = xcalloc(SYNC_BATCH_MAX, sizeof(*ms));
+    const struct sync_msg *mp[SYNC_BATCH_MAX];
+    const void *data[SYNC_BATCH_MAX];
+    size_t lens[SYNC_BATCH_MAX];
+    int rcs[SYNC_BATCH_MAX];
+    const char *whys[SYNC_BATCH_MAX];
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < SYNC_BATCH_MAX ? n - done : SYNC_BATCH_MAX;
+        for (size_t i = 0; i < k; i++) {
+            ms[i] = mkmsg("INBOX", (uint32_t)(done + i + 1), "x\r\n", 3);
+            str_copy(ms[i].keywords, kw, sizeof(ms[i].keywords));
+            mp[i] = &ms[i];
+            data[i] = "x\r\n";
+            lens[i] = 3;
+        }
+        OK(s->ops->append_batch(s, U1, mp, data, lens, k, rcs, whys));
+        for (size_t i = 0; i < k; i++)
+            assert_int_equal(rcs[i], 0);
+        done += k;
+    }
+    free(ms);
+}
+
+static void test_tcp_streaming(void **state)
+{
+    struct env *e = *state;
+    if (!e->tcp)
+        skip();
+    /* A listing of about 2.8 MB, asked for by a client that reads nothing
+     * for a while, with a pipelined command behind it. */
+    fill_wide(e->s, 1200);
+    char u[2 * sizeof(U1)], cmd[256], line[4096];
+    hexs(U1, u);
+    struct raw r;
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "CHANGES %s 0\r\nMBOX %s\r\n", u, u);
+    raw_puts(&r, cmd);
+    usleep(300 * 1000);
+    size_t nm = 0, nf = 0;
+    for (;;) {
+        assert_true(raw_line(&r, line, sizeof(line)));
+        if (line[0] == 'M')
+            nm++;
+        else if (line[0] == 'F')
+            nf++;
+        else
+            break;
+    }
+    assert_int_equal(nf, 1);
+    assert_int_equal(nm, 1200);
+    assert_true(strncmp(line, "+OK ", 4) == 0);
+    /* The pipelined command's answer after the listing, not within it. */
+    assert_true(raw_line(&r, line, sizeof(line)));
+    assert_true(strncmp(line, "+OK active 1 - ", 15) == 0);
+    /* What the server held at once: a step's records above the low mark,
+     * never the whole listing. */
+    size_t most = syncd_backlog_max(e->sv->d[0]);
+    assert_true(most < SYNCD_OUT_LOW + 256 * 2600);
+
+    /* Pipelined FETCHes of big messages: the commands wait while the
+     * output is above the high mark. */
+    size_t big = 700 * 1024;
+    char *data = xmalloc(big);
+    memset(data, 'b', big);
+    for (uint32_t uid = 2001; uid <= 2010; uid++) {
+        struct sync_msg m = mkmsg("INBOX", uid, data, big);
+        OK(e->s->ops->append(e->s, U1, &m, data, big, &why));
+    }
+    free(data);
+    struct buf all;
+    buf_init(&all, 0);
+    for (uint32_t uid = 2001; uid <= 2010; uid++)
+        buf_printf(&all, "FETCH %s 494e424f58 %u\r\n", u, uid);
+    raw_send(&r, all.data, all.len);
+    buf_free(&all);
+    usleep(300 * 1000);
+    char *body = xmalloc(big + 2);
+    for (int i = 0; i < 10; i++) {
+        assert_true(raw_line(&r, line, sizeof(line)));
+        assert_true(strncmp(line, "+DATA 716800 ", 13) == 0);
+        /* The body follows the line in the stream: take it from the raw
+         * buffer first, then the socket. */
+        size_t got = r.len < big + 2 ? r.len : big + 2;
+        memcpy(body, r.buf, got);
+        memmove(r.buf, r.buf + got, r.len - got);
+        r.len -= got;
+        while (got < big + 2) {
+            ssize_t k = recv(r.fd, body + got, big + 2 - got, 0);
+            assert_true(k > 0);
+            got += (size_t)k;
+        }
+        assert_int_equal(body[0], 'b');
+        assert_memory_equal(body + big, "\r\n", 2);
+    }
+    free(body);
+    most = syncd_backlog_max(e->sv->d[0]);
+    assert_true(most < SYNCD_OUT_HIGH + 2 * big);
+    raw_expect(&r, "QUIT", "+OK bye");
+    close(r.fd);
+}
+
+/* A client that asks for much and reads nothing is cut off after the idle
+ * time, even though its connection is paused (no idle timer) while the
+ * server waits for the output to drain. */
+static void test_tcp_stalled_reader(void **state)
+{
+    (void)state;
+    struct server *sv = server_start_idle(500);
+    char err[256];
+    struct sync *s = sync_tcp_connect(sv->ep[0], 5000, err, sizeof(err));
+    assert_non_null(s);
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    size_t big = 8 * 1024 * 1024;
+    char *data = xmalloc(big);
+    memset(data, 's', big);
+    struct sync_msg m = mkmsg("INBOX", 1, data, big);
+    OK(s->ops->append(s, U1, &m, data, big, &why));
+    free(data);
+    sync_close(&s);
+    char u[2 * sizeof(U1)], cmd[256];
+    hexs(U1, u);
+    struct raw r;
+    raw_open(&r, sv->ep[0]);
+    int small = 4096;
+    setsockopt(r.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "FETCH %s 494e424f58 1\r\nFETCH %s 494e424f58 1\r\n", u, u);
+    raw_puts(&r, cmd);
+    int64_t deadline = time_mono_ms() + 10000;
+    while (syncd_sessions(sv->d[0]) > 0 && time_mono_ms() < deadline)
+        usleep(50 * 1000);
+    assert_int_equal(syncd_sessions(sv->d[0]), 0);
+    close(r.fd);
+    server_stop(sv);
+}
+
 #define BOTH(f)                                                                                    \
     cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_local),                     \
         cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_tcp)
-#define TCP(f) cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_tcp)
+#define TCP(f)   cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_tcp)
+#define LOCAL(f) cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_local)
 
 int main(void)
 {
     log_init("test_sync");
     const struct CMUnitTest tests[] = {
-        BOTH(test_mailbox),    BOTH(test_folder_ensure), BOTH(test_append_fetch),
-        BOTH(test_changes),    BOTH(test_digest),        BOTH(test_inbox_uidvalidity),
-        BOTH(test_deliveries), BOTH(test_append_batch),  TCP(test_tcp_malformed),
-        TCP(test_tcp_appends), TCP(test_tcp_client),     cmocka_unit_test(test_parse),
+        BOTH(test_mailbox),
+        BOTH(test_folder_ensure),
+        BOTH(test_append_fetch),
+        BOTH(test_changes),
+        BOTH(test_digest),
+        BOTH(test_inbox_uidvalidity),
+        BOTH(test_deliveries),
+        BOTH(test_append_batch),
+        TCP(test_tcp_malformed),
+        TCP(test_tcp_appends),
+        TCP(test_tcp_client),
+        cmocka_unit_test(test_parse),
+        LOCAL(test_changes_steps),
+        BOTH(test_deliveries_batch),
+        TCP(test_tcp_delivered),
+        TCP(test_tcp_streaming),
+        cmocka_unit_test(test_tcp_stalled_reader),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
