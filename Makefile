@@ -4,13 +4,18 @@
 #   make check      everything CI runs: format check, gcc build + all tests,
 #                   clang ASan+UBSan build + all tests, fuzz targets (short)
 #   make bench      the benchmarks under bench/ (prints figures)
+#   make torture    tests/torture/torture.py: mail, moves, IMAP changes and
+#                   kill -9 for DURATION seconds (180), then the zero-loss check;
+#                   e.g. make torture DURATION=600 SEED=42 KILLS=off
+#   make demo       tern demo: a short show on a temporary cluster
 
 CC_GCC   ?= gcc
 CC_CLANG ?= clang
 JOBS     ?= $(shell nproc)
 SOURCES  := $(shell find src tests/unit fuzz bench -name '*.[ch]' 2>/dev/null)
 
-.PHONY: all build run check check-gcc check-asan check-fuzz format format-check bench clean
+.PHONY: all build run check check-gcc check-asan check-fuzz format format-check bench clean \
+	torture demo
 
 all: build
 
@@ -52,6 +57,17 @@ format-check:
 
 bench: build
 	bench/run.sh
+
+# Parameters given on the make command line go to the script (the script
+# reads the same names from the environment too); see its --help.
+TORTURE_VARS := DURATION USERS CLIENTS RATE IMAP MOVERS ABORTS DRAINS KILLS KILL_EVERY \
+	RESTART RESTART_EVERY SEED KEEP
+torture: build
+	/usr/bin/python3 tests/torture/torture.py TERN_BIN=$(CURDIR)/build/tern \
+		$(foreach v,$(TORTURE_VARS),$(if $(filter command line,$(origin $(v))),$(v)=$($(v))))
+
+demo: build
+	./build/tern demo
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -81,6 +81,7 @@ static const char help_text[] =
     "  import complete ID | report ID | wait ID\n"
     "  drain STORE --to STORE [--parallel N]          move every mailbox off a store\n"
     "  doctor [--repair]                 compare the directory with the stores\n"
+    "  demo                              a short show on a temporary cluster\n"
     "  version | help\n"
     "\n"
     "DIR defaults to $TERN_DATA or ./tern-data; FILE to $TERN_CONFIG or DIR/tern.conf.\n";
@@ -1345,6 +1346,8 @@ int cli_main(int argc, char **argv)
         rc = cli_import(&c.cfg, sac, sav);
     else if (strcmp(cmd, "drain") == 0)
         rc = cmd_drain(&c, sac, sav);
+    else if (strcmp(cmd, "demo") == 0)
+        rc = cli_demo(sac, sav);
     else if (strcmp(cmd, "doctor") == 0) {
         bool repair = take_flag(&sac, sav, "--repair");
         rc = reject_leftover(sac, sav, 0);

@@ -21,4 +21,13 @@ int cli_main(int argc, char **argv);
 struct config;
 int cli_import(const struct config *cfg, int argc, char **argv);
 
+/* `tern demo` (demo.c), called by cli_main with the arguments after
+ * "demo": replaces the process with the demo script of the source tree the
+ * binary was built from (tests/torture/torture.py demo; TERN_DEMO_SCRIPT
+ * and TERN_PYTHON override the paths), which starts a temporary cluster,
+ * shows a move under load and a store crash, checks every mailbox and
+ * cleans up. Returns only on failure: 1 (script or interpreter missing), 2
+ * for a usage error. */
+int cli_demo(int argc, char **argv);
+
 #endif
