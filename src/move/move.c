@@ -764,8 +764,27 @@ static enum step phase_provision(struct run *r)
         r->job.options |= DIR_JOB_OPT_REUSED;
         if (job_save(r) != 0)
             return STEP_LATER;
+        /* Fault injection (tests): the earlier move's retention may purge
+         * the copy right here. */
+        util_fault_point("move.provision.reuse");
         rc = r->dst->ops->mailbox_state(r->dst, r->job.user, STORE_MBOX_MOVED, STORE_MBOX_STAGED,
                                         new_epoch, NULL, &why);
+        if (rc == SYNC_NO && (strcmp(why, "notfound") == 0 || strcmp(why, "conflict") == 0)) {
+            /* The earlier move's retention purged (or began purging) that
+             * copy between our read and our compare-and-set: not ours to
+             * reuse after all. Provision again from the start. */
+            log_info(r->ctx, "%s: the retained copy on %s went away (%s); provisioning again",
+                     r->job.user, r->job.dest, why);
+            r->job.options &= ~DIR_JOB_OPT_REUSED;
+            (void)job_save(r);
+            return STEP_LATER;
+        }
+    } else if (rc == 0 && mb.state == STORE_MBOX_DELETING) {
+        /* An earlier move's retention is purging the old copy here: wait
+         * for it to finish, then create a fresh staged copy. */
+        log_info(r->ctx, "%s: waiting for the purge of the old copy on %s", r->job.user,
+                 r->job.dest);
+        return STEP_LATER;
     } else if (rc == 0) {
         /* Never delete or overwrite a live mailbox (Q252869). */
         set_err(r, "%s already has a %s mailbox for %s", r->job.dest,

@@ -208,3 +208,33 @@ def test_parks_are_not_attempts(tmp_path):
         check_sanitizers(t)
     finally:
         t.stop()
+
+
+def test_reuse_races_the_retention_purge(tmp_path):
+    """A move back finds the copy the first move left on its destination
+    (state moved) and is about to reuse it when that first move's retention
+    purges it: the move provisions again, from a fresh staged copy, instead
+    of failing (found by the torture run, seed 12)."""
+    t = cluster(tmp_path, mover_extra="retention = 3\nlease_ms = 2000")
+    pause = tmp_path / "pause"
+    serve_with(t, pause_env(tmp_path, ["pause:move.provision.reuse@mover"]))
+    try:
+        fill(t, U, n=20)
+        before = digest(t, U, "s1")
+        first = start_move(t, U, "s2")
+        assert wait_for(lambda: job_phase(t, first) in ("retention", "done"), 60), t.log(3000)
+        assert mbox_state(t, U, "s1").startswith("+OK moved")
+        back = start_move(t, U, "s1")
+        wait_pause(t, pause, back)  # about to reuse the moved copy on s1
+        # The first move's retention ends and purges that copy meanwhile.
+        assert wait_for(lambda: mbox_state(t, U, "s1").startswith("-NO notfound"), 60), \
+            mbox_state(t, U, "s1") + t.cli("moves").stdout
+        pause.unlink()
+        p = t.cli("move", "wait", str(back), check=False)
+        assert p.returncode == 0, p.stdout + p.stderr + t.cli("moves").stdout
+        assert "went away" in t.log()
+        assert home(t, U)[0] == "s1"
+        assert digest(t, U, "s1") == before
+        check_sanitizers(t)
+    finally:
+        t.stop()
