@@ -1,5 +1,6 @@
 /* cli — see cli.h and docs/cli.md. */
 #include "cli/cli.h"
+#include "cli/cli_private.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -268,8 +269,7 @@ static int cmd_domain(struct cli *c, int argc, char **argv)
 
 /* ---- user ------------------------------------------------------------- */
 
-/* The store with the fewest users (ties: first by name). */
-static int pick_store(struct directory *dir, char out[MAIL_NAME_MAX + 1])
+int cli_pick_store(struct directory *dir, char out[MAIL_NAME_MAX + 1])
 {
     struct dir_store *stores;
     struct dir_user *users;
@@ -347,7 +347,7 @@ static int user_add(struct cli *c, int argc, char **argv)
             return fail("unknown store '%s' (see 'tern store list')", store);
         }
         str_copy(u.home, store, sizeof(u.home));
-    } else if (pick_store(dir, u.home) < 0) {
+    } else if (cli_pick_store(dir, u.home) < 0) {
         dir_close(&dir);
         return fail("no store to home the user on");
     }
@@ -781,7 +781,7 @@ static int cmd_role(struct cli *c, int argc, char **argv)
 
 /* ---- moves ------------------------------------------------------------ */
 
-static void human_bytes(uint64_t b, char *out, size_t outlen)
+void cli_human_bytes(uint64_t b, char *out, size_t outlen)
 {
     if (b >= 10ull << 30)
         snprintf(out, outlen, "%.1f GB", (double)b / (1 << 30));
@@ -793,14 +793,35 @@ static void human_bytes(uint64_t b, char *out, size_t outlen)
         snprintf(out, outlen, "%llu B", (unsigned long long)b);
 }
 
+void cli_progress_bar(const struct dir_job *j, double rate, bool full)
+{
+    unsigned width = 30, fill = 0;
+    if (j->msgs_total > 0)
+        fill = (unsigned)(width * (j->msgs_done > j->msgs_total ? j->msgs_total : j->msgs_done) /
+                          j->msgs_total);
+    if (full)
+        fill = width;
+    char bar[64], bytes[32];
+    for (unsigned k = 0; k < width; k++)
+        bar[k] = k < fill ? '#' : '.';
+    bar[width] = '\0';
+    cli_human_bytes(j->bytes_done, bytes, sizeof(bytes));
+    double eta = rate > 0 && j->msgs_total > j->msgs_done
+                     ? (double)(j->msgs_total - j->msgs_done) / rate
+                     : 0;
+    printf("\r[%s] %-9s %llu/%llu msgs  %s  %.0f msg/s  ETA %.0fs   ", bar, j->phase,
+           (unsigned long long)j->msgs_done, (unsigned long long)j->msgs_total, bytes, rate, eta);
+    fflush(stdout);
+}
+
 static void print_job(const struct dir_job *j)
 {
     char created[32], updated[32], lease[32], bytes[32], total[32];
     time_format_utc(j->created, created, sizeof(created));
     time_format_utc(j->updated, updated, sizeof(updated));
     time_format_utc(j->lease_expires / 1000, lease, sizeof(lease));
-    human_bytes(j->bytes_done, bytes, sizeof(bytes));
-    human_bytes(j->bytes_total, total, sizeof(total));
+    cli_human_bytes(j->bytes_done, bytes, sizeof(bytes));
+    cli_human_bytes(j->bytes_total, total, sizeof(total));
     printf("job:        %llu (%s)\n", (unsigned long long)j->id, dir_job_kind_str(j->kind));
     printf("user:       %s\n", j->user);
     printf("from:       %s\nto:         %s\n", j->source, j->dest);
@@ -861,25 +882,7 @@ static int wait_job(struct directory *dir, uint64_t id)
             double secs = (double)(time_mono_ms() - start) / 1000.0;
             double rate = secs > 0.5 ? (double)(j.msgs_done) / secs : 0;
             if (tty) {
-                unsigned width = 30, fill = 0;
-                if (j.msgs_total > 0)
-                    fill = (unsigned)(width *
-                                      (j.msgs_done > j.msgs_total ? j.msgs_total : j.msgs_done) /
-                                      j.msgs_total);
-                if (job_succeeded(&j))
-                    fill = width;
-                char bar[64], bytes[32];
-                for (unsigned k = 0; k < width; k++)
-                    bar[k] = k < fill ? '#' : '.';
-                bar[width] = '\0';
-                human_bytes(j.bytes_done, bytes, sizeof(bytes));
-                double eta = rate > 0 && j.msgs_total > j.msgs_done
-                                 ? (double)(j.msgs_total - j.msgs_done) / rate
-                                 : 0;
-                printf("\r[%s] %-9s %llu/%llu msgs  %s  %.0f msg/s  ETA %.0fs   ", bar, j.phase,
-                       (unsigned long long)j.msgs_done, (unsigned long long)j.msgs_total, bytes,
-                       rate, eta);
-                fflush(stdout);
+                cli_progress_bar(&j, rate, job_succeeded(&j));
             } else if (strcmp(last_phase, j.phase) != 0) {
                 printf("job %llu: %s (%llu/%llu messages)\n", (unsigned long long)id, j.phase,
                        (unsigned long long)j.msgs_done, (unsigned long long)j.msgs_total);

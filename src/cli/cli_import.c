@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/cli_private.h"
 #include "config/config.h"
 #include "directory/directory.h"
 #include "import/import.h"
@@ -206,35 +207,6 @@ static int keep_secret(const struct config *cfg, const char *file, char out[IMPO
     return 0;
 }
 
-static int pick_home(struct directory *dir, char out[MAIL_NAME_MAX + 1])
-{
-    struct dir_store *stores;
-    struct dir_user *users;
-    size_t ns, nu;
-    if (dir_store_list(dir, &stores, &ns) != DIR_OK)
-        return -1;
-    if (dir_user_list(dir, &users, &nu) != DIR_OK) {
-        free(stores);
-        return -1;
-    }
-    size_t best = 0, best_n = SIZE_MAX;
-    for (size_t i = 0; i < ns; i++) {
-        size_t k = 0;
-        for (size_t j = 0; j < nu; j++)
-            k += strcmp(users[j].home, stores[i].name) == 0;
-        if (k < best_n) {
-            best_n = k;
-            best = i;
-        }
-    }
-    int r = ns > 0 ? 0 : -1;
-    if (ns > 0)
-        str_copy(out, stores[best].name, MAIL_NAME_MAX + 1);
-    free(stores);
-    free(users);
-    return r;
-}
-
 /* --create: a user with a random password nobody knows (set one with
  * `tern user set ADDR --password-file F`). */
 static int create_user(struct directory *dir, const char *addr, const char *store,
@@ -247,7 +219,7 @@ static int create_user(struct directory *dir, const char *addr, const char *stor
         if (dir_store_get(dir, store, &s) != DIR_OK)
             return ifail("unknown store '%s' (see 'tern store list')", store);
         str_copy(u->home, store, sizeof(u->home));
-    } else if (pick_home(dir, u->home) < 0) {
+    } else if (cli_pick_store(dir, u->home) < 0) {
         return ifail("no store to home the user on");
     }
     struct dir_domain d;
@@ -271,16 +243,6 @@ static int create_user(struct directory *dir, const char *addr, const char *stor
            "--password-file F')\n",
            u->address, u->home, u->address);
     return 0;
-}
-
-static void human(uint64_t b, char *out, size_t n)
-{
-    if (b >= 10ull << 20)
-        snprintf(out, n, "%.1f MB", (double)b / (1 << 20));
-    else if (b >= 10ull << 10)
-        snprintf(out, n, "%.1f KB", (double)b / (1 << 10));
-    else
-        snprintf(out, n, "%llu B", (unsigned long long)b);
 }
 
 /* The initial copy is over once the job watches, sweeps (a sweep that is
@@ -308,25 +270,7 @@ static int wait_import(struct directory *dir, uint64_t id)
             double secs = (double)(time_mono_ms() - start) / 1000.0;
             double rate = secs > 0.5 ? (double)j.msgs_done / secs : 0;
             if (tty) {
-                unsigned width = 30, fill = 0;
-                if (j.msgs_total > 0)
-                    fill = (unsigned)(width *
-                                      (j.msgs_done > j.msgs_total ? j.msgs_total : j.msgs_done) /
-                                      j.msgs_total);
-                if (copied(&j))
-                    fill = width;
-                char bar[64], bytes[32];
-                for (unsigned k = 0; k < width; k++)
-                    bar[k] = k < fill ? '#' : '.';
-                bar[width] = '\0';
-                human(j.bytes_done, bytes, sizeof(bytes));
-                double eta = rate > 0 && j.msgs_total > j.msgs_done
-                                 ? (double)(j.msgs_total - j.msgs_done) / rate
-                                 : 0;
-                printf("\r[%s] %-9s %llu/%llu msgs  %s  %.0f msg/s  ETA %.0fs   ", bar, j.phase,
-                       (unsigned long long)j.msgs_done, (unsigned long long)j.msgs_total, bytes,
-                       rate, eta);
-                fflush(stdout);
+                cli_progress_bar(&j, rate, copied(&j));
             } else if (strcmp(last, j.phase) != 0) {
                 printf("job %llu: %s (%llu/%llu messages)\n", (unsigned long long)id, j.phase,
                        (unsigned long long)j.msgs_done, (unsigned long long)j.msgs_total);

@@ -1,0 +1,24 @@
+/*
+ * cli_private — helpers the files of src/cli/ share (the move and import
+ * commands draw the same progress bar and choose a home the same way).
+ * Only src/cli/ includes this.
+ */
+#ifndef TERN_CLI_PRIVATE_H
+#define TERN_CLI_PRIVATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "directory/directory.h"
+#include "mail/mail.h"
+
+/* The store with the fewest users (ties: first by name). 0 or -1. */
+int cli_pick_store(struct directory *dir, char out[MAIL_NAME_MAX + 1]);
+/* "12.3 MB" and the like. */
+void cli_human_bytes(uint64_t b, char *out, size_t outlen);
+/* Redraws the one-line progress bar of job j on the terminal: phase,
+ * messages, bytes, rate (msg/s) and ETA; full draws the bar complete. */
+void cli_progress_bar(const struct dir_job *j, double rate, bool full);
+
+#endif
