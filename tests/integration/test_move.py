@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import SLOW, TERN_BIN, Tern
+from conftest import SLOW, TERN_BIN, Tern, wait_port
 from tsync import TSync, hx
 
 USERS = ("alice@example.org", "bob@example.org", "carol@example.org")
@@ -329,6 +329,9 @@ def test_store_kill9_during_move(tmp_path, victim):
         os.kill(t.role_pid(victim), signal.SIGKILL)
         assert t.cli("move", "wait", str(job)).returncode == 0
         assert home(t, "alice@example.org") == ("s2", 2, "active")
+        # The move may have finished before the kill: the victim may still be
+        # coming back up.
+        assert wait_port(t.ports["sync-" + victim])
         assert digest(t, "alice@example.org", "s2") == before
     finally:
         t.stop()
