@@ -30,6 +30,7 @@ struct smtpd_session {
     bool in_mail;
     char sender[MAIL_ADDR_MAX + 1];
     size_t n_rcpts;
+    bool rcpt_tried; /* a well-formed RCPT reached the handler in this transaction */
     unsigned errors;
     bool pending; /* data() outstanding */
     struct buf out;
@@ -81,6 +82,7 @@ static void txn_reset(struct smtpd_session *s)
     s->in_mail = false;
     s->sender[0] = '\0';
     s->n_rcpts = 0;
+    s->rcpt_tried = false;
     if (had && s->d->h.reset != NULL)
         s->d->h.reset(s->sctx);
 }
@@ -182,6 +184,7 @@ static void cmd_mail(struct smtpd_session *s, const struct smtp_cmd *cmd)
     }
     s->in_mail = true;
     s->n_rcpts = 0;
+    s->rcpt_tried = false;
     str_copy(s->sender, cmd->addr, sizeof(s->sender));
     say(s, 250, "2.1.0", "sender ok");
 }
@@ -203,6 +206,7 @@ static void cmd_rcpt(struct smtpd_session *s, const struct smtp_cmd *cmd)
         return;
     }
     struct smtpd_reply r;
+    s->rcpt_tried = true;
     if (s->d->h.rcpt(s->sctx, cmd, &r) == 0)
         s->n_rcpts++;
     smtpd_send(s, &r);
@@ -217,7 +221,12 @@ static void cmd_data(struct smtpd_session *s)
     }
     if (s->n_rcpts == 0) {
         say(s, 503, "5.5.1", "no valid recipients");
-        client_error(s);
+        /* A pipelining client sends DATA before it sees its RCPT replies
+         * (RFC 2920), so DATA after recipients that were all refused (a
+         * mailbox being moved, say) is normal, not a client error: counting
+         * it would close the mta's pooled connection after a few parks. */
+        if (!s->rcpt_tried)
+            client_error(s);
         return;
     }
     say(s, 354, NULL, "send the message, end with <CRLF>.<CRLF>");

@@ -401,6 +401,41 @@ def test_too_many_errors_close_session(served):
     assert r.closed()
 
 
+def test_refused_recipients_then_data_are_not_client_errors(served):
+    """A pipelining client (the mta) sends DATA before it reads its RCPT
+    replies. While a mailbox is fenced every RCPT gets 451 and DATA 503;
+    that must not count toward the error limit, or the store would close the
+    mta's pooled connection with 421 after a few parked deliveries."""
+    with lmtp(served) as c:
+        c.sendmail("carol@example.net", ["alice@example.org"], MSG)
+    served.cli("mailbox", "fence", "alice@example.org")
+    r = session(served, "LHLO x")
+    for _ in range(25):
+        r.send(b"MAIL FROM:<carol@example.net>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
+        assert r.reply()[0] == 250
+        assert r.reply()[0] == 451
+        assert r.reply()[0] == 503
+        assert r.cmd("RSET")[0] == 250
+    served.cli("mailbox", "unfence", "alice@example.org")
+    assert r.cmd("MAIL FROM:<carol@example.net>")[0] == 250
+    assert r.cmd("RCPT TO:<alice@example.org>")[0] == 250
+    assert r.cmd("DATA")[0] == 354
+    r.send(MSG + b".\r\n")
+    assert r.reply()[0] == 250
+    r.close()
+    assert count(served, "alice@example.org", "Subject: hi") == 2
+    # DATA with no RCPT at all is still a client error.
+    r = session(served, "LHLO x")
+    for _ in range(9):
+        assert r.cmd("MAIL FROM:<>")[0] == 250
+        assert r.cmd("DATA")[0] == 503
+        assert r.cmd("RSET")[0] == 250
+    assert r.cmd("MAIL FROM:<>")[0] == 250
+    assert r.cmd("DATA")[0] == 503
+    assert r.reply()[0] == 421
+    assert r.closed()
+
+
 def test_vrfy_help_noop_rset(served):
     r = session(served, "LHLO x")
     assert r.cmd("VRFY alice")[0] == 252
