@@ -22,8 +22,18 @@
 #define PRIO_TASK     1
 #define RATE_GRACE_MS 10000
 
+#define NET_SIGNALS_MAX 8
+
+struct sig_ctx {
+    void (*cb)(void *ctx);
+    void *ctx;
+    struct event *ev;
+};
+
 struct net_loop {
     struct event_base *base;
+    struct sig_ctx *sigs[NET_SIGNALS_MAX];
+    unsigned n_sigs;
 };
 
 struct net_listener {
@@ -33,10 +43,12 @@ struct net_listener {
     void *ctx;
     struct net_conn_limits limits;
     unsigned n_conns;
+    struct net_conn *conns; /* open connections, to close at net_listener_free */
 };
 
 struct net_conn {
     struct net_listener *l;
+    struct net_conn *prev, *next; /* on l->conns */
     struct bufferevent *bev;
     struct event *timer;   /* idle / deadline / rate */
     struct event *closer;  /* deferred free */
@@ -79,6 +91,10 @@ void net_loop_free(struct net_loop **loopp)
     struct net_loop *loop = *loopp;
     if (loop == NULL)
         return;
+    for (unsigned i = 0; i < loop->n_sigs; i++) {
+        event_free(loop->sigs[i]->ev);
+        free(loop->sigs[i]);
+    }
     event_base_free(loop->base);
     xfree(loopp);
 }
@@ -93,11 +109,6 @@ void net_loop_stop(struct net_loop *loop)
     event_base_loopbreak(loop->base);
 }
 
-struct sig_ctx {
-    void (*cb)(void *ctx);
-    void *ctx;
-};
-
 static void signal_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -108,14 +119,20 @@ static void signal_cb(evutil_socket_t fd, short what, void *arg)
 
 int net_loop_on_signal(struct net_loop *loop, int signo, void (*cb)(void *ctx), void *ctx)
 {
-    /* The event and its context live as long as the process: roles exit by
-     * returning from the loop, and these are few and fixed. */
+    /* Few and fixed per role; net_loop_free() frees them. */
+    if (loop->n_sigs == NET_SIGNALS_MAX)
+        return -1;
     struct sig_ctx *s = xmalloc(sizeof(*s));
     s->cb = cb;
     s->ctx = ctx;
-    struct event *ev = evsignal_new(loop->base, signo, signal_cb, s);
-    if (ev == NULL || event_add(ev, NULL) < 0)
+    s->ev = evsignal_new(loop->base, signo, signal_cb, s);
+    if (s->ev == NULL || event_add(s->ev, NULL) < 0) {
+        if (s->ev != NULL)
+            event_free(s->ev);
+        free(s);
         return -1;
+    }
+    loop->sigs[loop->n_sigs++] = s;
     return 0;
 }
 
@@ -123,6 +140,12 @@ int net_loop_on_signal(struct net_loop *loop, int signo, void (*cb)(void *ctx), 
 
 static void conn_free(struct net_conn *c)
 {
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        c->l->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
     c->l->n_conns--;
     if (c->l->h.on_close != NULL)
         c->l->h.on_close(c, c->ctx);
@@ -376,6 +399,11 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     }
     c->started_ms = c->last_read_ms = time_mono_ms();
     l->n_conns++;
+    c->prev = NULL;
+    c->next = l->conns;
+    if (l->conns != NULL)
+        l->conns->prev = c;
+    l->conns = c;
     bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, NET_READ_MAX);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
@@ -435,6 +463,10 @@ void net_listener_free(struct net_listener **lp)
     struct net_listener *l = *lp;
     if (l == NULL)
         return;
+    /* Connections still open (a role stopping) end here, each through its
+     * on_close, so their sessions are freed with them. */
+    while (l->conns != NULL)
+        conn_free(l->conns);
     evconnlistener_free(l->lev);
     xfree(lp);
 }

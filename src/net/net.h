@@ -65,17 +65,21 @@ struct net_conn_handler {
 };
 
 struct net_loop *net_loop_new(void);
+/* Frees the loop and its signal handlers; listeners and tasks first. */
 void net_loop_free(struct net_loop **loop);
 /* Runs until net_loop_stop(). 0 or -1. */
 int net_loop_run(struct net_loop *loop);
 void net_loop_stop(struct net_loop *loop);
-/* Calls cb on the loop when signal signo arrives. */
+/* Calls cb on the loop when signal signo arrives. At most 8 per loop;
+ * -1 past that or if the event cannot be added. */
 int net_loop_on_signal(struct net_loop *loop, int signo, void (*cb)(void *ctx), void *ctx);
 
 /* Listens on "HOST:PORT" (SO_REUSEADDR). NULL with *error_r on failure. */
 struct net_listener *net_listen(struct net_loop *loop, const char *endpoint,
                                 const struct net_conn_handler *h, void *ctx,
                                 const struct net_conn_limits *limits, const char **error_r);
+/* Stops listening and closes every connection still open, each through its
+ * on_close (unsent output is dropped). */
 void net_listener_free(struct net_listener **l);
 
 /* Queues bytes for sending. */

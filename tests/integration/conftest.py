@@ -62,6 +62,14 @@ def wait_port(port, timeout=10.0, up=True):
     return False
 
 
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def sanitizer_reports(text):
+    """The lines of `text` that start a sanitizer report."""
+    return [l for l in text.splitlines() if any(m in l for m in SANITIZER_MARKS)]
+
+
 class Tern:
     """One tern installation: data dir, config file, CLI, supervisor."""
 
@@ -147,6 +155,11 @@ class Tern:
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        # Under ASan/UBSan, a role that leaked, overflowed or hit undefined
+        # behaviour reports it in the log (at exit, for leaks): any report
+        # fails the test that ran it.
+        reports = sanitizer_reports(self.log())
+        assert not reports, "sanitizer report in serve.log:\n" + "\n".join(reports)
 
     def log(self, tail=None):
         try:
