@@ -595,19 +595,27 @@ static void login_done(struct imapd_session *s, const char *tag, const char *use
     s->sy = sy;
     s->state = ST_AUTH;
     s->last_state_check_ms = time_mono_ms();
-    /* Special-use folders exist from the first login (RFC 6154). */
+    /* Special-use folders exist from the first login (RFC 6154), and are
+     * subscribed when they are created (with INBOX), as clients that show
+     * only subscribed folders expect; an unsubscribe afterwards sticks. */
     static const char *const special[] = {"Drafts", "Sent", "Trash", "Junk"};
     struct sync_folder *fl = NULL;
     size_t nf = 0;
     const char *w = NULL;
     if (sy->ops->folders(sy, s->user, &fl, &nf, &w) == 0) {
+        bool created = false;
         for (size_t i = 0; i < ARRAY_SIZE(special); i++) {
             bool have = false;
             for (size_t j = 0; j < nf && !have; j++)
                 have = strcmp(fl[j].name, special[i]) == 0;
-            if (!have)
-                sy->ops->folder_create(sy, s->user, special[i], &w);
+            if (have || sy->ops->folder_create(sy, s->user, special[i], &w) != 0)
+                continue;
+            created = true;
+            if (s->env->sub_set != NULL)
+                (void)s->env->sub_set(s->env->ctx, s->user, special[i], true);
         }
+        if (created && nf == 1 && s->env->sub_set != NULL)
+            (void)s->env->sub_set(s->env->ctx, s->user, "INBOX", true);
     }
     free(fl);
     log_info("imap", "%s: login %s", s->peer, s->user);
