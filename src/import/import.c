@@ -1560,9 +1560,11 @@ enum import_result import_run(const struct import_env *env, uint64_t id)
 
 /* ---- for the CLI ---------------------------------------------------------------- */
 
-int import_source_check(const char *spec, bool *needs_password_r, const char **error_r)
+int import_source_check(const char *spec, bool *needs_password_r, bool *tls_r, const char **error_r)
 {
     *needs_password_r = false;
+    if (tls_r != NULL)
+        *tls_r = false;
     if (strlen(spec) > DIR_JOB_ARG_MAX) {
         *error_r = "the source is too long";
         return -1;
@@ -1573,11 +1575,8 @@ int import_source_check(const char *spec, bool *needs_password_r, const char **e
         bool tls;
         if (import_imap_url(spec, user, sizeof(user), host, sizeof(host), &port, &tls, error_r) < 0)
             return -1;
-        if (tls) {
-            *error_r = "imaps:// is not supported yet (no TLS client in tern); use imap:// on a "
-                       "trusted network or through a local TLS tunnel";
-            return -1;
-        }
+        if (tls_r != NULL)
+            *tls_r = tls;
         *needs_password_r = true;
         return 0;
     }
@@ -1587,7 +1586,8 @@ int import_source_check(const char *spec, bool *needs_password_r, const char **e
     else if (strncmp(spec, "maildir:", 8) == 0)
         path = spec + 8;
     else {
-        *error_r = "SOURCE is mbox:PATH, maildir:PATH or imap://USER@HOST[:PORT]";
+        *error_r = "SOURCE is mbox:PATH, maildir:PATH, imap://USER@HOST[:PORT] or "
+                   "imaps://USER@HOST[:PORT]";
         return -1;
     }
     if (path[0] != '/') {

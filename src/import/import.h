@@ -78,6 +78,9 @@ struct import_settings {
     unsigned poll;  /* seconds between passes while watching and sweeping (>= 1) */
     uint64_t sweep; /* seconds of straggler sweep after the cutover */
     char secret[IMPORT_PATH_MAX + 1]; /* file holding the IMAP password ("" none) */
+    /* imaps: a PEM file of CA certificates to trust instead of the system's
+     * store (absolute; "": the system's). */
+    char ca_file[IMPORT_PATH_MAX + 1];
 };
 
 struct import_env {
@@ -114,9 +117,11 @@ bool import_job_due(const struct dir_job *j, int64_t now_ms);
 bool import_phase_active(const char *phase);
 
 /* Checks a SOURCE argument: "mbox:PATH", "maildir:PATH" (PATH absolute
- * after the caller resolved it), "imap://USER@HOST[:PORT]". 0, or -1 with
- * a one-line *error_r. *needs_password_r for IMAP. */
-int import_source_check(const char *spec, bool *needs_password_r, const char **error_r);
+ * after the caller resolved it), "imap://USER@HOST[:PORT]" or
+ * "imaps://USER@HOST[:PORT]". 0, or -1 with a one-line *error_r.
+ * *needs_password_r for IMAP, *tls_r for imaps (may be NULL). */
+int import_source_check(const char *spec, bool *needs_password_r, bool *tls_r,
+                        const char **error_r);
 
 /* Creates an import job (phase "queued") for user into store `home`, with
  * its settings, in one directory transaction. DIR_INVALID if the user has

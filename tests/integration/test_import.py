@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -215,7 +216,13 @@ def test_import_cli_errors(t, tmp_path):
         (["import", USER, "--from", "pop3://x@y"], 1, "SOURCE is"),
         (["import", USER, "--from", "mbox:/nonexistent/x"], 1, "cannot be read"),
         (["import", "nobody@example.org", "--from", "mbox:" + str(box)], 1, "no such user"),
-        (["import", USER, "--from", "imaps://u@127.0.0.1:1"], 1, "imaps"),
+        (["import", USER, "--from", "imaps://u@127.0.0.1:1", "--ca-file", "/nonexistent.pem"], 1,
+         "--ca-file"),
+        (["import", USER, "--from", "mbox:" + str(box), "--ca-file", "/etc/hostname"], 2,
+         "imaps"),
+        (["import", USER, "--from", "imaps://u@127.0.0.1:1", "--ca-file", "/etc/hostname"], 1,
+         "no PEM certificate"),
+        (["import", USER, "--from", "imaps://u@127.0.0.1:1"], 2, "TERN_IMPORT_PASSWORD"),
         (["import", USER, "--from", "imap://u@127.0.0.1:1"], 2, "TERN_IMPORT_PASSWORD"),
         (["import", USER, "--from", "imap://127.0.0.1:1"], 1, "user"),
         (["import", USER, "--from", "mbox:" + str(box), "--poll", "0"], 2, "--poll"),
@@ -448,7 +455,7 @@ state_dir = {d}/state
 log_path = {d}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 first_valid_uid = 8
@@ -467,6 +474,11 @@ userdb {{
   args = uid=mail gid=mail home={d}/mail/%n
 }}
 service imap-login {{
+{listeners}
+}}
+"""
+
+PLAIN_LISTENERS = """
   inet_listener imap {{
     address = 127.0.0.1
     port = {port}
@@ -474,23 +486,60 @@ service imap-login {{
   inet_listener imaps {{
     port = 0
   }}
-}}
+"""
+
+# imaps only: TLS is required, the plain port is closed.
+TLS_LISTENERS = """
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {port}
+    ssl = yes
+  }}
 """
 
 
+def make_cert(d, name, cn):
+    """A self-signed certificate (and key) for host cn, made with the openssl
+    command: d/name.pem and d/name.key."""
+    cert, key = os.path.join(d, name + ".pem"), os.path.join(d, name + ".key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=" + cn,
+                    "-addext", "subjectAltName=DNS:" + cn, "-keyout", key, "-out", cert],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 class Dovecot:
-    def __init__(self):
+    """A Dovecot IMAP server on loopback; with tls=True it speaks imaps only
+    (ssl = required) with a self-signed certificate for cert_host (self.ca:
+    the certificate, which is its own CA)."""
+
+    def __init__(self, tls=False, cert_host="localhost"):
         if shutil.which("dovecot") is None or os.geteuid() != 0:
             pytest.skip("Dovecot (dovecot-imapd) and root are needed for the IMAP source tests")
+        if tls and shutil.which("openssl") is None:
+            pytest.skip("the openssl command is needed for the imaps tests")
         self.dir = tempfile.mkdtemp(prefix="tern-dovecot-", dir="/tmp")
         os.chmod(self.dir, 0o755)
         for sub in ("run", "state", "mail"):
             os.mkdir(os.path.join(self.dir, sub))
         shutil.chown(os.path.join(self.dir, "mail"), "mail", "mail")
         self.port = free_port()
+        self.tls = tls
+        self.ca = None
+        ssl_conf = "ssl = no"
+        listeners = PLAIN_LISTENERS
+        if tls:
+            self.ca, key = make_cert(self.dir, "server", cert_host)
+            ssl_conf = f"ssl = required\nssl_cert = <{self.ca}\nssl_key = <{key}"
+            listeners = TLS_LISTENERS
         self.conf = os.path.join(self.dir, "dovecot.conf")
         with open(self.conf, "w") as f:
-            f.write(DOVECOT_CONF.format(d=self.dir, port=self.port))
+            f.write(DOVECOT_CONF.format(d=self.dir, port=self.port, ssl=ssl_conf,
+                                        listeners=listeners.format(port=self.port)))
         self.proc = subprocess.Popen(["dovecot", "-F", "-c", self.conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         if not wait_port(self.port, 15):
@@ -498,7 +547,12 @@ class Dovecot:
             raise AssertionError("dovecot did not start")
 
     def client(self, user="bob"):
-        c = imaplib.IMAP4("127.0.0.1", self.port)
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=self.ca)
+            ctx.check_hostname = False  # the test of names is tern's, not this client's
+            c = imaplib.IMAP4_SSL("127.0.0.1", self.port, ssl_context=ctx)
+        else:
+            c = imaplib.IMAP4("127.0.0.1", self.port)
         c.login(user, "oldpass")
         return c
 
@@ -703,3 +757,60 @@ def test_imap_too_big_is_reported_not_imported(tmp_path):
     finally:
         d.stop()
         t.stop()
+
+
+# ---- imaps ------------------------------------------------------------------------------
+
+def test_imaps_source_with_ca_file(t, tmp_path):
+    """imaps:// against a Dovecot that requires TLS: with --ca-file (its
+    self-signed certificate) everything arrives; without it the system's CAs
+    do not know the certificate and nothing is imported, with a clear
+    reason."""
+    d = Dovecot(tls=True, cert_host="localhost")
+    try:
+        fill_source(d)
+        pw = tmp_path / "pw"
+        pw.write_text("oldpass\n")
+        src = f"imaps://bob@localhost:{d.port}"
+        # Not trusted (into another user): the job waits with the certificate
+        # error and imports nothing.
+        other = "carol@example.org"
+        t.cli("user", "add", other, "--password", PW, "--store", "s1")
+        bad = start_import(t, src, "--password-file", str(pw), "--sweep", "0", user=other)
+        assert wait_for(lambda: "certificate verify failed" in t.cli("moves").stdout, 30), \
+            t.cli("moves").stdout
+        assert "self-signed certificate" in t.cli("moves").stdout, t.cli("moves").stdout
+        # The CLI checks --ca-file at once.
+        p = t.cli("import", USER, "--from", src, "--password-file", str(pw), "--ca-file",
+                  str(tmp_path / "nope.pem"), check=False)
+        assert p.returncode == 1 and "--ca-file" in p.stderr, p.stderr
+        p = t.cli("import", USER, "--from", f"imap://bob@localhost:{d.port}", "--password-file",
+                  str(pw), "--ca-file", d.ca, check=False)
+        assert p.returncode == 2 and "imaps" in p.stderr, p.stderr
+        # Trusted: everything arrives, checked with IMAP4_SSL at the source.
+        job = start_import(t, src, "--password-file", str(pw), "--ca-file", d.ca, "--wait",
+                           "--sweep", "0")
+        wait_phase(t, job, ("done",))
+        assert compare(d, t) == 10
+        assert "kept" in report(t, job)
+        assert phase(t, bad) in ("scan", "queued")
+        rep = report(t, bad)
+        assert "certificate verify failed" in rep and "\nINBOX " not in rep, rep
+    finally:
+        d.stop()
+
+
+def test_imaps_certificate_for_another_host_fails(t, tmp_path):
+    d = Dovecot(tls=True, cert_host="other.example")
+    try:
+        d.client().logout()  # the server itself works
+        pw = tmp_path / "pw"
+        pw.write_text("oldpass")
+        job = start_import(t, f"imaps://bob@localhost:{d.port}", "--password-file", str(pw),
+                           "--ca-file", d.ca, "--sweep", "0")
+        assert wait_for(lambda: "hostname mismatch" in t.cli("moves").stdout, 30), \
+            t.cli("moves").stdout
+        assert "not for localhost" in t.cli("moves").stdout
+        assert phase(t, job) in ("scan", "queued")
+    finally:
+        d.stop()
