@@ -128,6 +128,9 @@ struct import_sfolder {
     bool count_exact;                 /* count is the source's own (IMAP STATUS) */
     uint64_t bytes;                   /* octets (estimate) */
     char error[IMPORT_TEXT_MAX + 1];  /* a folder that cannot be imported: why */
+    /* Files: uidvalidity and uidnext from dovecot-uidlist or X-IMAPbase;
+     * when uidvalidity is 0, why the source gives no UIDs. */
+    char uid_note[IMPORT_TEXT_MAX + 1];
 };
 
 enum import_item_kind {
