@@ -42,11 +42,13 @@
  * saved to the job (directory, with the row's compare-and-set that renews
  * the lease) only after the records they cover are durable.
  *
- * UIDs. A source with UIDs (IMAP) keeps them in a destination folder that
+ * UIDs. A source with UIDs (IMAP; Maildir with Dovecot's dovecot-uidlist;
+ * mbox with X-IMAPbase and X-UID) keeps them in a destination folder that
  * has the source folder's UIDVALIDITY (a folder this import created, or an
  * INBOX of a mailbox it created), as long as each UID is at least the
  * folder's UIDNEXT (a client that already saw the folder must never get a
- * lower UID); other messages get the next UID. The report says where UIDs
+ * lower UID); other messages there get one at or above the source's
+ * UIDNEXT, elsewhere the next UID. The report says per folder where UIDs
  * were not kept and why.
  *
  * Reported vs aborted: every trouble with a message (too big, unreadable,

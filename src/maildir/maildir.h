@@ -28,7 +28,9 @@
  *
  * Messages (maildir_iter_*). A folder's messages are the regular files in
  * new/ and cur/ whose names do not start with '.'; tmp/ is never read
- * (deliveries in progress). They come sorted by identity. Per message:
+ * (deliveries in progress). They come sorted by UID when the folder's
+ * dovecot-uidlist gives UIDs (below; messages without one last), else by
+ * identity. Per message:
  *  - the identity: the file's base name up to the first ':' (the info),
  *    without Dovecot's ",S=<size>" and ",W=<size>" fields, which a tool may
  *    add or drop without the message changing;

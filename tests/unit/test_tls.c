@@ -97,6 +97,13 @@ struct server {
 static void *serve(void *arg)
 {
     struct server *sv = arg;
+    /* The server's writes may hit a client that gave up (that is the
+     * point of most cases): SIGPIPE stays pending on this thread, blocked.
+     * The client's thread keeps it unblocked, with the default action. */
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, NULL);
     int fd = accept(sv->lfd, NULL, NULL);
     if (fd < 0)
         return NULL;
