@@ -369,6 +369,7 @@ int cli_import(const struct config *cfg, int argc, char **argv)
     bool bad = false;
     const char *from = opt(&argc, argv, "--from", &bad);
     const char *pwfile = opt(&argc, argv, "--password-file", &bad);
+    const char *ca_file = opt(&argc, argv, "--ca-file", &bad);
     const char *store = opt(&argc, argv, "--store", &bad);
     const char *poll = opt(&argc, argv, "--poll", &bad);
     const char *sweep = opt(&argc, argv, "--sweep", &bad);
@@ -385,8 +386,8 @@ int cli_import(const struct config *cfg, int argc, char **argv)
     if (r != 0)
         return r;
     if (from == NULL)
-        return iusage("import needs --from SOURCE (mbox:PATH, maildir:PATH or "
-                      "imap://USER@HOST:PORT)");
+        return iusage("import needs --from SOURCE (mbox:PATH, maildir:PATH, "
+                      "imap://USER@HOST[:PORT] or imaps://USER@HOST[:PORT])");
     struct import_settings set;
     memset(&set, 0, sizeof(set));
     set.watch = watch;
@@ -420,11 +421,31 @@ int cli_import(const struct config *cfg, int argc, char **argv)
     } else if (str_copy(spec, from, sizeof(spec)) >= sizeof(spec)) {
         return ifail("the source is too long");
     }
-    bool needs_pw;
-    if (import_source_check(spec, &needs_pw, &e) < 0)
+    bool needs_pw, tls;
+    if (import_source_check(spec, &needs_pw, &tls, &e) < 0)
         return ifail("%s: %s", from, e);
     if (!needs_pw && (pwfile != NULL))
         return iusage("--password-file is for an IMAP source");
+    if (ca_file != NULL) {
+        /* The mover reads it at each connection: an absolute path, and one
+         * that can be read now, so a typo fails here and not in the job. */
+        if (!tls)
+            return iusage("--ca-file is for an imaps:// source");
+        char abs[PATH_MAX];
+        if (realpath(ca_file, abs) == NULL)
+            return ifail("--ca-file %s: %s", ca_file, strerror(errno));
+        struct buf pem;
+        buf_init(&pem, 0);
+        int fr = file_read_all(abs, 1u << 20, &pem, &e);
+        bool looks = fr == 0 && pem.data != NULL && strstr(pem.data, "-----BEGIN CERTIFICATE-----");
+        buf_free(&pem);
+        if (fr < 0)
+            return ifail("--ca-file %s: %s", ca_file, e);
+        if (!looks)
+            return ifail("--ca-file %s: no PEM certificate in it", ca_file);
+        if (str_copy(set.ca_file, abs, sizeof(set.ca_file)) >= sizeof(set.ca_file))
+            return ifail("--ca-file: the path is too long");
+    }
     if (store != NULL && !create)
         return iusage("--store only goes with --create");
     struct directory *dir = idir(cfg);

@@ -705,12 +705,10 @@ static bool keywords_equal(const char *a, const char *b)
 }
 
 /* The source is the master until the cutover: a message imported before
- * whose flags changed there gets them in tern too. */
-static enum step sync_flags(struct fpass *p, const struct ident *known,
-                            const struct import_item *it)
+ * (destination message d) whose flags changed there gets them in tern too. */
+static enum step sync_flags(struct fpass *p, const struct dmsg *d, const struct import_item *it)
 {
     struct run *r = p->r;
-    const struct dmsg *d = &r->rec.m[known->dmsg];
     if (strcmp(r->rec.names[d->folder], p->fs->name) != 0)
         return STEP_NEXT; /* the user moved it elsewhere in tern meanwhile */
     if (!p->dfl_loaded) {
@@ -871,7 +869,14 @@ static enum step flush(struct fpass *p)
             if (pe->state != 0)
                 continue;
             bool keep = p->keep && round == 0 && pe->src_uid != 0 && pe->src_uid >= p->dnext;
-            pe->uid = keep ? pe->src_uid : p->dnext;
+            /* A message that cannot keep its UID in a folder that keeps the
+             * source's gets one at or above the source's UIDNEXT: a UID
+             * below it may be one a client of the source saw (an expunged
+             * message's, a later message's). */
+            uint32_t next = p->dnext;
+            if (p->keep && p->sf->uidnext > next)
+                next = p->sf->uidnext;
+            pe->uid = keep ? pe->src_uid : next;
             if (pe->uid == 0 || pe->uid == UINT32_MAX) {
                 import_fstate_fail(p->fs, "(uid)", "the destination folder has no UIDs left");
                 pe->state = 2;
@@ -945,11 +950,18 @@ static enum step flush(struct fpass *p)
         count_imported(p, mark, pe->data.len);
         if (pe->malformed)
             p->fs->malformed++;
-        if (pe->src_uid != 0) {
-            if (pe->uid == pe->src_uid)
+        if (pe->src_uid != 0 || p->sf->uidvalidity != 0) {
+            if (pe->uid == pe->src_uid) {
                 p->fs->uids_kept++;
-            else
+            } else {
                 p->fs->uids_new++;
+                if (p->fs->uid_note[0] == '\0' && p->keep)
+                    snprintf(p->fs->uid_note, sizeof(p->fs->uid_note), "%s",
+                             pe->src_uid == 0
+                                 ? "messages the source gave no UID"
+                                 : "UIDs below the destination folder's next UID (taken, or "
+                                   "duplicate or not ascending in the source)");
+            }
         }
     }
     if (result == STEP_NEXT)
@@ -993,7 +1005,7 @@ static enum step handle_msg(struct fpass *p, const struct import_item *it)
         return STEP_NEXT;
     if (it->flags_only) {
         const struct ident *kn = find_ik(&r->rec, k.ik);
-        return kn != NULL && p->sync_flags ? sync_flags(p, kn, it) : STEP_NEXT;
+        return kn != NULL && p->sync_flags ? sync_flags(p, &r->rec.m[kn->dmsg], it) : STEP_NEXT;
     }
     if (!p->phase2) {
         p->pend_msgs++;
@@ -1011,7 +1023,7 @@ static enum step handle_msg(struct fpass *p, const struct import_item *it)
         if (!known->mine)
             p->pend_already++;
         r->job.msgs_done++;
-        return p->sync_flags ? sync_flags(p, known, it) : STEP_NEXT;
+        return p->sync_flags ? sync_flags(p, &r->rec.m[known->dmsg], it) : STEP_NEXT;
     }
     /* An append whose record a crash cut off: its GUID is there. */
     const struct recon *rc = r->reconcile ? find_guid(&r->rec, k.guid) : NULL;
@@ -1048,7 +1060,10 @@ static enum step handle_msg(struct fpass *p, const struct import_item *it)
         same->claim = r->rec.claim;
         p->fs->dups++;
         r->job.msgs_done++;
-        return STEP_NEXT;
+        /* An mbox a client rewrote to change a message's Status or
+         * X-Keywords: the same content under a new identity, whose flags
+         * follow while the source is the master. */
+        return p->sync_flags ? sync_flags(p, same, it) : STEP_NEXT;
     }
     if (it->len > r->msg_max) {
         char why[IMPORT_TEXT_MAX + 1];
@@ -1560,9 +1575,11 @@ enum import_result import_run(const struct import_env *env, uint64_t id)
 
 /* ---- for the CLI ---------------------------------------------------------------- */
 
-int import_source_check(const char *spec, bool *needs_password_r, const char **error_r)
+int import_source_check(const char *spec, bool *needs_password_r, bool *tls_r, const char **error_r)
 {
     *needs_password_r = false;
+    if (tls_r != NULL)
+        *tls_r = false;
     if (strlen(spec) > DIR_JOB_ARG_MAX) {
         *error_r = "the source is too long";
         return -1;
@@ -1573,11 +1590,8 @@ int import_source_check(const char *spec, bool *needs_password_r, const char **e
         bool tls;
         if (import_imap_url(spec, user, sizeof(user), host, sizeof(host), &port, &tls, error_r) < 0)
             return -1;
-        if (tls) {
-            *error_r = "imaps:// is not supported yet (no TLS client in tern); use imap:// on a "
-                       "trusted network or through a local TLS tunnel";
-            return -1;
-        }
+        if (tls_r != NULL)
+            *tls_r = tls;
         *needs_password_r = true;
         return 0;
     }
@@ -1587,7 +1601,8 @@ int import_source_check(const char *spec, bool *needs_password_r, const char **e
     else if (strncmp(spec, "maildir:", 8) == 0)
         path = spec + 8;
     else {
-        *error_r = "SOURCE is mbox:PATH, maildir:PATH or imap://USER@HOST[:PORT]";
+        *error_r = "SOURCE is mbox:PATH, maildir:PATH, imap://USER@HOST[:PORT] or "
+                   "imaps://USER@HOST[:PORT]";
         return -1;
     }
     if (path[0] != '/') {
@@ -1678,12 +1693,18 @@ int import_report(struct directory *dir, uint64_t id, FILE *out, const char **er
     for (size_t i = 0; i < st.n; i++) {
         const struct import_fstate *f = &st.f[i];
         char uids[IMPORT_TEXT_MAX + 64];
-        if (f->uidvalidity == 0)
-            snprintf(uids, sizeof(uids), "%s", f->imported > 0 ? "new (the source has none)" : "-");
+        if (f->uidvalidity == 0 && f->imported == 0)
+            snprintf(uids, sizeof(uids), "-");
+        else if (f->uidvalidity == 0)
+            snprintf(uids, sizeof(uids), "new: %s",
+                     f->uid_note[0] ? f->uid_note : "the source has no UIDs");
         else if (f->uids_kept + f->uids_new == 0)
             snprintf(uids, sizeof(uids), "-");
         else if (f->uids_new == 0)
             snprintf(uids, sizeof(uids), "kept");
+        else if (f->uids_kept == 0)
+            snprintf(uids, sizeof(uids), "new: %s",
+                     f->uid_note[0] ? f->uid_note : "UIDs taken in the destination folder");
         else
             snprintf(uids, sizeof(uids), "%llu kept, %llu new%s%s",
                      (unsigned long long)f->uids_kept, (unsigned long long)f->uids_new,

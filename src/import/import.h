@@ -42,11 +42,13 @@
  * saved to the job (directory, with the row's compare-and-set that renews
  * the lease) only after the records they cover are durable.
  *
- * UIDs. A source with UIDs (IMAP) keeps them in a destination folder that
+ * UIDs. A source with UIDs (IMAP; Maildir with Dovecot's dovecot-uidlist;
+ * mbox with X-IMAPbase and X-UID) keeps them in a destination folder that
  * has the source folder's UIDVALIDITY (a folder this import created, or an
  * INBOX of a mailbox it created), as long as each UID is at least the
  * folder's UIDNEXT (a client that already saw the folder must never get a
- * lower UID); other messages get the next UID. The report says where UIDs
+ * lower UID); other messages there get one at or above the source's
+ * UIDNEXT, elsewhere the next UID. The report says per folder where UIDs
  * were not kept and why.
  *
  * Reported vs aborted: every trouble with a message (too big, unreadable,
@@ -78,6 +80,9 @@ struct import_settings {
     unsigned poll;  /* seconds between passes while watching and sweeping (>= 1) */
     uint64_t sweep; /* seconds of straggler sweep after the cutover */
     char secret[IMPORT_PATH_MAX + 1]; /* file holding the IMAP password ("" none) */
+    /* imaps: a PEM file of CA certificates to trust instead of the system's
+     * store (absolute; "": the system's). */
+    char ca_file[IMPORT_PATH_MAX + 1];
 };
 
 struct import_env {
@@ -114,9 +119,11 @@ bool import_job_due(const struct dir_job *j, int64_t now_ms);
 bool import_phase_active(const char *phase);
 
 /* Checks a SOURCE argument: "mbox:PATH", "maildir:PATH" (PATH absolute
- * after the caller resolved it), "imap://USER@HOST[:PORT]". 0, or -1 with
- * a one-line *error_r. *needs_password_r for IMAP. */
-int import_source_check(const char *spec, bool *needs_password_r, const char **error_r);
+ * after the caller resolved it), "imap://USER@HOST[:PORT]" or
+ * "imaps://USER@HOST[:PORT]". 0, or -1 with a one-line *error_r.
+ * *needs_password_r for IMAP, *tls_r for imaps (may be NULL). */
+int import_source_check(const char *spec, bool *needs_password_r, bool *tls_r,
+                        const char **error_r);
 
 /* Creates an import job (phase "queued") for user into store `home`, with
  * its settings, in one directory transaction. DIR_INVALID if the user has

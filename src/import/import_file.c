@@ -41,8 +41,50 @@ struct file_iter {
     uint64_t ino;
     int64_t file_mtime; /* unix s, for messages without a date */
     struct maildir_iter *mi;
-    int64_t md_mtime; /* maildir: the combined mtime at open, 0 if too recent */
+    int64_t md_mtime;     /* maildir: the combined mtime at open, 0 if too recent */
+    uint32_t uidvalidity; /* the folder's as listed: UIDs of this one are kept (0: none) */
 };
+
+/* The listing's UIDs of a folder into its state: the report's UIDS column. */
+static void note_uids(const struct import_sfolder *f, struct import_fstate *st)
+{
+    st->uidvalidity = f->uidvalidity;
+    if (f->uidvalidity == 0 && f->uid_note[0] != '\0')
+        str_copy(st->uid_note, f->uid_note, sizeof(st->uid_note));
+}
+
+/* An mbox file's X-IMAPbase (mbox_uid_base) into f. */
+static void mbox_list_uids(const char *path, struct import_sfolder *f)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    char head[MBOX_UID_BASE_SCAN];
+    ssize_t n = -1;
+    if (fd >= 0) {
+        do {
+            n = pread(fd, head, sizeof(head), 0);
+        } while (n < 0 && errno == EINTR);
+        close(fd);
+    }
+    const char *why = "the file cannot be read";
+    if (n < 0 || mbox_uid_base(head, (size_t)n, &f->uidvalidity, &f->uidnext, &why) <= 0) {
+        f->uidvalidity = f->uidnext = 0;
+        str_copy(f->uid_note, why, sizeof(f->uid_note));
+    }
+}
+
+/* A Maildir folder's dovecot-uidlist (maildir_uidlist_load) into f. */
+static void maildir_list_uids(const char *path, struct import_sfolder *f)
+{
+    struct maildir_uidlist *ul;
+    char err[IMPORT_TEXT_MAX + 1];
+    if (maildir_uidlist_load(path, 0, &ul, err, sizeof(err)) == 0) {
+        f->uidvalidity = maildir_uidlist_uidvalidity(ul);
+        f->uidnext = maildir_uidlist_uidnext(ul);
+        maildir_uidlist_free(&ul);
+    } else {
+        str_copy(f->uid_note, err, sizeof(f->uid_note));
+    }
+}
 
 static int64_t stat_mtime_ns(const struct stat *st)
 {
@@ -230,6 +272,7 @@ static int walk_dir(struct walk *w, const char *rel, const char *name, unsigned 
                     f->bytes = (uint64_t)st.st_size;
                     if (w->counting)
                         f->count = mbox_quick_count(cpath);
+                    mbox_list_uids(cpath, f);
                 }
             }
         }
@@ -270,6 +313,7 @@ static int mbox_list(struct file_src *s, bool counting, struct import_sfolder **
         f->bytes = (uint64_t)st.st_size;
         if (counting)
             f->count = mbox_quick_count(s->root);
+        mbox_list_uids(s->root, f);
     } else if (S_ISDIR(st.st_mode)) {
         s->root_is_file = false;
         if (walk_dir(&w, "", "", 0) < 0) {
@@ -337,6 +381,8 @@ static int mbox_open(struct file_src *s, const struct import_sfolder *f, struct 
     it->mtime_ns = stat_mtime_ns(&sb);
     it->ino = (uint64_t)sb.st_ino;
     it->file_mtime = sb.st_mtim.tv_sec;
+    it->uidvalidity = f->uidvalidity;
+    note_uids(f, st);
     bool same_file = st->ino == it->ino && st->cp > 0 && st->cp <= it->size;
     if (!full && same_file && st->cp == it->size && st->size == it->size &&
         st->mtime_ns == it->mtime_ns) {
@@ -346,7 +392,11 @@ static int mbox_open(struct file_src *s, const struct import_sfolder *f, struct 
         return 0;
     }
     uint64_t start = 0;
-    if (!full && same_file) {
+    /* While the source is the master (flag_changes: watching, before the
+     * cutover), a changed file is read from the start: a client changes
+     * flags by rewriting messages anywhere in it, perhaps without changing
+     * the part before the checkpoint that the tail hash covers. */
+    if (!full && same_file && !s->base.flag_changes) {
         /* Read on from the checkpoint only if what lies before it is still
          * what was read, and a message (or the end) starts there. */
         char tail[2 * SHA256_LEN + 1];
@@ -420,6 +470,7 @@ static int mbox_next_item(struct file_iter *it, struct import_item *out, const c
     snprintf(out->ident, sizeof(out->ident), "%llu:%s", (unsigned long long)m.offset, sha);
     out->flags = m.flags;
     out->keywords = m.keywords;
+    out->uid = it->uidvalidity != 0 ? m.uid : 0;
     out->internal_date = m.has_date ? m.internal_date : it->file_mtime;
     out->data = m.data;
     out->len = m.len;
@@ -450,6 +501,7 @@ static int maildir_list(struct file_src *s, bool counting, struct import_sfolder
         const struct maildir_folder *f = maildir_folder(s->md, i);
         str_copy(l[i].name, f->name, sizeof(l[i].name));
         str_copy(l[i].src, f->path, sizeof(l[i].src));
+        maildir_list_uids(f->path, &l[i]);
         if (counting) {
             struct maildir_iter *mi;
             const char *e;
@@ -503,6 +555,7 @@ static int maildir_open_folder(struct file_src *s, const struct import_sfolder *
         *error_r = "the folder is gone from the Maildir";
         return -1;
     }
+    note_uids(f, st);
     int64_t mt = maildir_mtime(maildir_folder(s->md, idx)->path);
     if (!full && mt != 0 && mt == st->mtime_ns) {
         *iter_r = NULL;
@@ -516,6 +569,12 @@ static int maildir_open_folder(struct file_src *s, const struct import_sfolder *
         free(it);
         return -1;
     }
+    /* UIDs are kept only from the uidlist the listing saw (a Dovecot that
+     * reset its UIDVALIDITY since then gives new UIDs this pass). */
+    const char *note;
+    const struct maildir_uidlist *ul = maildir_iter_uidlist(it->mi, &note);
+    it->uidvalidity =
+        ul != NULL && maildir_uidlist_uidvalidity(ul) == f->uidvalidity ? f->uidvalidity : 0;
     st->cp = 0; /* every pass reads the whole folder */
     *iter_r = (struct import_iter *)it;
     return 0;
@@ -547,6 +606,7 @@ static int maildir_next_item(struct file_iter *it, struct import_item *out)
     }
     out->kind = IMPORT_ITEM_MSG;
     str_copy(out->ident, m.uniq, sizeof(out->ident));
+    out->uid = it->uidvalidity != 0 ? m.uid : 0;
     out->flags = m.flags;
     out->keywords = m.keywords;
     out->internal_date = m.internal_date;

@@ -25,6 +25,8 @@ struct imap_src {
     char user[IMAP_USER_MAX + 1];
     char host[IMAP_HOST_MAX + 1];
     int port;
+    bool tls;                          /* imaps */
+    char ca_file[IMPORT_PATH_MAX + 1]; /* "": the system's CAs */
     char password[IMPORT_SECRET_MAX + 1];
     struct imapc *c;
 };
@@ -232,7 +234,7 @@ static int imap_connected(struct imap_src *s, const char **error_r)
     if (s->c != NULL)
         return 0;
     static __thread char err[300];
-    s->c = imapc_connect(s->host, s->port, IMAP_TIMEOUT_MS, err, sizeof(err));
+    s->c = imapc_connect(s->host, s->port, s->tls, s->ca_file, IMAP_TIMEOUT_MS, err, sizeof(err));
     if (s->c == NULL) {
         *error_r = err;
         return -1;
@@ -598,8 +600,8 @@ static const struct import_src_ops imap_ops = {
     .close = imap_close,
 };
 
-int import_src_open_imap(const char *spec, const char *password, size_t msg_max,
-                         struct import_src **s_r, char *err, size_t errlen)
+int import_src_open_imap(const char *spec, const char *password, const char *ca_file,
+                         size_t msg_max, struct import_src **s_r, char *err, size_t errlen)
 {
     struct imap_src *s = xmalloc(sizeof(*s));
     bool tls;
@@ -610,10 +612,10 @@ int import_src_open_imap(const char *spec, const char *password, size_t msg_max,
         free(s);
         return -1;
     }
-    if (tls) {
-        snprintf(err, errlen,
-                 "imaps:// is not supported yet (no TLS client in tern); use "
-                 "imap:// on a trusted network or through a local TLS tunnel");
+    s->tls = tls;
+    if (ca_file != NULL &&
+        str_copy(s->ca_file, ca_file, sizeof(s->ca_file)) >= sizeof(s->ca_file)) {
+        snprintf(err, errlen, "the CA file's path is too long");
         free(s);
         return -1;
     }
@@ -649,7 +651,7 @@ int import_src_open(const char *spec, const struct import_settings *set, size_t 
             snprintf(err, errlen, "the IMAP password file %s holds no usable password",
                      set->secret);
         else
-            r = import_src_open_imap(spec, pw.data, msg_max, s_r, err, errlen);
+            r = import_src_open_imap(spec, pw.data, set->ca_file, msg_max, s_r, err, errlen);
         if (pw.data != NULL)
             memset(pw.data, 0, pw.len);
         buf_free(&pw);

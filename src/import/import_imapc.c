@@ -460,8 +460,8 @@ static int caps_cb(struct imapc *c, void *ctx)
     return 0;
 }
 
-struct imapc *imapc_connect(const char *host, int port, unsigned timeout_ms, char *err,
-                            size_t errlen)
+struct imapc *imapc_connect(const char *host, int port, bool tls, const char *ca_file,
+                            unsigned timeout_ms, char *err, size_t errlen)
 {
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
@@ -488,6 +488,14 @@ struct imapc *imapc_connect(const char *host, int port, unsigned timeout_ms, cha
     struct sock *s = sock_connect(ep, timeout_ms, err, errlen);
     if (s == NULL)
         return NULL;
+    if (tls) {
+        char terr[300];
+        if (sock_start_tls(s, host, ca_file, terr, sizeof(terr)) < 0) {
+            snprintf(err, errlen, "IMAP source %s:%d: %s", host, port, terr);
+            sock_close(&s);
+            return NULL;
+        }
+    }
     struct imapc *c = xmalloc(sizeof(*c));
     c->s = s;
     buf_init(&c->r.text, IMAPC_RESP_MAX);
@@ -555,8 +563,8 @@ void imapc_logout(struct imapc **cp)
 int imapc_login(struct imapc *c, const char *user, const char *password, const char **error_r)
 {
     if (imapc_has_cap(c, "LOGINDISABLED")) {
-        *error_r = "the IMAP source refuses LOGIN without TLS (LOGINDISABLED); imaps is not "
-                   "supported yet";
+        *error_r = "the IMAP source refuses LOGIN without TLS (LOGINDISABLED): use "
+                   "imaps://USER@HOST (STARTTLS is not supported)";
         return 1;
     }
     struct buf cmd;

@@ -128,6 +128,9 @@ struct import_sfolder {
     bool count_exact;                 /* count is the source's own (IMAP STATUS) */
     uint64_t bytes;                   /* octets (estimate) */
     char error[IMPORT_TEXT_MAX + 1];  /* a folder that cannot be imported: why */
+    /* Files: uidvalidity and uidnext from dovecot-uidlist or X-IMAPbase;
+     * when uidvalidity is 0, why the source gives no UIDs. */
+    char uid_note[IMPORT_TEXT_MAX + 1];
 };
 
 enum import_item_kind {
@@ -199,8 +202,9 @@ int import_src_open(const char *spec, const struct import_settings *set, size_t 
                     struct import_src **s_r, char *err, size_t errlen);
 int import_src_open_file(const char *spec, size_t msg_max, struct import_src **s_r, char *err,
                          size_t errlen);
-int import_src_open_imap(const char *spec, const char *password, size_t msg_max,
-                         struct import_src **s_r, char *err, size_t errlen);
+/* ca_file: see import_settings (imaps only; NULL or "" the system's CAs). */
+int import_src_open_imap(const char *spec, const char *password, const char *ca_file,
+                         size_t msg_max, struct import_src **s_r, char *err, size_t errlen);
 void import_src_close(struct import_src **s);
 
 /* Parses "imap://USER@HOST[:PORT]" (and imaps://): user (percent-decoded),
@@ -229,9 +233,11 @@ struct imapc_msg {
     unsigned bad_keywords;
 };
 
-/* Connects ("HOST" resolved here) and reads the greeting. NULL with err. */
-struct imapc *imapc_connect(const char *host, int port, unsigned timeout_ms, char *err,
-                            size_t errlen);
+/* Connects ("HOST" resolved here), with tls starts TLS at once (imaps:
+ * the certificate checked against ca_file or the system's CAs and host;
+ * sock_start_tls) and reads the greeting. NULL with err. */
+struct imapc *imapc_connect(const char *host, int port, bool tls, const char *ca_file,
+                            unsigned timeout_ms, char *err, size_t errlen);
 void imapc_free(struct imapc **c);
 /* A client whose server says p[0..n) (nothing is sent anywhere): for tests
  * and fuzzing of the response parser. p must outlive it. */

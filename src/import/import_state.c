@@ -96,6 +96,8 @@ void import_state_write(const struct import_state *s, struct buf *out)
     put_u64(out, "poll", s->set.poll);
     put_u64(out, "sweep", s->set.sweep);
     put_str(out, "secret", s->set.secret);
+    if (s->set.ca_file[0] != '\0')
+        put_str(out, "cafile", s->set.ca_file);
     buf_puts(out, "\nR");
     put_u64(out, "inflight", s->inflight ? 1 : 0);
     put_u64(out, "cutover", (uint64_t)s->cutover);
@@ -225,6 +227,8 @@ static int set_S(void *ctx, const struct kv *kv)
             return -1;
     } else if (key_is(kv, "secret")) {
         return get_str(kv, s->set.secret, sizeof(s->set.secret));
+    } else if (key_is(kv, "cafile")) {
+        return get_str(kv, s->set.ca_file, sizeof(s->set.ca_file));
     }
     return 0;
 }

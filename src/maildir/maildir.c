@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -492,6 +493,7 @@ struct entry {
     char *name;
     char *uniq;
     bool is_new;
+    uint32_t uid; /* from dovecot-uidlist, 0 if none */
 };
 
 struct maildir_iter {
@@ -502,11 +504,19 @@ struct maildir_iter {
     char *kw[26];
     struct buf raw, data, keywords;
     char *uniq, *fname; /* of the message returned last */
+    struct maildir_uidlist *ul;
+    char ul_note[160]; /* why ul is NULL */
 };
 
 static int entry_cmp(const void *a, const void *b)
 {
     const struct entry *x = a, *y = b;
+    /* With UIDs: in UID order (one identity, one UID: equal identities stay
+     * side by side), messages without one after them. */
+    uint64_t ux = x->uid != 0 ? x->uid : (uint64_t)UINT32_MAX + 1;
+    uint64_t uy = y->uid != 0 ? y->uid : (uint64_t)UINT32_MAX + 1;
+    if (ux != uy)
+        return ux < uy ? -1 : 1;
     int c = strcmp(x->uniq, y->uniq);
     if (c != 0)
         return c;
@@ -577,6 +587,7 @@ static int list_dir(struct maildir_iter *it, const char *sub, bool is_new, const
         e->name = xstrdup(de->d_name);
         e->uniq = xmalloc(strlen(de->d_name) + 1);
         e->is_new = is_new;
+        e->uid = 0;
         uint32_t flags;
         maildir_parse_name(e->name, NULL, e->uniq, &flags, NULL);
     }
@@ -605,6 +616,10 @@ int maildir_iter_new(struct maildir *md, size_t folder, struct maildir_iter **it
         errno = e;
         return -1;
     }
+    if (maildir_uidlist_load(it->f->path, md->lim.files_max, &it->ul, it->ul_note,
+                             sizeof(it->ul_note)) == 0)
+        for (size_t i = 0; i < it->n; i++)
+            it->e[i].uid = maildir_uidlist_find(it->ul, it->e[i].uniq);
     if (it->n > 0)
         qsort(it->e, it->n, sizeof(*it->e), entry_cmp);
     read_keywords(it);
@@ -634,7 +649,15 @@ void maildir_iter_free(struct maildir_iter **itp)
     buf_free(&it->keywords);
     xfree(&it->uniq);
     xfree(&it->fname);
+    maildir_uidlist_free(&it->ul);
     xfree(itp);
+}
+
+const struct maildir_uidlist *maildir_iter_uidlist(const struct maildir_iter *it,
+                                                   const char **note_r)
+{
+    *note_r = it->ul != NULL ? "" : it->ul_note;
+    return it->ul;
 }
 
 /* Looks in new/ and cur/ for a file whose identity is uniq (a message
@@ -759,6 +782,7 @@ int maildir_iter_next(struct maildir_iter *it, struct maildir_msg *msg)
         msg->uniq = e->uniq;
         msg->filename = e->name;
         msg->is_new = e->is_new;
+        msg->uid = e->uid;
         msg->keywords = "";
         if (it->next >= 2 && strcmp(e->uniq, it->e[it->next - 2].uniq) == 0) {
             /* A second file with the same identity. Gone already: the same
@@ -821,4 +845,308 @@ const char *maildir_status_str(enum maildir_status s)
         return "another file has the same identity";
     }
     return "?";
+}
+
+/* ---- dovecot-uidlist ---------------------------------------------------------- */
+
+struct uid_entry {
+    uint32_t uid;
+    char *uniq;
+};
+
+struct maildir_uidlist {
+    uint32_t uidvalidity, uidnext;
+    struct uid_entry *e; /* sorted by uniq once parsed */
+    size_t n;
+};
+
+static int uid_entry_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct uid_entry *)a)->uniq, ((const struct uid_entry *)b)->uniq);
+}
+
+/* A decimal number of at most 10 digits, 1..UINT32_MAX, at *pp (advanced). */
+static int uidl_num(const char **pp, const char *end, uint32_t *out)
+{
+    const char *p = *pp;
+    uint64_t v = 0;
+    size_t digits = 0;
+    while (p < end && *p >= '0' && *p <= '9' && digits < 11) {
+        v = v * 10 + (uint64_t)(*p - '0');
+        p++;
+        digits++;
+    }
+    if (digits == 0 || digits > 10 || v == 0 || v > UINT32_MAX)
+        return -1;
+    *pp = p;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int uidl_fail(char *err, size_t errlen, size_t line, const char *why)
+{
+    if (line > 0)
+        snprintf(err, errlen, "dovecot-uidlist line %zu: %s", line, why);
+    else
+        snprintf(err, errlen, "dovecot-uidlist: %s", why);
+    return -1;
+}
+
+/* The header: "3 V<uidvalidity> N<nextuid> [G<guid>] [X<value>...]" or, for
+ * version 1, "1 <uidvalidity> <nextuid>". */
+static int uidl_header(struct maildir_uidlist *ul, const char *p, const char *end, int *version_r,
+                       char *err, size_t errlen)
+{
+    if (end - p >= 2 && p[0] == '1' && p[1] == ' ') {
+        p += 2;
+        if (uidl_num(&p, end, &ul->uidvalidity) < 0 || p >= end || *p++ != ' ' ||
+            uidl_num(&p, end, &ul->uidnext) < 0 || p != end)
+            return uidl_fail(err, errlen, 1, "a malformed version 1 header");
+        *version_r = 1;
+        return 0;
+    }
+    if (end - p < 2 || p[0] != '3' || p[1] != ' ') {
+        if (p < end && *p >= '0' && *p <= '9')
+            return uidl_fail(err, errlen, 1, "an unsupported version (not 1 or 3)");
+        return uidl_fail(err, errlen, 1, "not a dovecot-uidlist header");
+    }
+    p += 2;
+    bool v = false, n = false;
+    while (p < end) {
+        const char *tok = p;
+        const char *sp = memchr(p, ' ', (size_t)(end - p));
+        const char *tend = sp != NULL ? sp : end;
+        if (*tok < 'A' || *tok > 'Z')
+            return uidl_fail(err, errlen, 1, "a header field that is not a capital letter");
+        const char *q = tok + 1;
+        if (*tok == 'V' || *tok == 'N') {
+            uint32_t val;
+            if (uidl_num(&q, tend, &val) < 0 || q != tend)
+                return uidl_fail(err, errlen, 1,
+                                 *tok == 'V' ? "a bad UIDVALIDITY (V)" : "a bad next UID (N)");
+            if ((*tok == 'V' && v) || (*tok == 'N' && n))
+                return uidl_fail(err, errlen, 1, "a header field given twice");
+            if (*tok == 'V') {
+                ul->uidvalidity = val;
+                v = true;
+            } else {
+                ul->uidnext = val;
+                n = true;
+            }
+        }
+        p = sp != NULL ? sp + 1 : end;
+        if (sp != NULL && p == end)
+            return uidl_fail(err, errlen, 1, "a trailing space in the header");
+    }
+    if (!v || !n)
+        return uidl_fail(err, errlen, 1, !v ? "no UIDVALIDITY (V)" : "no next UID (N)");
+    *version_r = 3;
+    return 0;
+}
+
+int maildir_uidlist_parse(const char *data, size_t len, size_t entries_max,
+                          struct maildir_uidlist **ul_r, char *err, size_t errlen)
+{
+    *ul_r = NULL;
+    if (entries_max == 0)
+        entries_max = MAILDIR_FILES_MAX_DEFAULT;
+    if (len > MAILDIR_UIDLIST_FILE_MAX)
+        return uidl_fail(err, errlen, 0, "larger than the limit");
+    if (len == 0)
+        return uidl_fail(err, errlen, 0, "empty");
+    if (data[len - 1] != '\n')
+        return uidl_fail(err, errlen, 0, "the last line is not complete (being written?)");
+    if (memchr(data, '\0', len) != NULL)
+        return uidl_fail(err, errlen, 0, "a NUL octet");
+    struct maildir_uidlist *ul = xmalloc(sizeof(*ul));
+    const char *p = data, *end = data + len;
+    size_t line = 0;
+    int version = 0;
+    uint32_t last = 0;
+    char *uniq = NULL;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl;
+        line++;
+        if ((size_t)(le - p) > MAILDIR_UIDLIST_LINE_MAX) {
+            uidl_fail(err, errlen, line, "a line longer than the limit");
+            goto bad;
+        }
+        if (le > p && le[-1] == '\r')
+            le--;
+        if (line == 1) {
+            if (uidl_header(ul, p, le, &version, err, errlen) < 0)
+                goto bad;
+            p = nl + 1;
+            continue;
+        }
+        uint32_t uid;
+        const char *q = p;
+        if (uidl_num(&q, le, &uid) < 0 || q >= le || *q != ' ') {
+            uidl_fail(err, errlen, line, "no UID at the start of the line");
+            goto bad;
+        }
+        q++;
+        /* Version 3: extension fields ("S1234", "W1250", "G<guid>"), then
+         * ":" and the file's base name. Version 1: the file name. */
+        if (version == 3) {
+            while (q < le && *q != ':') {
+                if (*q < 'A' || *q > 'Z') {
+                    uidl_fail(err, errlen, line, "an extension field that is not a capital letter");
+                    goto bad;
+                }
+                const char *sp = memchr(q, ' ', (size_t)(le - q));
+                if (sp == NULL) {
+                    uidl_fail(err, errlen, line, "no \":\" before the file name");
+                    goto bad;
+                }
+                q = sp + 1;
+            }
+            if (q >= le) {
+                uidl_fail(err, errlen, line, "no \":\" before the file name");
+                goto bad;
+            }
+            q++;
+        }
+        size_t fl = (size_t)(le - q);
+        if (fl == 0 || fl > MAILDIR_UIDLIST_LINE_MAX || memchr(q, '/', fl) != NULL ||
+            memchr(q, ' ', fl) != NULL || q[0] == '.') {
+            uidl_fail(err, errlen, line, fl == 0 ? "an empty file name" : "a bad file name");
+            goto bad;
+        }
+        if (uid <= last) {
+            uidl_fail(err, errlen, line, uid == last ? "a UID given twice" : "UIDs not ascending");
+            goto bad;
+        }
+        if (ul->n >= entries_max) {
+            uidl_fail(err, errlen, line, "more entries than the limit");
+            goto bad;
+        }
+        last = uid;
+        char *name = xstrndup(q, fl);
+        uniq = xmalloc(fl + 1);
+        uint32_t flags;
+        maildir_parse_name(name, NULL, uniq, &flags, NULL);
+        free(name);
+        if (uniq[0] == '\0') {
+            uidl_fail(err, errlen, line, "a file name without an identity");
+            goto bad;
+        }
+        if (ul->n % 1024 == 0)
+            ul->e = xrealloc(ul->e, (ul->n + 1024) * sizeof(*ul->e));
+        ul->e[ul->n].uid = uid;
+        ul->e[ul->n].uniq = uniq;
+        uniq = NULL;
+        ul->n++;
+        p = nl + 1;
+    }
+    /* Dovecot appends records without rewriting the header: its N is the
+     * next UID as of the last rewrite. */
+    if (last != 0 && last >= ul->uidnext) {
+        if (last == UINT32_MAX) {
+            uidl_fail(err, errlen, 0, "no UIDs left after the last one");
+            goto bad;
+        }
+        ul->uidnext = last + 1;
+    }
+    if (ul->n > 1) {
+        qsort(ul->e, ul->n, sizeof(*ul->e), uid_entry_cmp);
+        for (size_t i = 1; i < ul->n; i++)
+            if (strcmp(ul->e[i].uniq, ul->e[i - 1].uniq) == 0) {
+                uidl_fail(err, errlen, 0, "two UIDs for one file");
+                goto bad;
+            }
+    }
+    *ul_r = ul;
+    return 0;
+bad:
+    free(uniq);
+    maildir_uidlist_free(&ul);
+    return -1;
+}
+
+int maildir_uidlist_load(const char *folder_path, size_t entries_max, struct maildir_uidlist **ul_r,
+                         char *err, size_t errlen)
+{
+    *ul_r = NULL;
+    char *path = xasprintf("%s/dovecot-uidlist", folder_path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    xfree(&path);
+    if (fd < 0 && errno == ENOENT) {
+        snprintf(err, errlen, "no dovecot-uidlist");
+        return 1;
+    }
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "dovecot-uidlist cannot be read: %s",
+                 fd < 0 ? strerror(errno) : "not a regular file");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if ((uint64_t)st.st_size > MAILDIR_UIDLIST_FILE_MAX) {
+        close(fd);
+        return uidl_fail(err, errlen, 0, "larger than the limit");
+    }
+    struct buf b;
+    buf_init(&b, MAILDIR_UIDLIST_FILE_MAX);
+    char chunk[65536];
+    for (;;) {
+        ssize_t r = read(fd, chunk, sizeof(chunk));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            snprintf(err, errlen, "dovecot-uidlist cannot be read: %s", strerror(errno));
+            close(fd);
+            buf_free(&b);
+            return -1;
+        }
+        if (r == 0)
+            break;
+        if (buf_append(&b, chunk, (size_t)r) < 0) {
+            close(fd);
+            buf_free(&b);
+            return uidl_fail(err, errlen, 0, "larger than the limit");
+        }
+    }
+    close(fd);
+    int rc =
+        maildir_uidlist_parse(b.data != NULL ? b.data : "", b.len, entries_max, ul_r, err, errlen);
+    buf_free(&b);
+    return rc;
+}
+
+void maildir_uidlist_free(struct maildir_uidlist **ulp)
+{
+    struct maildir_uidlist *ul = *ulp;
+    if (ul == NULL)
+        return;
+    for (size_t i = 0; i < ul->n; i++)
+        free(ul->e[i].uniq);
+    free(ul->e);
+    xfree(ulp);
+}
+
+uint32_t maildir_uidlist_uidvalidity(const struct maildir_uidlist *ul)
+{
+    return ul->uidvalidity;
+}
+
+uint32_t maildir_uidlist_uidnext(const struct maildir_uidlist *ul)
+{
+    return ul->uidnext;
+}
+
+size_t maildir_uidlist_count(const struct maildir_uidlist *ul)
+{
+    return ul->n;
+}
+
+uint32_t maildir_uidlist_find(const struct maildir_uidlist *ul, const char *uniq)
+{
+    if (ul == NULL || ul->n == 0)
+        return 0;
+    struct uid_entry key = {.uniq = (char *)uniq};
+    const struct uid_entry *e = bsearch(&key, ul->e, ul->n, sizeof(*ul->e), uid_entry_cmp);
+    return e != NULL ? e->uid : 0;
 }

@@ -28,7 +28,9 @@
  *
  * Messages (maildir_iter_*). A folder's messages are the regular files in
  * new/ and cur/ whose names do not start with '.'; tmp/ is never read
- * (deliveries in progress). They come sorted by identity. Per message:
+ * (deliveries in progress). They come sorted by UID when the folder's
+ * dovecot-uidlist gives UIDs (below; messages without one last), else by
+ * identity. Per message:
  *  - the identity: the file's base name up to the first ':' (the info),
  *    without Dovecot's ",S=<size>" and ",W=<size>" fields, which a tool may
  *    add or drop without the message changing;
@@ -148,6 +150,7 @@ struct maildir_msg {
     uint8_t sha256[SHA256_LEN];
     unsigned problems; /* MAILDIR_P_* */
     int error;         /* MAILDIR_UNREADABLE: the errno */
+    uint32_t uid;      /* the folder's dovecot-uidlist gives this UID (0: none) */
 };
 
 struct maildir_iter;
@@ -157,12 +160,54 @@ struct maildir_iter;
  * not exist is empty) or holds more than files_max files. */
 int maildir_iter_new(struct maildir *md, size_t folder, struct maildir_iter **it_r,
                      const char **error_r);
+/* The folder's dovecot-uidlist as read by maildir_iter_new (valid until
+ * maildir_iter_free), or NULL with *note_r saying why ("no
+ * dovecot-uidlist", or the parser's error). */
+const struct maildir_uidlist *maildir_iter_uidlist(const struct maildir_iter *it,
+                                                   const char **note_r);
 /* 1 with *msg filled (pointers valid until the next call or free), 0 when
  * all are done. Never fails: trouble with a file is its status. */
 int maildir_iter_next(struct maildir_iter *it, struct maildir_msg *msg);
 /* Files listed in the folder (each is returned once by maildir_iter_next). */
 size_t maildir_iter_count(const struct maildir_iter *it);
 void maildir_iter_free(struct maildir_iter **it);
+
+/* ---- dovecot-uidlist ----------------------------------------------------------
+ * Dovecot keeps a Maildir folder's UIDs in <folder>/dovecot-uidlist. The
+ * reader takes version 3:
+ *     3 V<uidvalidity> N<nextuid> G<guid> [more "Xvalue" fields]
+ *     <uid> [Xvalue ...] :<base name>
+ * and version 1 ("1 <uidvalidity> <nextuid>", then "<uid> <file name>").
+ * Dovecot appends records without rewriting the header, so the next UID
+ * is the larger of the header's N and the last UID + 1. Records of files
+ * that are gone (expunged since the last rewrite) are normal.
+ * A base name maps to the identity as a file name does (maildir_parse_name:
+ * ",S=" and ",W=" dropped). It is outside input: a file over
+ * MAILDIR_UIDLIST_FILE_MAX octets, a line over MAILDIR_UIDLIST_LINE_MAX, more
+ * entries than entries_max (0: MAILDIR_FILES_MAX_DEFAULT), a last line
+ * without its newline (being written), a NUL, a malformed or unknown
+ * header, a UID of 0 or over 2^32-1, UIDs not strictly ascending, two UIDs
+ * for one identity, a bad file name:
+ * each is an error "dovecot-uidlist line N: reason" (or without a line),
+ * never a partial list. The caller falls back to new UIDs then. */
+#define MAILDIR_UIDLIST_FILE_MAX (256u * 1024u * 1024u)
+#define MAILDIR_UIDLIST_LINE_MAX 4096u
+
+struct maildir_uidlist;
+
+/* Parses data[0..len). 0 with *ul_r, or -1 with err. */
+int maildir_uidlist_parse(const char *data, size_t len, size_t entries_max,
+                          struct maildir_uidlist **ul_r, char *err, size_t errlen);
+/* Reads and parses <folder_path>/dovecot-uidlist (O_NOFOLLOW). 0 with
+ * *ul_r, 1 if there is none (err "no dovecot-uidlist"), -1 with err. */
+int maildir_uidlist_load(const char *folder_path, size_t entries_max, struct maildir_uidlist **ul_r,
+                         char *err, size_t errlen);
+void maildir_uidlist_free(struct maildir_uidlist **ul);
+uint32_t maildir_uidlist_uidvalidity(const struct maildir_uidlist *ul);
+uint32_t maildir_uidlist_uidnext(const struct maildir_uidlist *ul);
+size_t maildir_uidlist_count(const struct maildir_uidlist *ul);
+/* The UID of identity uniq, 0 if it has none (ul may be NULL). */
+uint32_t maildir_uidlist_find(const struct maildir_uidlist *ul, const char *uniq);
 
 /* Parses one file name's identity and flags (as above) with a folder's
  * keyword table kw (26 entries, NULL where unset; kw may be NULL). Writes

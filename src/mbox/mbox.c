@@ -23,7 +23,7 @@
 enum state { ST_START = 0, ST_HEADERS, ST_BODY, ST_CL_BODY, ST_CL_AFTER, ST_DONE };
 
 /* Headers the reader looks at. */
-enum hdr { H_NONE = 0, H_STATUS, H_XSTATUS, H_XKEYWORDS, H_CLEN, H_XIMAP };
+enum hdr { H_NONE = 0, H_STATUS, H_XSTATUS, H_XKEYWORDS, H_CLEN, H_XIMAP, H_XUID };
 
 struct line {
     uint64_t off; /* offset of its first octet */
@@ -88,6 +88,8 @@ struct mbox_reader {
     bool old;
     struct buf keywords;
     bool x_imap;
+    uint32_t uid;               /* X-UID (0: none, malformed or repeated) */
+    bool uid_seen;              /* an X-UID header was seen */
     bool pending_blank;         /* BODY: an empty line not yet known to be body */
     bool last_blank;            /* the last line added was empty */
     uint64_t size_before_blank; /* msg_size before it */
@@ -496,6 +498,8 @@ static void msg_reset(struct mbox_reader *r)
     r->flags = 0;
     r->old = false;
     r->x_imap = false;
+    r->uid = 0;
+    r->uid_seen = false;
     r->pending_blank = false;
     r->last_blank = false;
     r->size_before_blank = 0;
@@ -620,6 +624,14 @@ static void hdr_done(struct mbox_reader *r)
     case H_NONE:
     case H_XIMAP:
         break;
+    case H_XUID: {
+        uint32_t uid = 0;
+        if (!r->uid_seen && mbox_parse_uid(v, n, &uid) < 0)
+            uid = 0;
+        r->uid = r->uid_seen ? 0 : uid; /* two X-UIDs: neither is believed */
+        r->uid_seen = true;
+        break;
+    }
     case H_STATUS:
         for (size_t i = 0; i < n; i++) {
             if (v[i] == 'R')
@@ -704,7 +716,7 @@ static void header_line(struct mbox_reader *r)
         enum hdr h;
     } names[] = {
         {"Status", H_STATUS},       {"X-Status", H_XSTATUS}, {"X-Keywords", H_XKEYWORDS},
-        {"Content-Length", H_CLEN}, {"X-IMAP", H_XIMAP},
+        {"Content-Length", H_CLEN}, {"X-IMAP", H_XIMAP},     {"X-UID", H_XUID},
     };
     for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
         if (nlen == strlen(names[i].name) && strncasecmp(s, names[i].name, nlen) == 0) {
@@ -774,6 +786,7 @@ static void finish(struct mbox_reader *r, struct mbox_item *it, uint64_t end, bo
     it->flags = r->flags;
     it->old = r->old;
     it->keywords = r->keywords.len > 0 ? r->keywords.data : "";
+    it->uid = r->uid;
     it->problems = r->problems;
     it->len = (size_t)r->msg_size;
     it->kind = MBOX_SKIPPED;
@@ -1187,4 +1200,82 @@ void mbox_reader_free(struct mbox_reader **rp)
 enum mbox_format mbox_reader_format(const struct mbox_reader *r)
 {
     return r->format;
+}
+
+/* ---- UIDs (X-IMAPbase, X-IMAP, X-UID) ------------------------------------ */
+
+/* A decimal 1..UINT32_MAX at *pp (advanced), after blanks. */
+static int uid_num(const char **pp, const char *end, uint32_t *out)
+{
+    const char *p = *pp;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    uint64_t v = 0;
+    size_t digits = 0;
+    while (p < end && *p >= '0' && *p <= '9' && digits <= 10) {
+        v = v * 10 + (uint64_t)(*p - '0');
+        p++;
+        digits++;
+    }
+    if (digits == 0 || digits > 10 || v == 0 || v > UINT32_MAX ||
+        (p < end && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n'))
+        return -1;
+    *pp = p;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+int mbox_parse_uid(const char *v, size_t n, uint32_t *uid_r)
+{
+    const char *p = v, *end = v + n;
+    if (uid_num(&p, end, uid_r) < 0)
+        return -1;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p == end ? 0 : -1;
+}
+
+int mbox_uid_base(const char *head, size_t len, uint32_t *uidvalidity_r, uint32_t *uidnext_r,
+                  const char **why_r)
+{
+    *uidvalidity_r = *uidnext_r = 0;
+    if (len > MBOX_UID_BASE_SCAN)
+        len = MBOX_UID_BASE_SCAN;
+    const char *p = head, *end = head + len;
+    if (len < 5 || memcmp(head, "From ", 5) != 0) {
+        *why_r = "the file does not start with a From_ line";
+        return 0;
+    }
+    bool first = true;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (nl == NULL)
+            break; /* the header goes on past what was read */
+        const char *le = nl > p && nl[-1] == '\r' ? nl - 1 : nl;
+        if (first) {
+            first = false;
+        } else if (le == p) {
+            break; /* the end of the first message's header */
+        } else {
+            size_t l = (size_t)(le - p);
+            const char *val = NULL;
+            if (l > 11 && strncasecmp(p, "X-IMAPbase:", 11) == 0)
+                val = p + 11;
+            else if (l > 7 && strncasecmp(p, "X-IMAP:", 7) == 0)
+                val = p + 7;
+            if (val != NULL) {
+                /* "<uidvalidity> <uidnext> [keywords...]" */
+                const char *q = val;
+                if (uid_num(&q, le, uidvalidity_r) < 0 || uid_num(&q, le, uidnext_r) < 0) {
+                    *uidvalidity_r = *uidnext_r = 0;
+                    *why_r = "a malformed X-IMAPbase header";
+                    return -1;
+                }
+                return 1;
+            }
+        }
+        p = nl + 1;
+    }
+    *why_r = "no X-IMAPbase header";
+    return 0;
 }

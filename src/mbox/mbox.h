@@ -193,6 +193,7 @@ struct mbox_item {
     uint32_t flags;        /* MAIL_F_* */
     bool old;              /* Status: O */
     const char *keywords;  /* space-separated, "" if none; valid as data */
+    uint32_t uid;          /* X-UID: (0: none, malformed, or given twice) */
     unsigned problems;     /* MBOX_P_* */
 };
 
@@ -218,6 +219,21 @@ enum mbox_format mbox_reader_format(const struct mbox_reader *r);
  * without gaps or overlaps: each item's offset is the previous one's offset
  * + raw_len (a leading byte order mark excepted). */
 int mbox_next(struct mbox_reader *r, struct mbox_item *item, const char **error_r);
+
+/* UIDs. UW-IMAP and Dovecot keep an mbox folder's UIDVALIDITY and next UID
+ * in the first message's header, "X-IMAPbase: <uidvalidity> <uidnext>
+ * [keywords]" (UW-IMAP's pseudo message: "X-IMAP: ..."), and each
+ * message's UID in "X-UID: <uid>" (in mbox_item.uid). mbox_uid_base looks
+ * at the start of a file (at most MBOX_UID_BASE_SCAN octets of head, which
+ * must be the file's first octets): 1 with both numbers (each 1..2^32-1),
+ * 0 when the first header has none (*why_r "no X-IMAPbase header", or the
+ * file does not start with a From_ line), -1 when it is malformed
+ * (*why_r). Nothing of the rest of the file is checked here. */
+#define MBOX_UID_BASE_SCAN (64u * 1024u)
+int mbox_uid_base(const char *head, size_t len, uint32_t *uidvalidity_r, uint32_t *uidnext_r,
+                  const char **why_r);
+/* An X-UID value: one number 1..2^32-1 between blanks. 0 or -1. */
+int mbox_parse_uid(const char *v, size_t n, uint32_t *uid_r);
 
 /* Parses the part of a From_ line after "From " (sender and date, as
  * above). For tests and the reader. Returns true if a date was found. */

@@ -11,17 +11,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "util/sock_private.h"
 #include "util/util.h"
-
-#define SOCK_RBUF (64 * 1024)
-
-struct sock {
-    int fd;
-    unsigned timeout_ms;
-    char why[160]; /* the last failure, for the log */
-    size_t rpos, rend;
-    char rbuf[SOCK_RBUF];
-};
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...) TERN_PRINTF(3, 4);
 
@@ -128,12 +119,12 @@ void sock_close(struct sock **sp)
     struct sock *s = *sp;
     if (s == NULL)
         return;
+    tls_free(&s->tls);
     close(s->fd);
     xfree(sp);
 }
 
-/* Waits for events on the socket until deadline (monotonic ms). */
-static int wait_fd(struct sock *s, short events, int64_t deadline)
+int sock_wait_fd(struct sock *s, short events, int64_t deadline)
 {
     for (;;) {
         int64_t left = deadline - time_mono_ms();
@@ -156,6 +147,17 @@ int sock_send(struct sock *s, const void *p, size_t n)
 {
     const char *d = p;
     while (n > 0) {
+        if (s->tls != NULL) {
+            short want = 0;
+            ssize_t r = tls_write(s->tls, d, n, &want, s->why, sizeof s->why);
+            if (r > 0) {
+                d += r;
+                n -= (size_t)r;
+            } else if (want == 0 || sock_wait_fd(s, want, time_mono_ms() + s->timeout_ms) < 0) {
+                return -1;
+            }
+            continue;
+        }
         ssize_t r = send(s->fd, d, n, MSG_NOSIGNAL);
         if (r > 0) {
             d += r;
@@ -165,7 +167,7 @@ int sock_send(struct sock *s, const void *p, size_t n)
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (wait_fd(s, POLLOUT, time_mono_ms() + s->timeout_ms) < 0)
+            if (sock_wait_fd(s, POLLOUT, time_mono_ms() + s->timeout_ms) < 0)
                 return -1;
             continue;
         }
@@ -177,6 +179,14 @@ int sock_send(struct sock *s, const void *p, size_t n)
 
 void sock_send_nowait(struct sock *s, const void *p, size_t n)
 {
+    if (s->tls != NULL) {
+        /* One attempt; a record the socket cannot take now is dropped with
+         * the connection. */
+        short want = 0;
+        char why[160];
+        (void)tls_write(s->tls, p, n, &want, why, sizeof why);
+        return;
+    }
     (void)send(s->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
@@ -185,6 +195,21 @@ static int fill(struct sock *s, int64_t deadline)
 {
     s->rpos = s->rend = 0;
     for (;;) {
+        if (s->tls != NULL) {
+            short want = 0;
+            ssize_t r = tls_read(s->tls, s->rbuf, sizeof s->rbuf, &want, s->why, sizeof s->why);
+            if (r > 0) {
+                s->rend = (size_t)r;
+                return 0;
+            }
+            if (r == 0) {
+                str_copy(s->why, "connection closed by the server", sizeof s->why);
+                return -1;
+            }
+            if (want == 0 || sock_wait_fd(s, want, deadline) < 0)
+                return -1;
+            continue;
+        }
         ssize_t r = recv(s->fd, s->rbuf, sizeof s->rbuf, 0);
         if (r > 0) {
             s->rend = (size_t)r;
@@ -200,7 +225,7 @@ static int fill(struct sock *s, int64_t deadline)
             set_why_errno(s, "recv");
             return -1;
         }
-        if (wait_fd(s, POLLIN, deadline) < 0)
+        if (sock_wait_fd(s, POLLIN, deadline) < 0)
             return -1;
     }
 }
@@ -280,7 +305,7 @@ int sock_read_buf(struct sock *s, struct buf *b, size_t n)
 
 bool sock_readable_now(struct sock *s)
 {
-    if (s->rpos < s->rend)
+    if (s->rpos < s->rend || (s->tls != NULL && tls_pending(s->tls)))
         return true;
     struct pollfd p = {.fd = s->fd, .events = POLLIN};
     return poll(&p, 1, 0) > 0;

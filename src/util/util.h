@@ -226,6 +226,27 @@ bool sock_readable_now(struct sock *s);
 /* The last failure, for the log ("" if none). */
 const char *sock_why(const struct sock *s);
 
+/* ---- TLS client (tls.c; OpenSSL stays inside util) --------------------- */
+
+/* Starts TLS as a client on s, a connection on which nothing was read yet
+ * (implicit TLS, as imaps) or right after a STARTTLS answer. TLS 1.2 or
+ * later; the server's certificate must chain to the system's CA store, or,
+ * when ca_file is not NULL or "", to the certificates in that PEM file
+ * instead (a private CA, or a self-signed server certificate itself), and
+ * must be for host: a DNS name (also sent as SNI; no partial wildcards) or
+ * an IP address literal. There is no way to skip the check. The handshake
+ * must finish within the socket's timeout. 0: every later sock_* call goes
+ * through TLS with the same timeouts. -1 (s stays usable only for
+ * sock_close) with err (and sock_why) saying which of:
+ *   "certificate verify failed: <OpenSSL's reason>" (untrusted, expired...),
+ *   "hostname mismatch: the server's certificate is not for <host>",
+ *   "handshake failed: <reason>" (no common protocol, not TLS, timeout,
+ *                                 the server closed the connection),
+ *   "TLS: cannot load the CA file <path>: <reason>". */
+int sock_start_tls(struct sock *s, const char *host, const char *ca_file, char *err, size_t errlen);
+/* True once sock_start_tls succeeded. */
+bool sock_is_tls(const struct sock *s);
+
 /* ---- hashing and randomness (OpenSSL stays inside util) ---------------- */
 
 #define SHA256_LEN 32

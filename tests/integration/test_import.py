@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -215,7 +216,13 @@ def test_import_cli_errors(t, tmp_path):
         (["import", USER, "--from", "pop3://x@y"], 1, "SOURCE is"),
         (["import", USER, "--from", "mbox:/nonexistent/x"], 1, "cannot be read"),
         (["import", "nobody@example.org", "--from", "mbox:" + str(box)], 1, "no such user"),
-        (["import", USER, "--from", "imaps://u@127.0.0.1:1"], 1, "imaps"),
+        (["import", USER, "--from", "imaps://u@127.0.0.1:1", "--ca-file", "/nonexistent.pem"], 1,
+         "--ca-file"),
+        (["import", USER, "--from", "mbox:" + str(box), "--ca-file", "/etc/hostname"], 2,
+         "imaps"),
+        (["import", USER, "--from", "imaps://u@127.0.0.1:1", "--ca-file", "/etc/hostname"], 1,
+         "no PEM certificate"),
+        (["import", USER, "--from", "imaps://u@127.0.0.1:1"], 2, "TERN_IMPORT_PASSWORD"),
         (["import", USER, "--from", "imap://u@127.0.0.1:1"], 2, "TERN_IMPORT_PASSWORD"),
         (["import", USER, "--from", "imap://127.0.0.1:1"], 1, "user"),
         (["import", USER, "--from", "mbox:" + str(box), "--poll", "0"], 2, "--poll"),
@@ -448,7 +455,7 @@ state_dir = {d}/state
 log_path = {d}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 first_valid_uid = 8
@@ -467,6 +474,11 @@ userdb {{
   args = uid=mail gid=mail home={d}/mail/%n
 }}
 service imap-login {{
+{listeners}
+}}
+"""
+
+PLAIN_LISTENERS = """
   inet_listener imap {{
     address = 127.0.0.1
     port = {port}
@@ -474,23 +486,60 @@ service imap-login {{
   inet_listener imaps {{
     port = 0
   }}
-}}
+"""
+
+# imaps only: TLS is required, the plain port is closed.
+TLS_LISTENERS = """
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {port}
+    ssl = yes
+  }}
 """
 
 
+def make_cert(d, name, cn):
+    """A self-signed certificate (and key) for host cn, made with the openssl
+    command: d/name.pem and d/name.key."""
+    cert, key = os.path.join(d, name + ".pem"), os.path.join(d, name + ".key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=" + cn,
+                    "-addext", "subjectAltName=DNS:" + cn, "-keyout", key, "-out", cert],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 class Dovecot:
-    def __init__(self):
+    """A Dovecot IMAP server on loopback; with tls=True it speaks imaps only
+    (ssl = required) with a self-signed certificate for cert_host (self.ca:
+    the certificate, which is its own CA)."""
+
+    def __init__(self, tls=False, cert_host="localhost"):
         if shutil.which("dovecot") is None or os.geteuid() != 0:
             pytest.skip("Dovecot (dovecot-imapd) and root are needed for the IMAP source tests")
+        if tls and shutil.which("openssl") is None:
+            pytest.skip("the openssl command is needed for the imaps tests")
         self.dir = tempfile.mkdtemp(prefix="tern-dovecot-", dir="/tmp")
         os.chmod(self.dir, 0o755)
         for sub in ("run", "state", "mail"):
             os.mkdir(os.path.join(self.dir, sub))
         shutil.chown(os.path.join(self.dir, "mail"), "mail", "mail")
         self.port = free_port()
+        self.tls = tls
+        self.ca = None
+        ssl_conf = "ssl = no"
+        listeners = PLAIN_LISTENERS
+        if tls:
+            self.ca, key = make_cert(self.dir, "server", cert_host)
+            ssl_conf = f"ssl = required\nssl_cert = <{self.ca}\nssl_key = <{key}"
+            listeners = TLS_LISTENERS
         self.conf = os.path.join(self.dir, "dovecot.conf")
         with open(self.conf, "w") as f:
-            f.write(DOVECOT_CONF.format(d=self.dir, port=self.port))
+            f.write(DOVECOT_CONF.format(d=self.dir, port=self.port, ssl=ssl_conf,
+                                        listeners=listeners.format(port=self.port)))
         self.proc = subprocess.Popen(["dovecot", "-F", "-c", self.conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         if not wait_port(self.port, 15):
@@ -498,7 +547,12 @@ class Dovecot:
             raise AssertionError("dovecot did not start")
 
     def client(self, user="bob"):
-        c = imaplib.IMAP4("127.0.0.1", self.port)
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=self.ca)
+            ctx.check_hostname = False  # the test of names is tern's, not this client's
+            c = imaplib.IMAP4_SSL("127.0.0.1", self.port, ssl_context=ctx)
+        else:
+            c = imaplib.IMAP4("127.0.0.1", self.port)
         c.login(user, "oldpass")
         return c
 
@@ -703,3 +757,238 @@ def test_imap_too_big_is_reported_not_imported(tmp_path):
     finally:
         d.stop()
         t.stop()
+
+
+# ---- imaps ------------------------------------------------------------------------------
+
+def test_imaps_source_with_ca_file(t, tmp_path):
+    """imaps:// against a Dovecot that requires TLS: with --ca-file (its
+    self-signed certificate) everything arrives; without it the system's CAs
+    do not know the certificate and nothing is imported, with a clear
+    reason."""
+    d = Dovecot(tls=True, cert_host="localhost")
+    try:
+        fill_source(d)
+        pw = tmp_path / "pw"
+        pw.write_text("oldpass\n")
+        src = f"imaps://bob@localhost:{d.port}"
+        # Not trusted (into another user): the job waits with the certificate
+        # error and imports nothing.
+        other = "carol@example.org"
+        t.cli("user", "add", other, "--password", PW, "--store", "s1")
+        bad = start_import(t, src, "--password-file", str(pw), "--sweep", "0", user=other)
+        assert wait_for(lambda: "certificate verify failed" in t.cli("moves").stdout, 30), \
+            t.cli("moves").stdout
+        assert "self-signed certificate" in t.cli("moves").stdout, t.cli("moves").stdout
+        # The CLI checks --ca-file at once.
+        p = t.cli("import", USER, "--from", src, "--password-file", str(pw), "--ca-file",
+                  str(tmp_path / "nope.pem"), check=False)
+        assert p.returncode == 1 and "--ca-file" in p.stderr, p.stderr
+        p = t.cli("import", USER, "--from", f"imap://bob@localhost:{d.port}", "--password-file",
+                  str(pw), "--ca-file", d.ca, check=False)
+        assert p.returncode == 2 and "imaps" in p.stderr, p.stderr
+        # Trusted: everything arrives, checked with IMAP4_SSL at the source.
+        job = start_import(t, src, "--password-file", str(pw), "--ca-file", d.ca, "--wait",
+                           "--sweep", "0")
+        wait_phase(t, job, ("done",))
+        assert compare(d, t) == 10
+        assert "kept" in report(t, job)
+        assert phase(t, bad) in ("scan", "queued")
+        rep = report(t, bad)
+        assert "certificate verify failed" in rep and "\nINBOX " not in rep, rep
+    finally:
+        d.stop()
+
+
+def test_imaps_certificate_for_another_host_fails(t, tmp_path):
+    d = Dovecot(tls=True, cert_host="other.example")
+    try:
+        d.client().logout()  # the server itself works
+        pw = tmp_path / "pw"
+        pw.write_text("oldpass")
+        job = start_import(t, f"imaps://bob@localhost:{d.port}", "--password-file", str(pw),
+                           "--ca-file", d.ca, "--sweep", "0")
+        assert wait_for(lambda: "hostname mismatch" in t.cli("moves").stdout, 30), \
+            t.cli("moves").stdout
+        assert "not for localhost" in t.cli("moves").stdout
+        assert phase(t, job) in ("scan", "queued")
+    finally:
+        d.stop()
+
+
+# ---- source UIDs from Maildir and mbox ----------------------------------------------------
+
+def uids_note(t, job, folder):
+    """The report's UIDS column of a folder."""
+    for line in report(t, job).splitlines():
+        if line.startswith(folder + " "):
+            m = re.match(r"\s*(?:\d+\s+){7}(.*)$", line[len(folder):])
+            if m:
+                return m.group(1).strip()
+    raise AssertionError(f"no row for {folder}:\n{report(t, job)}")
+
+
+def uid_status(c, folder):
+    typ, data = c.status(quote(folder), "(UIDVALIDITY UIDNEXT)")
+    assert typ == "OK", data
+    uv = int(re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1))
+    nx = int(re.search(rb"UIDNEXT (\d+)", data[0]).group(1))
+    return uv, nx
+
+
+def test_maildir_made_by_dovecot_keeps_its_uids(t, dovecot, tmp_path):
+    """A Maildir++ tree written by a real Dovecot (APPENDs, a UID gap from an
+    expunge), imported as maildir:PATH: every folder has Dovecot's
+    UIDVALIDITY and every message its UID, flags, date and octets; imaplib
+    against both servers shows it. A later message Dovecot has not given a
+    UID yet (not in dovecot-uidlist) gets a new one, and the report says so."""
+    fill_source(dovecot)
+    c = dovecot.client()
+    for name in folder_names(c):  # Dovecot has seen every folder (uidlists written)
+        c.status(quote(name), "(UIDNEXT)")
+    c.logout()
+    root = os.path.join(dovecot.dir, "mail", "bob", "Maildir")
+    head = open(os.path.join(root, "dovecot-uidlist")).readline()
+    assert re.match(r"3 V\d+ N\d+ G[0-9a-f]+", head), head  # the real format
+    job = start_import(t, f"maildir:{root}", "--wait", "--sweep", "0")
+    wait_phase(t, job, ("done",))
+    assert compare(dovecot, t) == 10
+    rep = report(t, job)
+    assert uids_note(t, job, "INBOX") == "kept", rep
+    assert uids_note(t, job, "Work/2024") == "kept", rep
+    # The UID gap (5 expunged) is kept too, and UIDNEXT follows Dovecot's.
+    c = dovecot.client()
+    src_uv, src_next = uid_status(c, "INBOX")
+    c.logout()
+    d = tern_imap(t)
+    assert uid_status(d, "INBOX") == (src_uv, src_next)
+    assert 5 not in messages(d, "INBOX") and 6 in messages(d, "INBOX")
+    d.logout()
+
+
+def test_maildir_without_or_with_a_bad_uidlist_gets_new_uids(t, tmp_path):
+    root = tmp_path / "Maildir"
+    for d in ("", ".NoList", ".Bad", ".Good"):
+        for sub in ("cur", "new", "tmp"):
+            (root / d / sub).mkdir(parents=True)
+    for d, names in (("", ["1.a.h", "2.b.h"]), (".NoList", ["3.c.h"]), (".Bad", ["4.d.h", "5.e.h"]),
+                     (".Good", ["6.f.h,S=20", "7.g.h", "8.h.h"])):
+        for i, n in enumerate(names):
+            (root / d / "cur" / (n + ":2,S")).write_bytes(b"Subject: %s\n\nx %d\n" % (n.encode(), i))
+    (root / "dovecot-uidlist").write_text("3 V4242 N100 Gabc\n10 :1.a.h\n20 W30 :2.b.h\n")
+    (root / ".Bad" / "dovecot-uidlist").write_text("3 V5151 N100\n9 :4.d.h\n8 :5.e.h\n")
+    # Dovecot's ,S= size field is not part of the identity; 8.h.h has no UID yet.
+    (root / ".Good" / "dovecot-uidlist").write_text("3 V6161 N50 G1\n40 :6.f.h,S=20\n41 :7.g.h\n")
+    job = start_import(t, f"maildir:{root}", "--wait", "--sweep", "0")
+    wait_phase(t, job, ("done",))
+    c = tern_imap(t)
+    assert uid_status(c, "INBOX")[0] == 4242
+    assert sorted(messages(c, "INBOX")) == [10, 20]
+    assert uid_status(c, "Bad")[0] != 5151
+    good = messages(c, "Good")
+    assert uid_status(c, "Good")[0] == 6161 and sorted(good)[:2] == [40, 41], sorted(good)
+    assert sorted(good)[2] >= 50  # the message without a UID: a new one above N
+    assert len(messages(c, "NoList")) == 1
+    c.logout()
+    assert uids_note(t, job, "INBOX") == "kept"
+    assert uids_note(t, job, "NoList") == "new: no dovecot-uidlist"
+    assert uids_note(t, job, "Bad") == "new: dovecot-uidlist line 3: UIDs not ascending"
+    assert uids_note(t, job, "Good") == "2 kept, 1 new: messages the source gave no UID"
+
+
+MBOX_UIDS = (b"From alice@example.org Sat Jan  3 01:05:34 2026\n"
+             b"X-IMAPbase: 1234567 10 $Label1\nX-UID: 3\nStatus: RO\nSubject: u3\n\nx\n\n"
+             b"From alice@example.org Sat Jan  3 01:05:35 2026\n"
+             b"X-UID: 5\nSubject: u5\n\nx\n\n"
+             b"From alice@example.org Sat Jan  3 01:05:36 2026\n"
+             b"X-UID: 9\nSubject: u9\n\nx\n\n")
+MBOX_UIDS_2 = (b"From bob@example.org Sat Jan  3 01:05:34 2026\n"
+               b"X-IMAPbase: 7654321 4\nX-UID: 1\nSubject: second 1\n\nx\n\n"
+               b"From bob@example.org Sat Jan  3 01:05:35 2026\n"
+               b"X-UID: 2\nSubject: second 2\n\nx\n\n")
+
+
+def test_mbox_x_uid_kept_then_second_import_gets_new_uids(t, tmp_path):
+    root = tmp_path / "mail"
+    root.mkdir()
+    (root / "inbox").write_bytes(MBOX_UIDS)
+    (root / "Backwards").write_bytes(
+        b"From a@b Sat Jan  3 01:05:34 2026\nX-IMAPbase: 777 20\nX-UID: 7\nSubject: b7\n\nx\n\n"
+        b"From a@b Sat Jan  3 01:05:35 2026\nX-UID: 4\nSubject: b4\n\nx\n\n")
+    (root / "Plain").write_bytes(b"From a@b Sat Jan  3 01:05:34 2026\nSubject: p\n\nx\n\n")
+    (root / "Broken").write_bytes(
+        b"From a@b Sat Jan  3 01:05:34 2026\nX-IMAPbase: 12x 3\nX-UID: 1\nSubject: k\n\nx\n\n")
+    for p in root.iterdir():
+        old(p)
+    job = start_import(t, f"mbox:{root}", "--wait", "--sweep", "0")
+    wait_phase(t, job, ("done",))
+    c = tern_imap(t)
+    assert uid_status(c, "INBOX") == (1234567, 10)
+    inbox = messages(c, "INBOX")
+    assert sorted(inbox) == [3, 5, 9] and subjects(inbox) == ["u3", "u5", "u9"]
+    assert uid_status(c, "Backwards")[0] == 777
+    assert sorted(messages(c, "Backwards"))[0] == 7
+    assert uid_status(c, "Plain")[0] not in (0, 777, 1234567)
+    c.logout()
+    assert uids_note(t, job, "INBOX") == "kept"
+    assert uids_note(t, job, "Backwards").startswith("1 kept, 1 new: UIDs below"), report(t, job)
+    assert uids_note(t, job, "Plain") == "new: no X-IMAPbase header"
+    assert uids_note(t, job, "Broken") == "new: a malformed X-IMAPbase header"
+    # Another mbox into the INBOX that now holds mail: new UIDs, and why.
+    box2 = tmp_path / "second.mbox"
+    box2.write_bytes(MBOX_UIDS_2)
+    old(box2)
+    job2 = start_import(t, f"mbox:{box2}", "--wait", "--sweep", "0")
+    wait_phase(t, job2, ("done",))
+    note = uids_note(t, job2, "INBOX")
+    assert note.startswith("new: the destination folder existed with another UIDVALIDITY "
+                           "(1234567, source 7654321)"), report(t, job2)
+    c = tern_imap(t)
+    assert uid_status(c, "INBOX")[0] == 1234567
+    inbox = messages(c, "INBOX")
+    assert sorted(inbox)[:3] == [3, 5, 9] and min(sorted(inbox)[3:]) >= 10, sorted(inbox)
+    assert subjects(inbox)[3:] == ["second 1", "second 2"]
+    c.logout()
+
+
+def test_watch_mbox_follows_flag_changes(t, tmp_path):
+    """While watching, a client that rewrites the mbox to change a message's
+    Status/X-Status/X-Keywords has the new flags carried over to tern, the
+    message stays one; after the cutover tern's flags are the user's."""
+    box = tmp_path / "box.mbox"
+    one = b"From a@b Sat Jan  3 01:05:34 2026\nSubject: one\nStatus: O\n\nfirst\n\n"
+    two = b"From a@b Sat Jan  3 01:05:35 2026\nSubject: two\nStatus: RO\n\nsecond\n\n"
+    # "three" is larger than the 4 KiB tail the checkpoint's hash covers, so
+    # a change in "two" that keeps the file's length is before that tail.
+    three = (b"From a@b Sat Jan  3 01:05:36 2026\nSubject: three\n\nthird\n" +
+             b"a line of the third message\n" * 300 + b"\n")
+    box.write_bytes(one + two + three)
+    old(box)
+    job = start_import(t, f"mbox:{box}", "--watch", "--poll", "1s", "--sweep", "0", "--wait")
+    assert phase(t, job) == "watch"
+
+    def flags():
+        return {subjects({u: m})[0]: m[0] for u, m in messages(tern_imap(t), "INBOX").items()}
+
+    assert flags() == {"one": set(), "two": {"\\Seen"}, "three": set()}
+    # A client reads "one", flags "three" with a keyword, un-reads "two": the
+    # same length for "two" (a rewrite that changes nothing before it).
+    one2 = one.replace(b"Status: O\n", b"Status: RO\nX-Status: A\n")
+    two2 = two.replace(b"Status: RO\n", b"Status: O \n")
+    three2 = three.replace(b"Subject: three\n", b"Subject: three\nX-Status: F\nX-Keywords: todo\n")
+    box.write_bytes(one2 + two2 + three2)
+    old(box)
+    want = {"one": {"\\Seen", "\\Answered"}, "two": set(), "three": {"\\Flagged", "todo"}}
+    assert wait_for(lambda: flags() == want, 20), flags()
+    rep = report(t, job)
+    assert "flag changes at the source carried over before the cutover: 3" in rep, rep
+    row = report_row(t, job, "INBOX")
+    assert row[2] == 3, rep  # still three messages imported, none twice
+    # Only the flags of "two" change, in place (same offsets, same length).
+    box.write_bytes(one2 + two + three2)
+    old(box)
+    want["two"] = {"\\Seen"}
+    assert wait_for(lambda: flags() == want, 20), flags()
+    t.cli("import", "complete", str(job))
+    wait_phase(t, job, ("done",), 30)
+    assert len(messages(tern_imap(t), "INBOX")) == 3

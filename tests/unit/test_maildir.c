@@ -624,12 +624,200 @@ static void test_limits_and_bad_files(void **state)
     xfree(&root);
 }
 
+/* ---- dovecot-uidlist ------------------------------------------------------------- */
+
+struct uidl_case {
+    const char *name;
+    const char *text;
+    const char *err;   /* NULL: parses */
+    uint32_t uv, next; /* when it parses */
+    const char *look;  /* "uniq=uid,uniq=uid" lookups (uid 0: none) */
+};
+
+static void test_uidlist(void **state)
+{
+    (void)state;
+    static const struct uidl_case cases[] = {
+        {"dovecot v3",
+         "3 V1795260809 N5 Gf992ee0d8781016b012f000083ecc375\n"
+         "1 :1795260807.M251231P12033.vm,S=29,W=33\n"
+         "2 :1795260807.M259825P12033.vm,S=29,W=32\n",
+         NULL, 1795260809, 5, "1795260807.M251231P12033.vm=1,1795260807.M259825P12033.vm=2,x=0"},
+        {"records past the header's N", "3 V7 N1 G00\n1 :a\n5 :b\n", NULL, 7, 6, "a=1,b=5"},
+        {"extension fields", "3 V7 N9 G00 Xfoo\n3 W120 S100 :m.h,S=100\n", NULL, 7, 9, "m.h=3"},
+        {"header only", "3 V7 N1 G00\n", NULL, 7, 1, "a=0"},
+        {"CRLF lines", "3 V7 N9\r\n2 :a\r\n", NULL, 7, 9, "a=2"},
+        {"version 1", "1 77 10\n4 m.h:2,S\n", NULL, 77, 10, "m.h=4"},
+        {"empty", "", "dovecot-uidlist: empty", 0, 0, NULL},
+        {"unfinished", "3 V7 N9\n2 :a", "dovecot-uidlist: the last line is not complete", 0, 0,
+         NULL},
+        {"NUL", "3 V7 N9\n2 :a\0b\n", "dovecot-uidlist: a NUL", 0, 0, NULL},
+        {"version 2", "2 V7 N9\n", "dovecot-uidlist line 1: an unsupported version", 0, 0, NULL},
+        {"not a header", "hello\n", "dovecot-uidlist line 1: not a dovecot-uidlist header", 0, 0,
+         NULL},
+        {"no V", "3 N9 G1\n", "dovecot-uidlist line 1: no UIDVALIDITY", 0, 0, NULL},
+        {"no N", "3 V9\n", "dovecot-uidlist line 1: no next UID", 0, 0, NULL},
+        {"V zero", "3 V0 N9\n", "dovecot-uidlist line 1: a bad UIDVALIDITY", 0, 0, NULL},
+        {"V too big", "3 V4294967296 N9\n", "dovecot-uidlist line 1: a bad UIDVALIDITY", 0, 0,
+         NULL},
+        {"V twice", "3 V1 V2 N9\n", "dovecot-uidlist line 1: a header field given twice", 0, 0,
+         NULL},
+        {"lowercase field", "3 V1 N9 x\n", "dovecot-uidlist line 1: a header field", 0, 0, NULL},
+        {"trailing space", "3 V1 N9 \n", "dovecot-uidlist line 1: a trailing space", 0, 0, NULL},
+        {"bad v1", "1 77\n", "dovecot-uidlist line 1: a malformed version 1 header", 0, 0, NULL},
+        {"no uid", "3 V1 N9\n:a\n", "dovecot-uidlist line 2: no UID", 0, 0, NULL},
+        {"uid zero", "3 V1 N9\n0 :a\n", "dovecot-uidlist line 2: no UID", 0, 0, NULL},
+        {"no colon", "3 V1 N9\n1 a\n", "dovecot-uidlist line 2: an extension field", 0, 0, NULL},
+        {"no colon after fields", "3 V1 N9\n1 W12\n", "dovecot-uidlist line 2: no \":\"", 0, 0,
+         NULL},
+        {"empty name", "3 V1 N9\n1 :\n", "dovecot-uidlist line 2: an empty file name", 0, 0, NULL},
+        {"slash in name", "3 V1 N9\n1 :../x\n", "dovecot-uidlist line 2: a bad file name", 0, 0,
+         NULL},
+        {"dot name", "3 V1 N9\n1 :.x\n", "dovecot-uidlist line 2: a bad file name", 0, 0, NULL},
+        {"descending", "3 V1 N9\n2 :a\n1 :b\n", "dovecot-uidlist line 3: UIDs not ascending", 0, 0,
+         NULL},
+        {"repeated uid", "3 V1 N9\n2 :a\n2 :b\n", "dovecot-uidlist line 3: a UID given twice", 0, 0,
+         NULL},
+        {"one file twice", "3 V1 N9\n2 :a,S=1\n3 :a,S=2\n", "dovecot-uidlist: two UIDs for one", 0,
+         0, NULL},
+        {"last uid", "3 V1 N9\n4294967295 :a\n", "dovecot-uidlist: no UIDs left", 0, 0, NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const struct uidl_case *c = &cases[i];
+        size_t len = strlen(c->text);
+        if (strcmp(c->name, "NUL") == 0)
+            len = 15; /* strlen stops at the NUL */
+        struct maildir_uidlist *ul = NULL;
+        char err[200] = "";
+        int r = maildir_uidlist_parse(c->text, len, 0, &ul, err, sizeof(err));
+        if (c->err != NULL) {
+            if (r != -1 || ul != NULL)
+                fail_msg("%s: parsed", c->name);
+            if (strncmp(err, c->err, strlen(c->err)) != 0)
+                fail_msg("%s: got \"%s\", want \"%s...\"", c->name, err, c->err);
+            continue;
+        }
+        if (r != 0)
+            fail_msg("%s: %s", c->name, err);
+        assert_int_equal(maildir_uidlist_uidvalidity(ul), c->uv);
+        assert_int_equal(maildir_uidlist_uidnext(ul), c->next);
+        char look[256];
+        snprintf(look, sizeof(look), "%s", c->look);
+        char *save = NULL;
+        for (char *kv = strtok_r(look, ",", &save); kv != NULL; kv = strtok_r(NULL, ",", &save)) {
+            char *eq = strchr(kv, '=');
+            *eq = '\0';
+            uint32_t got = maildir_uidlist_find(ul, kv);
+            if (got != (uint32_t)atoi(eq + 1))
+                fail_msg("%s: %s has UID %u, want %s", c->name, kv, got, eq + 1);
+        }
+        maildir_uidlist_free(&ul);
+        assert_null(ul);
+    }
+    /* The entry limit. */
+    struct maildir_uidlist *ul = NULL;
+    char err[200];
+    assert_int_equal(
+        maildir_uidlist_parse("3 V1 N9\n1 :a\n2 :b\n3 :c\n", 23, 2, &ul, err, sizeof(err)), -1);
+    assert_string_equal(err, "dovecot-uidlist line 4: more entries than the limit");
+    /* A line over the limit. */
+    struct buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "3 V1 N9\n1 :");
+    for (unsigned i = 0; i < MAILDIR_UIDLIST_LINE_MAX; i++)
+        buf_puts(&b, "x");
+    buf_puts(&b, "\n");
+    assert_int_equal(maildir_uidlist_parse(b.data, b.len, 0, &ul, err, sizeof(err)), -1);
+    assert_string_equal(err, "dovecot-uidlist line 2: a line longer than the limit");
+    buf_free(&b);
+}
+
+/* A folder with a dovecot-uidlist: messages come in UID order (those
+ * without a UID after them), each with its UID. */
+static void test_uidlist_iter(void **state)
+{
+    (void)state;
+    char root[] = "/tmp/tern-test-uidl-XXXXXX";
+    assert_non_null(mkdtemp(root));
+    char p[512];
+    static const char *const subs[] = {"cur", "new", "tmp"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof(p), "%s/%s", root, subs[i]);
+        assert_int_equal(mkdir(p, 0700), 0);
+    }
+    /* Identity order (M10 before M9) is not UID order. */
+    static const char *const files[] = {"cur/1.M10P1.h,S=5:2,S", "cur/1.M9P1.h:2,", "new/2.M1P1.h",
+                                        "new/0.M1P1.h"};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(p, sizeof(p), "%s/%s", root, files[i]);
+        FILE *f = fopen(p, "w");
+        assert_non_null(f);
+        fputs("Subject: x\n\nx\n", f);
+        fclose(f);
+    }
+    snprintf(p, sizeof(p), "%s/dovecot-uidlist", root);
+    FILE *f = fopen(p, "w");
+    fputs("3 V99 N5 G0\n1 :1.M9P1.h\n2 :1.M10P1.h,S=5\n4 :2.M1P1.h\n", f);
+    fclose(f);
+    struct maildir *md;
+    const char *e;
+    assert_int_equal(maildir_open(root, NULL, &md, &e), 0);
+    struct maildir_iter *it;
+    assert_int_equal(maildir_iter_new(md, 0, &it, &e), 0);
+    const char *note;
+    const struct maildir_uidlist *ul = maildir_iter_uidlist(it, &note);
+    assert_non_null(ul);
+    assert_int_equal(maildir_uidlist_uidvalidity(ul), 99);
+    static const struct {
+        const char *uniq;
+        uint32_t uid;
+    } want[] = {{"1.M9P1.h", 1}, {"1.M10P1.h", 2}, {"2.M1P1.h", 4}, {"0.M1P1.h", 0}};
+    struct maildir_msg m;
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(maildir_iter_next(it, &m), 1);
+        assert_string_equal(m.uniq, want[i].uniq);
+        assert_int_equal(m.uid, want[i].uid);
+    }
+    assert_int_equal(maildir_iter_next(it, &m), 0);
+    maildir_iter_free(&it);
+    /* A broken uidlist: no UIDs, the reason, the messages all the same. */
+    f = fopen(p, "w");
+    fputs("3 V99 N5 G0\n2 :1.M9P1.h\n1 :1.M10P1.h,S=5\n", f);
+    fclose(f);
+    assert_int_equal(maildir_iter_new(md, 0, &it, &e), 0);
+    assert_null(maildir_iter_uidlist(it, &note));
+    assert_string_equal(note, "dovecot-uidlist line 3: UIDs not ascending");
+    size_t n = 0;
+    while (maildir_iter_next(it, &m) == 1) {
+        assert_int_equal(m.uid, 0);
+        n++;
+    }
+    assert_int_equal(n, 4);
+    maildir_iter_free(&it);
+    unlink(p);
+    assert_int_equal(maildir_iter_new(md, 0, &it, &e), 0);
+    assert_null(maildir_iter_uidlist(it, &note));
+    assert_string_equal(note, "no dovecot-uidlist");
+    maildir_iter_free(&it);
+    maildir_free(&md);
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(p, sizeof(p), "%s/%s", root, files[i]);
+        unlink(p);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof(p), "%s/%s", root, subs[i]);
+        rmdir(p);
+    }
+    rmdir(root);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_folder_names),      cmocka_unit_test(test_tree),
         cmocka_unit_test(test_parse_name),        cmocka_unit_test(test_messages),
         cmocka_unit_test(test_concurrent_client), cmocka_unit_test(test_limits_and_bad_files),
+        cmocka_unit_test(test_uidlist),           cmocka_unit_test(test_uidlist_iter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -65,6 +65,7 @@ struct got {
     int64_t date;
     uint32_t flags;
     bool old;
+    uint32_t uid;
     char *keywords;
     unsigned problems;
 };
@@ -121,6 +122,7 @@ static struct run run_mbox(struct memsrc *m, const struct mbox_options *o)
         g->date = it.internal_date;
         g->flags = it.flags;
         g->old = it.old;
+        g->uid = it.uid;
         assert_non_null(it.keywords);
         g->keywords = xstrdup(it.keywords);
         g->problems = it.problems;
@@ -1215,6 +1217,69 @@ static void test_memory_flat(void **state)
     buf_free(&m);
 }
 
+/* ---- UIDs: X-IMAPbase, X-IMAP, X-UID --------------------------------------------- */
+
+static void test_uids(void **state)
+{
+    (void)state;
+    struct run r = run_text(F1 "X-IMAPbase: 1234 10 $Label1\nX-UID: 3\n\nb\n\n" F2
+                               "x-uid:  5 \n\nb\n\n" F3 "X-UID: 7\nX-UID: 8\n\nb\n\n" F1
+                               "X-UID: 12x\n\nb\n\n" F2 "X-UID: 0\n\nb\n\n" F3 "A: 1\n\nb\n",
+                            MBOX_FORMAT_RD);
+    assert_int_equal(r.n, 6);
+    static const uint32_t want[] = {3, 5, 0, 0, 0, 0}; /* twice, malformed, zero, none */
+    for (size_t i = 0; i < 6; i++)
+        if (r.items[i].uid != want[i])
+            fail_msg("message %zu: uid %u, want %u", i, r.items[i].uid, want[i]);
+    run_free(&r);
+
+    static const struct {
+        const char *head;
+        int rc;
+        uint32_t uv, next;
+        const char *why;
+    } cases[] = {
+        {F1 "Subject: x\nX-IMAPbase: 1234 10 $Label1 work\n\nb\n", 1, 1234, 10, NULL},
+        {F1 "X-IMAP: 99 3\n\nfolder internal data\n", 1, 99, 3, NULL},
+        {F1 "x-imapbase:\t5\t6\r\n\r\nb\n", 1, 5, 6, NULL},
+        {F1 "Subject: x\n\nX-IMAPbase: 1 2\n", 0, 0, 0, "no X-IMAPbase header"},
+        {F1 "Subject: x\n", 0, 0, 0, "no X-IMAPbase header"},
+        {"garbage\n" F1 "X-IMAPbase: 1 2\n\n", 0, 0, 0, "the file does not start with a From_"},
+        {"", 0, 0, 0, "the file does not start with a From_"},
+        {F1 "X-IMAPbase: 12x 3\n\n", -1, 0, 0, "a malformed X-IMAPbase header"},
+        {F1 "X-IMAPbase: 12\n\n", -1, 0, 0, "a malformed X-IMAPbase header"},
+        {F1 "X-IMAPbase: 0 3\n\n", -1, 0, 0, "a malformed X-IMAPbase header"},
+        {F1 "X-IMAPbase: 4294967296 3\n\n", -1, 0, 0, "a malformed X-IMAPbase header"},
+        {F1 "X-IMAPbase: 4294967295 4294967295\n\n", 1, 4294967295u, 4294967295u, NULL},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        uint32_t uv = 7, next = 7;
+        const char *why = NULL;
+        int rc = mbox_uid_base(cases[i].head, strlen(cases[i].head), &uv, &next, &why);
+        if (rc != cases[i].rc || uv != cases[i].uv || next != cases[i].next)
+            fail_msg("case %zu: rc %d uv %u next %u", i, rc, uv, next);
+        if (cases[i].why != NULL && strncmp(why, cases[i].why, strlen(cases[i].why)) != 0)
+            fail_msg("case %zu: why \"%s\"", i, why);
+    }
+    /* Only the first MBOX_UID_BASE_SCAN octets are looked at. */
+    struct buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, F1);
+    while (b.len < MBOX_UID_BASE_SCAN)
+        buf_puts(&b, "X-Filler: a header line of no interest\n");
+    buf_puts(&b, "X-IMAPbase: 1 2\n\n");
+    uint32_t uv, next;
+    const char *why;
+    assert_int_equal(mbox_uid_base(b.data, b.len, &uv, &next, &why), 0);
+    assert_int_equal(uv, 0);
+    buf_free(&b);
+    uint32_t uid;
+    assert_int_equal(mbox_parse_uid(" 42\r\n", 5, &uid), 0);
+    assert_int_equal(uid, 42);
+    assert_int_equal(mbox_parse_uid(" 42 43", 6, &uid), -1);
+    assert_int_equal(mbox_parse_uid("", 0, &uid), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1222,6 +1287,7 @@ int main(void)
         cmocka_unit_test(test_from_line),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_status_old),
+        cmocka_unit_test(test_uids),
         cmocka_unit_test(test_detect),
         cmocka_unit_test(test_detect_sample_end),
         cmocka_unit_test(test_start_and_growth),
