@@ -43,6 +43,8 @@
 
 #define MIME_DEPTH_MAX 32
 #define MIME_PARTS_MAX 2000
+/* more multipart/message Content-Type fields than this: the line scanner */
+#define MIME_GMIME_NEST_MAX 64
 
 void mime_init(void);
 
