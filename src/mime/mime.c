@@ -480,28 +480,33 @@ static struct stop gm_multipart(struct parser *p, uint32_t idx, GMimeMultipart *
     int mine = p->nb - 1, count = g_mime_multipart_get_count(mp);
     uint32_t last = MIME_NONE;
     struct stop st = scan_to_delimiter(p, m->nodes[idx].body_start, p->len); /* the preamble */
-    for (int i = 0; i < count && st.which == mine && !st.close; i++) {
-        GMimeObject *child = g_mime_multipart_get_part(mp, i);
-        size_t start = line_after(p->d, st.at, p->len), anchor = gm_anchor(p, child);
-        /* GMime drops a part with neither header nor content: its
-         * delimiter lines come before the anchor of the next one it kept */
-        while (anchor != SIZE_MAX && start < anchor) {
-            struct stop nx = scan_to_delimiter(p, start, anchor);
-            if (nx.which != mine || nx.close)
-                break;
-            st = nx;
-            start = line_after(p->d, st.at, p->len);
+    for (int i = 0; st.which == mine && !st.close;) {
+        size_t start = line_after(p->d, st.at, p->len);
+        GMimeObject *child = i < count ? g_mime_multipart_get_part(mp, i) : NULL;
+        /* GMime drops a part with neither header nor content
+         * (GMIME_CRIT_PART_WITHOUT_HEADERS_OR_CONTENT): another delimiter
+         * line before the next part it kept starts (or, past its last
+         * part, any delimiter line does). RFC 2046's grammar allows such
+         * a part and Dovecot lists it, so it is listed here too, as an
+         * empty part: part numbers agree with Dovecot's. */
+        bool dropped = child == NULL;
+        if (!dropped) {
+            size_t anchor = gm_anchor(p, child);
+            if (anchor != SIZE_MAX && start < anchor) {
+                struct stop nx = scan_to_delimiter(p, start, anchor);
+                dropped = nx.which == mine && !nx.close;
+            }
         }
+        if (!dropped)
+            i++;
         uint32_t c = node_new(p);
         if (c == MIME_NONE) { /* over MIME_PARTS_MAX: not listed */
             st = scan_to_delimiter(p, start, p->len);
             continue;
         }
         link_child(m, idx, &last, c);
-        st = gm_part(p, c, child, NULL, start, depth + 1);
+        st = gm_part(p, c, dropped ? NULL : child, NULL, start, depth + 1);
     }
-    while (st.which == mine && !st.close) /* parts GMime dropped at the end */
-        st = scan_to_delimiter(p, line_after(p->d, st.at, p->len), p->len);
     pop_boundary(p);
     if (st.which == mine) /* the close delimiter: the epilogue follows */
         st = scan_to_delimiter(p, line_after(p->d, st.at, p->len), p->len);
