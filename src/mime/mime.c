@@ -304,7 +304,9 @@ static size_t gm_offset(GMimeHeader *h, size_t len)
 /* The header fields GMime gave object o: the first and last field's
  * offsets (min/max into *first_r, *last_r), and for node idx (unless
  * MIME_NONE) the Content-* fields' values as sent, located by GMime's
- * offset and read from the octets (first occurrence kept). */
+ * offset and read from the octets. Of a repeated field the last one is
+ * kept, as GMime's objects keep it (a second Content-Type decides the
+ * part's type there, so it must decide it here). */
 static void gm_fields(struct parser *p, uint32_t idx, GMimeObject *o, size_t *first_r,
                       size_t *last_r)
 {
@@ -325,7 +327,7 @@ static void gm_fields(struct parser *p, uint32_t idx, GMimeObject *o, size_t *fi
         struct mime_range *r = content_field(&p->m->nodes[idx], name + 8, strlen(name + 8));
         struct mime_field f;
         size_t pos = off;
-        if (r == NULL || r->set || !mime_field_next(p->d, &pos, p->len, &f))
+        if (r == NULL || !mime_field_next(p->d, &pos, p->len, &f))
             continue;
         r->off = f.value;
         r->len = f.value_end - f.value;
@@ -457,9 +459,10 @@ static struct stop gm_part(struct parser *p, uint32_t idx, GMimeObject *o, GMime
         /* GMime's content ends before the line end of the delimiter */
         size_t from = ce == 0 || p->d[ce - 1] == '\n' ? ce : line_after(p->d, ce, p->len);
         st = scan_to_delimiter(p, from, p->len);
-        n->body_end = ce < st.at ? ce : st.at;
-        if (n->body_end < n->body_start)
-            n->body_end = n->body_start;
+        /* where the delimiter's line end starts (GMime's end can be an
+         * octet short of it: a lone CR in the last line), so the part ends
+         * where its parent's scan ends it */
+        n->body_end = cut_eol(p, &st, n->body_start);
         return st;
     } else {
         st = scan_to_delimiter(p, n->body_start, p->len);
@@ -560,7 +563,7 @@ static bool parse_header(struct parser *p, uint32_t idx, size_t pos, struct stop
         if (f.name_len < 9 || !mime_eq(d + f.start, 8, "content-"))
             continue;
         struct mime_range *r = content_field(n, d + f.start + 8, f.name_len - 8);
-        if (r != NULL && !r->set) {
+        if (r != NULL) { /* the last one, as in GMime's path */
             r->off = f.value;
             r->len = f.value_end - f.value;
             r->set = true;

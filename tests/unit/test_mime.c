@@ -1279,10 +1279,10 @@ static void test_section_offsets(void **state)
             const char *spec;
             int from, to; /* pieces [from, to), or -1: see below */
         } cases[] = {
-            {"HEADER", TOP_H, PRE},   {"1.MIME", P1_H, P1_B},  {"1", P1_B, -1},
-            {"2.MIME", P2_H, M_H},    {"2", M_H, -2},          {"2.HEADER", M_H, M_PRE},
+            {"HEADER", TOP_H, PRE},   {"1.MIME", P1_H, P1_B},   {"1", P1_B, -1},
+            {"2.MIME", P2_H, M_H},    {"2", M_H, -2},           {"2.HEADER", M_H, M_PRE},
             {"2.TEXT", M_PRE, -2},    {"2.1.MIME", A1_H, A1_B}, {"2.1", A1_B, -3},
-            {"2.2.MIME", A2_H, A2_B}, {"2.2", A2_B, -4},       {"3.MIME", P3_H, P3_B},
+            {"2.2.MIME", A2_H, A2_B}, {"2.2", A2_B, -4},        {"3.MIME", P3_H, P3_B},
             {"3", P3_B, -5},
         };
         /* ends that are not the next piece's start: a body ends before the
@@ -1312,8 +1312,8 @@ static void test_section_offsets(void **state)
             if (mime_section_get(m, cases[i].spec, &out, &error) != MIME_SECTION_OK)
                 fail_msg("%s BODY[%s]: %s", lf ? "LF" : "CRLF", cases[i].spec, error);
             if (out.len != wl || memcmp(out.data, w, wl) != 0)
-                fail_msg("%s BODY[%s]:\n got [%s]\nwant [%s]", lf ? "LF" : "CRLF",
-                         cases[i].spec, out.data, w);
+                fail_msg("%s BODY[%s]:\n got [%s]\nwant [%s]", lf ? "LF" : "CRLF", cases[i].spec,
+                         out.data, w);
             buf_free(&out);
             mime_free(&m);
             check_any(copy, cl);
@@ -1457,6 +1457,23 @@ static void test_depth_limit_gmime(void **state)
     buf_free(&msg);
 }
 
+/* A repeated Content-Type: the last one decides, as in GMime's objects
+ * (the part is text/html, not a multipart without parts); a lone CR in a
+ * part's last line does not move its end (found by fuzz_mime). */
+static void test_repeated_content_type(void **state)
+{
+    (void)state;
+    static const char msg[] = "Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n"
+                              "Content-Type: multipart/alternative; boundary=i\r\n"
+                              "Content-Type: text/html\r\n\r\n<b>x</b>\r\n\r\xe9\xe9\n"
+                              "--o--\r\n";
+    char *bs = bodystructure_str(msg, sizeof(msg) - 1);
+    assert_string_equal(bs, "((\"TEXT\" \"HTML\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 13 "
+                            "1 NIL NIL NIL NIL) \"MIXED\" (\"BOUNDARY\" \"o\") NIL NIL NIL)");
+    free(bs);
+    SECTION_IS(msg, "1", "<b>x</b>\r\n\r\xe9\xe9");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1489,6 +1506,7 @@ int main(void)
         cmocka_unit_test(test_rfc2231_boundary),
         cmocka_unit_test(test_empty_parts),
         cmocka_unit_test(test_depth_limit_gmime),
+        cmocka_unit_test(test_repeated_content_type),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
