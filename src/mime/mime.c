@@ -1,20 +1,25 @@
 /*
  * mime.c — the MIME structure of a message and its body sections; see
- * mime.h and mime_private.h.
+ * mime.h (what GMime decides and what not) and mime_private.h.
  *
- * The structure is found here, not by GMime's parser: IMAP needs the
- * offsets of every header and body in the original octets (BODY[1.2] must
- * be the bytes as stored, and sizes must add up with RFC822.SIZE), which
- * GMime's object tree does not keep; and the limits (depth, part count)
- * must hold while parsing, not after. The scan is one pass over the lines,
- * like Dovecot's and GMime's own parsers: a part's header runs to the first
- * empty line; a multipart's body is cut at lines that start with "--" and
- * one of the open boundaries (innermost first, a prefix match, as both do);
- * the line end before a delimiter line belongs to the delimiter (RFC 2046
- * 5.1.1), so a part's body excludes it. An outer boundary also ends every
- * inner part (a missing close delimiter). Recursion is bounded by
- * MIME_DEPTH_MAX, the node array by MIME_PARTS_MAX; the work is linear in
- * the message size times the (bounded) number of open boundaries.
+ * The tree is GMime's: gm_structure() runs GMimeParser over the caller's
+ * octets (no copy) and walks the objects it built, in document order,
+ * with a cursor over the octets. GMime gives anchors: each header field's
+ * offset, each leaf's content substream. The walk fills in what GMime
+ * does not keep: a part starts after the delimiter line before its first
+ * anchor; a header ends at its blank line (or is cut by a delimiter line:
+ * then the part's body is empty); a multipart's or message/rfc822's body
+ * ends before the line end of the delimiter that ends it (RFC 2046 5.1.1).
+ * Delimiter lines are matched by GMime's rule (is_delimiter), innermost
+ * boundary first; an outer boundary ends every inner part (a missing close
+ * delimiter). The limits (MIME_DEPTH_MAX, MIME_PARTS_MAX) are applied in
+ * the walk; GMime's objects are freed as soon as the node array is built.
+ *
+ * scan_structure() is the line scanner for messages GMime cannot parse in
+ * linear time (more than MIME_GMIME_NEST_MAX containers): one pass over
+ * the lines with the same delimiter rule, the same limits and the same
+ * node array; its work is linear in the message size times the (bounded)
+ * number of open boundaries.
  *
  * The structure is built lazily: ENVELOPE and HEADER-only fetches read the
  * top header only.
