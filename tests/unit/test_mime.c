@@ -1474,6 +1474,20 @@ static void test_repeated_content_type(void **state)
     SECTION_IS(msg, "1", "<b>x</b>\r\n\r\xe9\xe9");
 }
 
+/* HEADER.FIELDS.NOT of a message/rfc822 whose body is a leaf: the header
+ * ends at its blank line (which is not a field), on CRLF and LF lines. */
+static void test_inner_header_end(void **state)
+{
+    (void)state;
+    static const char crlf[] =
+        "Content-Type: message/rfc822\r\n\r\nSubject: s\r\nX-A: a\r\n\r\nbody";
+    SECTION_IS(crlf, "1.HEADER.FIELDS.NOT (Subject)", "X-A: a\r\n\r\n");
+    SECTION_IS(crlf, "1.HEADER", "Subject: s\r\nX-A: a\r\n\r\n");
+    static const char lf[] = "Content-Type: message/rfc822\n\nSubject: s\nX-A: a\n\nbody";
+    SECTION_IS(lf, "1.HEADER.FIELDS.NOT (Subject)", "X-A: a\n\r\n");
+    SECTION_IS(lf, "1.TEXT", "body");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1507,6 +1521,7 @@ int main(void)
         cmocka_unit_test(test_empty_parts),
         cmocka_unit_test(test_depth_limit_gmime),
         cmocka_unit_test(test_repeated_content_type),
+        cmocka_unit_test(test_inner_header_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
