@@ -1,20 +1,25 @@
 /*
  * mime.c — the MIME structure of a message and its body sections; see
- * mime.h and mime_private.h.
+ * mime.h (what GMime decides and what not) and mime_private.h.
  *
- * The structure is found here, not by GMime's parser: IMAP needs the
- * offsets of every header and body in the original octets (BODY[1.2] must
- * be the bytes as stored, and sizes must add up with RFC822.SIZE), which
- * GMime's object tree does not keep; and the limits (depth, part count)
- * must hold while parsing, not after. The scan is one pass over the lines,
- * like Dovecot's and GMime's own parsers: a part's header runs to the first
- * empty line; a multipart's body is cut at lines that start with "--" and
- * one of the open boundaries (innermost first, a prefix match, as both do);
- * the line end before a delimiter line belongs to the delimiter (RFC 2046
- * 5.1.1), so a part's body excludes it. An outer boundary also ends every
- * inner part (a missing close delimiter). Recursion is bounded by
- * MIME_DEPTH_MAX, the node array by MIME_PARTS_MAX; the work is linear in
- * the message size times the (bounded) number of open boundaries.
+ * The tree is GMime's: gm_structure() runs GMimeParser over the caller's
+ * octets (no copy) and walks the objects it built, in document order,
+ * with a cursor over the octets. GMime gives anchors: each header field's
+ * offset, each leaf's content substream. The walk fills in what GMime
+ * does not keep: a part starts after the delimiter line before its first
+ * anchor; a header ends at its blank line (or is cut by a delimiter line:
+ * then the part's body is empty); a multipart's or message/rfc822's body
+ * ends before the line end of the delimiter that ends it (RFC 2046 5.1.1).
+ * Delimiter lines are matched by GMime's rule (is_delimiter), innermost
+ * boundary first; an outer boundary ends every inner part (a missing close
+ * delimiter). The limits (MIME_DEPTH_MAX, MIME_PARTS_MAX) are applied in
+ * the walk; GMime's objects are freed as soon as the node array is built.
+ *
+ * scan_structure() is the line scanner for messages GMime cannot parse in
+ * linear time (more than MIME_GMIME_NEST_MAX containers): one pass over
+ * the lines with the same delimiter rule, the same limits and the same
+ * node array; its work is linear in the message size times the (bounded)
+ * number of open boundaries.
  *
  * The structure is built lazily: ENVELOPE and HEADER-only fetches read the
  * top header only.
@@ -25,7 +30,6 @@
 
 #include <gmime/gmime.h>
 
-#define MIME_BOUNDARY_MAX 998  /* RFC 2046 says 70; a line's worth of slack */
 #define SECTION_PATH_MAX  128  /* numbers in a section spec (deeper: no such part) */
 #define SECTION_NAMES_MAX 1000 /* names in a HEADER.FIELDS list */
 
@@ -47,6 +51,7 @@ struct mime_msg *mime_parse(const char *data, size_t len)
     m->len = data != NULL ? len : 0;
     buf_init(&m->tmp, 0);
     buf_init(&m->sb, 0);
+    buf_init(&m->strs, 0);
     for (size_t i = 0; i < ARRAY_SIZE(m->scratch); i++)
         buf_init(&m->scratch[i], 0);
     m->ct = xmalloc(sizeof(*m->ct));
@@ -60,6 +65,7 @@ void mime_free(struct mime_msg **mp)
         return;
     buf_free(&m->tmp);
     buf_free(&m->sb);
+    buf_free(&m->strs);
     for (size_t i = 0; i < ARRAY_SIZE(m->scratch); i++)
         buf_free(&m->scratch[i]);
     free(m->ct);
@@ -67,7 +73,7 @@ void mime_free(struct mime_msg **mp)
     xfree(mp);
 }
 
-/* ---- the structure ------------------------------------------------------ */
+/* ---- lines and delimiters ----------------------------------------------- */
 
 static size_t line_after(const char *d, size_t pos, size_t end)
 {
@@ -91,7 +97,7 @@ void mime_header_bounds(const char *d, size_t pos, size_t end, size_t *hdr_end_r
 }
 
 /* Where a scan stopped: at the start of a delimiter line of open boundary
- * `which` (close: a "--b--" line), or at the end (which < 0). */
+ * `which` (close: a "--b--" line), or nowhere (which < 0). */
 struct stop {
     size_t at;
     int which;
@@ -102,42 +108,76 @@ struct parser {
     struct mime_msg *m;
     const char *d;
     size_t len;
-    char *bnd[MIME_DEPTH_MAX];
-    size_t blen[MIME_DEPTH_MAX];
+    char *bnd[MIME_DEPTH_MAX + 1];
+    size_t blen[MIME_DEPTH_MAX + 1];
     int nb;
-    struct mime_ctype ct; /* scratch: used before any recursion */
+    struct mime_ctype ct; /* scratch (line scanner): used before any recursion */
     struct buf sb;
 };
 
+static void push_boundary(struct parser *p, const char *b, size_t len)
+{
+    ASSERT(p->nb < (int)ARRAY_SIZE(p->bnd));
+    p->bnd[p->nb] = xstrndup(b, len);
+    p->blen[p->nb] = len;
+    p->nb++;
+}
+
+static void pop_boundary(struct parser *p)
+{
+    p->nb--;
+    xfree(&p->bnd[p->nb]);
+}
+
+static bool lwsp_only(const char *s, const char *end)
+{
+    for (; s < end; s++)
+        if (*s != ' ' && *s != '\t' && *s != '\r')
+            return false;
+    return true;
+}
+
+/* GMime's rule (gmime-parser.c check_boundary, RFC 2046 5.1.1's grammar):
+ * a delimiter line is "--" boundary, a close delimiter "--" boundary "--",
+ * each followed by nothing but blanks to the line end; the open boundaries
+ * are tried innermost first, the close form before the plain one. (Dovecot
+ * matches a prefix instead: a line "--bX" ends a part there, not here.) */
 static bool is_delimiter(const struct parser *p, size_t pos, struct stop *st)
 {
     const char *d = p->d;
-    if (p->len - pos < 2 || d[pos] != '-' || d[pos + 1] != '-')
+    if (p->nb == 0 || p->len - pos < 2 || d[pos] != '-' || d[pos + 1] != '-')
         return false;
-    size_t rest = p->len - pos - 2;
+    const char *nl = memchr(d + pos, '\n', p->len - pos);
+    const char *eol = nl != NULL ? nl : d + p->len, *s = d + pos + 2;
     for (int i = p->nb - 1; i >= 0; i--) {
-        if (rest >= p->blen[i] && memcmp(d + pos + 2, p->bnd[i], p->blen[i]) == 0) {
-            size_t q = pos + 2 + p->blen[i];
+        size_t bl = p->blen[i];
+        if ((size_t)(eol - s) < bl || memcmp(s, p->bnd[i], bl) != 0)
+            continue;
+        const char *q = s + bl;
+        bool close = eol - q >= 2 && q[0] == '-' && q[1] == '-' && lwsp_only(q + 2, eol);
+        if (close || lwsp_only(q, eol)) {
             st->at = pos;
             st->which = i;
-            st->close = p->len - q >= 2 && d[q] == '-' && d[q + 1] == '-';
+            st->close = close;
             return true;
         }
     }
     return false;
 }
 
-/* From pos (a line start), the first delimiter line of an open boundary.
- * Only lines that start with '-' can be one: memchr for '-' skips base64
- * and most text at memory speed, instead of stopping at every line. */
-static struct stop scan_to_delimiter(const struct parser *p, size_t pos)
+/* From pos (a line start), the first delimiter line of an open boundary
+ * that starts before limit. Only lines that start with '-' can be one:
+ * memchr for '-' skips base64 and most text at memory speed. */
+static struct stop scan_to_delimiter(const struct parser *p, size_t pos, size_t limit)
 {
     struct stop st = {.at = p->len, .which = -1};
-    if (p->nb == 0 || pos >= p->len)
+    if (limit > p->len)
+        limit = p->len;
+    if (p->nb == 0 || pos >= limit)
         return st;
     if (is_delimiter(p, pos, &st))
         return st;
-    const char *d = p->d, *end = d + p->len, *q = d + pos + 1;
+    const char *d = p->d, *end = d + limit, *q = d + pos + 1;
     while (q < end && (q = memchr(q, '-', (size_t)(end - q))) != NULL) {
         if (q[-1] == '\n' && is_delimiter(p, (size_t)(q - d), &st))
             return st;
@@ -148,8 +188,9 @@ static struct stop scan_to_delimiter(const struct parser *p, size_t pos)
     return st;
 }
 
-/* The end of a body that a delimiter line at `at` ends: without the line
- * end before it, but never before `min`. */
+/* The end of a body that a delimiter line ends: without the line end
+ * before it (it belongs to the delimiter, RFC 2046 5.1.1), never before
+ * min. */
 static size_t cut_eol(const struct parser *p, const struct stop *st, size_t min)
 {
     if (st->which < 0)
@@ -179,53 +220,54 @@ static uint32_t node_new(struct parser *p)
     return i;
 }
 
-/* Reads the header of node idx at pos; records its Content-* fields.
- * Returns true if a delimiter line ended it (in *st) before an empty line. */
-static bool parse_header(struct parser *p, uint32_t idx, size_t pos, struct stop *st)
+static void link_child(struct mime_msg *m, uint32_t parent, uint32_t *last, uint32_t c)
+{
+    if (*last == MIME_NONE)
+        m->nodes[parent].first_child = c;
+    else
+        m->nodes[*last].next = c;
+    *last = c;
+    m->nodes[parent].n_children++;
+}
+
+/* The Content-* field a header name (after "content-") is kept in. */
+static struct mime_range *content_field(struct mime_node *n, const char *nm, size_t nl)
+{
+    return mime_eq(nm, nl, "type")                ? &n->ctype
+           : mime_eq(nm, nl, "transfer-encoding") ? &n->cte
+           : mime_eq(nm, nl, "id")                ? &n->cid
+           : mime_eq(nm, nl, "description")       ? &n->cdesc
+           : mime_eq(nm, nl, "disposition")       ? &n->cdisp
+           : mime_eq(nm, nl, "language")          ? &n->clang
+           : mime_eq(nm, nl, "location")          ? &n->cloc
+                                                  : NULL;
+}
+
+/* The header of node idx from `from` (its start, or past the fields
+ * already known) to the blank line: sets hdr_end and body_start. Returns
+ * true if a delimiter line (in *st) ended it first: then the header ends
+ * before that line's line end and the body is empty. */
+static bool header_end(struct parser *p, uint32_t idx, size_t from, struct stop *st)
 {
     struct mime_node *n = &p->m->nodes[idx];
     const char *d = p->d;
-    bool cut = false;
-    n->hdr_start = pos;
+    size_t pos = from;
     for (;;) {
         if (pos >= p->len) {
             n->hdr_end = n->body_start = p->len;
-            break;
+            return false;
         }
         if (line_blank(d, pos, p->len)) {
             n->hdr_end = pos;
             n->body_start = line_after(d, pos, p->len);
-            break;
+            return false;
         }
         if (p->nb > 0 && is_delimiter(p, pos, st)) {
             n->hdr_end = n->body_start = cut_eol(p, st, n->hdr_start);
-            cut = true;
-            break;
+            return true;
         }
         pos = line_after(d, pos, p->len);
     }
-    size_t fp = n->hdr_start;
-    struct mime_field f;
-    while (mime_field_next(d, &fp, n->hdr_end, &f)) {
-        if (f.name_len < 9 || !mime_eq(d + f.start, 8, "content-"))
-            continue;
-        const char *nm = d + f.start + 8;
-        size_t nl = f.name_len - 8;
-        struct mime_range *r = mime_eq(nm, nl, "type")                ? &n->ctype
-                               : mime_eq(nm, nl, "transfer-encoding") ? &n->cte
-                               : mime_eq(nm, nl, "id")                ? &n->cid
-                               : mime_eq(nm, nl, "description")       ? &n->cdesc
-                               : mime_eq(nm, nl, "disposition")       ? &n->cdisp
-                               : mime_eq(nm, nl, "language")          ? &n->clang
-                               : mime_eq(nm, nl, "location")          ? &n->cloc
-                                                                      : NULL;
-        if (r != NULL && !r->set) {
-            r->off = f.value;
-            r->len = f.value_end - f.value;
-            r->set = true;
-        }
-    }
-    return cut;
 }
 
 /* message/rfc822 can be parsed only if not transfer-encoded (RFC 2046
@@ -243,14 +285,296 @@ static bool cte_identity(const struct parser *p, const struct mime_node *n)
     return tl == 0 || mime_eq(t, tl, "7bit") || mime_eq(t, tl, "8bit") || mime_eq(t, tl, "binary");
 }
 
-static void link_child(struct mime_msg *m, uint32_t parent, uint32_t *last, uint32_t c)
+/* A multipart or message node whose last child's header ended at the line
+ * end before the delimiter keeps that line end: the parent's body must
+ * still contain the child. */
+static void contain_last_child(struct mime_msg *m, uint32_t idx)
 {
-    if (*last == MIME_NONE)
-        m->nodes[parent].first_child = c;
-    else
-        m->nodes[*last].next = c;
-    *last = c;
-    m->nodes[parent].n_children++;
+    struct mime_node *n = &m->nodes[idx];
+    uint32_t last = n->first_child;
+    while (last != MIME_NONE && m->nodes[last].next != MIME_NONE)
+        last = m->nodes[last].next;
+    if (last != MIME_NONE && m->nodes[last].body_end > n->body_end)
+        n->body_end = m->nodes[last].body_end;
+}
+
+/* ---- the structure from GMime ------------------------------------------- */
+
+static size_t gm_offset(GMimeHeader *h, size_t len)
+{
+    gint64 o = g_mime_header_get_offset(h);
+    return o < 0 || (guint64)o >= len ? SIZE_MAX : (size_t)o;
+}
+
+/* The header fields GMime gave object o: the first and last field's
+ * offsets (min/max into *first_r, *last_r), and for node idx (unless
+ * MIME_NONE) the Content-* fields' values as sent, located by GMime's
+ * offset and read from the octets. Of a repeated field the last one is
+ * kept, as GMime's objects keep it (a second Content-Type decides the
+ * part's type there, so it must decide it here). */
+static void gm_fields(struct parser *p, uint32_t idx, GMimeObject *o, size_t *first_r,
+                      size_t *last_r)
+{
+    GMimeHeaderList *hl = o != NULL ? g_mime_object_get_header_list(o) : NULL;
+    int count = hl != NULL ? g_mime_header_list_get_count(hl) : 0;
+    for (int i = 0; i < count; i++) {
+        GMimeHeader *h = g_mime_header_list_get_header_at(hl, i);
+        size_t off = gm_offset(h, p->len);
+        if (off == SIZE_MAX)
+            continue;
+        if (*first_r == SIZE_MAX || off < *first_r)
+            *first_r = off;
+        if (*last_r == SIZE_MAX || off > *last_r)
+            *last_r = off;
+        const char *name = g_mime_header_get_name(h);
+        if (idx == MIME_NONE || name == NULL || g_ascii_strncasecmp(name, "content-", 8) != 0)
+            continue;
+        struct mime_range *r = content_field(&p->m->nodes[idx], name + 8, strlen(name + 8));
+        struct mime_field f;
+        size_t pos = off;
+        if (r == NULL || !mime_field_next(p->d, &pos, p->len, &f))
+            continue;
+        r->off = f.value;
+        r->len = f.value_end - f.value;
+        r->set = true;
+    }
+}
+
+/* A leaf's content as GMime located it: a substream of the message
+ * (the persistent stream), [*start_r, *end_r). */
+static bool gm_content(GMimeObject *o, size_t len, size_t *start_r, size_t *end_r)
+{
+    if (o == NULL || !GMIME_IS_PART(o))
+        return false;
+    GMimeDataWrapper *w = g_mime_part_get_content(GMIME_PART(o));
+    GMimeStream *s = w != NULL ? g_mime_data_wrapper_get_stream(w) : NULL;
+    if (s == NULL || s->bound_start < 0 || (guint64)s->bound_start > len)
+        return false;
+    gint64 end = s->bound_end < 0 || (guint64)s->bound_end > len ? (gint64)len : s->bound_end;
+    if (end < s->bound_start)
+        return false;
+    *start_r = (size_t)s->bound_start;
+    *end_r = (size_t)end;
+    return true;
+}
+
+/* Where object o's octets are known to start: its first header field or
+ * its content; SIZE_MAX if GMime gave neither. */
+static size_t gm_anchor(struct parser *p, GMimeObject *o)
+{
+    size_t first = SIZE_MAX, last = SIZE_MAX, cs, ce;
+    while (o != NULL) {
+        gm_fields(p, MIME_NONE, o, &first, &last);
+        if (GMIME_IS_MESSAGE_PART(o))
+            o = (GMimeObject *)g_mime_message_part_get_message(GMIME_MESSAGE_PART(o));
+        else if (GMIME_IS_MESSAGE(o))
+            o = g_mime_message_get_mime_part(GMIME_MESSAGE(o));
+        else
+            break;
+    }
+    if (gm_content(o, p->len, &cs, &ce) && cs < first)
+        first = cs;
+    return first;
+}
+
+static void gm_type(struct mime_msg *m, uint32_t idx, GMimeObject *o)
+{
+    GMimeContentType *ct = o != NULL ? g_mime_object_get_content_type(o) : NULL;
+    const char *t = ct != NULL ? g_mime_content_type_get_media_type(ct) : NULL;
+    const char *s = ct != NULL ? g_mime_content_type_get_media_subtype(ct) : NULL;
+    if (t == NULL || s == NULL || *t == '\0' || *s == '\0')
+        return;
+    struct mime_node *n = &m->nodes[idx];
+    n->gtype = m->strs.len;
+    n->gtype_len = strlen(t);
+    buf_append(&m->strs, t, n->gtype_len);
+    n->gsub = m->strs.len;
+    n->gsub_len = strlen(s);
+    buf_append(&m->strs, s, n->gsub_len);
+}
+
+/* The blank line before a body at cs, if there is one: where the header
+ * [start, ...) ends. */
+static size_t blank_before(const char *d, size_t start, size_t cs)
+{
+    if (cs >= start + 2 && d[cs - 1] == '\n' && d[cs - 2] == '\r' &&
+        (cs - 2 == start || d[cs - 3] == '\n'))
+        return cs - 2;
+    if (cs >= start + 1 && d[cs - 1] == '\n' && (cs - 1 == start || d[cs - 2] == '\n'))
+        return cs - 1;
+    return cs;
+}
+
+static struct stop gm_multipart(struct parser *p, uint32_t idx, GMimeMultipart *mp, int depth);
+
+/* Node idx is GMime's object o (NULL: an empty part), with the header
+ * fields of hdrs too (the GMimeMessage whose body o is), starting at
+ * start. Returns where the scan for the end of its body stopped. */
+static struct stop gm_part(struct parser *p, uint32_t idx, GMimeObject *o, GMimeObject *hdrs,
+                           size_t start, int depth)
+{
+    struct mime_msg *m = p->m;
+    struct stop st = {.at = p->len, .which = -1};
+    size_t first = SIZE_MAX, last = SIZE_MAX, cs = 0, ce = 0;
+    m->nodes[idx].hdr_start = start;
+    gm_fields(p, idx, hdrs, &first, &last);
+    gm_fields(p, idx, o, &first, &last);
+    gm_type(m, idx, o);
+    bool content = gm_content(o, p->len, &cs, &ce) && cs >= start, cut = false;
+    struct mime_node *n = &m->nodes[idx];
+    if (content) {
+        n->body_start = cs;
+        n->hdr_end = blank_before(p->d, start, cs);
+    } else {
+        size_t from = start;
+        struct mime_field f;
+        if (last != SIZE_MAX && last >= start && mime_field_next(p->d, &last, p->len, &f))
+            from = last; /* past the last field GMime saw */
+        cut = header_end(p, idx, from, &st);
+    }
+    if (o != NULL && GMIME_IS_MULTIPART(o))
+        n->kind = depth >= MIME_DEPTH_MAX ? MIME_OPAQUE : MIME_MULTIPART;
+    else if (o != NULL && GMIME_IS_MESSAGE_PART(o))
+        n->kind =
+            depth >= MIME_DEPTH_MAX || cut || !cte_identity(p, n) ? MIME_OPAQUE : MIME_MESSAGE;
+    else if (o != NULL && GMIME_IS_PART(o) && n->gtype_len > 0 &&
+             (mime_eq(m->strs.data + n->gtype, n->gtype_len, "multipart") ||
+              (mime_eq(m->strs.data + n->gtype, n->gtype_len, "message") &&
+               mime_eq(m->strs.data + n->gsub, n->gsub_len, "rfc822"))))
+        n->kind = MIME_OPAQUE; /* a container GMime kept whole (encoded, too deep) */
+    if (cut) {
+        n->body_end = n->body_start;
+        return st;
+    }
+    if (n->kind == MIME_MULTIPART) {
+        st = gm_multipart(p, idx, GMIME_MULTIPART(o), depth);
+    } else if (n->kind == MIME_MESSAGE) {
+        GMimeMessage *em = g_mime_message_part_get_message(GMIME_MESSAGE_PART(o));
+        uint32_t c = node_new(p), lastc = MIME_NONE;
+        n = &m->nodes[idx]; /* node_new may move the array */
+        if (c == MIME_NONE) {
+            n->kind = MIME_OPAQUE;
+            st = scan_to_delimiter(p, n->body_start, p->len);
+        } else {
+            link_child(m, idx, &lastc, c);
+            st = gm_part(p, c, em != NULL ? g_mime_message_get_mime_part(em) : NULL,
+                         (GMimeObject *)em, n->body_start, depth + 1);
+        }
+    } else if (content) {
+        /* GMime's content ends before the line end of the delimiter */
+        size_t from = ce == 0 || p->d[ce - 1] == '\n' ? ce : line_after(p->d, ce, p->len);
+        st = scan_to_delimiter(p, from, p->len);
+        /* where the delimiter's line end starts (GMime's end can be an
+         * octet short of it: a lone CR in the last line), so the part ends
+         * where its parent's scan ends it */
+        n->body_end = cut_eol(p, &st, n->body_start);
+        return st;
+    } else {
+        st = scan_to_delimiter(p, n->body_start, p->len);
+    }
+    n = &m->nodes[idx];
+    n->body_end = cut_eol(p, &st, n->body_start);
+    contain_last_child(m, idx);
+    return st;
+}
+
+static struct stop gm_multipart(struct parser *p, uint32_t idx, GMimeMultipart *mp, int depth)
+{
+    struct mime_msg *m = p->m;
+    const char *b = g_mime_multipart_get_boundary(mp);
+    if (b == NULL) /* no parts: written with one empty text part (mime_imap.c) */
+        return scan_to_delimiter(p, m->nodes[idx].body_start, p->len);
+    push_boundary(p, b, strlen(b));
+    int mine = p->nb - 1, count = g_mime_multipart_get_count(mp);
+    uint32_t last = MIME_NONE;
+    struct stop st = scan_to_delimiter(p, m->nodes[idx].body_start, p->len); /* the preamble */
+    for (int i = 0; st.which == mine && !st.close;) {
+        size_t start = line_after(p->d, st.at, p->len);
+        GMimeObject *child = i < count ? g_mime_multipart_get_part(mp, i) : NULL;
+        /* GMime drops a part with neither header nor content
+         * (GMIME_CRIT_PART_WITHOUT_HEADERS_OR_CONTENT): another delimiter
+         * line before the next part it kept starts (or, past its last
+         * part, any delimiter line does). RFC 2046's grammar allows such
+         * a part and Dovecot lists it, so it is listed here too, as an
+         * empty part: part numbers agree with Dovecot's. */
+        bool dropped = child == NULL;
+        if (!dropped) {
+            size_t anchor = gm_anchor(p, child);
+            if (anchor != SIZE_MAX && start < anchor) {
+                struct stop nx = scan_to_delimiter(p, start, anchor);
+                dropped = nx.which == mine && !nx.close;
+            }
+        }
+        if (!dropped)
+            i++;
+        uint32_t c = node_new(p);
+        if (c == MIME_NONE) { /* over MIME_PARTS_MAX: not listed */
+            st = scan_to_delimiter(p, start, p->len);
+            continue;
+        }
+        link_child(m, idx, &last, c);
+        st = gm_part(p, c, dropped ? NULL : child, NULL, start, depth + 1);
+    }
+    pop_boundary(p);
+    if (st.which == mine) /* the close delimiter: the epilogue follows */
+        st = scan_to_delimiter(p, line_after(p->d, st.at, p->len), p->len);
+    return st;
+}
+
+/* Runs GMime's parser over the message without copying it: a memory
+ * stream over a GByteArray that borrows the caller's octets (the parser
+ * only reads; the array is released without freeing them). With the
+ * persistent stream (the default for a seekable stream) every leaf's
+ * content is a substream, so its offsets are the message's. */
+static void gm_structure(struct mime_msg *m)
+{
+    GByteArray *arr = g_byte_array_new();
+    arr->data = (guint8 *)(uintptr_t)m->data;
+    arr->len = (guint)m->len;
+    GMimeStream *stream = g_mime_stream_mem_new_with_byte_array(arr);
+    g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(stream), FALSE);
+    GMimeParser *gp = g_mime_parser_new_with_stream(stream);
+    g_mime_parser_set_persist_stream(gp, TRUE);
+    g_mime_parser_set_format(gp, GMIME_FORMAT_MESSAGE);
+    GMimeMessage *msg = g_mime_parser_construct_message(gp, NULL);
+
+    struct parser p = {.m = m, .d = m->data, .len = m->len};
+    uint32_t root = node_new(&p);
+    ASSERT(root == 0);
+    GMimeObject *body = msg != NULL ? g_mime_message_get_mime_part(msg) : NULL;
+    struct stop st = gm_part(&p, root, body, (GMimeObject *)msg, 0, 0);
+    ASSERT(st.which < 0 && p.nb == 0);
+
+    if (msg != NULL)
+        g_object_unref(msg);
+    g_object_unref(gp);
+    g_object_unref(stream);
+    g_byte_array_free(arr, FALSE); /* the array, not the borrowed octets */
+}
+
+/* ---- the line scanner (messages GMime cannot parse in linear time) ------ */
+
+/* Reads the header of node idx at pos; records its Content-* fields.
+ * Returns true if a delimiter line ended it (in *st) before an empty line. */
+static bool parse_header(struct parser *p, uint32_t idx, size_t pos, struct stop *st)
+{
+    struct mime_node *n = &p->m->nodes[idx];
+    const char *d = p->d;
+    n->hdr_start = pos;
+    bool cut = header_end(p, idx, pos, st);
+    size_t fp = n->hdr_start;
+    struct mime_field f;
+    while (mime_field_next(d, &fp, n->hdr_end, &f)) {
+        if (f.name_len < 9 || !mime_eq(d + f.start, 8, "content-"))
+            continue;
+        struct mime_range *r = content_field(n, d + f.start + 8, f.name_len - 8);
+        if (r != NULL) { /* the last one, as in GMime's path */
+            r->off = f.value;
+            r->len = f.value_end - f.value;
+            r->set = true;
+        }
+    }
+    return cut;
 }
 
 static struct stop parse_part(struct parser *p, uint32_t idx, size_t pos, int depth);
@@ -259,26 +583,24 @@ static struct stop parse_multipart(struct parser *p, uint32_t idx, int depth, co
                                    size_t blen, bool digest)
 {
     struct mime_msg *m = p->m;
-    p->bnd[p->nb] = xstrndup(bnd, blen);
-    p->blen[p->nb] = blen;
-    int mine = p->nb++;
+    push_boundary(p, bnd, blen);
+    int mine = p->nb - 1;
     uint32_t last = MIME_NONE;
-    struct stop st = scan_to_delimiter(p, m->nodes[idx].body_start); /* the preamble */
+    struct stop st = scan_to_delimiter(p, m->nodes[idx].body_start, p->len); /* the preamble */
     while (st.which == mine && !st.close) {
         size_t start = line_after(p->d, st.at, p->len);
         uint32_t c = node_new(p);
         if (c == MIME_NONE) { /* over MIME_PARTS_MAX: not listed */
-            st = scan_to_delimiter(p, start);
+            st = scan_to_delimiter(p, start, p->len);
             continue;
         }
         link_child(m, idx, &last, c);
         m->nodes[c].digest_child = digest;
         st = parse_part(p, c, start, depth + 1);
     }
-    p->nb--;
-    xfree(&p->bnd[p->nb]);
+    pop_boundary(p);
     if (st.which == mine) /* the close delimiter: the epilogue follows */
-        st = scan_to_delimiter(p, line_after(p->d, st.at, p->len));
+        st = scan_to_delimiter(p, line_after(p->d, st.at, p->len), p->len);
     return st;
 }
 
@@ -314,40 +636,32 @@ static struct stop parse_part(struct parser *p, uint32_t idx, size_t pos, int de
         n->body_end = n->body_start;
         return st;
     }
-    if (n->kind == MIME_MULTIPART && bnd != NULL && blen > 0 && blen <= MIME_BOUNDARY_MAX) {
+    if (n->kind == MIME_MULTIPART && bnd != NULL) {
         st = parse_multipart(p, idx, depth, bnd, blen, digest);
     } else if (n->kind == MIME_MESSAGE) {
         uint32_t c = node_new(p);
         n = &m->nodes[idx]; /* node_new may move the array */
         if (c == MIME_NONE) {
             n->kind = MIME_OPAQUE;
-            st = scan_to_delimiter(p, n->body_start);
+            st = scan_to_delimiter(p, n->body_start, p->len);
         } else {
             uint32_t last = MIME_NONE;
             link_child(m, idx, &last, c);
             st = parse_part(p, c, n->body_start, depth + 1);
         }
     } else {
-        /* a leaf, an opaque part, or a multipart without a usable boundary
-         * (no parts: written with one empty text part, as Dovecot does) */
-        st = scan_to_delimiter(p, n->body_start);
+        /* a leaf, an opaque part, or a multipart without a boundary (no
+         * parts: written with one empty text part, as Dovecot does) */
+        st = scan_to_delimiter(p, n->body_start, p->len);
     }
     n = &m->nodes[idx];
     n->body_end = cut_eol(p, &st, n->body_start);
-    /* A child whose header's blank line is the line end before the
-     * delimiter keeps it: the parent's body must still contain the child. */
-    uint32_t last = n->first_child;
-    while (last != MIME_NONE && m->nodes[last].next != MIME_NONE)
-        last = m->nodes[last].next;
-    if (last != MIME_NONE && m->nodes[last].body_end > n->body_end)
-        n->body_end = m->nodes[last].body_end;
+    contain_last_child(m, idx);
     return st;
 }
 
-void mime_structure(struct mime_msg *m)
+static void scan_structure(struct mime_msg *m)
 {
-    if (m->parsed)
-        return;
     struct parser p = {.m = m, .d = m->data, .len = m->len};
     buf_init(&p.sb, 0);
     uint32_t root = node_new(&p);
@@ -355,6 +669,44 @@ void mime_structure(struct mime_msg *m)
     struct stop st = parse_part(&p, root, 0, 0);
     ASSERT(st.which < 0 && p.nb == 0);
     buf_free(&p.sb);
+}
+
+/* How many Content-Type fields (anywhere: a line that starts with the
+ * name) open a multipart or message part, counted up to max + 1. Each
+ * level of nesting needs one, so this bounds the depth GMime would reach. */
+static size_t count_containers(const char *d, size_t len, size_t max)
+{
+    size_t n = 0;
+    for (size_t pos = 0; pos < len;) {
+        size_t next = line_after(d, pos, len);
+        if (next - pos > 12 && (d[pos] == 'c' || d[pos] == 'C') &&
+            mime_eq(d + pos, 12, "content-type")) {
+            const char *v = d + pos + 12, *end = d + (len - pos - 12 > 1024 ? pos + 1036 : len);
+            while (v < end && (*v == ' ' || *v == '\t'))
+                v++;
+            if (v < end && *v == ':')
+                v = mime_skip_cfws(v + 1, end, NULL, NULL);
+            size_t rest = (size_t)(end - v);
+            if ((rest >= 9 && mime_eq(v, 9, "multipart")) ||
+                (rest >= 7 && mime_eq(v, 7, "message")))
+                if (++n > max)
+                    return n;
+        }
+        pos = next;
+    }
+    return n;
+}
+
+void mime_structure(struct mime_msg *m)
+{
+    if (m->parsed)
+        return;
+    m->by_gmime = m->len <= G_MAXUINT &&
+                  count_containers(m->data, m->len, MIME_GMIME_NEST_MAX) <= MIME_GMIME_NEST_MAX;
+    if (m->by_gmime)
+        gm_structure(m);
+    else
+        scan_structure(m);
     m->parsed = true;
 }
 

@@ -4,6 +4,40 @@
  * BODYSTRUCTURE / BODY, the exact octets of a body section, and decoded
  * header and text for SEARCH.
  *
+ * What GMime decides, and what it does not:
+ *  - GMime (GMimeParser over the original octets, persistent stream)
+ *    decides the part tree: which parts exist, their nesting, the
+ *    boundaries (RFC 2231 continuations merged), message/rfc822 parts,
+ *    multipart/digest's default type, the media type and subtype of each
+ *    part (GMimeContentType), and which header fields belong to which
+ *    part and where (g_mime_header_get_offset). A leaf's body is GMime's
+ *    content substream. ONE tree serves BODYSTRUCTURE, BODY[section] and
+ *    SEARCH's body text, so numbering and octets never disagree.
+ *  - The octets around GMime's anchors are read here: where a part starts
+ *    (after its delimiter line), where its header ends (the blank line),
+ *    where a multipart or message/rfc822 body ends (before the line end
+ *    of the next delimiter, RFC 2046 5.1.1), by GMime's own delimiter rule
+ *    ("--" boundary ["--"], then only blanks: a line "--bX" is content,
+ *    where Dovecot's prefix match would end the part).
+ *  - Not GMime: the values RFC 3501 wants as sent. GMime's objects keep
+ *    them decoded (RFC 2047 words, RFC 2231 parameters, address display
+ *    names) and drop source routes, so ENVELOPE's strings and address
+ *    lists, and BODYSTRUCTURE's parameter values, disposition and
+ *    language, are parsed here from the raw field value that GMime's
+ *    offset points at (mime_field.c, mime_imap.c). SEARCH's decoding
+ *    (RFC 2047, charsets, base64/QP, dates) is GMime's (mime_text.c).
+ *  - Where GMime and RFC 2045/2046 (and Dovecot) part ways, they win: a
+ *    part with neither header nor content, which GMime drops, is listed
+ *    as an empty text/plain part (part numbers as Dovecot's); an invalid
+ *    Content-Type is text/plain (RFC 2045 5.2), not GMime's
+ *    application/octet-stream.
+ *  - GMime's parser recurses per level and checks every open boundary on
+ *    each "--" line, so deep nesting costs it depth x lines (200,000
+ *    levels in 10 MB did not finish in 10 minutes). A message with more
+ *    than MIME_GMIME_NEST_MAX Content-Type fields of multipart or message
+ *    type (each level of nesting needs one) is structured by the line
+ *    scanner in mime.c instead, with the same rules; the work stays linear.
+ *
  * Any octets are a message: malformed input (no header/body separator,
  * missing boundaries, bad encodings, 8-bit headers, NULs) is parsed best
  * effort, never rejected, never crashes. Sections are the original octets
@@ -18,7 +52,8 @@
  * listed (their octets stay inside the enclosing multipart's body). A
  * multipart without parts (no boundary, or none found) is written with one
  * empty TEXT/PLAIN part, its part 1 (as Dovecot does: BODYSTRUCTURE needs
- * at least one). The work is linear in the message size.
+ * at least one). Of a repeated Content-* field the last counts (as in
+ * GMime). The work is linear in the message size.
  *
  * Most strings follow Dovecot's output (address placeholders
  * "MISSING_MAILBOX"/"MISSING_DOMAIN", merged RFC 2231 parameters, line
@@ -27,6 +62,11 @@
  * Every IMAP string is quoted (with \ and " escaped) when it is printable
  * US-ASCII (TAB allowed) of at most 1024 octets, else a literal; NULs in
  * header values are written as '?'.
+ *
+ * Memory: GMime's objects live only while the structure is built (the
+ * first BODYSTRUCTURE, numbered section or body text); the struct mime_msg
+ * then keeps an array of offsets (at most MIME_PARTS_MAX nodes) and the
+ * type strings, freed by mime_free().
  *
  * Threading: GMime is initialised once (mime_init(), idempotent, not
  * thread-safe; the first mime_parse() calls it). A struct mime_msg is used
@@ -43,6 +83,8 @@
 
 #define MIME_DEPTH_MAX 32
 #define MIME_PARTS_MAX 2000
+/* more multipart/message Content-Type fields than this: the line scanner */
+#define MIME_GMIME_NEST_MAX 64
 
 void mime_init(void);
 

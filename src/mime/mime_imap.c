@@ -559,11 +559,20 @@ static void put_body(struct mime_msg *m, uint32_t idx, bool ext, struct buf *out
                        ext ? " NIL NIL NIL NIL" : "");
         for (uint32_t c = n->first_child; c != MIME_NONE; c = m->nodes[c].next)
             put_body(m, c, ext, out);
+        ct->valid = false;
+        ct->n_params = 0;
         buf_reset(&m->sb);
-        mime_ctype_parse(m->data + n->ctype.off, n->ctype.len, ct, &m->sb);
-        ASSERT(ct->valid);
+        if (n->ctype.set)
+            mime_ctype_parse(m->data + n->ctype.off, n->ctype.len, ct, &m->sb);
         buf_append(out, " ", 1);
-        mime_put_upper(out, ct->sub, ct->sub_len);
+        if (n->gsub_len > 0) /* GMime's subtype */
+            mime_put_upper(out, m->strs.data + n->gsub, n->gsub_len);
+        else if (ct->valid)
+            mime_put_upper(out, ct->sub, ct->sub_len);
+        else
+            buf_puts(out, "\"MIXED\"");
+        if (!ct->valid)
+            ct->n_params = 0;
         if (ext) {
             buf_append(out, " ", 1);
             put_params(m, ct, false, out);
@@ -587,6 +596,9 @@ static void put_body(struct mime_msg *m, uint32_t idx, bool ext, struct buf *out
                               (mime_eq(ct->type, ct->type_len, "message") &&
                                mime_eq(ct->sub, ct->sub_len, "rfc822"))))) {
         type = "APPLICATION", sub = "OCTET-STREAM", tl = 11, sl = 12;
+    } else if (ct->valid && n->gtype_len > 0) { /* GMime's media type */
+        type = m->strs.data + n->gtype, sub = m->strs.data + n->gsub;
+        tl = n->gtype_len, sl = n->gsub_len;
     } else if (ct->valid) {
         type = ct->type, sub = ct->sub, tl = ct->type_len, sl = ct->sub_len;
     }

@@ -3,13 +3,15 @@
  * and sections; mime_imap.c: ENVELOPE and BODYSTRUCTURE; mime_text.c: the
  * GMime-backed SEARCH helpers). Nothing outside src/mime includes it.
  *
- * The structure is a tree of nodes in one array (indices, not pointers).
- * Every node has a header [hdr_start, hdr_end) followed by an optional
- * blank line, and a body [body_start, body_end); all are offsets into the
- * caller's octets, so every section is the original bytes. Node 0 is the
- * message. A MULTIPART node's children are its parts; a MESSAGE node
- * (message/rfc822) has exactly one child: the encapsulated message, whose
- * header starts where the part's body starts.
+ * The structure is a tree of nodes in one array (indices, not pointers),
+ * built from GMime's parse of the message (mime.c; the line scanner there
+ * only for messages GMime cannot parse in linear time). Every node has a
+ * header [hdr_start, hdr_end) followed by an optional blank line, and a
+ * body [body_start, body_end); all are offsets into the caller's octets,
+ * so every section is the original bytes. Node 0 is the message. A
+ * MULTIPART node's children are its parts; a MESSAGE node (message/rfc822)
+ * has exactly one child: the encapsulated message, whose header starts
+ * where the part's body starts. The array is in document order.
  */
 #ifndef TERN_MIME_PRIVATE_H
 #define TERN_MIME_PRIVATE_H
@@ -38,6 +40,9 @@ struct mime_node {
     enum mime_kind kind;
     bool digest_child; /* default type message/rfc822 (RFC 2046 5.1.5) */
     struct mime_range ctype, cte, cid, cdesc, cdisp, clang, cloc;
+    /* GMime's media type and subtype (GMimeContentType), in mime_msg.strs;
+     * len 0 when the node did not come from GMime */
+    size_t gtype, gtype_len, gsub, gsub_len;
     uint32_t first_child, next, n_children;
 };
 
@@ -46,9 +51,11 @@ struct mime_ctype;
 struct mime_msg {
     const char *data;
     size_t len;
-    bool parsed; /* the structure below was built (lazily, on first need) */
+    bool parsed;   /* the structure below was built (lazily, on first need) */
+    bool by_gmime; /* the structure came from GMime (else: the line scanner) */
     struct mime_node *nodes;
     uint32_t n_nodes;
+    struct buf strs; /* the nodes' GMime type and subtype strings */
     /* scratch, reused by every call on this message: */
     struct buf tmp;        /* an unfolded field value */
     struct buf sb;         /* parameter names and values */

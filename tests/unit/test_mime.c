@@ -1206,6 +1206,288 @@ static void test_long_lines(void **state)
     buf_free(&msg);
 }
 
+/* ---- the structure from GMime: offsets and decided cases ---------------- */
+
+/* Replaces every CRLF of s by LF (in place); returns the new length. */
+static size_t to_lf(char *s, size_t len)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++)
+        if (!(s[i] == '\r' && i + 1 < len && s[i + 1] == '\n'))
+            s[o++] = s[i];
+    s[o] = '\0';
+    return o;
+}
+
+/* A multipart in a message/rfc822 in a multipart, assembled from pieces
+ * so that every section's octets are known without parsing: each section
+ * must be exactly its piece, on CRLF and on LF lines. */
+static void test_section_offsets(void **state)
+{
+    (void)state;
+    enum { TOP_H, PRE, P1_H, P1_B, P2_H, M_H, M_PRE, A1_H, A1_B, A2_H, A2_B, M_EPI, P3_H, P3_B, N };
+    static const char *const piece[N] = {
+        [TOP_H] = "From: a@example.org\r\nSubject: offsets\r\n"
+                  "Content-Type: multipart/mixed; boundary=\"out\"\r\n\r\n",
+        [PRE] = "preamble --out-not-a-delimiter\r\n",
+        [P1_H] = "Content-Type: text/plain\r\n\r\n",
+        [P1_B] = "first\r\n--outer is not the boundary\r\n-- out\r\n--out--x",
+        [P2_H] = "Content-Type: message/rfc822\r\nContent-Description: fwd\r\n\r\n",
+        [M_H] = "Subject: =?utf-8?q?inner_=C3=A9?=\r\nFrom: =?utf-8?b?w4lsb2RpZQ==?= <e@x.org>\r\n"
+                "Content-Type: multipart/alternative;\r\n boundary=in\r\n\r\n",
+        [M_PRE] = "",
+        [A1_H] = "Content-Type: text/plain; charset=us-ascii\r\n\r\n",
+        [A1_B] = "plain\r\n\r\n",
+        [A2_H] = "Content-Type: text/html\r\nContent-Transfer-Encoding: 8bit\r\n\r\n",
+        [A2_B] = "<p>html</p>",
+        [M_EPI] = "epilogue of the inner message\r\n",
+        [P3_H] = "Content-Type: application/octet-stream\r\n\r\n",
+        [P3_B] = "AAEC",
+    };
+    for (int lf = 0; lf <= 1; lf++) {
+        struct buf msg, want;
+        buf_init(&msg, 0);
+        buf_init(&want, 0);
+        size_t at[N + 1];
+#define PUT(i) (at[i] = msg.len, buf_puts(&msg, piece[i]))
+        PUT(TOP_H);
+        PUT(PRE);
+        buf_puts(&msg, "--out\r\n");
+        PUT(P1_H);
+        PUT(P1_B);
+        buf_puts(&msg, "\r\n--out\r\n");
+        PUT(P2_H);
+        PUT(M_H);
+        PUT(M_PRE);
+        buf_puts(&msg, "--in\r\n");
+        PUT(A1_H);
+        PUT(A1_B);
+        buf_puts(&msg, "\r\n--in \t\r\n"); /* trailing blanks: still a delimiter */
+        PUT(A2_H);
+        PUT(A2_B);
+        buf_puts(&msg, "\r\n--in--\r\n");
+        PUT(M_EPI);
+        size_t m_end = msg.len;
+        buf_puts(&msg, "\r\n--out\r\n");
+        PUT(P3_H);
+        PUT(P3_B);
+        size_t p3_end = msg.len;
+        buf_puts(&msg, "\r\n--out--\r\n");
+#undef PUT
+        at[N] = msg.len;
+        static const struct {
+            const char *spec;
+            int from, to; /* pieces [from, to), or -1: see below */
+        } cases[] = {
+            {"HEADER", TOP_H, PRE},   {"1.MIME", P1_H, P1_B},   {"1", P1_B, -1},
+            {"2.MIME", P2_H, M_H},    {"2", M_H, -2},           {"2.HEADER", M_H, M_PRE},
+            {"2.TEXT", M_PRE, -2},    {"2.1.MIME", A1_H, A1_B}, {"2.1", A1_B, -3},
+            {"2.2.MIME", A2_H, A2_B}, {"2.2", A2_B, -4},        {"3.MIME", P3_H, P3_B},
+            {"3", P3_B, -5},
+        };
+        /* ends that are not the next piece's start: a body ends before the
+         * line end of the delimiter that follows it */
+        size_t p1_end = at[P1_B] + strlen(piece[P1_B]);
+        size_t a1_end = at[A1_B] + strlen(piece[A1_B]);
+        size_t a2_end = at[A2_B] + strlen(piece[A2_B]);
+        const size_t ends[] = {0, p1_end, m_end, a1_end, a2_end, p3_end};
+        char *data = msg.data;
+        size_t len = msg.len;
+        for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+            size_t s0 = at[cases[i].from];
+            size_t e0 = cases[i].to >= 0 ? at[cases[i].to] : ends[-cases[i].to];
+            buf_reset(&want);
+            buf_append(&want, data + s0, e0 - s0);
+            char *w = xstrndup(want.data, want.len);
+            size_t wl = want.len;
+            if (lf)
+                wl = to_lf(w, wl);
+            char *copy = xmalloc(len + 1);
+            memcpy(copy, data, len);
+            size_t cl = lf ? to_lf(copy, len) : len;
+            struct mime_msg *m = mime_parse(copy, cl);
+            struct buf out;
+            buf_init(&out, 0);
+            const char *error;
+            if (mime_section_get(m, cases[i].spec, &out, &error) != MIME_SECTION_OK)
+                fail_msg("%s BODY[%s]: %s", lf ? "LF" : "CRLF", cases[i].spec, error);
+            if (out.len != wl || memcmp(out.data, w, wl) != 0)
+                fail_msg("%s BODY[%s]:\n got [%s]\nwant [%s]", lf ? "LF" : "CRLF", cases[i].spec,
+                         out.data, w);
+            buf_free(&out);
+            mime_free(&m);
+            check_any(copy, cl);
+            free(copy);
+            free(w);
+        }
+        buf_free(&msg);
+        buf_free(&want);
+    }
+}
+
+/* The inner message's ENVELOPE (in BODYSTRUCTURE) keeps encoded words as
+ * sent, while the SEARCH helper decodes them. */
+static void test_encoded_words_in_nested_envelope(void **state)
+{
+    (void)state;
+    static const char msg[] =
+        "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        "Content-Type: message/rfc822\r\n\r\n"
+        "From: =?utf-8?b?w4lsb2RpZQ==?= <e@x.org>\r\n"
+        "To: \"=?iso-8859-1?q?J=F6rg?=\" <j@x.org>, =?utf-8?q?A_B?= <ab@x.org>\r\n"
+        "Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nbody\r\n--b--\r\n";
+    char *bs = bodystructure_str(msg, sizeof(msg) - 1);
+    assert_non_null(strstr(bs, "(NIL \"=?utf-8?q?caf=C3=A9?=\" ((\"=?utf-8?b?w4lsb2RpZQ==?=\" "
+                               "NIL \"e\" \"x.org\"))"));
+    assert_non_null(strstr(bs, "((\"=?iso-8859-1?q?J=F6rg?=\" NIL \"j\" \"x.org\")(\"=?utf-8?q?"
+                               "A_B?=\" NIL \"ab\" \"x.org\"))"));
+    free(bs);
+    struct mime_msg *m = mime_parse(msg, sizeof(msg) - 1);
+    struct buf b;
+    buf_init(&b, 0);
+    mime_body_text(m, &b);
+    assert_string_equal(b.data, "body");
+    mime_free(&m);
+    buf_free(&b);
+    SECTION_IS(msg, "1.HEADER.FIELDS (SUBJECT)", "Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\n");
+}
+
+/* Lines that look like delimiters but are not, by RFC 2046's grammar (and
+ * GMime's rule): only "--b" or "--b--" followed by blanks end a part. */
+static void test_boundary_like_lines(void **state)
+{
+    (void)state;
+    static const char msg[] = "Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+                              "--b\r\n\r\n"
+                              "--bx\r\n"
+                              "--b--x\r\n"
+                              "---b\r\n"
+                              " --b\r\n"
+                              "--B\r\n"
+                              "x--b\r\n"
+                              "--b \r\n"
+                              "\r\ntwo\r\n"
+                              "--b--\t\r\n";
+    char *bs = bodystructure_str(msg, sizeof(msg) - 1);
+    assert_string_equal(bs, "((" TEXT_PLAIN_ASCII " 35 5 NIL NIL NIL NIL)(" TEXT_PLAIN_ASCII
+                            " 3 0 NIL NIL NIL NIL) \"MIXED\" (\"BOUNDARY\" \"b\") NIL NIL NIL)");
+    free(bs);
+    SECTION_IS(msg, "1", "--bx\r\n--b--x\r\n---b\r\n --b\r\n--B\r\nx--b");
+    SECTION_IS(msg, "2", "two");
+    SECTION_IS(msg, "2.MIME", "\r\n");
+}
+
+/* The final boundary never comes: the last part runs to the end of the
+ * message, an inner multipart ends at the outer delimiter. */
+static void test_missing_final_boundary(void **state)
+{
+    (void)state;
+    static const char msg[] = "Content-Type: multipart/mixed; boundary=o\r\n\r\n"
+                              "--o\r\nContent-Type: multipart/alternative; boundary=i\r\n\r\n"
+                              "--i\r\nContent-Type: text/plain\r\n\r\nin one\r\n"
+                              "--i\r\nContent-Type: text/html\r\n\r\n<p>in two</p>\r\n"
+                              "--o\r\nContent-Type: text/plain\r\n\r\nlast\r\nline\r\n";
+    char *bs = bodystructure_str(msg, sizeof(msg) - 1);
+    assert_string_equal(bs, "(((" TEXT_PLAIN_ASCII " 6 0 NIL NIL NIL NIL)(\"TEXT\" \"HTML\" "
+                            "(\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 13 0 NIL NIL NIL NIL) "
+                            "\"ALTERNATIVE\" (\"BOUNDARY\" \"i\") NIL NIL NIL)(" TEXT_PLAIN_ASCII
+                            " 12 2 NIL NIL NIL NIL) \"MIXED\" (\"BOUNDARY\" \"o\") NIL NIL NIL)");
+    free(bs);
+    SECTION_IS(msg, "1.2", "<p>in two</p>");
+    SECTION_IS(msg, "2", "last\r\nline\r\n");
+    SECTION_IS(msg, "2.MIME", "Content-Type: text/plain\r\n\r\n");
+}
+
+/* RFC 2231 continuations: GMime merges them to find the boundary (so the
+ * parts are found, as Dovecot finds them); BODYSTRUCTURE writes the
+ * parameters as sent, merged. */
+static void test_rfc2231_boundary(void **state)
+{
+    (void)state;
+    static const char msg[] = "Content-Type: multipart/mixed;\r\n boundary*0=\"ab\";\r\n"
+                              " boundary*1=cd\r\n\r\n"
+                              "--ab\r\n\r\nnot a delimiter above\r\n"
+                              "--abcd\r\nContent-Type: text/plain;\r\n"
+                              " name*0*=utf-8''%E2%82%AC; name*1=\" x.txt\"\r\n\r\none\r\n"
+                              "--abcd--\r\n";
+    char *bs = bodystructure_str(msg, sizeof(msg) - 1);
+    assert_string_equal(bs, "((\"TEXT\" \"PLAIN\" (\"NAME*\" \"utf-8''%E2%82%AC%20x.txt\" "
+                            "\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 3 0 NIL NIL NIL NIL) "
+                            "\"MIXED\" (\"BOUNDARY\" \"abcd\") NIL NIL NIL)");
+    free(bs);
+    SECTION_IS(msg, "1", "one");
+}
+
+/* Parts with neither header nor content: GMime drops them; RFC 2046's
+ * grammar allows them and Dovecot lists them, so they are listed as empty
+ * parts (part numbers as Dovecot's). */
+static void test_empty_parts(void **state)
+{
+    (void)state;
+    static const char msg[] = "Content-Type: multipart/mixed; boundary=a\r\n\r\n"
+                              "--a\r\n--a\r\n\r\n--a\r\nContent-Type: text/html\r\n\r\nx\r\n"
+                              "--a\r\n--a--\r\n";
+    char *bs = bodystructure_str(msg, sizeof(msg) - 1);
+    assert_string_equal(bs, "((" TEXT_PLAIN_ASCII " 0 0 NIL NIL NIL NIL)(" TEXT_PLAIN_ASCII
+                            " 0 0 NIL NIL NIL NIL)(\"TEXT\" \"HTML\" (\"CHARSET\" \"US-ASCII\") "
+                            "NIL NIL \"7BIT\" 1 0 NIL NIL NIL NIL)(" TEXT_PLAIN_ASCII
+                            " 0 0 NIL NIL NIL NIL) \"MIXED\" (\"BOUNDARY\" \"a\") NIL NIL NIL)");
+    free(bs);
+    SECTION_IS(msg, "3", "x");
+    SECTION_IS(msg, "3.MIME", "Content-Type: text/html\r\n\r\n");
+    SECTION_IS(msg, "2.MIME", "\r\n");
+}
+
+/* Under MIME_GMIME_NEST_MAX containers GMime parses, and the depth limit
+ * holds the same way as for the line scanner (test_deep_nesting). */
+static void test_depth_limit_gmime(void **state)
+{
+    (void)state;
+    struct buf msg;
+    buf_init(&msg, 0);
+    for (int i = 0; i < MIME_DEPTH_MAX + 8; i++)
+        buf_printf(&msg, "Content-Type: multipart/mixed; boundary=\"=%d=\"\r\n\r\n--=%d=\r\n", i,
+                   i);
+    buf_puts(&msg, "Content-Type: text/plain\r\n\r\ndeep\r\n");
+    assert_true(MIME_DEPTH_MAX + 8 <= MIME_GMIME_NEST_MAX);
+    char *bs = bodystructure_str(msg.data, msg.len);
+    assert_int_equal(leading_parens(bs), MIME_DEPTH_MAX + 1);
+    assert_non_null(strstr(bs, "(\"APPLICATION\" \"OCTET-STREAM\" (\"BOUNDARY\" \"=32=\")"));
+    free(bs);
+    buf_free(&msg);
+}
+
+/* A repeated Content-Type: the last one decides, as in GMime's objects
+ * (the part is text/html, not a multipart without parts); a lone CR in a
+ * part's last line does not move its end (found by fuzz_mime). */
+static void test_repeated_content_type(void **state)
+{
+    (void)state;
+    static const char msg[] = "Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n"
+                              "Content-Type: multipart/alternative; boundary=i\r\n"
+                              "Content-Type: text/html\r\n\r\n<b>x</b>\r\n\r\xe9\xe9\n"
+                              "--o--\r\n";
+    char *bs = bodystructure_str(msg, sizeof(msg) - 1);
+    assert_string_equal(bs, "((\"TEXT\" \"HTML\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 13 "
+                            "1 NIL NIL NIL NIL) \"MIXED\" (\"BOUNDARY\" \"o\") NIL NIL NIL)");
+    free(bs);
+    SECTION_IS(msg, "1", "<b>x</b>\r\n\r\xe9\xe9");
+}
+
+/* HEADER.FIELDS.NOT of a message/rfc822 whose body is a leaf: the header
+ * ends at its blank line (which is not a field), on CRLF and LF lines. */
+static void test_inner_header_end(void **state)
+{
+    (void)state;
+    static const char crlf[] =
+        "Content-Type: message/rfc822\r\n\r\nSubject: s\r\nX-A: a\r\n\r\nbody";
+    SECTION_IS(crlf, "1.HEADER.FIELDS.NOT (Subject)", "X-A: a\r\n\r\n");
+    SECTION_IS(crlf, "1.HEADER", "Subject: s\r\nX-A: a\r\n\r\n");
+    static const char lf[] = "Content-Type: message/rfc822\n\nSubject: s\nX-A: a\n\nbody";
+    SECTION_IS(lf, "1.HEADER.FIELDS.NOT (Subject)", "X-A: a\n\r\n");
+    SECTION_IS(lf, "1.TEXT", "body");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1231,6 +1513,15 @@ int main(void)
         cmocka_unit_test(test_delimiter_after_blank_line),
         cmocka_unit_test(test_odd_inputs),
         cmocka_unit_test(test_long_lines),
+        cmocka_unit_test(test_section_offsets),
+        cmocka_unit_test(test_encoded_words_in_nested_envelope),
+        cmocka_unit_test(test_boundary_like_lines),
+        cmocka_unit_test(test_missing_final_boundary),
+        cmocka_unit_test(test_rfc2231_boundary),
+        cmocka_unit_test(test_empty_parts),
+        cmocka_unit_test(test_depth_limit_gmime),
+        cmocka_unit_test(test_repeated_content_type),
+        cmocka_unit_test(test_inner_header_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
