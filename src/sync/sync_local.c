@@ -338,6 +338,7 @@ static int sync_local_append(struct sync *s, const char *user, const struct sync
         .keywords = m->keywords,
         .guid = m->guid,
         .uid = m->uid,
+        .modseq = m->modseq,
     };
     struct store_append_result res;
     const char *error = NULL;
