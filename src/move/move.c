@@ -502,7 +502,10 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
     } else if (m->expunged) {
         if (batch_flush(p) < 0)
             return -1;
-        rc = r->dst->ops->expunge_at(r->dst, r->job.user, m->folder, m->uid, m->modseq, &why);
+        /* Also a message the destination never held gets its tombstone: the
+         * copy lists the expunge as the source does (a later move from it
+         * must expunge the message on a copy that still holds it). */
+        rc = r->dst->ops->tombstone(r->dst, r->job.user, m, &why);
         if (rc < 0) {
             p->result = pass_io_fail(r, "expunge");
             return -1;

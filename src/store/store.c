@@ -586,6 +586,27 @@ enum store_status store_msg_expunge_at(struct store *st, const char *user, const
     return st->ops->msg_expunge(st, u, f, uid, modseq);
 }
 
+enum store_status store_msg_tombstone(struct store *st, const char *user, const char *folder,
+                                      const struct store_msg *m)
+{
+    char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1], kw[STORE_KEYWORDS_MAX + 1];
+    if (!store_user_canon(user, u) || !store_folder_canon(folder, f) || m->modseq == 0 ||
+        m->modseq > STORE_MODSEQ_MAX || m->uid == 0 || m->uid == UINT32_MAX ||
+        (m->flags & ~STORE_F_ALL) != 0 || m->size > (uint64_t)INT64_MAX)
+        return STORE_INVALID;
+    kw[0] = '\0';
+    if (m->keywords != NULL && !store_keywords_canon(m->keywords, kw))
+        return STORE_INVALID;
+    /* A row for the UID: expunged or re-stamped. None: a tombstone row. */
+    enum store_status s = st->ops->msg_expunge(st, u, f, m->uid, m->modseq);
+    if (s != STORE_NOTFOUND)
+        return s;
+    struct store_msg t = *m;
+    t.keywords = kw;
+    t.expunged = true;
+    return st->ops->msg_tombstone(st, u, f, &t);
+}
+
 int store_msg_iter(struct store *st, const char *user, const char *folder, store_msg_cb *cb,
                    void *ctx, const char **error_r)
 {

@@ -326,6 +326,16 @@ enum store_status store_msg_set_flags_at(struct store *st, const char *user, con
                                          uint64_t modseq);
 enum store_status store_msg_expunge_at(struct store *st, const char *user, const char *folder,
                                        uint32_t uid, uint64_t modseq);
+/* The mover's copy of a source tombstone: makes folder/m->uid a tombstone
+ * with exactly m->modseq. A live message is expunged, a tombstone
+ * re-stamped (as store_msg_expunge_at), and a UID the folder never had gets
+ * a tombstone row of its own — m's GUID, flags, keywords, internal date,
+ * size and SHA-256, no body — with the folder's UIDNEXT raised above it, so
+ * that the copy lists the expunge like its source (and a later move from it
+ * expunges the message on a copy that still holds it). m->modseq must be
+ * 1..2^63-1 (STORE_INVALID); a staged mailbox only (STORE_NOTLIVE). */
+enum store_status store_msg_tombstone(struct store *st, const char *user, const char *folder,
+                                      const struct store_msg *m);
 /* Calls cb for each live message of the folder in UID order; stops when cb
  * returns non-zero (and returns that value). */
 typedef int store_msg_cb(void *ctx, const struct store_msg *m);

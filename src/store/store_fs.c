@@ -144,6 +144,7 @@ enum store_fs_sql {
     SQL_MSG_GET,
     SQL_MSG_EXISTS,
     SQL_MSG_TOMB,
+    SQL_MSG_INSERT_TOMB,
     SQL_MSG_STAMP,
     SQL_MSG_INSERT,
     SQL_MSG_SET_FLAGS,
@@ -204,6 +205,11 @@ static const char *const store_fs_sql_text[SQL_COUNT] = {
     [SQL_MSG_TOMB] = "SELECT id, modseq FROM messages"
                      " WHERE folder_id = ?1 AND uid = ?2 AND expunged = 1",
     [SQL_MSG_STAMP] = "UPDATE messages SET modseq = ?2 WHERE id = ?1",
+    /* A tombstone copied from a move's source: no body (segment 0 does not
+     * exist; nothing reads an expunged message's body). */
+    [SQL_MSG_INSERT_TOMB] = "INSERT INTO messages(folder_id, mailbox_id, uid, guid, flags,"
+                            " keywords, internal_date, size, sha256, modseq, seg, off, expunged)"
+                            " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, 0, 1)",
     [SQL_MSG_INSERT] = "INSERT INTO messages(folder_id, mailbox_id, uid, guid, flags, keywords,"
                        " internal_date, size, sha256, modseq, seg, off)"
                        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -1417,7 +1423,9 @@ static int store_fs_insert_rows(struct store_fs_bctx *c, size_t n, int64_t now)
     }
     for (size_t i = 0; i < c->nmboxes; i++) {
         const struct store_fs_bmbox *m = &c->mboxes[i];
-        if (m->id != 0 && m->info.modseq != m->modseq0 &&
+        /* Explicit modseqs (store.h) may leave the counter where it was
+         * while messages were added. */
+        if (m->id != 0 && (m->info.modseq != m->modseq0 || m->dmsgs != 0) &&
             store_fs_mbox_bump(fs, m->id, m->info.modseq, m->dmsgs, m->dbytes) < 0)
             return -1;
     }
@@ -1596,6 +1604,56 @@ static enum store_status store_fs_msg_expunge(struct store *st, const char *user
     sqlite3_bind_int64(q, 2, -1);
     if (store_fs_exec(fs, q, "folder update") < 0 ||
         store_fs_mbox_bump(fs, id, modseq, -1, -(int64_t)m.size) < 0)
+        return store_fs_finish(fs, STORE_ERROR);
+    return store_fs_finish(fs, STORE_OK);
+}
+
+static enum store_status store_fs_msg_tombstone(struct store *st, const char *user,
+                                                const char *folder, const struct store_msg *t)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    if (store_fs_begin(fs) < 0)
+        return STORE_ERROR;
+    int64_t id;
+    struct store_mailbox mb;
+    struct store_folder f;
+    enum store_status s = store_fs_resolve(fs, user, folder, true, &id, &mb, &f);
+    if (s == STORE_OK && !store_modseq_allowed(t->modseq, mb.state))
+        s = STORE_NOTLIVE;
+    if (s != STORE_OK)
+        return store_fs_finish(fs, s);
+    sqlite3_stmt *q = store_fs_q(fs, SQL_MSG_EXISTS);
+    sqlite3_bind_int64(q, 1, (int64_t)f.id);
+    sqlite3_bind_int64(q, 2, t->uid);
+    int r = store_fs_row(fs, q, "uid lookup");
+    if (r != 0) {
+        if (r > 0)
+            sqlite3_reset(q);
+        return store_fs_finish(fs, r > 0 ? STORE_EXISTS : STORE_ERROR);
+    }
+    uint64_t modseq = store_modseq_take(&mb.modseq, t->modseq);
+    q = store_fs_q(fs, SQL_MSG_INSERT_TOMB);
+    sqlite3_bind_int64(q, 1, (int64_t)f.id);
+    sqlite3_bind_int64(q, 2, id);
+    sqlite3_bind_int64(q, 3, t->uid);
+    sqlite3_bind_blob(q, 4, t->guid, STORE_GUID_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 5, t->flags);
+    sqlite3_bind_text(q, 6, t->keywords, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 7, t->internal_date);
+    sqlite3_bind_int64(q, 8, (int64_t)t->size);
+    sqlite3_bind_blob(q, 9, t->sha256, SHA256_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 10, (int64_t)modseq);
+    if (store_fs_exec(fs, q, "tombstone insert") < 0)
+        return store_fs_finish(fs, STORE_ERROR);
+    if ((uint64_t)t->uid + 1 > f.uidnext) {
+        q = store_fs_q(fs, SQL_FOLDER_APPENDED);
+        sqlite3_bind_int64(q, 1, (int64_t)f.id);
+        sqlite3_bind_int64(q, 2, (int64_t)t->uid + 1);
+        sqlite3_bind_int64(q, 3, 0);
+        if (store_fs_exec(fs, q, "folder update") < 0)
+            return store_fs_finish(fs, STORE_ERROR);
+    }
+    if (store_fs_mbox_bump(fs, id, modseq, 0, 0) < 0)
         return store_fs_finish(fs, STORE_ERROR);
     return store_fs_finish(fs, STORE_OK);
 }
@@ -1943,6 +2001,7 @@ static const struct store_ops store_fs_ops = {
     .batch_commit = store_fs_batch_commit,
     .msg_set_flags = store_fs_msg_set_flags,
     .msg_expunge = store_fs_msg_expunge,
+    .msg_tombstone = store_fs_msg_tombstone,
     .msg_iter = store_fs_msg_iter,
     .msg_read = store_fs_msg_read,
     .changes = store_fs_changes,

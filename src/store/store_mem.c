@@ -622,6 +622,45 @@ static enum store_status store_mem_msg_expunge(struct store *st, const char *use
     return STORE_OK;
 }
 
+static enum store_status store_mem_msg_tombstone(struct store *st, const char *user,
+                                                 const char *folder, const struct store_msg *t)
+{
+    struct store_mem *sm = (struct store_mem *)st;
+    struct store_mem_mbox *mb;
+    struct store_mem_folder *f;
+    enum store_status s = store_mem_resolve(st, user, folder, 0, true, &mb, &f, NULL);
+    if (s == STORE_OK && !store_modseq_allowed(t->modseq, mb->info.state))
+        s = STORE_NOTLIVE;
+    if (s != STORE_OK)
+        return s;
+    bool found;
+    size_t pos = store_mem_msg_pos(f, t->uid, &found);
+    if (found)
+        return STORE_EXISTS;
+    struct store_mem_msg *m = xmalloc(sizeof(*m));
+    m->seq = ++sm->next_seq;
+    m->uid = t->uid;
+    memcpy(m->guid, t->guid, STORE_GUID_LEN);
+    m->flags = t->flags;
+    m->keywords = xstrdup(t->keywords);
+    m->internal_date = t->internal_date;
+    m->size = t->size;
+    memcpy(m->sha256, t->sha256, SHA256_LEN);
+    m->modseq = store_modseq_take(&mb->info.modseq, t->modseq);
+    m->expunged = true;
+    m->body = NULL;
+    if (f->n == f->cap) {
+        f->cap = f->cap ? f->cap * 2 : 16;
+        f->msgs = xrealloc(f->msgs, f->cap * sizeof(*f->msgs));
+    }
+    memmove(&f->msgs[pos + 1], &f->msgs[pos], (f->n - pos) * sizeof(*f->msgs));
+    f->msgs[pos] = m;
+    f->n++;
+    if ((uint64_t)t->uid + 1 > f->uidnext)
+        f->uidnext = (uint64_t)t->uid + 1;
+    return STORE_OK;
+}
+
 static int store_mem_msg_iter(struct store *st, const char *user, const char *folder,
                               store_msg_cb *cb, void *ctx, const char **error_r)
 {
@@ -846,6 +885,7 @@ static const struct store_ops store_mem_ops = {
     .batch_commit = store_mem_batch_commit,
     .msg_set_flags = store_mem_msg_set_flags,
     .msg_expunge = store_mem_msg_expunge,
+    .msg_tombstone = store_mem_msg_tombstone,
     .msg_iter = store_mem_msg_iter,
     .msg_read = store_mem_msg_read,
     .changes = store_mem_changes,

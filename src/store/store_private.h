@@ -72,6 +72,11 @@ struct store_ops {
     /* modseq != 0: a tombstone is re-stamped (store_msg_expunge_at). */
     enum store_status (*msg_expunge)(struct store *st, const char *user, const char *folder,
                                      uint32_t uid, uint64_t modseq);
+    /* Inserts the tombstone m (uid, guid, flags, keywords canonical, date,
+     * size, sha256, modseq != 0) if the folder has no row for m->uid;
+     * STORE_EXISTS if it has one. State guard: STAGED only. */
+    enum store_status (*msg_tombstone)(struct store *st, const char *user, const char *folder,
+                                       const struct store_msg *m);
     int (*msg_iter)(struct store *st, const char *user, const char *folder, store_msg_cb *cb,
                     void *ctx, const char **error_r);
     enum store_status (*msg_read)(struct store *st, const char *user, const char *folder,

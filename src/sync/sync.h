@@ -203,6 +203,13 @@ struct sync_ops {
                     uint32_t flags, const char *keywords, uint64_t modseq, const char **why_r);
     int (*expunge_at)(struct sync *s, const char *user, const char *folder, uint32_t uid,
                       uint64_t modseq, const char **why_r);
+    /* store_msg_tombstone: m (a tombstone of the source's listing, m->modseq
+     * != 0) becomes a tombstone here with exactly m->modseq — a live
+     * message expunged, a tombstone re-stamped, a UID never held here a
+     * tombstone row of its own. "notfound" only if the mailbox is missing
+     * (no such folder: 0, as for expunge). Staged only ("notlive"). */
+    int (*tombstone)(struct sync *s, const char *user, const struct sync_msg *m,
+                     const char **why_r);
 
     /* ---- what an IMAP session needs (the imap role; docs/sync.md) ---- */
 

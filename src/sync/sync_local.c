@@ -561,6 +561,24 @@ static int sync_local_expunge_at(struct sync *s, const char *user, const char *f
     return sync_local_gone_ok(st, user, store_msg_expunge_at(st, user, folder, uid, modseq), why_r);
 }
 
+static int sync_local_tombstone(struct sync *s, const char *user, const struct sync_msg *m,
+                                const char **why_r)
+{
+    struct store *st = sync_local_store(s);
+    struct store_msg t;
+    memset(&t, 0, sizeof(t));
+    t.uid = m->uid;
+    memcpy(t.guid, m->guid, STORE_GUID_LEN);
+    t.flags = m->flags;
+    t.keywords = m->keywords;
+    t.internal_date = m->internal_date;
+    t.size = m->size;
+    memcpy(t.sha256, m->sha256, SHA256_LEN);
+    t.modseq = m->modseq;
+    t.expunged = true;
+    return sync_local_gone_ok(st, user, store_msg_tombstone(st, user, m->folder, &t), why_r);
+}
+
 static int sync_local_expunge(struct sync *s, const char *user, const char *folder, uint32_t uid,
                               const char **why_r)
 {
@@ -866,6 +884,7 @@ static const struct sync_ops sync_local_ops = {
     .folder_delete_at = sync_local_folder_delete_at,
     .flags_at = sync_local_flags_at,
     .expunge_at = sync_local_expunge_at,
+    .tombstone = sync_local_tombstone,
     .folders = sync_local_folders,
     .msgs = sync_local_msgs,
     .append_new = sync_local_append_new,

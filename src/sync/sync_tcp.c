@@ -813,6 +813,28 @@ static int sync_tcp_expunge_at(struct sync *s, const char *user, const char *fol
     return sync_tcp_call(c, why_r, NULL);
 }
 
+static int sync_tcp_tombstone(struct sync *s, const char *user, const struct sync_msg *m,
+                              const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "TOMB", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(m->folder) || !sync_tcp_kw_ok(m->keywords) || m->modseq == 0 ||
+        m->modseq > STORE_MODSEQ_MAX || m->size > (uint64_t)INT64_MAX)
+        return sync_tcp_invalid(why_r);
+    char guid[2 * STORE_GUID_LEN + 1], sha[2 * SHA256_LEN + 1];
+    hex_encode(m->guid, STORE_GUID_LEN, guid);
+    hex_encode(m->sha256, SHA256_LEN, sha);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, m->folder, "");
+    buf_printf(&c->out, " %u %s %u %lld %llu %s ", m->uid, guid, m->flags,
+               (long long)m->internal_date, (unsigned long long)m->size, sha);
+    sync_tcp_put_hex(&c->out, m->keywords, "");
+    sync_tcp_put_modseq(c, m->modseq);
+    return sync_tcp_call(c, why_r, NULL);
+}
+
 static int sync_tcp_expunge(struct sync *s, const char *user, const char *folder, uint32_t uid,
                             const char **why_r)
 {
@@ -1242,6 +1264,7 @@ static const struct sync_ops sync_tcp_ops = {
     .folder_delete_at = sync_tcp_folder_delete_at,
     .flags_at = sync_tcp_flags_at,
     .expunge_at = sync_tcp_expunge_at,
+    .tombstone = sync_tcp_tombstone,
     .folders = sync_tcp_folders,
     .msgs = sync_tcp_msgs,
     .append_new = sync_tcp_append_new,

@@ -260,6 +260,7 @@ static const struct {
     {"SETFLAGS", SYNCD_SETFLAGS, 7, 0},
     {"FCREATE", SYNCD_FCREATE, 2, 0},
     {"FRENAME", SYNCD_FRENAME, 3, 0},
+    {"TOMB", SYNCD_TOMB, 10, 0},
 };
 
 /* Splits a line at single spaces into t (SYNCD_TOKENS_MAX); *n_r tokens. */
@@ -510,6 +511,19 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
         syncd_note(&p, syncd_tok_str(&a[2], cmd->folder2, sizeof(cmd->folder2)), syncd_bad_folder);
+        break;
+    case SYNCD_TOMB:
+        /* TOMB <user> <folder> <uid> <guid> <flags> <date> <size> <sha256> <keywords> <modseq> */
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), syncd_bad_num);
+        syncd_note(&p, syncd_tok_bin(&a[3], cmd->guid, STORE_GUID_LEN), "bad GUID");
+        syncd_note(&p, syncd_tok_u32(&a[4], &cmd->flags), syncd_bad_num);
+        syncd_note(&p, syncd_tok_date(&a[5], &cmd->date), "bad date");
+        syncd_note(&p, syncd_tok_u64(&a[6], (uint64_t)INT64_MAX, &cmd->size), syncd_bad_num);
+        syncd_note(&p, syncd_tok_bin(&a[7], cmd->sha256, SHA256_LEN), "bad SHA-256");
+        syncd_note(&p, syncd_tok_str(&a[8], cmd->keywords, sizeof(cmd->keywords)), syncd_bad_kw);
+        syncd_parse_modseq(&p, &a[9], cmd);
         break;
     case SYNCD_ADD:
         /* ADD <user> <folder> <flags> <date> <len> <sha256> <keywords> */
@@ -949,6 +963,23 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
                               &why);
         syncd_result(s, r, why);
         break;
+    case SYNCD_TOMB: {
+        struct sync_msg m;
+        memset(&m, 0, sizeof(m));
+        str_copy(m.folder, c->folder, sizeof(m.folder));
+        m.uid = c->uid;
+        memcpy(m.guid, c->guid, STORE_GUID_LEN);
+        m.flags = c->flags;
+        str_copy(m.keywords, c->keywords, sizeof(m.keywords));
+        m.internal_date = c->date;
+        m.size = c->size;
+        memcpy(m.sha256, c->sha256, SHA256_LEN);
+        m.modseq = c->modseq;
+        m.expunged = true;
+        r = sy->ops->tombstone(sy, c->user, &m, &why);
+        syncd_result(s, r, why);
+        break;
+    }
     case SYNCD_EXPUNGE:
         r = sy->ops->expunge_at(sy, c->user, c->folder, c->uid, c->modseq, &why);
         syncd_result(s, r, why);

@@ -117,6 +117,7 @@ enum syncd_verb {
     SYNCD_SETFLAGS,
     SYNCD_FCREATE,
     SYNCD_FRENAME,
+    SYNCD_TOMB,
 };
 
 /* One parsed command; only the fields its verb has are set. Strings are
@@ -141,6 +142,7 @@ struct syncd_cmd {
      * store.h "Explicit modseqs"); 0 if absent. 0, over 2^63 - 1 or not a
      * number is malformed ("bad modseq"). */
     uint64_t modseq;
+    uint64_t size; /* TOMB: the message's size (it has no body) */
     uint8_t guid[STORE_GUID_LEN];
     uint8_t sha256[SHA256_LEN];
     /* APPEND (and an APPENDS record): a body of body_len octets (+ CRLF)

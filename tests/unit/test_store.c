@@ -1817,6 +1817,10 @@ static void test_explicit_modseq(void **state)
     }
     assert_int_equal(res[3].modseq, 101); /* the plain one: counter + 1 */
     assert_int_equal(mbox_modseq(t->st, U1), 101);
+    struct store_mailbox mb;
+    assert_int_equal(store_mailbox_get(t->st, U1, &mb), STORE_OK);
+    assert_int_equal(mb.messages, 4);
+    assert_int_equal(mb.bytes, 4 * 10);
     /* Above the counter: the counter follows. */
     assert_int_equal(store_folder_create_at(t->st, U1, "Work", 0, 150), STORE_OK);
     assert_int_equal(mbox_modseq(t->st, U1), 150);
@@ -1912,6 +1916,89 @@ static void test_explicit_modseq(void **state)
     assert_int_equal(c.msgs[0].uid, 11);
 }
 
+/* store_msg_tombstone: a live message expunged, a tombstone re-stamped, a
+ * UID never held a tombstone row (no body, UIDNEXT above it); staged only. */
+static void test_tombstone(void **state)
+{
+    struct tctx *t = *state;
+    assert_int_equal(store_mailbox_create(t->st, U1, STORE_MBOX_STAGED, 1), STORE_OK);
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, 50), STORE_OK);
+    struct store_append a = mk(U1, NULL, "live\r\n");
+    a.uid = 4;
+    a.modseq = 10;
+    struct store_append_result res;
+    assert_int_equal(append1(t->st, &a, &res), STORE_OK);
+    struct store_msg m;
+    memset(&m, 0, sizeof(m));
+    m.uid = 4;
+    m.modseq = 20;
+    m.keywords = "";
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_OK); /* expunged */
+    assert_int_equal(count_msgs(t->st, U1, "INBOX"), 0);
+    m.modseq = 22;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_OK); /* re-stamped */
+    /* Never held: a row of its own, with the source's metadata. */
+    memset(m.guid, 0xab, STORE_GUID_LEN);
+    memset(m.sha256, 0xcd, SHA256_LEN);
+    m.uid = 9;
+    m.flags = STORE_F_SEEN | STORE_F_DELETED;
+    m.keywords = "$Gone";
+    m.internal_date = 1700000009;
+    m.size = 1234;
+    m.modseq = 30;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_OK);
+    m.modseq = 60; /* above the counter: the counter follows */
+    m.uid = 12;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_OK);
+    reopen(t);
+    assert_int_equal(mbox_modseq(t->st, U1), 60);
+    struct store_folder f;
+    assert_int_equal(store_folder_get(t->st, U1, "INBOX", &f), STORE_OK);
+    assert_int_equal(f.uidnext, 13);
+    assert_int_equal(f.messages, 0);
+    struct store_mailbox mb;
+    assert_int_equal(store_mailbox_get(t->st, U1, &mb), STORE_OK);
+    assert_int_equal(mb.messages, 0);
+    assert_int_equal(mb.bytes, 0);
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(store_msg_read(t->st, U1, "INBOX", 9, &b), STORE_NOTFOUND);
+    buf_free(&b);
+    struct changes c;
+    get_changes(t->st, U1, 0, &c);
+    assert_int_equal(c.nmsgs, 3);
+    assert_int_equal(c.msgs[0].uid, 4);
+    assert_int_equal(c.msgs[0].modseq, 22);
+    assert_int_equal(c.msgs[1].uid, 9);
+    assert_int_equal(c.msgs[1].modseq, 30);
+    assert_true(c.msgs[1].expunged);
+    assert_int_equal(c.msgs[1].size, 1234);
+    assert_int_equal(c.msgs[1].flags, STORE_F_SEEN | STORE_F_DELETED);
+    assert_int_equal(c.msgs[1].internal_date, 1700000009);
+    assert_memory_equal(c.msgs[1].guid, m.guid, STORE_GUID_LEN);
+    assert_memory_equal(c.msgs[1].sha256, m.sha256, SHA256_LEN);
+    assert_int_equal(c.msgs[2].uid, 12);
+    /* The UID is taken now: an append of it is refused. */
+    a.uid = 9;
+    assert_int_equal(append1(t->st, &a, &res), STORE_EXISTS);
+    /* Bad values; no folder; not staged. */
+    m.uid = 20;
+    m.modseq = 0;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_INVALID);
+    m.modseq = (uint64_t)INT64_MAX + 1;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_INVALID);
+    m.modseq = 70;
+    m.uid = 0;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_INVALID);
+    m.uid = 20;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "Nope", &m), STORE_NOTFOUND);
+    assert_int_equal(
+        store_mailbox_set_state(t->st, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 1, NULL),
+        STORE_OK);
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_NOTLIVE);
+    assert_int_equal(mbox_modseq(t->st, U1), 60);
+}
+
 #define BOTH(f)                                                                                    \
     cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_mem),                       \
         cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_fs)
@@ -1938,6 +2025,7 @@ int main(void)
         BOTH(test_set_uidnext),
         BOTH(test_raise_modseq),
         BOTH(test_explicit_modseq),
+        BOTH(test_tombstone),
         BOTH(test_delivery_ids),
         BOTH(test_delivery_many),
         BOTH(test_delivery_ids_orphan),

@@ -1673,6 +1673,30 @@ static void test_explicit_modseq(void **state)
     assert_int_equal(c->m[2].flags, STORE_F_FLAGGED);
     assert_string_equal(c->m[2].keywords, "$x");
     free(c);
+    /* A tombstone of a message never held here (TOMB over the wire). */
+    struct sync_msg tm = mkmsg("Work", 7, "gone\r\n", 6);
+    tm.flags = STORE_F_DELETED;
+    str_copy(tm.keywords, "$k", sizeof(tm.keywords));
+    tm.modseq = 111;
+    tm.expunged = true;
+    OK(s->ops->tombstone(s, U1, &tm, &why));
+    tm.modseq = 112;
+    OK(s->ops->tombstone(s, U1, &tm, &why)); /* again: re-stamped */
+    str_copy(tm.folder, "Nope", sizeof(tm.folder));
+    OK(s->ops->tombstone(s, U1, &tm, &why)); /* no such folder: as expunge */
+    str_copy(tm.folder, "Work", sizeof(tm.folder));
+    assert_int_equal(changes(s, U1, 111, &c), 500);
+    assert_int_equal(c->nm, 3);
+    assert_int_equal(c->m[0].uid, 7);
+    assert_int_equal(c->m[0].modseq, 112);
+    assert_true(c->m[0].expunged);
+    assert_int_equal(c->m[0].size, 6);
+    assert_int_equal(c->m[0].flags, STORE_F_DELETED);
+    assert_string_equal(c->m[0].keywords, "$k");
+    assert_memory_equal(c->m[0].sha256, tm.sha256, SHA256_LEN);
+    free(c);
+    tm.modseq = 0;
+    NO(s->ops->tombstone(s, U1, &tm, &why), "invalid");
     /* Above the counter: it follows. */
     OK(s->ops->flags_at(s, U1, "INBOX", 1, 0, "", 900, &why));
     assert_int_equal(get_mb(s, U1).modseq, 900);
@@ -1691,6 +1715,9 @@ static void test_explicit_modseq(void **state)
     NO(s->ops->expunge_at(s, U1, "INBOX", 1, 5, &why), "notlive");
     NO(s->ops->folder_ensure_at(s, U1, "New", 99, 1, 5, &why), "notlive");
     NO(s->ops->folder_delete_at(s, U1, 77, 5, &why), "notlive");
+    tm.modseq = 5;
+    tm.uid = 8;
+    NO(s->ops->tombstone(s, U1, &tm, &why), "notlive");
     m.modseq = 5;
     NO(s->ops->append(s, U1, &m, "one\r\n", 5, &why), "notlive");
     assert_int_equal(get_mb(s, U1).modseq, 900);
@@ -1712,6 +1739,20 @@ static void test_explicit_modseq(void **state)
     snprintf(cmd, sizeof(cmd), "FDELETE %s 77 seven", u);
     raw_expect(&r, cmd, "-ERR bad modseq");
     snprintf(cmd, sizeof(cmd), "FLAGS %s 494e424f58 1 0 - 5", u);
+    raw_expect(&r, cmd, "-NO notlive");
+    char sha[2 * SHA256_LEN + 1];
+    memset(sha, 'a', 2 * SHA256_LEN);
+    sha[2 * SHA256_LEN] = '\0';
+    snprintf(cmd, sizeof(cmd), "TOMB %s 494e424f58 9 00112233445566778899aabbccddeeff 0 0 5 %s - 0",
+             u, sha);
+    raw_expect(&r, cmd, "-ERR bad modseq");
+    snprintf(cmd, sizeof(cmd), "TOMB %s 494e424f58 9 0011 0 0 5 %s - 4", u, sha);
+    raw_expect(&r, cmd, "-ERR bad GUID");
+    snprintf(cmd, sizeof(cmd), "TOMB %s 494e424f58 9 00112233445566778899aabbccddeeff 0 0 5 %s -",
+             u, sha);
+    raw_expect(&r, cmd, "-ERR wrong number");
+    snprintf(cmd, sizeof(cmd), "TOMB %s 494e424f58 9 00112233445566778899aabbccddeeff 0 0 5 %s - 4",
+             u, sha);
     raw_expect(&r, cmd, "-NO notlive");
     close(r.fd);
     assert_int_equal(get_mb(s, U1).modseq, 901);
