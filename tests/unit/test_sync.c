@@ -1587,8 +1587,8 @@ static void test_parse(void **state)
         "EXPUNGE 61 494e424f58 7 9223372036854775807",
         "FOLDER 61 5 6 576f726b 9223372036854775807",
         "FDELETE 61 5 9223372036854775807",
-        "APPEND 61 576f726b 42 00112233445566778899aabbccddeeff 1 -5 7 "
-        "8d5fa4d2ff2b3f5fdcd4bd3a8b1b9e6bfa7ab0a3c2d2e0c1d9e7a4c6d7e1f2a3 - 9223372036854775807",
+        ("APPEND 61 576f726b 42 00112233445566778899aabbccddeeff 1 -5 7 "
+         "8d5fa4d2ff2b3f5fdcd4bd3a8b1b9e6bfa7ab0a3c2d2e0c1d9e7a4c6d7e1f2a3 - 9223372036854775807"),
     };
     for (size_t i = 0; i < ARRAY_SIZE(with); i++) {
         assert_int_equal(syncd_parse_line(with[i], strlen(with[i]), &c, &err), 0);
