@@ -8,7 +8,7 @@ change log (TSYNC CHANGES, an independent client) agrees row by row."""
 import imaplib
 import re
 
-from movekit import pause_env, serve_with
+from movekit import check_sanitizers, pause_env, serve_with
 from test_imap import ALICE, PW, Raw, lmtp_deliver, msg
 from test_move import home, job_phase, start_move, wait_for
 from tsync import TSync, hx
@@ -183,6 +183,7 @@ def test_move_keeps_every_modseq(tmp_path):
         after = record(t)
         assert_same(before, after)
         assert_log_same(t, "s1", "s2")
+        check_sanitizers(t)
     finally:
         t.stop()
 
@@ -217,5 +218,6 @@ def test_changes_during_a_move_and_a_move_back_keep_every_modseq(tmp_path):
         assert_same(before, record(t))
         assert_log_same(t, "s2", "s1")
         assert job_phase(t, back) in ("retention", "done")
+        check_sanitizers(t)
     finally:
         t.stop()
