@@ -50,8 +50,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ASSERT(cmd.verb == SYNCD_APPENDS || cmd.verb == SYNCD_DELIVERED);
         ASSERT(cmd.num <= SYNC_BATCH_MAX);
     }
+    /* An explicit modseq only on the changes that take one, within 1..2^63-1;
+     * TOMB requires it. */
+    if (r_line == 0 && cmd.modseq != 0)
+        ASSERT(cmd.modseq <= STORE_MODSEQ_MAX &&
+               (cmd.verb == SYNCD_APPEND || cmd.verb == SYNCD_FOLDER || cmd.verb == SYNCD_FDELETE ||
+                cmd.verb == SYNCD_FLAGS || cmd.verb == SYNCD_EXPUNGE || cmd.verb == SYNCD_TOMB));
+    if (r_line == 0 && cmd.verb == SYNCD_TOMB)
+        ASSERT(cmd.modseq != 0 && cmd.size <= (uint64_t)INT64_MAX);
     /* The same octets as a record of each batch. */
     r = syncd_parse_record(line, size, &again, &err);
+    if (r == 0)
+        ASSERT(again.modseq <= STORE_MODSEQ_MAX);
     ASSERT(r == 0 || r == -1 || r == SYNC_NO);
     if (r != 0)
         ASSERT(err != NULL && err[0] != '\0');

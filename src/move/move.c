@@ -307,8 +307,8 @@ static int batch_settle(struct pass *p)
             r->job.msgs_done++;
             r->job.bytes_done += m->size;
         } else if (x == SYNC_NO && strcmp(why, "exists") == 0) {
-            x = r->dst->ops->flags(r->dst, r->job.user, m->folder, m->uid, m->flags, m->keywords,
-                                   &why);
+            x = r->dst->ops->flags_at(r->dst, r->job.user, m->folder, m->uid, m->flags, m->keywords,
+                                      m->modseq, &why);
             if (x < 0) {
                 p->result = pass_io_fail(r, "flags");
                 ret = -1;
@@ -394,9 +394,11 @@ static int batch_flush(struct pass *p)
 /* The destination folder called `name` has another UIDVALIDITY than the
  * source's folder of that name (a swap of names on the source, applied one
  * folder record at a time): rename it out of the way, to a name that carries
- * its UIDVALIDITY. Its own record, later in the listing, names it again; a
- * name left over would fail verify, never pass it. 0, SYNC_NO (r->err) or -1. */
-static int folder_unblock(struct run *r, const char *name, uint32_t uidvalidity)
+ * its UIDVALIDITY. Its own record, later in the listing, names it again (and
+ * gives it its own modseq; until then it has `modseq`, the record's being
+ * applied); a name left over would fail verify, never pass it. 0, SYNC_NO
+ * (r->err) or -1. */
+static int folder_unblock(struct run *r, const char *name, uint32_t uidvalidity, uint64_t modseq)
 {
     const char *why = "";
     struct sync_digest *dg = NULL;
@@ -420,7 +422,7 @@ static int folder_unblock(struct run *r, const char *name, uint32_t uidvalidity)
     snprintf(tmp, sizeof(tmp), SWAP_PREFIX "%u", blocker);
     log_info(r->ctx, "%s: folder %s (UIDVALIDITY %u) on %s makes way as %s", r->job.user, name,
              blocker, r->job.dest, tmp);
-    rc = r->dst->ops->folder_ensure(r->dst, r->job.user, tmp, blocker, 0, &why);
+    rc = r->dst->ops->folder_ensure_at(r->dst, r->job.user, tmp, blocker, 0, modseq, &why);
     if (rc == SYNC_NO)
         set_err(r, "folder %s on %s cannot make way: %s", name, r->job.dest, why);
     return rc;
@@ -438,19 +440,20 @@ static int pass_folder(void *ctx, const struct sync_folder *f)
     if (f->deleted) {
         p->gone = xrealloc(p->gone, (p->ngone + 1) * sizeof(*p->gone));
         p->gone[p->ngone++] = f->uidvalidity;
-        rc = r->dst->ops->folder_delete(r->dst, r->job.user, f->uidvalidity, &why);
+        rc = r->dst->ops->folder_delete_at(r->dst, r->job.user, f->uidvalidity, f->modseq, &why);
     } else {
-        rc = r->dst->ops->folder_ensure(r->dst, r->job.user, f->name, f->uidvalidity, f->uidnext,
-                                        &why);
+        /* With the source's modseq: the copy's folder carries it exactly. */
+        rc = r->dst->ops->folder_ensure_at(r->dst, r->job.user, f->name, f->uidvalidity, f->uidnext,
+                                           f->modseq, &why);
         if (rc == SYNC_NO && strcmp(why, "conflict") == 0) {
-            rc = folder_unblock(r, f->name, f->uidvalidity);
+            rc = folder_unblock(r, f->name, f->uidvalidity, f->modseq);
             if (rc == SYNC_NO) {
                 p->result = STEP_FAIL;
                 return -1;
             }
             if (rc == 0)
-                rc = r->dst->ops->folder_ensure(r->dst, r->job.user, f->name, f->uidvalidity,
-                                                f->uidnext, &why);
+                rc = r->dst->ops->folder_ensure_at(r->dst, r->job.user, f->name, f->uidvalidity,
+                                                   f->uidnext, f->modseq, &why);
         }
     }
     if (rc < 0) {
@@ -481,8 +484,9 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
     int rc;
     /* A change newer than the pass's start waits for the next pass (which
      * lists it again: the checkpoint is the start): every change applied
-     * here has a source modseq <= limit, and the destination's counter was
-     * raised to limit first, so its copy is stamped above it. */
+     * here has a source modseq <= limit, the destination's counter was set
+     * to limit first, and each change is applied with its source modseq
+     * (the append through m->modseq), so the counter stays limit. */
     if (m->modseq > p->limit)
         return 0;
     p->changes++;
@@ -498,7 +502,10 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
     } else if (m->expunged) {
         if (batch_flush(p) < 0)
             return -1;
-        rc = r->dst->ops->expunge(r->dst, r->job.user, m->folder, m->uid, &why);
+        /* Also a message the destination never held gets its tombstone: the
+         * copy lists the expunge as the source does (a later move from it
+         * must expunge the message on a copy that still holds it). */
+        rc = r->dst->ops->tombstone(r->dst, r->job.user, m, &why);
         if (rc < 0) {
             p->result = pass_io_fail(r, "expunge");
             return -1;
@@ -510,8 +517,8 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
         if (p->since > 0) {
             if (batch_flush(p) < 0)
                 return -1;
-            rc = r->dst->ops->flags(r->dst, r->job.user, m->folder, m->uid, m->flags, m->keywords,
-                                    &why);
+            rc = r->dst->ops->flags_at(r->dst, r->job.user, m->folder, m->uid, m->flags,
+                                       m->keywords, m->modseq, &why);
             if (rc < 0) {
                 p->result = pass_io_fail(r, "flags");
                 return -1;
@@ -561,11 +568,11 @@ static enum step sync_pass(struct run *r, uint64_t since, int64_t deadline_ms, u
     const char *why = "";
     if (connect_all(r) < 0)
         return STEP_LATER;
-    /* Modseqs for clients (CONDSTORE/QRESYNC): the destination's counter
-     * goes to the source's before anything of this pass is applied, so a
-     * change a client has not seen (source modseq > its HIGHESTMODSEQ) is
-     * stamped above that HIGHESTMODSEQ on the destination too, and the
-     * client's CHANGEDSINCE after the switch finds it. docs/move.md. */
+    /* Modseqs for clients (CONDSTORE/QRESYNC): the staged destination's
+     * counter is set to the source's before anything of this pass is
+     * applied, and every change is applied with its own source modseq
+     * (<= that counter), so after the final pass every row and the counter
+     * (HIGHESTMODSEQ) are exactly the source's. docs/move.md. */
     struct store_mailbox smb;
     int rc = r->src->ops->mailbox_get(r->src, r->job.user, &smb, &why);
     if (rc == 0)
@@ -1053,15 +1060,16 @@ static enum step phase_final(struct run *r)
     if (connect_all(r) < 0)
         return STEP_LATER;
     /* UIDNEXT moves without a folder record when a message is appended and
-     * expunged between passes: align every folder from the frozen source. */
-    struct sync_digest *dg = NULL;
+     * expunged between passes: align every folder from the frozen source
+     * (with the folder's modseq, which such an append does not change). */
+    struct sync_folder *fl = NULL;
     size_t n = 0;
     const char *why = "";
-    int rc = r->src->ops->digest(r->src, r->job.user, &dg, &n, &why);
+    int rc = r->src->ops->folders(r->src, r->job.user, &fl, &n, &why);
     for (size_t i = 0; rc == 0 && i < n; i++)
-        rc = r->dst->ops->folder_ensure(r->dst, r->job.user, dg[i].name, dg[i].uidvalidity,
-                                        dg[i].uidnext, &why);
-    free(dg);
+        rc = r->dst->ops->folder_ensure_at(r->dst, r->job.user, fl[i].name, fl[i].uidvalidity,
+                                           fl[i].uidnext, fl[i].modseq, &why);
+    free(fl);
     if (rc < 0)
         return io_fail(r, "folder UIDNEXT");
     /* Only the final delta's ids if the others were copied before the
@@ -1102,6 +1110,15 @@ static int compare(struct run *r)
     }
     free(a);
     free(b);
+    /* The modseq counters (HIGHESTMODSEQ) should be equal too (docs/move.md
+     * "What clients keep"); a difference does not endanger a message, so it
+     * is reported, not a reason to stay. */
+    struct store_mailbox sm, dm;
+    if (diff == 0 && r->src->ops->mailbox_get(r->src, r->job.user, &sm, &why) == 0 &&
+        r->dst->ops->mailbox_get(r->dst, r->job.user, &dm, &why) == 0 && sm.modseq != dm.modseq)
+        log_warn(r->ctx, "%s: verify: modseq %llu on %s, %llu on %s", r->job.user,
+                 (unsigned long long)sm.modseq, r->job.source, (unsigned long long)dm.modseq,
+                 r->job.dest);
     return diff;
 }
 

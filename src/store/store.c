@@ -224,8 +224,22 @@ bool store_state_writable(enum store_mbox_state s)
 bool store_append_allowed(const struct store_append *a, const struct store_mailbox *mb)
 {
     if (a->require_live)
-        return mb->state == STORE_MBOX_ACTIVE && mb->epoch == a->epoch;
-    return store_state_writable(mb->state);
+        return mb->state == STORE_MBOX_ACTIVE && mb->epoch == a->epoch &&
+               store_modseq_allowed(a->modseq, mb->state);
+    return store_state_writable(mb->state) && store_modseq_allowed(a->modseq, mb->state);
+}
+
+bool store_modseq_allowed(uint64_t modseq, enum store_mbox_state s)
+{
+    return modseq == 0 || s == STORE_MBOX_STAGED;
+}
+
+uint64_t store_modseq_take(uint64_t *counter, uint64_t modseq)
+{
+    uint64_t m = modseq != 0 ? modseq : *counter + 1;
+    if (m > *counter)
+        *counter = m;
+    return m;
 }
 
 static bool store_delivery_id_valid(const char *id)
@@ -309,7 +323,7 @@ enum store_status store_mailbox_set_state(struct store *st, const char *user,
 enum store_status store_mailbox_raise_modseq(struct store *st, const char *user, uint64_t modseq)
 {
     char u[MAIL_ADDR_MAX + 1];
-    if (!store_user_canon(user, u) || modseq > (uint64_t)INT64_MAX)
+    if (!store_user_canon(user, u) || modseq > STORE_MODSEQ_MAX)
         return STORE_INVALID;
     return st->ops->mailbox_raise_modseq(st, u, modseq);
 }
@@ -334,10 +348,17 @@ enum store_status store_mailbox_list(struct store *st, struct store_mailbox **li
 enum store_status store_folder_create(struct store *st, const char *user, const char *name,
                                       uint32_t uidvalidity)
 {
+    return store_folder_create_at(st, user, name, uidvalidity, 0);
+}
+
+enum store_status store_folder_create_at(struct store *st, const char *user, const char *name,
+                                         uint32_t uidvalidity, uint64_t modseq)
+{
     char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1];
-    if (!store_user_canon(user, u) || name == NULL || !store_folder_canon(name, f))
+    if (!store_user_canon(user, u) || name == NULL || !store_folder_canon(name, f) ||
+        modseq > STORE_MODSEQ_MAX)
         return STORE_INVALID;
-    return st->ops->folder_create(st, u, f, uidvalidity);
+    return st->ops->folder_create(st, u, f, uidvalidity, modseq);
 }
 
 enum store_status store_folder_get(struct store *st, const char *user, const char *name,
@@ -353,23 +374,36 @@ enum store_status store_folder_get(struct store *st, const char *user, const cha
 enum store_status store_folder_rename(struct store *st, const char *user, const char *from,
                                       const char *to)
 {
+    return store_folder_rename_at(st, user, from, to, 0);
+}
+
+enum store_status store_folder_rename_at(struct store *st, const char *user, const char *from,
+                                         const char *to, uint64_t modseq)
+{
     char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1], t[STORE_FOLDER_MAX + 1];
     if (!store_user_canon(user, u) || from == NULL || to == NULL || !store_folder_canon(from, f) ||
-        !store_folder_canon(to, t))
+        !store_folder_canon(to, t) || modseq > STORE_MODSEQ_MAX)
         return STORE_INVALID;
     if (store_folder_is_inbox(f))
         return STORE_INVALID;
-    return st->ops->folder_rename(st, u, f, t);
+    return st->ops->folder_rename(st, u, f, t, modseq);
 }
 
 enum store_status store_folder_delete(struct store *st, const char *user, const char *name)
 {
+    return store_folder_delete_at(st, user, name, 0);
+}
+
+enum store_status store_folder_delete_at(struct store *st, const char *user, const char *name,
+                                         uint64_t modseq)
+{
     char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1];
-    if (!store_user_canon(user, u) || name == NULL || !store_folder_canon(name, f))
+    if (!store_user_canon(user, u) || name == NULL || !store_folder_canon(name, f) ||
+        modseq > STORE_MODSEQ_MAX)
         return STORE_INVALID;
     if (store_folder_is_inbox(f))
         return STORE_INVALID;
-    return st->ops->folder_delete(st, u, f);
+    return st->ops->folder_delete(st, u, f, modseq);
 }
 
 enum store_status store_folder_list(struct store *st, const char *user,
@@ -386,10 +420,17 @@ enum store_status store_folder_list(struct store *st, const char *user,
 enum store_status store_folder_set_uidnext(struct store *st, const char *user, const char *name,
                                            uint32_t uidnext)
 {
+    return store_folder_set_uidnext_at(st, user, name, uidnext, 0);
+}
+
+enum store_status store_folder_set_uidnext_at(struct store *st, const char *user, const char *name,
+                                              uint32_t uidnext, uint64_t modseq)
+{
     char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1];
-    if (!store_user_canon(user, u) || name == NULL || !store_folder_canon(name, f))
+    if (!store_user_canon(user, u) || name == NULL || !store_folder_canon(name, f) ||
+        modseq > STORE_MODSEQ_MAX)
         return STORE_INVALID;
-    return st->ops->folder_set_uidnext(st, u, f, uidnext);
+    return st->ops->folder_set_uidnext(st, u, f, uidnext, modseq);
 }
 
 /* ---- batches ---- */
@@ -427,6 +468,8 @@ void store_batch_add(struct store_batch *b, const struct store_append *a,
     if (a->keywords != NULL && !store_keywords_canon(a->keywords, kw))
         return;
     if (a->delivery_id != NULL && !store_delivery_id_valid(a->delivery_id))
+        return;
+    if (a->modseq > STORE_MODSEQ_MAX)
         return;
 
     size_t ul = strlen(u) + 1, fl = strlen(f) + 1, kl = strlen(kw) + 1;
@@ -510,16 +553,58 @@ enum store_status store_msg_set_flags(struct store *st, const char *user, const 
     /* SET with no keyword list replaces them with none, like IMAP STORE
      * FLAGS (...); ADD/REMOVE with none leaves them alone. */
     const char *k = keywords != NULL ? kw : (mode == STORE_FLAGS_SET ? "" : NULL);
-    return st->ops->msg_set_flags(st, u, f, uid, mode, flags, k, unchanged_since, modseq_r);
+    return st->ops->msg_set_flags(st, u, f, uid, mode, flags, k, unchanged_since, 0, modseq_r);
+}
+
+enum store_status store_msg_set_flags_at(struct store *st, const char *user, const char *folder,
+                                         uint32_t uid, uint32_t flags, const char *keywords,
+                                         uint64_t modseq)
+{
+    char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1], kw[STORE_KEYWORDS_MAX + 1];
+    if (!store_user_canon(user, u) || !store_folder_canon(folder, f))
+        return STORE_INVALID;
+    if ((flags & ~STORE_F_ALL) != 0 || modseq > STORE_MODSEQ_MAX)
+        return STORE_INVALID;
+    kw[0] = '\0';
+    if (keywords != NULL && !store_keywords_canon(keywords, kw))
+        return STORE_INVALID;
+    return st->ops->msg_set_flags(st, u, f, uid, STORE_FLAGS_SET, flags, kw, 0, modseq, NULL);
 }
 
 enum store_status store_msg_expunge(struct store *st, const char *user, const char *folder,
                                     uint32_t uid)
 {
+    return store_msg_expunge_at(st, user, folder, uid, 0);
+}
+
+enum store_status store_msg_expunge_at(struct store *st, const char *user, const char *folder,
+                                       uint32_t uid, uint64_t modseq)
+{
     char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1];
-    if (!store_user_canon(user, u) || !store_folder_canon(folder, f))
+    if (!store_user_canon(user, u) || !store_folder_canon(folder, f) || modseq > STORE_MODSEQ_MAX)
         return STORE_INVALID;
-    return st->ops->msg_expunge(st, u, f, uid);
+    return st->ops->msg_expunge(st, u, f, uid, modseq);
+}
+
+enum store_status store_msg_tombstone(struct store *st, const char *user, const char *folder,
+                                      const struct store_msg *m)
+{
+    char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1], kw[STORE_KEYWORDS_MAX + 1];
+    if (!store_user_canon(user, u) || !store_folder_canon(folder, f) || m->modseq == 0 ||
+        m->modseq > STORE_MODSEQ_MAX || m->uid == 0 || m->uid == UINT32_MAX ||
+        (m->flags & ~STORE_F_ALL) != 0 || m->size > (uint64_t)INT64_MAX)
+        return STORE_INVALID;
+    kw[0] = '\0';
+    if (m->keywords != NULL && !store_keywords_canon(m->keywords, kw))
+        return STORE_INVALID;
+    /* A row for the UID: expunged or re-stamped. None: a tombstone row. */
+    enum store_status s = st->ops->msg_expunge(st, u, f, m->uid, m->modseq);
+    if (s != STORE_NOTFOUND)
+        return s;
+    struct store_msg t = *m;
+    t.keywords = kw;
+    t.expunged = true;
+    return st->ops->msg_tombstone(st, u, f, &t);
 }
 
 int store_msg_iter(struct store *st, const char *user, const char *folder, store_msg_cb *cb,

@@ -21,6 +21,22 @@
  * Expunged messages and deleted folders stay as tombstones (flagged, body
  * released), so store_changes(since = N) visits only rows whose modseq > N,
  * through an index: cost proportional to the changes, not the mailbox.
+ * A mailbox state change (store_mailbox_set_state) is not a change of the
+ * log: the modseq stays.
+ *
+ * Explicit modseqs (the mover only). A move gives every row of the copy
+ * exactly the modseq it has on the source, so that a client's CONDSTORE /
+ * QRESYNC state stays exact (docs/move.md "What clients keep"). The `_at`
+ * variants below and store_append.modseq take such a modseq m != 0: the
+ * row gets exactly m (also when nothing else about it changes, and also if
+ * m is below its modseq now), and the mailbox modseq becomes max(modseq, m).
+ * They are accepted only on a STAGED mailbox (STORE_NOTLIVE otherwise: on a
+ * live mailbox a modseq below a client's HIGHESTMODSEQ would hide the
+ * change from it); m above 2^63 - 1 is STORE_INVALID. m == 0 is the plain
+ * function. The change log stays exact with such rows (it is an index on
+ * the modseq, not an append order), but a listing taken while explicit
+ * modseqs are written may miss rows stamped below its position: nothing
+ * lists a staged copy while the mover fills it.
  *
  * State guard. The mailbox state decides which operations the store
  * accepts; it is checked on the mailbox row inside the same transaction as
@@ -94,6 +110,7 @@
 #define STORE_KEYWORDS_MAX    1024 /* octets of the space-separated keyword list */
 #define STORE_GUID_LEN        16
 #define STORE_DELIVERY_ID_MAX 64
+#define STORE_MODSEQ_MAX      ((uint64_t)INT64_MAX) /* modseqs are SQLite integers */
 
 enum store_status {
     STORE_OK = 0,
@@ -184,17 +201,20 @@ enum store_status store_mailbox_create(struct store *st, const char *user,
                                        enum store_mbox_state state, uint64_t epoch);
 enum store_status store_mailbox_get(struct store *st, const char *user, struct store_mailbox *out);
 /* Compare-and-set of the state: only if the current state is `expect` does
- * it become `state` at `epoch` (moved_to for MOVED, else ignored). Raises
- * the modseq. STORE_CONFLICT otherwise. */
+ * it become `state` at `epoch` (moved_to for MOVED, else ignored). The
+ * modseq stays (a move keeps HIGHESTMODSEQ exactly). STORE_CONFLICT
+ * otherwise. */
 enum store_status store_mailbox_set_state(struct store *st, const char *user,
                                           enum store_mbox_state expect, enum store_mbox_state state,
                                           uint64_t epoch, const char *moved_to);
-/* Raises the mailbox's modseq to at least `modseq` (never lowers it; no
- * change and STORE_OK if it is already there). A move raises the
- * destination's counter to the source's before each pass, so every change
- * it copies gets a modseq above any the source had handed out by then, and
- * a client's CONDSTORE/QRESYNC state (CHANGEDSINCE its HIGHESTMODSEQ) never
- * misses a change after the switch. State guard: STAGED and ACTIVE. */
+/* ACTIVE: raises the mailbox's modseq to at least `modseq` (never lowers
+ * it; no change and STORE_OK if it is already there). STAGED: sets it to
+ * exactly max(modseq, the highest modseq of any of its rows, tombstones
+ * included) — it may go down. A move sets the staged destination's counter
+ * to the source's before each pass and then copies every change with its
+ * source modseq (all <= that counter), so after the final pass the copy's
+ * counter, HIGHESTMODSEQ to clients, equals the source's. State guard:
+ * STAGED and ACTIVE; modseq above 2^63 - 1 is STORE_INVALID. */
 enum store_status store_mailbox_raise_modseq(struct store *st, const char *user, uint64_t modseq);
 /* Removes the mailbox and all its data. Only allowed in DELETING state
  * (STORE_CONFLICT otherwise). */
@@ -224,6 +244,18 @@ enum store_status store_folder_list(struct store *st, const char *user,
  * STORE_OK with nothing written. Obeys the state guard like a rename. */
 enum store_status store_folder_set_uidnext(struct store *st, const char *user, const char *name,
                                            uint32_t uidnext);
+/* The folder operations with an explicit modseq (see "Explicit modseqs"
+ * above; modseq 0 = the plain function). store_folder_set_uidnext_at()
+ * with modseq != 0 also stamps the folder with it when UIDNEXT is already
+ * there (a copy's folder gets its source's modseq either way). */
+enum store_status store_folder_create_at(struct store *st, const char *user, const char *name,
+                                         uint32_t uidvalidity, uint64_t modseq);
+enum store_status store_folder_rename_at(struct store *st, const char *user, const char *from,
+                                         const char *to, uint64_t modseq);
+enum store_status store_folder_delete_at(struct store *st, const char *user, const char *name,
+                                         uint64_t modseq);
+enum store_status store_folder_set_uidnext_at(struct store *st, const char *user, const char *name,
+                                              uint32_t uidnext, uint64_t modseq);
 
 /* ---- appends, one or many (group commit) ---- */
 
@@ -241,6 +273,8 @@ struct store_append {
     const char *delivery_id; /* NULL = none */
     bool require_live;       /* deliveries: mailbox ACTIVE at epoch */
     uint64_t epoch;
+    uint64_t modseq; /* 0 = the mailbox's next; else exactly this (the mover:
+                        STAGED only, see "Explicit modseqs") */
 };
 
 struct store_append_result {
@@ -282,6 +316,26 @@ enum store_status store_msg_set_flags(struct store *st, const char *user, const 
 /* Expunges one message: leaves a tombstone with a new modseq. */
 enum store_status store_msg_expunge(struct store *st, const char *user, const char *folder,
                                     uint32_t uid);
+/* With an explicit modseq (see "Explicit modseqs"; 0 = the plain
+ * function): set_flags_at replaces flags and keywords (STORE_FLAGS_SET)
+ * and stamps the message with modseq even if they did not change;
+ * expunge_at also re-stamps a message that is a tombstone already (its
+ * folder live), so a copy's tombstone carries its source's modseq. */
+enum store_status store_msg_set_flags_at(struct store *st, const char *user, const char *folder,
+                                         uint32_t uid, uint32_t flags, const char *keywords,
+                                         uint64_t modseq);
+enum store_status store_msg_expunge_at(struct store *st, const char *user, const char *folder,
+                                       uint32_t uid, uint64_t modseq);
+/* The mover's copy of a source tombstone: makes folder/m->uid a tombstone
+ * with exactly m->modseq. A live message is expunged, a tombstone
+ * re-stamped (as store_msg_expunge_at), and a UID the folder never had gets
+ * a tombstone row of its own — m's GUID, flags, keywords, internal date,
+ * size and SHA-256, no body — with the folder's UIDNEXT raised above it, so
+ * that the copy lists the expunge like its source (and a later move from it
+ * expunges the message on a copy that still holds it). m->modseq must be
+ * 1..2^63-1 (STORE_INVALID); a staged mailbox only (STORE_NOTLIVE). */
+enum store_status store_msg_tombstone(struct store *st, const char *user, const char *folder,
+                                      const struct store_msg *m);
 /* Calls cb for each live message of the folder in UID order; stops when cb
  * returns non-zero (and returns that value). */
 typedef int store_msg_cb(void *ctx, const struct store_msg *m);

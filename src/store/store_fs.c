@@ -124,6 +124,8 @@ enum store_fs_sql {
     SQL_MBOX_SET_STATE,
     SQL_MBOX_LIST,
     SQL_MBOX_RAISE_MODSEQ,
+    SQL_MBOX_SET_MODSEQ,
+    SQL_MBOX_ROWS_MODSEQ,
     SQL_MBOX_DELETE,
     SQL_PURGE_MSGS,
     SQL_PURGE_FOLDERS,
@@ -141,6 +143,9 @@ enum store_fs_sql {
     SQL_FOLDER_SET_UIDNEXT,
     SQL_MSG_GET,
     SQL_MSG_EXISTS,
+    SQL_MSG_TOMB,
+    SQL_MSG_INSERT_TOMB,
+    SQL_MSG_STAMP,
     SQL_MSG_INSERT,
     SQL_MSG_SET_FLAGS,
     SQL_MSG_EXPUNGE,
@@ -160,12 +165,18 @@ static const char *const store_fs_sql_text[SQL_COUNT] = {
     [SQL_MBOX_GET] = "SELECT " MBOX_COLS " FROM mailboxes WHERE user = ?1",
     [SQL_MBOX_INSERT] = "INSERT INTO mailboxes(user, state, epoch, moved_to, modseq, created)"
                         " VALUES(?1, ?2, ?3, '', 0, ?4)",
-    [SQL_MBOX_BUMP] = "UPDATE mailboxes SET modseq = ?2, messages = messages + ?3,"
+    /* MAX: a change with an explicit modseq (store.h) may stamp below it. */
+    [SQL_MBOX_BUMP] = "UPDATE mailboxes SET modseq = MAX(modseq, ?2), messages = messages + ?3,"
                       " bytes = bytes + ?4 WHERE id = ?1",
-    [SQL_MBOX_SET_STATE] = "UPDATE mailboxes SET state = ?2, epoch = ?3, moved_to = ?4,"
-                           " modseq = modseq + 1 WHERE id = ?1",
+    [SQL_MBOX_SET_STATE] = "UPDATE mailboxes SET state = ?2, epoch = ?3, moved_to = ?4"
+                           " WHERE id = ?1",
     [SQL_MBOX_LIST] = "SELECT " MBOX_COLS " FROM mailboxes ORDER BY user",
     [SQL_MBOX_RAISE_MODSEQ] = "UPDATE mailboxes SET modseq = ?2 WHERE id = ?1 AND modseq < ?2",
+    [SQL_MBOX_SET_MODSEQ] = "UPDATE mailboxes SET modseq = ?2 WHERE id = ?1",
+    /* Both through the (mailbox_id, modseq) indexes: two index lookups. */
+    [SQL_MBOX_ROWS_MODSEQ] = "SELECT MAX(COALESCE((SELECT MAX(modseq) FROM messages"
+                             " WHERE mailbox_id = ?1), 0), COALESCE((SELECT MAX(modseq)"
+                             " FROM folders WHERE mailbox_id = ?1), 0))",
     [SQL_MBOX_DELETE] = "DELETE FROM mailboxes WHERE id = ?1",
     [SQL_PURGE_MSGS] = "DELETE FROM messages WHERE mailbox_id = ?1",
     [SQL_PURGE_FOLDERS] = "DELETE FROM folders WHERE mailbox_id = ?1",
@@ -191,6 +202,14 @@ static const char *const store_fs_sql_text[SQL_COUNT] = {
     [SQL_MSG_GET] = "SELECT id, flags, keywords, modseq, size, seg, off, guid, sha256"
                     " FROM messages WHERE folder_id = ?1 AND uid = ?2 AND expunged = 0",
     [SQL_MSG_EXISTS] = "SELECT 1 FROM messages WHERE folder_id = ?1 AND uid = ?2",
+    [SQL_MSG_TOMB] = "SELECT id, modseq FROM messages"
+                     " WHERE folder_id = ?1 AND uid = ?2 AND expunged = 1",
+    [SQL_MSG_STAMP] = "UPDATE messages SET modseq = ?2 WHERE id = ?1",
+    /* A tombstone copied from a move's source: no body (segment 0 does not
+     * exist; nothing reads an expunged message's body). */
+    [SQL_MSG_INSERT_TOMB] = "INSERT INTO messages(folder_id, mailbox_id, uid, guid, flags,"
+                            " keywords, internal_date, size, sha256, modseq, seg, off, expunged)"
+                            " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, 0, 1)",
     [SQL_MSG_INSERT] = "INSERT INTO messages(folder_id, mailbox_id, uid, guid, flags, keywords,"
                        " internal_date, size, sha256, modseq, seg, off)"
                        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -883,7 +902,24 @@ static enum store_status store_fs_mailbox_raise_modseq(struct store *st, const c
     enum store_status s = store_fs_mbox_load(fs, user, &id, &mb);
     if (s == STORE_OK && mb.state != STORE_MBOX_STAGED && mb.state != STORE_MBOX_ACTIVE)
         s = STORE_NOTLIVE;
-    if (s == STORE_OK && mb.modseq < modseq) {
+    if (s == STORE_OK && mb.state == STORE_MBOX_STAGED) {
+        /* Exactly modseq, but never below a row (store.h). */
+        sqlite3_stmt *q = store_fs_q(fs, SQL_MBOX_ROWS_MODSEQ);
+        sqlite3_bind_int64(q, 1, id);
+        if (store_fs_row(fs, q, "mailbox rows modseq") <= 0)
+            return store_fs_finish(fs, STORE_ERROR);
+        uint64_t rows = (uint64_t)sqlite3_column_int64(q, 0);
+        sqlite3_reset(q);
+        if (rows > modseq)
+            modseq = rows;
+        if (modseq != mb.modseq) {
+            q = store_fs_q(fs, SQL_MBOX_SET_MODSEQ);
+            sqlite3_bind_int64(q, 1, id);
+            sqlite3_bind_int64(q, 2, (int64_t)modseq);
+            if (store_fs_exec(fs, q, "mailbox modseq") < 0)
+                s = STORE_ERROR;
+        }
+    } else if (s == STORE_OK && mb.modseq < modseq) {
         sqlite3_stmt *q = store_fs_q(fs, SQL_MBOX_RAISE_MODSEQ);
         sqlite3_bind_int64(q, 1, id);
         sqlite3_bind_int64(q, 2, (int64_t)modseq);
@@ -943,7 +979,8 @@ static enum store_status store_fs_mailbox_list(struct store *st, struct store_ma
 /* ---- folders ---- */
 
 static enum store_status store_fs_folder_create(struct store *st, const char *user,
-                                                const char *name, uint32_t uidvalidity)
+                                                const char *name, uint32_t uidvalidity,
+                                                uint64_t modseq)
 {
     struct store_fs *fs = (struct store_fs *)st;
     if (store_fs_begin(fs) < 0)
@@ -952,14 +989,16 @@ static enum store_status store_fs_folder_create(struct store *st, const char *us
     struct store_mailbox mb;
     struct store_folder f;
     enum store_status s = store_fs_mbox_load(fs, user, &id, &mb);
-    if (s == STORE_OK && !store_state_writable(mb.state))
+    if (s == STORE_OK &&
+        (!store_state_writable(mb.state) || !store_modseq_allowed(modseq, mb.state)))
         s = STORE_NOTLIVE;
     if (s == STORE_OK) {
         s = store_fs_folder_load(fs, id, name, &f);
         if (s == STORE_OK)
             s = STORE_EXISTS;
         else if (s == STORE_NOTFOUND)
-            s = store_fs_folder_insert(fs, id, name, uidvalidity, mb.modseq + 1);
+            s = store_fs_folder_insert(fs, id, name, uidvalidity,
+                                       store_modseq_take(&mb.modseq, modseq));
     }
     return store_fs_finish(fs, s);
 }
@@ -973,7 +1012,7 @@ static enum store_status store_fs_folder_get(struct store *st, const char *user,
 }
 
 static enum store_status store_fs_folder_rename(struct store *st, const char *user,
-                                                const char *from, const char *to)
+                                                const char *from, const char *to, uint64_t modseq)
 {
     struct store_fs *fs = (struct store_fs *)st;
     if (store_fs_begin(fs) < 0)
@@ -982,17 +1021,19 @@ static enum store_status store_fs_folder_rename(struct store *st, const char *us
     struct store_mailbox mb;
     struct store_folder f, t;
     enum store_status s = store_fs_resolve(fs, user, from, true, &id, &mb, &f);
+    if (s == STORE_OK && !store_modseq_allowed(modseq, mb.state))
+        s = STORE_NOTLIVE;
     if (s == STORE_OK) {
         s = store_fs_folder_load(fs, id, to, &t);
         s = s == STORE_OK ? STORE_EXISTS : s == STORE_NOTFOUND ? STORE_OK : s;
     }
     if (s == STORE_OK) {
+        uint64_t m = store_modseq_take(&mb.modseq, modseq);
         sqlite3_stmt *q = store_fs_q(fs, SQL_FOLDER_RENAME);
         sqlite3_bind_int64(q, 1, (int64_t)f.id);
         sqlite3_bind_text(q, 2, to, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(q, 3, (int64_t)mb.modseq + 1);
-        if (store_fs_exec(fs, q, "folder rename") < 0 ||
-            store_fs_mbox_bump(fs, id, mb.modseq + 1, 0, 0) < 0)
+        sqlite3_bind_int64(q, 3, (int64_t)m);
+        if (store_fs_exec(fs, q, "folder rename") < 0 || store_fs_mbox_bump(fs, id, m, 0, 0) < 0)
             s = STORE_ERROR;
     }
     return store_fs_finish(fs, s);
@@ -1001,7 +1042,7 @@ static enum store_status store_fs_folder_rename(struct store *st, const char *us
 /* One change: the folder's tombstone and its messages' tombstones share
  * the new modseq (one UPDATE, not one change per message). */
 static enum store_status store_fs_folder_delete(struct store *st, const char *user,
-                                                const char *name)
+                                                const char *name, uint64_t explicit_modseq)
 {
     struct store_fs *fs = (struct store_fs *)st;
     if (store_fs_begin(fs) < 0)
@@ -1010,9 +1051,11 @@ static enum store_status store_fs_folder_delete(struct store *st, const char *us
     struct store_mailbox mb;
     struct store_folder f;
     enum store_status s = store_fs_resolve(fs, user, name, true, &id, &mb, &f);
+    if (s == STORE_OK && !store_modseq_allowed(explicit_modseq, mb.state))
+        s = STORE_NOTLIVE;
     if (s != STORE_OK)
         return store_fs_finish(fs, s);
-    uint64_t modseq = mb.modseq + 1;
+    uint64_t modseq = store_modseq_take(&mb.modseq, explicit_modseq);
     sqlite3_stmt *q = store_fs_q(fs, SQL_FOLDER_SUM);
     sqlite3_bind_int64(q, 1, (int64_t)f.id);
     if (store_fs_row(fs, q, "folder sum") <= 0)
@@ -1067,7 +1110,8 @@ static enum store_status store_fs_folder_list(struct store *st, const char *user
 }
 
 static enum store_status store_fs_folder_set_uidnext(struct store *st, const char *user,
-                                                     const char *name, uint32_t uidnext)
+                                                     const char *name, uint32_t uidnext,
+                                                     uint64_t modseq)
 {
     struct store_fs *fs = (struct store_fs *)st;
     if (store_fs_begin(fs) < 0)
@@ -1076,13 +1120,15 @@ static enum store_status store_fs_folder_set_uidnext(struct store *st, const cha
     struct store_mailbox mb;
     struct store_folder f;
     enum store_status s = store_fs_resolve(fs, user, name, true, &id, &mb, &f);
-    if (s == STORE_OK && uidnext > f.uidnext) {
+    if (s == STORE_OK && !store_modseq_allowed(modseq, mb.state))
+        s = STORE_NOTLIVE;
+    if (s == STORE_OK && (uidnext > f.uidnext || (modseq != 0 && f.modseq != modseq))) {
+        uint64_t m = store_modseq_take(&mb.modseq, modseq);
         sqlite3_stmt *q = store_fs_q(fs, SQL_FOLDER_SET_UIDNEXT);
         sqlite3_bind_int64(q, 1, (int64_t)f.id);
-        sqlite3_bind_int64(q, 2, uidnext);
-        sqlite3_bind_int64(q, 3, (int64_t)mb.modseq + 1);
-        if (store_fs_exec(fs, q, "folder uidnext") < 0 ||
-            store_fs_mbox_bump(fs, id, mb.modseq + 1, 0, 0) < 0)
+        sqlite3_bind_int64(q, 2, uidnext > f.uidnext ? uidnext : f.uidnext);
+        sqlite3_bind_int64(q, 3, (int64_t)m);
+        if (store_fs_exec(fs, q, "folder uidnext") < 0 || store_fs_mbox_bump(fs, id, m, 0, 0) < 0)
             s = STORE_ERROR;
     }
     return store_fs_finish(fs, s);
@@ -1268,7 +1314,7 @@ static int store_fs_resolve_item(struct store_fs_bctx *c, size_t i)
     p->mbox = mi;
     p->folder = fi;
     p->uid = uid;
-    p->modseq = ++mb->info.modseq;
+    p->modseq = store_modseq_take(&mb->info.modseq, a->modseq);
     p->write = true;
     res->status = STORE_OK;
     res->uid = uid;
@@ -1377,7 +1423,9 @@ static int store_fs_insert_rows(struct store_fs_bctx *c, size_t n, int64_t now)
     }
     for (size_t i = 0; i < c->nmboxes; i++) {
         const struct store_fs_bmbox *m = &c->mboxes[i];
-        if (m->id != 0 && m->info.modseq != m->modseq0 &&
+        /* Explicit modseqs (store.h) may leave the counter where it was
+         * while messages were added. */
+        if (m->id != 0 && (m->info.modseq != m->modseq0 || m->dmsgs != 0) &&
             store_fs_mbox_bump(fs, m->id, m->info.modseq, m->dmsgs, m->dbytes) < 0)
             return -1;
     }
@@ -1455,7 +1503,7 @@ static enum store_status store_fs_msg_set_flags(struct store *st, const char *us
                                                 const char *folder, uint32_t uid,
                                                 enum store_flag_mode mode, uint32_t flags,
                                                 const char *keywords, uint64_t unchanged_since,
-                                                uint64_t *modseq_r)
+                                                uint64_t explicit_modseq, uint64_t *modseq_r)
 {
     struct store_fs *fs = (struct store_fs *)st;
     if (store_fs_begin(fs) < 0)
@@ -1465,6 +1513,8 @@ static enum store_status store_fs_msg_set_flags(struct store *st, const char *us
     struct store_folder f;
     struct store_fs_msgrow m;
     enum store_status s = store_fs_resolve(fs, user, folder, true, &id, &mb, &f);
+    if (s == STORE_OK && !store_modseq_allowed(explicit_modseq, mb.state))
+        s = STORE_NOTLIVE;
     if (s == STORE_OK)
         s = store_fs_msg_load(fs, f.id, uid, &m);
     if (s != STORE_OK)
@@ -1478,8 +1528,9 @@ static enum store_status store_fs_msg_set_flags(struct store *st, const char *us
     else if (store_keywords_apply(m.keywords, mode, keywords, kw) < 0)
         return store_fs_finish(fs, STORE_INVALID);
     uint64_t modseq = m.modseq;
-    if (nflags != m.flags || strcmp(kw, m.keywords) != 0) {
-        modseq = mb.modseq + 1;
+    if (nflags != m.flags || strcmp(kw, m.keywords) != 0 ||
+        (explicit_modseq != 0 && m.modseq != explicit_modseq)) {
+        modseq = store_modseq_take(&mb.modseq, explicit_modseq);
         sqlite3_stmt *q = store_fs_q(fs, SQL_MSG_SET_FLAGS);
         sqlite3_bind_int64(q, 1, m.id);
         sqlite3_bind_int64(q, 2, nflags);
@@ -1495,22 +1546,54 @@ static enum store_status store_fs_msg_set_flags(struct store *st, const char *us
     return s;
 }
 
+/* A tombstone re-stamped with an explicit modseq (store_msg_expunge_at):
+ * inside the transaction; STORE_NOTFOUND if uid is no tombstone either. */
+static enum store_status store_fs_tomb_stamp(struct store_fs *fs, int64_t mbox_id,
+                                             struct store_mailbox *mb, uint64_t folder_id,
+                                             uint32_t uid, uint64_t modseq)
+{
+    sqlite3_stmt *q = store_fs_q(fs, SQL_MSG_TOMB);
+    sqlite3_bind_int64(q, 1, (int64_t)folder_id);
+    sqlite3_bind_int64(q, 2, uid);
+    int r = store_fs_row(fs, q, "tombstone lookup");
+    if (r <= 0)
+        return r == 0 ? STORE_NOTFOUND : STORE_ERROR;
+    int64_t msg_id = sqlite3_column_int64(q, 0);
+    uint64_t cur = (uint64_t)sqlite3_column_int64(q, 1);
+    sqlite3_reset(q);
+    if (cur == modseq)
+        return STORE_OK;
+    store_modseq_take(&mb->modseq, modseq);
+    q = store_fs_q(fs, SQL_MSG_STAMP);
+    sqlite3_bind_int64(q, 1, msg_id);
+    sqlite3_bind_int64(q, 2, (int64_t)modseq);
+    if (store_fs_exec(fs, q, "tombstone stamp") < 0 ||
+        store_fs_mbox_bump(fs, mbox_id, modseq, 0, 0) < 0)
+        return STORE_ERROR;
+    return STORE_OK;
+}
+
 static enum store_status store_fs_msg_expunge(struct store *st, const char *user,
-                                              const char *folder, uint32_t uid)
+                                              const char *folder, uint32_t uid,
+                                              uint64_t explicit_modseq)
 {
     struct store_fs *fs = (struct store_fs *)st;
     if (store_fs_begin(fs) < 0)
         return STORE_ERROR;
     int64_t id;
     struct store_mailbox mb;
-    struct store_folder f;
+    struct store_folder f = {.id = 0};
     struct store_fs_msgrow m;
     enum store_status s = store_fs_resolve(fs, user, folder, true, &id, &mb, &f);
+    if (s == STORE_OK && !store_modseq_allowed(explicit_modseq, mb.state))
+        s = STORE_NOTLIVE;
     if (s == STORE_OK)
         s = store_fs_msg_load(fs, f.id, uid, &m);
+    if (s == STORE_NOTFOUND && explicit_modseq != 0 && f.id != 0)
+        return store_fs_finish(fs, store_fs_tomb_stamp(fs, id, &mb, f.id, uid, explicit_modseq));
     if (s != STORE_OK)
         return store_fs_finish(fs, s);
-    uint64_t modseq = mb.modseq + 1;
+    uint64_t modseq = store_modseq_take(&mb.modseq, explicit_modseq);
     sqlite3_stmt *q = store_fs_q(fs, SQL_MSG_EXPUNGE);
     sqlite3_bind_int64(q, 1, m.id);
     sqlite3_bind_int64(q, 2, (int64_t)modseq);
@@ -1521,6 +1604,56 @@ static enum store_status store_fs_msg_expunge(struct store *st, const char *user
     sqlite3_bind_int64(q, 2, -1);
     if (store_fs_exec(fs, q, "folder update") < 0 ||
         store_fs_mbox_bump(fs, id, modseq, -1, -(int64_t)m.size) < 0)
+        return store_fs_finish(fs, STORE_ERROR);
+    return store_fs_finish(fs, STORE_OK);
+}
+
+static enum store_status store_fs_msg_tombstone(struct store *st, const char *user,
+                                                const char *folder, const struct store_msg *t)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    if (store_fs_begin(fs) < 0)
+        return STORE_ERROR;
+    int64_t id;
+    struct store_mailbox mb;
+    struct store_folder f;
+    enum store_status s = store_fs_resolve(fs, user, folder, true, &id, &mb, &f);
+    if (s == STORE_OK && !store_modseq_allowed(t->modseq, mb.state))
+        s = STORE_NOTLIVE;
+    if (s != STORE_OK)
+        return store_fs_finish(fs, s);
+    sqlite3_stmt *q = store_fs_q(fs, SQL_MSG_EXISTS);
+    sqlite3_bind_int64(q, 1, (int64_t)f.id);
+    sqlite3_bind_int64(q, 2, t->uid);
+    int r = store_fs_row(fs, q, "uid lookup");
+    if (r != 0) {
+        if (r > 0)
+            sqlite3_reset(q);
+        return store_fs_finish(fs, r > 0 ? STORE_EXISTS : STORE_ERROR);
+    }
+    uint64_t modseq = store_modseq_take(&mb.modseq, t->modseq);
+    q = store_fs_q(fs, SQL_MSG_INSERT_TOMB);
+    sqlite3_bind_int64(q, 1, (int64_t)f.id);
+    sqlite3_bind_int64(q, 2, id);
+    sqlite3_bind_int64(q, 3, t->uid);
+    sqlite3_bind_blob(q, 4, t->guid, STORE_GUID_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 5, t->flags);
+    sqlite3_bind_text(q, 6, t->keywords, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 7, t->internal_date);
+    sqlite3_bind_int64(q, 8, (int64_t)t->size);
+    sqlite3_bind_blob(q, 9, t->sha256, SHA256_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 10, (int64_t)modseq);
+    if (store_fs_exec(fs, q, "tombstone insert") < 0)
+        return store_fs_finish(fs, STORE_ERROR);
+    if ((uint64_t)t->uid + 1 > f.uidnext) {
+        q = store_fs_q(fs, SQL_FOLDER_APPENDED);
+        sqlite3_bind_int64(q, 1, (int64_t)f.id);
+        sqlite3_bind_int64(q, 2, (int64_t)t->uid + 1);
+        sqlite3_bind_int64(q, 3, 0);
+        if (store_fs_exec(fs, q, "folder update") < 0)
+            return store_fs_finish(fs, STORE_ERROR);
+    }
+    if (store_fs_mbox_bump(fs, id, modseq, 0, 0) < 0)
         return store_fs_finish(fs, STORE_ERROR);
     return store_fs_finish(fs, STORE_OK);
 }
@@ -1868,6 +2001,7 @@ static const struct store_ops store_fs_ops = {
     .batch_commit = store_fs_batch_commit,
     .msg_set_flags = store_fs_msg_set_flags,
     .msg_expunge = store_fs_msg_expunge,
+    .msg_tombstone = store_fs_msg_tombstone,
     .msg_iter = store_fs_msg_iter,
     .msg_read = store_fs_msg_read,
     .changes = store_fs_changes,

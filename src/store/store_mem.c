@@ -197,7 +197,7 @@ static void store_mem_close(struct store *st)
 
 static struct store_mem_folder *store_mem_folder_add(struct store_mem *sm,
                                                      struct store_mem_mbox *mb, const char *name,
-                                                     uint32_t uidvalidity)
+                                                     uint32_t uidvalidity, uint64_t modseq)
 {
     if (uidvalidity == 0) {
         uint32_t highest = 0;
@@ -211,7 +211,7 @@ static struct store_mem_folder *store_mem_folder_add(struct store_mem *sm,
     str_copy(f->name, name, sizeof(f->name));
     f->uidvalidity = uidvalidity;
     f->uidnext = 1;
-    f->modseq = ++mb->info.modseq;
+    f->modseq = store_modseq_take(&mb->info.modseq, modseq);
     mb->folders = xrealloc(mb->folders, (mb->nfolders + 1) * sizeof(*mb->folders));
     mb->folders[mb->nfolders++] = f;
     return f;
@@ -229,7 +229,7 @@ static enum store_status store_mem_mailbox_create(struct store *st, const char *
     mb->info.state = state;
     mb->info.epoch = epoch;
     mb->info.created = time_now_ms() / 1000;
-    store_mem_folder_add(sm, mb, "INBOX", inbox_uidvalidity);
+    store_mem_folder_add(sm, mb, "INBOX", inbox_uidvalidity, 0);
     sm->mboxes = xrealloc(sm->mboxes, (sm->n + 1) * sizeof(*sm->mboxes));
     sm->mboxes[sm->n++] = mb;
     return STORE_OK;
@@ -258,7 +258,6 @@ static enum store_status store_mem_mailbox_set_state(struct store *st, const cha
     mb->info.state = state;
     mb->info.epoch = epoch;
     str_copy(mb->info.moved_to, moved_to, sizeof(mb->info.moved_to));
-    mb->info.modseq++;
     return STORE_OK;
 }
 
@@ -270,8 +269,20 @@ static enum store_status store_mem_mailbox_raise_modseq(struct store *st, const 
         return STORE_NOTFOUND;
     if (mb->info.state != STORE_MBOX_STAGED && mb->info.state != STORE_MBOX_ACTIVE)
         return STORE_NOTLIVE;
-    if (mb->info.modseq < modseq)
+    if (mb->info.state == STORE_MBOX_STAGED) {
+        /* Exactly modseq, but never below a row (store.h). */
+        for (size_t i = 0; i < mb->nfolders; i++) {
+            const struct store_mem_folder *f = mb->folders[i];
+            if (f->modseq > modseq)
+                modseq = f->modseq;
+            for (size_t j = 0; j < f->n; j++)
+                if (f->msgs[j]->modseq > modseq)
+                    modseq = f->msgs[j]->modseq;
+        }
         mb->info.modseq = modseq;
+    } else if (mb->info.modseq < modseq) {
+        mb->info.modseq = modseq;
+    }
     return STORE_OK;
 }
 
@@ -313,17 +324,18 @@ static enum store_status store_mem_mailbox_list(struct store *st, struct store_m
 /* ---- folders ---- */
 
 static enum store_status store_mem_folder_create(struct store *st, const char *user,
-                                                 const char *name, uint32_t uidvalidity)
+                                                 const char *name, uint32_t uidvalidity,
+                                                 uint64_t modseq)
 {
     struct store_mem *sm = (struct store_mem *)st;
     struct store_mem_mbox *mb = store_mem_mbox_find(sm, user);
     if (mb == NULL)
         return STORE_NOTFOUND;
-    if (!store_state_writable(mb->info.state))
+    if (!store_state_writable(mb->info.state) || !store_modseq_allowed(modseq, mb->info.state))
         return STORE_NOTLIVE;
     if (store_mem_folder_find(mb, name) != NULL)
         return STORE_EXISTS;
-    store_mem_folder_add(sm, mb, name, uidvalidity);
+    store_mem_folder_add(sm, mb, name, uidvalidity, modseq);
     return STORE_OK;
 }
 
@@ -339,31 +351,35 @@ static enum store_status store_mem_folder_get(struct store *st, const char *user
 }
 
 static enum store_status store_mem_folder_rename(struct store *st, const char *user,
-                                                 const char *from, const char *to)
+                                                 const char *from, const char *to, uint64_t modseq)
 {
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
     enum store_status s = store_mem_resolve(st, user, from, 0, true, &mb, &f, NULL);
+    if (s == STORE_OK && !store_modseq_allowed(modseq, mb->info.state))
+        s = STORE_NOTLIVE;
     if (s != STORE_OK)
         return s;
     if (store_mem_folder_find(mb, to) != NULL)
         return STORE_EXISTS;
     str_copy(f->name, to, sizeof(f->name));
-    f->modseq = ++mb->info.modseq;
+    f->modseq = store_modseq_take(&mb->info.modseq, modseq);
     return STORE_OK;
 }
 
 /* One change: the folder's tombstone and its messages' tombstones share
  * the new modseq. */
 static enum store_status store_mem_folder_delete(struct store *st, const char *user,
-                                                 const char *name)
+                                                 const char *name, uint64_t explicit_modseq)
 {
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
     enum store_status s = store_mem_resolve(st, user, name, 0, true, &mb, &f, NULL);
+    if (s == STORE_OK && !store_modseq_allowed(explicit_modseq, mb->info.state))
+        s = STORE_NOTLIVE;
     if (s != STORE_OK)
         return s;
-    uint64_t modseq = ++mb->info.modseq;
+    uint64_t modseq = store_modseq_take(&mb->info.modseq, explicit_modseq);
     f->deleted = true;
     f->modseq = modseq;
     for (size_t i = 0; i < f->n; i++) {
@@ -403,16 +419,20 @@ static enum store_status store_mem_folder_list(struct store *st, const char *use
 }
 
 static enum store_status store_mem_folder_set_uidnext(struct store *st, const char *user,
-                                                      const char *name, uint32_t uidnext)
+                                                      const char *name, uint32_t uidnext,
+                                                      uint64_t modseq)
 {
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
     enum store_status s = store_mem_resolve(st, user, name, 0, true, &mb, &f, NULL);
+    if (s == STORE_OK && !store_modseq_allowed(modseq, mb->info.state))
+        s = STORE_NOTLIVE;
     if (s != STORE_OK)
         return s;
-    if (uidnext > f->uidnext) {
-        f->uidnext = uidnext;
-        f->modseq = ++mb->info.modseq;
+    if (uidnext > f->uidnext || (modseq != 0 && f->modseq != modseq)) {
+        if (uidnext > f->uidnext)
+            f->uidnext = uidnext;
+        f->modseq = store_modseq_take(&mb->info.modseq, modseq);
     }
     return STORE_OK;
 }
@@ -492,7 +512,7 @@ static void store_mem_append_one(struct store_mem *sm, const struct store_append
     m->internal_date = a->internal_date != 0 ? a->internal_date : time_now_ms() / 1000;
     m->size = a->len;
     sha256_buf(a->data, a->len, m->sha256);
-    m->modseq = ++mb->info.modseq;
+    m->modseq = store_modseq_take(&mb->info.modseq, a->modseq);
     m->body = xmalloc(a->len);
     if (a->len > 0)
         memcpy(m->body, a->data, a->len);
@@ -544,12 +564,14 @@ static enum store_status store_mem_msg_set_flags(struct store *st, const char *u
                                                  const char *folder, uint32_t uid,
                                                  enum store_flag_mode mode, uint32_t flags,
                                                  const char *keywords, uint64_t unchanged_since,
-                                                 uint64_t *modseq_r)
+                                                 uint64_t modseq, uint64_t *modseq_r)
 {
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
     struct store_mem_msg *m;
     enum store_status s = store_mem_resolve(st, user, folder, uid, true, &mb, &f, &m);
+    if (s == STORE_OK && !store_modseq_allowed(modseq, mb->info.state))
+        s = STORE_NOTLIVE;
     if (s != STORE_OK)
         return s;
     if (unchanged_since != 0 && m->modseq > unchanged_since)
@@ -560,11 +582,12 @@ static enum store_status store_mem_msg_set_flags(struct store *st, const char *u
         str_copy(kw, m->keywords, sizeof(kw));
     else if (store_keywords_apply(m->keywords, mode, keywords, kw) < 0)
         return STORE_INVALID;
-    if (nflags != m->flags || strcmp(kw, m->keywords) != 0) {
+    if (nflags != m->flags || strcmp(kw, m->keywords) != 0 ||
+        (modseq != 0 && m->modseq != modseq)) {
         m->flags = nflags;
         free(m->keywords);
         m->keywords = xstrdup(kw);
-        m->modseq = ++mb->info.modseq;
+        m->modseq = store_modseq_take(&mb->info.modseq, modseq);
     }
     if (modseq_r != NULL)
         *modseq_r = m->modseq;
@@ -572,20 +595,69 @@ static enum store_status store_mem_msg_set_flags(struct store *st, const char *u
 }
 
 static enum store_status store_mem_msg_expunge(struct store *st, const char *user,
-                                               const char *folder, uint32_t uid)
+                                               const char *folder, uint32_t uid, uint64_t modseq)
 {
     struct store_mem_mbox *mb;
     struct store_mem_folder *f;
     struct store_mem_msg *m;
-    enum store_status s = store_mem_resolve(st, user, folder, uid, true, &mb, &f, &m);
+    enum store_status s = store_mem_resolve(st, user, folder, 0, true, &mb, &f, NULL);
+    if (s == STORE_OK && !store_modseq_allowed(modseq, mb->info.state))
+        s = STORE_NOTLIVE;
     if (s != STORE_OK)
         return s;
+    m = store_mem_msg_find(f, uid);
+    if (m == NULL || (m->expunged && modseq == 0))
+        return STORE_NOTFOUND;
+    if (m->expunged) {
+        /* A copy's tombstone takes its source's modseq (store.h). */
+        m->modseq = store_modseq_take(&mb->info.modseq, modseq);
+        return STORE_OK;
+    }
     m->expunged = true;
-    m->modseq = ++mb->info.modseq;
+    m->modseq = store_modseq_take(&mb->info.modseq, modseq);
     xfree(&m->body);
     f->messages--;
     mb->info.messages--;
     mb->info.bytes -= m->size;
+    return STORE_OK;
+}
+
+static enum store_status store_mem_msg_tombstone(struct store *st, const char *user,
+                                                 const char *folder, const struct store_msg *t)
+{
+    struct store_mem *sm = (struct store_mem *)st;
+    struct store_mem_mbox *mb;
+    struct store_mem_folder *f;
+    enum store_status s = store_mem_resolve(st, user, folder, 0, true, &mb, &f, NULL);
+    if (s == STORE_OK && !store_modseq_allowed(t->modseq, mb->info.state))
+        s = STORE_NOTLIVE;
+    if (s != STORE_OK)
+        return s;
+    bool found;
+    size_t pos = store_mem_msg_pos(f, t->uid, &found);
+    if (found)
+        return STORE_EXISTS;
+    struct store_mem_msg *m = xmalloc(sizeof(*m));
+    m->seq = ++sm->next_seq;
+    m->uid = t->uid;
+    memcpy(m->guid, t->guid, STORE_GUID_LEN);
+    m->flags = t->flags;
+    m->keywords = xstrdup(t->keywords);
+    m->internal_date = t->internal_date;
+    m->size = t->size;
+    memcpy(m->sha256, t->sha256, SHA256_LEN);
+    m->modseq = store_modseq_take(&mb->info.modseq, t->modseq);
+    m->expunged = true;
+    m->body = NULL;
+    if (f->n == f->cap) {
+        f->cap = f->cap ? f->cap * 2 : 16;
+        f->msgs = xrealloc(f->msgs, f->cap * sizeof(*f->msgs));
+    }
+    memmove(&f->msgs[pos + 1], &f->msgs[pos], (f->n - pos) * sizeof(*f->msgs));
+    f->msgs[pos] = m;
+    f->n++;
+    if ((uint64_t)t->uid + 1 > f->uidnext)
+        f->uidnext = (uint64_t)t->uid + 1;
     return STORE_OK;
 }
 
@@ -813,6 +885,7 @@ static const struct store_ops store_mem_ops = {
     .batch_commit = store_mem_batch_commit,
     .msg_set_flags = store_mem_msg_set_flags,
     .msg_expunge = store_mem_msg_expunge,
+    .msg_tombstone = store_mem_msg_tombstone,
     .msg_iter = store_mem_msg_iter,
     .msg_read = store_mem_msg_read,
     .changes = store_mem_changes,

@@ -44,18 +44,21 @@ struct store_ops {
     enum store_status (*mailbox_purge)(struct store *st, const char *user);
     enum store_status (*mailbox_raise_modseq)(struct store *st, const char *user, uint64_t modseq);
     enum store_status (*mailbox_list)(struct store *st, struct store_mailbox **list_r, size_t *n_r);
+    /* modseq (here and below): 0 = the mailbox's next; else explicit, valid
+     * (<= INT64_MAX): the backend checks the state (store_modseq_allowed). */
     enum store_status (*folder_create)(struct store *st, const char *user, const char *name,
-                                       uint32_t uidvalidity);
+                                       uint32_t uidvalidity, uint64_t modseq);
     enum store_status (*folder_get)(struct store *st, const char *user, const char *name,
                                     struct store_folder *out);
     enum store_status (*folder_rename)(struct store *st, const char *user, const char *from,
-                                       const char *to);
-    enum store_status (*folder_delete)(struct store *st, const char *user, const char *name);
+                                       const char *to, uint64_t modseq);
+    enum store_status (*folder_delete)(struct store *st, const char *user, const char *name,
+                                       uint64_t modseq);
     enum store_status (*folder_list)(struct store *st, const char *user,
                                      struct store_folder **list_r, size_t *n_r);
     /* uidnext: raise only (see store_folder_set_uidnext). */
     enum store_status (*folder_set_uidnext)(struct store *st, const char *user, const char *name,
-                                            uint32_t uidnext);
+                                            uint32_t uidnext, uint64_t modseq);
     /* Commits items[0..n) (all already validated; n may be 0). Fills every
      * res. Returns 0, or -1 with *error_r when nothing was committed (the
      * caller then marks every item STORE_ERROR). */
@@ -65,9 +68,15 @@ struct store_ops {
     enum store_status (*msg_set_flags)(struct store *st, const char *user, const char *folder,
                                        uint32_t uid, enum store_flag_mode mode, uint32_t flags,
                                        const char *keywords, uint64_t unchanged_since,
-                                       uint64_t *modseq_r);
+                                       uint64_t modseq, uint64_t *modseq_r);
+    /* modseq != 0: a tombstone is re-stamped (store_msg_expunge_at). */
     enum store_status (*msg_expunge)(struct store *st, const char *user, const char *folder,
-                                     uint32_t uid);
+                                     uint32_t uid, uint64_t modseq);
+    /* Inserts the tombstone m (uid, guid, flags, keywords canonical, date,
+     * size, sha256, modseq != 0) if the folder has no row for m->uid;
+     * STORE_EXISTS if it has one. State guard: STAGED only. */
+    enum store_status (*msg_tombstone)(struct store *st, const char *user, const char *folder,
+                                       const struct store_msg *m);
     int (*msg_iter)(struct store *st, const char *user, const char *folder, store_msg_cb *cb,
                     void *ctx, const char **error_r);
     enum store_status (*msg_read)(struct store *st, const char *user, const char *folder,
@@ -126,5 +135,14 @@ bool store_state_writable(enum store_mbox_state s);
 /* May append a be written to mailbox mb? require_live: ACTIVE at exactly
  * a->epoch; otherwise store_state_writable(). */
 bool store_append_allowed(const struct store_append *a, const struct store_mailbox *mb);
+
+/* May a change with this modseq (0 = the next one) be written to a mailbox
+ * in state s? An explicit modseq only to a STAGED one (store.h, "Explicit
+ * modseqs"). Checked after store_state_writable(); false = STORE_NOTLIVE. */
+bool store_modseq_allowed(uint64_t modseq, enum store_mbox_state s);
+
+/* The modseq a change stamps: `modseq` if explicit, else *counter + 1; the
+ * counter becomes max(counter, that). */
+uint64_t store_modseq_take(uint64_t *counter, uint64_t modseq);
 
 #endif

@@ -112,7 +112,10 @@ struct sync_ops {
                        const char **why_out);
     /* Appends with the given UID, GUID, flags, keywords and date into a
      * staged (or active) mailbox; the store checks sha256 against data.
-     * SYNC_NO "exists" if the UID is taken. */
+     * SYNC_NO "exists" if the UID is taken. m->modseq: 0, or the exact
+     * modseq the message gets (the mover copies a listing's record with
+     * its source modseq; store.h "Explicit modseqs": only into a staged
+     * mailbox, "notlive" otherwise). */
     int (*append)(struct sync *s, const char *user, const struct sync_msg *m, const void *data,
                   size_t len, const char **why_r);
     /* Appends n messages (msgs[i] with body data[i] of lens[i] octets) with
@@ -180,8 +183,33 @@ struct sync_ops {
     int (*delivery_add_batch)(struct sync *s, const char *user, const struct sync_delivery *ds,
                               size_t n, int *rc_out, const char **why_out);
 
-    /* store_mailbox_raise_modseq: the mover, before each pass. */
+    /* store_mailbox_raise_modseq: the mover, before each pass (on its
+     * staged destination: sets the counter to exactly the source's). */
     int (*modseq_raise)(struct sync *s, const char *user, uint64_t modseq, const char **why_r);
+
+    /* folder_ensure, folder_delete, flags and expunge with an explicit
+     * modseq: the changed row gets exactly `modseq` (0: as the plain op),
+     * store.h "Explicit modseqs" — a staged mailbox only ("notlive"
+     * otherwise). folder_ensure_at stamps the folder with it even if
+     * nothing else changes; flags_at stamps the message likewise;
+     * expunge_at re-stamps a tombstone. What the mover uses, so that the
+     * copy's rows carry their source modseqs (docs/move.md). */
+    int (*folder_ensure_at)(struct sync *s, const char *user, const char *name,
+                            uint32_t uidvalidity, uint32_t uidnext, uint64_t modseq,
+                            const char **why_r);
+    int (*folder_delete_at)(struct sync *s, const char *user, uint32_t uidvalidity, uint64_t modseq,
+                            const char **why_r);
+    int (*flags_at)(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                    uint32_t flags, const char *keywords, uint64_t modseq, const char **why_r);
+    int (*expunge_at)(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                      uint64_t modseq, const char **why_r);
+    /* store_msg_tombstone: m (a tombstone of the source's listing, m->modseq
+     * != 0) becomes a tombstone here with exactly m->modseq — a live
+     * message expunged, a tombstone re-stamped, a UID never held here a
+     * tombstone row of its own. "notfound" only if the mailbox is missing
+     * (no such folder: 0, as for expunge). Staged only ("notlive"). */
+    int (*tombstone)(struct sync *s, const char *user, const struct sync_msg *m,
+                     const char **why_r);
 
     /* ---- what an IMAP session needs (the imap role; docs/sync.md) ---- */
 

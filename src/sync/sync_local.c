@@ -338,6 +338,7 @@ static int sync_local_append(struct sync *s, const char *user, const struct sync
         .keywords = m->keywords,
         .guid = m->guid,
         .uid = m->uid,
+        .modseq = m->modseq,
     };
     struct store_append_result res;
     const char *error = NULL;
@@ -389,6 +390,7 @@ static int sync_local_append_batch(struct sync *s, const char *user,
             .keywords = m->keywords,
             .guid = m->guid,
             .uid = m->uid,
+            .modseq = m->modseq,
         };
         store_batch_add(b, &a, &res[i]);
         queued[i] = true;
@@ -461,8 +463,9 @@ static int sync_local_folder_find(struct store *st, const char *user, uint32_t u
     return 0;
 }
 
-static int sync_local_folder_ensure(struct sync *s, const char *user, const char *name,
-                                    uint32_t uidvalidity, uint32_t uidnext, const char **why_r)
+static int sync_local_folder_ensure_at(struct sync *s, const char *user, const char *name,
+                                       uint32_t uidvalidity, uint32_t uidnext, uint64_t modseq,
+                                       const char **why_r)
 {
     struct store *st = sync_local_store(s);
     /* UIDVALIDITY 0 would ask the store to choose one: never what a copy
@@ -485,18 +488,24 @@ static int sync_local_folder_ensure(struct sync *s, const char *user, const char
          * must move or delete that one first). */
         if (taken)
             return sync_local_no("conflict", why_r);
-        r = sync_local_status(store_folder_rename(st, user, f.name, canon), why_r);
+        r = sync_local_status(store_folder_rename_at(st, user, f.name, canon, modseq), why_r);
     } else if (!found) {
-        enum store_status ss = store_folder_create(st, user, canon, uidvalidity);
+        enum store_status ss = store_folder_create_at(st, user, canon, uidvalidity, modseq);
         r = ss == STORE_EXISTS ? sync_local_no("conflict", why_r) : sync_local_status(ss, why_r);
     }
     if (r != 0)
         return r;
-    return sync_local_status(store_folder_set_uidnext(st, user, canon, uidnext), why_r);
+    return sync_local_status(store_folder_set_uidnext_at(st, user, canon, uidnext, modseq), why_r);
 }
 
-static int sync_local_folder_delete(struct sync *s, const char *user, uint32_t uidvalidity,
-                                    const char **why_r)
+static int sync_local_folder_ensure(struct sync *s, const char *user, const char *name,
+                                    uint32_t uidvalidity, uint32_t uidnext, const char **why_r)
+{
+    return sync_local_folder_ensure_at(s, user, name, uidvalidity, uidnext, 0, why_r);
+}
+
+static int sync_local_folder_delete_at(struct sync *s, const char *user, uint32_t uidvalidity,
+                                       uint64_t modseq, const char **why_r)
 {
     struct store *st = sync_local_store(s);
     struct store_folder f;
@@ -504,8 +513,14 @@ static int sync_local_folder_delete(struct sync *s, const char *user, uint32_t u
     int r = sync_local_folder_find(st, user, uidvalidity, NULL, &f, &found, &taken, why_r);
     if (r != 0 || !found)
         return r; /* gone already: deleting is idempotent */
-    enum store_status ss = store_folder_delete(st, user, f.name);
+    enum store_status ss = store_folder_delete_at(st, user, f.name, modseq);
     return ss == STORE_NOTFOUND ? 0 : sync_local_status(ss, why_r);
+}
+
+static int sync_local_folder_delete(struct sync *s, const char *user, uint32_t uidvalidity,
+                                    const char **why_r)
+{
+    return sync_local_folder_delete_at(s, user, uidvalidity, 0, why_r);
 }
 
 /* A NOTFOUND from a change to one message is fine (it is gone already, a
@@ -528,11 +543,46 @@ static int sync_local_flags(struct sync *s, const char *user, const char *folder
                              why_r);
 }
 
+static int sync_local_flags_at(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                               uint32_t flags, const char *keywords, uint64_t modseq,
+                               const char **why_r)
+{
+    if (modseq == 0)
+        return sync_local_flags(s, user, folder, uid, flags, keywords, why_r);
+    return sync_local_status(store_msg_set_flags_at(sync_local_store(s), user, folder, uid, flags,
+                                                    keywords != NULL ? keywords : "", modseq),
+                             why_r);
+}
+
+static int sync_local_expunge_at(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                                 uint64_t modseq, const char **why_r)
+{
+    struct store *st = sync_local_store(s);
+    return sync_local_gone_ok(st, user, store_msg_expunge_at(st, user, folder, uid, modseq), why_r);
+}
+
+static int sync_local_tombstone(struct sync *s, const char *user, const struct sync_msg *m,
+                                const char **why_r)
+{
+    struct store *st = sync_local_store(s);
+    struct store_msg t;
+    memset(&t, 0, sizeof(t));
+    t.uid = m->uid;
+    memcpy(t.guid, m->guid, STORE_GUID_LEN);
+    t.flags = m->flags;
+    t.keywords = m->keywords;
+    t.internal_date = m->internal_date;
+    t.size = m->size;
+    memcpy(t.sha256, m->sha256, SHA256_LEN);
+    t.modseq = m->modseq;
+    t.expunged = true;
+    return sync_local_gone_ok(st, user, store_msg_tombstone(st, user, m->folder, &t), why_r);
+}
+
 static int sync_local_expunge(struct sync *s, const char *user, const char *folder, uint32_t uid,
                               const char **why_r)
 {
-    struct store *st = sync_local_store(s);
-    return sync_local_gone_ok(st, user, store_msg_expunge(st, user, folder, uid), why_r);
+    return sync_local_expunge_at(s, user, folder, uid, 0, why_r);
 }
 
 /* ---- digest ---- */
@@ -830,6 +880,11 @@ static const struct sync_ops sync_local_ops = {
     .deliveries = sync_local_deliveries,
     .delivery_add = sync_local_delivery_add,
     .modseq_raise = sync_local_modseq_raise,
+    .folder_ensure_at = sync_local_folder_ensure_at,
+    .folder_delete_at = sync_local_folder_delete_at,
+    .flags_at = sync_local_flags_at,
+    .expunge_at = sync_local_expunge_at,
+    .tombstone = sync_local_tombstone,
     .folders = sync_local_folders,
     .msgs = sync_local_msgs,
     .append_new = sync_local_append_new,

@@ -576,6 +576,15 @@ static int sync_tcp_fetch_batch(struct sync *s, const char *user, const char *co
     return 0;
 }
 
+/* The optional trailing modseq of a change (docs/sync.md): sent only when
+ * explicit, so a plain change reads as before; then the line's end. */
+static void sync_tcp_put_modseq(struct sync_tcp *c, uint64_t modseq)
+{
+    if (modseq != 0)
+        buf_printf(&c->out, " %llu", (unsigned long long)modseq);
+    buf_puts(&c->out, "\r\n");
+}
+
 static int sync_tcp_append(struct sync *s, const char *user, const struct sync_msg *m,
                            const void *data, size_t len, const char **why_r)
 {
@@ -584,7 +593,7 @@ static int sync_tcp_append(struct sync *s, const char *user, const struct sync_m
     if (r != 0)
         return r;
     if (!sync_tcp_folder_ok(m->folder) || (uint64_t)len > SYNC_TCP_BODY_MAX ||
-        (data == NULL && len > 0))
+        (data == NULL && len > 0) || m->modseq > STORE_MODSEQ_MAX)
         return sync_tcp_invalid(why_r);
     char guid[2 * STORE_GUID_LEN + 1], sha[2 * SHA256_LEN + 1];
     hex_encode(m->guid, STORE_GUID_LEN, guid);
@@ -593,7 +602,8 @@ static int sync_tcp_append(struct sync *s, const char *user, const struct sync_m
     sync_tcp_put_hex(&c->out, m->folder, "");
     buf_printf(&c->out, " %u %s %u %lld %zu %s ", m->uid, guid, m->flags,
                (long long)m->internal_date, len, sha);
-    sync_tcp_put_hex(&c->out, m->keywords, "\r\n");
+    sync_tcp_put_hex(&c->out, m->keywords, "");
+    sync_tcp_put_modseq(c, m->modseq);
     if (sync_tcp_send_out(c) < 0 || (len > 0 && sync_tcp_send(c, data, len) < 0) ||
         sync_tcp_send(c, "\r\n", 2) < 0)
         return sync_tcp_broken(c, why_r, NULL);
@@ -638,7 +648,8 @@ static int sync_tcp_append_batch_start(struct sync *s, const char *user,
         rc_out[i] = 0;
         why_out[i] = NULL;
         if (r == SYNC_NO || !sync_tcp_folder_ok(msgs[i]->folder) ||
-            !sync_tcp_kw_ok(msgs[i]->keywords) || (data[i] == NULL && lens[i] > 0))
+            !sync_tcp_kw_ok(msgs[i]->keywords) || (data[i] == NULL && lens[i] > 0) ||
+            msgs[i]->modseq > STORE_MODSEQ_MAX)
             rc_out[i] = sync_tcp_invalid(&why_out[i]);
         else
             sent[k++] = i;
@@ -657,7 +668,8 @@ static int sync_tcp_append_batch_start(struct sync *s, const char *user,
         sync_tcp_put_hex(&c->out, m->folder, "");
         buf_printf(&c->out, " %u %s %u %lld %zu %s ", m->uid, guid, m->flags,
                    (long long)m->internal_date, lens[i], sha);
-        sync_tcp_put_hex(&c->out, m->keywords, "\r\n");
+        sync_tcp_put_hex(&c->out, m->keywords, "");
+        sync_tcp_put_modseq(c, m->modseq);
         if (lens[i] <= SYNC_TCP_INLINE_BODY) {
             if (lens[i] > 0)
                 buf_append(&c->out, data[i], lens[i]);
@@ -719,60 +731,114 @@ static int sync_tcp_append_batch(struct sync *s, const char *user,
     return r < 0 ? r : sync_tcp_append_batch_end(s);
 }
 
-static int sync_tcp_folder_ensure(struct sync *s, const char *user, const char *name,
-                                  uint32_t uidvalidity, uint32_t uidnext, const char **why_r)
+static int sync_tcp_folder_ensure_at(struct sync *s, const char *user, const char *name,
+                                     uint32_t uidvalidity, uint32_t uidnext, uint64_t modseq,
+                                     const char **why_r)
 {
     struct sync_tcp *c = (struct sync_tcp *)s;
     int r = sync_tcp_cmd_user(c, "FOLDER", user, why_r);
     if (r != 0)
         return r;
-    if (!sync_tcp_folder_ok(name))
+    if (!sync_tcp_folder_ok(name) || modseq > STORE_MODSEQ_MAX)
         return sync_tcp_invalid(why_r);
     buf_printf(&c->out, " %u %u ", uidvalidity, uidnext);
-    sync_tcp_put_hex(&c->out, name, "\r\n");
+    sync_tcp_put_hex(&c->out, name, "");
+    sync_tcp_put_modseq(c, modseq);
+    return sync_tcp_call(c, why_r, NULL);
+}
+
+static int sync_tcp_folder_ensure(struct sync *s, const char *user, const char *name,
+                                  uint32_t uidvalidity, uint32_t uidnext, const char **why_r)
+{
+    return sync_tcp_folder_ensure_at(s, user, name, uidvalidity, uidnext, 0, why_r);
+}
+
+static int sync_tcp_folder_delete_at(struct sync *s, const char *user, uint32_t uidvalidity,
+                                     uint64_t modseq, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "FDELETE", user, why_r);
+    if (r != 0)
+        return r;
+    if (modseq > STORE_MODSEQ_MAX)
+        return sync_tcp_invalid(why_r);
+    buf_printf(&c->out, " %u", uidvalidity);
+    sync_tcp_put_modseq(c, modseq);
     return sync_tcp_call(c, why_r, NULL);
 }
 
 static int sync_tcp_folder_delete(struct sync *s, const char *user, uint32_t uidvalidity,
                                   const char **why_r)
 {
+    return sync_tcp_folder_delete_at(s, user, uidvalidity, 0, why_r);
+}
+
+static int sync_tcp_flags_at(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                             uint32_t flags, const char *keywords, uint64_t modseq,
+                             const char **why_r)
+{
     struct sync_tcp *c = (struct sync_tcp *)s;
-    int r = sync_tcp_cmd_user(c, "FDELETE", user, why_r);
+    int r = sync_tcp_cmd_user(c, "FLAGS", user, why_r);
     if (r != 0)
         return r;
-    buf_printf(&c->out, " %u\r\n", uidvalidity);
+    if (!sync_tcp_folder_ok(folder) || !sync_tcp_kw_ok(keywords) || modseq > STORE_MODSEQ_MAX)
+        return sync_tcp_invalid(why_r);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, folder, "");
+    buf_printf(&c->out, " %u %u ", uid, flags);
+    sync_tcp_put_hex(&c->out, keywords != NULL ? keywords : "", "");
+    sync_tcp_put_modseq(c, modseq);
     return sync_tcp_call(c, why_r, NULL);
 }
 
 static int sync_tcp_flags(struct sync *s, const char *user, const char *folder, uint32_t uid,
                           uint32_t flags, const char *keywords, const char **why_r)
 {
+    return sync_tcp_flags_at(s, user, folder, uid, flags, keywords, 0, why_r);
+}
+
+static int sync_tcp_expunge_at(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                               uint64_t modseq, const char **why_r)
+{
     struct sync_tcp *c = (struct sync_tcp *)s;
-    int r = sync_tcp_cmd_user(c, "FLAGS", user, why_r);
+    int r = sync_tcp_cmd_user(c, "EXPUNGE", user, why_r);
     if (r != 0)
         return r;
-    if (!sync_tcp_folder_ok(folder) || !sync_tcp_kw_ok(keywords))
+    if (!sync_tcp_folder_ok(folder) || modseq > STORE_MODSEQ_MAX)
         return sync_tcp_invalid(why_r);
     buf_puts(&c->out, " ");
     sync_tcp_put_hex(&c->out, folder, "");
-    buf_printf(&c->out, " %u %u ", uid, flags);
-    sync_tcp_put_hex(&c->out, keywords != NULL ? keywords : "", "\r\n");
+    buf_printf(&c->out, " %u", uid);
+    sync_tcp_put_modseq(c, modseq);
+    return sync_tcp_call(c, why_r, NULL);
+}
+
+static int sync_tcp_tombstone(struct sync *s, const char *user, const struct sync_msg *m,
+                              const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "TOMB", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(m->folder) || !sync_tcp_kw_ok(m->keywords) || m->modseq == 0 ||
+        m->modseq > STORE_MODSEQ_MAX || m->size > (uint64_t)INT64_MAX)
+        return sync_tcp_invalid(why_r);
+    char guid[2 * STORE_GUID_LEN + 1], sha[2 * SHA256_LEN + 1];
+    hex_encode(m->guid, STORE_GUID_LEN, guid);
+    hex_encode(m->sha256, SHA256_LEN, sha);
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, m->folder, "");
+    buf_printf(&c->out, " %u %s %u %lld %llu %s ", m->uid, guid, m->flags,
+               (long long)m->internal_date, (unsigned long long)m->size, sha);
+    sync_tcp_put_hex(&c->out, m->keywords, "");
+    sync_tcp_put_modseq(c, m->modseq);
     return sync_tcp_call(c, why_r, NULL);
 }
 
 static int sync_tcp_expunge(struct sync *s, const char *user, const char *folder, uint32_t uid,
                             const char **why_r)
 {
-    struct sync_tcp *c = (struct sync_tcp *)s;
-    int r = sync_tcp_cmd_user(c, "EXPUNGE", user, why_r);
-    if (r != 0)
-        return r;
-    if (!sync_tcp_folder_ok(folder))
-        return sync_tcp_invalid(why_r);
-    buf_puts(&c->out, " ");
-    sync_tcp_put_hex(&c->out, folder, "");
-    buf_printf(&c->out, " %u\r\n", uid);
-    return sync_tcp_call(c, why_r, NULL);
+    return sync_tcp_expunge_at(s, user, folder, uid, 0, why_r);
 }
 
 /* Reads "X ..." records until the final reply, handing each line's tokens
@@ -1194,6 +1260,11 @@ static const struct sync_ops sync_tcp_ops = {
     .deliveries = sync_tcp_deliveries,
     .delivery_add = sync_tcp_delivery_add,
     .modseq_raise = sync_tcp_modseq_raise,
+    .folder_ensure_at = sync_tcp_folder_ensure_at,
+    .folder_delete_at = sync_tcp_folder_delete_at,
+    .flags_at = sync_tcp_flags_at,
+    .expunge_at = sync_tcp_expunge_at,
+    .tombstone = sync_tcp_tombstone,
     .folders = sync_tcp_folders,
     .msgs = sync_tcp_msgs,
     .append_new = sync_tcp_append_new,

@@ -242,12 +242,12 @@ static const struct {
     {"PURGE", SYNCD_PURGE, 1, 0},
     {"CHANGES", SYNCD_CHANGES, 2, 0},
     {"FETCH", SYNCD_FETCH, 3, 0},
-    {"APPEND", SYNCD_APPEND, 9, 0},
+    {"APPEND", SYNCD_APPEND, 9, 1},
     {"APPENDS", SYNCD_APPENDS, 2, 0},
-    {"FOLDER", SYNCD_FOLDER, 4, 0},
-    {"FDELETE", SYNCD_FDELETE, 2, 0},
-    {"FLAGS", SYNCD_FLAGS, 5, 0},
-    {"EXPUNGE", SYNCD_EXPUNGE, 3, 0},
+    {"FOLDER", SYNCD_FOLDER, 4, 1},
+    {"FDELETE", SYNCD_FDELETE, 2, 1},
+    {"FLAGS", SYNCD_FLAGS, 5, 1},
+    {"EXPUNGE", SYNCD_EXPUNGE, 3, 1},
     {"DIGEST", SYNCD_DIGEST, 1, 0},
     {"DELIVERIES", SYNCD_DELIVERIES, 1, 2},
     {"DELIVERY", SYNCD_DELIVERY, 4, 0},
@@ -260,6 +260,7 @@ static const struct {
     {"SETFLAGS", SYNCD_SETFLAGS, 7, 0},
     {"FCREATE", SYNCD_FCREATE, 2, 0},
     {"FRENAME", SYNCD_FRENAME, 3, 0},
+    {"TOMB", SYNCD_TOMB, 10, 0},
 };
 
 /* Splits a line at single spaces into t (SYNCD_TOKENS_MAX); *n_r tokens. */
@@ -292,10 +293,21 @@ static int syncd_tokenize(const char *line, size_t len, struct syncd_tok *t, siz
 static const char syncd_bad_folder[] = "bad folder name (hex)";
 static const char syncd_bad_kw[] = "bad keywords (hex or -)";
 static const char syncd_bad_num[] = "bad number";
+static const char syncd_bad_modseq[] = "bad modseq (a number from 1 to 2^63-1)";
 
-/* APPEND's arguments after the user, a[0..7] (an APPENDS record); user the
- * APPEND's user token, or NULL. */
-static void syncd_parse_append(struct syncd_parse *p, const struct syncd_tok *a,
+/* The optional trailing modseq of a change (syncd.h): t, if given. */
+static void syncd_parse_modseq(struct syncd_parse *p, const struct syncd_tok *t,
+                               struct syncd_cmd *cmd)
+{
+    if (t == NULL)
+        return;
+    if (syncd_tok_u64(t, STORE_MODSEQ_MAX, &cmd->modseq) < 0 || cmd->modseq == 0)
+        syncd_note(p, -1, syncd_bad_modseq);
+}
+
+/* APPEND's arguments after the user, a[0..7] and the optional modseq a[8]
+ * if n == 9 (an APPENDS record); user the APPEND's user token, or NULL. */
+static void syncd_parse_append(struct syncd_parse *p, const struct syncd_tok *a, size_t n,
                                const struct syncd_tok *user, struct syncd_cmd *cmd)
 {
     /* The length first: with it known, the body can be skipped even when
@@ -313,6 +325,7 @@ static void syncd_parse_append(struct syncd_parse *p, const struct syncd_tok *a,
     syncd_note(p, syncd_tok_date(&a[4], &cmd->date), "bad date");
     syncd_note(p, syncd_tok_bin(&a[6], cmd->sha256, SHA256_LEN), "bad SHA-256");
     syncd_note(p, syncd_tok_str(&a[7], cmd->keywords, sizeof(cmd->keywords)), syncd_bad_kw);
+    syncd_parse_modseq(p, n > 8 ? &a[8] : NULL, cmd);
 }
 
 int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r)
@@ -327,12 +340,12 @@ int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, cons
     }
     if (syncd_tokenize(line, len, t, &n, error_r) < 0)
         return -1;
-    if (n != 8) {
+    if (n != 8 && n != 9) {
         *error_r = "wrong number of fields in an APPENDS record";
         return -1;
     }
     struct syncd_parse p = {0, NULL};
-    syncd_parse_append(&p, t, NULL, cmd);
+    syncd_parse_append(&p, t, n, NULL, cmd);
     if (p.r != 0)
         *error_r = p.err;
     return p.r;
@@ -448,9 +461,10 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
         syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), syncd_bad_num);
+        syncd_parse_modseq(&p, n - 1 > 3 ? &a[3] : NULL, cmd);
         break;
     case SYNCD_APPEND:
-        syncd_parse_append(&p, a + 1, &a[0], cmd);
+        syncd_parse_append(&p, a + 1, n - 2, &a[0], cmd);
         break;
     case SYNCD_APPENDS:
         /* The count frames what follows: one past the limit cannot be
@@ -466,10 +480,12 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
         syncd_note(&p, syncd_tok_u32(&a[1], &cmd->uidvalidity), syncd_bad_num);
         syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uidnext), syncd_bad_num);
         syncd_note(&p, syncd_tok_str(&a[3], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+        syncd_parse_modseq(&p, n - 1 > 4 ? &a[4] : NULL, cmd);
         break;
     case SYNCD_FDELETE:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         syncd_note(&p, syncd_tok_u32(&a[1], &cmd->uidvalidity), syncd_bad_num);
+        syncd_parse_modseq(&p, n - 1 > 2 ? &a[2] : NULL, cmd);
         break;
     case SYNCD_FLAGS:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
@@ -477,6 +493,7 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
         syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), syncd_bad_num);
         syncd_note(&p, syncd_tok_u32(&a[3], &cmd->flags), syncd_bad_num);
         syncd_note(&p, syncd_tok_str(&a[4], cmd->keywords, sizeof(cmd->keywords)), syncd_bad_kw);
+        syncd_parse_modseq(&p, n - 1 > 5 ? &a[5] : NULL, cmd);
         break;
     case SYNCD_FOLDERS:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
@@ -494,6 +511,19 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
         syncd_note(&p, syncd_tok_str(&a[2], cmd->folder2, sizeof(cmd->folder2)), syncd_bad_folder);
+        break;
+    case SYNCD_TOMB:
+        /* TOMB <user> <folder> <uid> <guid> <flags> <date> <size> <sha256> <keywords> <modseq> */
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+        syncd_note(&p, syncd_tok_u32(&a[2], &cmd->uid), syncd_bad_num);
+        syncd_note(&p, syncd_tok_bin(&a[3], cmd->guid, STORE_GUID_LEN), "bad GUID");
+        syncd_note(&p, syncd_tok_u32(&a[4], &cmd->flags), syncd_bad_num);
+        syncd_note(&p, syncd_tok_date(&a[5], &cmd->date), "bad date");
+        syncd_note(&p, syncd_tok_u64(&a[6], (uint64_t)INT64_MAX, &cmd->size), syncd_bad_num);
+        syncd_note(&p, syncd_tok_bin(&a[7], cmd->sha256, SHA256_LEN), "bad SHA-256");
+        syncd_note(&p, syncd_tok_str(&a[8], cmd->keywords, sizeof(cmd->keywords)), syncd_bad_kw);
+        syncd_parse_modseq(&p, &a[9], cmd);
         break;
     case SYNCD_ADD:
         /* ADD <user> <folder> <flags> <date> <len> <sha256> <keywords> */
@@ -765,6 +795,7 @@ static void syncd_cmd_append(struct syncd_session *s)
     m.internal_date = c->date;
     m.size = s->body.len;
     memcpy(m.sha256, c->sha256, SHA256_LEN);
+    m.modseq = c->modseq;
     const char *why = NULL;
     /* Each APPEND is its own store batch: one body fdatasync and one
      * metadata commit per message. A client with many messages sends them
@@ -919,19 +950,38 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
         syncd_cmd_fetch(s, sy, c);
         break;
     case SYNCD_FOLDER:
-        r = sy->ops->folder_ensure(sy, c->user, c->folder, c->uidvalidity, c->uidnext, &why);
+        r = sy->ops->folder_ensure_at(sy, c->user, c->folder, c->uidvalidity, c->uidnext, c->modseq,
+                                      &why);
         syncd_result(s, r, why);
         break;
     case SYNCD_FDELETE:
-        r = sy->ops->folder_delete(sy, c->user, c->uidvalidity, &why);
+        r = sy->ops->folder_delete_at(sy, c->user, c->uidvalidity, c->modseq, &why);
         syncd_result(s, r, why);
         break;
     case SYNCD_FLAGS:
-        r = sy->ops->flags(sy, c->user, c->folder, c->uid, c->flags, c->keywords, &why);
+        r = sy->ops->flags_at(sy, c->user, c->folder, c->uid, c->flags, c->keywords, c->modseq,
+                              &why);
         syncd_result(s, r, why);
         break;
+    case SYNCD_TOMB: {
+        struct sync_msg m;
+        memset(&m, 0, sizeof(m));
+        str_copy(m.folder, c->folder, sizeof(m.folder));
+        m.uid = c->uid;
+        memcpy(m.guid, c->guid, STORE_GUID_LEN);
+        m.flags = c->flags;
+        str_copy(m.keywords, c->keywords, sizeof(m.keywords));
+        m.internal_date = c->date;
+        m.size = c->size;
+        memcpy(m.sha256, c->sha256, SHA256_LEN);
+        m.modseq = c->modseq;
+        m.expunged = true;
+        r = sy->ops->tombstone(sy, c->user, &m, &why);
+        syncd_result(s, r, why);
+        break;
+    }
     case SYNCD_EXPUNGE:
-        r = sy->ops->expunge(sy, c->user, c->folder, c->uid, &why);
+        r = sy->ops->expunge_at(sy, c->user, c->folder, c->uid, c->modseq, &why);
         syncd_result(s, r, why);
         break;
     case SYNCD_DELIVERY: {
@@ -1098,6 +1148,7 @@ static void syncd_batch_record(struct syncd_session *s, const char *line, size_t
     m->internal_date = c->date;
     m->size = c->body_len;
     memcpy(m->sha256, c->sha256, SHA256_LEN);
+    m->modseq = c->modseq;
     b->parse_r[i] = r;
     b->off[i] = s->body.len;
     b->len[i] = (size_t)c->body_len;

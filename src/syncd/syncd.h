@@ -117,6 +117,7 @@ enum syncd_verb {
     SYNCD_SETFLAGS,
     SYNCD_FCREATE,
     SYNCD_FRENAME,
+    SYNCD_TOMB,
 };
 
 /* One parsed command; only the fields its verb has are set. Strings are
@@ -136,6 +137,12 @@ struct syncd_cmd {
     uint64_t upto; /* DELIVERIES: UINT64_MAX if absent */
     uint32_t uid, uidvalidity, uidnext, flags; /* CREATE: INBOX's uidvalidity, 0 if absent */
     int64_t date;
+    /* APPEND (and an APPENDS record), FOLDER, FDELETE, FLAGS, EXPUNGE: the
+     * optional trailing modseq the change gets on the store (the mover;
+     * store.h "Explicit modseqs"); 0 if absent. 0, over 2^63 - 1 or not a
+     * number is malformed ("bad modseq"). */
+    uint64_t modseq;
+    uint64_t size; /* TOMB: the message's size (it has no body) */
     uint8_t guid[STORE_GUID_LEN];
     uint8_t sha256[SHA256_LEN];
     /* APPEND (and an APPENDS record): a body of body_len octets (+ CRLF)
@@ -155,7 +162,8 @@ struct syncd_cmd {
  * the reason for "-NO"). */
 int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r);
 /* Parses one record of an APPENDS batch, "<folder> <uid> <guid> <flags>
- * <date> <len> <sha256> <keywords>" (APPEND's arguments without the user),
+ * <date> <len> <sha256> <keywords> [<modseq>]" (APPEND's arguments without
+ * the user),
  * into cmd (verb SYNCD_APPEND, user left empty); returns as
  * syncd_parse_line. has_body is set whenever the length is readable. */
 int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r);

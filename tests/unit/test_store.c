@@ -273,7 +273,8 @@ static void test_mailbox(void **state)
     assert_int_equal(mb.state, STORE_MBOX_MOVED);
     assert_int_equal(mb.epoch, 5);
     assert_string_equal(mb.moved_to, "s2");
-    assert_true(mb.modseq == m0 + 2);
+    /* A state change is no change of the log: a move keeps HIGHESTMODSEQ. */
+    assert_true(mb.modseq == m0);
 
     struct store_mailbox *list;
     size_t n;
@@ -946,10 +947,13 @@ static void test_raise_modseq(void **state)
     uint64_t ms = mbox_modseq(t->st, U1);
     assert_int_equal(store_mailbox_raise_modseq(t->st, U1, ms + 1000), STORE_OK);
     assert_int_equal(mbox_modseq(t->st, U1), ms + 1000);
-    /* Never lowers it. */
-    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, 3), STORE_OK);
-    assert_int_equal(mbox_modseq(t->st, U1), ms + 1000);
-    /* The next change is stamped above the raised counter. */
+    /* Staged: set exactly, down too, but never below a row (INBOX has ms). */
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, ms + 3), STORE_OK);
+    assert_int_equal(mbox_modseq(t->st, U1), ms + 3);
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, 0), STORE_OK);
+    assert_int_equal(mbox_modseq(t->st, U1), ms);
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, ms + 1000), STORE_OK);
+    /* The next change is stamped above the counter. */
     assert_int_equal(store_folder_create(t->st, U1, "Work", 0), STORE_OK);
     assert_int_equal(mbox_modseq(t->st, U1), ms + 1001);
     struct store_folder f;
@@ -957,9 +961,20 @@ static void test_raise_modseq(void **state)
     assert_int_equal(f.modseq, ms + 1001);
     reopen(t);
     assert_int_equal(mbox_modseq(t->st, U1), ms + 1001);
+    /* Not below the folder row either. */
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, 1), STORE_OK);
+    assert_int_equal(mbox_modseq(t->st, U1), ms + 1001);
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, (uint64_t)INT64_MAX + 1), STORE_INVALID);
+    /* Active: raise only, never lowers it. */
+    assert_int_equal(
+        store_mailbox_set_state(t->st, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 1, NULL),
+        STORE_OK);
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, ms + 2000), STORE_OK);
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, ms + 1500), STORE_OK);
+    assert_int_equal(mbox_modseq(t->st, U1), ms + 2000);
     /* State guard: not while fenced. */
     assert_int_equal(
-        store_mailbox_set_state(t->st, U1, STORE_MBOX_STAGED, STORE_MBOX_FENCED, 1, NULL),
+        store_mailbox_set_state(t->st, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 1, NULL),
         STORE_OK);
     uint64_t fenced = mbox_modseq(t->st, U1);
     assert_int_equal(store_mailbox_raise_modseq(t->st, U1, fenced + 50), STORE_NOTLIVE);
@@ -1776,6 +1791,214 @@ static void test_kill9_loop(void **state)
     t->st = open_fs(t->dir);
 }
 
+/* Explicit modseqs (store.h): the row gets exactly the modseq, the counter
+ * max(counter, it); only on a staged mailbox; CHANGES stays exact with rows
+ * whose modseqs are not the newest. */
+static void test_explicit_modseq(void **state)
+{
+    struct tctx *t = *state;
+    assert_int_equal(store_mailbox_create(t->st, U1, STORE_MBOX_STAGED, 1), STORE_OK);
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, 100), STORE_OK);
+    /* Appends: one batch, modseqs out of order, one plain item after them. */
+    const uint64_t want[] = {40, 90, 7, 0};
+    struct store_append_result res[4];
+    struct store_batch *b = store_batch_begin(t->st);
+    for (size_t i = 0; i < 4; i++) {
+        struct store_append a = mk(U1, NULL, "explicit\r\n");
+        a.uid = (uint32_t)(10 + i);
+        a.modseq = want[i];
+        store_batch_add(b, &a, &res[i]);
+    }
+    const char *err = NULL;
+    assert_int_equal(store_batch_commit(&b, &err), 0);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(res[i].status, STORE_OK);
+        assert_int_equal(res[i].modseq, want[i]);
+    }
+    assert_int_equal(res[3].modseq, 101); /* the plain one: counter + 1 */
+    assert_int_equal(mbox_modseq(t->st, U1), 101);
+    struct store_mailbox mb;
+    assert_int_equal(store_mailbox_get(t->st, U1, &mb), STORE_OK);
+    assert_int_equal(mb.messages, 4);
+    assert_int_equal(mb.bytes, 4 * 10);
+    /* Above the counter: the counter follows. */
+    assert_int_equal(store_folder_create_at(t->st, U1, "Work", 0, 150), STORE_OK);
+    assert_int_equal(mbox_modseq(t->st, U1), 150);
+    struct store_folder f;
+    assert_int_equal(store_folder_get(t->st, U1, "Work", &f), STORE_OK);
+    assert_int_equal(f.modseq, 150);
+    /* Flags: stamped even when flags and keywords stay, and down too. */
+    assert_int_equal(store_msg_set_flags_at(t->st, U1, "INBOX", 11, 0, NULL, 20), STORE_OK);
+    struct msg_find mf;
+    assert_true(find_msg(t->st, U1, "INBOX", 11, &mf));
+    assert_int_equal(mf.m.modseq, 20);
+    assert_int_equal(store_msg_set_flags_at(t->st, U1, "INBOX", 11, STORE_F_SEEN, "$A", 60),
+                     STORE_OK);
+    assert_true(find_msg(t->st, U1, "INBOX", 11, &mf));
+    assert_int_equal(mf.m.modseq, 60);
+    assert_int_equal(mf.m.flags, STORE_F_SEEN);
+    assert_string_equal(mf.m.keywords, "$A");
+    /* Expunge, then a tombstone re-stamped; no such UID: notfound. */
+    assert_int_equal(store_msg_expunge_at(t->st, U1, "INBOX", 12, 30), STORE_OK);
+    assert_int_equal(store_msg_expunge_at(t->st, U1, "INBOX", 12, 33), STORE_OK);
+    assert_int_equal(store_msg_expunge_at(t->st, U1, "INBOX", 99, 33), STORE_NOTFOUND);
+    assert_int_equal(store_msg_expunge(t->st, U1, "INBOX", 12), STORE_NOTFOUND);
+    /* Folders: rename, uidnext (stamped even without a raise), delete. */
+    assert_int_equal(store_folder_rename_at(t->st, U1, "Work", "Job", 45), STORE_OK);
+    assert_int_equal(store_folder_set_uidnext_at(t->st, U1, "Job", 1, 47), STORE_OK);
+    assert_int_equal(store_folder_get(t->st, U1, "Job", &f), STORE_OK);
+    assert_int_equal(f.modseq, 47);
+    assert_int_equal(f.uidnext, 1);
+    assert_int_equal(store_folder_set_uidnext_at(t->st, U1, "Job", 9, 48), STORE_OK);
+    assert_int_equal(store_folder_get(t->st, U1, "Job", &f), STORE_OK);
+    assert_int_equal(f.modseq, 48);
+    assert_int_equal(f.uidnext, 9);
+    assert_int_equal(store_folder_create_at(t->st, U1, "Old", 0, 50), STORE_OK);
+    assert_int_equal(store_folder_delete_at(t->st, U1, "Old", 52), STORE_OK);
+    reopen(t);
+    assert_int_equal(mbox_modseq(t->st, U1), 150);
+    /* The change log: exactly the rows above N, in modseq order. */
+    struct changes c;
+    get_changes(t->st, U1, 29, &c);
+    assert_int_equal(c.nfolders, 2); /* Job (48), Old (52) */
+    assert_int_equal(c.folders[0].modseq, 48);
+    assert_string_equal(c.folders[0].name, "Job");
+    assert_int_equal(c.folders[1].modseq, 52);
+    assert_true(c.folders[1].deleted);
+    assert_int_equal(c.nmsgs, 4); /* 12 (33), 10 (40), 11 (60), 13 (101) */
+    const uint32_t uids[] = {12, 10, 11, 13};
+    const uint64_t ms[] = {33, 40, 60, 101};
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(c.msgs[i].uid, uids[i]);
+        assert_int_equal(c.msgs[i].modseq, ms[i]);
+    }
+    assert_true(c.msgs[0].expunged);
+    get_changes(t->st, U1, 60, &c);
+    assert_int_equal(c.nfolders, 0);
+    assert_int_equal(c.nmsgs, 1);
+    get_changes(t->st, U1, 33, &c); /* the tombstone's old 7 and 30 are gone */
+    assert_int_equal(c.nmsgs, 3);
+    assert_int_equal(c.msgs[0].uid, 10);
+    get_changes(t->st, U1, 0, &c);
+    assert_int_equal(c.nfolders, 3);
+    assert_string_equal(c.folders[0].name, "INBOX");
+    assert_int_equal(c.nmsgs, 4);
+    /* Bad values: beyond 2^63 - 1. */
+    const uint64_t big = (uint64_t)INT64_MAX + 1;
+    assert_int_equal(store_msg_set_flags_at(t->st, U1, "INBOX", 11, 0, NULL, big), STORE_INVALID);
+    assert_int_equal(store_msg_expunge_at(t->st, U1, "INBOX", 11, big), STORE_INVALID);
+    assert_int_equal(store_folder_create_at(t->st, U1, "X", 0, big), STORE_INVALID);
+    assert_int_equal(store_folder_rename_at(t->st, U1, "Job", "X", big), STORE_INVALID);
+    assert_int_equal(store_folder_delete_at(t->st, U1, "Job", big), STORE_INVALID);
+    assert_int_equal(store_folder_set_uidnext_at(t->st, U1, "Job", 1, big), STORE_INVALID);
+    struct store_append a = mk(U1, NULL, "big\r\n");
+    a.modseq = big;
+    assert_int_equal(append1(t->st, &a, &res[0]), STORE_INVALID);
+    /* Only a staged mailbox takes explicit modseqs; nothing changes. */
+    assert_int_equal(
+        store_mailbox_set_state(t->st, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 1, NULL),
+        STORE_OK);
+    assert_int_equal(store_msg_set_flags_at(t->st, U1, "INBOX", 11, 0, NULL, 5), STORE_NOTLIVE);
+    assert_int_equal(store_msg_expunge_at(t->st, U1, "INBOX", 11, 5), STORE_NOTLIVE);
+    assert_int_equal(store_folder_create_at(t->st, U1, "X", 0, 5), STORE_NOTLIVE);
+    assert_int_equal(store_folder_rename_at(t->st, U1, "Job", "X", 5), STORE_NOTLIVE);
+    assert_int_equal(store_folder_delete_at(t->st, U1, "Job", 5), STORE_NOTLIVE);
+    assert_int_equal(store_folder_set_uidnext_at(t->st, U1, "Job", 1, 5), STORE_NOTLIVE);
+    a.modseq = 5;
+    assert_int_equal(append1(t->st, &a, &res[0]), STORE_NOTLIVE);
+    /* modseq 0 is the plain operation, also when active. */
+    assert_int_equal(store_msg_set_flags_at(t->st, U1, "INBOX", 11, 0, NULL, 0), STORE_OK);
+    assert_true(find_msg(t->st, U1, "INBOX", 11, &mf));
+    assert_int_equal(mf.m.modseq, 151);
+    assert_int_equal(mbox_modseq(t->st, U1), 151);
+    get_changes(t->st, U1, 150, &c);
+    assert_int_equal(c.nmsgs, 1);
+    assert_int_equal(c.msgs[0].uid, 11);
+}
+
+/* store_msg_tombstone: a live message expunged, a tombstone re-stamped, a
+ * UID never held a tombstone row (no body, UIDNEXT above it); staged only. */
+static void test_tombstone(void **state)
+{
+    struct tctx *t = *state;
+    assert_int_equal(store_mailbox_create(t->st, U1, STORE_MBOX_STAGED, 1), STORE_OK);
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, 50), STORE_OK);
+    struct store_append a = mk(U1, NULL, "live\r\n");
+    a.uid = 4;
+    a.modseq = 10;
+    struct store_append_result res;
+    assert_int_equal(append1(t->st, &a, &res), STORE_OK);
+    struct store_msg m;
+    memset(&m, 0, sizeof(m));
+    m.uid = 4;
+    m.modseq = 20;
+    m.keywords = "";
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_OK); /* expunged */
+    assert_int_equal(count_msgs(t->st, U1, "INBOX"), 0);
+    m.modseq = 22;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_OK); /* re-stamped */
+    /* Never held: a row of its own, with the source's metadata. */
+    memset(m.guid, 0xab, STORE_GUID_LEN);
+    memset(m.sha256, 0xcd, SHA256_LEN);
+    m.uid = 9;
+    m.flags = STORE_F_SEEN | STORE_F_DELETED;
+    m.keywords = "$Gone";
+    m.internal_date = 1700000009;
+    m.size = 1234;
+    m.modseq = 30;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_OK);
+    m.modseq = 60; /* above the counter: the counter follows */
+    m.uid = 12;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_OK);
+    reopen(t);
+    assert_int_equal(mbox_modseq(t->st, U1), 60);
+    struct store_folder f;
+    assert_int_equal(store_folder_get(t->st, U1, "INBOX", &f), STORE_OK);
+    assert_int_equal(f.uidnext, 13);
+    assert_int_equal(f.messages, 0);
+    struct store_mailbox mb;
+    assert_int_equal(store_mailbox_get(t->st, U1, &mb), STORE_OK);
+    assert_int_equal(mb.messages, 0);
+    assert_int_equal(mb.bytes, 0);
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(store_msg_read(t->st, U1, "INBOX", 9, &b), STORE_NOTFOUND);
+    buf_free(&b);
+    struct changes c;
+    get_changes(t->st, U1, 0, &c);
+    assert_int_equal(c.nmsgs, 3);
+    assert_int_equal(c.msgs[0].uid, 4);
+    assert_int_equal(c.msgs[0].modseq, 22);
+    assert_int_equal(c.msgs[1].uid, 9);
+    assert_int_equal(c.msgs[1].modseq, 30);
+    assert_true(c.msgs[1].expunged);
+    assert_int_equal(c.msgs[1].size, 1234);
+    assert_int_equal(c.msgs[1].flags, STORE_F_SEEN | STORE_F_DELETED);
+    assert_int_equal(c.msgs[1].internal_date, 1700000009);
+    assert_memory_equal(c.msgs[1].guid, m.guid, STORE_GUID_LEN);
+    assert_memory_equal(c.msgs[1].sha256, m.sha256, SHA256_LEN);
+    assert_int_equal(c.msgs[2].uid, 12);
+    /* The UID is taken now: an append of it is refused. */
+    a.uid = 9;
+    assert_int_equal(append1(t->st, &a, &res), STORE_EXISTS);
+    /* Bad values; no folder; not staged. */
+    m.uid = 20;
+    m.modseq = 0;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_INVALID);
+    m.modseq = (uint64_t)INT64_MAX + 1;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_INVALID);
+    m.modseq = 70;
+    m.uid = 0;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_INVALID);
+    m.uid = 20;
+    assert_int_equal(store_msg_tombstone(t->st, U1, "Nope", &m), STORE_NOTFOUND);
+    assert_int_equal(
+        store_mailbox_set_state(t->st, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 1, NULL),
+        STORE_OK);
+    assert_int_equal(store_msg_tombstone(t->st, U1, "INBOX", &m), STORE_NOTLIVE);
+    assert_int_equal(mbox_modseq(t->st, U1), 60);
+}
+
 #define BOTH(f)                                                                                    \
     cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_mem),                       \
         cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_fs)
@@ -1801,6 +2024,8 @@ int main(void)
         BOTH(test_state_staged),
         BOTH(test_set_uidnext),
         BOTH(test_raise_modseq),
+        BOTH(test_explicit_modseq),
+        BOTH(test_tombstone),
         BOTH(test_delivery_ids),
         BOTH(test_delivery_many),
         BOTH(test_delivery_ids_orphan),

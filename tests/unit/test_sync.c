@@ -1578,6 +1578,184 @@ static void test_parse(void **state)
     assert_false(c.has_body);
     assert_int_equal(syncd_parse_record("", 0, &c, &err), -1);
     assert_false(c.has_body);
+
+    /* The optional trailing modseq of a change: absent 0; 1..2^63-1. */
+    assert_int_equal(syncd_parse_line(ok2, strlen(ok2), &c, &err), 0);
+    assert_int_equal(c.modseq, 0);
+    static const char *const with[] = {
+        "FLAGS 61 494e424f58 7 31 - 9223372036854775807",
+        "EXPUNGE 61 494e424f58 7 9223372036854775807",
+        "FOLDER 61 5 6 576f726b 9223372036854775807",
+        "FDELETE 61 5 9223372036854775807",
+        ("APPEND 61 576f726b 42 00112233445566778899aabbccddeeff 1 -5 7 "
+         "8d5fa4d2ff2b3f5fdcd4bd3a8b1b9e6bfa7ab0a3c2d2e0c1d9e7a4c6d7e1f2a3 - 9223372036854775807"),
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(with); i++) {
+        assert_int_equal(syncd_parse_line(with[i], strlen(with[i]), &c, &err), 0);
+        assert_int_equal(c.modseq, (uint64_t)INT64_MAX);
+    }
+    static const char r4[] =
+        "576f726b 42 00112233445566778899aabbccddeeff 1 -5 7 "
+        "8d5fa4d2ff2b3f5fdcd4bd3a8b1b9e6bfa7ab0a3c2d2e0c1d9e7a4c6d7e1f2a3 24466f6f 17";
+    assert_int_equal(syncd_parse_record(r4, strlen(r4), &c, &err), 0);
+    assert_int_equal(c.modseq, 17);
+    assert_string_equal(c.keywords, "$Foo");
+    static const char *const badms[] = {
+        "FLAGS 61 494e424f58 7 31 - 0",      "FLAGS 61 494e424f58 7 31 - 9223372036854775808",
+        "EXPUNGE 61 494e424f58 7 x1",        "FOLDER 61 5 6 576f726b -3",
+        "FDELETE 61 5 18446744073709551616",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(badms); i++) {
+        assert_int_equal(syncd_parse_line(badms[i], strlen(badms[i]), &c, &err), -1);
+        assert_string_equal(err, "bad modseq (a number from 1 to 2^63-1)");
+    }
+    static const char r5[] = "576f726b 42 00112233445566778899aabbccddeeff 1 -5 7 "
+                             "8d5fa4d2ff2b3f5fdcd4bd3a8b1b9e6bfa7ab0a3c2d2e0c1d9e7a4c6d7e1f2a3 - 0";
+    assert_int_equal(syncd_parse_record(r5, strlen(r5), &c, &err), -1);
+    assert_true(c.has_body); /* the body can still be skipped */
+    assert_string_equal(err, "bad modseq (a number from 1 to 2^63-1)");
+    static const char r6[] =
+        "576f726b 42 00112233445566778899aabbccddeeff 1 -5 7 "
+        "8d5fa4d2ff2b3f5fdcd4bd3a8b1b9e6bfa7ab0a3c2d2e0c1d9e7a4c6d7e1f2a3 - 1 2";
+    assert_int_equal(syncd_parse_record(r6, strlen(r6), &c, &err), -1);
+    static const char f7[] = "FLAGS 61 494e424f58 7 31 - 5 6";
+    assert_int_equal(syncd_parse_line(f7, strlen(f7), &c, &err), -1);
+    assert_string_equal(err, "wrong number of arguments");
+}
+
+/* The mover's explicit modseqs through both transports (over TCP: the
+ * optional trailing field of APPEND, APPENDS, FLAGS, EXPUNGE, FOLDER and
+ * FDELETE): each row exactly as given, the counter the max, CHANGES exact. */
+static void test_explicit_modseq(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_STAGED, 2, 0, &why));
+    OK(s->ops->modseq_raise(s, U1, 500, &why));
+    assert_int_equal(get_mb(s, U1).modseq, 500);
+    OK(s->ops->folder_ensure_at(s, U1, "Work", 77, 10, 300, &why));
+    /* One append, then a batch of two, with modseqs below the counter. */
+    struct sync_msg m = mkmsg("INBOX", 1, "one\r\n", 5);
+    m.modseq = 120;
+    OK(s->ops->append(s, U1, &m, "one\r\n", 5, &why));
+    struct sync_msg b1 = mkmsg("Work", 3, "two\r\n", 5), b2 = mkmsg("Work", 4, "three\r\n", 7);
+    b1.modseq = 250;
+    b2.modseq = 90;
+    const struct sync_msg *ms[2] = {&b1, &b2};
+    const void *data[2] = {"two\r\n", "three\r\n"};
+    size_t lens[2] = {5, 7};
+    int rcs[2];
+    const char *whys[2];
+    OK(s->ops->append_batch(s, U1, ms, data, lens, 2, rcs, whys));
+    assert_int_equal(rcs[0], 0);
+    assert_int_equal(rcs[1], 0);
+    OK(s->ops->flags_at(s, U1, "Work", 3, STORE_F_FLAGGED, "$x", 260, &why));
+    OK(s->ops->expunge_at(s, U1, "Work", 4, 95, &why));
+    OK(s->ops->expunge_at(s, U1, "Work", 4, 97, &why)); /* the tombstone re-stamped */
+    OK(s->ops->folder_ensure_at(s, U1, "Old", 88, 1, 310, &why));
+    OK(s->ops->folder_delete_at(s, U1, 88, 320, &why));
+    assert_int_equal(get_mb(s, U1).modseq, 500);
+    struct col *c;
+    assert_int_equal(changes(s, U1, 96, &c), 500);
+    assert_int_equal(c->nf, 2); /* Work (300), Old deleted (320) */
+    assert_int_equal(c->f[0].modseq, 300);
+    assert_int_equal(c->f[0].uidnext, 10);
+    assert_int_equal(c->f[1].modseq, 320);
+    assert_true(c->f[1].deleted);
+    assert_int_equal(c->nm, 3); /* 4 (97), 1 (120), 3 (260) */
+    assert_int_equal(c->m[0].uid, 4);
+    assert_int_equal(c->m[0].modseq, 97);
+    assert_true(c->m[0].expunged);
+    assert_int_equal(c->m[1].uid, 1);
+    assert_int_equal(c->m[1].modseq, 120);
+    assert_int_equal(c->m[2].uid, 3);
+    assert_int_equal(c->m[2].modseq, 260);
+    assert_int_equal(c->m[2].flags, STORE_F_FLAGGED);
+    assert_string_equal(c->m[2].keywords, "$x");
+    free(c);
+    /* A tombstone of a message never held here (TOMB over the wire). */
+    struct sync_msg tm = mkmsg("Work", 7, "gone\r\n", 6);
+    tm.flags = STORE_F_DELETED;
+    str_copy(tm.keywords, "$k", sizeof(tm.keywords));
+    tm.modseq = 111;
+    tm.expunged = true;
+    OK(s->ops->tombstone(s, U1, &tm, &why));
+    tm.modseq = 112;
+    OK(s->ops->tombstone(s, U1, &tm, &why)); /* again: re-stamped */
+    str_copy(tm.folder, "Nope", sizeof(tm.folder));
+    OK(s->ops->tombstone(s, U1, &tm, &why)); /* no such folder: as expunge */
+    str_copy(tm.folder, "Work", sizeof(tm.folder));
+    assert_int_equal(changes(s, U1, 111, &c), 500);
+    assert_int_equal(c->nm, 3);
+    assert_int_equal(c->m[0].uid, 7);
+    assert_int_equal(c->m[0].modseq, 112);
+    assert_true(c->m[0].expunged);
+    assert_int_equal(c->m[0].size, 6);
+    assert_int_equal(c->m[0].flags, STORE_F_DELETED);
+    assert_string_equal(c->m[0].keywords, "$k");
+    assert_memory_equal(c->m[0].sha256, tm.sha256, SHA256_LEN);
+    free(c);
+    tm.modseq = 0;
+    NO(s->ops->tombstone(s, U1, &tm, &why), "invalid");
+    /* Above the counter: it follows. */
+    OK(s->ops->flags_at(s, U1, "INBOX", 1, 0, "", 900, &why));
+    assert_int_equal(get_mb(s, U1).modseq, 900);
+    /* Beyond 2^63 - 1: refused, on either side of the wire. */
+    const uint64_t big = (uint64_t)INT64_MAX + 1;
+    NO(s->ops->flags_at(s, U1, "INBOX", 1, 0, "", big, &why), "invalid");
+    NO(s->ops->expunge_at(s, U1, "INBOX", 1, big, &why), "invalid");
+    NO(s->ops->folder_ensure_at(s, U1, "Work", 77, 10, big, &why), "invalid");
+    NO(s->ops->folder_delete_at(s, U1, 77, big, &why), "invalid");
+    m.modseq = big;
+    m.uid = 2;
+    NO(s->ops->append(s, U1, &m, "one\r\n", 5, &why), "invalid");
+    /* Not into a live mailbox: nothing changes. */
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 2, NULL, &why));
+    NO(s->ops->flags_at(s, U1, "INBOX", 1, 0, "", 5, &why), "notlive");
+    NO(s->ops->expunge_at(s, U1, "INBOX", 1, 5, &why), "notlive");
+    NO(s->ops->folder_ensure_at(s, U1, "New", 99, 1, 5, &why), "notlive");
+    NO(s->ops->folder_delete_at(s, U1, 77, 5, &why), "notlive");
+    tm.modseq = 5;
+    tm.uid = 8;
+    NO(s->ops->tombstone(s, U1, &tm, &why), "notlive");
+    m.modseq = 5;
+    NO(s->ops->append(s, U1, &m, "one\r\n", 5, &why), "notlive");
+    assert_int_equal(get_mb(s, U1).modseq, 900);
+    /* A plain change (modseq 0) still works and goes above. */
+    OK(s->ops->flags_at(s, U1, "INBOX", 1, STORE_F_SEEN, "", 0, &why));
+    assert_int_equal(get_mb(s, U1).modseq, 901);
+    if (!e->tcp)
+        return;
+    /* On the wire: a bad modseq is a malformed command; nothing changes. */
+    struct raw r;
+    char u[2 * sizeof(U1)], cmd[256];
+    hexs(U1, u);
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "EXPUNGE %s 494e424f58 1 0", u);
+    raw_expect(&r, cmd, "-ERR bad modseq");
+    snprintf(cmd, sizeof(cmd), "EXPUNGE %s 494e424f58 1 9223372036854775808", u);
+    raw_expect(&r, cmd, "-ERR bad modseq");
+    snprintf(cmd, sizeof(cmd), "FDELETE %s 77 seven", u);
+    raw_expect(&r, cmd, "-ERR bad modseq");
+    snprintf(cmd, sizeof(cmd), "FLAGS %s 494e424f58 1 0 - 5", u);
+    raw_expect(&r, cmd, "-NO notlive");
+    char sha[2 * SHA256_LEN + 1];
+    memset(sha, 'a', 2 * SHA256_LEN);
+    sha[2 * SHA256_LEN] = '\0';
+    snprintf(cmd, sizeof(cmd), "TOMB %s 494e424f58 9 00112233445566778899aabbccddeeff 0 0 5 %s - 0",
+             u, sha);
+    raw_expect(&r, cmd, "-ERR bad modseq");
+    snprintf(cmd, sizeof(cmd), "TOMB %s 494e424f58 9 0011 0 0 5 %s - 4", u, sha);
+    raw_expect(&r, cmd, "-ERR bad GUID");
+    snprintf(cmd, sizeof(cmd), "TOMB %s 494e424f58 9 00112233445566778899aabbccddeeff 0 0 5 %s -",
+             u, sha);
+    raw_expect(&r, cmd, "-ERR wrong number");
+    snprintf(cmd, sizeof(cmd), "TOMB %s 494e424f58 9 00112233445566778899aabbccddeeff 0 0 5 %s - 4",
+             u, sha);
+    raw_expect(&r, cmd, "-NO notlive");
+    close(r.fd);
+    assert_int_equal(get_mb(s, U1).modseq, 901);
 }
 
 /* ---- delivery ids in batches and ranges ---- */
@@ -2063,6 +2241,7 @@ int main(void)
         BOTH(test_inbox_uidvalidity),
         BOTH(test_deliveries),
         BOTH(test_append_batch),
+        BOTH(test_explicit_modseq),
         TCP(test_tcp_malformed),
         TCP(test_tcp_appends),
         TCP(test_tcp_client),
