@@ -103,8 +103,11 @@ static int job_save(struct run *r)
         /* Another mover claimed the job (our lease lapsed during a long
          * call): stop at once, even if its lease has lapsed too — two
          * movers must never both write a job. */
-        if (strcmp(cur.lease_owner, env->owner) != 0)
+        if (strcmp(cur.lease_owner, env->owner) != 0) {
+            log_warn(r->ctx, "%s: lease lost to %s (ours, as %s, lapsed): stopping this run",
+                     r->job.user, cur.lease_owner[0] ? cur.lease_owner : "nobody", env->owner);
             return -2;
+        }
         /* The CLI may have asked to abort or to complete: take that in. */
         r->job.version = cur.version;
         r->job.options = cur.options;
@@ -134,13 +137,50 @@ static enum step next_phase(struct run *r, const char *phase)
     return STEP_NEXT;
 }
 
-/* Renews the lease and saves progress now and then during long phases. */
-static enum step maybe_save(struct run *r)
+static enum step save_now(struct run *r)
 {
-    if (++r->since_save < SAVE_EVERY_MSGS && time_mono_ms() - r->last_save_ms < SAVE_EVERY_MS)
-        return STEP_NEXT;
     int s = job_save(r);
     return s == 1 ? STEP_ABORT : s == -2 ? STEP_LOST : s < 0 ? STEP_LATER : STEP_NEXT;
+}
+
+/* True when the lease wants renewing: at least three times per lease. */
+static bool lease_due(const struct run *r)
+{
+    int64_t every = r->env->lease_ms / 3 < SAVE_EVERY_MS ? r->env->lease_ms / 3 : SAVE_EVERY_MS;
+    return time_mono_ms() - r->last_save_ms >= every;
+}
+
+/* Renews the lease and saves progress now and then during long phases:
+ * every SAVE_EVERY_MSGS records, and whenever the lease is due. */
+static enum step maybe_save(struct run *r)
+{
+    if (++r->since_save < SAVE_EVERY_MSGS && !lease_due(r))
+        return STEP_NEXT;
+    return save_now(r);
+}
+
+/* Before a write to the destination: a run that stalled (SIGSTOP, a long
+ * pause) since its last save finds out here that its lease went to another
+ * mover, instead of writing first. This only narrows the window; what
+ * closes it is the store: every write of a pass carries an explicit modseq,
+ * which only a STAGED mailbox accepts (store.h), so a write that a stall
+ * carries past another mover's switch is refused (dest_not_staged). */
+static enum step lease_check(struct run *r)
+{
+    return lease_due(r) ? save_now(r) : STEP_NEXT;
+}
+
+/* The destination refused a write of this pass as "notlive": its mailbox
+ * is not staged any more. While this run holds the lease nothing makes it
+ * live, so another mover took the job over (our lease lapsed during a
+ * stall) and switched it: stop without writing anything more. (The failure
+ * path saves the job first, which finds the lease gone and ends the run;
+ * a run that does hold the lease aborts, before the switch.) */
+static enum step dest_not_staged(struct run *r, const char *what)
+{
+    set_err(r, "%s: %s on %s is no longer staged: its writes are refused, stopping", what,
+            r->job.user, r->job.dest);
+    return STEP_FAIL;
 }
 
 static int connect_all(struct run *r)
@@ -312,11 +352,17 @@ static int batch_settle(struct pass *p)
             if (x < 0) {
                 p->result = pass_io_fail(r, "flags");
                 ret = -1;
+            } else if (x == SYNC_NO && strcmp(why, "notlive") == 0) {
+                p->result = dest_not_staged(r, "flags");
+                ret = -1;
             } else if (x == SYNC_NO && strcmp(why, "notfound") != 0) {
                 set_err(r, "message %s/%u: %s", m->folder, m->uid, why);
                 p->result = STEP_FAIL;
                 ret = -1;
             }
+        } else if (x == SYNC_NO && strcmp(why, "notlive") == 0) {
+            p->result = dest_not_staged(r, "copy");
+            ret = -1;
         } else if (x == SYNC_NO && strcmp(why, "notfound") == 0) {
             /* Gone on the source since it was listed: its tombstone comes in
              * a later pass. */
@@ -437,6 +483,11 @@ static int pass_folder(void *ctx, const struct sync_folder *f)
     p->changes++;
     if (batch_flush(p) < 0)
         return -1;
+    enum step ls = lease_check(r);
+    if (ls != STEP_NEXT) {
+        p->result = ls;
+        return -1;
+    }
     if (f->deleted) {
         p->gone = xrealloc(p->gone, (p->ngone + 1) * sizeof(*p->gone));
         p->gone[p->ngone++] = f->uidvalidity;
@@ -458,6 +509,10 @@ static int pass_folder(void *ctx, const struct sync_folder *f)
     }
     if (rc < 0) {
         p->result = pass_io_fail(r, "folder");
+        return -1;
+    }
+    if (rc == SYNC_NO && strcmp(why, "notlive") == 0) {
+        p->result = dest_not_staged(r, "folder");
         return -1;
     }
     if (rc == SYNC_NO && strcmp(why, "notfound") != 0) {
@@ -496,6 +551,11 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
         p->over_budget = true;
         return -1;
     }
+    enum step ls = lease_check(r);
+    if (ls != STEP_NEXT) {
+        p->result = ls;
+        return -1;
+    }
     if (pass_folder_gone(p, m->uidvalidity)) {
         /* A tombstone of a deleted folder: applying it by name could hit a
          * new folder of the same name (another incarnation). */
@@ -510,6 +570,10 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
             p->result = pass_io_fail(r, "expunge");
             return -1;
         }
+        if (rc == SYNC_NO && strcmp(why, "notlive") == 0) {
+            p->result = dest_not_staged(r, "expunge");
+            return -1;
+        }
     } else {
         /* In an incremental pass most records are flag changes of messages
          * the destination has: try that first, fetch only what is new. */
@@ -517,10 +581,17 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
         if (p->since > 0) {
             if (batch_flush(p) < 0)
                 return -1;
+            /* Fault injection (tests): a mover that stalls at the worst
+             * instant, its lease checked, a flag change in hand. */
+            util_fault_point("move.pass.flags");
             rc = r->dst->ops->flags_at(r->dst, r->job.user, m->folder, m->uid, m->flags,
                                        m->keywords, m->modseq, &why);
             if (rc < 0) {
                 p->result = pass_io_fail(r, "flags");
+                return -1;
+            }
+            if (rc == SYNC_NO && strcmp(why, "notlive") == 0) {
+                p->result = dest_not_staged(r, "flags");
                 return -1;
             }
         }
@@ -1072,6 +1143,8 @@ static enum step phase_final(struct run *r)
     free(fl);
     if (rc < 0)
         return io_fail(r, "folder UIDNEXT");
+    if (rc == SYNC_NO && strcmp(why, "notlive") == 0)
+        return dest_not_staged(r, "folder UIDNEXT");
     /* Only the final delta's ids if the others were copied before the
      * fence by this run; all of them after a restart. */
     s = copy_deliveries(r, r->ids_copied ? r->ids_upto : 0, UINT64_MAX);

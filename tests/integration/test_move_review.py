@@ -1,16 +1,20 @@
 """The move engine's review findings, each as a test that fails without its
 fix: folder names swapped on the source during catch-up, a folder deleted
 and created again under the same name, verify and internal dates, an aborted
-move that had reused a retained copy, and the mta's backoff after parks."""
+move that had reused a retained copy, the mta's backoff after parks, a
+mover stalled past its lease while another finishes the move, and a move
+back onto a retained copy across three stores."""
+import imaplib
 import os
 import re
 import signal
 import smtplib
 import sqlite3
+import subprocess
 import time
 
-from conftest import free_port, wait_port
-from movekit import check_sanitizers, folders, pause_env, serve_with, snapshot
+from conftest import SLOW, TERN_BIN, free_port, sanitizer_reports, wait_port
+from movekit import check_sanitizers, folders, listing, pause_env, serve_with, snapshot
 from test_move import cluster, digest, fill, home, job_phase, mbox_state, start_move, wait_for
 from tsync import TSync, hx
 
@@ -238,3 +242,140 @@ def test_reuse_races_the_retention_purge(tmp_path):
         check_sanitizers(t)
     finally:
         t.stop()
+
+
+def imap_login(t):
+    c = imaplib.IMAP4("127.0.0.1", t.ports["imap"])
+    c.login(U, "x")  # cluster()'s password
+    return c
+
+
+def imap_flags(t, uid):
+    """(sorted flags, MODSEQ) of INBOX/uid, as a client on the home sees it."""
+    c = imap_login(t)
+    try:
+        assert c.select("INBOX")[0] == "OK"
+        typ, data = c.uid("FETCH", str(uid), "(MODSEQ FLAGS)")
+        assert typ == "OK", data
+        text = b" ".join(d if isinstance(d, bytes) else d[0] for d in data if d).decode()
+        m = re.search(rf"UID {uid}\b", text)
+        assert m, text
+        flags = re.search(r"FLAGS \(([^)]*)\)", text).group(1).split()
+        return sorted(flags), int(re.search(r"MODSEQ \((\d+)\)", text).group(1))
+    finally:
+        c.logout()
+
+
+def changes_row(t, store, folder, uid):
+    """The store's own record of folder/uid (TSYNC CHANGES 0): (flags,
+    keywords, modseq, expunged)."""
+    for l in listing(t, U, store):
+        f = l.split(" ")
+        if f[0] == "M" and int(f[2]) == uid and bytes.fromhex(f[11]).decode() == folder:
+            kw = "" if f[10] == "-" else bytes.fromhex(f[10]).decode()
+            return int(f[4]), kw, int(f[8]), f[9]
+    return None
+
+
+def start_mover(t, logfile):
+    """A second mover process beside the supervisor's, with its own lease
+    owner (mover@HOST:PID) and no fault injection."""
+    env = t.env()
+    for k in ("TERN_FAULT", "TERN_FAULT_PAUSE", "TERN_FAULT_ONCE", "TERN_FAULT_ARMED"):
+        env.pop(k, None)
+    log = open(logfile, "ab")
+    p = subprocess.Popen([TERN_BIN, "--data", str(t.data), "--config", str(t.config), "role",
+                          "mover"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                         start_new_session=True)
+    log.close()
+    return p
+
+
+def stop_mover(p):
+    if p is None or p.poll() is not None:
+        return
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=20 * SLOW)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def test_stalled_mover_past_its_lease(tmp_path):
+    """Mover A stalls inside a catch-up pass with a flag change in hand (its
+    lease checked, the write not yet sent). Its lease lapses; mover B claims
+    the job, copies that change itself, switches the home to s2; a client
+    then changes the message's flags on s2. A resumes and sends its old flag
+    state, stamped with the source's modseq: s2 is no longer staged, so the
+    store refuses it (explicit modseqs only on a staged mailbox), A says so
+    and stops on the lost lease. The client's change stands."""
+    t = cluster(tmp_path, mover_extra="retention = 3600\nlease_ms = 1500")
+    pause = tmp_path / "pause"
+    serve_with(t, pause_env(tmp_path, ["pause:move.catchup@mover",
+                                       "pause:move.pass.flags@mover"]))
+    b, blog = None, tmp_path / "mover-b.log"
+    try:
+        fill(t, U, n=12)  # INBOX holds UIDs 6, 9 and 12
+        job = start_move(t, U, "s2")
+        wait_pause(t, pause, job)  # copied; before the catch-up pass
+        assert job_phase(t, job) == "catchup"
+        c = imap_login(t)  # the home is still s1
+        assert c.select("INBOX")[0] == "OK"
+        assert c.uid("STORE", "6", "FLAGS", "($Before)")[0] == "OK"
+        c.logout()
+        a_flags, a_modseq = imap_flags(t, 6)
+        assert a_flags == ["$Before"]
+        pause.unlink()
+        wait_pause(t, pause, job)  # A holds that change, about to write it
+        a_owner = re.search(r"running as (\S+),", t.log()).group(1)
+        assert re.search(r"lease:\s+" + re.escape(a_owner), t.cli("move", "show", str(job)).stdout)
+
+        b = start_mover(t, blog)
+        assert wait_for(lambda: job_phase(t, job) == "retention", 60), \
+            t.cli("move", "show", str(job)).stdout + blog.read_text()
+        show = t.cli("move", "show", str(job)).stdout
+        b_owner = re.search(r"lease:\s+(\S+)", show).group(1)
+        assert b_owner != a_owner and b_owner.startswith("mover@"), show
+        assert home(t, U) == ("s2", 2, "active")
+        assert mbox_state(t, U, "s2").startswith("+OK active 2")
+        assert mbox_state(t, U, "s1").startswith("+OK moved 2 s2")
+        # B copied A's pending change with its source modseq.
+        assert imap_flags(t, 6) == (a_flags, a_modseq)
+
+        # A client on the new home changes the flags.
+        c = imap_login(t)
+        assert c.select("INBOX")[0] == "OK"
+        assert c.uid("STORE", "6", "FLAGS", "(\\Seen $After)")[0] == "OK"
+        c.logout()
+        want = imap_flags(t, 6)
+        assert want[0] == ["$After", "\\Seen"] and want[1] > a_modseq, want
+        row = changes_row(t, "s2", "INBOX", 6)
+
+        pause.unlink()  # A wakes up with $Before in hand
+        assert wait_for(lambda: "lease lost to " + b_owner in t.log(), 30), t.log(3000)
+        time.sleep(0.5)  # anything A might still send would be in by now
+
+        assert imap_flags(t, 6) == want
+        assert changes_row(t, "s2", "INBOX", 6) == row
+        # A tried, was refused, and said why.
+        log = t.log()
+        assert re.search(r"flags: alice@example\.org on s2 is no longer staged", log), log[-3000:]
+        assert job_phase(t, job) == "retention"
+        assert home(t, U) == ("s2", 2, "active")
+        # Nothing lost or duplicated: s2 holds exactly what the frozen source
+        # holds, but for the client's change.
+        src, dst = snapshot(t, U, "s1"), snapshot(t, U, "s2")
+        assert set(src) == set(dst)
+        assert len({v[0] for v in dst.values()}) == len(dst)  # one GUID each
+        changed = [k for k in src if src[k] != dst[k]]
+        assert [(k[0], k[2]) for k in changed] == [("INBOX", 6)], changed
+        d = t.cli("doctor", check=False)
+        assert d.returncode == 0, d.stdout + d.stderr
+        check_sanitizers(t)
+    finally:
+        stop_mover(b)
+        t.stop()
+        if blog.exists():
+            reports = sanitizer_reports(blog.read_text(errors="replace"))
+            assert not reports, "\n".join(reports)
