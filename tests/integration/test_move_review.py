@@ -14,6 +14,7 @@ import subprocess
 import time
 
 from conftest import SLOW, TERN_BIN, free_port, sanitizer_reports, wait_port
+from test_imap import lmtp_deliver, msg
 from movekit import check_sanitizers, folders, listing, pause_env, serve_with, snapshot
 from test_move import cluster, digest, fill, home, job_phase, mbox_state, start_move, wait_for
 from tsync import TSync, hx
@@ -379,3 +380,86 @@ def test_stalled_mover_past_its_lease(tmp_path):
         if blog.exists():
             reports = sanitizer_reports(blog.read_text(errors="replace"))
             assert not reports, "\n".join(reports)
+
+
+def rows(t, store):
+    """Every message row the store lists (TSYNC CHANGES 0), live and
+    tombstone: {(folder, uidvalidity, uid): (guid, flags, date, size,
+    sha256, modseq, expunged, keywords)}."""
+    out = {}
+    for l in listing(t, U, store):
+        f = l.split(" ")
+        if f[0] == "M":
+            kw = "" if f[10] == "-" else bytes.fromhex(f[10]).decode()
+            out[(bytes.fromhex(f[11]).decode(), int(f[1]), int(f[2]))] = \
+                (f[3], int(f[4]), f[5], f[6], f[7], int(f[8]), f[9], kw)
+    return out
+
+
+def mbox_modseq(t, store):
+    return int(mbox_state(t, U, store).split(" ")[4])
+
+
+def test_move_back_onto_retained_copy_across_three_stores(tmp_path):
+    """s1 → s2, a message expunged on s2, s2 → s3, then s3 → s1 onto the
+    copy s1 kept from the first move, which still holds that message live.
+    s3 never held the message, but it has its tombstone (copied from s2's,
+    store_msg_tombstone), so the move back expunges it on s1, with s3's
+    modseq; every other message ends on s1 with s3's UID, flags and modseq,
+    and the move switches."""
+    t = cluster(tmp_path, mover_extra="retention = 3600\nlease_ms = 2000")
+    add_store_s3(t)
+    t.serve()
+    try:
+        assert wait_port(t.ports["sync-s3"])
+        fill(t, U, n=12)  # INBOX: UIDs 6, 9, 12; Archive/2026: 1, 4, 7, 10
+        assert t.cli("move", U, "--to", "s2", "--wait").returncode == 0
+        gone = ("INBOX", 6)
+        c = imap_login(t)  # on s2
+        assert c.select("INBOX")[0] == "OK"
+        assert c.uid("STORE", "6", "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert c.uid("EXPUNGE", "6")[0] == "OK"
+        assert c.uid("STORE", "9", "FLAGS", "($OnS2)")[0] == "OK"
+        c.logout()
+        lmtp_deliver(t, U, msg(1, subject="on s2"), store="s2")
+        old = rows(t, "s1")  # the copy s1 keeps: the message live there
+        k_gone = [k for k in old if (k[0], k[2]) == gone]
+        assert len(k_gone) == 1 and old[k_gone[0]][6] == "0", old
+        k_gone = k_gone[0]
+        assert rows(t, "s2")[k_gone][6] == "1"
+
+        assert t.cli("move", U, "--to", "s3", "--wait").returncode == 0
+        c = imap_login(t)  # on s3
+        assert c.select("Archive/2026")[0] == "OK"
+        assert c.uid("STORE", "7", "+FLAGS", "($OnS3)")[0] == "OK"
+        c.logout()
+        lmtp_deliver(t, U, msg(2, subject="on s3"), store="s3")
+        assert mbox_state(t, U, "s1").startswith("+OK moved 2 s2")
+
+        p = t.cli("move", U, "--to", "s1", "--wait", check=False)
+        assert p.returncode == 0, p.stdout + p.stderr + t.cli("moves").stdout
+        assert "reusing the retained copy on s1" in t.log()
+        assert home(t, U) == ("s1", 4, "active")
+        assert mbox_state(t, U, "s1").startswith("+OK active 4")
+        assert mbox_state(t, U, "s3").startswith("+OK moved 4 s1")
+        src, dst = rows(t, "s3"), rows(t, "s1")  # s3: the frozen source, kept
+        # s3 never held the message, yet lists its expunge.
+        assert k_gone in src and src[k_gone][6] == "1", src
+        # The expunged message is gone on s1, a tombstone with s3's modseq.
+        assert dst[k_gone][6] == "1" and dst[k_gone][5] == src[k_gone][5]
+        assert k_gone not in snapshot(t, U, "s1")
+        # Every other message: s3's UID, GUID, flags, date, keywords, modseq.
+        live = {k: v for k, v in src.items() if v[6] == "0"}
+        assert {k: v for k, v in dst.items() if v[6] == "0"} == live
+        assert len(live) == 12 - 2 + 2  # fill's expunge and ours, two deliveries
+        assert mbox_modseq(t, "s1") == mbox_modseq(t, "s3")
+        c = imap_login(t)  # on s1 now
+        assert c.select("INBOX")[0] == "OK"
+        typ, data = c.uid("SEARCH", "ALL")
+        assert typ == "OK" and b"6" not in data[0].split(), data
+        c.logout()
+        d = t.cli("doctor", check=False)
+        assert d.returncode == 0, d.stdout + d.stderr
+        check_sanitizers(t)
+    finally:
+        t.stop()
