@@ -624,6 +624,28 @@ struct pending {
     int state;    /* 0 to send, 1 stored, 2 given up */
 };
 
+/* A record to write. What it counts once it is durable: an append of this
+ * run (appended), an append a crash left without its record (reconciled),
+ * or a new identity linked to a copy that is there (a duplicate). */
+enum prec_kind { PREC_APPENDED, PREC_RECONCILED, PREC_DUP };
+
+struct prec {
+    struct import_keys k;
+    enum import_mark mark;
+    enum prec_kind kind;
+    uint32_t folder; /* index into the records' names */
+    uint32_t uid;
+    uint64_t len;     /* appended, reconciled: the message's size */
+    uint32_t src_uid; /* appended: the UID the source gave (0: none) */
+    bool malformed;   /* appended */
+};
+
+/* A flush writes the batch's records and those queued since the last one
+ * (at most BATCH_MSGS of each: handle_msg flushes when the queue is full),
+ * in one DELIVERED. */
+#define RECS_MAX (2 * BATCH_MSGS)
+_Static_assert(RECS_MAX <= SYNC_BATCH_MAX, "one delivery_add_batch per flush");
+
 struct fpass {
     struct run *r;
     const struct import_sfolder *sf;
@@ -634,6 +656,10 @@ struct fpass {
     struct pending batch[BATCH_MSGS];
     size_t nb;
     size_t bytes;
+    /* Records waiting for the next flush, which writes them all with one
+     * delivery_add_batch (one store commit), then counts them. */
+    struct prec recs[RECS_MAX];
+    size_t nrec;
     uint64_t last_end; /* position after the last item handled or queued */
     bool deferred_any;
     uint64_t first_deferred; /* position before the first deferred item */
@@ -782,7 +808,7 @@ static void count_imported(struct fpass *p, enum import_mark mark, uint64_t byte
 
 static void update_cp(struct fpass *p)
 {
-    if (p->nb != 0)
+    if (p->nb != 0 || p->nrec != 0)
         return;
     uint64_t cp = p->last_end;
     if (p->deferred_any && p->first_deferred < cp)
@@ -804,29 +830,95 @@ static enum step folder_save(struct fpass *p, bool force)
     return save_step(p->r);
 }
 
-/* Writes the record of a stored message. */
-static enum step record(struct fpass *p, const struct import_keys *k, enum import_mark mark,
-                        const char *folder, uint32_t uid)
+/* Queues the record of a message in the destination (folder, uid); the
+ * next flush writes it. */
+static void record_queue(struct fpass *p, const struct import_keys *k, enum import_mark mark,
+                         enum prec_kind kind, const char *folder, uint32_t uid)
+{
+    if (p->nrec == RECS_MAX)
+        panic("import: record queue overflow (%zu)", p->nrec);
+    struct prec *q = &p->recs[p->nrec++];
+    memset(q, 0, sizeof(*q));
+    q->k = *k;
+    q->mark = mark;
+    q->kind = kind;
+    q->folder = name_index(&p->r->rec, folder);
+    q->uid = uid;
+}
+
+/* A record is durable: into the run's index, and counted. */
+static void record_done(struct fpass *p, const struct prec *q)
 {
     struct run *r = p->r;
-    struct sync_delivery d;
-    memset(&d, 0, sizeof(d));
-    import_id_make(k, mark, r->job.id, d.id);
-    str_copy(d.folder, folder, sizeof(d.folder));
-    d.uid = uid;
-    const char *why = "";
-    int rc = r->dst->ops->delivery_add(r->dst, r->job.user, &d, &why);
-    if (rc < 0)
-        return dst_fail(r, "recording an import");
-    if (rc == SYNC_NO && strcmp(why, "exists") != 0) {
-        /* The message is in, its record is not: the next run reconciles
-         * (the state's inflight flag stays set). */
-        set_err(r, "recording an import in %s: %s", folder, why);
-        return later(r, RETRY_MS);
-    }
-    uint32_t mi = records_add(&r->rec, k->ik, k->ck, folder, uid, true);
+    uint32_t mi = records_add(&r->rec, q->k.ik, q->k.ck, r->rec.names[q->folder], q->uid, true);
     r->rec.m[mi].claim = r->rec.claim;
-    return STEP_NEXT;
+    if (q->kind == PREC_DUP) {
+        p->fs->dups++;
+        return;
+    }
+    count_imported(p, q->mark, q->len);
+    if (q->kind != PREC_APPENDED)
+        return;
+    if (q->malformed)
+        p->fs->malformed++;
+    if (q->src_uid != 0 || p->sf->uidvalidity != 0) {
+        if (q->uid == q->src_uid) {
+            p->fs->uids_kept++;
+        } else {
+            p->fs->uids_new++;
+            if (p->fs->uid_note[0] == '\0' && p->keep)
+                snprintf(p->fs->uid_note, sizeof(p->fs->uid_note), "%s",
+                         q->src_uid == 0
+                             ? "messages the source gave no UID"
+                             : "UIDs below the destination folder's next UID (taken, or "
+                               "duplicate or not ascending in the source)");
+        }
+    }
+}
+
+/* Writes the queued records with one delivery_add_batch: one round trip and
+ * one store commit for a whole batch, not one per message. A record already
+ * there ("exists") is as good as written. If the batch fails, or an item is
+ * refused, the appends it covers have no record yet: the run ends with the
+ * state's inflight flag set and the next run finds them by their GUIDs. */
+static enum step write_records(struct fpass *p)
+{
+    struct run *r = p->r;
+    size_t n = p->nrec;
+    if (n == 0)
+        return STEP_NEXT;
+    p->nrec = 0;
+    struct sync_delivery *ds = xcalloc(n, sizeof(*ds));
+    int *rcs = xcalloc(n, sizeof(*rcs));
+    const char **whys = xcalloc(n, sizeof(*whys));
+    for (size_t i = 0; i < n; i++) {
+        import_id_make(&p->recs[i].k, p->recs[i].mark, r->job.id, ds[i].id);
+        str_copy(ds[i].folder, r->rec.names[p->recs[i].folder], sizeof(ds[i].folder));
+        ds[i].uid = p->recs[i].uid;
+    }
+    enum step result = STEP_NEXT;
+    int rc = r->dst->ops->delivery_add_batch(r->dst, r->job.user, ds, n, rcs, whys);
+    if (rc < 0) {
+        result = dst_fail(r, "recording imports");
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            const char *why = whys[i] != NULL ? whys[i] : "";
+            if (rcs[i] == 0 || strcmp(why, "exists") == 0) {
+                record_done(p, &p->recs[i]);
+            } else if (result == STEP_NEXT) {
+                set_err(r, "recording an import in %s: %s", ds[i].folder, why);
+                result = later(r, RETRY_MS);
+            }
+        }
+        /* A simulated kill -9 after the records and before the checkpoint
+         * that covers them is saved (tests). */
+        if (result == STEP_NEXT)
+            util_fault_point("import.recorded");
+    }
+    free(ds);
+    free(rcs);
+    free(whys);
+    return result;
 }
 
 static enum step refresh_dnext(struct fpass *p)
@@ -840,12 +932,17 @@ static enum step refresh_dnext(struct fpass *p)
     return STEP_NEXT;
 }
 
-/* Appends the queued messages (one store commit), then records each. */
+/* Appends the queued messages (one store commit), then writes their
+ * records and the others queued (one more). */
 static enum step flush(struct fpass *p)
 {
     struct run *r = p->r;
-    if (p->nb == 0)
-        return STEP_NEXT;
+    if (p->nb == 0) {
+        if (p->nrec == 0)
+            return STEP_NEXT;
+        enum step s = write_records(p);
+        return s != STEP_NEXT ? s : folder_save(p, false);
+    }
     if (!r->st.inflight) {
         /* Durable before the first append: a crash from here on is
          * reconciled by the next run. */
@@ -937,32 +1034,18 @@ static enum step flush(struct fpass *p)
         if (retry && result == STEP_NEXT)
             result = refresh_dnext(p);
     }
-    /* Records for what got in, in order. */
+    /* Records for what got in, in order (written below, with those queued
+     * before). If something went wrong, none: the next run reconciles. */
     enum import_mark mark = mark_now(r);
-    for (size_t i = 0; i < p->nb; i++) {
+    for (size_t i = 0; i < p->nb && result == STEP_NEXT; i++) {
         struct pending *pe = &p->batch[i];
         if (pe->state != 1)
             continue;
-        if (result == STEP_NEXT)
-            result = record(p, &pe->k, mark, p->fs->name, pe->uid);
-        if (result != STEP_NEXT)
-            break; /* the next run reconciles what is left */
-        count_imported(p, mark, pe->data.len);
-        if (pe->malformed)
-            p->fs->malformed++;
-        if (pe->src_uid != 0 || p->sf->uidvalidity != 0) {
-            if (pe->uid == pe->src_uid) {
-                p->fs->uids_kept++;
-            } else {
-                p->fs->uids_new++;
-                if (p->fs->uid_note[0] == '\0' && p->keep)
-                    snprintf(p->fs->uid_note, sizeof(p->fs->uid_note), "%s",
-                             pe->src_uid == 0
-                                 ? "messages the source gave no UID"
-                                 : "UIDs below the destination folder's next UID (taken, or "
-                                   "duplicate or not ascending in the source)");
-            }
-        }
+        record_queue(p, &pe->k, mark, PREC_APPENDED, p->fs->name, pe->uid);
+        struct prec *q = &p->recs[p->nrec - 1];
+        q->len = pe->data.len;
+        q->src_uid = pe->src_uid;
+        q->malformed = pe->malformed;
     }
     if (result == STEP_NEXT)
         for (size_t i = 0; i < p->nb; i++)
@@ -979,10 +1062,14 @@ static enum step flush(struct fpass *p)
     free(rcs);
     free(whys);
     free(idx);
-    bool ok = result == STEP_NEXT;
     p->nb = 0;
     p->bytes = 0;
-    if (!ok)
+    if (result != STEP_NEXT) {
+        p->nrec = 0; /* read again, or reconciled by the next run */
+        return result;
+    }
+    result = write_records(p);
+    if (result != STEP_NEXT)
         return result;
     return folder_save(p, false);
 }
@@ -1029,15 +1116,10 @@ static enum step handle_msg(struct fpass *p, const struct import_item *it)
     const struct recon *rc = r->reconcile ? find_guid(&r->rec, k.guid) : NULL;
     import_key_content(&k, it->data, it->len);
     if (rc != NULL) {
-        enum import_mark mark = mark_now(r);
-        enum step s = flush(p);
-        if (s == STEP_NEXT)
-            s = record(p, &k, mark, r->rec.names[rc->folder], rc->uid);
-        if (s != STEP_NEXT)
-            return s;
-        count_imported(p, mark, it->len);
+        record_queue(p, &k, mark_now(r), PREC_RECONCILED, r->rec.names[rc->folder], rc->uid);
+        p->recs[p->nrec - 1].len = it->len;
         r->job.msgs_done++;
-        return STEP_NEXT;
+        return p->nrec >= BATCH_MSGS ? flush(p) : STEP_NEXT;
     }
     size_t free_copies;
     struct dmsg *same = unclaimed(&r->rec, p->fs->name, k.ck, &free_copies);
@@ -1051,19 +1133,19 @@ static enum step handle_msg(struct fpass *p, const struct import_item *it)
             buf_append(&p->deferred, k.ik, IMPORT_IK_LEN);
             return STEP_NEXT;
         }
-        /* A duplicate: link its identity to the copy that is there. */
-        enum step s = flush(p);
-        if (s == STEP_NEXT)
-            s = record(p, &k, IMPORT_MARK_DUP, r->rec.names[same->folder], same->uid);
-        if (s != STEP_NEXT)
-            return s;
+        /* A duplicate: link its identity to the copy that is there
+         * (claimed now, recorded with the next flush). */
+        size_t si = (size_t)(same - r->rec.m);
         same->claim = r->rec.claim;
-        p->fs->dups++;
+        record_queue(p, &k, IMPORT_MARK_DUP, PREC_DUP, r->rec.names[same->folder], same->uid);
         r->job.msgs_done++;
         /* An mbox a client rewrote to change a message's Status or
          * X-Keywords: the same content under a new identity, whose flags
          * follow while the source is the master. */
-        return p->sync_flags ? sync_flags(p, same, it) : STEP_NEXT;
+        enum step s = p->sync_flags ? sync_flags(p, &r->rec.m[si], it) : STEP_NEXT;
+        if (s == STEP_NEXT && p->nrec >= BATCH_MSGS)
+            s = flush(p);
+        return s;
     }
     if (it->len > r->msg_max) {
         char why[IMPORT_TEXT_MAX + 1];

@@ -32,11 +32,22 @@
 
 /* ---- a transport that can fail on cue ----------------------------------- */
 
+/* What the engine asked of its transports (all of a fixture's, summed). */
+struct flaky_counts {
+    int records;            /* records asked for, single or in batches */
+    int delivery_add_calls; /* one record each */
+    int delivery_batches;
+    int append_batches;
+};
+
 struct flaky {
     struct sync base;
     struct sync *inner;
-    int fail_delivery_add; /* the Nth delivery_add fails (-1), 0 = never */
-    int delivery_adds;
+    struct flaky_counts *counts;
+    int fail_delivery_add; /* the call that would write the Nth record fails (-1), 0 = never */
+    int refuse_record;     /* the Nth record is refused (SYNC_NO "notlive"), the others of
+                              its batch are written; 0 = never */
+    int delivery_adds;     /* records asked for on this connection */
     int appends;
 };
 
@@ -53,11 +64,53 @@ static int flaky_delivery_add(struct sync *s, const char *user, const struct syn
                               const char **why_r)
 {
     struct flaky *f = (struct flaky *)s;
+    f->counts->delivery_add_calls++;
+    f->counts->records++;
     if (++f->delivery_adds == f->fail_delivery_add) {
         *why_r = "simulated failure";
         return -1;
     }
     return f->inner->ops->delivery_add(f->inner, user, d, why_r);
+}
+
+/* A batch that holds the record fail_delivery_add fails as a whole before
+ * anything is written (the connection dropped): every append it covers is
+ * left without its record. refuse_record refuses one item only. */
+static int flaky_delivery_add_batch(struct sync *s, const char *user,
+                                    const struct sync_delivery *ds, size_t n, int *rc_out,
+                                    const char **why_out)
+{
+    struct flaky *f = (struct flaky *)s;
+    f->counts->delivery_batches++;
+    f->counts->records += (int)n;
+    int first = f->delivery_adds + 1;
+    f->delivery_adds += (int)n;
+    if (f->fail_delivery_add >= first && f->fail_delivery_add <= f->delivery_adds)
+        return -1;
+    if (f->refuse_record < first || f->refuse_record > f->delivery_adds)
+        return f->inner->ops->delivery_add_batch(f->inner, user, ds, n, rc_out, why_out);
+    size_t k = (size_t)(f->refuse_record - first);
+    struct sync_delivery *rest = xcalloc(n, sizeof(*rest));
+    int *rrc = xcalloc(n, sizeof(*rrc));
+    const char **rwhy = xcalloc(n, sizeof(*rwhy));
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (i != k)
+            rest[m++] = ds[i];
+    int r = f->inner->ops->delivery_add_batch(f->inner, user, rest, m, rrc, rwhy);
+    for (size_t i = 0, j = 0; r == 0 && i < n; i++) {
+        if (i == k) {
+            rc_out[i] = SYNC_NO;
+            why_out[i] = "notlive";
+        } else {
+            rc_out[i] = rrc[j];
+            why_out[i] = rwhy[j++];
+        }
+    }
+    free(rest);
+    free(rrc);
+    free(rwhy);
+    return r;
 }
 
 static int flaky_append_batch(struct sync *s, const char *user, const struct sync_msg *const *msgs,
@@ -66,6 +119,7 @@ static int flaky_append_batch(struct sync *s, const char *user, const struct syn
 {
     struct flaky *f = (struct flaky *)s;
     f->appends += (int)n;
+    f->counts->append_batches++;
     return f->inner->ops->append_batch(f->inner, user, msgs, data, lens, n, rc_out, why_out);
 }
 
@@ -113,6 +167,8 @@ struct fx {
     struct store *st;
     struct import_env env;
     int fail_delivery_add; /* for the next transport opened */
+    int refuse_record;     /* likewise */
+    struct flaky_counts counts;
     struct flaky *last;
 };
 
@@ -124,10 +180,14 @@ static struct sync *connect_cb(void *ctx, const char *store, char *err, size_t e
         return NULL;
     }
     struct flaky *f = xmalloc(sizeof(*f));
+    memset(f, 0, sizeof(*f));
     f->base.ops = &flaky_ops;
     f->inner = sync_local_new(fx->st);
     f->fail_delivery_add = fx->fail_delivery_add;
     fx->fail_delivery_add = 0;
+    f->refuse_record = fx->refuse_record;
+    f->counts = &fx->counts;
+    fx->refuse_record = 0;
     fx->last = f;
     return &f->base;
 }
@@ -141,6 +201,7 @@ static int setup(void **state)
     flaky_ops.flags = flaky_flags;
     flaky_ops.close = flaky_close;
     flaky_ops.delivery_add = flaky_delivery_add;
+    flaky_ops.delivery_add_batch = flaky_delivery_add_batch;
     flaky_ops.append_batch = flaky_append_batch;
     flaky_ops.mailbox_get = flaky_mailbox_get;
     flaky_ops.mailbox_create = flaky_mailbox_create;
@@ -896,6 +957,101 @@ static void test_crash_between_append_and_record(void **state)
     free(spec);
 }
 
+/* The number of live messages in a folder of the destination. */
+static uint64_t live_msgs(struct fx *fx, const char *folder)
+{
+    struct store_folder f;
+    assert_int_equal(store_folder_get(fx->st, USER, folder, &f), STORE_OK);
+    return f.messages;
+}
+
+/* The records of a batch are written with one delivery_add_batch (one
+ * store commit), not one delivery_add per message: as many record batches
+ * as append batches, every message recorded once. */
+static void test_records_one_batch_per_commit(void **state)
+{
+    struct fx *fx = *state;
+    char *md = xasprintf("%s/Maildir", fx->dir);
+    for (int i = 0; i < 300; i++) {
+        char name[32], text[64];
+        snprintf(name, sizeof(name), "%d.m%d.host:2,S", 5000 + i, i);
+        snprintf(text, sizeof(text), "Subject: m%d\n\nbody %d\n", i, i);
+        put_maildir_msg(md, "cur", name, text);
+    }
+    for (int i = 0; i < 5; i++) {
+        char name[32], text[64];
+        snprintf(name, sizeof(name), "%d.a%d.host:2,", 6000 + i, i);
+        snprintf(text, sizeof(text), "Subject: a%d\n\nold %d\n", i, i);
+        put_maildir_msg(md, ".Archive/cur", name, text);
+    }
+    char *spec = xasprintf("maildir:%s", md);
+    uint64_t id = start_job(fx, spec, false, 0);
+    run_to(fx, id, "done", 10);
+    assert_int_equal(live_msgs(fx, "INBOX"), 300);
+    assert_int_equal(live_msgs(fx, "Archive"), 5);
+    /* 128 + 128 + 44 in INBOX, 5 in Archive. */
+    assert_int_equal(fx->counts.append_batches, 4);
+    assert_int_equal(fx->counts.delivery_batches, 4);
+    assert_int_equal(fx->counts.delivery_add_calls, 0);
+    assert_int_equal(fx->counts.records, 305);
+    struct import_state st = job_state(fx, id);
+    assert_false(st.inflight);
+    assert_int_equal(fstate(&st, "INBOX")->imported, 300);
+    assert_int_equal(fstate(&st, "Archive")->imported, 5);
+    import_state_free(&st);
+    /* A second job over the same source: nothing appended, nothing recorded. */
+    memset(&fx->counts, 0, sizeof(fx->counts));
+    uint64_t id2 = start_job(fx, spec, false, 0);
+    run_to(fx, id2, "done", 10);
+    assert_int_equal(fx->counts.append_batches, 0);
+    assert_int_equal(fx->counts.records, 0);
+    assert_int_equal(live_msgs(fx, "INBOX"), 300);
+    free(md);
+    free(spec);
+}
+
+/* The store refuses one record of a batch (the others are written): the
+ * run waits with inflight set, the next finds that message by its GUID and
+ * records it; every message once, the counts exact. */
+static void test_one_record_of_a_batch_refused(void **state)
+{
+    struct fx *fx = *state;
+    char *md = xasprintf("%s/Maildir", fx->dir);
+    for (int i = 0; i < 10; i++) {
+        char name[32], text[64];
+        snprintf(name, sizeof(name), "%d.m%d.host:2,", 2000 + i, i);
+        snprintf(text, sizeof(text), "Subject: m%d\n\nbody %d\n", i, i);
+        put_maildir_msg(md, "cur", name, text);
+    }
+    char *spec = xasprintf("maildir:%s", md);
+    uint64_t id = start_job(fx, spec, false, 0);
+    fx->refuse_record = 4;
+    claim_due(fx, id);
+    assert_int_equal(import_run(&fx->env, id), IMPORT_LATER);
+    struct import_state st = job_state(fx, id);
+    assert_true(st.inflight);
+    import_state_free(&st);
+    assert_int_equal(fx->counts.records, 10);
+    run_to(fx, id, "done", 10);
+    struct seen s;
+    folder_msgs(fx, "INBOX", &s);
+    assert_int_equal(s.n, 10);
+    for (int i = 0; i < 10; i++) {
+        char subj[16];
+        snprintf(subj, sizeof(subj), "m%d", i);
+        assert_int_equal(count_subject(&s, subj), 1);
+    }
+    /* Only the refused one was recorded again. */
+    assert_int_equal(fx->counts.records, 11);
+    assert_int_equal(fx->counts.append_batches, 1);
+    st = job_state(fx, id);
+    assert_false(st.inflight);
+    assert_int_equal(fstate(&st, "INBOX")->imported, 10);
+    import_state_free(&st);
+    free(md);
+    free(spec);
+}
+
 struct flagmap {
     uint32_t uid[16], flags[16];
     char kw[16][64];
@@ -1069,6 +1225,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_identical_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overlapping_sources, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_between_append_and_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_records_one_batch_per_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_record_of_a_batch_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_watch_complete_sweep, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_source_missing_and_epoch, setup, teardown),
