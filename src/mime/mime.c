@@ -204,6 +204,17 @@ static size_t cut_eol(const struct parser *p, const struct stop *st, size_t min)
     return e;
 }
 
+/* A part whose body is empty because the delimiter line follows its blank
+ * line at once ("field CRLF CRLF --b"): that CRLF is the delimiter's (RFC
+ * 2046 5.1.1), so the part is its header fields only, without a blank line
+ * (body-part := MIME-part-headers [CRLF *OCTET]); its MIME header and its
+ * empty body end where the delimiter's line end starts. */
+static void header_only(const struct parser *p, struct mime_node *n, const struct stop *st)
+{
+    if (st->which >= 0 && st->at == n->body_start && n->body_start > n->hdr_end)
+        n->body_start = n->body_end = cut_eol(p, st, n->hdr_end);
+}
+
 static uint32_t node_new(struct parser *p)
 {
     struct mime_msg *m = p->m;
@@ -240,6 +251,7 @@ static struct mime_range *content_field(struct mime_node *n, const char *nm, siz
            : mime_eq(nm, nl, "disposition")       ? &n->cdisp
            : mime_eq(nm, nl, "language")          ? &n->clang
            : mime_eq(nm, nl, "location")          ? &n->cloc
+           : mime_eq(nm, nl, "md5")               ? &n->cmd5
                                                   : NULL;
 }
 
@@ -407,6 +419,13 @@ static size_t blank_before(const char *d, size_t start, size_t cs)
 
 static struct stop gm_multipart(struct parser *p, uint32_t idx, GMimeMultipart *mp, int depth);
 
+/* GMime makes a GMimeMessagePart of message/rfc822, message/news and
+ * message/global; only the first (or a digest's default) is structured. */
+static bool gm_rfc822(const struct mime_msg *m, const struct mime_node *n)
+{
+    return n->gsub_len == 0 || mime_eq(m->strs.data + n->gsub, n->gsub_len, "rfc822");
+}
+
 /* Node idx is GMime's object o (NULL: an empty part), with the header
  * fields of hdrs too (the GMimeMessage whose body o is), starting at
  * start. Returns where the scan for the end of its body stopped. */
@@ -434,6 +453,9 @@ static struct stop gm_part(struct parser *p, uint32_t idx, GMimeObject *o, GMime
     }
     if (o != NULL && GMIME_IS_MULTIPART(o))
         n->kind = depth >= MIME_DEPTH_MAX ? MIME_OPAQUE : MIME_MULTIPART;
+    else if (o != NULL && GMIME_IS_MESSAGE_PART(o) && !gm_rfc822(m, n))
+        n->kind = MIME_LEAF; /* message/global, message/news: RFC 3501's grammar
+                                gives only MESSAGE/RFC822 an envelope and a body */
     else if (o != NULL && GMIME_IS_MESSAGE_PART(o))
         n->kind =
             depth >= MIME_DEPTH_MAX || cut || !cte_identity(p, n) ? MIME_OPAQUE : MIME_MESSAGE;
@@ -468,12 +490,15 @@ static struct stop gm_part(struct parser *p, uint32_t idx, GMimeObject *o, GMime
          * octet short of it: a lone CR in the last line), so the part ends
          * where its parent's scan ends it */
         n->body_end = cut_eol(p, &st, n->body_start);
+        header_only(p, n, &st);
         return st;
     } else {
         st = scan_to_delimiter(p, n->body_start, p->len);
     }
     n = &m->nodes[idx];
     n->body_end = cut_eol(p, &st, n->body_start);
+    if (n->kind == MIME_LEAF)
+        header_only(p, n, &st);
     contain_last_child(m, idx);
     return st;
 }
@@ -656,6 +681,8 @@ static struct stop parse_part(struct parser *p, uint32_t idx, size_t pos, int de
     }
     n = &m->nodes[idx];
     n->body_end = cut_eol(p, &st, n->body_start);
+    if (n->kind == MIME_LEAF)
+        header_only(p, n, &st);
     contain_last_child(m, idx);
     return st;
 }

@@ -26,6 +26,9 @@
  *    language, are parsed here from the raw field value that GMime's
  *    offset points at (mime_field.c, mime_imap.c). SEARCH's decoding
  *    (RFC 2047, charsets, base64/QP, dates) is GMime's (mime_text.c).
+ *  - Only message/rfc822 is structured as a message: GMime also makes
+ *    message/global and message/news message parts, but RFC 3501's grammar
+ *    gives only MESSAGE/RFC822 an envelope, so they are basic parts.
  *  - Where GMime and RFC 2045/2046 (and Dovecot) part ways, they win: a
  *    part with neither header nor content, which GMime drops, is listed
  *    as an empty text/plain part (part numbers as Dovecot's); an invalid
@@ -54,6 +57,13 @@
  * empty TEXT/PLAIN part, its part 1 (as Dovecot does: BODYSTRUCTURE needs
  * at least one). Of a repeated Content-* field the last counts (as in
  * GMime). The work is linear in the message size.
+ *
+ * A part whose blank line is followed at once by a delimiter line is its
+ * header fields only (the line end is the delimiter's, RFC 2046 5.1.1): its
+ * MIME header has no blank line and its body is empty. A parameter whose
+ * quoted string is never closed is dropped. BODYSTRUCTURE's body-fld-md5
+ * is the Content-MD5 field as sent. Where tern and Dovecot differ on
+ * purpose: docs/imap.md "Differences from Dovecot".
  *
  * Most strings follow Dovecot's output (address placeholders
  * "MISSING_MAILBOX"/"MISSING_DOMAIN", merged RFC 2231 parameters, line

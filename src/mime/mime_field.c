@@ -197,6 +197,19 @@ static const char *skip_to_semicolon(const char *p, const char *end)
     return p;
 }
 
+/* True if the quoted string opening at q ends with its closing quote
+ * before end (the scan of mime_quoted). */
+static bool quoted_closed(const char *q, const char *end)
+{
+    for (const char *p = q + 1; p < end; p++) {
+        if (*p == '"')
+            return true;
+        if (*p == '\\' && end - p >= 2)
+            p++;
+    }
+    return false;
+}
+
 static void params_parse(const char *p, const char *end, struct mime_ctype *ct, struct buf *sb)
 {
     ct->n_params = 0;
@@ -223,7 +236,15 @@ static void params_parse(const char *p, const char *end, struct mime_ctype *ct, 
         buf_append(sb, name, name_len);
         pa.value = sb->len;
         if (p < end && *p == '"') {
+            const char *q = p;
             p = mime_quoted(p, end, sb);
+            if (!quoted_closed(q, end)) {
+                /* an unterminated quoted string: not a parameter (RFC 2045
+                 * 5.2: an invalid field is as if absent; Dovecot drops it) */
+                sb->len = pa.name;
+                sb->data[sb->len] = '\0';
+                continue;
+            }
         } else {
             /* A token, leniently: anything up to a blank, ';', quote or
              * comment (broken mailers write "name=a b/c.txt" halves). */

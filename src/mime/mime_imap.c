@@ -628,7 +628,8 @@ static void put_body(struct mime_msg *m, uint32_t idx, bool ext, struct buf *out
     if (n->kind == MIME_MESSAGE || text)
         buf_printf(out, " %zu", count_lines(m->data + n->body_start, size));
     if (ext) {
-        buf_puts(out, " NIL"); /* body-fld-md5 */
+        buf_append(out, " ", 1); /* body-fld-md5: Content-MD5 as sent (RFC 1864) */
+        mime_put_nstring(out, &n->cmd5, m->data, &m->tmp);
         put_ext(m, n, out);
     }
     buf_append(out, ")", 1);

@@ -39,7 +39,7 @@ struct mime_node {
     size_t hdr_start, hdr_end, body_start, body_end;
     enum mime_kind kind;
     bool digest_child; /* default type message/rfc822 (RFC 2046 5.1.5) */
-    struct mime_range ctype, cte, cid, cdesc, cdisp, clang, cloc;
+    struct mime_range ctype, cte, cid, cdesc, cdisp, clang, cloc, cmd5;
     /* GMime's media type and subtype (GMimeContentType), in mime_msg.strs;
      * len 0 when the node did not come from GMime */
     size_t gtype, gtype_len, gsub, gsub_len;
