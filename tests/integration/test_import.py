@@ -6,21 +6,16 @@ messages and flags. The Q190423 scenario: mail that reaches the source
 during --watch and after `complete` arrives exactly once and the report
 counts the stragglers. kill -9 of the mover during an import, and a crash
 between an append and its record: nothing twice, nothing missing."""
-import email.utils
 import imaplib
 import os
 import re
-import shutil
 import signal
-import socket
-import ssl
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-from conftest import SLOW, TERN_BIN, Tern, free_port, wait_port
+from conftest import SLOW, TERN_BIN, Tern
 
 USER = "alice@example.org"
 PW = "secret"
