@@ -58,6 +58,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 cmd.verb == SYNCD_FLAGS || cmd.verb == SYNCD_EXPUNGE || cmd.verb == SYNCD_TOMB));
     if (r_line == 0 && cmd.verb == SYNCD_TOMB)
         ASSERT(cmd.modseq != 0 && cmd.size <= (uint64_t)INT64_MAX);
+    if (r_line == 0 && cmd.verb == SYNCD_WAIT)
+        ASSERT(cmd.wait_ms <= SYNC_WAIT_MAX_MS);
     /* The same octets as a record of each batch. */
     r = syncd_parse_record(line, size, &again, &err);
     if (r == 0)

@@ -43,6 +43,7 @@ struct imapd_session {
 
     char user[MAIL_ADDR_MAX + 1];
     struct sync *sy;
+    bool no_wait; /* the store does not know WAIT: IDLE polls */
     bool condstore, qresync;
 
     /* the selected folder */

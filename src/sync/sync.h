@@ -238,7 +238,26 @@ struct sync_ops {
     int (*folder_create)(struct sync *s, const char *user, const char *name, const char **why_r);
     int (*folder_rename)(struct sync *s, const char *user, const char *from, const char *to,
                          const char **why_r);
+    /* Notified IDLE: returns once the mailbox's modseq is above `since` or
+     * its state is no longer ACTIVE (a commit of the store process: an LMTP
+     * delivery, another session's change, a move's fence), once timeout_ms
+     * (at most SYNC_WAIT_MAX_MS) have passed, or once wake_fd (if >= 0; the
+     * caller's client) is readable — whichever comes first. *mb_r is the
+     * mailbox then (its modseq and state: compare them, a timeout is also
+     * 0). SYNC_NO "notfound" (no mailbox), SYNC_NO "unsupported" when the
+     * store does not know WAIT (an older syncd: poll with changes instead;
+     * the connection stays usable), -1 the channel failed. The local
+     * transport cannot be woken by another thread: it checks, sleeps on
+     * wake_fd for timeout_ms and checks again. */
+    int (*wait)(struct sync *s, const char *user, uint64_t since, unsigned timeout_ms, int wake_fd,
+                struct store_mailbox *mb_r, const char **why_r);
 };
+
+#define SYNC_WAIT_MAX_MS 300000u /* the longest WAIT (below syncd's idle time) */
+
+/* The condition a WAIT for `since` waits for: mb's modseq is above since,
+ * or mb is no longer ACTIVE. */
+bool sync_wait_done(const struct store_mailbox *mb, uint64_t since);
 
 struct sync {
     const struct sync_ops *ops;

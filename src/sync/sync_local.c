@@ -893,6 +893,7 @@ static const struct sync_ops sync_local_ops = {
     .folder_rename = sync_local_folder_rename,
     .deliveries_each = sync_local_deliveries_each,
     .delivery_add_batch = sync_local_delivery_add_batch,
+    .wait = sync_local_wait,
 };
 
 struct sync *sync_local_new(struct store *st)

@@ -3,6 +3,7 @@
  * sessions (the second half of struct sync_ops; see sync.h). Same mapping
  * of store statuses as sync_local.c.
  */
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -128,4 +129,26 @@ int sync_local_folder_rename(struct sync *s, const char *user, const char *from,
 int sync_local_modseq_raise(struct sync *s, const char *user, uint64_t modseq, const char **why_r)
 {
     return sync_local_status(store_mailbox_raise_modseq(sync_local_store(s), user, modseq), why_r);
+}
+
+/* True when a WAIT for `since` is over: the mailbox changed or is leaving. */
+bool sync_wait_done(const struct store_mailbox *mb, uint64_t since)
+{
+    return mb->modseq > since || mb->state != STORE_MBOX_ACTIVE;
+}
+
+int sync_local_wait(struct sync *s, const char *user, uint64_t since, unsigned timeout_ms,
+                    int wake_fd, struct store_mailbox *mb_r, const char **why_r)
+{
+    struct store *st = sync_local_store(s);
+    int r = sync_local_status(store_mailbox_get(st, user, mb_r), why_r);
+    if (r != 0 || sync_wait_done(mb_r, since) || timeout_ms == 0)
+        return r;
+    if (timeout_ms > SYNC_WAIT_MAX_MS)
+        timeout_ms = SYNC_WAIT_MAX_MS;
+    /* Nothing else can commit to st while this thread holds it (store.h:
+     * one thread at a time): sleep, or until the caller's client speaks. */
+    struct pollfd p = {.fd = wake_fd, .events = POLLIN};
+    (void)poll(&p, wake_fd >= 0 ? 1 : 0, (int)timeout_ms);
+    return sync_local_status(store_mailbox_get(st, user, mb_r), why_r);
 }

@@ -29,7 +29,9 @@
 struct sync_tcp {
     struct sync base;
     struct sock *sock;
+    unsigned timeout_ms;
     bool broken;
+    bool no_wait; /* the server answered WAIT "-ERR unknown command" */
     char endpoint[300];
     char why[200]; /* the last failure, for the log */
     struct buf out;
@@ -1239,6 +1241,67 @@ static int sync_tcp_delivery_add_batch(struct sync *s, const char *user,
     return r;
 }
 
+/* WAIT (sync.h "wait"). The server answers once the mailbox changed or at
+ * the timeout. If wake_fd speaks first, a NOOP ends the WAIT early (the
+ * server answers a WAIT as soon as anything more arrives from its client),
+ * and both answers are read, in order. */
+static int sync_tcp_wait(struct sync *s, const char *user, uint64_t since, unsigned timeout_ms,
+                         int wake_fd, struct store_mailbox *mb_r, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    memset(mb_r, 0, sizeof(*mb_r));
+    if (c->no_wait) {
+        *why_r = "unsupported";
+        return SYNC_NO;
+    }
+    int r = sync_tcp_cmd_user(c, "WAIT", user, why_r);
+    if (r != 0)
+        return r;
+    if (timeout_ms > SYNC_WAIT_MAX_MS)
+        timeout_ms = SYNC_WAIT_MAX_MS;
+    buf_printf(&c->out, " %llu %u\r\n", (unsigned long long)since, timeout_ms);
+    if (sync_tcp_send_out(c) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    /* The server's answer is due by the timeout; allow the connection's
+     * own timeout on top for a busy store. */
+    int w = sock_wait_readable(c->sock, wake_fd, (int)(timeout_ms + c->timeout_ms));
+    if (w < 0)
+        return sync_tcp_broken(c, why_r, "WAIT: %s", sock_why(c->sock));
+    if (w == 0)
+        return sync_tcp_broken(c, why_r, "no answer to WAIT within %u ms",
+                               timeout_ms + c->timeout_ms);
+    bool noop = w == 2;
+    if (noop && sync_tcp_send(c, "NOOP\r\n", 6) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    size_t len;
+    if (sync_tcp_read_line(c, &len) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    if (strcmp(c->line, "-ERR unknown command") == 0) {
+        /* A store from before WAIT: the caller polls instead. A NOOP sent
+         * meanwhile is unknown to it as well. */
+        c->no_wait = true;
+        if (noop && (sync_tcp_read_line(c, &len) < 0 || strncmp(c->line, "-ERR", 4) != 0))
+            return sync_tcp_broken(c, why_r, "unexpected reply to NOOP");
+        *why_r = "unsupported";
+        return SYNC_NO;
+    }
+    char *rest;
+    r = sync_tcp_final(c, why_r, &rest);
+    if (r < 0)
+        return r;
+    if (r == 0) {
+        struct sync_tcp_tok t[SYNC_TCP_TOKS];
+        if (sync_tcp_split(rest, t, SYNC_TCP_TOKS) != 2 ||
+            sync_tcp_u64(&t[0], UINT64_MAX, &mb_r->modseq) < 0 ||
+            store_mbox_state_parse(t[1].p, &mb_r->state) < 0)
+            return sync_tcp_broken(c, why_r, "malformed WAIT reply");
+        str_copy(mb_r->user, user, sizeof(mb_r->user));
+    }
+    if (noop && (sync_tcp_read_line(c, &len) < 0 || strcmp(c->line, "+OK") != 0))
+        return sync_tcp_broken(c, why_r, "unexpected reply to NOOP");
+    return r;
+}
+
 static const struct sync_ops sync_tcp_ops = {
     .close = sync_tcp_close,
     .mailbox_get = sync_tcp_mailbox_get,
@@ -1273,6 +1336,7 @@ static const struct sync_ops sync_tcp_ops = {
     .folder_rename = sync_tcp_folder_rename,
     .deliveries_each = sync_tcp_deliveries_each,
     .delivery_add_batch = sync_tcp_delivery_add_batch,
+    .wait = sync_tcp_wait,
 };
 
 /* ---- connection ---- */
@@ -1300,6 +1364,8 @@ struct sync *sync_tcp_connect(const char *endpoint, unsigned timeout_ms, char *e
     struct sync_tcp *c = xmalloc(sizeof(*c));
     c->base.ops = &sync_tcp_ops;
     c->sock = sock;
+    c->timeout_ms = timeout_ms;
+    c->no_wait = false;
     str_copy(c->endpoint, endpoint, sizeof(c->endpoint));
     buf_init(&c->out, 0);
     buf_puts(&c->out, "HELLO " SYNC_PROTO "\r\n");

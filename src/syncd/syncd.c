@@ -26,8 +26,13 @@
 #define SYNCD_STEP_RECORDS 256
 #define SYNCD_BODY_KEEP    (1024 * 1024) /* body buffer kept between APPENDs */
 
+struct syncd_session;
+
 struct syncd {
+    struct net_loop *loop;
     struct net_listener *l;
+    struct syncd_session *waiters; /* sessions with a WAIT pending */
+    atomic_uint n_waiters;         /* read by syncd_waiters() from any thread */
     struct sync *sync;
     char name[MAIL_NAME_MAX + 1];
     unsigned n_sessions;
@@ -93,6 +98,12 @@ struct syncd_session {
     struct sync_deliveries_cursor lcur;
     struct syncd_dbatch *dbatch; /* a DELIVERED being read, or NULL */
     bool paused;                 /* input paused until the output drains (or the listing ends) */
+    /* A pending WAIT: on d->waiters until answered. */
+    bool waiting;
+    char wuser[MAIL_ADDR_MAX + 1];
+    uint64_t wsince;
+    struct net_task *wtimer;
+    struct syncd_session *wprev, *wnext;
 };
 
 /* ---- parsing ---- */
@@ -261,6 +272,8 @@ static const struct {
     {"FCREATE", SYNCD_FCREATE, 2, 0},
     {"FRENAME", SYNCD_FRENAME, 3, 0},
     {"TOMB", SYNCD_TOMB, 10, 0},
+    {"WAIT", SYNCD_WAIT, 3, 0},
+    {"NOOP", SYNCD_NOOP, 0, 0},
 };
 
 /* Splits a line at single spaces into t (SYNCD_TOKENS_MAX); *n_r tokens. */
@@ -413,7 +426,17 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
             syncd_note(&p, -1, "unsupported version");
         break;
     case SYNCD_QUIT:
+    case SYNCD_NOOP:
         break;
+    case SYNCD_WAIT: {
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_u64(&a[1], UINT64_MAX, &cmd->num), syncd_bad_num);
+        uint64_t ms = 0;
+        if (syncd_tok_u64(&a[2], SYNC_WAIT_MAX_MS, &ms) < 0)
+            syncd_note(&p, -1, "bad timeout (0 to 300000 ms)");
+        cmd->wait_ms = (uint32_t)ms;
+        break;
+    }
     case SYNCD_MBOX:
     case SYNCD_PURGE:
     case SYNCD_DIGEST:
@@ -831,6 +854,87 @@ static int syncd_msgs_cb(void *ctx, const struct sync_msg *m)
     return syncd_change_msg(ctx, m);
 }
 
+/* ---- WAIT ---- */
+
+static void syncd_wait_unlink(struct syncd_session *s)
+{
+    if (!s->waiting)
+        return;
+    struct syncd *d = s->d;
+    if (s->wprev != NULL)
+        s->wprev->wnext = s->wnext;
+    else
+        d->waiters = s->wnext;
+    if (s->wnext != NULL)
+        s->wnext->wprev = s->wprev;
+    s->wprev = s->wnext = NULL;
+    s->waiting = false;
+    atomic_fetch_sub(&d->n_waiters, 1);
+    net_task_free(&s->wtimer);
+}
+
+/* Answers the pending WAIT with the mailbox as it is now, if done or if
+ * `force` (timeout, more input); 1 if answered. */
+static int syncd_wait_check(struct syncd_session *s, bool force)
+{
+    struct sync *sy = s->d->sync;
+    struct store_mailbox mb;
+    const char *why = NULL;
+    int r = sy->ops->mailbox_get(sy, s->wuser, &mb, &why);
+    if (r == 0 && !force && !sync_wait_done(&mb, s->wsince))
+        return 0;
+    syncd_wait_unlink(s);
+    if (r != 0)
+        syncd_fail(s, r, why);
+    else
+        syncd_say(s, "+OK %llu %s", (unsigned long long)mb.modseq, store_mbox_state_str(mb.state));
+    syncd_flush(s);
+    return 1;
+}
+
+static void syncd_wait_timeout(void *ctx)
+{
+    struct syncd_session *s = ctx;
+    /* The timer fired: it is done with (unlink frees it). */
+    syncd_wait_check(s, true);
+}
+
+static void syncd_wait_start(struct syncd_session *s, const struct syncd_cmd *c)
+{
+    struct syncd *d = s->d;
+    str_copy(s->wuser, c->user, sizeof(s->wuser));
+    s->wsince = c->num;
+    s->waiting = true;
+    s->wprev = NULL;
+    s->wnext = d->waiters;
+    if (d->waiters != NULL)
+        d->waiters->wprev = s;
+    d->waiters = s;
+    atomic_fetch_add(&d->n_waiters, 1);
+    if (syncd_wait_check(s, c->wait_ms == 0) == 1)
+        return;
+    s->wtimer = net_task_new(d->loop, syncd_wait_timeout, s);
+    net_task_schedule_in(s->wtimer, c->wait_ms);
+}
+
+void syncd_changed(struct syncd *d, const char *user)
+{
+    if (d == NULL || atomic_load(&d->n_waiters) == 0 || user == NULL)
+        return;
+    /* Each WAIT of this user re-reads its mailbox; answered ones leave the
+     * list, so walk it from a saved next. */
+    for (struct syncd_session *s = d->waiters, *next; s != NULL; s = next) {
+        next = s->wnext;
+        if (strcmp(s->wuser, user) == 0)
+            syncd_wait_check(s, false);
+    }
+}
+
+unsigned syncd_waiters(const struct syncd *d)
+{
+    return atomic_load(&d->n_waiters);
+}
+
 static void syncd_execute_client(struct syncd_session *s, struct sync *sy,
                                  const struct syncd_cmd *c)
 {
@@ -915,6 +1019,12 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     case SYNCD_QUIT:
         syncd_say(s, "+OK bye");
         syncd_close(s);
+        break;
+    case SYNCD_NOOP:
+        syncd_say(s, "+OK");
+        break;
+    case SYNCD_WAIT:
+        syncd_wait_start(s, c);
         break;
     case SYNCD_MBOX: {
         struct store_mailbox mb;
@@ -1018,6 +1128,10 @@ static void syncd_dispatch(struct syncd_session *s, int r, const char *err)
         syncd_cmd_add(s);
     else
         syncd_execute(s, &s->cmd);
+    /* Whatever it committed may end WAITs on this mailbox (a read costs
+     * them one more look). */
+    if (s->cmd.verb != SYNCD_WAIT)
+        syncd_changed(s->d, s->cmd.user);
 }
 
 /* ---- APPENDS ---- */
@@ -1092,6 +1206,7 @@ static void syncd_batch_run(struct syncd_session *s)
         free(idx);
         free(rc);
         free(why);
+        syncd_changed(s->d, b->user);
     }
     syncd_batch_free(&b);
     syncd_body_release(s);
@@ -1215,6 +1330,7 @@ static void syncd_dbatch_run(struct syncd_session *s)
         free(idx);
         free(rc);
         free(why);
+        syncd_changed(s->d, b->user);
     }
     syncd_dbatch_free(&b);
 }
@@ -1317,6 +1433,9 @@ static void *syncd_on_accept(struct net_conn *c, void *ctx)
     buf_init(&s->out, 0);
     s->streaming = SYNCD_NONE;
     s->paused = false;
+    s->waiting = false;
+    s->wtimer = NULL;
+    s->wprev = s->wnext = NULL;
     d->n_sessions++;
     log_debug(s->id, "connection from %s", net_conn_peer(c));
     return s;
@@ -1376,6 +1495,9 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
      * listing being streamed, or too much output waiting to be read. */
     while (used < n && !s->closing && s->streaming == SYNCD_NONE &&
            (s->mode != SYNCD_M_LINE || syncd_backlog(s) <= SYNCD_OUT_HIGH)) {
+        /* More input ends a pending WAIT: its answer comes first. */
+        if (s->waiting)
+            syncd_wait_check(s, true);
         const char *at = p + used;
         size_t avail = n - used;
         switch (s->mode) {
@@ -1462,6 +1584,7 @@ static void syncd_on_close(struct net_conn *c, void *ctx)
     struct syncd_session *s = ctx;
     log_debug(s->id, "connection closed");
     s->d->n_sessions--;
+    syncd_wait_unlink(s);
     if (s->streaming == SYNCD_DIGEST)
         sync_local_digest_end(&s->dcur);
     syncd_batch_free(&s->batch);
@@ -1481,6 +1604,9 @@ struct syncd *syncd_listen(struct net_loop *loop, const char *endpoint, struct s
                                               .on_close = syncd_on_close};
     struct syncd *d = xmalloc(sizeof(*d));
     atomic_init(&d->backlog_max, 0);
+    d->loop = loop;
+    d->waiters = NULL;
+    atomic_init(&d->n_waiters, 0);
     str_copy(d->name, store_name, sizeof(d->name));
     d->sync = sync_local_new(st);
     d->l = net_listen(loop, endpoint, &h, d, limits, error_r);

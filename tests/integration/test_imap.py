@@ -566,6 +566,55 @@ def test_idle_sees_a_delivery_within_a_second(imap_tern):
     r.close()
 
 
+def test_idle_is_told_by_the_store_not_polled(tmp_path):
+    """With polling made useless (idle_check_ms 60 s), a delivery and a flag
+    change by another session still reach an IDLE session at once: the store
+    answers its WAIT after the commit. DONE is answered at once too (the
+    session's WAIT is cut short), and the store is left with no waiter."""
+    t = Tern(tmp_path, imap_extra="idle_check_ms = 60000")
+    t.setup_users(ALICE)
+    t.serve()
+    try:
+        lmtp_deliver(t, ALICE, msg(1))
+        r = Raw(t)
+        r.cmd("a1 SELECT INBOX")
+        r.send("a2 IDLE\r\n")
+        assert r.line().startswith("+")
+        lat = []
+        for i in range(2, 7):
+            t0 = time.time()
+            lmtp_deliver(t, ALICE, msg(i))
+            ln = r.line()
+            lat.append(time.time() - t0)
+            assert ln == f"* {i} EXISTS\r\n", ln
+        assert max(lat) < 0.5 * SLOW, lat
+        other = connect(t)
+        other.select("INBOX")
+        t0 = time.time()
+        other.store("2", "+FLAGS", "(\\Flagged)")
+        ln = r.line()
+        assert re.match(r"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged\)\)", ln), ln
+        assert time.time() - t0 < 0.5 * SLOW
+        other.logout()
+        time.sleep(0.2)
+        t0 = time.time()
+        r.send("DONE\r\n")
+        assert "a2 OK" in tagged(r.until("a2"), "a2")
+        assert time.time() - t0 < 0.5 * SLOW
+        # IDLE again, then the client goes away in the middle of it.
+        r.send("a3 IDLE\r\n")
+        assert r.line().startswith("+")
+        r.close()
+        lmtp_deliver(t, ALICE, msg(7))
+        c = connect(t)
+        c.select("INBOX")
+        assert c.untagged_responses.get("EXISTS") == [b"7"]
+        c.logout()
+    finally:
+        t.stop()
+    assert_imap_role_clean(t)
+
+
 def test_qresync_select_reports_vanished_and_changes(imap_tern):
     c = connect(imap_tern)
     c.select("INBOX")

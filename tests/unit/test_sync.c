@@ -1499,6 +1499,41 @@ static void test_parse(void **state)
     (void)state;
     struct syncd_cmd c;
     const char *err = NULL;
+    /* WAIT <user> <since> <timeout-ms>: every limit and error. */
+    static const struct {
+        const char *line;
+        int r;
+        const char *err;
+    } waits[] = {
+        {"WAIT 61 7 300000", 0, NULL},
+        {"WAIT 61 18446744073709551615 0", 0, NULL},
+        {"WAIT 61 7 300001", -1, "bad timeout (0 to 300000 ms)"},
+        {"WAIT 61 7 -1", -1, "bad timeout (0 to 300000 ms)"},
+        {"WAIT 61 18446744073709551616 5", -1, "bad number"},
+        {"WAIT 61 x 5", -1, "bad number"},
+        {"WAIT 6 7 5", -1, "bad user (hex or -)"},
+        {"WAIT 61 7", -1, "wrong number of arguments"},
+        {"WAIT 61 7 5 5", -1, "wrong number of arguments"},
+        {"NOOP x", -1, "wrong number of arguments"},
+        {"NOOP", 0, NULL},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(waits); i++) {
+        int r = syncd_parse_line(waits[i].line, strlen(waits[i].line), &c, &err);
+        if (r != waits[i].r || (r != 0 && strcmp(err, waits[i].err) != 0))
+            fail_msg("%s: %d %s", waits[i].line, r, r != 0 ? err : "");
+    }
+    static const char w1[] = "WAIT 61 7 300000";
+    assert_int_equal(syncd_parse_line(w1, strlen(w1), &c, &err), 0);
+    assert_int_equal(c.verb, SYNCD_WAIT);
+    assert_string_equal(c.user, "a");
+    assert_int_equal(c.num, 7);
+    assert_int_equal(c.wait_ms, 300000);
+    char longu[2 * 256 + 32] = "WAIT ";
+    for (int i = 0; i < 255; i++)
+        strcat(longu, "61");
+    strcat(longu, " 1 1");
+    assert_int_equal(syncd_parse_line(longu, strlen(longu), &c, &err), SYNC_NO);
+    assert_string_equal(err, "invalid");
     static const char ok1[] = "STATE 61 fenced moved 7 s2";
     assert_int_equal(syncd_parse_line(ok1, strlen(ok1), &c, &err), 0);
     assert_int_equal(c.verb, SYNCD_STATE);
@@ -2223,6 +2258,202 @@ static void test_tcp_stalled_reader(void **state)
     server_stop(sv);
 }
 
+/* ---- WAIT (notified IDLE) ---- */
+
+/* Both transports: WAIT returns at once when the mailbox is past `since`,
+ * after the timeout when it is not, at once when wake_fd is readable, and
+ * "notfound" for no mailbox. */
+static void test_wait(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    struct store_mailbox mb;
+    NO(s->ops->wait(s, U1, 0, 50, -1, &mb, &why), "notfound");
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    uint64_t m0 = get_mb(s, U1).modseq;
+    int64_t t0 = time_mono_ms();
+    OK(s->ops->wait(s, U1, m0 - 1, 5000, -1, &mb, &why));
+    assert_true(time_mono_ms() - t0 < 2000);
+    assert_int_equal(mb.modseq, m0);
+    assert_int_equal(mb.state, STORE_MBOX_ACTIVE);
+    t0 = time_mono_ms();
+    OK(s->ops->wait(s, U1, m0, 150, -1, &mb, &why));
+    assert_true(time_mono_ms() - t0 >= 140);
+    assert_int_equal(mb.modseq, m0);
+    /* The caller's client speaks: the wait ends early, the channel stays
+     * usable. */
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    assert_int_equal(write(pfd[1], "x", 1), 1);
+    t0 = time_mono_ms();
+    OK(s->ops->wait(s, U1, m0, 5000, pfd[0], &mb, &why));
+    assert_true(time_mono_ms() - t0 < 2000);
+    assert_int_equal(mb.modseq, m0);
+    close(pfd[0]);
+    close(pfd[1]);
+    assert_int_equal(append(s, U1, "INBOX", 1, "a\r\n"), 0);
+    OK(s->ops->wait(s, U1, m0, 5000, -1, &mb, &why));
+    assert_true(mb.modseq > m0);
+    /* A mailbox leaving (a move's fence) ends a wait at once too. */
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 1, NULL, &why));
+    t0 = time_mono_ms();
+    OK(s->ops->wait(s, U1, get_mb(s, U1).modseq, 5000, -1, &mb, &why));
+    assert_true(time_mono_ms() - t0 < 2000);
+    assert_int_equal(mb.state, STORE_MBOX_FENCED);
+}
+
+/* Waits until the syncd has n WAITs pending (they are taken on the loop). */
+static void waiters_are(struct server *sv, unsigned n)
+{
+    int64_t deadline = time_mono_ms() + 5000;
+    while (syncd_waiters(sv->d[0]) != n && time_mono_ms() < deadline)
+        usleep(2000);
+    assert_int_equal(syncd_waiters(sv->d[0]), n);
+}
+
+/* Over the wire: a WAIT is answered by another connection's commit, at its
+ * timeout, by more input (NOOP), and the waiter list is cleaned up when a
+ * waiting connection drops. */
+static void test_tcp_wait(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    uint64_t m0 = get_mb(s, U1).modseq;
+    char u[2 * sizeof(U1)], cmd[256], line[256], want[64];
+    hexs(U1, u);
+    struct raw r;
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    /* Answered by a commit on another connection, long before its timeout. */
+    snprintf(cmd, sizeof(cmd), "WAIT %s %llu 60000\r\n", u, (unsigned long long)m0);
+    raw_puts(&r, cmd);
+    waiters_are(e->sv, 1);
+    int64_t t0 = time_mono_ms();
+    assert_int_equal(append(s, U1, "INBOX", 1, "a\r\n"), 0);
+    assert_true(raw_line(&r, line, sizeof(line)));
+    assert_true(time_mono_ms() - t0 < 2000);
+    uint64_t m1 = get_mb(s, U1).modseq;
+    snprintf(want, sizeof(want), "+OK %llu active", (unsigned long long)m1);
+    assert_string_equal(line, want);
+    waiters_are(e->sv, 0);
+    /* A change to another mailbox does not answer it; the timeout does. */
+    OK(s->ops->mailbox_create(s, U2, STORE_MBOX_ACTIVE, 1, 0, &why));
+    snprintf(cmd, sizeof(cmd), "WAIT %s %llu 300\r\n", u, (unsigned long long)m1);
+    t0 = time_mono_ms();
+    raw_puts(&r, cmd);
+    waiters_are(e->sv, 1);
+    OK(s->ops->folder_create(s, U2, "Other", &why));
+    assert_true(raw_line(&r, line, sizeof(line)));
+    assert_true(time_mono_ms() - t0 >= 290);
+    assert_string_equal(line, want);
+    /* More input ends it at once: the WAIT's answer, then the NOOP's. */
+    snprintf(cmd, sizeof(cmd), "WAIT %s %llu 60000\r\nNOOP\r\n", u, (unsigned long long)m1);
+    t0 = time_mono_ms();
+    raw_puts(&r, cmd);
+    assert_true(raw_line(&r, line, sizeof(line)));
+    assert_string_equal(line, want);
+    assert_true(raw_line(&r, line, sizeof(line)));
+    assert_string_equal(line, "+OK");
+    assert_true(time_mono_ms() - t0 < 2000);
+    /* Timeout 0 and a mailbox past `since` answer at once. */
+    snprintf(cmd, sizeof(cmd), "WAIT %s %llu 0", u, (unsigned long long)m1);
+    raw_expect(&r, cmd, want);
+    snprintf(cmd, sizeof(cmd), "WAIT %s 0 60000", u);
+    raw_expect(&r, cmd, want);
+    char nobody[64];
+    hexs("nobody@example.org", nobody);
+    snprintf(cmd, sizeof(cmd), "WAIT %s 0 60000", nobody);
+    raw_expect(&r, cmd, "-NO notfound");
+    /* Malformed: -ERR, nothing waits, the connection stays. */
+    snprintf(cmd, sizeof(cmd), "WAIT %s 0 300001", u);
+    raw_expect(&r, cmd, "-ERR bad timeout");
+    snprintf(cmd, sizeof(cmd), "WAIT %s 0", u);
+    raw_expect(&r, cmd, "-ERR wrong number of arguments");
+    waiters_are(e->sv, 0);
+    /* A connection that drops while waiting leaves no waiter behind (and
+     * nothing for LeakSanitizer). */
+    snprintf(cmd, sizeof(cmd), "WAIT %s %llu 60000\r\n", u, (unsigned long long)m1);
+    raw_puts(&r, cmd);
+    waiters_are(e->sv, 1);
+    close(r.fd);
+    waiters_are(e->sv, 0);
+    /* Several waiters of one mailbox: one commit answers them all. */
+    struct raw w[3];
+    for (int i = 0; i < 3; i++) {
+        raw_open(&w[i], e->sv->ep[0]);
+        raw_expect(&w[i], "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+        raw_puts(&w[i], cmd);
+    }
+    waiters_are(e->sv, 3);
+    assert_int_equal(append(s, U1, "INBOX", 2, "b\r\n"), 0);
+    snprintf(want, sizeof(want), "+OK %llu active", (unsigned long long)get_mb(s, U1).modseq);
+    for (int i = 0; i < 3; i++) {
+        assert_true(raw_line(&w[i], line, sizeof(line)));
+        assert_string_equal(line, want);
+        close(w[i].fd);
+    }
+    waiters_are(e->sv, 0);
+}
+
+/* A store from before WAIT answers "-ERR unknown command": the client says
+ * "unsupported" (once asked, without asking again) and stays usable. A
+ * one-connection fake server plays the old store. */
+struct fake {
+    int lfd;
+    pthread_t th;
+    unsigned waits;
+};
+
+static void *fake_main(void *arg)
+{
+    struct fake *f = arg;
+    int fd = accept(f->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    FILE *in = fdopen(fd, "r");
+    char line[512];
+    while (fgets(line, sizeof(line), in) != NULL) {
+        const char *reply = "-ERR unknown command\r\n";
+        if (strncmp(line, "HELLO ", 6) == 0)
+            reply = "+OK TSYNC/1 old\r\n";
+        else if (strncmp(line, "MBOX ", 5) == 0)
+            reply = "+OK active 1 - 9 0 0\r\n";
+        else if (strncmp(line, "WAIT ", 5) == 0)
+            f->waits++;
+        else if (strncmp(line, "QUIT", 4) == 0)
+            break;
+        if (send(fd, reply, strlen(reply), MSG_NOSIGNAL) < 0)
+            break;
+    }
+    fclose(in);
+    return NULL;
+}
+
+static void test_tcp_wait_unsupported(void **state)
+{
+    (void)state;
+    struct fake f = {.waits = 0};
+    f.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+    assert_int_equal(bind(f.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(f.lfd, 1), 0);
+    assert_int_equal(getsockname(f.lfd, (struct sockaddr *)&a, &al), 0);
+    char ep[32];
+    snprintf(ep, sizeof(ep), "127.0.0.1:%d", ntohs(a.sin_port));
+    assert_int_equal(pthread_create(&f.th, NULL, fake_main, &f), 0);
+    struct sync *s = tcp_connect(ep);
+    struct store_mailbox mb;
+    NO(s->ops->wait(s, U1, 3, 1000, -1, &mb, &why), "unsupported");
+    NO(s->ops->wait(s, U1, 3, 1000, -1, &mb, &why), "unsupported");
+    assert_int_equal(get_mb(s, U1).modseq, 9);
+    sync_close(&s);
+    pthread_join(f.th, NULL);
+    close(f.lfd);
+    assert_int_equal(f.waits, 1);
+}
+
 #define BOTH(f)                                                                                    \
     cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_local),                     \
         cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_tcp)
@@ -2251,6 +2482,9 @@ int main(void)
         TCP(test_tcp_delivered),
         TCP(test_tcp_streaming),
         cmocka_unit_test(test_tcp_stalled_reader),
+        BOTH(test_wait),
+        TCP(test_tcp_wait),
+        cmocka_unit_test(test_tcp_wait_unsupported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
