@@ -228,17 +228,51 @@ int imapd_set_resolve(struct imapd_session *s, const char *set, bool uid, size_t
 int imapd_load(struct imapd_session *s, size_t i, const char **why_r, int *r_r)
 {
     struct imapd_msg *m = &s->msgs[i];
-    if (s->cache_uid == m->uid && s->cache_uid != 0)
+    if (s->cache_uid == m->uid && s->cache_uid != 0 && !s->cache_header_only)
         return 0;
     mime_free(&s->cache_mime);
     buf_reset(&s->cache_body);
     s->cache_uid = 0;
+    s->cache_header_only = false;
     int r = s->sy->ops->fetch(s->sy, s->user, s->folder, m->uid, &s->cache_body, why_r);
     *r_r = r;
     if (r != 0)
         return -1;
     s->cache_uid = m->uid;
     return 0;
+}
+
+/* Makes hdr (the header of message uid) the cached message, taking its
+ * storage (hdr is left empty). */
+static void cache_put_header(struct imapd_session *s, uint32_t uid, struct buf *hdr)
+{
+    mime_free(&s->cache_mime);
+    struct buf old = s->cache_body;
+    s->cache_body = *hdr;
+    *hdr = old;
+    buf_reset(hdr);
+    s->cache_uid = uid;
+    s->cache_header_only = true;
+}
+
+/* imapd_load for items that need only the header: a cached message of
+ * either kind will do; else only its header is read. */
+static int load_header(struct imapd_session *s, size_t i, const char **why_r, int *r_r)
+{
+    struct imapd_msg *m = &s->msgs[i];
+    if (s->cache_uid == m->uid && s->cache_uid != 0)
+        return 0;
+    if (s->sy->ops->fetch_headers == NULL)
+        return imapd_load(s, i, why_r, r_r);
+    struct buf h;
+    buf_init(&h, 0);
+    int rc = 0;
+    int r = s->sy->ops->fetch_headers(s->sy, s->user, s->folder, &m->uid, 1, &h, &rc, why_r);
+    *r_r = r != 0 ? r : rc;
+    if (*r_r == 0)
+        cache_put_header(s, m->uid, &h);
+    buf_free(&h);
+    return *r_r == 0 ? 0 : -1;
 }
 
 static struct mime_msg *loaded_mime(struct imapd_session *s)
@@ -428,6 +462,27 @@ static bool needs_body(const struct fitem *it)
            it->k == FI_RFC822_TEXT;
 }
 
+/* True if the item needs at most the message's header: what a FETCH of
+ * only such items reads from the store (sync.h fetch_headers). */
+static bool header_only(const struct fitem *it)
+{
+    switch (it->k) {
+    case FI_FLAGS:
+    case FI_INTERNALDATE:
+    case FI_SIZE:
+    case FI_UID:
+    case FI_MODSEQ:
+    case FI_ENVELOPE:
+    case FI_RFC822_HEADER:
+        return true;
+    case FI_SECTION:
+        return strcasecmp(it->spec, "HEADER") == 0 ||
+               strncasecmp(it->spec, "HEADER.FIELDS", 13) == 0;
+    default:
+        return false;
+    }
+}
+
 static bool sets_seen(const struct fitem *it)
 {
     return (it->k == FI_SECTION && !it->peek) || it->k == FI_RFC822 || it->k == FI_RFC822_TEXT;
@@ -447,12 +502,13 @@ static int fetch_one(struct imapd_session *s, size_t i, const struct fitem *item
                      bool *none_r)
 {
     struct imapd_msg *m = &s->msgs[i];
-    bool body = false, seen = false;
+    bool body = false, seen = false, hdr = true;
     for (size_t k = 0; k < ni; k++) {
         body |= needs_body(&items[k]);
         seen |= sets_seen(&items[k]);
+        hdr &= header_only(&items[k]);
     }
-    if (body && imapd_load(s, i, why_r, r_r) < 0)
+    if (body && (hdr ? load_header(s, i, why_r, r_r) : imapd_load(s, i, why_r, r_r)) < 0)
         return -1;
     bool flags_changed = false;
     if (seen && !s->readonly && !(m->flags & STORE_F_SEEN)) {
@@ -582,6 +638,43 @@ static int fetch_one(struct imapd_session *s, size_t i, const struct fitem *item
     return 0;
 }
 
+/* Headers read ahead for a header-only FETCH. */
+#define HEADER_WINDOW 64
+struct header_window {
+    uint32_t uid[HEADER_WINDOW];
+    struct buf b[HEADER_WINDOW];
+    int rc[HEADER_WINDOW];
+    const char *why[HEADER_WINDOW];
+    size_t n, pos;
+};
+
+/* Reads the headers of the next HEADER_WINDOW messages the FETCH will
+ * answer, from position k of idx on (the same filter as its loop). */
+static int header_window_fill(struct imapd_session *s, struct header_window *hw, const size_t *idx,
+                              size_t k, size_t nidx, uint64_t changedsince)
+{
+    hw->n = hw->pos = 0;
+    for (; k < nidx && hw->n < HEADER_WINDOW; k++) {
+        const struct imapd_msg *m = &s->msgs[idx[k]];
+        if (m->gone || (changedsince > 0 && m->modseq <= changedsince))
+            continue;
+        buf_reset(&hw->b[hw->n]);
+        hw->uid[hw->n++] = m->uid;
+    }
+    return s->sy->ops->fetch_headers(s->sy, s->user, s->folder, hw->uid, hw->n, hw->b, hw->rc,
+                                     hw->why);
+}
+
+static void header_window_free(struct header_window **hwp)
+{
+    struct header_window *hw = *hwp;
+    if (hw == NULL)
+        return;
+    for (size_t i = 0; i < HEADER_WINDOW; i++)
+        buf_free(&hw->b[i]);
+    xfree(hwp);
+}
+
 void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
                      const struct imap_arg *a, size_t n, bool uid)
 {
@@ -704,6 +797,15 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
     const char *why = NULL;
     struct buf b;
     buf_init(&b, 0);
+    /* Only headers wanted: read them from the store a window at a time,
+     * pipelined (one round trip per window, not per message). */
+    bool body = false, hdr = true;
+    for (size_t k = 0; k < ni; k++) {
+        body |= needs_body(&items[k]);
+        hdr &= header_only(&items[k]);
+    }
+    struct header_window *hw =
+        body && hdr && s->sy->ops->fetch_headers != NULL ? xcalloc(1, sizeof(*hw)) : NULL;
     for (size_t k = 0; k < nidx && !s->closing; k++) {
         size_t i = idx[k];
         if (s->msgs[i].gone) {
@@ -712,6 +814,31 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
         }
         if (changedsince > 0 && s->msgs[i].modseq <= changedsince)
             continue;
+        uint32_t u = s->msgs[i].uid;
+        while (hw != NULL && hw->pos < hw->n && hw->uid[hw->pos] < u)
+            hw->pos++;
+        if (hw != NULL && s->cache_uid != u) {
+            if (hw->pos == hw->n && header_window_fill(s, hw, idx, k, nidx, changedsince) < 0) {
+                r = -1;
+                why = "connection failed";
+                failed = true;
+                break;
+            }
+            if (hw->pos < hw->n && hw->uid[hw->pos] == u) {
+                size_t p = hw->pos++;
+                if (hw->rc[p] == SYNC_NO && strcmp(hw->why[p], "notfound") == 0) {
+                    some_gone = true; /* expunged meanwhile by another session */
+                    continue;
+                }
+                if (hw->rc[p] != 0) {
+                    r = hw->rc[p];
+                    why = hw->why[p];
+                    failed = true;
+                    break;
+                }
+                cache_put_header(s, hw->uid[p], &hw->b[p]);
+            }
+        }
         buf_reset(&b);
         if (fetch_one(s, i, items, ni, uid, want_modseq || s->condstore, &b, &why, &r, &none) < 0) {
             if (none)
@@ -727,6 +854,7 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
         imapd_flush(s); /* one message at a time: memory stays flat */
     }
     buf_free(&b);
+    header_window_free(&hw);
     free(idx);
     free(items);
     if (none) {

@@ -56,6 +56,7 @@ struct imapd_session {
 
     /* one parsed message, for FETCH and SEARCH */
     uint32_t cache_uid;
+    bool cache_header_only; /* cache_body holds only the header */
     struct buf cache_body;
     struct mime_msg *cache_mime;
 };

@@ -627,6 +627,45 @@ enum store_status store_msg_read(struct store *st, const char *user, const char 
     return st->ops->msg_read(st, u, f, uid, out);
 }
 
+bool store_header_end(const char *p, size_t n, size_t *len_r)
+{
+    /* At the start of each line: is it empty? */
+    for (size_t i = 0; i < n;) {
+        if (p[i] == '\n') {
+            *len_r = i + 1;
+            return true;
+        }
+        if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n') {
+            *len_r = i + 2;
+            return true;
+        }
+        const char *nl = memchr(p + i, '\n', n - i);
+        if (nl == NULL)
+            return false;
+        i = (size_t)(nl - p) + 1;
+    }
+    return false;
+}
+
+enum store_status store_msg_read_header(struct store *st, const char *user, const char *folder,
+                                        uint32_t uid, struct buf *out)
+{
+    char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1];
+    if (!store_user_canon(user, u) || !store_folder_canon(folder, f))
+        return STORE_INVALID;
+    if (st->ops->msg_read_header != NULL)
+        return st->ops->msg_read_header(st, u, f, uid, out);
+    /* A backend without a partial read: the whole body, cut. */
+    size_t start = out->len;
+    enum store_status r = st->ops->msg_read(st, u, f, uid, out);
+    size_t hl;
+    if (r == STORE_OK && store_header_end(out->data + start, out->len - start, &hl)) {
+        out->len = start + hl;
+        out->data[out->len] = '\0';
+    }
+    return r;
+}
+
 int store_changes(struct store *st, const char *user, uint64_t since,
                   const struct store_change_cb *cb, const char **error_r)
 {

@@ -344,6 +344,19 @@ int store_msg_iter(struct store *st, const char *user, const char *folder, store
 /* Reads a message body into out (appended). */
 enum store_status store_msg_read(struct store *st, const char *user, const char *folder,
                                  uint32_t uid, struct buf *out);
+/* Reads only the message's header into out (appended): its octets up to and
+ * including the first empty line (store_header_end), or the whole message
+ * if it has none. The fs store reads only as much of the body as it takes
+ * to find that line (in growing pieces from 8 KiB): the record header is
+ * checked (magic, size, GUID), but not the body's SHA-256, which needs the
+ * whole body (store_msg_read checks it). What IMAP's header-only FETCH
+ * items read. */
+enum store_status store_msg_read_header(struct store *st, const char *user, const char *folder,
+                                        uint32_t uid, struct buf *out);
+/* True if p[0..n) holds the end of a message header: an empty line ("\n"
+ * or "\r\n" at the start of a line, the first line included); *len_r the
+ * header's length including it. */
+bool store_header_end(const char *p, size_t n, size_t *len_r);
 
 /* ---- delivery ids ---- */
 

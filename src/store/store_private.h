@@ -81,6 +81,9 @@ struct store_ops {
                     void *ctx, const char **error_r);
     enum store_status (*msg_read)(struct store *st, const char *user, const char *folder,
                                   uint32_t uid, struct buf *out);
+    /* store_msg_read_header; NULL: msg_read, cut (store.c). */
+    enum store_status (*msg_read_header)(struct store *st, const char *user, const char *folder,
+                                         uint32_t uid, struct buf *out);
     int (*changes)(struct store *st, const char *user, uint64_t since,
                    const struct store_change_cb *cb, const char **error_r);
     /* after: "" = from the first id; since/upto as store_delivery_iter_from. */

@@ -251,6 +251,14 @@ struct sync_ops {
      * wake_fd for timeout_ms and checks again. */
     int (*wait)(struct sync *s, const char *user, uint64_t since, unsigned timeout_ms, int wake_fd,
                 struct store_mailbox *mb_r, const char **why_r);
+    /* Only the headers of n messages of one folder (store_msg_read_header:
+     * the octets up to and including the first empty line, the whole
+     * message if it has none): outs[i] gets uids[i]'s appended, rc_out[i]
+     * is 0 or SYNC_NO with why_out[i] ("notfound": gone). Pipelined over
+     * TCP like fetch_batch. Returns 0 when every item has its result, -1 if
+     * the channel failed. n <= SYNC_BATCH_MAX (beyond: -1, nothing sent). */
+    int (*fetch_headers)(struct sync *s, const char *user, const char *folder, const uint32_t *uids,
+                         size_t n, struct buf *outs, int *rc_out, const char **why_out);
 };
 
 #define SYNC_WAIT_MAX_MS 300000u /* the longest WAIT (below syncd's idle time) */

@@ -455,6 +455,16 @@ static int sync_tcp_changes(struct sync *s, const char *user, uint64_t since,
     }
 }
 
+/* Appends "<verb> <user> <folder> <uid>" CRLF to c->out (FETCH, HEADER). */
+static void sync_tcp_fetch_verb(struct sync_tcp *c, const char *verb, const char *user,
+                                const char *folder, uint32_t uid)
+{
+    buf_printf(&c->out, "%s ", verb);
+    sync_tcp_put_hex(&c->out, user, " ");
+    sync_tcp_put_hex(&c->out, folder, "");
+    buf_printf(&c->out, " %u\r\n", uid);
+}
+
 /* Appends "FETCH <user> <folder> <uid>" CRLF to c->out. */
 static void sync_tcp_fetch_line(struct sync_tcp *c, const char *user, const char *folder,
                                 uint32_t uid)
@@ -574,6 +584,48 @@ static int sync_tcp_fetch_batch(struct sync *s, const char *user, const char *co
         if (r < 0)
             return -1;
         rc_out[i] = r;
+    }
+    return 0;
+}
+
+/* HEADERs pipelined as fetch_batch's FETCHes, one folder. */
+static int sync_tcp_fetch_headers(struct sync *s, const char *user, const char *folder,
+                                  const uint32_t *uids, size_t n, struct buf *outs, int *rc_out,
+                                  const char **why_out)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    if (n > SYNC_BATCH_MAX) {
+        log_warn("sync", "%s: fetch_headers of %zu messages: over the limit", c->endpoint, n);
+        return -1;
+    }
+    const char *why = NULL;
+    for (size_t i = 0; i < n; i++) {
+        rc_out[i] = 0;
+        why_out[i] = NULL;
+    }
+    if (n == 0)
+        return 0;
+    int r = sync_tcp_cmd_user(c, "HEADER", user, &why);
+    if (r == 0 && !sync_tcp_folder_ok(folder))
+        r = sync_tcp_invalid(&why);
+    if (r != 0) {
+        for (size_t i = 0; i < n; i++) {
+            rc_out[i] = r;
+            why_out[i] = why;
+        }
+        return r < 0 ? -1 : 0;
+    }
+    size_t next = 0;
+    for (size_t j = 0; j < n; j++) {
+        buf_reset(&c->out);
+        while (next < n && next < j + SYNC_TCP_FETCH_WINDOW)
+            sync_tcp_fetch_verb(c, "HEADER", user, folder, uids[next++]);
+        if (c->out.len > 0 && sync_tcp_send_out(c) < 0)
+            return sync_tcp_broken(c, NULL, NULL);
+        r = sync_tcp_fetch_reply(c, &outs[j], &why_out[j]);
+        if (r < 0)
+            return -1;
+        rc_out[j] = r;
     }
     return 0;
 }
@@ -1337,6 +1389,7 @@ static const struct sync_ops sync_tcp_ops = {
     .deliveries_each = sync_tcp_deliveries_each,
     .delivery_add_batch = sync_tcp_delivery_add_batch,
     .wait = sync_tcp_wait,
+    .fetch_headers = sync_tcp_fetch_headers,
 };
 
 /* ---- connection ---- */

@@ -274,6 +274,7 @@ static const struct {
     {"TOMB", SYNCD_TOMB, 10, 0},
     {"WAIT", SYNCD_WAIT, 3, 0},
     {"NOOP", SYNCD_NOOP, 0, 0},
+    {"HEADER", SYNCD_HEADER, 3, 0},
 };
 
 /* Splits a line at single spaces into t (SYNCD_TOKENS_MAX); *n_r tokens. */
@@ -480,6 +481,7 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
         syncd_note(&p, syncd_tok_u64(&a[1], UINT64_MAX, &cmd->num), syncd_bad_num);
         break;
     case SYNCD_FETCH:
+    case SYNCD_HEADER:
     case SYNCD_EXPUNGE:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
@@ -707,7 +709,12 @@ static void syncd_cmd_fetch(struct syncd_session *s, struct sync *sy, const stru
     const char *why = NULL;
     struct buf b;
     buf_init(&b, 0);
-    int r = sy->ops->fetch(sy, c->user, c->folder, c->uid, &b, &why);
+    int r1 = 0;
+    int r = c->verb == SYNCD_HEADER
+                ? sy->ops->fetch_headers(sy, c->user, c->folder, &c->uid, 1, &b, &r1, &why)
+                : sy->ops->fetch(sy, c->user, c->folder, c->uid, &b, &why);
+    if (r == 0)
+        r = r1;
     if (r != 0) {
         syncd_fail(s, r, why);
     } else {
@@ -1057,6 +1064,7 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
         syncd_stream_start(s, c);
         break;
     case SYNCD_FETCH:
+    case SYNCD_HEADER:
         syncd_cmd_fetch(s, sy, c);
         break;
     case SYNCD_FOLDER:
@@ -1107,6 +1115,29 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     }
 }
 
+/* False for the commands that only read (they cannot end a WAIT). */
+static bool syncd_verb_writes(enum syncd_verb v)
+{
+    switch (v) {
+    case SYNCD_NONE:
+    case SYNCD_HELLO:
+    case SYNCD_QUIT:
+    case SYNCD_NOOP:
+    case SYNCD_WAIT:
+    case SYNCD_MBOX:
+    case SYNCD_CHANGES:
+    case SYNCD_DIGEST:
+    case SYNCD_DELIVERIES:
+    case SYNCD_FETCH:
+    case SYNCD_HEADER:
+    case SYNCD_FOLDERS:
+    case SYNCD_MSGS:
+        return false;
+    default:
+        return true;
+    }
+}
+
 /* A parsed line (r, err from syncd_parse_line) is ready to be answered. */
 static void syncd_dispatch(struct syncd_session *s, int r, const char *err)
 {
@@ -1128,9 +1159,8 @@ static void syncd_dispatch(struct syncd_session *s, int r, const char *err)
         syncd_cmd_add(s);
     else
         syncd_execute(s, &s->cmd);
-    /* Whatever it committed may end WAITs on this mailbox (a read costs
-     * them one more look). */
-    if (s->cmd.verb != SYNCD_WAIT)
+    /* Whatever it committed may end WAITs on this mailbox. */
+    if (syncd_verb_writes(s->cmd.verb))
         syncd_changed(s->d, s->cmd.user);
 }
 

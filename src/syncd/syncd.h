@@ -138,6 +138,7 @@ enum syncd_verb {
     SYNCD_TOMB,
     SYNCD_WAIT, /* notified IDLE: answered when the mailbox changes (or at a timeout) */
     SYNCD_NOOP,
+    SYNCD_HEADER, /* FETCH of the header only */
 };
 
 /* One parsed command; only the fields its verb has are set. Strings are

@@ -384,6 +384,69 @@ def test_fetch_items(imap_tern):
     c.logout()
 
 
+def test_header_only_fetch_answers_as_the_whole_message_does(imap_tern):
+    """FETCHes of header items only read just the header from the store.
+    Their answers must be those of the same items fetched with the whole
+    message (BODY.PEEK[] in the same FETCH makes the session read it all),
+    for headers of every shape; and a whole-body item after them still gets
+    the whole body."""
+    pad = "x" * 9000
+    raws = [
+        b"From: a@example.net\r\nSubject: plain\r\n\r\nbody\r\n" + b"y" * 50000 + b"\r\n",
+        b"From: a@example.net\nSubject: bare LF\n\nbody\n",
+        b"From: a@example.net\r\nSubject: no body at all\r\n",
+        ("From: a@example.net\r\nX-Pad: %s\r\nSubject: folded\r\n  on two lines\r\n"
+         "To: Bob <b@example.org>\r\n\r\nbody\r\n" % pad).encode(),
+        b"\r\nSubject: not a header, the body\r\n",
+        b"Subject: =?utf-8?q?caf=C3=A9?=\r\nFrom: \"Q, R\" <q@example.net>\r\n"
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\npart\r\n--b--\r\n",
+    ]
+    c = connect(imap_tern)
+    c.create("Shapes")
+    for r in raws:
+        assert c.append("Shapes", None, None, r)[0] == "OK"
+    c.logout()
+    items = ["BODY.PEEK[HEADER]", "BODY.PEEK[HEADER.FIELDS (Subject To)]",
+             "BODY.PEEK[HEADER.FIELDS.NOT (Subject)]", "ENVELOPE", "RFC822.HEADER",
+             "BODY.PEEK[HEADER]<2.20>", "ENVELOPE RFC822.SIZE FLAGS"]
+    n = len(raws)
+    # What is stored (imaplib sends bare LFs as CRLF).
+    ref = connect(imap_tern)
+    ref.select("Shapes", readonly=True)
+    typ, data = ref.uid("FETCH", "1:*", "(BODY.PEEK[])")
+    stored = [d[1] for d in data if isinstance(d, tuple)]
+    assert len(stored) == n
+
+    # Header items alone: the session reads only headers (one window).
+    head_only = connect(imap_tern)
+    head_only.select("Shapes", readonly=True)
+    got = {}
+    for item in items:
+        typ, data = head_only.uid("FETCH", "1:*", f"({item})")
+        assert typ == "OK", data
+        got[item] = data
+    typ, data = head_only.uid("FETCH", "1:*", "(BODY.PEEK[HEADER])")
+    for body, d in zip(stored, [d for d in data if isinstance(d, tuple)]):
+        m = re.search(rb"^\r?\n|\n\r?\n", body)
+        want = body[:m.end()] if m else body
+        assert d[1] == want, (body[:40], d[1][:80])
+    # After header-only reads, the whole message is the whole message.
+    typ, data = head_only.uid("FETCH", "1:*", "(BODY.PEEK[])")
+    assert [d[1] for d in data if isinstance(d, tuple)] == stored
+    head_only.logout()
+
+    # The same items answered from the whole message: the reference session
+    # reads each message whole first (its cache then answers the items).
+    for item in items:
+        want = []
+        for uid in range(1, n + 1):
+            ref.uid("FETCH", str(uid), "(BODY.PEEK[])")
+            typ, data = ref.uid("FETCH", str(uid), f"({item})")
+            want += data
+        assert got[item] == want, item
+    ref.logout()
+
+
 def test_store_flags_keywords_and_condstore(imap_tern):
     c = connect(imap_tern)
     c.select("INBOX")

@@ -1516,6 +1516,11 @@ static void test_parse(void **state)
         {"WAIT 61 7 5 5", -1, "wrong number of arguments"},
         {"NOOP x", -1, "wrong number of arguments"},
         {"NOOP", 0, NULL},
+        {"HEADER 61 494e424f58 4294967295", 0, NULL},
+        {"HEADER 61 494e424f58 4294967296", -1, "bad number"},
+        {"HEADER 61 494e424f5 1", -1, "bad folder name (hex)"},
+        {"HEADER 61 494e424f58", -1, "wrong number of arguments"},
+        {"HEADER 61 494e424f58 1 2", -1, "wrong number of arguments"},
     };
     for (size_t i = 0; i < ARRAY_SIZE(waits); i++) {
         int r = syncd_parse_line(waits[i].line, strlen(waits[i].line), &c, &err);
@@ -2258,6 +2263,116 @@ static void test_tcp_stalled_reader(void **state)
     server_stop(sv);
 }
 
+/* ---- header-only reads ---- */
+
+/* fetch_headers on both transports (the memory store cuts a whole read,
+ * the fs store behind syncd reads in growing pieces): the header up to and
+ * including the empty line, whatever its size relative to the pieces. */
+static void test_fetch_headers(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    struct {
+        size_t pad;      /* octets of filler in an X-Pad field */
+        const char *end; /* what ends the header */
+        bool has_body;
+    } cases[] = {
+        {0, "\r\n", true},     {8150, "\r\n", true}, {8170, "\r\n", true}, {8180, "\r\n", true},
+        {20000, "\r\n", true}, {100, "\n", true},    {100, "", false},     {9000, "", false},
+    };
+    size_t nc = ARRAY_SIZE(cases);
+    struct buf full[16], want[16];
+    uint32_t uids[16];
+    for (size_t i = 0; i < nc; i++) {
+        buf_init(&full[i], 0);
+        buf_init(&want[i], 0);
+        buf_printf(&full[i], "Subject: case %zu\r\nX-Pad: ", i);
+        for (size_t k = 0; k < cases[i].pad; k++)
+            buf_puts(&full[i], "p");
+        buf_puts(&full[i], "\r\n");
+        buf_puts(&full[i], cases[i].end);
+        buf_append(&want[i], full[i].data, full[i].len);
+        if (cases[i].has_body)
+            for (int k = 0; k < 3000; k++)
+                buf_puts(&full[i], "body line\r\n");
+        uids[i] = (uint32_t)i + 1;
+        struct sync_msg m = mkmsg("INBOX", uids[i], full[i].data, full[i].len);
+        OK(s->ops->append(s, U1, &m, full[i].data, full[i].len, &why));
+    }
+    /* A message whose first line is empty: its header is that line. */
+    buf_init(&full[nc], 0);
+    buf_init(&want[nc], 0);
+    buf_puts(&full[nc], "\r\nno header at all\r\n");
+    buf_puts(&want[nc], "\r\n");
+    uids[nc] = (uint32_t)nc + 1;
+    struct sync_msg m = mkmsg("INBOX", uids[nc], full[nc].data, full[nc].len);
+    OK(s->ops->append(s, U1, &m, full[nc].data, full[nc].len, &why));
+    nc++;
+    uids[nc] = 999; /* not there */
+    struct buf outs[16];
+    int rc[16];
+    const char *whys[16];
+    for (size_t i = 0; i <= nc; i++)
+        buf_init(&outs[i], 0);
+    OK(s->ops->fetch_headers(s, U1, "INBOX", uids, nc + 1, outs, rc, whys));
+    for (size_t i = 0; i < nc; i++) {
+        assert_int_equal(rc[i], 0);
+        if (outs[i].len != want[i].len || memcmp(outs[i].data, want[i].data, want[i].len) != 0)
+            fail_msg("case %zu: %zu octets, want %zu", i, outs[i].len, want[i].len);
+    }
+    assert_int_equal(rc[nc], SYNC_NO);
+    assert_string_equal(whys[nc], "notfound");
+    for (size_t i = 0; i <= nc; i++)
+        buf_free(&outs[i]);
+    for (size_t i = 0; i < nc; i++) {
+        buf_free(&full[i]);
+        buf_free(&want[i]);
+    }
+    /* No such folder, no mailbox: every item refused; n == 0 is nothing. */
+    struct buf one;
+    buf_init(&one, 0);
+    OK(s->ops->fetch_headers(s, U1, "Nope", uids, 1, &one, rc, whys));
+    assert_int_equal(rc[0], SYNC_NO);
+    assert_string_equal(whys[0], "notfound");
+    OK(s->ops->fetch_headers(s, U2, "INBOX", uids, 1, &one, rc, whys));
+    assert_int_equal(rc[0], SYNC_NO);
+    OK(s->ops->fetch_headers(s, U1, "INBOX", uids, 0, &one, rc, whys));
+    assert_int_equal(one.len, 0);
+    assert_int_equal(
+        s->ops->fetch_headers(s, U1, "INBOX", uids, SYNC_BATCH_MAX + 1, &one, rc, whys), -1);
+    buf_free(&one);
+    /* The connection is still good. */
+    get_mb(s, U1);
+}
+
+static void test_header_end(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        bool found;
+        size_t len;
+    } cases[] = {
+        {"", false, 0},
+        {"\r\n", true, 2},
+        {"\n", true, 1},
+        {"A: b\r\n\r\nbody", true, 8},
+        {"A: b\n\nbody", true, 6},
+        {"A: b\r\n c\r\n\r\n", true, 12},
+        {"A: b\r\n", false, 0},
+        {"A: b\r\n\r", false, 0},
+        {"A: b\r\r\n\r\n", true, 9},
+        {"A: b\r\n \r\nx", false, 0},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        size_t l = 0;
+        bool f = store_header_end(cases[i].in, strlen(cases[i].in), &l);
+        if (f != cases[i].found || (f && l != cases[i].len))
+            fail_msg("\"%s\": %d %zu", cases[i].in, f, l);
+    }
+}
+
 /* ---- WAIT (notified IDLE) ---- */
 
 /* Both transports: WAIT returns at once when the mailbox is past `since`,
@@ -2485,6 +2600,8 @@ int main(void)
         BOTH(test_wait),
         TCP(test_tcp_wait),
         cmocka_unit_test(test_tcp_wait_unsupported),
+        BOTH(test_fetch_headers),
+        cmocka_unit_test(test_header_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
