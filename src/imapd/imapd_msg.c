@@ -1583,6 +1583,28 @@ void imapd_cmd_search(struct imapd_session *s, const struct imap_command *c,
 
 /* ---- COPY / MOVE / EXPUNGE ---------------------------------------------------- */
 
+/* Expunges uids[0..n) (ascending) of folder: one store commit, or one per
+ * message with a store that cannot batch. 0 or the failure (a folder gone
+ * meanwhile: nothing to expunge, 0). */
+static int expunge_uids(struct imapd_session *s, const char *folder, const uint32_t *uids, size_t n,
+                        const char **why_r)
+{
+    if (n == 0)
+        return 0;
+    int rc;
+    if (s->sy->ops->expunge_uids != NULL) {
+        size_t done = 0;
+        rc = s->sy->ops->expunge_uids(s->sy, s->user, folder, uids, n, &done, why_r);
+    } else {
+        rc = 0;
+        for (size_t i = 0; i < n && rc == 0; i++)
+            rc = s->sy->ops->expunge(s->sy, s->user, folder, uids[i], why_r);
+    }
+    if (rc == SYNC_NO && strcmp(*why_r, "notfound") == 0)
+        rc = 0;
+    return rc;
+}
+
 void imapd_cmd_copy(struct imapd_session *s, const struct imap_command *c, const struct imap_arg *a,
                     size_t n, bool uid, bool move)
 {
@@ -1631,32 +1653,68 @@ void imapd_cmd_copy(struct imapd_session *s, const struct imap_command *c, const
     size_t nc = 0;
     uint32_t dst_validity = 0;
     bool failed = false;
-    for (size_t q = 0; q < nidx; q++) {
-        struct imapd_msg *m = &s->msgs[idx[q]];
-        if (m->gone)
-            continue;
-        if (imapd_load(s, idx[q], &why, &r) < 0) {
-            if (r == SYNC_NO)
-                continue; /* expunged meanwhile */
-            failed = true;
-            break;
+    if (s->sy->ops->copy_uids != NULL) {
+        /* The store copies SYNC_UIDS_MAX at a time, reading the bodies
+         * itself, with one commit each (sync.h copy_uids). */
+        uint32_t *ask = xcalloc(SYNC_UIDS_MAX, sizeof(*ask));
+        uint32_t *got = xcalloc(SYNC_UIDS_MAX, sizeof(*got));
+        size_t k = 0;
+        for (size_t q = 0; q <= nidx && !failed; q++) {
+            if (q < nidx) {
+                if (s->msgs[idx[q]].gone)
+                    continue;
+                ask[k++] = s->msgs[idx[q]].uid;
+                if (k < SYNC_UIDS_MAX)
+                    continue;
+            }
+            if (k == 0)
+                break;
+            uint32_t uv = 0;
+            r = s->sy->ops->copy_uids(s->sy, s->user, s->folder, target, ask, k, got, &uv, &why);
+            if (r != 0) {
+                failed = true;
+                break;
+            }
+            for (size_t j = 0; j < k; j++)
+                if (got[j] != 0) { /* 0: expunged meanwhile */
+                    src[nc] = ask[j];
+                    dst[nc++] = got[j];
+                }
+            dst_validity = uv;
+            k = 0;
         }
-        uint32_t nu = 0, uv = 0;
-        r = s->sy->ops->append_new(s->sy, s->user, target, m->flags, m->keywords, m->internal_date,
-                                   s->cache_body.data, s->cache_body.len, &nu, &uv, &why);
-        if (r != 0) {
-            failed = true;
-            break;
+        free(ask);
+        free(got);
+    } else {
+        for (size_t q = 0; q < nidx; q++) {
+            struct imapd_msg *m = &s->msgs[idx[q]];
+            if (m->gone)
+                continue;
+            if (imapd_load(s, idx[q], &why, &r) < 0) {
+                if (r == SYNC_NO)
+                    continue; /* expunged meanwhile */
+                failed = true;
+                break;
+            }
+            uint32_t nu = 0, uv = 0;
+            r = s->sy->ops->append_new(s->sy, s->user, target, m->flags, m->keywords,
+                                       m->internal_date, s->cache_body.data, s->cache_body.len, &nu,
+                                       &uv, &why);
+            if (r != 0) {
+                failed = true;
+                break;
+            }
+            src[nc] = m->uid;
+            dst[nc++] = nu;
+            dst_validity = uv;
         }
-        src[nc] = m->uid;
-        dst[nc++] = nu;
-        dst_validity = uv;
     }
     if (failed) {
         /* All or nothing (RFC 3501 6.4.7): take back what was copied. */
         const char *w2;
-        for (size_t q = 0; q < nc; q++)
-            s->sy->ops->expunge(s->sy, s->user, target, dst[q], &w2);
+        for (size_t q = 0; q < nc; q += SYNC_UIDS_MAX)
+            (void)expunge_uids(s, target, dst + q, nc - q < SYNC_UIDS_MAX ? nc - q : SYNC_UIDS_MAX,
+                               &w2);
         free(src);
         free(dst);
         free(idx);
@@ -1674,12 +1732,10 @@ void imapd_cmd_copy(struct imapd_session *s, const struct imap_command *c, const
     if (move) {
         if (nc > 0)
             imapd_out(s, "* OK [%s] Moved\r\n", cu.data);
-        for (size_t q = 0; q < nc; q++) {
-            r = s->sy->ops->expunge(s->sy, s->user, s->folder, src[q], &why);
-            if (r != 0 && !(r == SYNC_NO && strcmp(why, "notfound") == 0)) {
-                failed = true;
-                break;
-            }
+        for (size_t q = 0; q < nc && !failed; q += SYNC_UIDS_MAX) {
+            r = expunge_uids(s, s->folder, src + q, nc - q < SYNC_UIDS_MAX ? nc - q : SYNC_UIDS_MAX,
+                             &why);
+            failed = r != 0;
         }
         if (failed) {
             buf_free(&cu);
@@ -1725,17 +1781,24 @@ void imapd_cmd_expunge(struct imapd_session *s, const char *tag, const char *uid
     if (!silent)
         imapd_sync_selected(s, true);
     int rc = 0;
-    for (size_t i = 0; i < s->n; i++) {
-        struct imapd_msg *m = &s->msgs[i];
-        if (!(m->flags & STORE_F_DELETED) || m->gone)
-            continue;
-        if (r != NULL && !imap_seqset_contains(r, nr, m->uid))
-            continue;
-        rc = s->sy->ops->expunge(s->sy, s->user, s->folder, m->uid, &why);
-        if (rc != 0 && !(rc == SYNC_NO && strcmp(why, "notfound") == 0))
-            break;
-        rc = 0;
+    /* The store expunges SYNC_UIDS_MAX at a time with one commit each. */
+    uint32_t *uids = xcalloc(SYNC_UIDS_MAX, sizeof(*uids));
+    size_t k = 0;
+    for (size_t i = 0; i <= s->n && rc == 0; i++) {
+        if (i < s->n) {
+            struct imapd_msg *m = &s->msgs[i];
+            if (!(m->flags & STORE_F_DELETED) || m->gone)
+                continue;
+            if (r != NULL && !imap_seqset_contains(r, nr, m->uid))
+                continue;
+            uids[k++] = m->uid;
+            if (k < SYNC_UIDS_MAX)
+                continue;
+        }
+        rc = expunge_uids(s, s->folder, uids, k, &why);
+        k = 0;
     }
+    free(uids);
     free(r);
     if (silent)
         return;

@@ -316,6 +316,15 @@ enum store_status store_msg_set_flags(struct store *st, const char *user, const 
 /* Expunges one message: leaves a tombstone with a new modseq. */
 enum store_status store_msg_expunge(struct store *st, const char *user, const char *folder,
                                     uint32_t uid);
+/* Expunges the n messages uids[] of one folder with ONE commit (the fs
+ * store: one transaction, so one fsync for all): each leaves a tombstone
+ * with a new modseq of its own, in the order given. A UID that is not a
+ * live message (expunged already, never there) is skipped. *expunged_r
+ * (if not NULL): how many were expunged. STORE_NOTFOUND for no such
+ * mailbox or folder; the state guard is store_msg_expunge's; on any
+ * failure nothing is expunged. */
+enum store_status store_msg_expunge_many(struct store *st, const char *user, const char *folder,
+                                         const uint32_t *uids, size_t n, size_t *expunged_r);
 /* With an explicit modseq (see "Explicit modseqs"; 0 = the plain
  * function): set_flags_at replaces flags and keywords (STORE_FLAGS_SET)
  * and stamps the message with modseq even if they did not change;

@@ -1608,6 +1608,53 @@ static enum store_status store_fs_msg_expunge(struct store *st, const char *user
     return store_fs_finish(fs, STORE_OK);
 }
 
+/* Many expunges in one transaction: one commit, one fsync (store.h). */
+static enum store_status store_fs_msg_expunge_many(struct store *st, const char *user,
+                                                   const char *folder, const uint32_t *uids,
+                                                   size_t n, size_t *expunged_r)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    if (store_fs_begin(fs) < 0)
+        return STORE_ERROR;
+    int64_t id;
+    struct store_mailbox mb;
+    struct store_folder f = {.id = 0};
+    enum store_status s = store_fs_resolve(fs, user, folder, true, &id, &mb, &f);
+    if (s != STORE_OK)
+        return store_fs_finish(fs, s);
+    size_t done = 0;
+    uint64_t bytes = 0, modseq = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct store_fs_msgrow m;
+        s = store_fs_msg_load(fs, f.id, uids[i], &m);
+        if (s == STORE_NOTFOUND)
+            continue; /* gone already */
+        if (s != STORE_OK)
+            return store_fs_finish(fs, s);
+        modseq = store_modseq_take(&mb.modseq, 0);
+        sqlite3_stmt *q = store_fs_q(fs, SQL_MSG_EXPUNGE);
+        sqlite3_bind_int64(q, 1, m.id);
+        sqlite3_bind_int64(q, 2, (int64_t)modseq);
+        if (store_fs_exec(fs, q, "message expunge") < 0)
+            return store_fs_finish(fs, STORE_ERROR);
+        done++;
+        bytes += m.size;
+    }
+    if (done > 0) {
+        sqlite3_stmt *q = store_fs_q(fs, SQL_FOLDER_ADD_MSGS);
+        sqlite3_bind_int64(q, 1, (int64_t)f.id);
+        sqlite3_bind_int64(q, 2, -(int64_t)done);
+        if (store_fs_exec(fs, q, "folder update") < 0 ||
+            store_fs_mbox_bump(fs, id, modseq, -(int64_t)done, -(int64_t)bytes) < 0)
+            return store_fs_finish(fs, STORE_ERROR);
+    }
+    /* Durability: the transaction's commit is the one sync of the batch. */
+    s = store_fs_finish(fs, STORE_OK);
+    if (s == STORE_OK && expunged_r != NULL)
+        *expunged_r = done;
+    return s;
+}
+
 static enum store_status store_fs_msg_tombstone(struct store *st, const char *user,
                                                 const char *folder, const struct store_msg *t)
 {
@@ -2069,6 +2116,7 @@ static const struct store_ops store_fs_ops = {
     .batch_commit = store_fs_batch_commit,
     .msg_set_flags = store_fs_msg_set_flags,
     .msg_expunge = store_fs_msg_expunge,
+    .msg_expunge_many = store_fs_msg_expunge_many,
     .msg_tombstone = store_fs_msg_tombstone,
     .msg_iter = store_fs_msg_iter,
     .msg_read = store_fs_msg_read,

@@ -912,6 +912,8 @@ static const struct sync_ops sync_local_ops = {
     .delivery_add_batch = sync_local_delivery_add_batch,
     .wait = sync_local_wait,
     .fetch_headers = sync_local_fetch_headers,
+    .expunge_uids = sync_local_expunge_uids,
+    .copy_uids = sync_local_copy_uids,
 };
 
 struct sync *sync_local_new(struct store *st)

@@ -1354,6 +1354,86 @@ static int sync_tcp_wait(struct sync *s, const char *user, uint64_t since, unsig
     return r;
 }
 
+/* EXPUNGES: one line, one answer. */
+static int sync_tcp_expunge_uids(struct sync *s, const char *user, const char *folder,
+                                 const uint32_t *uids, size_t n, size_t *expunged_r,
+                                 const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    *expunged_r = 0;
+    int r = sync_tcp_cmd_user(c, "EXPUNGES", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(folder) || !sync_uids_ok(uids, n, SYNC_UIDS_MAX)) {
+        buf_reset(&c->out);
+        return sync_tcp_invalid(why_r);
+    }
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, folder, " ");
+    sync_uidset_write(&c->out, uids, n);
+    buf_puts(&c->out, "\r\n");
+    char *rest;
+    if ((r = sync_tcp_call(c, why_r, &rest)) != 0)
+        return r;
+    uint64_t got;
+    if (parse_u64(rest, n, &got) < 0)
+        return sync_tcp_broken(c, why_r, "malformed EXPUNGES reply");
+    *expunged_r = (size_t)got;
+    return 0;
+}
+
+/* COPIES: the answer maps the source UIDs copied to their new UIDs. */
+static int sync_tcp_copy_uids(struct sync *s, const char *user, const char *from, const char *to,
+                              const uint32_t *uids, size_t n, uint32_t *uids_out,
+                              uint32_t *uidvalidity_r, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    for (size_t i = 0; i < n; i++)
+        uids_out[i] = 0;
+    *uidvalidity_r = 0;
+    int r = sync_tcp_cmd_user(c, "COPIES", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(from) || !sync_tcp_folder_ok(to) ||
+        !sync_uids_ok(uids, n, SYNC_UIDS_MAX)) {
+        buf_reset(&c->out);
+        return sync_tcp_invalid(why_r);
+    }
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, from, " ");
+    sync_tcp_put_hex(&c->out, to, " ");
+    sync_uidset_write(&c->out, uids, n);
+    buf_puts(&c->out, "\r\n");
+    char *rest;
+    if ((r = sync_tcp_call(c, why_r, &rest)) != 0)
+        return r;
+    struct sync_tcp_tok t[SYNC_TCP_TOKS];
+    uint32_t *src = xcalloc(SYNC_UIDS_MAX, sizeof(*src));
+    uint32_t *dst = xcalloc(SYNC_UIDS_MAX, sizeof(*dst));
+    size_t ns = 0, nd = 0;
+    const char *err = NULL;
+    bool ok = sync_tcp_split(rest, t, SYNC_TCP_TOKS) == 3 &&
+              sync_tcp_u32(&t[0], uidvalidity_r) == 0 &&
+              sync_uidset_parse(t[1].p, t[1].len, src, SYNC_UIDS_MAX, &ns, &err) == 0 &&
+              sync_uidset_parse(t[2].p, t[2].len, dst, SYNC_UIDS_MAX, &nd, &err) == 0 && ns == nd;
+    /* Each source UID copied is one asked for (both ascending). */
+    for (size_t i = 0, j = 0; ok && j < ns; i++) {
+        if (i == n) {
+            ok = false;
+        } else if (uids[i] == src[j]) {
+            uids_out[i] = dst[j++];
+        }
+    }
+    free(src);
+    free(dst);
+    if (!ok) {
+        for (size_t i = 0; i < n; i++)
+            uids_out[i] = 0;
+        return sync_tcp_broken(c, why_r, "malformed COPIES reply");
+    }
+    return 0;
+}
+
 static const struct sync_ops sync_tcp_ops = {
     .close = sync_tcp_close,
     .mailbox_get = sync_tcp_mailbox_get,
@@ -1390,6 +1470,8 @@ static const struct sync_ops sync_tcp_ops = {
     .delivery_add_batch = sync_tcp_delivery_add_batch,
     .wait = sync_tcp_wait,
     .fetch_headers = sync_tcp_fetch_headers,
+    .expunge_uids = sync_tcp_expunge_uids,
+    .copy_uids = sync_tcp_copy_uids,
 };
 
 /* ---- connection ---- */

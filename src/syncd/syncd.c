@@ -275,6 +275,8 @@ static const struct {
     {"WAIT", SYNCD_WAIT, 3, 0},
     {"NOOP", SYNCD_NOOP, 0, 0},
     {"HEADER", SYNCD_HEADER, 3, 0},
+    {"EXPUNGES", SYNCD_EXPUNGES, 3, 0},
+    {"COPIES", SYNCD_COPIES, 4, 0},
 };
 
 /* Splits a line at single spaces into t (SYNCD_TOKENS_MAX); *n_r tokens. */
@@ -436,6 +438,22 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
         if (syncd_tok_u64(&a[2], SYNC_WAIT_MAX_MS, &ms) < 0)
             syncd_note(&p, -1, "bad timeout (0 to 300000 ms)");
         cmd->wait_ms = (uint32_t)ms;
+        break;
+    }
+    case SYNCD_EXPUNGES:
+    case SYNCD_COPIES: {
+        /* EXPUNGES <user> <folder> <uidset>; COPIES <user> <from> <to> <uidset> */
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+        const struct syncd_tok *set = &a[2];
+        if (cmd->verb == SYNCD_COPIES) {
+            syncd_note(&p, syncd_tok_str(&a[2], cmd->folder2, sizeof(cmd->folder2)),
+                       syncd_bad_folder);
+            set = &a[3];
+        }
+        const char *serr = NULL;
+        if (sync_uidset_parse(set->p, set->len, cmd->uids, SYNC_UIDS_MAX, &cmd->n_uids, &serr) < 0)
+            syncd_note(&p, -1, serr);
         break;
     }
     case SYNCD_MBOX:
@@ -986,6 +1004,41 @@ static void syncd_execute_client(struct syncd_session *s, struct sync *sy,
         r = sy->ops->modseq_raise(sy, c->user, c->num, &why);
         syncd_result(s, r, why);
         return;
+    case SYNCD_EXPUNGES: {
+        size_t done = 0;
+        r = sy->ops->expunge_uids(sy, c->user, c->folder, c->uids, c->n_uids, &done, &why);
+        if (r != 0)
+            syncd_fail(s, r, why);
+        else
+            syncd_say(s, "+OK %zu", done);
+        return;
+    }
+    case SYNCD_COPIES: {
+        uint32_t *out = xcalloc(c->n_uids + 1, sizeof(*out));
+        uint32_t uv = 0;
+        r = sy->ops->copy_uids(sy, c->user, c->folder, c->folder2, c->uids, c->n_uids, out, &uv,
+                               &why);
+        if (r != 0) {
+            syncd_fail(s, r, why);
+        } else {
+            /* The pairs copied: source UIDs and their new UIDs, in order. */
+            uint32_t *src = xcalloc(c->n_uids + 1, sizeof(*src));
+            size_t k = 0;
+            for (size_t i = 0; i < c->n_uids; i++)
+                if (out[i] != 0) {
+                    src[k] = c->uids[i];
+                    out[k++] = out[i];
+                }
+            buf_printf(&s->out, "+OK %u ", uv);
+            sync_uidset_write(&s->out, src, k);
+            buf_puts(&s->out, " ");
+            sync_uidset_write(&s->out, out, k);
+            buf_puts(&s->out, "\r\n");
+            free(src);
+        }
+        free(out);
+        return;
+    }
     case SYNCD_FCREATE:
         r = sy->ops->folder_create(sy, c->user, c->folder, &why);
         syncd_result(s, r, why);
@@ -1011,6 +1064,8 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     case SYNCD_SETFLAGS:
     case SYNCD_FCREATE:
     case SYNCD_FRENAME:
+    case SYNCD_EXPUNGES:
+    case SYNCD_COPIES:
         syncd_execute_client(s, sy, c);
         break;
     case SYNCD_NONE:

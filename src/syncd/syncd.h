@@ -138,7 +138,9 @@ enum syncd_verb {
     SYNCD_TOMB,
     SYNCD_WAIT, /* notified IDLE: answered when the mailbox changes (or at a timeout) */
     SYNCD_NOOP,
-    SYNCD_HEADER, /* FETCH of the header only */
+    SYNCD_HEADER,   /* FETCH of the header only */
+    SYNCD_EXPUNGES, /* expunges of a UID set, one commit */
+    SYNCD_COPIES,   /* copies of a UID set into another folder, one commit */
 };
 
 /* One parsed command; only the fields its verb has are set. Strings are
@@ -165,6 +167,9 @@ struct syncd_cmd {
     uint64_t modseq;
     uint64_t size;    /* TOMB: the message's size (it has no body) */
     uint32_t wait_ms; /* WAIT: the timeout, 0..SYNC_WAIT_MAX_MS */
+    /* EXPUNGES, COPIES: the UID set (ascending, at most SYNC_UIDS_MAX). */
+    uint32_t uids[SYNC_UIDS_MAX];
+    size_t n_uids;
     uint8_t guid[STORE_GUID_LEN];
     uint8_t sha256[SHA256_LEN];
     /* APPEND (and an APPENDS record): a body of body_len octets (+ CRLF)

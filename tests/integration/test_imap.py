@@ -447,6 +447,85 @@ def test_header_only_fetch_answers_as_the_whole_message_does(imap_tern):
     ref.logout()
 
 
+def uidset_list(text):
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
+def store_fsyncs(t):
+    with smtplib.LMTP("127.0.0.1", t.ports["s1"]) as c:
+        c.ehlo("x")
+        code, text = c.docmd("XSTATS")
+    return int(re.search(rb"fsyncs (\d+)", text).group(1))
+
+
+def test_copy_move_expunge_of_many_messages_in_batches(imap_tern):
+    """COPY, MOVE and EXPUNGE of more messages than one store batch holds
+    (500): COPYUID maps every message to its copy, each copy is its
+    original, the copy costs a few store fsyncs, not one per message, and
+    EXPUNGE, UID EXPUNGE and MOVE remove exactly what they should."""
+    n = 620
+    c = connect(imap_tern)
+    c.create("Big")
+    c.create("Dest")
+    c.logout()
+    r = Raw(imap_tern)
+    r.send("".join("p%d APPEND Big {%d+}\r\n%s\r\n" % (i, len(m), m)
+                   for i in range(1, n + 1)
+                   for m in ["Subject: big %d\r\n\r\nbody %d\r\n" % (i, i)]))
+    for i in range(1, n + 1):
+        assert "OK" in tagged(r.until(f"p{i}"), f"p{i}")
+    r.cmd("a1 SELECT Big")
+    f0 = store_fsyncs(imap_tern)
+    out = r.cmd("a2 UID COPY 1:* Dest")
+    f1 = store_fsyncs(imap_tern)
+    m = re.search(r"\[COPYUID (\d+) (\S+) (\S+)\]", tagged(out, "a2"))
+    assert m, out
+    src, dst = uidset_list(m.group(2)), uidset_list(m.group(3))
+    assert src == list(range(1, n + 1)) and len(dst) == n
+    assert f1 - f0 < 20, (f0, f1)
+    d = Raw(imap_tern)
+    d.cmd("b1 EXAMINE Dest")
+    for k in (0, 1, 498, 499, 500, 501, n - 1):
+        got = d.cmd(f"b2 UID FETCH {dst[k]} (BODY.PEEK[HEADER.FIELDS (Subject)] BODY.PEEK[TEXT])")
+        text = "".join(got)
+        assert f"Subject: big {src[k]}\r\n" in text and f"body {src[k]}\r\n" in text, got
+    d.close()
+    # EXPUNGE of 550: every one reported, the rest kept.
+    r.cmd("a3 STORE 1:550 +FLAGS.SILENT (\\Deleted)")
+    out = r.cmd("a4 EXPUNGE")
+    assert "a4 OK" in tagged(out, "a4")
+    assert len([ln for ln in out if ln.endswith(" EXPUNGE\r\n")]) == 550
+    out = r.cmd("a5 SELECT Big")
+    assert "* 70 EXISTS\r\n" in out, out
+    # UID EXPUNGE expunges only the UIDs named, among the \Deleted ones.
+    r.cmd("a6 STORE 1:* +FLAGS.SILENT (\\Deleted)")
+    out = r.cmd("a7 UID EXPUNGE 551:560,600")
+    assert len([ln for ln in out if ln.endswith(" EXPUNGE\r\n")]) == 11, out
+    r.cmd("a8 STORE 1:* -FLAGS.SILENT (\\Deleted)")
+    # MOVE of the rest: COPYUID, then every one gone from Big.
+    out = r.cmd("a9 UID MOVE 1:* Dest")
+    m = re.search(r"\[COPYUID (\d+) (\S+) (\S+)\]", "".join(out))
+    assert m, out
+    moved = uidset_list(m.group(2))
+    assert moved == [u for u in range(561, n + 1) if u != 600], moved
+    assert len([ln for ln in out if ln.endswith(" EXPUNGE\r\n")]) == 59
+    out = r.cmd("a10 STATUS Dest (MESSAGES)")
+    assert "MESSAGES %d" % (n + 59) in "".join(out), out
+    out = r.cmd("a11 STATUS Big (MESSAGES)")
+    assert "MESSAGES 0" in "".join(out), out
+    # CLOSE expunges in batches too.
+    r.cmd("a12 SELECT Dest")
+    r.cmd("a13 STORE 1:600 +FLAGS.SILENT (\\Deleted)")
+    r.cmd("a14 CLOSE")
+    out = r.cmd("a15 STATUS Dest (MESSAGES)")
+    assert "MESSAGES %d" % (n + 59 - 600) in "".join(out), out
+    r.close()
+
+
 def test_store_flags_keywords_and_condstore(imap_tern):
     c = connect(imap_tern)
     c.select("INBOX")

@@ -1521,6 +1521,18 @@ static void test_parse(void **state)
         {"HEADER 61 494e424f5 1", -1, "bad folder name (hex)"},
         {"HEADER 61 494e424f58", -1, "wrong number of arguments"},
         {"HEADER 61 494e424f58 1 2", -1, "wrong number of arguments"},
+        {"EXPUNGES 61 494e424f58 1:3,5", 0, NULL},
+        {"EXPUNGES 61 494e424f58 -", 0, NULL},
+        {"EXPUNGES 61 494e424f58 3,1", -1, "UID set not ascending"},
+        {"EXPUNGES 61 494e424f58 1:501", -1, "UID set too large"},
+        {"EXPUNGES 61 494e424f58 0", -1, "bad UID set"},
+        {"EXPUNGES 61 zz 1", -1, "bad folder name (hex)"},
+        {"EXPUNGES 61 494e424f58", -1, "wrong number of arguments"},
+        {"COPIES 61 494e424f58 576f726b 1:500", 0, NULL},
+        {"COPIES 61 494e424f58 576f726b 1:2:3", -1, "bad UID set"},
+        {"COPIES 61 494e424f58 576f7 1", -1, "bad folder name (hex)"},
+        {"COPIES 61 494e424f58 576f726b", -1, "wrong number of arguments"},
+        {"COPIES 61 494e424f58 576f726b 1 2", -1, "wrong number of arguments"},
     };
     for (size_t i = 0; i < ARRAY_SIZE(waits); i++) {
         int r = syncd_parse_line(waits[i].line, strlen(waits[i].line), &c, &err);
@@ -2569,6 +2581,225 @@ static void test_tcp_wait_unsupported(void **state)
     assert_int_equal(f.waits, 1);
 }
 
+/* ---- batches of IMAP sessions: EXPUNGES, COPIES ---- */
+
+static int msgs_col(void *ctx, const struct sync_msg *m)
+{
+    return col_msg(ctx, m);
+}
+
+static void test_uid_batches(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    for (uint32_t u = 1; u <= 6; u++) {
+        char body[32];
+        snprintf(body, sizeof(body), "Subject: %u\r\n\r\nm%u\r\n", u, u);
+        assert_int_equal(append(s, U1, "INBOX", u, body), 0);
+    }
+    uint64_t ms;
+    OK(s->ops->flags_ex(s, U1, "INBOX", 2, STORE_FLAGS_SET, STORE_F_FLAGGED, "$Label", 0, &ms,
+                        &why));
+    OK(s->ops->folder_create(s, U1, "Work", &why));
+    struct sync_folder *fl = NULL;
+    size_t nf = 0;
+    OK(s->ops->folders(s, U1, &fl, &nf, &why));
+    uint32_t work_uv = 0;
+    for (size_t i = 0; i < nf; i++)
+        if (strcmp(fl[i].name, "Work") == 0)
+            work_uv = fl[i].uidvalidity;
+    free(fl);
+    assert_true(work_uv != 0);
+
+    /* COPIES: one commit; a UID that is not there is skipped (0). */
+    uint32_t ask[] = {1, 2, 4, 9}, got[4], uv = 0;
+    OK(s->ops->copy_uids(s, U1, "INBOX", "Work", ask, 4, got, &uv, &why));
+    assert_int_equal(uv, work_uv);
+    assert_int_equal(got[0], 1);
+    assert_int_equal(got[1], 2);
+    assert_int_equal(got[2], 3);
+    assert_int_equal(got[3], 0);
+    struct col c;
+    memset(&c, 0, sizeof(c));
+    uint64_t m0;
+    OK(s->ops->msgs(s, U1, "Work", msgs_col, &c, &m0, &why));
+    assert_int_equal(c.nm, 3);
+    assert_int_equal(c.m[1].flags, STORE_F_FLAGGED);
+    assert_string_equal(c.m[1].keywords, "$Label");
+    assert_int_equal(c.m[1].internal_date, 1700000002);
+    assert_memory_not_equal(c.m[1].guid, G1, STORE_GUID_LEN); /* a GUID of its own */
+    fetch_eq(s, U1, "Work", 3, "Subject: 4\r\n\r\nm4\r\n", 18);
+    /* Into the same folder too. */
+    uint32_t self[] = {6};
+    OK(s->ops->copy_uids(s, U1, "INBOX", "INBOX", self, 1, got, &uv, &why));
+    assert_int_equal(got[0], 7);
+    /* Nothing asked: nothing done. */
+    OK(s->ops->copy_uids(s, U1, "INBOX", "Work", ask, 0, got, &uv, &why));
+    assert_int_equal(uv, work_uv);
+    /* Refusals: nothing copied. */
+    NO(s->ops->copy_uids(s, U1, "INBOX", "Nope", ask, 4, got, &uv, &why), "notfound");
+    NO(s->ops->copy_uids(s, U1, "Nope", "Work", ask, 4, got, &uv, &why), "notfound");
+    NO(s->ops->copy_uids(s, U2, "INBOX", "Work", ask, 4, got, &uv, &why), "notfound");
+    uint32_t down[] = {2, 1};
+    NO(s->ops->copy_uids(s, U1, "INBOX", "Work", down, 2, got, &uv, &why), "invalid");
+    uint32_t zero[] = {0};
+    NO(s->ops->copy_uids(s, U1, "INBOX", "Work", zero, 1, got, &uv, &why), "invalid");
+    uint32_t *many = xcalloc(SYNC_UIDS_MAX + 1, sizeof(*many));
+    uint32_t *many_out = xcalloc(SYNC_UIDS_MAX + 1, sizeof(*many_out));
+    for (size_t i = 0; i <= SYNC_UIDS_MAX; i++)
+        many[i] = (uint32_t)i + 1;
+    NO(s->ops->copy_uids(s, U1, "INBOX", "Work", many, SYNC_UIDS_MAX + 1, many_out, &uv, &why),
+       "invalid");
+    memset(&c, 0, sizeof(c));
+    OK(s->ops->msgs(s, U1, "Work", msgs_col, &c, &m0, &why));
+    assert_int_equal(c.nm, 3);
+
+    /* EXPUNGES: one commit, each its own modseq; gone ones skipped. */
+    size_t done = 99;
+    uint64_t before = get_mb(s, U1).modseq;
+    uint32_t ex[] = {1, 3, 9};
+    OK(s->ops->expunge_uids(s, U1, "INBOX", ex, 3, &done, &why));
+    assert_int_equal(done, 2);
+    struct col *ch;
+    changes(s, U1, before, &ch);
+    assert_int_equal(ch->nm, 2);
+    assert_true(ch->m[0].expunged && ch->m[1].expunged);
+    assert_true(ch->m[0].modseq != ch->m[1].modseq);
+    assert_int_equal(get_mb(s, U1).modseq, before + 2);
+    free(ch);
+    OK(s->ops->expunge_uids(s, U1, "INBOX", ex, 3, &done, &why));
+    assert_int_equal(done, 0);
+    OK(s->ops->expunge_uids(s, U1, "INBOX", ex, 0, &done, &why));
+    assert_int_equal(done, 0);
+    NO(s->ops->expunge_uids(s, U1, "Nope", ex, 3, &done, &why), "notfound");
+    NO(s->ops->expunge_uids(s, U1, "INBOX", down, 2, &done, &why), "invalid");
+    NO(s->ops->expunge_uids(s, U1, "INBOX", many, SYNC_UIDS_MAX + 1, &done, &why), "invalid");
+    /* The whole limit at once. */
+    OK(s->ops->expunge_uids(s, U1, "INBOX", many, SYNC_UIDS_MAX, &done, &why));
+    assert_int_equal(done, 5); /* 2, 4, 5, 6 and the copy 7 */
+    free(many);
+    free(many_out);
+    /* Not while the mailbox is fenced. */
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 1, NULL, &why));
+    uint32_t w1[] = {1};
+    NO(s->ops->expunge_uids(s, U1, "Work", w1, 1, &done, &why), "notlive");
+    NO(s->ops->copy_uids(s, U1, "Work", "INBOX", w1, 1, got, &uv, &why), "notlive");
+    get_mb(s, U1);
+}
+
+static void test_uidset(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        int r;
+        size_t n;
+        const char *err;
+    } cases[] = {
+        {"-", 0, 0, NULL},
+        {"1", 0, 1, NULL},
+        {"1:3,5,7:8", 0, 6, NULL},
+        {"4294967295", 0, 1, NULL},
+        {"4294967294:4294967295", 0, 2, NULL},
+        {"1:500", 0, 500, NULL},
+        {"1:501", -1, 0, "UID set too large"},
+        {"1:500,600", -1, 0, "UID set too large"},
+        {"0", -1, 0, "bad UID set"},
+        {"01", -1, 0, "bad UID set"},
+        {"4294967296", -1, 0, "bad UID set"},
+        {"99999999999", -1, 0, "bad UID set"},
+        {"5:3", -1, 0, "bad UID set"},
+        {"3,2", -1, 0, "UID set not ascending"},
+        {"1:3,3", -1, 0, "UID set not ascending"},
+        {"1,,2", -1, 0, "bad UID set"},
+        {"1,", -1, 0, "bad UID set"},
+        {"1:", -1, 0, "bad UID set"},
+        {":2", -1, 0, "bad UID set"},
+        {"", -1, 0, "bad UID set"},
+        {"1 2", -1, 0, "bad UID set"},
+        {"*", -1, 0, "bad UID set"},
+        {"--", -1, 0, "bad UID set"},
+    };
+    uint32_t u[SYNC_UIDS_MAX];
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        size_t n = 99;
+        const char *err = NULL;
+        int r = sync_uidset_parse(cases[i].in, strlen(cases[i].in), u, SYNC_UIDS_MAX, &n, &err);
+        if (r != cases[i].r || (r == 0 && n != cases[i].n) ||
+            (r != 0 && strcmp(err, cases[i].err) != 0))
+            fail_msg("\"%s\": %d %zu %s", cases[i].in, r, n, r != 0 ? err : "");
+    }
+    /* Written and read back. */
+    uint32_t w[] = {1, 2, 3, 7, 9, 10, 4294967295u};
+    struct buf b;
+    buf_init(&b, 0);
+    sync_uidset_write(&b, w, ARRAY_SIZE(w));
+    assert_string_equal(b.data, "1:3,7,9:10,4294967295");
+    size_t n = 0;
+    const char *err = NULL;
+    assert_int_equal(sync_uidset_parse(b.data, b.len, u, SYNC_UIDS_MAX, &n, &err), 0);
+    assert_int_equal(n, ARRAY_SIZE(w));
+    assert_memory_equal(u, w, sizeof(w));
+    buf_reset(&b);
+    sync_uidset_write(&b, w, 0);
+    assert_string_equal(b.data, "-");
+    buf_free(&b);
+}
+
+/* COPIES and EXPUNGES on the wire: the answers' form. */
+static void test_tcp_uid_batches(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    for (uint32_t u = 1; u <= 4; u++)
+        assert_int_equal(append(s, U1, "INBOX", u, "x\r\n"), 0);
+    OK(s->ops->folder_create(s, U1, "Work", &why));
+    char u[2 * sizeof(U1)], cmd[512], want[128];
+    hexs(U1, u);
+    struct raw r;
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 576f726b 1:2,4,7", u);
+    raw_expect(&r, cmd, "+OK ");
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 576f726b 9", u);
+    raw_expect(&r, cmd, "+OK ");
+    snprintf(cmd, sizeof(cmd), "EXPUNGES %s 576f726b 1:3,5", u);
+    raw_expect(&r, cmd, "+OK 3");
+    snprintf(cmd, sizeof(cmd), "EXPUNGES %s 576f726b -", u);
+    raw_expect(&r, cmd, "+OK 0");
+    snprintf(cmd, sizeof(cmd), "EXPUNGES %s 576f726b 3,1", u);
+    raw_expect(&r, cmd, "-ERR UID set not ascending");
+    snprintf(cmd, sizeof(cmd), "EXPUNGES %s 576f726b 1:501", u);
+    raw_expect(&r, cmd, "-ERR UID set too large");
+    snprintf(cmd, sizeof(cmd), "EXPUNGES %s 4e6f7065 1", u);
+    raw_expect(&r, cmd, "-NO notfound");
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 4e6f7065 1", u);
+    raw_expect(&r, cmd, "-NO notfound");
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 1", u);
+    raw_expect(&r, cmd, "-ERR wrong number of arguments");
+    close(r.fd);
+    /* The answers in full (UIDVALIDITY known from a listing). */
+    struct sync_folder *fl = NULL;
+    size_t nf = 0;
+    OK(s->ops->folders(s, U1, &fl, &nf, &why));
+    uint32_t uv = 0;
+    for (size_t i = 0; i < nf; i++)
+        if (strcmp(fl[i].name, "Work") == 0)
+            uv = fl[i].uidvalidity;
+    free(fl);
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 576f726b 1:2,4,7", u);
+    snprintf(want, sizeof(want), "+OK %u 1:2,4 4:6", uv);
+    raw_expect(&r, cmd, want);
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 576f726b 9", u);
+    snprintf(want, sizeof(want), "+OK %u - -", uv);
+    raw_expect(&r, cmd, want);
+    close(r.fd);
+}
+
 #define BOTH(f)                                                                                    \
     cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_local),                     \
         cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_tcp)
@@ -2602,6 +2833,9 @@ int main(void)
         cmocka_unit_test(test_tcp_wait_unsupported),
         BOTH(test_fetch_headers),
         cmocka_unit_test(test_header_end),
+        BOTH(test_uid_batches),
+        cmocka_unit_test(test_uidset),
+        TCP(test_tcp_uid_batches),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
