@@ -80,6 +80,57 @@ try:
         t0 = time.time()
         fn()
         print("%s: %.2f s" % (what, time.time() - t0))
+
+    # Header-only FETCHes on folders of 2 KB and of 100 KB messages, then
+    # COPY and EXPUNGE of N messages (one command each).
+    def fill(folder, n, size):
+        c.create(folder)
+        s = socket.create_connection(("127.0.0.1", t.ports["imap"]), timeout=60)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(f"a LOGIN {USER} secret\r\n".encode())
+        while not f.readline().startswith(b"a "):
+            pass
+        def one(i):
+            head = (b"From: Sender %d <s%d@example.net>\r\nTo: <%s>\r\n"
+                    b"Subject: message %d of the bench\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
+                    b"Message-ID: <%d.bench@example.net>\r\n\r\n"
+                    % (i, i, USER.encode(), i, i))
+            return head + b"z" * (size - len(head) - 2) + b"\r\n"
+        for lo in range(0, n, 200):
+            hi = min(n, lo + 200)
+            s.sendall(b"".join(b"f%d APPEND %s {%d+}\r\n%s\r\n"
+                               % (i, folder.encode(), len(one(i)), one(i)) for i in range(lo, hi)))
+            done = lo
+            while done < hi:
+                if f.readline().startswith(b"f"):
+                    done += 1
+        s.close()
+
+    big = max(N // 4, 1)
+    fill("H2", N, 2048)
+    fill("H100", big, 100 * 1024)
+    for folder, n, what in (("H2", N, "2 KB"), ("H100", big, "100 KB")):
+        c.select(folder)
+        for items in ("(BODY.PEEK[HEADER.FIELDS (From Subject Date)])", "(ENVELOPE)",
+                      "(BODY.PEEK[HEADER])"):
+            t0 = time.time()
+            typ, data = c.uid("FETCH", "1:*", items)
+            el = time.time() - t0
+            assert typ == "OK" and len([d for d in data if isinstance(d, tuple) or
+                                        (d and b"ENVELOPE" in d)]) == n, (typ, len(data))
+            print("UID FETCH 1:* %s, %d messages of %s: %.2f s (%.0f msg/s)"
+                  % (items, n, what, el, n / el))
+    c.select("H2")
+    t0 = time.time()
+    typ, _ = c.copy("1:*", "Trash")
+    assert typ == "OK"
+    print("COPY of %d messages: %.2f s" % (N, time.time() - t0))
+    c.store("1:*", "+FLAGS.SILENT", "(\\Deleted)")
+    t0 = time.time()
+    typ, _ = c.expunge()
+    assert typ == "OK"
+    print("EXPUNGE of %d messages: %.2f s" % (N, time.time() - t0))
     c.logout()
 finally:
     t.stop()

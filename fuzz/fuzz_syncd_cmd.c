@@ -6,7 +6,8 @@
  * classify it without crashing or reading past it, give a reason for every
  * refusal, and only ever hand out NUL-terminated strings within their
  * fields. An accepted line's hex strings, re-encoded, must parse again to
- * the same command (the encoding is unambiguous).
+ * the same command (the encoding is unambiguous); so must an accepted UID
+ * set (EXPUNGES, COPIES) written again by sync_uidset_write.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -58,6 +59,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 cmd.verb == SYNCD_FLAGS || cmd.verb == SYNCD_EXPUNGE || cmd.verb == SYNCD_TOMB));
     if (r_line == 0 && cmd.verb == SYNCD_TOMB)
         ASSERT(cmd.modseq != 0 && cmd.size <= (uint64_t)INT64_MAX);
+    if (r_line == 0 && cmd.verb == SYNCD_WAIT)
+        ASSERT(cmd.wait_ms <= SYNC_WAIT_MAX_MS);
+    /* A UID set: at most SYNC_UIDS_MAX, strictly ascending, no 0; written
+     * again, it reads back the same. */
+    if (r_line == 0 && (cmd.verb == SYNCD_EXPUNGES || cmd.verb == SYNCD_COPIES)) {
+        ASSERT(sync_uids_ok(cmd.uids, cmd.n_uids, SYNC_UIDS_MAX));
+        struct buf b;
+        buf_init(&b, 0);
+        sync_uidset_write(&b, cmd.uids, cmd.n_uids);
+        size_t n2 = 0;
+        const char *e2 = NULL;
+        ASSERT(sync_uidset_parse(b.data, b.len, again.uids, SYNC_UIDS_MAX, &n2, &e2) == 0);
+        ASSERT(n2 == cmd.n_uids && memcmp(again.uids, cmd.uids, n2 * sizeof(cmd.uids[0])) == 0);
+        buf_free(&b);
+    }
     /* The same octets as a record of each batch. */
     r = syncd_parse_record(line, size, &again, &err);
     if (r == 0)

@@ -1439,6 +1439,35 @@ static void cmd_append(struct imapd_session *s, const struct imap_command *c)
     imapd_reply(s, c->tag, "OK", "[APPENDUID %u %u] APPEND completed", uidvalidity, uid);
 }
 
+/* One wait of IDLE on the store's WAIT: until the mailbox changes, the
+ * client speaks, or the next state check is due. 0 to go on (news sent),
+ * -1 when the session ends (BYE sent), 1 when the store does not know
+ * WAIT (poll from now on). */
+static int idle_wait(struct imapd_session *s)
+{
+    int64_t since_check = time_mono_ms() - s->last_state_check_ms;
+    int64_t ms = (int64_t)s->env->state_check_ms - since_check;
+    if (ms < 1)
+        ms = 1;
+    if (ms > 1000) /* the shutdown flag is looked at between waits */
+        ms = 1000;
+    struct store_mailbox mb;
+    const char *why = NULL;
+    int r = s->sy->ops->wait(s->sy, s->user, s->modseq, (unsigned)ms, s->fd, &mb, &why);
+    if (r == SYNC_NO && strcmp(why, "unsupported") == 0) {
+        log_info("imap", "%s %s: the store does not know WAIT; IDLE polls", s->peer, s->user);
+        s->no_wait = true;
+        return 1;
+    }
+    if (r != 0 || mb.state != STORE_MBOX_ACTIVE)
+        return check_state(s) ? 0 : -1; /* it says why (BYE) */
+    if (mb.modseq > s->modseq) {
+        imapd_sync_selected(s, true);
+        imapd_flush(s);
+    }
+    return s->closing ? -1 : 0;
+}
+
 static void cmd_idle(struct imapd_session *s, const struct imap_command *c)
 {
     imapd_out(s, "+ idling\r\n");
@@ -1446,7 +1475,11 @@ static void cmd_idle(struct imapd_session *s, const struct imap_command *c)
     int64_t started = time_mono_ms();
     for (;;) {
         char line[64];
-        int r = raw_line(s, line, sizeof(line), (int)s->env->idle_check_ms);
+        /* With a folder selected and a store that knows WAIT, the store
+         * tells of a change as soon as it is committed; else poll every
+         * idle_check_ms. */
+        bool notified = s->state == ST_SELECTED && !s->no_wait && s->sy->ops->wait != NULL;
+        int r = raw_line(s, line, sizeof(line), notified ? 0 : (int)s->env->idle_check_ms);
         if (r < 0) {
             s->closing = true;
             return;
@@ -1470,6 +1503,12 @@ static void cmd_idle(struct imapd_session *s, const struct imap_command *c)
         if (time_mono_ms() - s->last_state_check_ms >= (int64_t)s->env->state_check_ms &&
             !check_state(s))
             return;
+        if (notified) {
+            int w = idle_wait(s);
+            if (w < 0)
+                return;
+            continue;
+        }
         imapd_sync_selected(s, true);
         imapd_flush(s);
         if (s->closing)

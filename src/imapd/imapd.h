@@ -12,8 +12,10 @@
  *
  * Selected folder. SELECT loads the folder's live messages (UID, flags,
  * keywords, modseq) into the session. Before each command's reply, and
- * every idle_check_ms while the client idles, the session asks the store
- * for changes since the modseq it knows (cost: the changes) and reports
+ * while the client idles as soon as the store says the mailbox changed
+ * (sync.h "wait": the store answers after the commit; with a store that
+ * does not know WAIT, every idle_check_ms instead), the session asks the
+ * store for changes since the modseq it knows (cost: the changes) and reports
  * them: EXISTS for new messages, FETCH FLAGS for flag changes made by other
  * sessions, EXPUNGE (VANISHED under QRESYNC) — the latter never during
  * FETCH, STORE or SEARCH (RFC 3501 §7.4.1), only after other commands.
@@ -53,7 +55,7 @@ struct imapd_env {
     struct imap_limits limits;
     const char *hostname;
     unsigned idle_timeout_ms;    /* >= 30 min outside IDLE */
-    unsigned idle_check_ms;      /* how often IDLE looks for changes (e.g. 250) */
+    unsigned idle_check_ms;      /* how often IDLE polls a store without WAIT (e.g. 250) */
     unsigned state_check_ms;     /* how often an idle session checks its mailbox state */
     unsigned auth_fail_delay_ms; /* a failed login is answered this late */
     unsigned auth_fail_max;      /* failed logins before the session ends */

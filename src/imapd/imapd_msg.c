@@ -228,17 +228,51 @@ int imapd_set_resolve(struct imapd_session *s, const char *set, bool uid, size_t
 int imapd_load(struct imapd_session *s, size_t i, const char **why_r, int *r_r)
 {
     struct imapd_msg *m = &s->msgs[i];
-    if (s->cache_uid == m->uid && s->cache_uid != 0)
+    if (s->cache_uid == m->uid && s->cache_uid != 0 && !s->cache_header_only)
         return 0;
     mime_free(&s->cache_mime);
     buf_reset(&s->cache_body);
     s->cache_uid = 0;
+    s->cache_header_only = false;
     int r = s->sy->ops->fetch(s->sy, s->user, s->folder, m->uid, &s->cache_body, why_r);
     *r_r = r;
     if (r != 0)
         return -1;
     s->cache_uid = m->uid;
     return 0;
+}
+
+/* Makes hdr (the header of message uid) the cached message, taking its
+ * storage (hdr is left empty). */
+static void cache_put_header(struct imapd_session *s, uint32_t uid, struct buf *hdr)
+{
+    mime_free(&s->cache_mime);
+    struct buf old = s->cache_body;
+    s->cache_body = *hdr;
+    *hdr = old;
+    buf_reset(hdr);
+    s->cache_uid = uid;
+    s->cache_header_only = true;
+}
+
+/* imapd_load for items that need only the header: a cached message of
+ * either kind will do; else only its header is read. */
+static int load_header(struct imapd_session *s, size_t i, const char **why_r, int *r_r)
+{
+    struct imapd_msg *m = &s->msgs[i];
+    if (s->cache_uid == m->uid && s->cache_uid != 0)
+        return 0;
+    if (s->sy->ops->fetch_headers == NULL)
+        return imapd_load(s, i, why_r, r_r);
+    struct buf h;
+    buf_init(&h, 0);
+    int rc = 0;
+    int r = s->sy->ops->fetch_headers(s->sy, s->user, s->folder, &m->uid, 1, &h, &rc, why_r);
+    *r_r = r != 0 ? r : rc;
+    if (*r_r == 0)
+        cache_put_header(s, m->uid, &h);
+    buf_free(&h);
+    return *r_r == 0 ? 0 : -1;
 }
 
 static struct mime_msg *loaded_mime(struct imapd_session *s)
@@ -428,6 +462,27 @@ static bool needs_body(const struct fitem *it)
            it->k == FI_RFC822_TEXT;
 }
 
+/* True if the item needs at most the message's header: what a FETCH of
+ * only such items reads from the store (sync.h fetch_headers). */
+static bool header_only(const struct fitem *it)
+{
+    switch (it->k) {
+    case FI_FLAGS:
+    case FI_INTERNALDATE:
+    case FI_SIZE:
+    case FI_UID:
+    case FI_MODSEQ:
+    case FI_ENVELOPE:
+    case FI_RFC822_HEADER:
+        return true;
+    case FI_SECTION:
+        return strcasecmp(it->spec, "HEADER") == 0 ||
+               strncasecmp(it->spec, "HEADER.FIELDS", 13) == 0;
+    default:
+        return false;
+    }
+}
+
 static bool sets_seen(const struct fitem *it)
 {
     return (it->k == FI_SECTION && !it->peek) || it->k == FI_RFC822 || it->k == FI_RFC822_TEXT;
@@ -447,12 +502,13 @@ static int fetch_one(struct imapd_session *s, size_t i, const struct fitem *item
                      bool *none_r)
 {
     struct imapd_msg *m = &s->msgs[i];
-    bool body = false, seen = false;
+    bool body = false, seen = false, hdr = true;
     for (size_t k = 0; k < ni; k++) {
         body |= needs_body(&items[k]);
         seen |= sets_seen(&items[k]);
+        hdr &= header_only(&items[k]);
     }
-    if (body && imapd_load(s, i, why_r, r_r) < 0)
+    if (body && (hdr ? load_header(s, i, why_r, r_r) : imapd_load(s, i, why_r, r_r)) < 0)
         return -1;
     bool flags_changed = false;
     if (seen && !s->readonly && !(m->flags & STORE_F_SEEN)) {
@@ -582,6 +638,43 @@ static int fetch_one(struct imapd_session *s, size_t i, const struct fitem *item
     return 0;
 }
 
+/* Headers read ahead for a header-only FETCH. */
+#define HEADER_WINDOW 64
+struct header_window {
+    uint32_t uid[HEADER_WINDOW];
+    struct buf b[HEADER_WINDOW];
+    int rc[HEADER_WINDOW];
+    const char *why[HEADER_WINDOW];
+    size_t n, pos;
+};
+
+/* Reads the headers of the next HEADER_WINDOW messages the FETCH will
+ * answer, from position k of idx on (the same filter as its loop). */
+static int header_window_fill(struct imapd_session *s, struct header_window *hw, const size_t *idx,
+                              size_t k, size_t nidx, uint64_t changedsince)
+{
+    hw->n = hw->pos = 0;
+    for (; k < nidx && hw->n < HEADER_WINDOW; k++) {
+        const struct imapd_msg *m = &s->msgs[idx[k]];
+        if (m->gone || (changedsince > 0 && m->modseq <= changedsince))
+            continue;
+        buf_reset(&hw->b[hw->n]);
+        hw->uid[hw->n++] = m->uid;
+    }
+    return s->sy->ops->fetch_headers(s->sy, s->user, s->folder, hw->uid, hw->n, hw->b, hw->rc,
+                                     hw->why);
+}
+
+static void header_window_free(struct header_window **hwp)
+{
+    struct header_window *hw = *hwp;
+    if (hw == NULL)
+        return;
+    for (size_t i = 0; i < HEADER_WINDOW; i++)
+        buf_free(&hw->b[i]);
+    xfree(hwp);
+}
+
 void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
                      const struct imap_arg *a, size_t n, bool uid)
 {
@@ -704,6 +797,15 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
     const char *why = NULL;
     struct buf b;
     buf_init(&b, 0);
+    /* Only headers wanted: read them from the store a window at a time,
+     * pipelined (one round trip per window, not per message). */
+    bool body = false, hdr = true;
+    for (size_t k = 0; k < ni; k++) {
+        body |= needs_body(&items[k]);
+        hdr &= header_only(&items[k]);
+    }
+    struct header_window *hw =
+        body && hdr && s->sy->ops->fetch_headers != NULL ? xcalloc(1, sizeof(*hw)) : NULL;
     for (size_t k = 0; k < nidx && !s->closing; k++) {
         size_t i = idx[k];
         if (s->msgs[i].gone) {
@@ -712,6 +814,31 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
         }
         if (changedsince > 0 && s->msgs[i].modseq <= changedsince)
             continue;
+        uint32_t u = s->msgs[i].uid;
+        while (hw != NULL && hw->pos < hw->n && hw->uid[hw->pos] < u)
+            hw->pos++;
+        if (hw != NULL && s->cache_uid != u) {
+            if (hw->pos == hw->n && header_window_fill(s, hw, idx, k, nidx, changedsince) < 0) {
+                r = -1;
+                why = "connection failed";
+                failed = true;
+                break;
+            }
+            if (hw->pos < hw->n && hw->uid[hw->pos] == u) {
+                size_t p = hw->pos++;
+                if (hw->rc[p] == SYNC_NO && strcmp(hw->why[p], "notfound") == 0) {
+                    some_gone = true; /* expunged meanwhile by another session */
+                    continue;
+                }
+                if (hw->rc[p] != 0) {
+                    r = hw->rc[p];
+                    why = hw->why[p];
+                    failed = true;
+                    break;
+                }
+                cache_put_header(s, hw->uid[p], &hw->b[p]);
+            }
+        }
         buf_reset(&b);
         if (fetch_one(s, i, items, ni, uid, want_modseq || s->condstore, &b, &why, &r, &none) < 0) {
             if (none)
@@ -727,6 +854,7 @@ void imapd_cmd_fetch(struct imapd_session *s, const struct imap_command *c,
         imapd_flush(s); /* one message at a time: memory stays flat */
     }
     buf_free(&b);
+    header_window_free(&hw);
     free(idx);
     free(items);
     if (none) {
@@ -1455,6 +1583,28 @@ void imapd_cmd_search(struct imapd_session *s, const struct imap_command *c,
 
 /* ---- COPY / MOVE / EXPUNGE ---------------------------------------------------- */
 
+/* Expunges uids[0..n) (ascending) of folder: one store commit, or one per
+ * message with a store that cannot batch. 0 or the failure (a folder gone
+ * meanwhile: nothing to expunge, 0). */
+static int expunge_uids(struct imapd_session *s, const char *folder, const uint32_t *uids, size_t n,
+                        const char **why_r)
+{
+    if (n == 0)
+        return 0;
+    int rc;
+    if (s->sy->ops->expunge_uids != NULL) {
+        size_t done = 0;
+        rc = s->sy->ops->expunge_uids(s->sy, s->user, folder, uids, n, &done, why_r);
+    } else {
+        rc = 0;
+        for (size_t i = 0; i < n && rc == 0; i++)
+            rc = s->sy->ops->expunge(s->sy, s->user, folder, uids[i], why_r);
+    }
+    if (rc == SYNC_NO && strcmp(*why_r, "notfound") == 0)
+        rc = 0;
+    return rc;
+}
+
 void imapd_cmd_copy(struct imapd_session *s, const struct imap_command *c, const struct imap_arg *a,
                     size_t n, bool uid, bool move)
 {
@@ -1503,32 +1653,68 @@ void imapd_cmd_copy(struct imapd_session *s, const struct imap_command *c, const
     size_t nc = 0;
     uint32_t dst_validity = 0;
     bool failed = false;
-    for (size_t q = 0; q < nidx; q++) {
-        struct imapd_msg *m = &s->msgs[idx[q]];
-        if (m->gone)
-            continue;
-        if (imapd_load(s, idx[q], &why, &r) < 0) {
-            if (r == SYNC_NO)
-                continue; /* expunged meanwhile */
-            failed = true;
-            break;
+    if (s->sy->ops->copy_uids != NULL) {
+        /* The store copies SYNC_UIDS_MAX at a time, reading the bodies
+         * itself, with one commit each (sync.h copy_uids). */
+        uint32_t *ask = xcalloc(SYNC_UIDS_MAX, sizeof(*ask));
+        uint32_t *got = xcalloc(SYNC_UIDS_MAX, sizeof(*got));
+        size_t k = 0;
+        for (size_t q = 0; q <= nidx && !failed; q++) {
+            if (q < nidx) {
+                if (s->msgs[idx[q]].gone)
+                    continue;
+                ask[k++] = s->msgs[idx[q]].uid;
+                if (k < SYNC_UIDS_MAX)
+                    continue;
+            }
+            if (k == 0)
+                break;
+            uint32_t uv = 0;
+            r = s->sy->ops->copy_uids(s->sy, s->user, s->folder, target, ask, k, got, &uv, &why);
+            if (r != 0) {
+                failed = true;
+                break;
+            }
+            for (size_t j = 0; j < k; j++)
+                if (got[j] != 0) { /* 0: expunged meanwhile */
+                    src[nc] = ask[j];
+                    dst[nc++] = got[j];
+                }
+            dst_validity = uv;
+            k = 0;
         }
-        uint32_t nu = 0, uv = 0;
-        r = s->sy->ops->append_new(s->sy, s->user, target, m->flags, m->keywords, m->internal_date,
-                                   s->cache_body.data, s->cache_body.len, &nu, &uv, &why);
-        if (r != 0) {
-            failed = true;
-            break;
+        free(ask);
+        free(got);
+    } else {
+        for (size_t q = 0; q < nidx; q++) {
+            struct imapd_msg *m = &s->msgs[idx[q]];
+            if (m->gone)
+                continue;
+            if (imapd_load(s, idx[q], &why, &r) < 0) {
+                if (r == SYNC_NO)
+                    continue; /* expunged meanwhile */
+                failed = true;
+                break;
+            }
+            uint32_t nu = 0, uv = 0;
+            r = s->sy->ops->append_new(s->sy, s->user, target, m->flags, m->keywords,
+                                       m->internal_date, s->cache_body.data, s->cache_body.len, &nu,
+                                       &uv, &why);
+            if (r != 0) {
+                failed = true;
+                break;
+            }
+            src[nc] = m->uid;
+            dst[nc++] = nu;
+            dst_validity = uv;
         }
-        src[nc] = m->uid;
-        dst[nc++] = nu;
-        dst_validity = uv;
     }
     if (failed) {
         /* All or nothing (RFC 3501 6.4.7): take back what was copied. */
         const char *w2;
-        for (size_t q = 0; q < nc; q++)
-            s->sy->ops->expunge(s->sy, s->user, target, dst[q], &w2);
+        for (size_t q = 0; q < nc; q += SYNC_UIDS_MAX)
+            (void)expunge_uids(s, target, dst + q, nc - q < SYNC_UIDS_MAX ? nc - q : SYNC_UIDS_MAX,
+                               &w2);
         free(src);
         free(dst);
         free(idx);
@@ -1546,12 +1732,10 @@ void imapd_cmd_copy(struct imapd_session *s, const struct imap_command *c, const
     if (move) {
         if (nc > 0)
             imapd_out(s, "* OK [%s] Moved\r\n", cu.data);
-        for (size_t q = 0; q < nc; q++) {
-            r = s->sy->ops->expunge(s->sy, s->user, s->folder, src[q], &why);
-            if (r != 0 && !(r == SYNC_NO && strcmp(why, "notfound") == 0)) {
-                failed = true;
-                break;
-            }
+        for (size_t q = 0; q < nc && !failed; q += SYNC_UIDS_MAX) {
+            r = expunge_uids(s, s->folder, src + q, nc - q < SYNC_UIDS_MAX ? nc - q : SYNC_UIDS_MAX,
+                             &why);
+            failed = r != 0;
         }
         if (failed) {
             buf_free(&cu);
@@ -1597,17 +1781,24 @@ void imapd_cmd_expunge(struct imapd_session *s, const char *tag, const char *uid
     if (!silent)
         imapd_sync_selected(s, true);
     int rc = 0;
-    for (size_t i = 0; i < s->n; i++) {
-        struct imapd_msg *m = &s->msgs[i];
-        if (!(m->flags & STORE_F_DELETED) || m->gone)
-            continue;
-        if (r != NULL && !imap_seqset_contains(r, nr, m->uid))
-            continue;
-        rc = s->sy->ops->expunge(s->sy, s->user, s->folder, m->uid, &why);
-        if (rc != 0 && !(rc == SYNC_NO && strcmp(why, "notfound") == 0))
-            break;
-        rc = 0;
+    /* The store expunges SYNC_UIDS_MAX at a time with one commit each. */
+    uint32_t *uids = xcalloc(SYNC_UIDS_MAX, sizeof(*uids));
+    size_t k = 0;
+    for (size_t i = 0; i <= s->n && rc == 0; i++) {
+        if (i < s->n) {
+            struct imapd_msg *m = &s->msgs[i];
+            if (!(m->flags & STORE_F_DELETED) || m->gone)
+                continue;
+            if (r != NULL && !imap_seqset_contains(r, nr, m->uid))
+                continue;
+            uids[k++] = m->uid;
+            if (k < SYNC_UIDS_MAX)
+                continue;
+        }
+        rc = expunge_uids(s, s->folder, uids, k, &why);
+        k = 0;
     }
+    free(uids);
     free(r);
     if (silent)
         return;

@@ -43,6 +43,7 @@ struct imapd_session {
 
     char user[MAIL_ADDR_MAX + 1];
     struct sync *sy;
+    bool no_wait; /* the store does not know WAIT: IDLE polls */
     bool condstore, qresync;
 
     /* the selected folder */
@@ -55,6 +56,7 @@ struct imapd_session {
 
     /* one parsed message, for FETCH and SEARCH */
     uint32_t cache_uid;
+    bool cache_header_only; /* cache_body holds only the header */
     struct buf cache_body;
     struct mime_msg *cache_mime;
 };

@@ -61,6 +61,7 @@ struct store_role {
     struct directory *dir;
     struct net_loop *loop;
     struct net_task *commit_task;
+    struct syncd *sd; /* TSYNC/1, or NULL: told of each commit (WAIT) */
     struct store_batch *batch;
     struct lmtp_session *pending_head, **pending_tail;
     uint64_t n_sessions, n_deliveries, n_duplicates, n_commits;
@@ -306,6 +307,9 @@ static void commit_cb(void *ctx)
     while (list != NULL) {
         struct lmtp_session *ls = list;
         list = ls->next_pending;
+        /* IMAP sessions idling on these mailboxes hear of it now. */
+        for (size_t k = 0; k < ls->n_items; k++)
+            syncd_changed(sr->sd, ls->appends[k].user);
         reply_results(ls);
     }
 }
@@ -387,6 +391,7 @@ int role_store_main(const struct config *cfg, const char *name)
             fatal("cannot listen on %s for sync: %s", cs->sync, error);
         log_info(sr.name, "sync listening on %s", cs->sync);
     }
+    sr.sd = sd;
     net_loop_on_signal(sr.loop, SIGTERM, on_signal, &sr);
     net_loop_on_signal(sr.loop, SIGINT, on_signal, &sr);
     log_info(sr.name, "LMTP listening on %s", cs->lmtp);
@@ -394,6 +399,7 @@ int role_store_main(const struct config *cfg, const char *name)
     net_loop_run(sr.loop);
 
     smtpd_free(&d);
+    sr.sd = NULL;
     syncd_free(&sd);
     net_task_free(&sr.commit_task);
     net_loop_free(&sr.loop);

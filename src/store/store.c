@@ -577,6 +577,33 @@ enum store_status store_msg_expunge(struct store *st, const char *user, const ch
     return store_msg_expunge_at(st, user, folder, uid, 0);
 }
 
+enum store_status store_msg_expunge_many(struct store *st, const char *user, const char *folder,
+                                         const uint32_t *uids, size_t n, size_t *expunged_r)
+{
+    char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1];
+    size_t done = 0;
+    if (expunged_r != NULL)
+        *expunged_r = 0;
+    if (!store_user_canon(user, u) || !store_folder_canon(folder, f))
+        return STORE_INVALID;
+    if (st->ops->msg_expunge_many != NULL)
+        return st->ops->msg_expunge_many(st, u, f, uids, n, expunged_r);
+    /* A backend without it (memory: nothing to commit): one by one, after
+     * checking that the folder is there. */
+    struct store_folder fo;
+    enum store_status s = st->ops->folder_get(st, u, f, &fo);
+    for (size_t i = 0; s == STORE_OK && i < n; i++) {
+        enum store_status e = st->ops->msg_expunge(st, u, f, uids[i], 0);
+        if (e == STORE_OK)
+            done++;
+        else if (e != STORE_NOTFOUND)
+            s = e;
+    }
+    if (expunged_r != NULL)
+        *expunged_r = done;
+    return s;
+}
+
 enum store_status store_msg_expunge_at(struct store *st, const char *user, const char *folder,
                                        uint32_t uid, uint64_t modseq)
 {
@@ -625,6 +652,45 @@ enum store_status store_msg_read(struct store *st, const char *user, const char 
     if (!store_user_canon(user, u) || !store_folder_canon(folder, f))
         return STORE_INVALID;
     return st->ops->msg_read(st, u, f, uid, out);
+}
+
+bool store_header_end(const char *p, size_t n, size_t *len_r)
+{
+    /* At the start of each line: is it empty? */
+    for (size_t i = 0; i < n;) {
+        if (p[i] == '\n') {
+            *len_r = i + 1;
+            return true;
+        }
+        if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n') {
+            *len_r = i + 2;
+            return true;
+        }
+        const char *nl = memchr(p + i, '\n', n - i);
+        if (nl == NULL)
+            return false;
+        i = (size_t)(nl - p) + 1;
+    }
+    return false;
+}
+
+enum store_status store_msg_read_header(struct store *st, const char *user, const char *folder,
+                                        uint32_t uid, struct buf *out)
+{
+    char u[MAIL_ADDR_MAX + 1], f[STORE_FOLDER_MAX + 1];
+    if (!store_user_canon(user, u) || !store_folder_canon(folder, f))
+        return STORE_INVALID;
+    if (st->ops->msg_read_header != NULL)
+        return st->ops->msg_read_header(st, u, f, uid, out);
+    /* A backend without a partial read: the whole body, cut. */
+    size_t start = out->len;
+    enum store_status r = st->ops->msg_read(st, u, f, uid, out);
+    size_t hl;
+    if (r == STORE_OK && store_header_end(out->data + start, out->len - start, &hl)) {
+        out->len = start + hl;
+        out->data[out->len] = '\0';
+    }
+    return r;
 }
 
 int store_changes(struct store *st, const char *user, uint64_t since,

@@ -316,6 +316,15 @@ enum store_status store_msg_set_flags(struct store *st, const char *user, const 
 /* Expunges one message: leaves a tombstone with a new modseq. */
 enum store_status store_msg_expunge(struct store *st, const char *user, const char *folder,
                                     uint32_t uid);
+/* Expunges the n messages uids[] of one folder with ONE commit (the fs
+ * store: one transaction, so one fsync for all): each leaves a tombstone
+ * with a new modseq of its own, in the order given. A UID that is not a
+ * live message (expunged already, never there) is skipped. *expunged_r
+ * (if not NULL): how many were expunged. STORE_NOTFOUND for no such
+ * mailbox or folder; the state guard is store_msg_expunge's; on any
+ * failure nothing is expunged. */
+enum store_status store_msg_expunge_many(struct store *st, const char *user, const char *folder,
+                                         const uint32_t *uids, size_t n, size_t *expunged_r);
 /* With an explicit modseq (see "Explicit modseqs"; 0 = the plain
  * function): set_flags_at replaces flags and keywords (STORE_FLAGS_SET)
  * and stamps the message with modseq even if they did not change;
@@ -344,6 +353,19 @@ int store_msg_iter(struct store *st, const char *user, const char *folder, store
 /* Reads a message body into out (appended). */
 enum store_status store_msg_read(struct store *st, const char *user, const char *folder,
                                  uint32_t uid, struct buf *out);
+/* Reads only the message's header into out (appended): its octets up to and
+ * including the first empty line (store_header_end), or the whole message
+ * if it has none. The fs store reads only as much of the body as it takes
+ * to find that line (in growing pieces from 8 KiB): the record header is
+ * checked (magic, size, GUID), but not the body's SHA-256, which needs the
+ * whole body (store_msg_read checks it). What IMAP's header-only FETCH
+ * items read. */
+enum store_status store_msg_read_header(struct store *st, const char *user, const char *folder,
+                                        uint32_t uid, struct buf *out);
+/* True if p[0..n) holds the end of a message header: an empty line ("\n"
+ * or "\r\n" at the start of a line, the first line included); *len_r the
+ * header's length including it. */
+bool store_header_end(const char *p, size_t n, size_t *len_r);
 
 /* ---- delivery ids ---- */
 

@@ -1608,6 +1608,53 @@ static enum store_status store_fs_msg_expunge(struct store *st, const char *user
     return store_fs_finish(fs, STORE_OK);
 }
 
+/* Many expunges in one transaction: one commit, one fsync (store.h). */
+static enum store_status store_fs_msg_expunge_many(struct store *st, const char *user,
+                                                   const char *folder, const uint32_t *uids,
+                                                   size_t n, size_t *expunged_r)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    if (store_fs_begin(fs) < 0)
+        return STORE_ERROR;
+    int64_t id;
+    struct store_mailbox mb;
+    struct store_folder f = {.id = 0};
+    enum store_status s = store_fs_resolve(fs, user, folder, true, &id, &mb, &f);
+    if (s != STORE_OK)
+        return store_fs_finish(fs, s);
+    size_t done = 0;
+    uint64_t bytes = 0, modseq = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct store_fs_msgrow m;
+        s = store_fs_msg_load(fs, f.id, uids[i], &m);
+        if (s == STORE_NOTFOUND)
+            continue; /* gone already */
+        if (s != STORE_OK)
+            return store_fs_finish(fs, s);
+        modseq = store_modseq_take(&mb.modseq, 0);
+        sqlite3_stmt *q = store_fs_q(fs, SQL_MSG_EXPUNGE);
+        sqlite3_bind_int64(q, 1, m.id);
+        sqlite3_bind_int64(q, 2, (int64_t)modseq);
+        if (store_fs_exec(fs, q, "message expunge") < 0)
+            return store_fs_finish(fs, STORE_ERROR);
+        done++;
+        bytes += m.size;
+    }
+    if (done > 0) {
+        sqlite3_stmt *q = store_fs_q(fs, SQL_FOLDER_ADD_MSGS);
+        sqlite3_bind_int64(q, 1, (int64_t)f.id);
+        sqlite3_bind_int64(q, 2, -(int64_t)done);
+        if (store_fs_exec(fs, q, "folder update") < 0 ||
+            store_fs_mbox_bump(fs, id, modseq, -(int64_t)done, -(int64_t)bytes) < 0)
+            return store_fs_finish(fs, STORE_ERROR);
+    }
+    /* Durability: the transaction's commit is the one sync of the batch. */
+    s = store_fs_finish(fs, STORE_OK);
+    if (s == STORE_OK && expunged_r != NULL)
+        *expunged_r = done;
+    return s;
+}
+
 static enum store_status store_fs_msg_tombstone(struct store *st, const char *user,
                                                 const char *folder, const struct store_msg *t)
 {
@@ -1790,6 +1837,74 @@ static enum store_status store_fs_msg_read(struct store *st, const char *user, c
         return STORE_ERROR;
     }
     out->len += (size_t)m.size;
+    out->data[out->len] = '\0';
+    return STORE_OK;
+}
+
+/* Only the header: the record header checked, then the body read in
+ * growing pieces until its empty line (store.h). */
+static enum store_status store_fs_msg_read_header(struct store *st, const char *user,
+                                                  const char *folder, uint32_t uid, struct buf *out)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    int64_t id;
+    struct store_mailbox mb;
+    struct store_folder f;
+    struct store_fs_msgrow m;
+    enum store_status s = store_fs_resolve(fs, user, folder, false, &id, &mb, &f);
+    if (s == STORE_OK)
+        s = store_fs_msg_load(fs, f.id, uid, &m);
+    if (s != STORE_OK)
+        return s;
+    if (m.off < STORE_FS_REC_HDR) {
+        log_error("store", "%s: %s/%s uid %u: bad body offset %llu", st->name, user, folder, uid,
+                  (unsigned long long)m.off);
+        return STORE_ERROR;
+    }
+    int fd = store_fs_seg_rfd(fs, m.seg);
+    if (fd < 0)
+        return STORE_ERROR;
+    uint8_t hdr[STORE_FS_REC_HDR];
+    if (pread_full(fd, hdr, sizeof(hdr), (off_t)(m.off - STORE_FS_REC_HDR)) < 0) {
+        log_error("store", "%s: read segment %u at %llu: %s", st->name, m.seg,
+                  (unsigned long long)m.off, strerror(errno));
+        return STORE_ERROR;
+    }
+    if (memcmp(hdr, STORE_FS_REC_MAGIC, 8) != 0 || store_fs_get_le64(hdr + 8) != m.size ||
+        memcmp(hdr + 16, m.guid, STORE_GUID_LEN) != 0 ||
+        memcmp(hdr + 32, m.sha256, SHA256_LEN) != 0) {
+        log_error("store", "%s: corrupt record header in segment %u at %llu (%s uid %u)", st->name,
+                  m.seg, (unsigned long long)m.off, user, uid);
+        return STORE_ERROR;
+    }
+    size_t start = out->len, have = 0, want = 8192, hl = 0;
+    for (;;) {
+        if (want > m.size)
+            want = (size_t)m.size;
+        if (store_fs_buf_room(out, want) < 0) { /* out->len is still start */
+            log_error("store", "%s: message header over the read buffer limit", st->name);
+            out->len = start;
+            return STORE_ERROR;
+        }
+        if (pread_full(fd, out->data + start + have, want - have, (off_t)(m.off + have)) < 0) {
+            log_error("store", "%s: read segment %u at %llu: %s", st->name, m.seg,
+                      (unsigned long long)m.off, strerror(errno));
+            out->len = start;
+            out->data[start] = '\0';
+            return STORE_ERROR;
+        }
+        /* Each look starts over: the pieces double, so that costs at most
+         * twice the octets read. */
+        have = want;
+        if (store_header_end(out->data + start, have, &hl))
+            break;
+        if (have == m.size) {
+            hl = have;
+            break;
+        }
+        want = have * 2;
+    }
+    out->len = start + hl;
     out->data[out->len] = '\0';
     return STORE_OK;
 }
@@ -2001,9 +2116,11 @@ static const struct store_ops store_fs_ops = {
     .batch_commit = store_fs_batch_commit,
     .msg_set_flags = store_fs_msg_set_flags,
     .msg_expunge = store_fs_msg_expunge,
+    .msg_expunge_many = store_fs_msg_expunge_many,
     .msg_tombstone = store_fs_msg_tombstone,
     .msg_iter = store_fs_msg_iter,
     .msg_read = store_fs_msg_read,
+    .msg_read_header = store_fs_msg_read_header,
     .changes = store_fs_changes,
     .delivery_iter = store_fs_delivery_iter,
     .delivery_add = store_fs_delivery_add,

@@ -69,6 +69,9 @@ struct store_ops {
                                        uint32_t uid, enum store_flag_mode mode, uint32_t flags,
                                        const char *keywords, uint64_t unchanged_since,
                                        uint64_t modseq, uint64_t *modseq_r);
+    /* store_msg_expunge_many; NULL: msg_expunge one by one (store.c). */
+    enum store_status (*msg_expunge_many)(struct store *st, const char *user, const char *folder,
+                                          const uint32_t *uids, size_t n, size_t *expunged_r);
     /* modseq != 0: a tombstone is re-stamped (store_msg_expunge_at). */
     enum store_status (*msg_expunge)(struct store *st, const char *user, const char *folder,
                                      uint32_t uid, uint64_t modseq);
@@ -81,6 +84,9 @@ struct store_ops {
                     void *ctx, const char **error_r);
     enum store_status (*msg_read)(struct store *st, const char *user, const char *folder,
                                   uint32_t uid, struct buf *out);
+    /* store_msg_read_header; NULL: msg_read, cut (store.c). */
+    enum store_status (*msg_read_header)(struct store *st, const char *user, const char *folder,
+                                         uint32_t uid, struct buf *out);
     int (*changes)(struct store *st, const char *user, uint64_t since,
                    const struct store_change_cb *cb, const char **error_r);
     /* after: "" = from the first id; since/upto as store_delivery_iter_from. */

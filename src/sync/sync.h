@@ -238,7 +238,68 @@ struct sync_ops {
     int (*folder_create)(struct sync *s, const char *user, const char *name, const char **why_r);
     int (*folder_rename)(struct sync *s, const char *user, const char *from, const char *to,
                          const char **why_r);
+    /* Notified IDLE: returns once the mailbox's modseq is above `since` or
+     * its state is no longer ACTIVE (a commit of the store process: an LMTP
+     * delivery, another session's change, a move's fence), once timeout_ms
+     * (at most SYNC_WAIT_MAX_MS) have passed, or once wake_fd (if >= 0; the
+     * caller's client) is readable — whichever comes first. *mb_r is the
+     * mailbox then (its modseq and state: compare them, a timeout is also
+     * 0). SYNC_NO "notfound" (no mailbox), SYNC_NO "unsupported" when the
+     * store does not know WAIT (an older syncd: poll with changes instead;
+     * the connection stays usable), -1 the channel failed. The local
+     * transport cannot be woken by another thread: it checks, sleeps on
+     * wake_fd for timeout_ms and checks again. */
+    int (*wait)(struct sync *s, const char *user, uint64_t since, unsigned timeout_ms, int wake_fd,
+                struct store_mailbox *mb_r, const char **why_r);
+    /* Only the headers of n messages of one folder (store_msg_read_header:
+     * the octets up to and including the first empty line, the whole
+     * message if it has none): outs[i] gets uids[i]'s appended, rc_out[i]
+     * is 0 or SYNC_NO with why_out[i] ("notfound": gone). Pipelined over
+     * TCP like fetch_batch. Returns 0 when every item has its result, -1 if
+     * the channel failed. n <= SYNC_BATCH_MAX (beyond: -1, nothing sent). */
+    int (*fetch_headers)(struct sync *s, const char *user, const char *folder, const uint32_t *uids,
+                         size_t n, struct buf *outs, int *rc_out, const char **why_out);
+    /* Expunges the messages uids[] (strictly ascending, 1..SYNC_UIDS_MAX of
+     * them) of one folder with ONE durable store commit (store.h
+     * store_msg_expunge_many); a UID that is no live message is skipped.
+     * *expunged_r how many were expunged. SYNC_NO "notfound" (mailbox or
+     * folder), "notlive", "invalid" (also for uids not as required). */
+    int (*expunge_uids)(struct sync *s, const char *user, const char *folder, const uint32_t *uids,
+                        size_t n, size_t *expunged_r, const char **why_r);
+    /* Copies the messages uids[] (strictly ascending, 1..SYNC_UIDS_MAX) of
+     * folder `from` into folder `to` of the same mailbox, the store reading
+     * each body itself (checked against its SHA-256), with one durable
+     * store commit per SYNC_BATCH_BYTES of bodies (one for any COPY of
+     * less). Each copy keeps flags, keywords and internal date and gets a
+     * new GUID and the next UID of `to`, in the order given; uids_out[i] is
+     * its UID, or 0 if uids[i] is no live message of `from` (skipped).
+     * *uidvalidity_r: to's. All or nothing: on a failure no copy is left.
+     * SYNC_NO "notfound" (mailbox, either folder), "notlive", "invalid". */
+    int (*copy_uids)(struct sync *s, const char *user, const char *from, const char *to,
+                     const uint32_t *uids, size_t n, uint32_t *uids_out, uint32_t *uidvalidity_r,
+                     const char **why_r);
 };
+
+/* Limit of one expunge_uids/copy_uids call (and of EXPUNGES/COPIES on the
+ * wire): their UID sets, and COPIES's answer, then fit in one line. */
+#define SYNC_UIDS_MAX 500
+
+/* A UID set on the wire: "-" (none), or comma-separated UIDs and ranges
+ * "lo:hi", strictly ascending and not overlapping, UIDs 1..2^32-1. Parses
+ * p[0..len) into uids (at most max); 0, or -1 with *error_r (malformed, not
+ * ascending, more than max). */
+int sync_uidset_parse(const char *p, size_t len, uint32_t *uids, size_t max, size_t *n_r,
+                      const char **error_r);
+/* Appends the set of uids (strictly ascending) to b: "-" if n == 0. */
+void sync_uidset_write(struct buf *b, const uint32_t *uids, size_t n);
+/* True if uids[0..n) is strictly ascending, without 0, and n <= max. */
+bool sync_uids_ok(const uint32_t *uids, size_t n, size_t max);
+
+#define SYNC_WAIT_MAX_MS 300000u /* the longest WAIT (below syncd's idle time) */
+
+/* The condition a WAIT for `since` waits for: mb's modseq is above since,
+ * or mb is no longer ACTIVE. */
+bool sync_wait_done(const struct store_mailbox *mb, uint64_t since);
 
 struct sync {
     const struct sync_ops *ops;

@@ -316,6 +316,23 @@ static int sync_local_fetch_batch(struct sync *s, const char *user, const char *
     return 0;
 }
 
+static int sync_local_fetch_headers(struct sync *s, const char *user, const char *folder,
+                                    const uint32_t *uids, size_t n, struct buf *outs, int *rc_out,
+                                    const char **why_out)
+{
+    if (n > SYNC_BATCH_MAX)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        why_out[i] = NULL;
+        rc_out[i] = sync_local_status(
+            store_msg_read_header(sync_local_store(s), user, folder, uids[i], &outs[i]),
+            &why_out[i]);
+        if (rc_out[i] < 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int sync_local_append(struct sync *s, const char *user, const struct sync_msg *m,
                              const void *data, size_t len, const char **why_r)
 {
@@ -893,6 +910,10 @@ static const struct sync_ops sync_local_ops = {
     .folder_rename = sync_local_folder_rename,
     .deliveries_each = sync_local_deliveries_each,
     .delivery_add_batch = sync_local_delivery_add_batch,
+    .wait = sync_local_wait,
+    .fetch_headers = sync_local_fetch_headers,
+    .expunge_uids = sync_local_expunge_uids,
+    .copy_uids = sync_local_copy_uids,
 };
 
 struct sync *sync_local_new(struct store *st)

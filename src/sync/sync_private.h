@@ -31,4 +31,12 @@ int sync_local_folder_create(struct sync *s, const char *user, const char *name,
 int sync_local_folder_rename(struct sync *s, const char *user, const char *from, const char *to,
                              const char **why_r);
 
+int sync_local_wait(struct sync *s, const char *user, uint64_t since, unsigned timeout_ms,
+                    int wake_fd, struct store_mailbox *mb_r, const char **why_r);
+int sync_local_expunge_uids(struct sync *s, const char *user, const char *folder,
+                            const uint32_t *uids, size_t n, size_t *expunged_r, const char **why_r);
+int sync_local_copy_uids(struct sync *s, const char *user, const char *from, const char *to,
+                         const uint32_t *uids, size_t n, uint32_t *uids_out,
+                         uint32_t *uidvalidity_r, const char **why_r);
+
 #endif

@@ -29,7 +29,9 @@
 struct sync_tcp {
     struct sync base;
     struct sock *sock;
+    unsigned timeout_ms;
     bool broken;
+    bool no_wait; /* the server answered WAIT "-ERR unknown command" */
     char endpoint[300];
     char why[200]; /* the last failure, for the log */
     struct buf out;
@@ -453,6 +455,16 @@ static int sync_tcp_changes(struct sync *s, const char *user, uint64_t since,
     }
 }
 
+/* Appends "<verb> <user> <folder> <uid>" CRLF to c->out (FETCH, HEADER). */
+static void sync_tcp_fetch_verb(struct sync_tcp *c, const char *verb, const char *user,
+                                const char *folder, uint32_t uid)
+{
+    buf_printf(&c->out, "%s ", verb);
+    sync_tcp_put_hex(&c->out, user, " ");
+    sync_tcp_put_hex(&c->out, folder, "");
+    buf_printf(&c->out, " %u\r\n", uid);
+}
+
 /* Appends "FETCH <user> <folder> <uid>" CRLF to c->out. */
 static void sync_tcp_fetch_line(struct sync_tcp *c, const char *user, const char *folder,
                                 uint32_t uid)
@@ -572,6 +584,48 @@ static int sync_tcp_fetch_batch(struct sync *s, const char *user, const char *co
         if (r < 0)
             return -1;
         rc_out[i] = r;
+    }
+    return 0;
+}
+
+/* HEADERs pipelined as fetch_batch's FETCHes, one folder. */
+static int sync_tcp_fetch_headers(struct sync *s, const char *user, const char *folder,
+                                  const uint32_t *uids, size_t n, struct buf *outs, int *rc_out,
+                                  const char **why_out)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    if (n > SYNC_BATCH_MAX) {
+        log_warn("sync", "%s: fetch_headers of %zu messages: over the limit", c->endpoint, n);
+        return -1;
+    }
+    const char *why = NULL;
+    for (size_t i = 0; i < n; i++) {
+        rc_out[i] = 0;
+        why_out[i] = NULL;
+    }
+    if (n == 0)
+        return 0;
+    int r = sync_tcp_cmd_user(c, "HEADER", user, &why);
+    if (r == 0 && !sync_tcp_folder_ok(folder))
+        r = sync_tcp_invalid(&why);
+    if (r != 0) {
+        for (size_t i = 0; i < n; i++) {
+            rc_out[i] = r;
+            why_out[i] = why;
+        }
+        return r < 0 ? -1 : 0;
+    }
+    size_t next = 0;
+    for (size_t j = 0; j < n; j++) {
+        buf_reset(&c->out);
+        while (next < n && next < j + SYNC_TCP_FETCH_WINDOW)
+            sync_tcp_fetch_verb(c, "HEADER", user, folder, uids[next++]);
+        if (c->out.len > 0 && sync_tcp_send_out(c) < 0)
+            return sync_tcp_broken(c, NULL, NULL);
+        r = sync_tcp_fetch_reply(c, &outs[j], &why_out[j]);
+        if (r < 0)
+            return -1;
+        rc_out[j] = r;
     }
     return 0;
 }
@@ -1239,6 +1293,147 @@ static int sync_tcp_delivery_add_batch(struct sync *s, const char *user,
     return r;
 }
 
+/* WAIT (sync.h "wait"). The server answers once the mailbox changed or at
+ * the timeout. If wake_fd speaks first, a NOOP ends the WAIT early (the
+ * server answers a WAIT as soon as anything more arrives from its client),
+ * and both answers are read, in order. */
+static int sync_tcp_wait(struct sync *s, const char *user, uint64_t since, unsigned timeout_ms,
+                         int wake_fd, struct store_mailbox *mb_r, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    memset(mb_r, 0, sizeof(*mb_r));
+    if (c->no_wait) {
+        *why_r = "unsupported";
+        return SYNC_NO;
+    }
+    int r = sync_tcp_cmd_user(c, "WAIT", user, why_r);
+    if (r != 0)
+        return r;
+    if (timeout_ms > SYNC_WAIT_MAX_MS)
+        timeout_ms = SYNC_WAIT_MAX_MS;
+    buf_printf(&c->out, " %llu %u\r\n", (unsigned long long)since, timeout_ms);
+    if (sync_tcp_send_out(c) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    /* The server's answer is due by the timeout; allow the connection's
+     * own timeout on top for a busy store. */
+    int w = sock_wait_readable(c->sock, wake_fd, (int)(timeout_ms + c->timeout_ms));
+    if (w < 0)
+        return sync_tcp_broken(c, why_r, "WAIT: %s", sock_why(c->sock));
+    if (w == 0)
+        return sync_tcp_broken(c, why_r, "no answer to WAIT within %u ms",
+                               timeout_ms + c->timeout_ms);
+    bool noop = w == 2;
+    if (noop && sync_tcp_send(c, "NOOP\r\n", 6) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    size_t len;
+    if (sync_tcp_read_line(c, &len) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    if (strcmp(c->line, "-ERR unknown command") == 0) {
+        /* A store from before WAIT: the caller polls instead. A NOOP sent
+         * meanwhile is unknown to it as well. */
+        c->no_wait = true;
+        if (noop && (sync_tcp_read_line(c, &len) < 0 || strncmp(c->line, "-ERR", 4) != 0))
+            return sync_tcp_broken(c, why_r, "unexpected reply to NOOP");
+        *why_r = "unsupported";
+        return SYNC_NO;
+    }
+    char *rest;
+    r = sync_tcp_final(c, why_r, &rest);
+    if (r < 0)
+        return r;
+    if (r == 0) {
+        struct sync_tcp_tok t[SYNC_TCP_TOKS];
+        if (sync_tcp_split(rest, t, SYNC_TCP_TOKS) != 2 ||
+            sync_tcp_u64(&t[0], UINT64_MAX, &mb_r->modseq) < 0 ||
+            store_mbox_state_parse(t[1].p, &mb_r->state) < 0)
+            return sync_tcp_broken(c, why_r, "malformed WAIT reply");
+        str_copy(mb_r->user, user, sizeof(mb_r->user));
+    }
+    if (noop && (sync_tcp_read_line(c, &len) < 0 || strcmp(c->line, "+OK") != 0))
+        return sync_tcp_broken(c, why_r, "unexpected reply to NOOP");
+    return r;
+}
+
+/* EXPUNGES: one line, one answer. */
+static int sync_tcp_expunge_uids(struct sync *s, const char *user, const char *folder,
+                                 const uint32_t *uids, size_t n, size_t *expunged_r,
+                                 const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    *expunged_r = 0;
+    int r = sync_tcp_cmd_user(c, "EXPUNGES", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(folder) || !sync_uids_ok(uids, n, SYNC_UIDS_MAX)) {
+        buf_reset(&c->out);
+        return sync_tcp_invalid(why_r);
+    }
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, folder, " ");
+    sync_uidset_write(&c->out, uids, n);
+    buf_puts(&c->out, "\r\n");
+    char *rest;
+    if ((r = sync_tcp_call(c, why_r, &rest)) != 0)
+        return r;
+    uint64_t got;
+    if (parse_u64(rest, n, &got) < 0)
+        return sync_tcp_broken(c, why_r, "malformed EXPUNGES reply");
+    *expunged_r = (size_t)got;
+    return 0;
+}
+
+/* COPIES: the answer maps the source UIDs copied to their new UIDs. */
+static int sync_tcp_copy_uids(struct sync *s, const char *user, const char *from, const char *to,
+                              const uint32_t *uids, size_t n, uint32_t *uids_out,
+                              uint32_t *uidvalidity_r, const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    for (size_t i = 0; i < n; i++)
+        uids_out[i] = 0;
+    *uidvalidity_r = 0;
+    int r = sync_tcp_cmd_user(c, "COPIES", user, why_r);
+    if (r != 0)
+        return r;
+    if (!sync_tcp_folder_ok(from) || !sync_tcp_folder_ok(to) ||
+        !sync_uids_ok(uids, n, SYNC_UIDS_MAX)) {
+        buf_reset(&c->out);
+        return sync_tcp_invalid(why_r);
+    }
+    buf_puts(&c->out, " ");
+    sync_tcp_put_hex(&c->out, from, " ");
+    sync_tcp_put_hex(&c->out, to, " ");
+    sync_uidset_write(&c->out, uids, n);
+    buf_puts(&c->out, "\r\n");
+    char *rest;
+    if ((r = sync_tcp_call(c, why_r, &rest)) != 0)
+        return r;
+    struct sync_tcp_tok t[SYNC_TCP_TOKS];
+    uint32_t *src = xcalloc(SYNC_UIDS_MAX, sizeof(*src));
+    uint32_t *dst = xcalloc(SYNC_UIDS_MAX, sizeof(*dst));
+    size_t ns = 0, nd = 0;
+    const char *err = NULL;
+    bool ok = sync_tcp_split(rest, t, SYNC_TCP_TOKS) == 3 &&
+              sync_tcp_u32(&t[0], uidvalidity_r) == 0 &&
+              sync_uidset_parse(t[1].p, t[1].len, src, SYNC_UIDS_MAX, &ns, &err) == 0 &&
+              sync_uidset_parse(t[2].p, t[2].len, dst, SYNC_UIDS_MAX, &nd, &err) == 0 && ns == nd;
+    /* Each source UID copied is one asked for (both ascending). */
+    for (size_t i = 0, j = 0; ok && j < ns; i++) {
+        if (i == n) {
+            ok = false;
+        } else if (uids[i] == src[j]) {
+            uids_out[i] = dst[j++];
+        }
+    }
+    free(src);
+    free(dst);
+    if (!ok) {
+        for (size_t i = 0; i < n; i++)
+            uids_out[i] = 0;
+        return sync_tcp_broken(c, why_r, "malformed COPIES reply");
+    }
+    return 0;
+}
+
 static const struct sync_ops sync_tcp_ops = {
     .close = sync_tcp_close,
     .mailbox_get = sync_tcp_mailbox_get,
@@ -1273,6 +1468,10 @@ static const struct sync_ops sync_tcp_ops = {
     .folder_rename = sync_tcp_folder_rename,
     .deliveries_each = sync_tcp_deliveries_each,
     .delivery_add_batch = sync_tcp_delivery_add_batch,
+    .wait = sync_tcp_wait,
+    .fetch_headers = sync_tcp_fetch_headers,
+    .expunge_uids = sync_tcp_expunge_uids,
+    .copy_uids = sync_tcp_copy_uids,
 };
 
 /* ---- connection ---- */
@@ -1300,6 +1499,8 @@ struct sync *sync_tcp_connect(const char *endpoint, unsigned timeout_ms, char *e
     struct sync_tcp *c = xmalloc(sizeof(*c));
     c->base.ops = &sync_tcp_ops;
     c->sock = sock;
+    c->timeout_ms = timeout_ms;
+    c->no_wait = false;
     str_copy(c->endpoint, endpoint, sizeof(c->endpoint));
     buf_init(&c->out, 0);
     buf_puts(&c->out, "HELLO " SYNC_PROTO "\r\n");

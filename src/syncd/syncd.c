@@ -26,8 +26,13 @@
 #define SYNCD_STEP_RECORDS 256
 #define SYNCD_BODY_KEEP    (1024 * 1024) /* body buffer kept between APPENDs */
 
+struct syncd_session;
+
 struct syncd {
+    struct net_loop *loop;
     struct net_listener *l;
+    struct syncd_session *waiters; /* sessions with a WAIT pending */
+    atomic_uint n_waiters;         /* read by syncd_waiters() from any thread */
     struct sync *sync;
     char name[MAIL_NAME_MAX + 1];
     unsigned n_sessions;
@@ -93,6 +98,12 @@ struct syncd_session {
     struct sync_deliveries_cursor lcur;
     struct syncd_dbatch *dbatch; /* a DELIVERED being read, or NULL */
     bool paused;                 /* input paused until the output drains (or the listing ends) */
+    /* A pending WAIT: on d->waiters until answered. */
+    bool waiting;
+    char wuser[MAIL_ADDR_MAX + 1];
+    uint64_t wsince;
+    struct net_task *wtimer;
+    struct syncd_session *wprev, *wnext;
 };
 
 /* ---- parsing ---- */
@@ -261,6 +272,11 @@ static const struct {
     {"FCREATE", SYNCD_FCREATE, 2, 0},
     {"FRENAME", SYNCD_FRENAME, 3, 0},
     {"TOMB", SYNCD_TOMB, 10, 0},
+    {"WAIT", SYNCD_WAIT, 3, 0},
+    {"NOOP", SYNCD_NOOP, 0, 0},
+    {"HEADER", SYNCD_HEADER, 3, 0},
+    {"EXPUNGES", SYNCD_EXPUNGES, 3, 0},
+    {"COPIES", SYNCD_COPIES, 4, 0},
 };
 
 /* Splits a line at single spaces into t (SYNCD_TOKENS_MAX); *n_r tokens. */
@@ -413,7 +429,33 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
             syncd_note(&p, -1, "unsupported version");
         break;
     case SYNCD_QUIT:
+    case SYNCD_NOOP:
         break;
+    case SYNCD_WAIT: {
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_u64(&a[1], UINT64_MAX, &cmd->num), syncd_bad_num);
+        uint64_t ms = 0;
+        if (syncd_tok_u64(&a[2], SYNC_WAIT_MAX_MS, &ms) < 0)
+            syncd_note(&p, -1, "bad timeout (0 to 300000 ms)");
+        cmd->wait_ms = (uint32_t)ms;
+        break;
+    }
+    case SYNCD_EXPUNGES:
+    case SYNCD_COPIES: {
+        /* EXPUNGES <user> <folder> <uidset>; COPIES <user> <from> <to> <uidset> */
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
+        const struct syncd_tok *set = &a[2];
+        if (cmd->verb == SYNCD_COPIES) {
+            syncd_note(&p, syncd_tok_str(&a[2], cmd->folder2, sizeof(cmd->folder2)),
+                       syncd_bad_folder);
+            set = &a[3];
+        }
+        const char *serr = NULL;
+        if (sync_uidset_parse(set->p, set->len, cmd->uids, SYNC_UIDS_MAX, &cmd->n_uids, &serr) < 0)
+            syncd_note(&p, -1, serr);
+        break;
+    }
     case SYNCD_MBOX:
     case SYNCD_PURGE:
     case SYNCD_DIGEST:
@@ -457,6 +499,7 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
         syncd_note(&p, syncd_tok_u64(&a[1], UINT64_MAX, &cmd->num), syncd_bad_num);
         break;
     case SYNCD_FETCH:
+    case SYNCD_HEADER:
     case SYNCD_EXPUNGE:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         syncd_note(&p, syncd_tok_str(&a[1], cmd->folder, sizeof(cmd->folder)), syncd_bad_folder);
@@ -684,7 +727,12 @@ static void syncd_cmd_fetch(struct syncd_session *s, struct sync *sy, const stru
     const char *why = NULL;
     struct buf b;
     buf_init(&b, 0);
-    int r = sy->ops->fetch(sy, c->user, c->folder, c->uid, &b, &why);
+    int r1 = 0;
+    int r = c->verb == SYNCD_HEADER
+                ? sy->ops->fetch_headers(sy, c->user, c->folder, &c->uid, 1, &b, &r1, &why)
+                : sy->ops->fetch(sy, c->user, c->folder, c->uid, &b, &why);
+    if (r == 0)
+        r = r1;
     if (r != 0) {
         syncd_fail(s, r, why);
     } else {
@@ -831,6 +879,87 @@ static int syncd_msgs_cb(void *ctx, const struct sync_msg *m)
     return syncd_change_msg(ctx, m);
 }
 
+/* ---- WAIT ---- */
+
+static void syncd_wait_unlink(struct syncd_session *s)
+{
+    if (!s->waiting)
+        return;
+    struct syncd *d = s->d;
+    if (s->wprev != NULL)
+        s->wprev->wnext = s->wnext;
+    else
+        d->waiters = s->wnext;
+    if (s->wnext != NULL)
+        s->wnext->wprev = s->wprev;
+    s->wprev = s->wnext = NULL;
+    s->waiting = false;
+    atomic_fetch_sub(&d->n_waiters, 1);
+    net_task_free(&s->wtimer);
+}
+
+/* Answers the pending WAIT with the mailbox as it is now, if done or if
+ * `force` (timeout, more input); 1 if answered. */
+static int syncd_wait_check(struct syncd_session *s, bool force)
+{
+    struct sync *sy = s->d->sync;
+    struct store_mailbox mb;
+    const char *why = NULL;
+    int r = sy->ops->mailbox_get(sy, s->wuser, &mb, &why);
+    if (r == 0 && !force && !sync_wait_done(&mb, s->wsince))
+        return 0;
+    syncd_wait_unlink(s);
+    if (r != 0)
+        syncd_fail(s, r, why);
+    else
+        syncd_say(s, "+OK %llu %s", (unsigned long long)mb.modseq, store_mbox_state_str(mb.state));
+    syncd_flush(s);
+    return 1;
+}
+
+static void syncd_wait_timeout(void *ctx)
+{
+    struct syncd_session *s = ctx;
+    /* The timer fired: it is done with (unlink frees it). */
+    syncd_wait_check(s, true);
+}
+
+static void syncd_wait_start(struct syncd_session *s, const struct syncd_cmd *c)
+{
+    struct syncd *d = s->d;
+    str_copy(s->wuser, c->user, sizeof(s->wuser));
+    s->wsince = c->num;
+    s->waiting = true;
+    s->wprev = NULL;
+    s->wnext = d->waiters;
+    if (d->waiters != NULL)
+        d->waiters->wprev = s;
+    d->waiters = s;
+    atomic_fetch_add(&d->n_waiters, 1);
+    if (syncd_wait_check(s, c->wait_ms == 0) == 1)
+        return;
+    s->wtimer = net_task_new(d->loop, syncd_wait_timeout, s);
+    net_task_schedule_in(s->wtimer, c->wait_ms);
+}
+
+void syncd_changed(struct syncd *d, const char *user)
+{
+    if (d == NULL || atomic_load(&d->n_waiters) == 0 || user == NULL)
+        return;
+    /* Each WAIT of this user re-reads its mailbox; answered ones leave the
+     * list, so walk it from a saved next. */
+    for (struct syncd_session *s = d->waiters, *next; s != NULL; s = next) {
+        next = s->wnext;
+        if (strcmp(s->wuser, user) == 0)
+            syncd_wait_check(s, false);
+    }
+}
+
+unsigned syncd_waiters(const struct syncd *d)
+{
+    return atomic_load(&d->n_waiters);
+}
+
 static void syncd_execute_client(struct syncd_session *s, struct sync *sy,
                                  const struct syncd_cmd *c)
 {
@@ -875,6 +1004,41 @@ static void syncd_execute_client(struct syncd_session *s, struct sync *sy,
         r = sy->ops->modseq_raise(sy, c->user, c->num, &why);
         syncd_result(s, r, why);
         return;
+    case SYNCD_EXPUNGES: {
+        size_t done = 0;
+        r = sy->ops->expunge_uids(sy, c->user, c->folder, c->uids, c->n_uids, &done, &why);
+        if (r != 0)
+            syncd_fail(s, r, why);
+        else
+            syncd_say(s, "+OK %zu", done);
+        return;
+    }
+    case SYNCD_COPIES: {
+        uint32_t *out = xcalloc(c->n_uids + 1, sizeof(*out));
+        uint32_t uv = 0;
+        r = sy->ops->copy_uids(sy, c->user, c->folder, c->folder2, c->uids, c->n_uids, out, &uv,
+                               &why);
+        if (r != 0) {
+            syncd_fail(s, r, why);
+        } else {
+            /* The pairs copied: source UIDs and their new UIDs, in order. */
+            uint32_t *src = xcalloc(c->n_uids + 1, sizeof(*src));
+            size_t k = 0;
+            for (size_t i = 0; i < c->n_uids; i++)
+                if (out[i] != 0) {
+                    src[k] = c->uids[i];
+                    out[k++] = out[i];
+                }
+            buf_printf(&s->out, "+OK %u ", uv);
+            sync_uidset_write(&s->out, src, k);
+            buf_puts(&s->out, " ");
+            sync_uidset_write(&s->out, out, k);
+            buf_puts(&s->out, "\r\n");
+            free(src);
+        }
+        free(out);
+        return;
+    }
     case SYNCD_FCREATE:
         r = sy->ops->folder_create(sy, c->user, c->folder, &why);
         syncd_result(s, r, why);
@@ -900,6 +1064,8 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     case SYNCD_SETFLAGS:
     case SYNCD_FCREATE:
     case SYNCD_FRENAME:
+    case SYNCD_EXPUNGES:
+    case SYNCD_COPIES:
         syncd_execute_client(s, sy, c);
         break;
     case SYNCD_NONE:
@@ -915,6 +1081,12 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     case SYNCD_QUIT:
         syncd_say(s, "+OK bye");
         syncd_close(s);
+        break;
+    case SYNCD_NOOP:
+        syncd_say(s, "+OK");
+        break;
+    case SYNCD_WAIT:
+        syncd_wait_start(s, c);
         break;
     case SYNCD_MBOX: {
         struct store_mailbox mb;
@@ -947,6 +1119,7 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
         syncd_stream_start(s, c);
         break;
     case SYNCD_FETCH:
+    case SYNCD_HEADER:
         syncd_cmd_fetch(s, sy, c);
         break;
     case SYNCD_FOLDER:
@@ -997,6 +1170,29 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     }
 }
 
+/* False for the commands that only read (they cannot end a WAIT). */
+static bool syncd_verb_writes(enum syncd_verb v)
+{
+    switch (v) {
+    case SYNCD_NONE:
+    case SYNCD_HELLO:
+    case SYNCD_QUIT:
+    case SYNCD_NOOP:
+    case SYNCD_WAIT:
+    case SYNCD_MBOX:
+    case SYNCD_CHANGES:
+    case SYNCD_DIGEST:
+    case SYNCD_DELIVERIES:
+    case SYNCD_FETCH:
+    case SYNCD_HEADER:
+    case SYNCD_FOLDERS:
+    case SYNCD_MSGS:
+        return false;
+    default:
+        return true;
+    }
+}
+
 /* A parsed line (r, err from syncd_parse_line) is ready to be answered. */
 static void syncd_dispatch(struct syncd_session *s, int r, const char *err)
 {
@@ -1018,6 +1214,9 @@ static void syncd_dispatch(struct syncd_session *s, int r, const char *err)
         syncd_cmd_add(s);
     else
         syncd_execute(s, &s->cmd);
+    /* Whatever it committed may end WAITs on this mailbox. */
+    if (syncd_verb_writes(s->cmd.verb))
+        syncd_changed(s->d, s->cmd.user);
 }
 
 /* ---- APPENDS ---- */
@@ -1092,6 +1291,7 @@ static void syncd_batch_run(struct syncd_session *s)
         free(idx);
         free(rc);
         free(why);
+        syncd_changed(s->d, b->user);
     }
     syncd_batch_free(&b);
     syncd_body_release(s);
@@ -1215,6 +1415,7 @@ static void syncd_dbatch_run(struct syncd_session *s)
         free(idx);
         free(rc);
         free(why);
+        syncd_changed(s->d, b->user);
     }
     syncd_dbatch_free(&b);
 }
@@ -1317,6 +1518,9 @@ static void *syncd_on_accept(struct net_conn *c, void *ctx)
     buf_init(&s->out, 0);
     s->streaming = SYNCD_NONE;
     s->paused = false;
+    s->waiting = false;
+    s->wtimer = NULL;
+    s->wprev = s->wnext = NULL;
     d->n_sessions++;
     log_debug(s->id, "connection from %s", net_conn_peer(c));
     return s;
@@ -1376,6 +1580,9 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
      * listing being streamed, or too much output waiting to be read. */
     while (used < n && !s->closing && s->streaming == SYNCD_NONE &&
            (s->mode != SYNCD_M_LINE || syncd_backlog(s) <= SYNCD_OUT_HIGH)) {
+        /* More input ends a pending WAIT: its answer comes first. */
+        if (s->waiting)
+            syncd_wait_check(s, true);
         const char *at = p + used;
         size_t avail = n - used;
         switch (s->mode) {
@@ -1462,6 +1669,7 @@ static void syncd_on_close(struct net_conn *c, void *ctx)
     struct syncd_session *s = ctx;
     log_debug(s->id, "connection closed");
     s->d->n_sessions--;
+    syncd_wait_unlink(s);
     if (s->streaming == SYNCD_DIGEST)
         sync_local_digest_end(&s->dcur);
     syncd_batch_free(&s->batch);
@@ -1481,6 +1689,9 @@ struct syncd *syncd_listen(struct net_loop *loop, const char *endpoint, struct s
                                               .on_close = syncd_on_close};
     struct syncd *d = xmalloc(sizeof(*d));
     atomic_init(&d->backlog_max, 0);
+    d->loop = loop;
+    d->waiters = NULL;
+    atomic_init(&d->n_waiters, 0);
     str_copy(d->name, store_name, sizeof(d->name));
     d->sync = sync_local_new(st);
     d->l = net_listen(loop, endpoint, &h, d, limits, error_r);

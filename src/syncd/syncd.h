@@ -35,6 +35,14 @@
  *    with another malformed field: the whole batch is answered with one
  *    "-ERR" (nothing stored) and the connection stays usable.
  *
+ *  - WAIT <user> <since> <timeout-ms> is answered "+OK <modseq> <state>"
+ *    as soon as the mailbox's modseq is above since or its state is not
+ *    active (re-read after each commit of any connection of this syncd, and
+ *    after each syncd_changed()), when the timeout passes, or when any more
+ *    input arrives on the connection (a NOOP ends it early). A waiting
+ *    session is on a list of its syncd until then; a connection that drops
+ *    while waiting is taken off it. Nothing else is answered meanwhile.
+ *
  *  - Replies stream with backpressure: CHANGES, DIGEST and DELIVERIES are produced a
  *    step at a time (sync.h: listings in steps), one step per loop
  *    iteration and only while the connection's queued output is at most
@@ -87,6 +95,16 @@ unsigned syncd_sessions(const struct syncd *d);
  * Readable from any thread. */
 size_t syncd_backlog_max(const struct syncd *d);
 
+/* Tells the WAITs for user's mailbox (docs/sync.md) that it may have
+ * changed: each re-reads the mailbox and is answered if its modseq is now
+ * above the WAIT's or its state is no longer active. For commits made
+ * outside syncd on the same store and loop (role_store's LMTP group
+ * commit); syncd's own commands do it themselves. Cheap when nobody waits
+ * for user. d may be NULL (no sync endpoint). Loop thread only. */
+void syncd_changed(struct syncd *d, const char *user);
+/* WAITs pending now (stats and tests). Readable from any thread. */
+unsigned syncd_waiters(const struct syncd *d);
+
 /* ---- command parsing (exposed for tests and fuzzing) ---- */
 
 enum syncd_verb {
@@ -118,6 +136,11 @@ enum syncd_verb {
     SYNCD_FCREATE,
     SYNCD_FRENAME,
     SYNCD_TOMB,
+    SYNCD_WAIT, /* notified IDLE: answered when the mailbox changes (or at a timeout) */
+    SYNCD_NOOP,
+    SYNCD_HEADER,   /* FETCH of the header only */
+    SYNCD_EXPUNGES, /* expunges of a UID set, one commit */
+    SYNCD_COPIES,   /* copies of a UID set into another folder, one commit */
 };
 
 /* One parsed command; only the fields its verb has are set. Strings are
@@ -142,7 +165,11 @@ struct syncd_cmd {
      * store.h "Explicit modseqs"); 0 if absent. 0, over 2^63 - 1 or not a
      * number is malformed ("bad modseq"). */
     uint64_t modseq;
-    uint64_t size; /* TOMB: the message's size (it has no body) */
+    uint64_t size;    /* TOMB: the message's size (it has no body) */
+    uint32_t wait_ms; /* WAIT: the timeout, 0..SYNC_WAIT_MAX_MS */
+    /* EXPUNGES, COPIES: the UID set (ascending, at most SYNC_UIDS_MAX). */
+    uint32_t uids[SYNC_UIDS_MAX];
+    size_t n_uids;
     uint8_t guid[STORE_GUID_LEN];
     uint8_t sha256[SHA256_LEN];
     /* APPEND (and an APPENDS record): a body of body_len octets (+ CRLF)

@@ -311,6 +311,27 @@ bool sock_readable_now(struct sock *s)
     return poll(&p, 1, 0) > 0;
 }
 
+int sock_wait_readable(struct sock *s, int other_fd, int ms)
+{
+    if (sock_readable_now(s))
+        return 1;
+    int64_t deadline = time_mono_ms() + ms;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = s->fd, .events = POLLIN}, {.fd = other_fd, .events = POLLIN}};
+        int64_t left = deadline - time_mono_ms();
+        int r = poll(p, other_fd >= 0 ? 2 : 1, left > 0 ? (int)left : 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            snprintf(s->why, sizeof(s->why), "poll: %s", strerror(errno));
+            return -1;
+        }
+        if (r == 0)
+            return 0;
+        return p[0].revents != 0 ? 1 : 2;
+    }
+}
+
 const char *sock_why(const struct sock *s)
 {
     return s->why;

@@ -223,6 +223,11 @@ int sock_read_buf(struct sock *s, struct buf *b, size_t n);
 /* True if input is pending or the peer closed/failed, without waiting (the
  * peer spoke while the connection was idle). */
 bool sock_readable_now(struct sock *s);
+/* Waits up to ms (>= 0) for input on s (or its peer closing: what
+ * sock_readable_now says) or on other_fd (if >= 0, e.g. a client that may
+ * interrupt a long wait). 1: s is readable (checked first), 2: other_fd is
+ * readable, 0: neither within ms, -1: poll failed (sock_why). */
+int sock_wait_readable(struct sock *s, int other_fd, int ms);
 /* The last failure, for the log ("" if none). */
 const char *sock_why(const struct sock *s);
 

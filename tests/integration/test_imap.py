@@ -384,6 +384,148 @@ def test_fetch_items(imap_tern):
     c.logout()
 
 
+def test_header_only_fetch_answers_as_the_whole_message_does(imap_tern):
+    """FETCHes of header items only read just the header from the store.
+    Their answers must be those of the same items fetched with the whole
+    message (BODY.PEEK[] in the same FETCH makes the session read it all),
+    for headers of every shape; and a whole-body item after them still gets
+    the whole body."""
+    pad = "x" * 9000
+    raws = [
+        b"From: a@example.net\r\nSubject: plain\r\n\r\nbody\r\n" + b"y" * 50000 + b"\r\n",
+        b"From: a@example.net\nSubject: bare LF\n\nbody\n",
+        b"From: a@example.net\r\nSubject: no body at all\r\n",
+        ("From: a@example.net\r\nX-Pad: %s\r\nSubject: folded\r\n  on two lines\r\n"
+         "To: Bob <b@example.org>\r\n\r\nbody\r\n" % pad).encode(),
+        b"\r\nSubject: not a header, the body\r\n",
+        b"Subject: =?utf-8?q?caf=C3=A9?=\r\nFrom: \"Q, R\" <q@example.net>\r\n"
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\npart\r\n--b--\r\n",
+    ]
+    c = connect(imap_tern)
+    c.create("Shapes")
+    for r in raws:
+        assert c.append("Shapes", None, None, r)[0] == "OK"
+    c.logout()
+    items = ["BODY.PEEK[HEADER]", "BODY.PEEK[HEADER.FIELDS (Subject To)]",
+             "BODY.PEEK[HEADER.FIELDS.NOT (Subject)]", "ENVELOPE", "RFC822.HEADER",
+             "BODY.PEEK[HEADER]<2.20>", "ENVELOPE RFC822.SIZE FLAGS"]
+    n = len(raws)
+    # What is stored (imaplib sends bare LFs as CRLF).
+    ref = connect(imap_tern)
+    ref.select("Shapes", readonly=True)
+    typ, data = ref.uid("FETCH", "1:*", "(BODY.PEEK[])")
+    stored = [d[1] for d in data if isinstance(d, tuple)]
+    assert len(stored) == n
+
+    # Header items alone: the session reads only headers (one window).
+    head_only = connect(imap_tern)
+    head_only.select("Shapes", readonly=True)
+    got = {}
+    for item in items:
+        typ, data = head_only.uid("FETCH", "1:*", f"({item})")
+        assert typ == "OK", data
+        got[item] = data
+    typ, data = head_only.uid("FETCH", "1:*", "(BODY.PEEK[HEADER])")
+    for body, d in zip(stored, [d for d in data if isinstance(d, tuple)]):
+        m = re.search(rb"^\r?\n|\n\r?\n", body)
+        want = body[:m.end()] if m else body
+        assert d[1] == want, (body[:40], d[1][:80])
+    # After header-only reads, the whole message is the whole message.
+    typ, data = head_only.uid("FETCH", "1:*", "(BODY.PEEK[])")
+    assert [d[1] for d in data if isinstance(d, tuple)] == stored
+    head_only.logout()
+
+    # The same items answered from the whole message: the reference session
+    # reads each message whole first (its cache then answers the items).
+    for item in items:
+        want = []
+        for uid in range(1, n + 1):
+            ref.uid("FETCH", str(uid), "(BODY.PEEK[])")
+            typ, data = ref.uid("FETCH", str(uid), f"({item})")
+            want += data
+        assert got[item] == want, item
+    ref.logout()
+
+
+def uidset_list(text):
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
+def store_fsyncs(t):
+    with smtplib.LMTP("127.0.0.1", t.ports["s1"]) as c:
+        c.ehlo("x")
+        code, text = c.docmd("XSTATS")
+    return int(re.search(rb"fsyncs (\d+)", text).group(1))
+
+
+def test_copy_move_expunge_of_many_messages_in_batches(imap_tern):
+    """COPY, MOVE and EXPUNGE of more messages than one store batch holds
+    (500): COPYUID maps every message to its copy, each copy is its
+    original, the copy costs a few store fsyncs, not one per message, and
+    EXPUNGE, UID EXPUNGE and MOVE remove exactly what they should."""
+    n = 620
+    c = connect(imap_tern)
+    c.create("Big")
+    c.create("Dest")
+    c.logout()
+    r = Raw(imap_tern)
+    r.send("".join("p%d APPEND Big {%d+}\r\n%s\r\n" % (i, len(m), m)
+                   for i in range(1, n + 1)
+                   for m in ["Subject: big %d\r\n\r\nbody %d\r\n" % (i, i)]))
+    for i in range(1, n + 1):
+        assert "OK" in tagged(r.until(f"p{i}"), f"p{i}")
+    r.cmd("a1 SELECT Big")
+    f0 = store_fsyncs(imap_tern)
+    out = r.cmd("a2 UID COPY 1:* Dest")
+    f1 = store_fsyncs(imap_tern)
+    m = re.search(r"\[COPYUID (\d+) (\S+) (\S+)\]", tagged(out, "a2"))
+    assert m, out
+    src, dst = uidset_list(m.group(2)), uidset_list(m.group(3))
+    assert src == list(range(1, n + 1)) and len(dst) == n
+    assert f1 - f0 < 20, (f0, f1)
+    d = Raw(imap_tern)
+    d.cmd("b1 EXAMINE Dest")
+    for k in (0, 1, 498, 499, 500, 501, n - 1):
+        got = d.cmd(f"b2 UID FETCH {dst[k]} (BODY.PEEK[HEADER.FIELDS (Subject)] BODY.PEEK[TEXT])")
+        text = "".join(got)
+        assert f"Subject: big {src[k]}\r\n" in text and f"body {src[k]}\r\n" in text, got
+    d.close()
+    # EXPUNGE of 550: every one reported, the rest kept.
+    r.cmd("a3 STORE 1:550 +FLAGS.SILENT (\\Deleted)")
+    out = r.cmd("a4 EXPUNGE")
+    assert "a4 OK" in tagged(out, "a4")
+    assert len([ln for ln in out if ln.endswith(" EXPUNGE\r\n")]) == 550
+    out = r.cmd("a5 SELECT Big")
+    assert "* 70 EXISTS\r\n" in out, out
+    # UID EXPUNGE expunges only the UIDs named, among the \Deleted ones.
+    r.cmd("a6 STORE 1:* +FLAGS.SILENT (\\Deleted)")
+    out = r.cmd("a7 UID EXPUNGE 551:560,600")
+    assert len([ln for ln in out if ln.endswith(" EXPUNGE\r\n")]) == 11, out
+    r.cmd("a8 STORE 1:* -FLAGS.SILENT (\\Deleted)")
+    # MOVE of the rest: COPYUID, then every one gone from Big.
+    out = r.cmd("a9 UID MOVE 1:* Dest")
+    m = re.search(r"\[COPYUID (\d+) (\S+) (\S+)\]", "".join(out))
+    assert m, out
+    moved = uidset_list(m.group(2))
+    assert moved == [u for u in range(561, n + 1) if u != 600], moved
+    assert len([ln for ln in out if ln.endswith(" EXPUNGE\r\n")]) == 59
+    out = r.cmd("a10 STATUS Dest (MESSAGES)")
+    assert "MESSAGES %d" % (n + 59) in "".join(out), out
+    out = r.cmd("a11 STATUS Big (MESSAGES)")
+    assert "MESSAGES 0" in "".join(out), out
+    # CLOSE expunges in batches too.
+    r.cmd("a12 SELECT Dest")
+    r.cmd("a13 STORE 1:600 +FLAGS.SILENT (\\Deleted)")
+    r.cmd("a14 CLOSE")
+    out = r.cmd("a15 STATUS Dest (MESSAGES)")
+    assert "MESSAGES %d" % (n + 59 - 600) in "".join(out), out
+    r.close()
+
+
 def test_store_flags_keywords_and_condstore(imap_tern):
     c = connect(imap_tern)
     c.select("INBOX")
@@ -564,6 +706,55 @@ def test_idle_sees_a_delivery_within_a_second(imap_tern):
     r.send("DONE\r\n")
     assert "a2 OK" in tagged(r.until("a2"), "a2")
     r.close()
+
+
+def test_idle_is_told_by_the_store_not_polled(tmp_path):
+    """With polling made useless (idle_check_ms 60 s), a delivery and a flag
+    change by another session still reach an IDLE session at once: the store
+    answers its WAIT after the commit. DONE is answered at once too (the
+    session's WAIT is cut short), and the store is left with no waiter."""
+    t = Tern(tmp_path, imap_extra="idle_check_ms = 60000")
+    t.setup_users(ALICE)
+    t.serve()
+    try:
+        lmtp_deliver(t, ALICE, msg(1))
+        r = Raw(t)
+        r.cmd("a1 SELECT INBOX")
+        r.send("a2 IDLE\r\n")
+        assert r.line().startswith("+")
+        lat = []
+        for i in range(2, 7):
+            t0 = time.time()
+            lmtp_deliver(t, ALICE, msg(i))
+            ln = r.line()
+            lat.append(time.time() - t0)
+            assert ln == f"* {i} EXISTS\r\n", ln
+        assert max(lat) < 0.5 * SLOW, lat
+        other = connect(t)
+        other.select("INBOX")
+        t0 = time.time()
+        other.store("2", "+FLAGS", "(\\Flagged)")
+        ln = r.line()
+        assert re.match(r"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged\)\)", ln), ln
+        assert time.time() - t0 < 0.5 * SLOW
+        other.logout()
+        time.sleep(0.2)
+        t0 = time.time()
+        r.send("DONE\r\n")
+        assert "a2 OK" in tagged(r.until("a2"), "a2")
+        assert time.time() - t0 < 0.5 * SLOW
+        # IDLE again, then the client goes away in the middle of it.
+        r.send("a3 IDLE\r\n")
+        assert r.line().startswith("+")
+        r.close()
+        lmtp_deliver(t, ALICE, msg(7))
+        c = connect(t)
+        c.select("INBOX")
+        assert c.untagged_responses.get("EXISTS") == [b"7"]
+        c.logout()
+    finally:
+        t.stop()
+    assert_imap_role_clean(t)
 
 
 def test_qresync_select_reports_vanished_and_changes(imap_tern):

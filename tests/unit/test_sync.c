@@ -1499,6 +1499,58 @@ static void test_parse(void **state)
     (void)state;
     struct syncd_cmd c;
     const char *err = NULL;
+    /* WAIT <user> <since> <timeout-ms>: every limit and error. */
+    static const struct {
+        const char *line;
+        int r;
+        const char *err;
+    } waits[] = {
+        {"WAIT 61 7 300000", 0, NULL},
+        {"WAIT 61 18446744073709551615 0", 0, NULL},
+        {"WAIT 61 7 300001", -1, "bad timeout (0 to 300000 ms)"},
+        {"WAIT 61 7 -1", -1, "bad timeout (0 to 300000 ms)"},
+        {"WAIT 61 18446744073709551616 5", -1, "bad number"},
+        {"WAIT 61 x 5", -1, "bad number"},
+        {"WAIT 6 7 5", -1, "bad user (hex or -)"},
+        {"WAIT 61 7", -1, "wrong number of arguments"},
+        {"WAIT 61 7 5 5", -1, "wrong number of arguments"},
+        {"NOOP x", -1, "wrong number of arguments"},
+        {"NOOP", 0, NULL},
+        {"HEADER 61 494e424f58 4294967295", 0, NULL},
+        {"HEADER 61 494e424f58 4294967296", -1, "bad number"},
+        {"HEADER 61 494e424f5 1", -1, "bad folder name (hex)"},
+        {"HEADER 61 494e424f58", -1, "wrong number of arguments"},
+        {"HEADER 61 494e424f58 1 2", -1, "wrong number of arguments"},
+        {"EXPUNGES 61 494e424f58 1:3,5", 0, NULL},
+        {"EXPUNGES 61 494e424f58 -", 0, NULL},
+        {"EXPUNGES 61 494e424f58 3,1", -1, "UID set not ascending"},
+        {"EXPUNGES 61 494e424f58 1:501", -1, "UID set too large"},
+        {"EXPUNGES 61 494e424f58 0", -1, "bad UID set"},
+        {"EXPUNGES 61 zz 1", -1, "bad folder name (hex)"},
+        {"EXPUNGES 61 494e424f58", -1, "wrong number of arguments"},
+        {"COPIES 61 494e424f58 576f726b 1:500", 0, NULL},
+        {"COPIES 61 494e424f58 576f726b 1:2:3", -1, "bad UID set"},
+        {"COPIES 61 494e424f58 576f7 1", -1, "bad folder name (hex)"},
+        {"COPIES 61 494e424f58 576f726b", -1, "wrong number of arguments"},
+        {"COPIES 61 494e424f58 576f726b 1 2", -1, "wrong number of arguments"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(waits); i++) {
+        int r = syncd_parse_line(waits[i].line, strlen(waits[i].line), &c, &err);
+        if (r != waits[i].r || (r != 0 && strcmp(err, waits[i].err) != 0))
+            fail_msg("%s: %d %s", waits[i].line, r, r != 0 ? err : "");
+    }
+    static const char w1[] = "WAIT 61 7 300000";
+    assert_int_equal(syncd_parse_line(w1, strlen(w1), &c, &err), 0);
+    assert_int_equal(c.verb, SYNCD_WAIT);
+    assert_string_equal(c.user, "a");
+    assert_int_equal(c.num, 7);
+    assert_int_equal(c.wait_ms, 300000);
+    char longu[2 * 256 + 32] = "WAIT ";
+    for (int i = 0; i < 255; i++)
+        strcat(longu, "61");
+    strcat(longu, " 1 1");
+    assert_int_equal(syncd_parse_line(longu, strlen(longu), &c, &err), SYNC_NO);
+    assert_string_equal(err, "invalid");
     static const char ok1[] = "STATE 61 fenced moved 7 s2";
     assert_int_equal(syncd_parse_line(ok1, strlen(ok1), &c, &err), 0);
     assert_int_equal(c.verb, SYNCD_STATE);
@@ -2223,6 +2275,531 @@ static void test_tcp_stalled_reader(void **state)
     server_stop(sv);
 }
 
+/* ---- header-only reads ---- */
+
+/* fetch_headers on both transports (the memory store cuts a whole read,
+ * the fs store behind syncd reads in growing pieces): the header up to and
+ * including the empty line, whatever its size relative to the pieces. */
+static void test_fetch_headers(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    struct {
+        size_t pad;      /* octets of filler in an X-Pad field */
+        const char *end; /* what ends the header */
+        bool has_body;
+    } cases[] = {
+        {0, "\r\n", true},     {8150, "\r\n", true}, {8170, "\r\n", true}, {8180, "\r\n", true},
+        {20000, "\r\n", true}, {100, "\n", true},    {100, "", false},     {9000, "", false},
+    };
+    size_t nc = ARRAY_SIZE(cases);
+    struct buf full[16], want[16];
+    uint32_t uids[16];
+    for (size_t i = 0; i < nc; i++) {
+        buf_init(&full[i], 0);
+        buf_init(&want[i], 0);
+        buf_printf(&full[i], "Subject: case %zu\r\nX-Pad: ", i);
+        for (size_t k = 0; k < cases[i].pad; k++)
+            buf_puts(&full[i], "p");
+        buf_puts(&full[i], "\r\n");
+        buf_puts(&full[i], cases[i].end);
+        buf_append(&want[i], full[i].data, full[i].len);
+        if (cases[i].has_body)
+            for (int k = 0; k < 3000; k++)
+                buf_puts(&full[i], "body line\r\n");
+        uids[i] = (uint32_t)i + 1;
+        struct sync_msg m = mkmsg("INBOX", uids[i], full[i].data, full[i].len);
+        OK(s->ops->append(s, U1, &m, full[i].data, full[i].len, &why));
+    }
+    /* A message whose first line is empty: its header is that line. */
+    buf_init(&full[nc], 0);
+    buf_init(&want[nc], 0);
+    buf_puts(&full[nc], "\r\nno header at all\r\n");
+    buf_puts(&want[nc], "\r\n");
+    uids[nc] = (uint32_t)nc + 1;
+    struct sync_msg m = mkmsg("INBOX", uids[nc], full[nc].data, full[nc].len);
+    OK(s->ops->append(s, U1, &m, full[nc].data, full[nc].len, &why));
+    nc++;
+    uids[nc] = 999; /* not there */
+    struct buf outs[16];
+    int rc[16];
+    const char *whys[16];
+    for (size_t i = 0; i <= nc; i++)
+        buf_init(&outs[i], 0);
+    OK(s->ops->fetch_headers(s, U1, "INBOX", uids, nc + 1, outs, rc, whys));
+    for (size_t i = 0; i < nc; i++) {
+        assert_int_equal(rc[i], 0);
+        if (outs[i].len != want[i].len || memcmp(outs[i].data, want[i].data, want[i].len) != 0)
+            fail_msg("case %zu: %zu octets, want %zu", i, outs[i].len, want[i].len);
+    }
+    assert_int_equal(rc[nc], SYNC_NO);
+    assert_string_equal(whys[nc], "notfound");
+    for (size_t i = 0; i <= nc; i++)
+        buf_free(&outs[i]);
+    for (size_t i = 0; i < nc; i++) {
+        buf_free(&full[i]);
+        buf_free(&want[i]);
+    }
+    /* No such folder, no mailbox: every item refused; n == 0 is nothing. */
+    struct buf one;
+    buf_init(&one, 0);
+    OK(s->ops->fetch_headers(s, U1, "Nope", uids, 1, &one, rc, whys));
+    assert_int_equal(rc[0], SYNC_NO);
+    assert_string_equal(whys[0], "notfound");
+    OK(s->ops->fetch_headers(s, U2, "INBOX", uids, 1, &one, rc, whys));
+    assert_int_equal(rc[0], SYNC_NO);
+    OK(s->ops->fetch_headers(s, U1, "INBOX", uids, 0, &one, rc, whys));
+    assert_int_equal(one.len, 0);
+    assert_int_equal(
+        s->ops->fetch_headers(s, U1, "INBOX", uids, SYNC_BATCH_MAX + 1, &one, rc, whys), -1);
+    buf_free(&one);
+    /* The connection is still good. */
+    get_mb(s, U1);
+}
+
+static void test_header_end(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        bool found;
+        size_t len;
+    } cases[] = {
+        {"", false, 0},
+        {"\r\n", true, 2},
+        {"\n", true, 1},
+        {"A: b\r\n\r\nbody", true, 8},
+        {"A: b\n\nbody", true, 6},
+        {"A: b\r\n c\r\n\r\n", true, 12},
+        {"A: b\r\n", false, 0},
+        {"A: b\r\n\r", false, 0},
+        {"A: b\r\r\n\r\n", true, 9},
+        {"A: b\r\n \r\nx", false, 0},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        size_t l = 0;
+        bool f = store_header_end(cases[i].in, strlen(cases[i].in), &l);
+        if (f != cases[i].found || (f && l != cases[i].len))
+            fail_msg("\"%s\": %d %zu", cases[i].in, f, l);
+    }
+}
+
+/* ---- WAIT (notified IDLE) ---- */
+
+/* Both transports: WAIT returns at once when the mailbox is past `since`,
+ * after the timeout when it is not, at once when wake_fd is readable, and
+ * "notfound" for no mailbox. */
+static void test_wait(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    struct store_mailbox mb;
+    NO(s->ops->wait(s, U1, 0, 50, -1, &mb, &why), "notfound");
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    uint64_t m0 = get_mb(s, U1).modseq;
+    int64_t t0 = time_mono_ms();
+    OK(s->ops->wait(s, U1, m0 - 1, 5000, -1, &mb, &why));
+    assert_true(time_mono_ms() - t0 < 2000);
+    assert_int_equal(mb.modseq, m0);
+    assert_int_equal(mb.state, STORE_MBOX_ACTIVE);
+    t0 = time_mono_ms();
+    OK(s->ops->wait(s, U1, m0, 150, -1, &mb, &why));
+    assert_true(time_mono_ms() - t0 >= 140);
+    assert_int_equal(mb.modseq, m0);
+    /* The caller's client speaks: the wait ends early, the channel stays
+     * usable. */
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    assert_int_equal(write(pfd[1], "x", 1), 1);
+    t0 = time_mono_ms();
+    OK(s->ops->wait(s, U1, m0, 5000, pfd[0], &mb, &why));
+    assert_true(time_mono_ms() - t0 < 2000);
+    assert_int_equal(mb.modseq, m0);
+    close(pfd[0]);
+    close(pfd[1]);
+    assert_int_equal(append(s, U1, "INBOX", 1, "a\r\n"), 0);
+    OK(s->ops->wait(s, U1, m0, 5000, -1, &mb, &why));
+    assert_true(mb.modseq > m0);
+    /* A mailbox leaving (a move's fence) ends a wait at once too. */
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 1, NULL, &why));
+    t0 = time_mono_ms();
+    OK(s->ops->wait(s, U1, get_mb(s, U1).modseq, 5000, -1, &mb, &why));
+    assert_true(time_mono_ms() - t0 < 2000);
+    assert_int_equal(mb.state, STORE_MBOX_FENCED);
+}
+
+/* Waits until the syncd has n WAITs pending (they are taken on the loop). */
+static void waiters_are(struct server *sv, unsigned n)
+{
+    int64_t deadline = time_mono_ms() + 5000;
+    while (syncd_waiters(sv->d[0]) != n && time_mono_ms() < deadline)
+        usleep(2000);
+    assert_int_equal(syncd_waiters(sv->d[0]), n);
+}
+
+/* Over the wire: a WAIT is answered by another connection's commit, at its
+ * timeout, by more input (NOOP), and the waiter list is cleaned up when a
+ * waiting connection drops. */
+static void test_tcp_wait(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    uint64_t m0 = get_mb(s, U1).modseq;
+    char u[2 * sizeof(U1)], cmd[256], line[256], want[64];
+    hexs(U1, u);
+    struct raw r;
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    /* Answered by a commit on another connection, long before its timeout. */
+    snprintf(cmd, sizeof(cmd), "WAIT %s %llu 60000\r\n", u, (unsigned long long)m0);
+    raw_puts(&r, cmd);
+    waiters_are(e->sv, 1);
+    int64_t t0 = time_mono_ms();
+    assert_int_equal(append(s, U1, "INBOX", 1, "a\r\n"), 0);
+    assert_true(raw_line(&r, line, sizeof(line)));
+    assert_true(time_mono_ms() - t0 < 2000);
+    uint64_t m1 = get_mb(s, U1).modseq;
+    snprintf(want, sizeof(want), "+OK %llu active", (unsigned long long)m1);
+    assert_string_equal(line, want);
+    waiters_are(e->sv, 0);
+    /* A change to another mailbox does not answer it; the timeout does. */
+    OK(s->ops->mailbox_create(s, U2, STORE_MBOX_ACTIVE, 1, 0, &why));
+    snprintf(cmd, sizeof(cmd), "WAIT %s %llu 300\r\n", u, (unsigned long long)m1);
+    t0 = time_mono_ms();
+    raw_puts(&r, cmd);
+    waiters_are(e->sv, 1);
+    OK(s->ops->folder_create(s, U2, "Other", &why));
+    assert_true(raw_line(&r, line, sizeof(line)));
+    assert_true(time_mono_ms() - t0 >= 290);
+    assert_string_equal(line, want);
+    /* More input ends it at once: the WAIT's answer, then the NOOP's. */
+    snprintf(cmd, sizeof(cmd), "WAIT %s %llu 60000\r\nNOOP\r\n", u, (unsigned long long)m1);
+    t0 = time_mono_ms();
+    raw_puts(&r, cmd);
+    assert_true(raw_line(&r, line, sizeof(line)));
+    assert_string_equal(line, want);
+    assert_true(raw_line(&r, line, sizeof(line)));
+    assert_string_equal(line, "+OK");
+    assert_true(time_mono_ms() - t0 < 2000);
+    /* Timeout 0 and a mailbox past `since` answer at once. */
+    snprintf(cmd, sizeof(cmd), "WAIT %s %llu 0", u, (unsigned long long)m1);
+    raw_expect(&r, cmd, want);
+    snprintf(cmd, sizeof(cmd), "WAIT %s 0 60000", u);
+    raw_expect(&r, cmd, want);
+    char nobody[64];
+    hexs("nobody@example.org", nobody);
+    snprintf(cmd, sizeof(cmd), "WAIT %s 0 60000", nobody);
+    raw_expect(&r, cmd, "-NO notfound");
+    /* Malformed: -ERR, nothing waits, the connection stays. */
+    snprintf(cmd, sizeof(cmd), "WAIT %s 0 300001", u);
+    raw_expect(&r, cmd, "-ERR bad timeout");
+    snprintf(cmd, sizeof(cmd), "WAIT %s 0", u);
+    raw_expect(&r, cmd, "-ERR wrong number of arguments");
+    waiters_are(e->sv, 0);
+    /* A connection that drops while waiting leaves no waiter behind (and
+     * nothing for LeakSanitizer). */
+    snprintf(cmd, sizeof(cmd), "WAIT %s %llu 60000\r\n", u, (unsigned long long)m1);
+    raw_puts(&r, cmd);
+    waiters_are(e->sv, 1);
+    close(r.fd);
+    waiters_are(e->sv, 0);
+    /* Several waiters of one mailbox: one commit answers them all. */
+    struct raw w[3];
+    for (int i = 0; i < 3; i++) {
+        raw_open(&w[i], e->sv->ep[0]);
+        raw_expect(&w[i], "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+        raw_puts(&w[i], cmd);
+    }
+    waiters_are(e->sv, 3);
+    assert_int_equal(append(s, U1, "INBOX", 2, "b\r\n"), 0);
+    snprintf(want, sizeof(want), "+OK %llu active", (unsigned long long)get_mb(s, U1).modseq);
+    for (int i = 0; i < 3; i++) {
+        assert_true(raw_line(&w[i], line, sizeof(line)));
+        assert_string_equal(line, want);
+        close(w[i].fd);
+    }
+    waiters_are(e->sv, 0);
+}
+
+/* A store from before WAIT answers "-ERR unknown command": the client says
+ * "unsupported" (once asked, without asking again) and stays usable. A
+ * one-connection fake server plays the old store. */
+struct fake {
+    int lfd;
+    pthread_t th;
+    unsigned waits;
+};
+
+static void *fake_main(void *arg)
+{
+    struct fake *f = arg;
+    int fd = accept(f->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    FILE *in = fdopen(fd, "r");
+    char line[512];
+    while (fgets(line, sizeof(line), in) != NULL) {
+        const char *reply = "-ERR unknown command\r\n";
+        if (strncmp(line, "HELLO ", 6) == 0)
+            reply = "+OK TSYNC/1 old\r\n";
+        else if (strncmp(line, "MBOX ", 5) == 0)
+            reply = "+OK active 1 - 9 0 0\r\n";
+        else if (strncmp(line, "WAIT ", 5) == 0)
+            f->waits++;
+        else if (strncmp(line, "QUIT", 4) == 0)
+            break;
+        if (send(fd, reply, strlen(reply), MSG_NOSIGNAL) < 0)
+            break;
+    }
+    fclose(in);
+    return NULL;
+}
+
+static void test_tcp_wait_unsupported(void **state)
+{
+    (void)state;
+    struct fake f = {.waits = 0};
+    f.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+    assert_int_equal(bind(f.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(f.lfd, 1), 0);
+    assert_int_equal(getsockname(f.lfd, (struct sockaddr *)&a, &al), 0);
+    char ep[32];
+    snprintf(ep, sizeof(ep), "127.0.0.1:%d", ntohs(a.sin_port));
+    assert_int_equal(pthread_create(&f.th, NULL, fake_main, &f), 0);
+    struct sync *s = tcp_connect(ep);
+    struct store_mailbox mb;
+    NO(s->ops->wait(s, U1, 3, 1000, -1, &mb, &why), "unsupported");
+    NO(s->ops->wait(s, U1, 3, 1000, -1, &mb, &why), "unsupported");
+    assert_int_equal(get_mb(s, U1).modseq, 9);
+    sync_close(&s);
+    pthread_join(f.th, NULL);
+    close(f.lfd);
+    assert_int_equal(f.waits, 1);
+}
+
+/* ---- batches of IMAP sessions: EXPUNGES, COPIES ---- */
+
+static int msgs_col(void *ctx, const struct sync_msg *m)
+{
+    return col_msg(ctx, m);
+}
+
+static void test_uid_batches(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    for (uint32_t u = 1; u <= 6; u++) {
+        char body[32];
+        snprintf(body, sizeof(body), "Subject: %u\r\n\r\nm%u\r\n", u, u);
+        assert_int_equal(append(s, U1, "INBOX", u, body), 0);
+    }
+    uint64_t ms;
+    OK(s->ops->flags_ex(s, U1, "INBOX", 2, STORE_FLAGS_SET, STORE_F_FLAGGED, "$Label", 0, &ms,
+                        &why));
+    OK(s->ops->folder_create(s, U1, "Work", &why));
+    struct sync_folder *fl = NULL;
+    size_t nf = 0;
+    OK(s->ops->folders(s, U1, &fl, &nf, &why));
+    uint32_t work_uv = 0;
+    for (size_t i = 0; i < nf; i++)
+        if (strcmp(fl[i].name, "Work") == 0)
+            work_uv = fl[i].uidvalidity;
+    free(fl);
+    assert_true(work_uv != 0);
+
+    /* COPIES: one commit; a UID that is not there is skipped (0). */
+    uint32_t ask[] = {1, 2, 4, 9}, got[4], uv = 0;
+    OK(s->ops->copy_uids(s, U1, "INBOX", "Work", ask, 4, got, &uv, &why));
+    assert_int_equal(uv, work_uv);
+    assert_int_equal(got[0], 1);
+    assert_int_equal(got[1], 2);
+    assert_int_equal(got[2], 3);
+    assert_int_equal(got[3], 0);
+    struct col c;
+    memset(&c, 0, sizeof(c));
+    uint64_t m0;
+    OK(s->ops->msgs(s, U1, "Work", msgs_col, &c, &m0, &why));
+    assert_int_equal(c.nm, 3);
+    assert_int_equal(c.m[1].flags, STORE_F_FLAGGED);
+    assert_string_equal(c.m[1].keywords, "$Label");
+    assert_int_equal(c.m[1].internal_date, 1700000002);
+    assert_memory_not_equal(c.m[1].guid, G1, STORE_GUID_LEN); /* a GUID of its own */
+    fetch_eq(s, U1, "Work", 3, "Subject: 4\r\n\r\nm4\r\n", 18);
+    /* Into the same folder too. */
+    uint32_t self[] = {6};
+    OK(s->ops->copy_uids(s, U1, "INBOX", "INBOX", self, 1, got, &uv, &why));
+    assert_int_equal(got[0], 7);
+    /* Nothing asked: nothing done. */
+    OK(s->ops->copy_uids(s, U1, "INBOX", "Work", ask, 0, got, &uv, &why));
+    assert_int_equal(uv, work_uv);
+    /* Refusals: nothing copied. */
+    NO(s->ops->copy_uids(s, U1, "INBOX", "Nope", ask, 4, got, &uv, &why), "notfound");
+    NO(s->ops->copy_uids(s, U1, "Nope", "Work", ask, 4, got, &uv, &why), "notfound");
+    NO(s->ops->copy_uids(s, U2, "INBOX", "Work", ask, 4, got, &uv, &why), "notfound");
+    uint32_t down[] = {2, 1};
+    NO(s->ops->copy_uids(s, U1, "INBOX", "Work", down, 2, got, &uv, &why), "invalid");
+    uint32_t zero[] = {0};
+    NO(s->ops->copy_uids(s, U1, "INBOX", "Work", zero, 1, got, &uv, &why), "invalid");
+    uint32_t *many = xcalloc(SYNC_UIDS_MAX + 1, sizeof(*many));
+    uint32_t *many_out = xcalloc(SYNC_UIDS_MAX + 1, sizeof(*many_out));
+    for (size_t i = 0; i <= SYNC_UIDS_MAX; i++)
+        many[i] = (uint32_t)i + 1;
+    NO(s->ops->copy_uids(s, U1, "INBOX", "Work", many, SYNC_UIDS_MAX + 1, many_out, &uv, &why),
+       "invalid");
+    memset(&c, 0, sizeof(c));
+    OK(s->ops->msgs(s, U1, "Work", msgs_col, &c, &m0, &why));
+    assert_int_equal(c.nm, 3);
+
+    /* EXPUNGES: one commit, each its own modseq; gone ones skipped. */
+    size_t done = 99;
+    uint64_t before = get_mb(s, U1).modseq;
+    uint32_t ex[] = {1, 3, 9};
+    OK(s->ops->expunge_uids(s, U1, "INBOX", ex, 3, &done, &why));
+    assert_int_equal(done, 2);
+    struct col *ch;
+    changes(s, U1, before, &ch);
+    assert_int_equal(ch->nm, 2);
+    assert_true(ch->m[0].expunged && ch->m[1].expunged);
+    assert_true(ch->m[0].modseq != ch->m[1].modseq);
+    assert_int_equal(get_mb(s, U1).modseq, before + 2);
+    free(ch);
+    OK(s->ops->expunge_uids(s, U1, "INBOX", ex, 3, &done, &why));
+    assert_int_equal(done, 0);
+    OK(s->ops->expunge_uids(s, U1, "INBOX", ex, 0, &done, &why));
+    assert_int_equal(done, 0);
+    NO(s->ops->expunge_uids(s, U1, "Nope", ex, 3, &done, &why), "notfound");
+    NO(s->ops->expunge_uids(s, U1, "INBOX", down, 2, &done, &why), "invalid");
+    NO(s->ops->expunge_uids(s, U1, "INBOX", many, SYNC_UIDS_MAX + 1, &done, &why), "invalid");
+    /* The whole limit at once. */
+    OK(s->ops->expunge_uids(s, U1, "INBOX", many, SYNC_UIDS_MAX, &done, &why));
+    assert_int_equal(done, 5); /* 2, 4, 5, 6 and the copy 7 */
+    free(many);
+    free(many_out);
+    /* Not while the mailbox is fenced. */
+    OK(s->ops->mailbox_state(s, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 1, NULL, &why));
+    uint32_t w1[] = {1};
+    NO(s->ops->expunge_uids(s, U1, "Work", w1, 1, &done, &why), "notlive");
+    NO(s->ops->copy_uids(s, U1, "Work", "INBOX", w1, 1, got, &uv, &why), "notlive");
+    get_mb(s, U1);
+}
+
+static void test_uidset(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        int r;
+        size_t n;
+        const char *err;
+    } cases[] = {
+        {"-", 0, 0, NULL},
+        {"1", 0, 1, NULL},
+        {"1:3,5,7:8", 0, 6, NULL},
+        {"4294967295", 0, 1, NULL},
+        {"4294967294:4294967295", 0, 2, NULL},
+        {"1:500", 0, 500, NULL},
+        {"1:501", -1, 0, "UID set too large"},
+        {"1:500,600", -1, 0, "UID set too large"},
+        {"0", -1, 0, "bad UID set"},
+        {"01", -1, 0, "bad UID set"},
+        {"4294967296", -1, 0, "bad UID set"},
+        {"99999999999", -1, 0, "bad UID set"},
+        {"5:3", -1, 0, "bad UID set"},
+        {"3,2", -1, 0, "UID set not ascending"},
+        {"1:3,3", -1, 0, "UID set not ascending"},
+        {"1,,2", -1, 0, "bad UID set"},
+        {"1,", -1, 0, "bad UID set"},
+        {"1:", -1, 0, "bad UID set"},
+        {":2", -1, 0, "bad UID set"},
+        {"", -1, 0, "bad UID set"},
+        {"1 2", -1, 0, "bad UID set"},
+        {"*", -1, 0, "bad UID set"},
+        {"--", -1, 0, "bad UID set"},
+    };
+    uint32_t u[SYNC_UIDS_MAX];
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        size_t n = 99;
+        const char *err = NULL;
+        int r = sync_uidset_parse(cases[i].in, strlen(cases[i].in), u, SYNC_UIDS_MAX, &n, &err);
+        if (r != cases[i].r || (r == 0 && n != cases[i].n) ||
+            (r != 0 && strcmp(err, cases[i].err) != 0))
+            fail_msg("\"%s\": %d %zu %s", cases[i].in, r, n, r != 0 ? err : "");
+    }
+    /* Written and read back. */
+    uint32_t w[] = {1, 2, 3, 7, 9, 10, 4294967295u};
+    struct buf b;
+    buf_init(&b, 0);
+    sync_uidset_write(&b, w, ARRAY_SIZE(w));
+    assert_string_equal(b.data, "1:3,7,9:10,4294967295");
+    size_t n = 0;
+    const char *err = NULL;
+    assert_int_equal(sync_uidset_parse(b.data, b.len, u, SYNC_UIDS_MAX, &n, &err), 0);
+    assert_int_equal(n, ARRAY_SIZE(w));
+    assert_memory_equal(u, w, sizeof(w));
+    buf_reset(&b);
+    sync_uidset_write(&b, w, 0);
+    assert_string_equal(b.data, "-");
+    buf_free(&b);
+}
+
+/* COPIES and EXPUNGES on the wire: the answers' form. */
+static void test_tcp_uid_batches(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_ACTIVE, 1, 0, &why));
+    for (uint32_t u = 1; u <= 4; u++)
+        assert_int_equal(append(s, U1, "INBOX", u, "x\r\n"), 0);
+    OK(s->ops->folder_create(s, U1, "Work", &why));
+    char u[2 * sizeof(U1)], cmd[512], want[128];
+    hexs(U1, u);
+    struct raw r;
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 576f726b 1:2,4,7", u);
+    raw_expect(&r, cmd, "+OK ");
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 576f726b 9", u);
+    raw_expect(&r, cmd, "+OK ");
+    snprintf(cmd, sizeof(cmd), "EXPUNGES %s 576f726b 1:3,5", u);
+    raw_expect(&r, cmd, "+OK 3");
+    snprintf(cmd, sizeof(cmd), "EXPUNGES %s 576f726b -", u);
+    raw_expect(&r, cmd, "+OK 0");
+    snprintf(cmd, sizeof(cmd), "EXPUNGES %s 576f726b 3,1", u);
+    raw_expect(&r, cmd, "-ERR UID set not ascending");
+    snprintf(cmd, sizeof(cmd), "EXPUNGES %s 576f726b 1:501", u);
+    raw_expect(&r, cmd, "-ERR UID set too large");
+    snprintf(cmd, sizeof(cmd), "EXPUNGES %s 4e6f7065 1", u);
+    raw_expect(&r, cmd, "-NO notfound");
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 4e6f7065 1", u);
+    raw_expect(&r, cmd, "-NO notfound");
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 1", u);
+    raw_expect(&r, cmd, "-ERR wrong number of arguments");
+    close(r.fd);
+    /* The answers in full (UIDVALIDITY known from a listing). */
+    struct sync_folder *fl = NULL;
+    size_t nf = 0;
+    OK(s->ops->folders(s, U1, &fl, &nf, &why));
+    uint32_t uv = 0;
+    for (size_t i = 0; i < nf; i++)
+        if (strcmp(fl[i].name, "Work") == 0)
+            uv = fl[i].uidvalidity;
+    free(fl);
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 576f726b 1:2,4,7", u);
+    snprintf(want, sizeof(want), "+OK %u 1:2,4 4:6", uv);
+    raw_expect(&r, cmd, want);
+    snprintf(cmd, sizeof(cmd), "COPIES %s 494e424f58 576f726b 9", u);
+    snprintf(want, sizeof(want), "+OK %u - -", uv);
+    raw_expect(&r, cmd, want);
+    close(r.fd);
+}
+
 #define BOTH(f)                                                                                    \
     cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_local),                     \
         cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_tcp)
@@ -2251,6 +2828,14 @@ int main(void)
         TCP(test_tcp_delivered),
         TCP(test_tcp_streaming),
         cmocka_unit_test(test_tcp_stalled_reader),
+        BOTH(test_wait),
+        TCP(test_tcp_wait),
+        cmocka_unit_test(test_tcp_wait_unsupported),
+        BOTH(test_fetch_headers),
+        cmocka_unit_test(test_header_end),
+        BOTH(test_uid_batches),
+        cmocka_unit_test(test_uidset),
+        TCP(test_tcp_uid_batches),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
