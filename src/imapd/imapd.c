@@ -1421,10 +1421,34 @@ static void cmd_append(struct imapd_session *s, const struct imap_command *c)
         buf_free(&kw);
         return;
     }
+    /* Lines end in CRLF in IMAP (RFC 3501 2.3.4: sizes count CRLF lines), as
+     * tern stores them: a bare LF (a client appending a Unix-format file)
+     * becomes CRLF. Anything else is kept as sent. */
+    const char *data = msg->str;
+    size_t len = msg->len;
+    struct buf crlf;
+    buf_init(&crlf, 0);
+    size_t bare = 0;
+    for (const char *q = data; (q = memchr(q, '\n', (size_t)(data + len - q))) != NULL; q++)
+        bare += q == data || q[-1] != '\r';
+    if (bare > 0) {
+        size_t from = 0;
+        for (size_t k = 0; k < len; k++) {
+            if (data[k] == '\n' && (k == 0 || data[k - 1] != '\r')) {
+                buf_append(&crlf, data + from, k - from);
+                buf_append(&crlf, "\r", 1);
+                from = k;
+            }
+        }
+        buf_append(&crlf, data + from, len - from);
+        data = crlf.data;
+        len = crlf.len;
+    }
     uint32_t uid = 0, uidvalidity = 0;
     int r = s->sy->ops->append_new(s->sy, s->user, name, flags, kw.data != NULL ? kw.data : "",
-                                   date, msg->str, msg->len, &uid, &uidvalidity, &why);
+                                   date, data, len, &uid, &uidvalidity, &why);
     buf_free(&kw);
+    buf_free(&crlf);
     if (r == SYNC_NO && strcmp(why, "notfound") == 0) {
         imapd_reply(s, c->tag, "NO", "[TRYCREATE] Mailbox doesn't exist: %s", name);
         return;

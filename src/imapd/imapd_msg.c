@@ -488,11 +488,18 @@ static bool sets_seen(const struct fitem *it)
     return (it->k == FI_SECTION && !it->peek) || it->k == FI_RFC822 || it->k == FI_RFC822_TEXT;
 }
 
-/* Writes the octets as a literal, or NIL for none. */
+/* Writes the octets as a literal. A literal cannot hold NUL (RFC 3501's
+ * CHAR8), but a stored message can (LMTP and imports keep the octets): each
+ * NUL goes out as 0x80, as Dovecot does, so sizes and offsets still agree. */
 static void write_literal(struct buf *b, const char *p, size_t n)
 {
     buf_printf(b, "{%zu}\r\n", n);
+    size_t at = b->len;
     buf_append(b, p, n);
+    if (b->len != at + n || memchr(p, '\0', n) == NULL)
+        return;
+    for (char *q = b->data + at; (q = memchr(q, '\0', (size_t)(b->data + at + n - q))) != NULL;)
+        *q++ = (char)0x80;
 }
 
 /* One message's FETCH response. 0, or -1 with the problem in *why_r / *r_r

@@ -305,6 +305,30 @@ def test_special_use_folders_subscribed_at_first_login(imap_tern):
     c.logout()
 
 
+def test_append_bare_lf_becomes_crlf_and_nul_goes_out_as_0x80(imap_tern):
+    c = connect(imap_tern)
+    unix = b"From: a@example.org\nSubject: unix\n\nline one\r\nline two\n"
+    typ, data = c.append("INBOX", None, None, unix)
+    assert typ == "OK", data
+    uid = re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1).decode()
+    c.select("INBOX")
+    want = unix.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    typ, data = c.uid("FETCH", uid, "(RFC822.SIZE BODY.PEEK[])")
+    assert data[0][1] == want and b"RFC822.SIZE %d" % len(want) in data[0][0], data
+    # A NUL is kept as stored (an APPEND or an import may bring one; LMTP
+    # refuses them); a literal cannot carry it (RFC 3501 CHAR8), so it goes
+    # out as 0x80, as Dovecot sends it, and the size stays.
+    typ, data = c.append("INBOX", None, None, b"Subject: nul\r\n\r\nbefore\x00after\r\n")
+    assert typ == "OK", data
+    c.select("INBOX")
+    typ, data = c.search(None, "SUBJECT", "nul")
+    seq = data[0].split()[-1].decode()
+    typ, data = c.fetch(seq, "(RFC822.SIZE BODY.PEEK[TEXT])")
+    assert data[0][1] == b"before\x80after\r\n", data
+    assert b"RFC822.SIZE 30" in data[0][0], data
+    c.logout()
+
+
 def test_modified_utf7_names_and_path_tricks(imap_tern):
     c = connect(imap_tern)
     assert c.create('"&ZeVnLIqe-"')[0] == "OK"  # 日本語
