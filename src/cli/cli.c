@@ -849,6 +849,9 @@ static void print_job(const struct dir_job *j)
     }
     printf("lease:      %s%s%s\n", j->lease_owner[0] ? j->lease_owner : "-",
            j->lease_owner[0] ? " until " : "", j->lease_owner[0] ? lease : "");
+    if (j->kind == DIR_JOB_MOVE && j->claims > 0)
+        printf("token:      %llu/%llu (claimed %llu times)\n", (unsigned long long)j->id,
+               (unsigned long long)j->claims, (unsigned long long)j->claims);
     printf("created:    %s\nupdated:    %s\n", created, updated);
     if (j->last_error[0] != '\0')
         printf("last error: %s\n", j->last_error);

@@ -67,6 +67,9 @@ static const char *const dir_sqlite_migrations[] = {
      * report), written only in the transaction that updates the row. */
     ("CREATE TABLE job_data(id INTEGER PRIMARY KEY,"
      " data BLOB NOT NULL);"),
+    /* 7: how many times a mover claimed the job: with the job id, the
+     * fencing token its writes carry (docs/move.md "Leases"). */
+    ("ALTER TABLE jobs ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;"),
 };
 
 #define USER_COLS                                                                                  \
@@ -75,7 +78,7 @@ static const char *const dir_sqlite_migrations[] = {
 #define JOB_COLS                                                                                   \
     "id, kind, user, source, dest, phase, msgs_total, msgs_done, bytes_total, bytes_done, "        \
     "lease_owner, lease_expires, created, updated, last_error, version, checkpoint, epoch, "       \
-    "retain_until, options, fenced_at, cutovers"
+    "retain_until, options, fenced_at, cutovers, claims"
 
 enum dir_sqlite_stmt {
     ST_BEGIN,
@@ -135,14 +138,14 @@ static const char *const dir_sqlite_sql[ST_COUNT] = {
     [ST_STORE_UPDATE] = "UPDATE stores SET lmtp = ?2, version = ?3 + 1"
                         " WHERE name = ?1 AND version = ?3",
     [ST_JOB_INSERT] = "INSERT INTO jobs(" JOB_COLS ") VALUES(NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
-                      " ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+                      " ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
     [ST_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
     [ST_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs ORDER BY id DESC",
     [ST_JOB_UPDATE] = "UPDATE jobs SET source = ?4, dest = ?5, phase = ?6, msgs_total = ?7,"
                       " msgs_done = ?8, bytes_total = ?9, bytes_done = ?10, lease_owner = ?11,"
                       " lease_expires = ?12, updated = ?14, last_error = ?15, version = ?16 + 1,"
                       " checkpoint = ?17, epoch = ?18, retain_until = ?19, options = ?20,"
-                      " fenced_at = ?21, cutovers = ?22"
+                      " fenced_at = ?21, cutovers = ?22, claims = ?23"
                       " WHERE id = ?1 AND version = ?16",
     [ST_JOB_LIVE] = "SELECT 1 FROM jobs WHERE user = ?1 AND id <> ?2"
                     " AND phase NOT IN " DIR_SQLITE_FINAL_PHASES " LIMIT 1",
@@ -405,6 +408,7 @@ static void dir_sqlite_read_job(sqlite3_stmt *st, void *out)
     j->options = (uint32_t)sqlite3_column_int64(st, 19);
     j->fenced_at = sqlite3_column_int64(st, 20);
     j->cutovers = (uint32_t)sqlite3_column_int64(st, 21);
+    j->claims = COL_U64(st, 22);
 }
 
 static void dir_sqlite_bind_job(sqlite3_stmt *st, const struct dir_job *j)
@@ -431,6 +435,7 @@ static void dir_sqlite_bind_job(sqlite3_stmt *st, const struct dir_job *j)
     sqlite3_bind_int64(st, 20, (int64_t)j->options);
     sqlite3_bind_int64(st, 21, j->fenced_at);
     sqlite3_bind_int64(st, 22, (int64_t)j->cutovers);
+    dir_sqlite_bind_u64(st, 23, j->claims);
 }
 
 /* Runs a CAS write (UPDATE/DELETE ... WHERE key AND version) already bound

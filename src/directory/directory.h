@@ -121,6 +121,7 @@ struct dir_job {
     uint32_t options;     /* DIR_JOB_OPT_* */
     int64_t fenced_at;    /* moves: unix ms when this cutover fenced the source; 0 = none */
     uint32_t cutovers;    /* moves: cutovers begun (each fence is one) */
+    uint64_t claims;      /* moves: times a mover claimed it; with id, the fencing token */
 };
 
 #define DIR_JOB_OPT_SUSPEND  0x1u /* stop when ready to cut over, until completed */

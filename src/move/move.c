@@ -40,6 +40,9 @@ struct run {
      * the fence (ids_copied): the pause copies only the later ones. */
     bool ids_copied;
     uint64_t ids_upto;
+    /* A store refused our fencing token as stale: another mover claimed
+     * the job since. The run stops without writing anything more. */
+    bool stale;
 };
 
 bool move_phase_active(const char *phase)
@@ -183,15 +186,65 @@ static enum step dest_not_staged(struct run *r, const char *what)
     return STEP_FAIL;
 }
 
-static int connect_all(struct run *r)
+/* A store answered "stale token": a mover with a later claim of this job
+ * has presented its token there since ours (our lease lapsed while we
+ * stalled). True then, after saying so; the run stops at once and never
+ * writes the job row or a store again. */
+static bool token_stale(struct run *r, int rc, const char *why, const char *what, const char *store)
+{
+    if (rc != SYNC_NO || strcmp(why, "stale token") != 0)
+        return false;
+    if (!r->stale)
+        log_warn(r->ctx,
+                 "%s: %s on %s refused: stale token %llu/%llu, another mover claimed the job "
+                 "since: stopping",
+                 r->job.user, what, store, (unsigned long long)r->job.id,
+                 (unsigned long long)r->job.claims);
+    r->stale = true;
+    return true;
+}
+
+/* The fencing token (job id, claims) on a new channel to `store`: from
+ * then on, each of its writes is refused if another mover claimed the job
+ * since (store.h "Fencing tokens"). Only while the job is live: retention
+ * writes by state (moved -> deleting) alone, without a token, since a
+ * later job's token would be above it. 0, or -1 with r->err (r->stale for
+ * a refusal). */
+static int present_token(struct run *r, struct sync *s, const char *store)
+{
+    if (r->job.claims == 0 || strcmp(r->job.phase, "retention") == 0)
+        return 0;
+    const char *why = "";
+    int rc = s->ops->token(s, r->job.user, r->job.id, r->job.claims, &why);
+    if (rc == 0)
+        return 0;
+    if (token_stale(r, rc, why, "TOKEN", store))
+        set_err(r, "stale token on %s: another mover claimed the job", store);
+    else
+        set_err(r, "cannot present the fencing token to %s: %s", store,
+                rc < 0 ? "connection failed" : why);
+    return -1;
+}
+
+static struct sync *connect_one(struct run *r, const char *store, char *e, size_t elen)
 {
     const struct move_env *env = r->env;
+    struct sync *s = env->connect(env->ctx, store, e, elen);
+    if (s != NULL && present_token(r, s, store) < 0) {
+        str_copy(e, r->err, elen);
+        sync_close(&s);
+    }
+    return s;
+}
+
+static int connect_all(struct run *r)
+{
     char e[200];
-    if (r->src == NULL && (r->src = env->connect(env->ctx, r->job.source, e, sizeof(e))) == NULL)
+    if (r->src == NULL && (r->src = connect_one(r, r->job.source, e, sizeof(e))) == NULL)
         goto fail;
-    if (r->src2 == NULL && (r->src2 = env->connect(env->ctx, r->job.source, e, sizeof(e))) == NULL)
+    if (r->src2 == NULL && (r->src2 = connect_one(r, r->job.source, e, sizeof(e))) == NULL)
         goto fail;
-    if (r->dst == NULL && (r->dst = env->connect(env->ctx, r->job.dest, e, sizeof(e))) == NULL)
+    if (r->dst == NULL && (r->dst = connect_one(r, r->job.dest, e, sizeof(e))) == NULL)
         goto fail;
     return 0;
 fail:
@@ -203,9 +256,8 @@ fail:
 /* Only the source: what unfencing needs, even with the destination down. */
 static int connect_src(struct run *r)
 {
-    const struct move_env *env = r->env;
     char e[200];
-    if (r->src == NULL && (r->src = env->connect(env->ctx, r->job.source, e, sizeof(e))) == NULL) {
+    if (r->src == NULL && (r->src = connect_one(r, r->job.source, e, sizeof(e))) == NULL) {
         set_err(r, "cannot reach %s: %s", r->job.source, e);
         return -1;
     }
@@ -352,6 +404,9 @@ static int batch_settle(struct pass *p)
             if (x < 0) {
                 p->result = pass_io_fail(r, "flags");
                 ret = -1;
+            } else if (token_stale(r, x, why, "flags", r->job.dest)) {
+                p->result = STEP_LOST;
+                ret = -1;
             } else if (x == SYNC_NO && strcmp(why, "notlive") == 0) {
                 p->result = dest_not_staged(r, "flags");
                 ret = -1;
@@ -360,6 +415,9 @@ static int batch_settle(struct pass *p)
                 p->result = STEP_FAIL;
                 ret = -1;
             }
+        } else if (token_stale(r, x, why, "copy", r->job.dest)) {
+            p->result = STEP_LOST;
+            ret = -1;
         } else if (x == SYNC_NO && strcmp(why, "notlive") == 0) {
             p->result = dest_not_staged(r, "copy");
             ret = -1;
@@ -511,6 +569,10 @@ static int pass_folder(void *ctx, const struct sync_folder *f)
         p->result = pass_io_fail(r, "folder");
         return -1;
     }
+    if (token_stale(r, rc, why, "folder", r->job.dest)) {
+        p->result = STEP_LOST;
+        return -1;
+    }
     if (rc == SYNC_NO && strcmp(why, "notlive") == 0) {
         p->result = dest_not_staged(r, "folder");
         return -1;
@@ -570,6 +632,10 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
             p->result = pass_io_fail(r, "expunge");
             return -1;
         }
+        if (token_stale(r, rc, why, "expunge", r->job.dest)) {
+            p->result = STEP_LOST;
+            return -1;
+        }
         if (rc == SYNC_NO && strcmp(why, "notlive") == 0) {
             p->result = dest_not_staged(r, "expunge");
             return -1;
@@ -588,6 +654,10 @@ static int pass_msg(void *ctx, const struct sync_msg *m)
                                        m->keywords, m->modseq, &why);
             if (rc < 0) {
                 p->result = pass_io_fail(r, "flags");
+                return -1;
+            }
+            if (token_stale(r, rc, why, "flags", r->job.dest)) {
+                p->result = STEP_LOST;
                 return -1;
             }
             if (rc == SYNC_NO && strcmp(why, "notlive") == 0) {
@@ -650,6 +720,8 @@ static enum step sync_pass(struct run *r, uint64_t since, int64_t deadline_ms, u
         rc = r->dst->ops->modseq_raise(r->dst, r->job.user, smb.modseq, &why);
     if (rc < 0)
         return io_fail(r, "modseq");
+    if (token_stale(r, rc, why, "MODSEQ", r->job.dest))
+        return STEP_LOST;
     if (rc == SYNC_NO) {
         set_err(r, "modseq of %s: %s", r->job.user, why);
         return STEP_FAIL;
@@ -871,6 +943,8 @@ static enum step phase_provision(struct run *r)
     }
     if (rc < 0)
         return io_fail(r, "destination mailbox");
+    if (token_stale(r, rc, why, "provision", r->job.dest))
+        return STEP_LOST;
     if (rc == SYNC_NO) {
         set_err(r, "cannot provision on %s: %s", r->job.dest, why);
         return STEP_FAIL;
@@ -899,6 +973,9 @@ static int id_flush(struct id_copy *c)
     /* Per item, SYNC_NO is "already recorded there" (or refused): nothing
      * to keep. */
     int rc = r->dst->ops->delivery_add_batch(r->dst, r->job.user, c->ds, c->n, c->rcs, c->whys);
+    for (size_t i = 0; rc == 0 && i < c->n; i++)
+        if (token_stale(r, c->rcs[i], c->whys[i], "delivery ids", r->job.dest))
+            rc = -1;
     c->n = 0;
     if (rc < 0)
         c->rc = -1;
@@ -926,6 +1003,8 @@ static enum step copy_deliveries(struct run *r, uint64_t since, uint64_t upto)
     if (c->rc < 0)
         rc = -1;
     free(c);
+    if (r->stale)
+        return STEP_LOST;
     if (rc < 0)
         return io_fail(r, "delivery ids");
     return STEP_NEXT;
@@ -1062,6 +1141,8 @@ static enum step phase_fence(struct run *r)
     }
     if (rc < 0)
         return io_fail(r, "fence");
+    if (token_stale(r, rc, why, "fence", r->job.source))
+        return STEP_LOST;
     if (rc == SYNC_NO) {
         set_err(r, "cannot fence: %s", why);
         return STEP_FAIL;
@@ -1143,6 +1224,8 @@ static enum step phase_final(struct run *r)
     free(fl);
     if (rc < 0)
         return io_fail(r, "folder UIDNEXT");
+    if (token_stale(r, rc, why, "folder UIDNEXT", r->job.dest))
+        return STEP_LOST;
     if (rc == SYNC_NO && strcmp(why, "notlive") == 0)
         return dest_not_staged(r, "folder UIDNEXT");
     /* Only the final delta's ids if the others were copied before the
@@ -1301,6 +1384,8 @@ static enum step phase_switch(struct run *r)
     }
     if (rc < 0)
         return io_fail(r, "switch");
+    if (token_stale(r, rc, why, "switch", r->job.dest))
+        return STEP_LOST;
     if (rc == SYNC_NO) {
         set_err(r, "after the switch: %s", why);
         return STEP_LATER;
@@ -1523,6 +1608,10 @@ int move_claim(const struct move_env *env, uint64_t id)
         return 1;
     str_copy(j.lease_owner, env->owner, sizeof(j.lease_owner));
     j.lease_expires = now + env->lease_ms;
+    /* A new fencing token with every claim, in the same compare-and-set:
+     * (id, claims) only grows, so a mover that claimed the job before is
+     * refused by every store this one presented its token to. */
+    j.claims++;
     enum dir_status st = dir_job_update(env->dir, &j);
     return st == DIR_OK ? 0 : st == DIR_CONFLICT ? 1 : -1;
 }
@@ -1563,6 +1652,12 @@ enum move_result move_run(const struct move_env *env, uint64_t id)
             s = move_phases[k].run(&r);
         else
             set_err(&r, "unknown phase '%s'", ph);
+        if (r.stale) {
+            /* Another mover claimed the job: nothing more is ours to write,
+             * not even the job row. */
+            result = MOVE_LOST;
+            break;
+        }
         if (s == STEP_NEXT)
             continue;
         if (s == STEP_ABORT) {

@@ -26,6 +26,8 @@ const char *store_status_str(enum store_status st)
         return "conflict";
     case STORE_INVALID:
         return "invalid argument";
+    case STORE_STALE:
+        return "stale token";
     case STORE_ERROR:
         return "store error";
     }
@@ -334,6 +336,57 @@ enum store_status store_mailbox_purge(struct store *st, const char *user)
     if (!store_user_canon(user, u))
         return STORE_INVALID;
     return st->ops->mailbox_purge(st, u);
+}
+
+int store_token_cmp(const struct store_token *a, const struct store_token *b)
+{
+    if (a->job != b->job)
+        return a->job < b->job ? -1 : 1;
+    if (a->claim != b->claim)
+        return a->claim < b->claim ? -1 : 1;
+    return 0;
+}
+
+static bool store_token_none(const struct store_token *t)
+{
+    return t->job == 0 && t->claim == 0;
+}
+
+void store_token_set(struct store *st, const char *user, const struct store_token *t)
+{
+    st->token_user[0] = '\0';
+    memset(&st->token, 0, sizeof(st->token));
+    if (user == NULL || t == NULL || store_token_none(t) || !store_user_canon(user, st->token_user))
+        st->token_user[0] = '\0';
+    else
+        st->token = *t;
+}
+
+enum store_status store_token_check(const struct store *st, const char *user,
+                                    const struct store_token *row, bool *raise_r,
+                                    struct store_token *raise_to)
+{
+    *raise_r = false;
+    if (st->token_user[0] == '\0' || strcmp(st->token_user, user) != 0)
+        return STORE_OK;
+    int c = store_token_cmp(&st->token, row);
+    if (c < 0)
+        return STORE_STALE;
+    if (c > 0) {
+        *raise_r = true;
+        *raise_to = st->token;
+    }
+    return STORE_OK;
+}
+
+enum store_status store_mailbox_token(struct store *st, const char *user,
+                                      const struct store_token *t)
+{
+    char u[MAIL_ADDR_MAX + 1];
+    if (!store_user_canon(user, u) || t == NULL || store_token_none(t) ||
+        t->job > STORE_MODSEQ_MAX || t->claim > STORE_MODSEQ_MAX)
+        return STORE_INVALID;
+    return st->ops->mailbox_token(st, u, t);
 }
 
 enum store_status store_mailbox_list(struct store *st, struct store_mailbox **list_r, size_t *n_r)

@@ -38,6 +38,20 @@
  * modseqs are written may miss rows stamped below its position: nothing
  * lists a staged copy while the mover fills it.
  *
+ * Fencing tokens (the mover only; docs/move.md "Leases"). Every claim of a
+ * move job gets a token (job id, claim count), strictly increasing: a later
+ * job, or a later claim of the same job, is greater. A mailbox row keeps
+ * the highest token that was presented for it (0/0: none). While a caller
+ * has set a token for a user on a struct store (store_token_set), every
+ * change of that user's mailbox through that handle — append, flags,
+ * expunge, tombstone, folder create/rename/delete, UIDNEXT, delivery ids,
+ * the modseq counter, the state, the purge, the create — is checked inside
+ * its transaction, before the state guard: a row token above the caller's
+ * refuses it with STORE_STALE (nothing changes; the caller's claim was
+ * superseded by another mover's), a row token below is raised to it in the
+ * same transaction. Changes without a token set (deliveries, IMAP clients,
+ * imports, a mover's retention purge) are not checked and change no token.
+ *
  * State guard. The mailbox state decides which operations the store
  * accepts; it is checked on the mailbox row inside the same transaction as
  * the change (fs: under BEGIN IMMEDIATE), so a state change that commits
@@ -119,6 +133,7 @@ enum store_status {
     STORE_NOTLIVE,  /* mailbox state refuses the change (see the state guard) */
     STORE_CONFLICT, /* compare-and-set lost (state changed, unchanged_since) */
     STORE_INVALID,  /* bad argument: folder name, flags */
+    STORE_STALE,    /* the caller's fencing token is below the mailbox's */
     STORE_ERROR,    /* I/O or database trouble; temporary for callers */
 };
 const char *store_status_str(enum store_status st);
@@ -134,6 +149,14 @@ const char *store_mbox_state_str(enum store_mbox_state s);
 /* Parses "staged", "active", ... 0 or -1. */
 int store_mbox_state_parse(const char *s, enum store_mbox_state *out_r);
 
+/* A fencing token: (job, claim) ordered lexicographically; 0/0 = none. */
+struct store_token {
+    uint64_t job;
+    uint64_t claim;
+};
+/* <0, 0, >0 as a is below, equal to, above b. */
+int store_token_cmp(const struct store_token *a, const struct store_token *b);
+
 struct store_mailbox {
     char user[MAIL_ADDR_MAX + 1];
     enum store_mbox_state state;
@@ -143,6 +166,7 @@ struct store_mailbox {
     uint64_t messages;                /* live (not expunged) messages */
     uint64_t bytes;                   /* their total size */
     int64_t created;                  /* unix seconds */
+    struct store_token token;         /* the highest fencing token presented */
 };
 
 struct store_folder {
@@ -219,6 +243,19 @@ enum store_status store_mailbox_raise_modseq(struct store *st, const char *user,
 /* Removes the mailbox and all its data. Only allowed in DELETING state
  * (STORE_CONFLICT otherwise). */
 enum store_status store_mailbox_purge(struct store *st, const char *user);
+/* From now until the next call, every change of user's mailbox made
+ * through st carries token t (see "Fencing tokens"); t NULL or 0/0 (or user
+ * NULL): none. Not a change itself. The caller scopes it: set it before
+ * the mover's calls and clear it after, since the handle may be shared
+ * (the store role's LMTP deliveries use the same one). */
+void store_token_set(struct store *st, const char *user, const struct store_token *t);
+/* Presents token t (not 0/0) for user's mailbox: raises the mailbox's
+ * token to t if it is below (a write of its own), STORE_OK if it is t
+ * already, STORE_STALE if it is above; STORE_NOTFOUND without a mailbox.
+ * Any mailbox state. What a mover does first on each session, so that a
+ * mover with an older claim is refused from then on. */
+enum store_status store_mailbox_token(struct store *st, const char *user,
+                                      const struct store_token *t);
 /* *list_r malloc'd (free()), sorted by user. */
 enum store_status store_mailbox_list(struct store *st, struct store_mailbox **list_r, size_t *n_r);
 

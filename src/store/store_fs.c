@@ -67,7 +67,7 @@
 #endif
 #define STORE_FS_REC_MAGIC      "TERNMSG1"
 #define STORE_FS_REC_HDR        64
-#define STORE_FS_SCHEMA_VERSION 2
+#define STORE_FS_SCHEMA_VERSION 3
 #define STORE_FS_RFDS           8
 
 static const char store_fs_schema[] =
@@ -108,9 +108,15 @@ static const char *const store_fs_migrations[] = {
      * kept with folder_id 0 and the source's folder name in `folder`. */
     "ALTER TABLE deliveries ADD COLUMN folder TEXT NOT NULL DEFAULT '';"
     "UPDATE meta SET value = 2 WHERE key = 'schema_version';",
+    /* 2 -> 3: the highest fencing token a mover presented for the mailbox
+     * (store.h "Fencing tokens"); 0/0 = none. */
+    "ALTER TABLE mailboxes ADD COLUMN token_job INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE mailboxes ADD COLUMN token_claim INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE meta SET value = 3 WHERE key = 'schema_version';",
 };
 
-#define MBOX_COLS   "id, user, state, epoch, moved_to, modseq, messages, bytes, created"
+#define MBOX_COLS                                                                                  \
+    "id, user, state, epoch, moved_to, modseq, messages, bytes, created, token_job, token_claim"
 #define FOLDER_COLS "id, name, uidvalidity, uidnext, modseq, messages, deleted"
 #define MSG_COLS    "uid, guid, flags, keywords, internal_date, size, sha256, modseq, expunged"
 
@@ -127,6 +133,7 @@ enum store_fs_sql {
     SQL_MBOX_SET_MODSEQ,
     SQL_MBOX_ROWS_MODSEQ,
     SQL_MBOX_DELETE,
+    SQL_MBOX_SET_TOKEN,
     SQL_PURGE_MSGS,
     SQL_PURGE_FOLDERS,
     SQL_PURGE_DELIVERIES,
@@ -178,6 +185,7 @@ static const char *const store_fs_sql_text[SQL_COUNT] = {
                              " WHERE mailbox_id = ?1), 0), COALESCE((SELECT MAX(modseq)"
                              " FROM folders WHERE mailbox_id = ?1), 0))",
     [SQL_MBOX_DELETE] = "DELETE FROM mailboxes WHERE id = ?1",
+    [SQL_MBOX_SET_TOKEN] = "UPDATE mailboxes SET token_job = ?2, token_claim = ?3 WHERE id = ?1",
     [SQL_PURGE_MSGS] = "DELETE FROM messages WHERE mailbox_id = ?1",
     [SQL_PURGE_FOLDERS] = "DELETE FROM folders WHERE mailbox_id = ?1",
     [SQL_PURGE_DELIVERIES] = "DELETE FROM deliveries WHERE mailbox_id = ?1",
@@ -355,6 +363,8 @@ static void store_fs_mbox_cols(sqlite3_stmt *s, struct store_mailbox *out)
     out->messages = (uint64_t)sqlite3_column_int64(s, 6);
     out->bytes = (uint64_t)sqlite3_column_int64(s, 7);
     out->created = sqlite3_column_int64(s, 8);
+    out->token.job = (uint64_t)sqlite3_column_int64(s, 9);
+    out->token.claim = (uint64_t)sqlite3_column_int64(s, 10);
 }
 
 /* FOLDER_COLS starting at column c. */
@@ -415,6 +425,37 @@ static enum store_status store_fs_folder_load(struct store_fs *fs, int64_t mbox_
     return STORE_OK;
 }
 
+/* The fencing check of a change to the mailbox row `id` (mb as read in
+ * this transaction): STORE_STALE, or STORE_OK with the row's token raised
+ * to the one set on the handle if that is higher (store.h). */
+static enum store_status store_fs_fence(struct store_fs *fs, const char *user, int64_t id,
+                                        struct store_mailbox *mb)
+{
+    bool raise;
+    struct store_token to;
+    enum store_status s = store_token_check(&fs->base, user, &mb->token, &raise, &to);
+    if (s != STORE_OK || !raise)
+        return s;
+    sqlite3_stmt *q = store_fs_q(fs, SQL_MBOX_SET_TOKEN);
+    sqlite3_bind_int64(q, 1, id);
+    sqlite3_bind_int64(q, 2, (int64_t)to.job);
+    sqlite3_bind_int64(q, 3, (int64_t)to.claim);
+    if (store_fs_exec(fs, q, "mailbox token") < 0)
+        return STORE_ERROR;
+    mb->token = to;
+    return STORE_OK;
+}
+
+/* store_fs_mbox_load for a change: the fencing check included. */
+static enum store_status store_fs_mbox_load_w(struct store_fs *fs, const char *user, int64_t *id_r,
+                                              struct store_mailbox *out)
+{
+    enum store_status s = store_fs_mbox_load(fs, user, id_r, out);
+    if (s == STORE_OK)
+        s = store_fs_fence(fs, user, *id_r, out);
+    return s;
+}
+
 /* Mailbox and live folder by names. With `write` (the caller is inside
  * its BEGIN IMMEDIATE transaction, about to change the mailbox), a mailbox
  * in a state that refuses changes is STORE_NOTLIVE, before the folder. */
@@ -422,7 +463,8 @@ static enum store_status store_fs_resolve(struct store_fs *fs, const char *user,
                                           bool write, int64_t *mbox_id_r, struct store_mailbox *mb,
                                           struct store_folder *f)
 {
-    enum store_status s = store_fs_mbox_load(fs, user, mbox_id_r, mb);
+    enum store_status s = write ? store_fs_mbox_load_w(fs, user, mbox_id_r, mb)
+                                : store_fs_mbox_load(fs, user, mbox_id_r, mb);
     if (s == STORE_OK && write && !store_state_writable(mb->state))
         s = STORE_NOTLIVE;
     if (s == STORE_OK && folder != NULL)
@@ -854,8 +896,11 @@ static enum store_status store_fs_mailbox_create(struct store *st, const char *u
     sqlite3_bind_int64(q, 4, time_now_ms() / 1000);
     if (store_fs_exec(fs, q, "mailbox insert") < 0)
         return store_fs_finish(fs, STORE_ERROR);
-    s = store_fs_folder_insert(fs, sqlite3_last_insert_rowid(fs->db), "INBOX", inbox_uidvalidity,
-                               1);
+    id = sqlite3_last_insert_rowid(fs->db);
+    memset(&mb, 0, sizeof(mb));
+    s = store_fs_fence(fs, user, id, &mb); /* the new row gets the caller's token */
+    if (s == STORE_OK)
+        s = store_fs_folder_insert(fs, id, "INBOX", inbox_uidvalidity, 1);
     return store_fs_finish(fs, s);
 }
 
@@ -876,7 +921,7 @@ static enum store_status store_fs_mailbox_set_state(struct store *st, const char
         return STORE_ERROR;
     int64_t id;
     struct store_mailbox mb;
-    enum store_status s = store_fs_mbox_load(fs, user, &id, &mb);
+    enum store_status s = store_fs_mbox_load_w(fs, user, &id, &mb);
     if (s == STORE_OK && mb.state != expect)
         s = STORE_CONFLICT;
     if (s == STORE_OK) {
@@ -899,7 +944,7 @@ static enum store_status store_fs_mailbox_raise_modseq(struct store *st, const c
         return STORE_ERROR;
     int64_t id;
     struct store_mailbox mb;
-    enum store_status s = store_fs_mbox_load(fs, user, &id, &mb);
+    enum store_status s = store_fs_mbox_load_w(fs, user, &id, &mb);
     if (s == STORE_OK && mb.state != STORE_MBOX_STAGED && mb.state != STORE_MBOX_ACTIVE)
         s = STORE_NOTLIVE;
     if (s == STORE_OK && mb.state == STORE_MBOX_STAGED) {
@@ -929,7 +974,8 @@ static enum store_status store_fs_mailbox_raise_modseq(struct store *st, const c
     return store_fs_finish(fs, s);
 }
 
-static enum store_status store_fs_mailbox_purge(struct store *st, const char *user)
+static enum store_status store_fs_mailbox_token(struct store *st, const char *user,
+                                                const struct store_token *t)
 {
     struct store_fs *fs = (struct store_fs *)st;
     if (store_fs_begin(fs) < 0)
@@ -937,6 +983,28 @@ static enum store_status store_fs_mailbox_purge(struct store *st, const char *us
     int64_t id;
     struct store_mailbox mb;
     enum store_status s = store_fs_mbox_load(fs, user, &id, &mb);
+    int c = s == STORE_OK ? store_token_cmp(t, &mb.token) : 0;
+    if (c < 0)
+        s = STORE_STALE;
+    if (c > 0) {
+        sqlite3_stmt *q = store_fs_q(fs, SQL_MBOX_SET_TOKEN);
+        sqlite3_bind_int64(q, 1, id);
+        sqlite3_bind_int64(q, 2, (int64_t)t->job);
+        sqlite3_bind_int64(q, 3, (int64_t)t->claim);
+        if (store_fs_exec(fs, q, "mailbox token") < 0)
+            s = STORE_ERROR;
+    }
+    return store_fs_finish(fs, s);
+}
+
+static enum store_status store_fs_mailbox_purge(struct store *st, const char *user)
+{
+    struct store_fs *fs = (struct store_fs *)st;
+    if (store_fs_begin(fs) < 0)
+        return STORE_ERROR;
+    int64_t id;
+    struct store_mailbox mb;
+    enum store_status s = store_fs_mbox_load_w(fs, user, &id, &mb);
     if (s == STORE_OK && mb.state != STORE_MBOX_DELETING)
         s = STORE_CONFLICT;
     static const enum store_fs_sql purge[] = {SQL_PURGE_MSGS, SQL_PURGE_FOLDERS,
@@ -988,7 +1056,7 @@ static enum store_status store_fs_folder_create(struct store *st, const char *us
     int64_t id;
     struct store_mailbox mb;
     struct store_folder f;
-    enum store_status s = store_fs_mbox_load(fs, user, &id, &mb);
+    enum store_status s = store_fs_mbox_load_w(fs, user, &id, &mb);
     if (s == STORE_OK &&
         (!store_state_writable(mb.state) || !store_modseq_allowed(modseq, mb.state)))
         s = STORE_NOTLIVE;
@@ -1144,6 +1212,7 @@ struct store_fs_bmbox {
     struct store_mailbox info; /* as read, modseq advanced by the batch */
     uint64_t modseq0;
     int64_t dmsgs, dbytes;
+    bool stale; /* its fencing check refused: every item is STORE_STALE */
 };
 
 struct store_fs_bfolder {
@@ -1185,9 +1254,10 @@ static size_t store_fs_bmbox_get(struct store_fs_bctx *c, const char *user)
     struct store_fs_bmbox *m = &c->mboxes[c->nmboxes];
     memset(m, 0, sizeof(*m));
     m->user = user;
-    enum store_status s = store_fs_mbox_load(c->fs, user, &m->id, &m->info);
+    enum store_status s = store_fs_mbox_load_w(c->fs, user, &m->id, &m->info);
     if (s == STORE_ERROR)
         return SIZE_MAX;
+    m->stale = s == STORE_STALE;
     if (s == STORE_NOTFOUND)
         m->id = 0;
     m->modseq0 = m->info.modseq;
@@ -1231,6 +1301,10 @@ static int store_fs_resolve_item(struct store_fs_bctx *c, size_t i)
     struct store_fs_bmbox *mb = &c->mboxes[mi];
     if (mb->id == 0) {
         res->status = STORE_NOTFOUND;
+        return 0;
+    }
+    if (mb->stale) {
+        res->status = STORE_STALE;
         return 0;
     }
     /* A retried delivery: first within this batch, then in the table. */
@@ -2107,6 +2181,7 @@ static const struct store_ops store_fs_ops = {
     .mailbox_raise_modseq = store_fs_mailbox_raise_modseq,
     .mailbox_purge = store_fs_mailbox_purge,
     .mailbox_list = store_fs_mailbox_list,
+    .mailbox_token = store_fs_mailbox_token,
     .folder_create = store_fs_folder_create,
     .folder_get = store_fs_folder_get,
     .folder_rename = store_fs_folder_rename,

@@ -106,6 +106,18 @@ static struct store_mem_msg *store_mem_msg_find(struct store_mem_folder *f, uint
     return found ? f->msgs[i] : NULL;
 }
 
+/* The fencing check of a change to mb (store.h "Fencing tokens"):
+ * STORE_STALE, or STORE_OK with mb's token raised to the handle's. */
+static enum store_status store_mem_fence(const struct store *st, struct store_mem_mbox *mb)
+{
+    bool raise;
+    struct store_token to;
+    enum store_status s = store_token_check(st, mb->info.user, &mb->info.token, &raise, &to);
+    if (s == STORE_OK && raise)
+        mb->info.token = to;
+    return s;
+}
+
 /* Resolves user + folder; *msg_r (if asked) must be a live message. With
  * `write`, a mailbox in a state that refuses changes is STORE_NOTLIVE
  * (checked before the folder, as store_fs_resolve() does). */
@@ -118,6 +130,9 @@ static enum store_status store_mem_resolve(struct store *st, const char *user, c
     struct store_mem_mbox *mb = store_mem_mbox_find(sm, user);
     if (mb == NULL)
         return STORE_NOTFOUND;
+    enum store_status fs = write ? store_mem_fence(st, mb) : STORE_OK;
+    if (fs != STORE_OK)
+        return fs;
     if (write && !store_state_writable(mb->info.state))
         return STORE_NOTLIVE;
     struct store_mem_folder *f = store_mem_folder_find(mb, folder);
@@ -229,6 +244,7 @@ static enum store_status store_mem_mailbox_create(struct store *st, const char *
     mb->info.state = state;
     mb->info.epoch = epoch;
     mb->info.created = time_now_ms() / 1000;
+    (void)store_mem_fence(st, mb); /* the new row gets the caller's token */
     store_mem_folder_add(sm, mb, "INBOX", inbox_uidvalidity, 0);
     sm->mboxes = xrealloc(sm->mboxes, (sm->n + 1) * sizeof(*sm->mboxes));
     sm->mboxes[sm->n++] = mb;
@@ -253,6 +269,8 @@ static enum store_status store_mem_mailbox_set_state(struct store *st, const cha
     struct store_mem_mbox *mb = store_mem_mbox_find((struct store_mem *)st, user);
     if (mb == NULL)
         return STORE_NOTFOUND;
+    if (store_mem_fence(st, mb) != STORE_OK)
+        return STORE_STALE;
     if (mb->info.state != expect)
         return STORE_CONFLICT;
     mb->info.state = state;
@@ -267,6 +285,8 @@ static enum store_status store_mem_mailbox_raise_modseq(struct store *st, const 
     struct store_mem_mbox *mb = store_mem_mbox_find((struct store_mem *)st, user);
     if (mb == NULL)
         return STORE_NOTFOUND;
+    if (store_mem_fence(st, mb) != STORE_OK)
+        return STORE_STALE;
     if (mb->info.state != STORE_MBOX_STAGED && mb->info.state != STORE_MBOX_ACTIVE)
         return STORE_NOTLIVE;
     if (mb->info.state == STORE_MBOX_STAGED) {
@@ -293,6 +313,8 @@ static enum store_status store_mem_mailbox_purge(struct store *st, const char *u
         struct store_mem_mbox *mb = sm->mboxes[i];
         if (strcmp(mb->info.user, user) != 0)
             continue;
+        if (store_mem_fence(st, mb) != STORE_OK)
+            return STORE_STALE;
         if (mb->info.state != STORE_MBOX_DELETING)
             return STORE_CONFLICT;
         store_mem_mbox_free(mb);
@@ -301,6 +323,20 @@ static enum store_status store_mem_mailbox_purge(struct store *st, const char *u
         return STORE_OK;
     }
     return STORE_NOTFOUND;
+}
+
+static enum store_status store_mem_mailbox_token(struct store *st, const char *user,
+                                                 const struct store_token *t)
+{
+    struct store_mem_mbox *mb = store_mem_mbox_find((struct store_mem *)st, user);
+    if (mb == NULL)
+        return STORE_NOTFOUND;
+    int c = store_token_cmp(t, &mb->info.token);
+    if (c < 0)
+        return STORE_STALE;
+    if (c > 0)
+        mb->info.token = *t;
+    return STORE_OK;
 }
 
 static int store_mem_mailbox_cmp(const void *a, const void *b)
@@ -331,6 +367,8 @@ static enum store_status store_mem_folder_create(struct store *st, const char *u
     struct store_mem_mbox *mb = store_mem_mbox_find(sm, user);
     if (mb == NULL)
         return STORE_NOTFOUND;
+    if (store_mem_fence(st, mb) != STORE_OK)
+        return STORE_STALE;
     if (!store_state_writable(mb->info.state) || !store_modseq_allowed(modseq, mb->info.state))
         return STORE_NOTLIVE;
     if (store_mem_folder_find(mb, name) != NULL)
@@ -455,6 +493,10 @@ static void store_mem_append_one(struct store_mem *sm, const struct store_append
     struct store_mem_mbox *mb = store_mem_mbox_find(sm, a->user);
     if (mb == NULL) {
         res->status = STORE_NOTFOUND;
+        return;
+    }
+    if (store_mem_fence(&sm->base, mb) != STORE_OK) {
+        res->status = STORE_STALE;
         return;
     }
     if (a->delivery_id != NULL) {
@@ -838,6 +880,8 @@ static enum store_status store_mem_delivery_add(struct store *st, const char *us
     struct store_mem_mbox *mb = store_mem_mbox_find((struct store_mem *)st, user);
     if (mb == NULL)
         return STORE_NOTFOUND;
+    if (store_mem_fence(st, mb) != STORE_OK)
+        return STORE_STALE;
     if (!store_state_writable(mb->info.state))
         return STORE_NOTLIVE;
     if (store_mem_delivery_find(mb, id) != NULL)
@@ -876,6 +920,7 @@ static const struct store_ops store_mem_ops = {
     .mailbox_purge = store_mem_mailbox_purge,
     .mailbox_raise_modseq = store_mem_mailbox_raise_modseq,
     .mailbox_list = store_mem_mailbox_list,
+    .mailbox_token = store_mem_mailbox_token,
     .folder_create = store_mem_folder_create,
     .folder_get = store_mem_folder_get,
     .folder_rename = store_mem_folder_rename,

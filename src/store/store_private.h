@@ -44,6 +44,9 @@ struct store_ops {
     enum store_status (*mailbox_purge)(struct store *st, const char *user);
     enum store_status (*mailbox_raise_modseq)(struct store *st, const char *user, uint64_t modseq);
     enum store_status (*mailbox_list)(struct store *st, struct store_mailbox **list_r, size_t *n_r);
+    /* store_mailbox_token (t valid, not 0/0). */
+    enum store_status (*mailbox_token)(struct store *st, const char *user,
+                                       const struct store_token *t);
     /* modseq (here and below): 0 = the mailbox's next; else explicit, valid
      * (<= INT64_MAX): the backend checks the state (store_modseq_allowed). */
     enum store_status (*folder_create)(struct store *st, const char *user, const char *name,
@@ -106,6 +109,10 @@ struct store_ops {
 struct store {
     const struct store_ops *ops;
     char name[MAIL_NAME_MAX + 1];
+    /* store_token_set: the token the changes of token_user carry ("" and
+     * 0/0: none). */
+    char token_user[MAIL_ADDR_MAX + 1];
+    struct store_token token;
 };
 
 /* ---- helpers shared by the backends (store.c) ---- */
@@ -146,6 +153,15 @@ bool store_append_allowed(const struct store_append *a, const struct store_mailb
  * in state s? An explicit modseq only to a STAGED one (store.h, "Explicit
  * modseqs"). Checked after store_state_writable(); false = STORE_NOTLIVE. */
 bool store_modseq_allowed(uint64_t modseq, enum store_mbox_state s);
+
+/* The fencing check (store.h "Fencing tokens"), for backends inside the
+ * transaction of a change of user's mailbox whose row holds *row:
+ * STORE_STALE if the token set on st for user is below *row; otherwise
+ * STORE_OK, with *raise_r true if the backend must set the row's token to
+ * *raise_to (the token set is above it) in the same transaction. */
+enum store_status store_token_check(const struct store *st, const char *user,
+                                    const struct store_token *row, bool *raise_r,
+                                    struct store_token *raise_to);
 
 /* The modseq a change stamps: `modseq` if explicit, else *counter + 1; the
  * counter becomes max(counter, that). */

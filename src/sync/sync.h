@@ -278,6 +278,20 @@ struct sync_ops {
     int (*copy_uids)(struct sync *s, const char *user, const char *from, const char *to,
                      const uint32_t *uids, size_t n, uint32_t *uids_out, uint32_t *uidvalidity_r,
                      const char **why_r);
+
+    /* ---- fencing (the mover; store.h "Fencing tokens", docs/move.md) ---- */
+
+    /* Presents the mover's fencing token (job id, claim count) for user's
+     * mailbox: the store raises the mailbox's token to it, and from now on
+     * every write of this transport to that mailbox carries it (one token
+     * per transport; a new call replaces it). SYNC_NO "stale token" if the store
+     * has seen a higher token for the mailbox: another mover claimed the
+     * job since, stop. No mailbox yet is 0 (its create takes the token).
+     * Every write op may then answer SYNC_NO "stale token" likewise. Over TCP:
+     * "unsupported" from a syncd without TOKEN (the connection stays
+     * usable). */
+    int (*token)(struct sync *s, const char *user, uint64_t job, uint64_t claim,
+                 const char **why_r);
 };
 
 /* Limit of one expunge_uids/copy_uids call (and of EXPUNGES/COPIES on the
@@ -388,6 +402,12 @@ int sync_local_deliveries_begin(struct sync *s, const char *user, uint64_t since
 int sync_local_deliveries_step(struct sync *s, const char *user, struct sync_deliveries_cursor *cur,
                                size_t max, int (*cb)(void *ctx, const struct sync_delivery *d),
                                void *ctx, const char **why_r);
+
+/* The token the writes of local transport s carry from now on, without
+ * presenting it to the store (user NULL or job and claim 0: none). What
+ * syncd does around each session's commands, on its one transport; the
+ * token op presents a token and then does this. */
+void sync_local_token_use(struct sync *s, const char *user, uint64_t job, uint64_t claim);
 
 /* TCP: connects to a store's sync endpoint "HOST:PORT" and says HELLO.
  * NULL with a message in err. */

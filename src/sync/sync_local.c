@@ -21,6 +21,10 @@
 struct sync_local {
     struct sync base;
     struct store *st;
+    /* The fencing token the writes of this transport carry (token op,
+     * sync_local_token_use); "" and 0/0: none. */
+    char tok_user[MAIL_ADDR_MAX + 1];
+    struct store_token tok;
 };
 
 struct store *sync_local_store(struct sync *s)
@@ -47,6 +51,9 @@ int sync_local_status(enum store_status st, const char **why_r)
         return SYNC_NO;
     case STORE_INVALID:
         *why_r = "invalid";
+        return SYNC_NO;
+    case STORE_STALE:
+        *why_r = "stale token";
         return SYNC_NO;
     case STORE_ERROR:
         break;
@@ -876,44 +883,320 @@ static int sync_local_delivery_add_batch(struct sync *s, const char *user,
     return r < 0 ? -1 : 0;
 }
 
+/* ---- fencing tokens (store.h "Fencing tokens") ----
+ *
+ * The token is set on the store only for the duration of one write of this
+ * transport (the store handle is shared: other transports, the store role's
+ * deliveries), so every write op runs between enter and leave. */
+
+static void sync_local_enter(struct sync *s)
+{
+    struct sync_local *l = (struct sync_local *)s;
+    store_token_set(l->st, l->tok_user[0] != '\0' ? l->tok_user : NULL, &l->tok);
+}
+
+static void sync_local_leave(struct sync *s)
+{
+    store_token_set(((struct sync_local *)s)->st, NULL, NULL);
+}
+
+void sync_local_token_use(struct sync *s, const char *user, uint64_t job, uint64_t claim)
+{
+    sync_local_check(s);
+    struct sync_local *l = (struct sync_local *)s;
+    if (user == NULL || (job == 0 && claim == 0)) {
+        l->tok_user[0] = '\0';
+        memset(&l->tok, 0, sizeof(l->tok));
+        return;
+    }
+    str_copy(l->tok_user, user, sizeof(l->tok_user));
+    l->tok.job = job;
+    l->tok.claim = claim;
+}
+
+static int sync_local_token(struct sync *s, const char *user, uint64_t job, uint64_t claim,
+                            const char **why_r)
+{
+    struct store_token t = {.job = job, .claim = claim};
+    enum store_status ss = store_mailbox_token(sync_local_store(s), user, &t);
+    if (ss == STORE_NOTFOUND)
+        ss = STORE_OK; /* no mailbox yet: its create carries the token */
+    int r = sync_local_status(ss, why_r);
+    if (r == 0)
+        sync_local_token_use(s, user, job, claim);
+    return r;
+}
+
+static int sync_local_t_mailbox_create(struct sync *s, const char *user,
+                                       enum store_mbox_state state, uint64_t epoch,
+                                       uint32_t inbox_uidvalidity, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_mailbox_create(s, user, state, epoch, inbox_uidvalidity, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_mailbox_state(struct sync *s, const char *user,
+                                      enum store_mbox_state expect, enum store_mbox_state state,
+                                      uint64_t epoch, const char *moved_to, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_mailbox_state(s, user, expect, state, epoch, moved_to, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_mailbox_purge(struct sync *s, const char *user, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_mailbox_purge(s, user, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_append(struct sync *s, const char *user, const struct sync_msg *m,
+                               const void *data, size_t len, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_append(s, user, m, data, len, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_append_batch(struct sync *s, const char *user,
+                                     const struct sync_msg *const *msgs, const void *const *data,
+                                     const size_t *lens, size_t n, int *rc_out,
+                                     const char **why_out)
+{
+    sync_local_enter(s);
+    int r = sync_local_append_batch(s, user, msgs, data, lens, n, rc_out, why_out);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_append_batch_start(struct sync *s, const char *user,
+                                           const struct sync_msg *const *msgs,
+                                           const void *const *data, const size_t *lens, size_t n,
+                                           int *rc_out, const char **why_out)
+{
+    sync_local_enter(s);
+    int r = sync_local_append_batch_start(s, user, msgs, data, lens, n, rc_out, why_out);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_folder_ensure(struct sync *s, const char *user, const char *name,
+                                      uint32_t uidvalidity, uint32_t uidnext, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_folder_ensure(s, user, name, uidvalidity, uidnext, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_folder_delete(struct sync *s, const char *user, uint32_t uidvalidity,
+                                      const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_folder_delete(s, user, uidvalidity, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_flags(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                              uint32_t flags, const char *keywords, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_flags(s, user, folder, uid, flags, keywords, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_expunge(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                                const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_expunge(s, user, folder, uid, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_delivery_add(struct sync *s, const char *user,
+                                     const struct sync_delivery *d, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_delivery_add(s, user, d, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_modseq_raise(struct sync *s, const char *user, uint64_t modseq,
+                                     const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_modseq_raise(s, user, modseq, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_folder_ensure_at(struct sync *s, const char *user, const char *name,
+                                         uint32_t uidvalidity, uint32_t uidnext, uint64_t modseq,
+                                         const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_folder_ensure_at(s, user, name, uidvalidity, uidnext, modseq, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_folder_delete_at(struct sync *s, const char *user, uint32_t uidvalidity,
+                                         uint64_t modseq, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_folder_delete_at(s, user, uidvalidity, modseq, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_flags_at(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                                 uint32_t flags, const char *keywords, uint64_t modseq,
+                                 const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_flags_at(s, user, folder, uid, flags, keywords, modseq, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_expunge_at(struct sync *s, const char *user, const char *folder,
+                                   uint32_t uid, uint64_t modseq, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_expunge_at(s, user, folder, uid, modseq, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_tombstone(struct sync *s, const char *user, const struct sync_msg *m,
+                                  const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_tombstone(s, user, m, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_append_new(struct sync *s, const char *user, const char *folder,
+                                   uint32_t flags, const char *keywords, int64_t internal_date,
+                                   const void *data, size_t len, uint32_t *uid_r,
+                                   uint32_t *uidvalidity_r, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_append_new(s, user, folder, flags, keywords, internal_date, data, len, uid_r,
+                                  uidvalidity_r, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_flags_ex(struct sync *s, const char *user, const char *folder, uint32_t uid,
+                                 enum store_flag_mode mode, uint32_t flags, const char *keywords,
+                                 uint64_t unchanged_since, uint64_t *modseq_r, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_flags_ex(s, user, folder, uid, mode, flags, keywords, unchanged_since,
+                                modseq_r, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_folder_create(struct sync *s, const char *user, const char *name,
+                                      const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_folder_create(s, user, name, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_folder_rename(struct sync *s, const char *user, const char *from,
+                                      const char *to, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_folder_rename(s, user, from, to, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_delivery_add_batch(struct sync *s, const char *user,
+                                           const struct sync_delivery *ds, size_t n, int *rc_out,
+                                           const char **why_out)
+{
+    sync_local_enter(s);
+    int r = sync_local_delivery_add_batch(s, user, ds, n, rc_out, why_out);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_expunge_uids(struct sync *s, const char *user, const char *folder,
+                                     const uint32_t *uids, size_t n, size_t *expunged_r,
+                                     const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_expunge_uids(s, user, folder, uids, n, expunged_r, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
+static int sync_local_t_copy_uids(struct sync *s, const char *user, const char *from,
+                                  const char *to, const uint32_t *uids, size_t n,
+                                  uint32_t *uids_out, uint32_t *uidvalidity_r, const char **why_r)
+{
+    sync_local_enter(s);
+    int r = sync_local_copy_uids(s, user, from, to, uids, n, uids_out, uidvalidity_r, why_r);
+    sync_local_leave(s);
+    return r;
+}
+
 static const struct sync_ops sync_local_ops = {
     .close = sync_local_close,
     .mailbox_get = sync_local_mailbox_get,
-    .mailbox_create = sync_local_mailbox_create,
-    .mailbox_state = sync_local_mailbox_state,
-    .mailbox_purge = sync_local_mailbox_purge,
+    .mailbox_create = sync_local_t_mailbox_create,
+    .mailbox_state = sync_local_t_mailbox_state,
+    .mailbox_purge = sync_local_t_mailbox_purge,
     .changes = sync_local_changes,
     .fetch = sync_local_fetch,
     .fetch_batch = sync_local_fetch_batch,
-    .append = sync_local_append,
-    .append_batch = sync_local_append_batch,
-    .append_batch_start = sync_local_append_batch_start,
+    .append = sync_local_t_append,
+    .append_batch = sync_local_t_append_batch,
+    .append_batch_start = sync_local_t_append_batch_start,
     .append_batch_end = sync_local_append_batch_end,
-    .folder_ensure = sync_local_folder_ensure,
-    .folder_delete = sync_local_folder_delete,
-    .flags = sync_local_flags,
-    .expunge = sync_local_expunge,
+    .folder_ensure = sync_local_t_folder_ensure,
+    .folder_delete = sync_local_t_folder_delete,
+    .flags = sync_local_t_flags,
+    .expunge = sync_local_t_expunge,
     .digest = sync_local_digest,
     .deliveries = sync_local_deliveries,
-    .delivery_add = sync_local_delivery_add,
-    .modseq_raise = sync_local_modseq_raise,
-    .folder_ensure_at = sync_local_folder_ensure_at,
-    .folder_delete_at = sync_local_folder_delete_at,
-    .flags_at = sync_local_flags_at,
-    .expunge_at = sync_local_expunge_at,
-    .tombstone = sync_local_tombstone,
+    .delivery_add = sync_local_t_delivery_add,
+    .modseq_raise = sync_local_t_modseq_raise,
+    .folder_ensure_at = sync_local_t_folder_ensure_at,
+    .folder_delete_at = sync_local_t_folder_delete_at,
+    .flags_at = sync_local_t_flags_at,
+    .expunge_at = sync_local_t_expunge_at,
+    .tombstone = sync_local_t_tombstone,
     .folders = sync_local_folders,
     .msgs = sync_local_msgs,
-    .append_new = sync_local_append_new,
-    .flags_ex = sync_local_flags_ex,
-    .folder_create = sync_local_folder_create,
-    .folder_rename = sync_local_folder_rename,
+    .append_new = sync_local_t_append_new,
+    .flags_ex = sync_local_t_flags_ex,
+    .folder_create = sync_local_t_folder_create,
+    .folder_rename = sync_local_t_folder_rename,
     .deliveries_each = sync_local_deliveries_each,
-    .delivery_add_batch = sync_local_delivery_add_batch,
+    .delivery_add_batch = sync_local_t_delivery_add_batch,
     .wait = sync_local_wait,
     .fetch_headers = sync_local_fetch_headers,
-    .expunge_uids = sync_local_expunge_uids,
-    .copy_uids = sync_local_copy_uids,
+    .expunge_uids = sync_local_t_expunge_uids,
+    .copy_uids = sync_local_t_copy_uids,
+    .token = sync_local_token,
 };
 
 struct sync *sync_local_new(struct store *st)

@@ -46,8 +46,8 @@ struct sync_tcp {
 };
 
 /* The refusal reasons a server may give; *why_r points at these. */
-static const char *const sync_tcp_reasons[] = {"notfound", "exists",   "conflict",
-                                               "notlive",  "checksum", "invalid"};
+static const char *const sync_tcp_reasons[] = {"notfound", "exists",  "conflict",   "notlive",
+                                               "checksum", "invalid", "stale token"};
 
 /* ---- low-level I/O ---- */
 
@@ -1434,6 +1434,28 @@ static int sync_tcp_copy_uids(struct sync *s, const char *user, const char *from
     return 0;
 }
 
+/* TOKEN (sync.h "token"): the server keeps it for this connection. */
+static int sync_tcp_token(struct sync *s, const char *user, uint64_t job, uint64_t claim,
+                          const char **why_r)
+{
+    struct sync_tcp *c = (struct sync_tcp *)s;
+    int r = sync_tcp_cmd_user(c, "TOKEN", user, why_r);
+    if (r != 0)
+        return r;
+    buf_printf(&c->out, " %llu %llu\r\n", (unsigned long long)job, (unsigned long long)claim);
+    if (sync_tcp_send_out(c) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    size_t len;
+    if (sync_tcp_read_line(c, &len) < 0)
+        return sync_tcp_broken(c, why_r, NULL);
+    if (strcmp(c->line, "-ERR unknown command") == 0) {
+        *why_r = "unsupported"; /* a store from before TOKEN */
+        return SYNC_NO;
+    }
+    char *rest;
+    return sync_tcp_final(c, why_r, &rest);
+}
+
 static const struct sync_ops sync_tcp_ops = {
     .close = sync_tcp_close,
     .mailbox_get = sync_tcp_mailbox_get,
@@ -1472,6 +1494,7 @@ static const struct sync_ops sync_tcp_ops = {
     .fetch_headers = sync_tcp_fetch_headers,
     .expunge_uids = sync_tcp_expunge_uids,
     .copy_uids = sync_tcp_copy_uids,
+    .token = sync_tcp_token,
 };
 
 /* ---- connection ---- */

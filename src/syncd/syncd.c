@@ -104,6 +104,10 @@ struct syncd_session {
     uint64_t wsince;
     struct net_task *wtimer;
     struct syncd_session *wprev, *wnext;
+    /* The mover's fencing token (TOKEN), "" and 0/0 if none: every command
+     * of this session writes with it (syncd_on_data). */
+    char tuser[MAIL_ADDR_MAX + 1];
+    uint64_t tjob, tclaim;
 };
 
 /* ---- parsing ---- */
@@ -277,6 +281,7 @@ static const struct {
     {"HEADER", SYNCD_HEADER, 3, 0},
     {"EXPUNGES", SYNCD_EXPUNGES, 3, 0},
     {"COPIES", SYNCD_COPIES, 4, 0},
+    {"TOKEN", SYNCD_TOKEN, 3, 0},
 };
 
 /* Splits a line at single spaces into t (SYNCD_TOKENS_MAX); *n_r tokens. */
@@ -544,6 +549,16 @@ int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const 
     case SYNCD_MODSEQ:
         syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
         syncd_note(&p, syncd_tok_u64(&a[1], (uint64_t)INT64_MAX, &cmd->num), syncd_bad_num);
+        break;
+    case SYNCD_TOKEN:
+        syncd_note(&p, syncd_tok_str(&a[0], cmd->user, sizeof(cmd->user)), bad_user);
+        syncd_note(
+            &p, syncd_tok_u64(&a[1], (uint64_t)INT64_MAX, &cmd->num) < 0 || cmd->num == 0 ? -1 : 0,
+            "bad token job (a number from 1 to 2^63-1)");
+        syncd_note(
+            &p,
+            syncd_tok_u64(&a[2], (uint64_t)INT64_MAX, &cmd->claim) < 0 || cmd->claim == 0 ? -1 : 0,
+            "bad token claim (a number from 1 to 2^63-1)");
         break;
     case SYNCD_MSGS:
     case SYNCD_FCREATE:
@@ -1085,6 +1100,20 @@ static void syncd_execute(struct syncd_session *s, const struct syncd_cmd *c)
     case SYNCD_NOOP:
         syncd_say(s, "+OK");
         break;
+    case SYNCD_TOKEN:
+        /* Kept for the session: syncd_on_data puts it on the transport
+         * around each of this session's commands. */
+        r = sy->ops->token(sy, c->user, c->num, c->claim, &why);
+        if (r == 0) {
+            str_copy(s->tuser, c->user, sizeof(s->tuser));
+            s->tjob = c->num;
+            s->tclaim = c->claim;
+        } else if (r == SYNC_NO) {
+            log_info(s->id, "TOKEN %llu/%llu for %s refused: a mover claimed the job since",
+                     (unsigned long long)c->num, (unsigned long long)c->claim, c->user);
+        }
+        syncd_result(s, r, why);
+        break;
     case SYNCD_WAIT:
         syncd_wait_start(s, c);
         break;
@@ -1571,10 +1600,9 @@ static void syncd_on_drained(struct net_conn *c, void *ctx)
     syncd_pace(s);
 }
 
-static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t n)
+/* syncd_on_data's loop: what it returns. */
+static size_t syncd_on_data_run(struct syncd_session *s, const char *p, size_t n)
 {
-    (void)c;
-    struct syncd_session *s = ctx;
     size_t used = 0;
     /* Commands are taken one at a time while nothing holds them back: a
      * listing being streamed, or too much output waiting to be read. */
@@ -1653,6 +1681,19 @@ static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t
     }
     syncd_pace(s);
     return s->closing ? n : used;
+}
+
+static size_t syncd_on_data(struct net_conn *c, void *ctx, const char *p, size_t n)
+{
+    (void)c;
+    struct syncd_session *s = ctx;
+    /* The transport is shared by every session: this session's fencing
+     * token is on it only while its commands run (APPENDS and DELIVERED
+     * batches run from here too). */
+    sync_local_token_use(s->d->sync, s->tuser[0] != '\0' ? s->tuser : NULL, s->tjob, s->tclaim);
+    size_t got = syncd_on_data_run(s, p, n);
+    sync_local_token_use(s->d->sync, NULL, 0, 0);
+    return got;
 }
 
 static void syncd_on_timeout(struct net_conn *c, void *ctx, const char *why)

@@ -141,6 +141,7 @@ enum syncd_verb {
     SYNCD_HEADER,   /* FETCH of the header only */
     SYNCD_EXPUNGES, /* expunges of a UID set, one commit */
     SYNCD_COPIES,   /* copies of a UID set into another folder, one commit */
+    SYNCD_TOKEN,    /* the mover's fencing token for this connection's writes */
 };
 
 /* One parsed command; only the fields its verb has are set. Strings are
@@ -181,6 +182,9 @@ struct syncd_cmd {
     /* APPENDS, DELIVERED: the count (num) is valid, so the records can be
      * read (and skipped) even if the user is not. */
     bool has_count;
+    /* TOKEN <user> <job> <claim>: job in num, the claim here (both
+     * 1..2^63-1). */
+    uint64_t claim;
 };
 
 /* Parses one command line (without CRLF; any octets, not NUL-terminated).

@@ -278,12 +278,13 @@ def changes_row(t, store, folder, uid):
     return None
 
 
-def start_mover(t, logfile):
+def start_mover(t, logfile, faults=None):
     """A second mover process beside the supervisor's, with its own lease
-    owner (mover@HOST:PID) and no fault injection."""
+    owner (mover@HOST:PID) and no fault injection but `faults` (env)."""
     env = t.env()
     for k in ("TERN_FAULT", "TERN_FAULT_PAUSE", "TERN_FAULT_ONCE", "TERN_FAULT_ARMED"):
         env.pop(k, None)
+    env.update(faults or {})
     log = open(logfile, "ab")
     p = subprocess.Popen([TERN_BIN, "--data", str(t.data), "--config", str(t.config), "role",
                           "mover"], stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -354,14 +355,19 @@ def test_stalled_mover_past_its_lease(tmp_path):
         row = changes_row(t, "s2", "INBOX", 6)
 
         pause.unlink()  # A wakes up with $Before in hand
-        assert wait_for(lambda: "lease lost to " + b_owner in t.log(), 30), t.log(3000)
+        # A stops on the lost lease, or at once on B's fencing token.
+        assert wait_for(lambda: "lease lost to " + b_owner in t.log() or
+                        "flags on s2 refused: stale token" in t.log(), 30), t.log(3000)
         time.sleep(0.5)  # anything A might still send would be in by now
 
         assert imap_flags(t, 6) == want
         assert changes_row(t, "s2", "INBOX", 6) == row
         # A tried, was refused, and said why.
         log = t.log()
-        assert re.search(r"flags: alice@example\.org on s2 is no longer staged", log), log[-3000:]
+        # B presented a later fencing token to s2 (and the switch made it
+        # active): A's write is refused for its stale token first.
+        assert re.search(r"flags: alice@example\.org on s2 is no longer staged|"
+                         r"alice@example\.org: flags on s2 refused: stale token", log), log[-3000:]
         assert job_phase(t, job) == "retention"
         assert home(t, U) == ("s2", 2, "active")
         # Nothing lost or duplicated: s2 holds exactly what the frozen source
@@ -463,3 +469,78 @@ def test_move_back_onto_retained_copy_across_three_stores(tmp_path):
         check_sanitizers(t)
     finally:
         t.stop()
+
+
+def test_stale_mover_fenced_between_verify_and_switch(tmp_path):
+    """The window the staged-only guard leaves open (docs/move.md "Leases"):
+    mover A stalls in a catch-up pass holding an old flag state ($Before) of
+    INBOX/6; a client then changes it on the still live source ($Later); A's
+    lease lapses, mover B claims the job (a new fencing token), copies
+    $Later, fences, verifies, and stops right before its switch (a pause
+    point of B's process only). Now A wakes and writes $Before onto the
+    staged copy, which verify would no longer see. The store refuses it:
+    B's token is above A's. The switch happens and the new home equals the
+    frozen source exactly: UIDs, flags, keywords, modseqs."""
+    t = cluster(tmp_path, mover_extra="retention = 3600\nlease_ms = 1500")
+    pause = tmp_path / "pause"
+    serve_with(t, pause_env(tmp_path, ["pause:move.catchup@mover",
+                                       "pause:move.pass.flags@mover"]))
+    b, blog = None, tmp_path / "mover-b.log"
+    pause_b = tmp_path / "pause-b"
+    try:
+        fill(t, U, n=12)  # INBOX holds UIDs 6, 9 and 12
+        job = start_move(t, U, "s2")
+        wait_pause(t, pause, job)  # copied; before the catch-up pass
+        c = imap_login(t)  # the home is still s1
+        assert c.select("INBOX")[0] == "OK"
+        assert c.uid("STORE", "6", "FLAGS", "($Before)")[0] == "OK"
+        c.logout()
+        pause.unlink()
+        wait_pause(t, pause, job)  # A holds $Before, about to write it
+        a_owner = re.search(r"running as (\S+),", t.log()).group(1)
+        c = imap_login(t)  # the source moves on while A sleeps
+        assert c.select("INBOX")[0] == "OK"
+        assert c.uid("STORE", "6", "FLAGS", "($Later)")[0] == "OK"
+        c.logout()
+        later = imap_flags(t, 6)
+        assert later[0] == ["$Later"], later
+
+        env = {"TERN_FAULT": "pause:move.switch@mover", "TERN_FAULT_PAUSE": str(pause_b)}
+        b = start_mover(t, blog, env)
+        assert wait_for(pause_b.exists, 60), t.cli("move", "show", str(job)).stdout + \
+            blog.read_text()
+        show = t.cli("move", "show", str(job)).stdout
+        assert job_phase(t, job) == "switch", show
+        b_owner = re.search(r"lease:\s+(\S+)", show).group(1)
+        assert b_owner != a_owner, show
+        assert re.search(rf"token:\s+{job}/2\b", show), show
+        assert changes_row(t, "s2", "INBOX", 6)[0:2] == changes_row(t, "s1", "INBOX", 6)[0:2]
+        assert mbox_state(t, U, "s2").startswith("+OK staged 2")
+        before_a = rows(t, "s2")
+
+        pause.unlink()  # A wakes up with $Before in hand; the copy is staged
+        assert wait_for(lambda: "flags on s2 refused: stale token" in t.log(), 30), t.log(3000)
+        time.sleep(0.5)  # anything A might still send would be in by now
+        # (A's mover may claim the job again now, B's lease having lapsed
+        # during its pause: with a new token, from the persisted "switch".)
+        assert rows(t, "s2") == before_a
+
+        pause_b.unlink()  # the switch (by B, or by A if it claimed the job again)
+        assert wait_for(lambda: job_phase(t, job) == "retention", 60), \
+            t.cli("move", "show", str(job)).stdout + blog.read_text() + t.log(3000)
+        assert home(t, U) == ("s2", 2, "active")
+        assert mbox_state(t, U, "s1").startswith("+OK moved 2 s2")
+        assert imap_flags(t, 6) == later
+        live = lambda rs: {k: v for k, v in rs.items() if v[6] == "0"}
+        src, dst = rows(t, "s1"), rows(t, "s2")
+        assert live(src) == live(dst)
+        assert mbox_modseq(t, "s1") == mbox_modseq(t, "s2")
+        d = t.cli("doctor", check=False)
+        assert d.returncode == 0, d.stdout + d.stderr
+        check_sanitizers(t)
+    finally:
+        stop_mover(b)
+        t.stop()
+        if blog.exists():
+            reports = sanitizer_reports(blog.read_text(errors="replace"))
+            assert not reports, "\n".join(reports)

@@ -661,6 +661,7 @@ static void test_sqlite_migrate_v2_jobs(void **state)
     raw_sql(fx, "ALTER TABLE jobs DROP COLUMN checkpoint; ALTER TABLE jobs DROP COLUMN epoch;"
                 "ALTER TABLE jobs DROP COLUMN retain_until; ALTER TABLE jobs DROP COLUMN options;"
                 "ALTER TABLE jobs DROP COLUMN fenced_at; ALTER TABLE jobs DROP COLUMN cutovers;"
+                "ALTER TABLE jobs DROP COLUMN claims;"
                 "DROP TABLE subscriptions; DROP TABLE job_data;"
                 "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
     fx->d = open_sqlite_ok(fx->path);
@@ -670,12 +671,14 @@ static void test_sqlite_migrate_v2_jobs(void **state)
     assert_int_equal(g.options, 0);
     assert_int_equal(g.fenced_at, 0);
     assert_int_equal(g.cutovers, 0);
+    assert_int_equal(g.claims, 0);
     g.checkpoint = 12345;
     g.epoch = 7;
     g.retain_until = 1800000000;
     g.options = DIR_JOB_OPT_SUSPEND | DIR_JOB_OPT_COMPLETE;
     g.fenced_at = 1800000000123;
     g.cutovers = 3;
+    g.claims = 5;
     assert_int_equal(dir_job_update(fx->d, &g), DIR_OK);
     assert_int_equal(dir_job_get(fx->d, j.id, &j), DIR_OK);
     assert_int_equal(j.checkpoint, 12345);
@@ -684,6 +687,7 @@ static void test_sqlite_migrate_v2_jobs(void **state)
     assert_int_equal(j.options, DIR_JOB_OPT_SUSPEND | DIR_JOB_OPT_COMPLETE);
     assert_int_equal(j.fenced_at, 1800000000123);
     assert_int_equal(j.cutovers, 3);
+    assert_int_equal(j.claims, 5);
 }
 
 static void test_sqlite_migrate_forward(void **state)

@@ -1999,6 +1999,135 @@ static void test_tombstone(void **state)
     assert_int_equal(mbox_modseq(t->st, U1), 60);
 }
 
+/* ---- fencing tokens ---- */
+
+static struct store_token tok(uint64_t job, uint64_t claim)
+{
+    struct store_token t = {.job = job, .claim = claim};
+    return t;
+}
+
+static struct store_token mbox_token(struct store *st, const char *user)
+{
+    struct store_mailbox mb;
+    assert_int_equal(store_mailbox_get(st, user, &mb), STORE_OK);
+    return mb.token;
+}
+
+/* Every mover write with a token below the mailbox's is refused as STALE
+ * and changes nothing; one above raises it; tokenless writes and other
+ * mailboxes are not affected; the token survives a reopen. */
+static void test_token(void **state)
+{
+    struct tctx *t = *state;
+    struct store_token t12 = tok(1, 2), t13 = tok(1, 3), t21 = tok(2, 1);
+    /* The create takes the token set for its user. */
+    store_token_set(t->st, U1, &t12);
+    assert_int_equal(store_mailbox_create(t->st, U1, STORE_MBOX_STAGED, 2), STORE_OK);
+    assert_int_equal(store_folder_create_at(t->st, U1, "Work", 77, 5), STORE_OK);
+    struct store_append a = mk(U1, "Work", "copied\r\n");
+    a.uid = 3;
+    a.guid = guard_guid;
+    a.modseq = 6;
+    struct store_append_result res;
+    assert_int_equal(append1(t->st, &a, &res), STORE_OK);
+    assert_int_equal(store_delivery_add(t->st, U1, "d1", "Work", 3), STORE_OK);
+    store_token_set(t->st, NULL, NULL);
+    assert_int_equal(store_mailbox_create(t->st, U2, STORE_MBOX_STAGED, 2), STORE_OK);
+    assert_int_equal(store_token_cmp(&(struct store_token){0, 0}, &(struct store_token){0, 0}), 0);
+    struct store_token got = mbox_token(t->st, U1);
+    assert_int_equal(store_token_cmp(&got, &t12), 0);
+    got = mbox_token(t->st, U2);
+    assert_int_equal(got.job, 0);
+    assert_int_equal(got.claim, 0);
+
+    /* Presenting: lower is stale, equal fine, higher raises. */
+    struct store_token t11 = tok(1, 1), t00 = tok(0, 0);
+    assert_int_equal(store_mailbox_token(t->st, U1, &t11), STORE_STALE);
+    assert_int_equal(store_mailbox_token(t->st, U1, &t12), STORE_OK);
+    assert_int_equal(store_mailbox_token(t->st, U1, &t13), STORE_OK);
+    assert_int_equal(store_mailbox_token(t->st, U1, &t00), STORE_INVALID);
+    assert_int_equal(store_mailbox_token(t->st, "nobody@example.org", &t13), STORE_NOTFOUND);
+    got = mbox_token(t->st, U1);
+    assert_int_equal(store_token_cmp(&got, &t13), 0);
+
+    /* A mover still holding (1,2): every kind of write is refused. */
+    uint64_t ms = mbox_modseq(t->st, U1);
+    store_token_set(t->st, U1, &t12);
+    a.uid = 4;
+    a.modseq = ms + 1;
+    assert_int_equal(append1(t->st, &a, &res), STORE_STALE);
+    assert_int_equal(store_msg_set_flags_at(t->st, U1, "Work", 3, STORE_F_SEEN, NULL, ms + 1),
+                     STORE_STALE);
+    assert_int_equal(
+        store_msg_set_flags(t->st, U1, "Work", 3, STORE_FLAGS_SET, STORE_F_SEEN, NULL, 0, NULL),
+        STORE_STALE);
+    assert_int_equal(store_msg_expunge_at(t->st, U1, "Work", 3, ms + 1), STORE_STALE);
+    struct store_msg m = {.uid = 9, .size = 3, .modseq = ms + 1, .keywords = ""};
+    assert_int_equal(store_msg_tombstone(t->st, U1, "Work", &m), STORE_STALE);
+    assert_int_equal(store_folder_create_at(t->st, U1, "New", 88, ms + 1), STORE_STALE);
+    assert_int_equal(store_folder_rename_at(t->st, U1, "Work", "Play", ms + 1), STORE_STALE);
+    assert_int_equal(store_folder_set_uidnext_at(t->st, U1, "Work", 50, ms + 1), STORE_STALE);
+    assert_int_equal(store_folder_delete_at(t->st, U1, "Work", ms + 1), STORE_STALE);
+    assert_int_equal(store_mailbox_raise_modseq(t->st, U1, ms + 5), STORE_STALE);
+    assert_int_equal(store_delivery_add(t->st, U1, "d2", "Work", 3), STORE_STALE);
+    struct store_delivery dr = {.id = "d3", .folder = "Work", .uid = 3};
+    enum store_status dst;
+    assert_int_equal(store_delivery_add_many(t->st, U1, &dr, 1, &dst), 0);
+    assert_int_equal(dst, STORE_STALE);
+    assert_int_equal(
+        store_mailbox_set_state(t->st, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 2, NULL),
+        STORE_STALE);
+    assert_int_equal(
+        store_mailbox_set_state(t->st, U1, STORE_MBOX_STAGED, STORE_MBOX_DELETING, 2, NULL),
+        STORE_STALE);
+    assert_int_equal(store_mailbox_purge(t->st, U1), STORE_STALE);
+    /* Per mailbox: U2 is not U1's token's business. */
+    assert_int_equal(store_folder_create_at(t->st, U2, "Other", 99, 4), STORE_OK);
+    store_token_set(t->st, NULL, NULL);
+    struct store_mailbox mb;
+    assert_int_equal(store_mailbox_get(t->st, U1, &mb), STORE_OK);
+    assert_int_equal(mb.modseq, ms);
+    assert_int_equal(mb.state, STORE_MBOX_STAGED);
+    assert_int_equal(count_msgs(t->st, U1, "Work"), 1);
+    struct store_folder f;
+    assert_int_equal(store_folder_get(t->st, U1, "Work", &f), STORE_OK);
+    assert_int_equal(f.uidnext, 4);
+    assert_int_equal(store_folder_get(t->st, U1, "New", &f), STORE_NOTFOUND);
+
+    /* A later claim of the job, then a later job: each raises it. */
+    reopen(t);
+    got = mbox_token(t->st, U1);
+    assert_int_equal(store_token_cmp(&got, &t13), 0);
+    struct store_token t14 = tok(1, 4);
+    store_token_set(t->st, U1, &t14);
+    assert_int_equal(store_msg_set_flags_at(t->st, U1, "Work", 3, STORE_F_SEEN, NULL, ms),
+                     STORE_OK);
+    store_token_set(t->st, NULL, NULL);
+    got = mbox_token(t->st, U1);
+    assert_int_equal(store_token_cmp(&got, &t14), 0);
+    store_token_set(t->st, U1, &t21);
+    assert_int_equal(
+        store_mailbox_set_state(t->st, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 2, NULL),
+        STORE_OK);
+    store_token_set(t->st, NULL, NULL);
+    got = mbox_token(t->st, U1);
+    assert_int_equal(store_token_cmp(&got, &t21), 0);
+    /* Tokenless changes (deliveries, clients) are not checked. */
+    assert_int_equal(deliver(t->st, U1, "after\r\n"), 1);
+    assert_int_equal(
+        store_msg_set_flags(t->st, U1, "Work", 3, STORE_FLAGS_ADD, STORE_F_FLAGGED, NULL, 0, NULL),
+        STORE_OK);
+    /* And the stale one still is refused on the live mailbox. */
+    store_token_set(t->st, U1, &t14);
+    assert_int_equal(
+        store_mailbox_set_state(t->st, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 2, NULL),
+        STORE_STALE);
+    store_token_set(t->st, NULL, NULL);
+    assert_int_equal(store_mailbox_get(t->st, U1, &mb), STORE_OK);
+    assert_int_equal(mb.state, STORE_MBOX_ACTIVE);
+}
+
 #define BOTH(f)                                                                                    \
     cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_mem),                       \
         cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, &kind_fs)
@@ -2029,6 +2158,7 @@ int main(void)
         BOTH(test_delivery_ids),
         BOTH(test_delivery_many),
         BOTH(test_delivery_ids_orphan),
+        BOTH(test_token),
         FS(test_fence_other_handle),
         FS(test_crash_bodies_synced),
         FS(test_fsync_failure),

@@ -1132,6 +1132,100 @@ static void hexs(const char *s, char *out)
     hex_encode(s, strlen(s), out);
 }
 
+/* Fencing tokens: a transport whose token another one has since raised
+ * gets "stale token" for every write to that mailbox and changes nothing;
+ * the newer one writes on; tokenless transports and other mailboxes are
+ * not affected. On the wire: TOKEN, "-NO stale token", and TOKEN's syntax. */
+static void test_token(void **state)
+{
+    struct env *e = *state;
+    struct sync *b = e->tcp ? tcp_connect(e->sv->ep[0]) : sync_local_new(e->st[0]);
+    struct sync *plain = e->tcp ? tcp_connect(e->sv->ep[0]) : sync_local_new(e->st[0]);
+    struct sync *a = e->s;
+    OK(a->ops->token(a, U1, 7, 1, &why)); /* no mailbox yet: fine */
+    OK(a->ops->mailbox_create(a, U1, STORE_MBOX_STAGED, 2, 0, &why));
+    OK(plain->ops->mailbox_create(plain, U2, STORE_MBOX_STAGED, 2, 0, &why));
+    OK(a->ops->folder_ensure_at(a, U1, "Work", 500, 1, 3, &why));
+    struct sync_msg m = mkmsg("Work", 1, "one\r\n", 5);
+    m.modseq = 4;
+    OK(a->ops->append(a, U1, &m, "one\r\n", 5, &why));
+    struct store_mailbox mb = get_mb(plain, U1);
+    assert_int_equal(mb.modseq, 4);
+
+    /* B claims the job: a higher token. */
+    OK(b->ops->token(b, U1, 7, 2, &why));
+    NO(a->ops->flags_at(a, U1, "Work", 1, STORE_F_SEEN, "", 4, &why), "stale token");
+    m = mkmsg("Work", 2, "two\r\n", 5);
+    m.modseq = 5;
+    NO(a->ops->append(a, U1, &m, "two\r\n", 5, &why), "stale token");
+    const struct sync_msg *msgs[1] = {&m};
+    const void *data[1] = {"two\r\n"};
+    size_t lens[1] = {5};
+    int rc[1];
+    const char *whys[1];
+    OK(a->ops->append_batch(a, U1, msgs, data, lens, 1, rc, whys));
+    assert_int_equal(rc[0], SYNC_NO);
+    assert_string_equal(whys[0], "stale token");
+    NO(a->ops->modseq_raise(a, U1, 9, &why), "stale token");
+    NO(a->ops->folder_ensure_at(a, U1, "Other", 501, 1, 5, &why), "stale token");
+    NO(a->ops->folder_delete_at(a, U1, 500, 5, &why), "stale token");
+    NO(a->ops->expunge_at(a, U1, "Work", 1, 5, &why), "stale token");
+    m = mkmsg("Work", 1, "one\r\n", 5);
+    m.modseq = 5;
+    m.expunged = true;
+    NO(a->ops->tombstone(a, U1, &m, &why), "stale token");
+    struct sync_delivery d = {.id = "d1", .folder = "Work", .uid = 1};
+    NO(a->ops->delivery_add(a, U1, &d, &why), "stale token");
+    NO(a->ops->mailbox_state(a, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 2, NULL, &why),
+       "stale token");
+    NO(a->ops->token(a, U1, 7, 1, &why), "stale token");
+    /* Nothing of A's got in. */
+    mb = get_mb(plain, U1);
+    assert_int_equal(mb.modseq, 4);
+    assert_int_equal(mb.state, STORE_MBOX_STAGED);
+    assert_int_equal(mb.messages, 1);
+    if (!e->tcp) { /* MBOX does not show the token */
+        assert_int_equal(mb.token.job, 7);
+        assert_int_equal(mb.token.claim, 2);
+    }
+    /* A's token is U1's business only; B and tokenless writes go on. */
+    OK(a->ops->folder_ensure_at(a, U2, "Other", 501, 1, 5, &why));
+    OK(b->ops->flags_at(b, U1, "Work", 1, STORE_F_SEEN, "", 4, &why));
+    OK(plain->ops->flags_at(plain, U1, "Work", 1, STORE_F_SEEN | STORE_F_FLAGGED, "", 4, &why));
+    OK(b->ops->mailbox_state(b, U1, STORE_MBOX_STAGED, STORE_MBOX_ACTIVE, 2, NULL, &why));
+    /* A later job (a move back) is above every claim of this one. */
+    OK(a->ops->token(a, U1, 8, 1, &why));
+    NO(b->ops->mailbox_state(b, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 2, NULL, &why),
+       "stale token");
+    OK(a->ops->mailbox_state(a, U1, STORE_MBOX_ACTIVE, STORE_MBOX_FENCED, 2, NULL, &why));
+    sync_close(&b);
+    sync_close(&plain);
+    if (!e->tcp)
+        return;
+    char u[2 * sizeof(U1)], cmd[256];
+    hexs(U1, u);
+    struct raw r;
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "TOKEN %s 7 9", u);
+    raw_expect(&r, cmd, "-NO stale token");
+    snprintf(cmd, sizeof(cmd), "TOKEN %s 0 9", u);
+    raw_expect(&r, cmd, "-ERR bad token job");
+    snprintf(cmd, sizeof(cmd), "TOKEN %s 9 0", u);
+    raw_expect(&r, cmd, "-ERR bad token claim");
+    snprintf(cmd, sizeof(cmd), "TOKEN %s 9 x", u);
+    raw_expect(&r, cmd, "-ERR bad token claim");
+    snprintf(cmd, sizeof(cmd), "TOKEN %s 9223372036854775808 1", u);
+    raw_expect(&r, cmd, "-ERR bad token job");
+    snprintf(cmd, sizeof(cmd), "TOKEN %s 9", u);
+    raw_expect(&r, cmd, "-ERR wrong number");
+    snprintf(cmd, sizeof(cmd), "TOKEN %s 8 1", u);
+    raw_expect(&r, cmd, "+OK");
+    snprintf(cmd, sizeof(cmd), "STATE %s fenced active 2 -", u);
+    raw_expect(&r, cmd, "+OK");
+    close(r.fd);
+}
+
 static void test_tcp_malformed(void **state)
 {
     struct env *e = *state;
@@ -2819,6 +2913,7 @@ int main(void)
         BOTH(test_deliveries),
         BOTH(test_append_batch),
         BOTH(test_explicit_modseq),
+        BOTH(test_token),
         TCP(test_tcp_malformed),
         TCP(test_tcp_appends),
         TCP(test_tcp_client),
