@@ -189,8 +189,9 @@ struct syncd_cmd {
  * the reason for "-NO"). */
 int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r);
 /* Parses one record of an APPENDS batch, "<folder> <uid> <guid> <flags>
- * <date> <len> <sha256> <keywords> [<modseq>]" (APPEND's arguments without
- * the user),
+ * <date> <len> <sha256> <keywords> [<modseq>|- [<delivery-id>]]" (APPEND's
+ * arguments without the user, then the id into cmd->id: a malformed one is
+ * -1 "bad delivery id", one over STORE_DELIVERY_ID_MAX octets SYNC_NO),
  * into cmd (verb SYNCD_APPEND, user left empty); returns as
  * syncd_parse_line. has_body is set whenever the length is readable. */
 int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r);
