@@ -1027,8 +1027,7 @@ static enum step flush(struct fpass *p)
         }
         if (n == 0)
             break;
-        int rc =
-            r->dst->ops->append_batch(r->dst, r->job.user, mp, data, lens, n, rcs, whys, res);
+        int rc = r->dst->ops->append_batch(r->dst, r->job.user, mp, data, lens, n, rcs, whys, res);
         if (rc < 0) {
             result = dst_fail(r, "appending");
             break;

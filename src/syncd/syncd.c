@@ -1276,8 +1276,7 @@ static void syncd_batch_run(struct syncd_session *s)
             idx[k++] = i;
         }
         struct sync *sy = s->d->sync;
-        int r =
-            k == 0 ? 0 : sy->ops->append_batch(sy, b->user, msgs, data, lens, k, rc, why, res);
+        int r = k == 0 ? 0 : sy->ops->append_batch(sy, b->user, msgs, data, lens, k, rc, why, res);
         if (r < 0) {
             syncd_fail(s, -1, why[0]);
         } else {

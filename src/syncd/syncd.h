@@ -33,7 +33,10 @@
  *    SYNCD_LINE_MAX, or a body not followed by CRLF lose the framing: "-ERR"
  *    and the connection is closed, nothing of the batch stored. A record
  *    with another malformed field: the whole batch is answered with one
- *    "-ERR" (nothing stored) and the connection stays usable.
+ *    "-ERR" (nothing stored) and the connection stays usable. A record
+ *    may carry a delivery id (stored with its message in that commit); one
+ *    whose id the mailbox recorded already (also earlier in the batch)
+ *    stores nothing and is answered "+OK duplicate <uid> <uidvalidity>".
  *
  *  - WAIT <user> <since> <timeout-ms> is answered "+OK <modseq> <state>"
  *    as soon as the mailbox's modseq is above since or its state is not
@@ -154,7 +157,7 @@ struct syncd_cmd {
     bool keywords_none;                 /* SETFLAGS: "-" given for ADD/REMOVE = leave them */
     char keywords[STORE_KEYWORDS_MAX + 1];
     char moved_to[MAIL_NAME_MAX + 1];
-    char id[STORE_DELIVERY_ID_MAX + 1];
+    char id[STORE_DELIVERY_ID_MAX + 1]; /* DELIVERY; an APPENDS record's ("" if none) */
     enum store_mbox_state expect, state;
     uint64_t num;  /* CREATE/STATE epoch, CHANGES/DELIVERIES since, APPENDS/DELIVERED count */
     uint64_t upto; /* DELIVERIES: UINT64_MAX if absent */

@@ -38,8 +38,8 @@ struct flaky_counts {
     int delivery_add_calls; /* one record each */
     int delivery_batches;
     int append_batches;
-    int ids;        /* appends sent with a delivery id */
-    int duplicates; /* appends the store answered as duplicates of their id */
+    int ids;         /* appends sent with a delivery id */
+    int duplicates;  /* appends the store answered as duplicates of their id */
     int refused_ids; /* appends refused "unsupported" (no_ids) */
 };
 
@@ -52,9 +52,9 @@ struct flaky {
                               its batch are written; 0 = never */
     int delivery_adds;     /* records asked for on this connection */
     int appends;
-    bool no_ids; /* a store from before delivery ids in APPENDS */
-    int *give_back; /* no_ids: the fixture's fail_delivery_add and refuse_record, which a
-                       connection that refused ids hands on to the next one */
+    bool no_ids;     /* a store from before delivery ids in APPENDS */
+    int *give_back;  /* no_ids: the fixture's fail_delivery_add and refuse_record, which a
+                        connection that refused ids hands on to the next one */
     bool pre_record; /* the first batch's first id is recorded just before it */
     bool same_id;    /* the first batch's second item gets the first's id */
 };
@@ -168,8 +168,8 @@ static int flaky_append_batch(struct sync *s, const char *user, const struct syn
         const char *why = NULL;
         assert_int_equal(f->inner->ops->delivery_add(f->inner, user, &d, &why), 0);
     }
-    int r = f->inner->ops->append_batch(f->inner, user, mp, data, lens, n, rc_out, why_out,
-                                        res_out);
+    int r =
+        f->inner->ops->append_batch(f->inner, user, mp, data, lens, n, rc_out, why_out, res_out);
     for (size_t i = 0; r == 0 && res_out != NULL && i < n; i++)
         if (rc_out[i] == 0 && res_out[i].duplicate)
             f->counts->duplicates++;
@@ -221,10 +221,10 @@ struct fx {
     struct directory *d;
     struct store *st;
     struct import_env env;
-    int faults[2]; /* for the next transport opened: fail_delivery_add, refuse_record */
-    bool no_ids;           /* every transport: the store is older than ids in APPENDS */
-    bool pre_record;       /* the next transport opened: see struct flaky */
-    bool same_id;          /* likewise */
+    int faults[2];   /* for the next transport opened: fail_delivery_add, refuse_record */
+    bool no_ids;     /* every transport: the store is older than ids in APPENDS */
+    bool pre_record; /* the next transport opened: see struct flaky */
+    bool same_id;    /* likewise */
     struct flaky_counts counts;
     struct flaky *last;
 };

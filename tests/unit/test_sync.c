@@ -1860,8 +1860,8 @@ static void test_parse(void **state)
         {"id with a control octet", "- a\x01b", -1, "bad delivery id", 0},
         {"id with 8-bit octets", "- caf\xc3\xa9", -1, "bad delivery id", 0},
         {"id with a bad modseq", "0 q1", -1, "bad modseq (a number from 1 to 2^63-1)", 0},
-        {"an empty id (double space)", "- ", -1, "empty argument (leading, trailing or double space)",
-         0},
+        {"an empty id (double space)", "- ", -1,
+         "empty argument (leading, trailing or double space)", 0},
     };
     for (size_t i = 0; i < ARRAY_SIZE(ids); i++) {
         char line[512];
