@@ -1032,7 +1032,11 @@ static enum step flush(struct fpass *p)
             result = dst_fail(r, "appending");
             break;
         }
-        if (!r->no_ids && n > 0 && rcs[0] == SYNC_NO && strcmp(whys[0], "unsupported") == 0) {
+        bool unsupported = false;
+        for (size_t j = 0; j < n && !r->no_ids; j++)
+            if (rcs[j] == SYNC_NO && whys[j] != NULL && strcmp(whys[j], "unsupported") == 0)
+                unsupported = true;
+        if (unsupported) {
             /* A store from before delivery ids in APPENDS stored nothing of
              * the batch (and closed the connection): again without them,
              * and the records in a DELIVERED, as it knows. */

@@ -152,7 +152,9 @@ struct sync_ops {
      * without it) answers every item of a batch holding an id SYNC_NO
      * "unsupported", nothing stored (the TCP connection is then closed by
      * that store: -1 for the next call); the caller sends them again
-     * without ids over a new connection (docs/sync.md). */
+     * without ids over a new connection. Over TCP the first batch with
+     * ids on a connection is preceded by a probe record (one round trip,
+     * nothing stored) that tells which kind of store it is (docs/sync.md). */
     int (*append_batch)(struct sync *s, const char *user, const struct sync_msg *const *msgs,
                         const void *const *data, const size_t *lens, size_t n, int *rc_out,
                         const char **why_out, struct sync_append_res *res_out);

@@ -46,6 +46,7 @@ struct sync_tcp {
     struct sync_append_res *batch_res; /* NULL: not wanted */
     bool batch_ids;                    /* some record carries a delivery id */
     bool no_ids; /* the server refused APPENDS records with delivery ids (older) */
+    bool ids_ok; /* ... or took them (the probe) */
 };
 
 /* The refusal reasons a server may give; *why_r points at these. */
@@ -679,6 +680,42 @@ static int sync_tcp_append(struct sync *s, const char *user, const struct sync_m
 /* APPENDS, first half: the whole batch is sent in one go (the server
  * answers only after it has all of it); the answers are read by
  * sync_tcp_append_batch_end. */
+/* Before the first APPENDS with delivery ids on a connection: does the
+ * server take them? One record it refuses whatever it holds (UID 0, no
+ * body): a server that knows the field answers "-NO invalid" and "+OK 1",
+ * nothing stored; one from before answers "-ERR wrong number of fields in
+ * an APPENDS record" and closes, having read all of it (a whole batch
+ * refused that way might be cut off by a reset with its bodies unread).
+ * 0 known (c->ids_ok or c->no_ids set), -1 the connection failed. */
+static int sync_tcp_probe_ids(struct sync_tcp *c, const char *user)
+{
+    const char *why = NULL;
+    if (sync_tcp_cmd_user(c, "APPENDS", user, &why) != 0)
+        return -1;
+    uint8_t d[SHA256_LEN];
+    char sha[2 * SHA256_LEN + 1];
+    sha256_buf("", 0, d);
+    hex_encode(d, SHA256_LEN, sha);
+    buf_printf(&c->out,
+               " 1\r\n494e424f58 0 00000000000000000000000000000000 0 0 0 %s - - "
+               "tern.probe\r\n\r\n",
+               sha);
+    size_t len;
+    if (sync_tcp_send_out(c) < 0 || sync_tcp_read_line(c, &len) < 0)
+        return sync_tcp_broken(c, NULL, NULL);
+    if (strcmp(c->line, "-ERR wrong number of fields in an APPENDS record") == 0) {
+        c->no_ids = true;
+        sync_tcp_broken(c, NULL, "the store takes no delivery ids in APPENDS");
+        return 0;
+    }
+    if (strcmp(c->line, "-NO invalid") != 0 || sync_tcp_read_line(c, &len) < 0 ||
+        strcmp(c->line, "+OK 1") != 0)
+        return sync_tcp_broken(c, NULL, "unexpected answer to the APPENDS probe \"%.60s\"",
+                               c->line);
+    c->ids_ok = true;
+    return 0;
+}
+
 static int sync_tcp_batch_send(struct sync *s, const char *user, const struct sync_msg *const *msgs,
                                const void *const *data, const size_t *lens, size_t n, int *rc_out,
                                const char **why_out, struct sync_append_res *res_out)
@@ -693,6 +730,22 @@ static int sync_tcp_batch_send(struct sync *s, const char *user, const struct sy
     }
     if (n == 0)
         return 0;
+    bool any_id = false;
+    for (size_t i = 0; i < n; i++)
+        any_id = any_id || msgs[i]->delivery_id[0] != '\0';
+    if (any_id && !c->ids_ok && !c->no_ids && user != NULL && strlen(user) <= MAIL_ADDR_MAX &&
+        sync_tcp_probe_ids(c, user) < 0)
+        return -1;
+    if (any_id && c->no_ids) {
+        /* Nothing of it is sent (the server closed the connection). */
+        for (size_t i = 0; i < n; i++) {
+            rc_out[i] = SYNC_NO;
+            why_out[i] = "unsupported";
+            if (res_out != NULL)
+                memset(&res_out[i], 0, sizeof(res_out[i]));
+        }
+        return 0;
+    }
     const char *why = NULL;
     int r = sync_tcp_cmd_user(c, "APPENDS", user, &why);
     if (r < 0)
@@ -714,9 +767,6 @@ static int sync_tcp_batch_send(struct sync *s, const char *user, const struct sy
             (has_id && (strnlen(id, STORE_DELIVERY_ID_MAX + 1) > STORE_DELIVERY_ID_MAX ||
                         !sync_tcp_atom_ok(id, STORE_DELIVERY_ID_MAX)))) {
             rc_out[i] = sync_tcp_invalid(&why_out[i]);
-        } else if (has_id && c->no_ids) {
-            rc_out[i] = SYNC_NO;
-            why_out[i] = "unsupported";
         } else {
             ids = ids || has_id;
             sent[k++] = i;
@@ -847,7 +897,10 @@ static int sync_tcp_append_batch(struct sync *s, const char *user,
                                  struct sync_append_res *res_out)
 {
     int r = sync_tcp_batch_send(s, user, msgs, data, lens, n, rc_out, why_out, res_out);
-    return r < 0 ? r : sync_tcp_append_batch_end(s);
+    /* Nothing sent (every item answered here): nothing to read. */
+    if (r < 0 || !((struct sync_tcp *)s)->batch_pending)
+        return r;
+    return sync_tcp_append_batch_end(s);
 }
 
 static int sync_tcp_folder_ensure_at(struct sync *s, const char *user, const char *name,

@@ -1632,6 +1632,97 @@ static void test_tcp_appends(void **state)
     fetch_eq(s, U1, "Work", 3, "", 0);
 }
 
+/* A store from before delivery ids in APPENDS, as far as the client sees
+ * it: HELLO, then "-ERR wrong number of fields in an APPENDS record" for
+ * the first record line with the field, and the connection closed. It
+ * keeps what it read. */
+struct old_store {
+    int lfd;
+    int port;
+    pthread_t th;
+    char got[4096];
+    size_t len;
+};
+
+static bool old_line(int fd, struct old_store *o, const char *what)
+{
+    while (strstr(o->got, what) == NULL) {
+        if (o->len + 1 >= sizeof(o->got))
+            return false;
+        ssize_t k = read(fd, o->got + o->len, sizeof(o->got) - 1 - o->len);
+        if (k <= 0)
+            return false;
+        o->len += (size_t)k;
+        o->got[o->len] = '\0';
+    }
+    return true;
+}
+
+static void *old_store_run(void *arg)
+{
+    struct old_store *o = arg;
+    int fd = accept(o->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    if (old_line(fd, o, "HELLO TSYNC/1\r\n")) {
+        (void)!write(fd, "+OK TSYNC/1 s9\r\n", 16);
+        /* The probe: a head line, one record line and its empty body. */
+        if (old_line(fd, o, " tern.probe\r\n\r\n")) {
+            static const char e[] = "-ERR wrong number of fields in an APPENDS record\r\n";
+            (void)!write(fd, e, sizeof(e) - 1);
+        }
+    }
+    close(fd);
+    return NULL;
+}
+
+static void test_tcp_old_store_ids(void **state)
+{
+    (void)state;
+    struct old_store o;
+    memset(&o, 0, sizeof(o));
+    o.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(o.lfd >= 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(o.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    socklen_t al = sizeof(a);
+    assert_int_equal(getsockname(o.lfd, (struct sockaddr *)&a, &al), 0);
+    assert_int_equal(listen(o.lfd, 1), 0);
+    assert_int_equal(pthread_create(&o.th, NULL, old_store_run, &o), 0);
+    char ep[64];
+    snprintf(ep, sizeof(ep), "127.0.0.1:%u", ntohs(a.sin_port));
+    struct sync *s = tcp_connect(ep);
+    struct batch *b = xcalloc(1, sizeof(*b));
+    batch_add(b, "Work", 1);
+    batch_add(b, "Work", 2);
+    str_copy(b->m[1].delivery_id, "imp1.x", sizeof(b->m[1].delivery_id));
+    struct sync_append_res res[2];
+    OK(s->ops->append_batch(s, U1, b->mp, b->data, b->len, b->n, b->rc, b->why, res));
+    for (size_t i = 0; i < 2; i++) {
+        why = b->why[i];
+        assert_no(b->rc[i], "unsupported", "an old store");
+        assert_false(res[i].duplicate);
+    }
+    /* Only the probe travelled, not the batch. */
+    assert_non_null(strstr(o.got, " 0 00000000000000000000000000000000 0 0 0 "));
+    assert_null(strstr(o.got, " 1 00112233"));
+    /* Known now: a batch with ids is answered at once; the connection is
+     * gone, so one without fails. */
+    assert_int_equal(s->ops->append_batch(s, U1, b->mp, b->data, b->len, b->n, b->rc, b->why, res),
+                     0);
+    why = b->why[0];
+    assert_no(b->rc[0], "unsupported", "still an old store");
+    b->m[1].delivery_id[0] = '\0';
+    assert_int_equal(batch_run(s, U1, b), -1);
+    sync_close(&s);
+    pthread_join(o.th, NULL);
+    close(o.lfd);
+    free(b);
+}
+
 /* The client side: connecting nowhere, refusing bad arguments locally,
  * and a broken connection staying broken. */
 static void test_tcp_client(void **state)
@@ -3043,6 +3134,7 @@ int main(void)
         TCP(test_tcp_malformed),
         TCP(test_tcp_appends),
         TCP(test_tcp_appends_ids),
+        cmocka_unit_test(test_tcp_old_store_ids),
         TCP(test_tcp_client),
         cmocka_unit_test(test_parse),
         LOCAL(test_changes_steps),
