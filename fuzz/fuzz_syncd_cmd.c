@@ -1,7 +1,8 @@
 /*
  * fuzz_syncd_cmd — libFuzzer target for the TSYNC/1 command parser
  * (syncd_parse_line) and the parsers of batch records (syncd_parse_record
- * for APPENDS, syncd_parse_delivered for DELIVERED), each fed the same
+ * for APPENDS, with its optional delivery id; syncd_parse_delivered for
+ * DELIVERED), each fed the same
  * octets. Any octets make one command line; the parser must
  * classify it without crashing or reading past it, give a reason for every
  * refusal, and only ever hand out NUL-terminated strings within their
@@ -85,6 +86,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ASSERT(again.body_len <= SYNCD_BODY_MAX);
     check_str(again.folder, sizeof(again.folder));
     check_str(again.keywords, sizeof(again.keywords));
+    check_str(again.id, sizeof(again.id));
+    /* A record's delivery id: printable, no space, within its limit. */
+    if (r == 0)
+        for (const char *q = again.id; *q != '\0'; q++)
+            ASSERT((unsigned char)*q > 0x20 && (unsigned char)*q < 0x7f);
     r = syncd_parse_delivered(line, size, &again, &err);
     ASSERT(r == 0 || r == -1 || r == SYNC_NO);
     if (r != 0)

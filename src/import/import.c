@@ -323,6 +323,9 @@ struct run {
     struct sync_folder *df; /* destination folders as last listed */
     size_t n_df;
     bool mailbox_ok;
+    /* The store takes no delivery ids in APPENDS (older than them): this
+     * run appends without and records with DELIVERED afterwards. */
+    bool no_ids;
 };
 
 static void set_err(struct run *r, const char *fmt, ...) TERN_PRINTF(2, 3);
@@ -621,7 +624,7 @@ struct pending {
     int64_t date;
     bool malformed;
     uint32_t uid; /* assigned */
-    int state;    /* 0 to send, 1 stored, 2 given up */
+    int state;    /* 0 to send, 1 stored, 2 given up, 3 there already (its id) */
 };
 
 /* A record to write. What it counts once it is durable: an append of this
@@ -932,8 +935,28 @@ static enum step refresh_dnext(struct fpass *p)
     return STEP_NEXT;
 }
 
-/* Appends the queued messages (one store commit), then writes their
- * records and the others queued (one more). */
+/* An append that came back a duplicate of its delivery id: the message is
+ * there already (an earlier item of the same batch, or recorded since the
+ * records were loaded), counted as "already there"; nothing was stored. */
+static void dup_done(struct fpass *p, const struct pending *pe, const struct sync_append_res *res)
+{
+    struct run *r = p->r;
+    const char *folder = p->fs->name;
+    for (size_t i = 0; i < r->n_df && res->uidvalidity != 0; i++)
+        if (r->df[i].uidvalidity == res->uidvalidity)
+            folder = r->df[i].name;
+    uint32_t mi = records_add(&r->rec, pe->k.ik, pe->k.ck, folder, res->uid, false);
+    r->rec.m[mi].claim = r->rec.claim;
+    p->pend_already++;
+}
+
+/* Appends the queued messages with their records: each record is the
+ * append's delivery id, written by the store in the batch's own commit
+ * (one store commit, no window between a message and its record). Then the
+ * records queued without a message (duplicates, reconciled appends) go in
+ * one DELIVERED. With a store older than delivery ids in APPENDS
+ * (r->no_ids), the appends go without and their records follow in that
+ * DELIVERED: two commits, the window covered by inflight and the GUIDs. */
 static enum step flush(struct fpass *p)
 {
     struct run *r = p->r;
@@ -943,7 +966,7 @@ static enum step flush(struct fpass *p)
         enum step s = write_records(p);
         return s != STEP_NEXT ? s : folder_save(p, false);
     }
-    if (!r->st.inflight) {
+    if (r->no_ids && !r->st.inflight) {
         /* Durable before the first append: a crash from here on is
          * reconciled by the next run. */
         r->st.inflight = true;
@@ -958,8 +981,11 @@ static enum step flush(struct fpass *p)
     int *rcs = xcalloc(p->nb, sizeof(*rcs));
     const char **whys = xcalloc(p->nb, sizeof(*whys));
     size_t *idx = xcalloc(p->nb, sizeof(*idx));
+    struct sync_append_res *res = xcalloc(p->nb, sizeof(*res));
+    enum import_mark mark = mark_now(r);
     enum step result = STEP_NEXT;
     for (int round = 0; round < UID_ROUNDS && result == STEP_NEXT; round++) {
+        uint32_t dnext0 = p->dnext;
         size_t n = 0;
         for (size_t i = 0; i < p->nb; i++) {
             struct pending *pe = &p->batch[i];
@@ -990,6 +1016,8 @@ static enum step flush(struct fpass *p)
             m->internal_date = pe->date;
             m->size = pe->data.len;
             memcpy(m->sha256, pe->sha256, SHA256_LEN);
+            if (!r->no_ids)
+                import_id_make(&pe->k, mark, r->job.id, m->delivery_id);
             mp[n] = m;
             data[n] = pe->data.data != NULL ? pe->data.data : "";
             lens[n] = pe->data.len;
@@ -999,18 +1027,42 @@ static enum step flush(struct fpass *p)
         }
         if (n == 0)
             break;
-        int rc = r->dst->ops->append_batch(r->dst, r->job.user, mp, data, lens, n, rcs, whys);
+        int rc = r->dst->ops->append_batch(r->dst, r->job.user, mp, data, lens, n, rcs, whys, res);
         if (rc < 0) {
             result = dst_fail(r, "appending");
             break;
         }
-        /* A simulated kill -9 between the commit and the records (tests). */
+        bool unsupported = false;
+        for (size_t j = 0; j < n && !r->no_ids; j++)
+            if (rcs[j] == SYNC_NO && whys[j] != NULL && strcmp(whys[j], "unsupported") == 0)
+                unsupported = true;
+        if (unsupported) {
+            /* A store from before delivery ids in APPENDS stored nothing of
+             * the batch (and closed the connection): again without them,
+             * and the records in a DELIVERED, as it knows. */
+            log_warn(r->ctx, "store %s takes no delivery ids in APPENDS: recording separately",
+                     r->job.dest);
+            r->no_ids = true;
+            sync_close(&r->dst);
+            p->dnext = dnext0;
+            round--;
+            result = connect_dst(r);
+            if (result == STEP_NEXT && !r->st.inflight) {
+                r->st.inflight = true;
+                result = folder_save(p, true);
+            }
+            continue;
+        }
+        /* A simulated kill -9 right after the commit (tests). */
         util_fault_point("import.appended");
         bool retry = false;
         for (size_t j = 0; j < n; j++) {
             struct pending *pe = &p->batch[idx[j]];
             const char *why = whys[j] != NULL ? whys[j] : "";
-            if (rcs[j] == 0) {
+            if (rcs[j] == 0 && res[j].duplicate) {
+                pe->state = 3;
+                dup_done(p, pe, &res[j]);
+            } else if (rcs[j] == 0) {
                 pe->state = 1;
             } else if (strcmp(why, "exists") == 0) {
                 retry = true; /* a delivery took the UID meanwhile */
@@ -1034,19 +1086,36 @@ static enum step flush(struct fpass *p)
         if (retry && result == STEP_NEXT)
             result = refresh_dnext(p);
     }
-    /* Records for what got in, in order (written below, with those queued
-     * before). If something went wrong, none: the next run reconciles. */
-    enum import_mark mark = mark_now(r);
-    for (size_t i = 0; i < p->nb && result == STEP_NEXT; i++) {
+    /* What got in, in order: recorded already by its own commit (ids), or
+     * queued for the DELIVERED below with those queued before (no_ids; if
+     * something went wrong, none: the next run reconciles). An item stored
+     * with its id is counted even if another item of the batch failed. */
+    for (size_t i = 0; i < p->nb; i++) {
         struct pending *pe = &p->batch[i];
-        if (pe->state != 1)
+        if (pe->state != 1 || (r->no_ids && result != STEP_NEXT))
             continue;
-        record_queue(p, &pe->k, mark, PREC_APPENDED, p->fs->name, pe->uid);
-        struct prec *q = &p->recs[p->nrec - 1];
-        q->len = pe->data.len;
-        q->src_uid = pe->src_uid;
-        q->malformed = pe->malformed;
+        struct prec q;
+        memset(&q, 0, sizeof(q));
+        q.k = pe->k;
+        q.mark = mark;
+        q.kind = PREC_APPENDED;
+        q.folder = name_index(&r->rec, p->fs->name);
+        q.uid = pe->uid;
+        q.len = pe->data.len;
+        q.src_uid = pe->src_uid;
+        q.malformed = pe->malformed;
+        if (r->no_ids) {
+            if (p->nrec == RECS_MAX)
+                panic("import: record queue overflow (%zu)", p->nrec);
+            p->recs[p->nrec++] = q;
+        } else {
+            record_done(p, &q);
+        }
     }
+    /* Recorded by the batch's own commit: a simulated kill -9 before the
+     * checkpoint that covers them is saved (tests). */
+    if (!r->no_ids && result == STEP_NEXT)
+        util_fault_point("import.recorded");
     if (result == STEP_NEXT)
         for (size_t i = 0; i < p->nb; i++)
             if (p->batch[i].state == 0) {
@@ -1062,6 +1131,7 @@ static enum step flush(struct fpass *p)
     free(rcs);
     free(whys);
     free(idx);
+    free(res);
     p->nb = 0;
     p->bytes = 0;
     if (result != STEP_NEXT) {

@@ -52,6 +52,22 @@ struct sync_msg {
     uint8_t sha256[SHA256_LEN];
     uint64_t modseq;
     bool expunged;
+    /* append_batch only: "" none; else a delivery id (1..STORE_DELIVERY_ID_MAX
+     * printable octets, no space) the store records with the message in the
+     * same commit (store.h, as LMTP's XDELIVERYID). An id the mailbox has
+     * recorded already stores nothing: the item is a duplicate
+     * (sync_append_res). Listings leave it "". */
+    char delivery_id[STORE_DELIVERY_ID_MAX + 1];
+};
+
+/* What append_batch adds to an item's rc 0: duplicate if its delivery id
+ * was recorded already (nothing stored; also an id earlier in the same
+ * batch), with the first delivery's UID and its folder's UIDVALIDITY (both
+ * 0 if the id was recorded without a message here); else all 0. */
+struct sync_append_res {
+    bool duplicate;
+    uint32_t uid;
+    uint32_t uidvalidity;
 };
 
 /* Per-folder verification digest: SHA-256 over the folder's live messages in
@@ -129,17 +145,27 @@ struct sync_ops {
      * retry of the whole batch answers "exists" for what got in).
      * n <= SYNC_BATCH_MAX and the total of lens <= SYNC_BATCH_BYTES: beyond
      * is a caller bug, answered -1 without sending anything (a TCP
-     * connection stays usable). n == 0 is 0 at once. */
+     * connection stays usable). n == 0 is 0 at once.
+     * Delivery ids (msgs[i]->delivery_id): res_out (NULL: not wanted) gets
+     * each item's sync_append_res. An item with a malformed id is SYNC_NO
+     * "invalid". A store from before the field (TSYNC/1 APPENDS records
+     * without it) answers every item of a batch holding an id SYNC_NO
+     * "unsupported", nothing stored (the TCP connection is then closed by
+     * that store: -1 for the next call); the caller sends them again
+     * without ids over a new connection. Over TCP the first batch with
+     * ids on a connection is preceded by a probe record (one round trip,
+     * nothing stored) that tells which kind of store it is (docs/sync.md). */
     int (*append_batch)(struct sync *s, const char *user, const struct sync_msg *const *msgs,
                         const void *const *data, const size_t *lens, size_t n, int *rc_out,
-                        const char **why_out);
+                        const char **why_out, struct sync_append_res *res_out);
     /* append_batch in two halves, so that the caller can work (fetch the
      * next batch from another store) while this store commits: start sends
      * the batch and returns; end waits for the answers and fills rc_out and
      * why_out as given to start (they must stay valid until then), and
      * returns what append_batch would have. start's -1 means nothing was
      * sent (end is not needed). Nothing but end may be called on s in
-     * between (a bug: panic). The local transport does all in start. */
+     * between (a bug: panic). The local transport does all in start.
+     * No res_out: a duplicate is rc 0 like a stored item. */
     int (*append_batch_start)(struct sync *s, const char *user, const struct sync_msg *const *msgs,
                               const void *const *data, const size_t *lens, size_t n, int *rc_out,
                               const char **why_out);

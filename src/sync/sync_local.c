@@ -379,7 +379,8 @@ static int sync_local_append(struct sync *s, const char *user, const struct sync
  * good ones queued into one store batch, one commit for all. */
 static int sync_local_append_batch(struct sync *s, const char *user,
                                    const struct sync_msg *const *msgs, const void *const *data,
-                                   const size_t *lens, size_t n, int *rc_out, const char **why_out)
+                                   const size_t *lens, size_t n, int *rc_out, const char **why_out,
+                                   struct sync_append_res *res_out)
 {
     if (!sync_batch_fits(lens, n)) {
         log_warn("sync", "append_batch over its limits (%zu messages): not sent", n);
@@ -394,7 +395,11 @@ static int sync_local_append_batch(struct sync *s, const char *user,
         const struct sync_msg *m = msgs[i];
         rc_out[i] = 0;
         why_out[i] = NULL;
-        if (m->uid == 0 || (data[i] == NULL && lens[i] > 0)) {
+        if (res_out != NULL)
+            memset(&res_out[i], 0, sizeof(res_out[i]));
+        bool id_bad = strnlen(m->delivery_id, sizeof(m->delivery_id)) == sizeof(m->delivery_id) ||
+                      (m->delivery_id[0] != '\0' && !sync_local_id_ok(m->delivery_id));
+        if (m->uid == 0 || (data[i] == NULL && lens[i] > 0) || id_bad) {
             rc_out[i] = sync_local_no("invalid", &why_out[i]);
             continue;
         }
@@ -414,6 +419,7 @@ static int sync_local_append_batch(struct sync *s, const char *user,
             .keywords = m->keywords,
             .guid = m->guid,
             .uid = m->uid,
+            .delivery_id = m->delivery_id[0] != '\0' ? m->delivery_id : NULL,
             .modseq = m->modseq,
         };
         store_batch_add(b, &a, &res[i]);
@@ -437,6 +443,10 @@ static int sync_local_append_batch(struct sync *s, const char *user,
              * caller could not tell what is stored. */
             why_out[i] = "store error";
             r = -1;
+        } else if (rc_out[i] == 0 && res_out != NULL && res[i].duplicate) {
+            res_out[i].duplicate = true;
+            res_out[i].uid = res[i].uid;
+            res_out[i].uidvalidity = res[i].uidvalidity;
         }
     }
     free(queued);
@@ -451,7 +461,7 @@ static int sync_local_append_batch_start(struct sync *s, const char *user,
                                          const void *const *data, const size_t *lens, size_t n,
                                          int *rc_out, const char **why_out)
 {
-    return sync_local_append_batch(s, user, msgs, data, lens, n, rc_out, why_out);
+    return sync_local_append_batch(s, user, msgs, data, lens, n, rc_out, why_out, NULL);
 }
 
 static int sync_local_append_batch_end(struct sync *s)

@@ -43,6 +43,10 @@ struct sync_tcp {
     size_t batch_sent[SYNC_BATCH_MAX];
     int *batch_rc;
     const char **batch_why;
+    struct sync_append_res *batch_res; /* NULL: not wanted */
+    bool batch_ids;                    /* some record carries a delivery id */
+    bool no_ids; /* the server refused APPENDS records with delivery ids (older) */
+    bool ids_ok; /* ... or took them (the probe) */
 };
 
 /* The refusal reasons a server may give; *why_r points at these. */
@@ -676,10 +680,45 @@ static int sync_tcp_append(struct sync *s, const char *user, const struct sync_m
 /* APPENDS, first half: the whole batch is sent in one go (the server
  * answers only after it has all of it); the answers are read by
  * sync_tcp_append_batch_end. */
-static int sync_tcp_append_batch_start(struct sync *s, const char *user,
-                                       const struct sync_msg *const *msgs, const void *const *data,
-                                       const size_t *lens, size_t n, int *rc_out,
-                                       const char **why_out)
+/* Before the first APPENDS with delivery ids on a connection: does the
+ * server take them? One record it refuses whatever it holds (UID 0, no
+ * body): a server that knows the field answers "-NO invalid" and "+OK 1",
+ * nothing stored; one from before answers "-ERR wrong number of fields in
+ * an APPENDS record" and closes, having read all of it (a whole batch
+ * refused that way might be cut off by a reset with its bodies unread).
+ * 0 known (c->ids_ok or c->no_ids set), -1 the connection failed. */
+static int sync_tcp_probe_ids(struct sync_tcp *c, const char *user)
+{
+    const char *why = NULL;
+    if (sync_tcp_cmd_user(c, "APPENDS", user, &why) != 0)
+        return -1;
+    uint8_t d[SHA256_LEN];
+    char sha[2 * SHA256_LEN + 1];
+    sha256_buf("", 0, d);
+    hex_encode(d, SHA256_LEN, sha);
+    buf_printf(&c->out,
+               " 1\r\n494e424f58 0 00000000000000000000000000000000 0 0 0 %s - - "
+               "tern.probe\r\n\r\n",
+               sha);
+    size_t len;
+    if (sync_tcp_send_out(c) < 0 || sync_tcp_read_line(c, &len) < 0)
+        return sync_tcp_broken(c, NULL, NULL);
+    if (strcmp(c->line, "-ERR wrong number of fields in an APPENDS record") == 0) {
+        c->no_ids = true;
+        sync_tcp_broken(c, NULL, "the store takes no delivery ids in APPENDS");
+        return 0;
+    }
+    if (strcmp(c->line, "-NO invalid") != 0 || sync_tcp_read_line(c, &len) < 0 ||
+        strcmp(c->line, "+OK 1") != 0)
+        return sync_tcp_broken(c, NULL, "unexpected answer to the APPENDS probe \"%.60s\"",
+                               c->line);
+    c->ids_ok = true;
+    return 0;
+}
+
+static int sync_tcp_batch_send(struct sync *s, const char *user, const struct sync_msg *const *msgs,
+                               const void *const *data, const size_t *lens, size_t n, int *rc_out,
+                               const char **why_out, struct sync_append_res *res_out)
 {
     struct sync_tcp *c = (struct sync_tcp *)s;
     if (c->batch_pending)
@@ -691,6 +730,22 @@ static int sync_tcp_append_batch_start(struct sync *s, const char *user,
     }
     if (n == 0)
         return 0;
+    bool any_id = false;
+    for (size_t i = 0; i < n; i++)
+        any_id = any_id || msgs[i]->delivery_id[0] != '\0';
+    if (any_id && !c->ids_ok && !c->no_ids && user != NULL && strlen(user) <= MAIL_ADDR_MAX &&
+        sync_tcp_probe_ids(c, user) < 0)
+        return -1;
+    if (any_id && c->no_ids) {
+        /* Nothing of it is sent (the server closed the connection). */
+        for (size_t i = 0; i < n; i++) {
+            rc_out[i] = SYNC_NO;
+            why_out[i] = "unsupported";
+            if (res_out != NULL)
+                memset(&res_out[i], 0, sizeof(res_out[i]));
+        }
+        return 0;
+    }
     const char *why = NULL;
     int r = sync_tcp_cmd_user(c, "APPENDS", user, &why);
     if (r < 0)
@@ -698,15 +753,24 @@ static int sync_tcp_append_batch_start(struct sync *s, const char *user,
     /* Items the server would refuse as invalid are answered here (as
      * sync_tcp_append does); the others travel. */
     size_t *sent = c->batch_sent, k = 0;
+    bool ids = false;
     for (size_t i = 0; i < n; i++) {
         rc_out[i] = 0;
         why_out[i] = NULL;
+        if (res_out != NULL)
+            memset(&res_out[i], 0, sizeof(res_out[i]));
+        const char *id = msgs[i]->delivery_id;
+        bool has_id = id[0] != '\0';
         if (r == SYNC_NO || !sync_tcp_folder_ok(msgs[i]->folder) ||
             !sync_tcp_kw_ok(msgs[i]->keywords) || (data[i] == NULL && lens[i] > 0) ||
-            msgs[i]->modseq > STORE_MODSEQ_MAX)
+            msgs[i]->modseq > STORE_MODSEQ_MAX ||
+            (has_id && (strnlen(id, STORE_DELIVERY_ID_MAX + 1) > STORE_DELIVERY_ID_MAX ||
+                        !sync_tcp_atom_ok(id, STORE_DELIVERY_ID_MAX)))) {
             rc_out[i] = sync_tcp_invalid(&why_out[i]);
-        else
+        } else {
+            ids = ids || has_id;
             sent[k++] = i;
+        }
     }
     if (k == 0) {
         buf_reset(&c->out);
@@ -723,7 +787,16 @@ static int sync_tcp_append_batch_start(struct sync *s, const char *user,
         buf_printf(&c->out, " %u %s %u %lld %zu %s ", m->uid, guid, m->flags,
                    (long long)m->internal_date, lens[i], sha);
         sync_tcp_put_hex(&c->out, m->keywords, "");
-        sync_tcp_put_modseq(c, m->modseq);
+        if (m->delivery_id[0] != '\0') {
+            /* The optional fields in order: a modseq ("-": none), the id. */
+            if (m->modseq != 0)
+                buf_printf(&c->out, " %llu", (unsigned long long)m->modseq);
+            else
+                buf_puts(&c->out, " -");
+            buf_printf(&c->out, " %s\r\n", m->delivery_id);
+        } else {
+            sync_tcp_put_modseq(c, m->modseq);
+        }
         if (lens[i] <= SYNC_TCP_INLINE_BODY) {
             if (lens[i] > 0)
                 buf_append(&c->out, data[i], lens[i]);
@@ -740,7 +813,32 @@ static int sync_tcp_append_batch_start(struct sync *s, const char *user,
     c->batch_k = k;
     c->batch_rc = rc_out;
     c->batch_why = why_out;
+    c->batch_res = res_out;
+    c->batch_ids = ids;
     return 0;
+}
+
+static int sync_tcp_append_batch_start(struct sync *s, const char *user,
+                                       const struct sync_msg *const *msgs, const void *const *data,
+                                       const size_t *lens, size_t n, int *rc_out,
+                                       const char **why_out)
+{
+    return sync_tcp_batch_send(s, user, msgs, data, lens, n, rc_out, why_out, NULL);
+}
+
+/* An item's "+OK duplicate <uid> <uidvalidity>" (rest: after "+OK "):
+ * 1 with it in *res, 0 for a plain "+OK", -1 for anything else. */
+static int sync_tcp_dup_reply(char *rest, struct sync_append_res *res)
+{
+    if (rest[0] == '\0')
+        return 0;
+    struct sync_tcp_tok t[4];
+    int n = sync_tcp_split(rest, t, 4);
+    if (n != 3 || t[0].len != 9 || memcmp(t[0].p, "duplicate", 9) != 0 ||
+        sync_tcp_u32(&t[1], &res->uid) < 0 || sync_tcp_u32(&t[2], &res->uidvalidity) < 0)
+        return -1;
+    res->duplicate = true;
+    return 1;
 }
 
 /* APPENDS, second half: its n item lines and "+OK <n>". */
@@ -758,11 +856,27 @@ static int sync_tcp_append_batch_end(struct sync *s)
         char *rest;
         if (sync_tcp_read_line(c, &len) < 0)
             return sync_tcp_broken(c, NULL, NULL);
+        if (j == 0 && c->batch_ids &&
+            strcmp(c->line, "-ERR wrong number of fields in an APPENDS record") == 0) {
+            /* A store from before delivery ids in APPENDS: nothing of the
+             * batch is stored, and it closes the connection. The caller
+             * sends the batch again without ids (sync.h). */
+            c->no_ids = true;
+            for (size_t i = 0; i < k; i++) {
+                c->batch_rc[sent[i]] = SYNC_NO;
+                c->batch_why[sent[i]] = "unsupported";
+            }
+            sync_tcp_broken(c, NULL, "the store takes no delivery ids in APPENDS");
+            return 0;
+        }
         r = sync_tcp_final(c, &c->batch_why[sent[j]], &rest);
         if (r < 0)
             return -1;
-        if (r == 0 && rest[0] != '\0')
+        struct sync_append_res dup = {0};
+        if (r == 0 && sync_tcp_dup_reply(rest, &dup) < 0)
             return sync_tcp_broken(c, NULL, "unexpected APPENDS item reply \"%.60s\"", c->line);
+        if (r == 0 && c->batch_res != NULL)
+            c->batch_res[sent[j]] = dup;
         c->batch_rc[sent[j]] = r;
     }
     size_t len;
@@ -779,10 +893,14 @@ static int sync_tcp_append_batch_end(struct sync *s)
 
 static int sync_tcp_append_batch(struct sync *s, const char *user,
                                  const struct sync_msg *const *msgs, const void *const *data,
-                                 const size_t *lens, size_t n, int *rc_out, const char **why_out)
+                                 const size_t *lens, size_t n, int *rc_out, const char **why_out,
+                                 struct sync_append_res *res_out)
 {
-    int r = sync_tcp_append_batch_start(s, user, msgs, data, lens, n, rc_out, why_out);
-    return r < 0 ? r : sync_tcp_append_batch_end(s);
+    int r = sync_tcp_batch_send(s, user, msgs, data, lens, n, rc_out, why_out, res_out);
+    /* Nothing sent (every item answered here): nothing to read. */
+    if (r < 0 || !((struct sync_tcp *)s)->batch_pending)
+        return r;
+    return sync_tcp_append_batch_end(s);
 }
 
 static int sync_tcp_folder_ensure_at(struct sync *s, const char *user, const char *name,

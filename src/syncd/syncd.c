@@ -326,8 +326,9 @@ static void syncd_parse_modseq(struct syncd_parse *p, const struct syncd_tok *t,
         syncd_note(p, -1, syncd_bad_modseq);
 }
 
-/* APPEND's arguments after the user, a[0..7] and the optional modseq a[8]
- * if n == 9 (an APPENDS record); user the APPEND's user token, or NULL. */
+/* APPEND's arguments after the user, a[0..7], the optional modseq a[8]
+ * ("-": none) and, in an APPENDS record (n == 10), the delivery id a[9];
+ * user the APPEND's user token, or NULL. */
 static void syncd_parse_append(struct syncd_parse *p, const struct syncd_tok *a, size_t n,
                                const struct syncd_tok *user, struct syncd_cmd *cmd)
 {
@@ -346,7 +347,10 @@ static void syncd_parse_append(struct syncd_parse *p, const struct syncd_tok *a,
     syncd_note(p, syncd_tok_date(&a[4], &cmd->date), "bad date");
     syncd_note(p, syncd_tok_bin(&a[6], cmd->sha256, SHA256_LEN), "bad SHA-256");
     syncd_note(p, syncd_tok_str(&a[7], cmd->keywords, sizeof(cmd->keywords)), syncd_bad_kw);
-    syncd_parse_modseq(p, n > 8 ? &a[8] : NULL, cmd);
+    bool no_modseq = n > 8 && a[8].len == 1 && a[8].p[0] == '-';
+    syncd_parse_modseq(p, n > 8 && !no_modseq ? &a[8] : NULL, cmd);
+    if (n > 9)
+        syncd_note(p, syncd_tok_atom(&a[9], cmd->id, sizeof(cmd->id), false), "bad delivery id");
 }
 
 int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r)
@@ -361,7 +365,7 @@ int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, cons
     }
     if (syncd_tokenize(line, len, t, &n, error_r) < 0)
         return -1;
-    if (n != 8 && n != 9) {
+    if (n < 8 || n > 10) {
         *error_r = "wrong number of fields in an APPENDS record";
         return -1;
     }
@@ -1290,6 +1294,7 @@ static void syncd_batch_run(struct syncd_session *s)
         size_t *idx = xcalloc(b->n ? b->n : 1, sizeof(*idx));
         int *rc = xcalloc(b->n ? b->n : 1, sizeof(*rc));
         const char **why = xcalloc(b->n ? b->n : 1, sizeof(*why));
+        struct sync_append_res *res = xcalloc(b->n ? b->n : 1, sizeof(*res));
         size_t k = 0;
         for (size_t i = 0; i < b->n; i++) {
             if (b->user_r != 0 || b->parse_r[i] != 0)
@@ -1300,13 +1305,16 @@ static void syncd_batch_run(struct syncd_session *s)
             idx[k++] = i;
         }
         struct sync *sy = s->d->sync;
-        int r = k == 0 ? 0 : sy->ops->append_batch(sy, b->user, msgs, data, lens, k, rc, why);
+        int r = k == 0 ? 0 : sy->ops->append_batch(sy, b->user, msgs, data, lens, k, rc, why, res);
         if (r < 0) {
             syncd_fail(s, -1, why[0]);
         } else {
             for (size_t i = 0, j = 0; i < b->n; i++) {
                 if (j < k && idx[j] == i) {
-                    syncd_result(s, rc[j], why[j]);
+                    if (rc[j] == 0 && res[j].duplicate)
+                        syncd_say(s, "+OK duplicate %u %u", res[j].uid, res[j].uidvalidity);
+                    else
+                        syncd_result(s, rc[j], why[j]);
                     j++;
                 } else {
                     syncd_say(s, "-NO invalid");
@@ -1320,6 +1328,7 @@ static void syncd_batch_run(struct syncd_session *s)
         free(idx);
         free(rc);
         free(why);
+        free(res);
         syncd_changed(s->d, b->user);
     }
     syncd_batch_free(&b);
@@ -1378,6 +1387,7 @@ static void syncd_batch_record(struct syncd_session *s, const char *line, size_t
     m->size = c->body_len;
     memcpy(m->sha256, c->sha256, SHA256_LEN);
     m->modseq = c->modseq;
+    str_copy(m->delivery_id, c->id, sizeof(m->delivery_id));
     b->parse_r[i] = r;
     b->off[i] = s->body.len;
     b->len[i] = (size_t)c->body_len;

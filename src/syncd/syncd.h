@@ -33,7 +33,10 @@
  *    SYNCD_LINE_MAX, or a body not followed by CRLF lose the framing: "-ERR"
  *    and the connection is closed, nothing of the batch stored. A record
  *    with another malformed field: the whole batch is answered with one
- *    "-ERR" (nothing stored) and the connection stays usable.
+ *    "-ERR" (nothing stored) and the connection stays usable. A record
+ *    may carry a delivery id (stored with its message in that commit); one
+ *    whose id the mailbox recorded already (also earlier in the batch)
+ *    stores nothing and is answered "+OK duplicate <uid> <uidvalidity>".
  *
  *  - WAIT <user> <since> <timeout-ms> is answered "+OK <modseq> <state>"
  *    as soon as the mailbox's modseq is above since or its state is not
@@ -155,7 +158,7 @@ struct syncd_cmd {
     bool keywords_none;                 /* SETFLAGS: "-" given for ADD/REMOVE = leave them */
     char keywords[STORE_KEYWORDS_MAX + 1];
     char moved_to[MAIL_NAME_MAX + 1];
-    char id[STORE_DELIVERY_ID_MAX + 1];
+    char id[STORE_DELIVERY_ID_MAX + 1]; /* DELIVERY; an APPENDS record's ("" if none) */
     enum store_mbox_state expect, state;
     uint64_t num;  /* CREATE/STATE epoch, CHANGES/DELIVERIES since, APPENDS/DELIVERED count */
     uint64_t upto; /* DELIVERIES: UINT64_MAX if absent */
@@ -193,8 +196,9 @@ struct syncd_cmd {
  * the reason for "-NO"). */
 int syncd_parse_line(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r);
 /* Parses one record of an APPENDS batch, "<folder> <uid> <guid> <flags>
- * <date> <len> <sha256> <keywords> [<modseq>]" (APPEND's arguments without
- * the user),
+ * <date> <len> <sha256> <keywords> [<modseq>|- [<delivery-id>]]" (APPEND's
+ * arguments without the user, then the id into cmd->id: a malformed one is
+ * -1 "bad delivery id", one over STORE_DELIVERY_ID_MAX octets SYNC_NO),
  * into cmd (verb SYNCD_APPEND, user left empty); returns as
  * syncd_parse_line. has_body is set whenever the length is readable. */
 int syncd_parse_record(const char *line, size_t len, struct syncd_cmd *cmd, const char **error_r);

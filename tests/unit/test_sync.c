@@ -931,7 +931,7 @@ static void batch_add(struct batch *b, const char *folder, uint32_t uid)
 
 static int batch_run(struct sync *s, const char *user, struct batch *b)
 {
-    return s->ops->append_batch(s, user, b->mp, b->data, b->len, b->n, b->rc, b->why);
+    return s->ops->append_batch(s, user, b->mp, b->data, b->len, b->n, b->rc, b->why, NULL);
 }
 
 static const struct sync_digest *find_d(const struct sync_digest *l, size_t n, const char *name)
@@ -1024,7 +1024,7 @@ static void test_append_batch(void **state)
     assert_no(b->rc[0], "invalid", "UID 0");
     assert_int_equal(b->rc[1], 0);
     /* Nothing to do. */
-    OK(s->ops->append_batch(s, U1, b->mp, b->data, b->len, 0, b->rc, b->why));
+    OK(s->ops->append_batch(s, U1, b->mp, b->data, b->len, 0, b->rc, b->why, NULL));
 
     /* The limits: the count, then the bytes; over them -1 and nothing sent
      * (the connection stays usable). Exactly at the count limit: fine. */
@@ -1045,6 +1045,107 @@ static void test_append_batch(void **state)
     assert_int_equal(batch_run(s, U1, b), -1);
     mb = get_mb(s, U1);
     assert_int_equal(mb.messages, BATCH_N + 3 + 2 + SYNC_BATCH_MAX);
+    free(b);
+}
+
+/* Delivery ids in an append batch (both transports): the message and its
+ * id in one commit; an id seen before (earlier in the same batch, recorded
+ * already, recorded without a message) stores nothing and reports the
+ * first UID; a malformed id refuses its item only. */
+static void test_append_batch_ids(void **state)
+{
+    struct env *e = *state;
+    struct sync *s = e->s;
+    struct batch *b = xcalloc(1, sizeof(*b));
+    struct sync_append_res res[8];
+    OK(s->ops->mailbox_create(s, U1, STORE_MBOX_STAGED, 1, 0, &why));
+    OK(s->ops->folder_ensure(s, U1, "Work", 1000, 1, &why));
+    b->n = 0;
+    batch_add(b, "Work", 1);
+    batch_add(b, "Work", 2);
+    batch_add(b, "Work", 3);
+    batch_add(b, "Work", 4);
+    str_copy(b->m[0].delivery_id, "imp1.a", sizeof(b->m[0].delivery_id));
+    str_copy(b->m[1].delivery_id, "imp1.a", sizeof(b->m[1].delivery_id)); /* same batch */
+    str_copy(b->m[2].delivery_id, "imp1.c", sizeof(b->m[2].delivery_id));
+    memset(res, 0x5a, sizeof(res));
+    OK(s->ops->append_batch(s, U1, b->mp, b->data, b->len, b->n, b->rc, b->why, res));
+    for (size_t i = 0; i < 4; i++)
+        assert_int_equal(b->rc[i], 0);
+    assert_false(res[0].duplicate);
+    assert_true(res[1].duplicate);
+    assert_int_equal(res[1].uid, 1);
+    assert_int_equal(res[1].uidvalidity, 1000);
+    assert_false(res[2].duplicate);
+    assert_false(res[3].duplicate);
+    assert_int_equal(res[3].uid, 0);
+    struct store_mailbox mb = get_mb(s, U1);
+    assert_int_equal(mb.messages, 3); /* not the second copy */
+    struct buf fb;
+    buf_init(&fb, 0);
+    NO(s->ops->fetch(s, U1, "Work", 2, &fb, &why), "notfound");
+    buf_free(&fb);
+    struct sync_delivery *l = NULL;
+    size_t n = 0;
+    OK(s->ops->deliveries(s, U1, &l, &n, &why));
+    assert_int_equal(n, 2);
+    assert_string_equal(l[0].id, "imp1.a");
+    assert_int_equal(l[0].uid, 1);
+    assert_string_equal(l[1].id, "imp1.c");
+    assert_int_equal(l[1].uid, 3);
+    assert_string_equal(l[1].folder, "Work");
+    free(l);
+
+    /* Ids recorded before: with a message (its UID), and without one
+     * (DELIVERY for a message not here: UID 0); a new one is stored. */
+    const struct sync_delivery pre = {.id = "lmtp.q9", .folder = "Work", .uid = 77};
+    OK(s->ops->delivery_add(s, U1, &pre, &why));
+    b->n = 0;
+    batch_add(b, "Work", 10);
+    batch_add(b, "Work", 11);
+    batch_add(b, "Work", 12);
+    str_copy(b->m[0].delivery_id, "imp1.c", sizeof(b->m[0].delivery_id));
+    str_copy(b->m[1].delivery_id, "lmtp.q9", sizeof(b->m[1].delivery_id));
+    str_copy(b->m[2].delivery_id, "imp1.d", sizeof(b->m[2].delivery_id));
+    OK(s->ops->append_batch(s, U1, b->mp, b->data, b->len, b->n, b->rc, b->why, res));
+    assert_int_equal(b->rc[0], 0);
+    assert_true(res[0].duplicate);
+    assert_int_equal(res[0].uid, 3);
+    assert_int_equal(res[0].uidvalidity, 1000);
+    assert_int_equal(b->rc[1], 0);
+    assert_true(res[1].duplicate);
+    assert_int_equal(res[1].uid, 0);
+    assert_int_equal(res[1].uidvalidity, 0);
+    assert_int_equal(b->rc[2], 0);
+    assert_false(res[2].duplicate);
+    mb = get_mb(s, U1);
+    assert_int_equal(mb.messages, 4);
+    /* Without res_out a duplicate is just 0, and still nothing stored. */
+    b->n = 0;
+    batch_add(b, "Work", 20);
+    str_copy(b->m[0].delivery_id, "imp1.d", sizeof(b->m[0].delivery_id));
+    OK(batch_run(s, U1, b));
+    assert_int_equal(b->rc[0], 0);
+    assert_int_equal(get_mb(s, U1).messages, 4);
+
+    /* Malformed ids: that item "invalid", the others stored. */
+    b->n = 0;
+    batch_add(b, "Work", 30);
+    batch_add(b, "Work", 31);
+    batch_add(b, "Work", 32);
+    batch_add(b, "Work", 33);
+    str_copy(b->m[0].delivery_id, "a b", sizeof(b->m[0].delivery_id));
+    str_copy(b->m[1].delivery_id, "a\x01", sizeof(b->m[1].delivery_id));
+    memset(b->m[2].delivery_id, 'x', sizeof(b->m[2].delivery_id)); /* no NUL: too long */
+    str_copy(b->m[3].delivery_id, "imp1.e", sizeof(b->m[3].delivery_id));
+    OK(s->ops->append_batch(s, U1, b->mp, b->data, b->len, b->n, b->rc, b->why, res));
+    for (size_t i = 0; i < 3; i++) {
+        why = b->why[i];
+        assert_no(b->rc[i], "invalid", "bad id");
+    }
+    assert_int_equal(b->rc[3], 0);
+    assert_false(res[3].duplicate);
+    assert_int_equal(get_mb(s, U1).messages, 5);
     free(b);
 }
 
@@ -1400,6 +1501,72 @@ static void raw_want(struct raw *r, const char *want)
         fail_msg("got \"%s\", expected \"%s...\"", line, want);
 }
 
+/* Delivery ids in APPENDS records on the wire (docs/sync.md). */
+static void test_tcp_appends_ids(void **state)
+{
+    struct env *e = *state;
+    if (!e->tcp)
+        skip();
+    char u[2 * sizeof(U1)], w[16], cmd[1024];
+    hexs(U1, u);
+    hexs("Work", w);
+    struct buf out;
+    buf_init(&out, 0);
+    struct raw r;
+    raw_open(&r, e->sv->ep[0]);
+    raw_expect(&r, "HELLO TSYNC/1", "+OK TSYNC/1 s1");
+    snprintf(cmd, sizeof(cmd), "CREATE %s staged 1", u);
+    raw_expect(&r, cmd, "+OK");
+    snprintf(cmd, sizeof(cmd), "FOLDER %s 1000 1 %s", u, w);
+    raw_expect(&r, cmd, "+OK");
+    /* Delivery ids: a record with one stores its id in the same commit;
+     * the same id again (here, in the same batch) is "+OK duplicate <uid>
+     * <uidvalidity>" and nothing stored; a record without one as before;
+     * an id over 64 octets is -NO invalid for that record. */
+    {
+        char one[512];
+        buf_printf(&out, "APPENDS %s 4\r\n", u);
+        rec(&out, w, 40, "forty", "forty");
+        out.len -= strlen("\r\nforty\r\n");
+        buf_puts(&out, " - d.40\r\nforty\r\n");
+        rec(&out, w, 41, "41", "41");
+        out.len -= strlen("\r\n41\r\n");
+        buf_puts(&out, " - d.40\r\n41\r\n");
+        rec(&out, w, 42, "42", "42");
+        rec(&out, w, 43, "43", "43");
+        out.len -= strlen("\r\n43\r\n");
+        buf_puts(&out, " - 01234567890123456789012345678901234567890123456789012345678901234"
+                       "\r\n43\r\n");
+        raw_buf(&r, &out);
+        raw_want(&r, "+OK");
+        raw_want(&r, "+OK duplicate 40 1000");
+        raw_want(&r, "+OK");
+        raw_want(&r, "-NO invalid");
+        raw_want(&r, "+OK 4");
+        /* A malformed id refuses the whole batch; the connection stays. */
+        buf_printf(&out, "APPENDS %s 2\r\n", u);
+        rec(&out, w, 44, "44", "44");
+        rec(&out, w, 45, "45", "45");
+        out.len -= strlen("\r\n45\r\n");
+        buf_puts(&out, " 7 d\x01\r\n45\r\n");
+        raw_buf(&r, &out);
+        raw_want(&r, "-ERR bad delivery id");
+        snprintf(cmd, sizeof(cmd), "DELIVERIES %s", u);
+        raw_expect(&r, cmd, "I d.40 40 576f726b");
+        raw_want(&r, "+OK");
+        snprintf(one, sizeof(one), "FETCH %s %s 44", u, w);
+        raw_expect(&r, one, "-NO notfound");
+        snprintf(one, sizeof(one), "FETCH %s %s 41", u, w);
+        raw_expect(&r, one, "-NO notfound");
+    }
+    raw_expect(&r, "QUIT", "+OK bye");
+    raw_closed(&r);
+    close(r.fd);
+    buf_free(&out);
+    struct store_mailbox mb = get_mb(e->s, U1);
+    assert_int_equal(mb.messages, 2); /* 40 and 42 */
+}
+
 /* APPENDS on the wire: answers, the limits, framing errors. */
 static void test_tcp_appends(void **state)
 {
@@ -1557,6 +1724,97 @@ static void test_tcp_appends(void **state)
     free(c);
     fetch_eq(s, U1, "Work", 1, "one", 3);
     fetch_eq(s, U1, "Work", 3, "", 0);
+}
+
+/* A store from before delivery ids in APPENDS, as far as the client sees
+ * it: HELLO, then "-ERR wrong number of fields in an APPENDS record" for
+ * the first record line with the field, and the connection closed. It
+ * keeps what it read. */
+struct old_store {
+    int lfd;
+    int port;
+    pthread_t th;
+    char got[4096];
+    size_t len;
+};
+
+static bool old_line(int fd, struct old_store *o, const char *what)
+{
+    while (strstr(o->got, what) == NULL) {
+        if (o->len + 1 >= sizeof(o->got))
+            return false;
+        ssize_t k = read(fd, o->got + o->len, sizeof(o->got) - 1 - o->len);
+        if (k <= 0)
+            return false;
+        o->len += (size_t)k;
+        o->got[o->len] = '\0';
+    }
+    return true;
+}
+
+static void *old_store_run(void *arg)
+{
+    struct old_store *o = arg;
+    int fd = accept(o->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    if (old_line(fd, o, "HELLO TSYNC/1\r\n")) {
+        (void)!write(fd, "+OK TSYNC/1 s9\r\n", 16);
+        /* The probe: a head line, one record line and its empty body. */
+        if (old_line(fd, o, " tern.probe\r\n\r\n")) {
+            static const char e[] = "-ERR wrong number of fields in an APPENDS record\r\n";
+            (void)!write(fd, e, sizeof(e) - 1);
+        }
+    }
+    close(fd);
+    return NULL;
+}
+
+static void test_tcp_old_store_ids(void **state)
+{
+    (void)state;
+    struct old_store o;
+    memset(&o, 0, sizeof(o));
+    o.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(o.lfd >= 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(o.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    socklen_t al = sizeof(a);
+    assert_int_equal(getsockname(o.lfd, (struct sockaddr *)&a, &al), 0);
+    assert_int_equal(listen(o.lfd, 1), 0);
+    assert_int_equal(pthread_create(&o.th, NULL, old_store_run, &o), 0);
+    char ep[64];
+    snprintf(ep, sizeof(ep), "127.0.0.1:%u", ntohs(a.sin_port));
+    struct sync *s = tcp_connect(ep);
+    struct batch *b = xcalloc(1, sizeof(*b));
+    batch_add(b, "Work", 1);
+    batch_add(b, "Work", 2);
+    str_copy(b->m[1].delivery_id, "imp1.x", sizeof(b->m[1].delivery_id));
+    struct sync_append_res res[2];
+    OK(s->ops->append_batch(s, U1, b->mp, b->data, b->len, b->n, b->rc, b->why, res));
+    for (size_t i = 0; i < 2; i++) {
+        why = b->why[i];
+        assert_no(b->rc[i], "unsupported", "an old store");
+        assert_false(res[i].duplicate);
+    }
+    /* Only the probe travelled, not the batch. */
+    assert_non_null(strstr(o.got, " 0 00000000000000000000000000000000 0 0 0 "));
+    assert_null(strstr(o.got, " 1 00112233"));
+    /* Known now: a batch with ids is answered at once; the connection is
+     * gone, so one without fails. */
+    assert_int_equal(s->ops->append_batch(s, U1, b->mp, b->data, b->len, b->n, b->rc, b->why, res),
+                     0);
+    why = b->why[0];
+    assert_no(b->rc[0], "unsupported", "still an old store");
+    b->m[1].delivery_id[0] = '\0';
+    assert_int_equal(batch_run(s, U1, b), -1);
+    sync_close(&s);
+    pthread_join(o.th, NULL);
+    close(o.lfd);
+    free(b);
 }
 
 /* The client side: connecting nowhere, refusing bad arguments locally,
@@ -1762,8 +2020,61 @@ static void test_parse(void **state)
     assert_string_equal(err, "bad modseq (a number from 1 to 2^63-1)");
     static const char r6[] =
         "576f726b 42 00112233445566778899aabbccddeeff 1 -5 7 "
-        "8d5fa4d2ff2b3f5fdcd4bd3a8b1b9e6bfa7ab0a3c2d2e0c1d9e7a4c6d7e1f2a3 - 1 2";
+        "8d5fa4d2ff2b3f5fdcd4bd3a8b1b9e6bfa7ab0a3c2d2e0c1d9e7a4c6d7e1f2a3 - 1 2 3";
     assert_int_equal(syncd_parse_record(r6, strlen(r6), &c, &err), -1);
+    assert_false(c.has_body);
+    assert_string_equal(err, "wrong number of fields in an APPENDS record");
+
+    /* The optional delivery id after the modseq ("-": none): absent "". */
+    assert_int_equal(syncd_parse_record(r4, strlen(r4), &c, &err), 0);
+    assert_string_equal(c.id, "");
+    static const struct {
+        const char *name, *tail; /* after the keywords */
+        int r;
+        const char *err_or_id;
+        uint64_t modseq;
+    } ids[] = {
+        {"id, no modseq", "- imp1.abc.def.c7", 0, "imp1.abc.def.c7", 0},
+        {"id and modseq", "9 q-1", 0, "q-1", 9},
+        {"modseq dash alone", "-", 0, "", 0},
+        {"id of 64 octets", "- 0123456789012345678901234567890123456789012345678901234567890123", 0,
+         "0123456789012345678901234567890123456789012345678901234567890123", 0},
+        {"id of 65 octets", "- 01234567890123456789012345678901234567890123456789012345678901234",
+         SYNC_NO, "invalid", 0},
+        {"id with DEL", "- a\x7f", -1, "bad delivery id", 0},
+        {"id with a control octet", "- a\x01b", -1, "bad delivery id", 0},
+        {"id with 8-bit octets", "- caf\xc3\xa9", -1, "bad delivery id", 0},
+        {"id with a bad modseq", "0 q1", -1, "bad modseq (a number from 1 to 2^63-1)", 0},
+        {"an empty id (double space)", "- ", -1,
+         "empty argument (leading, trailing or double space)", 0},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(ids); i++) {
+        char line[512];
+        snprintf(line, sizeof(line),
+                 "576f726b 42 00112233445566778899aabbccddeeff 1 -5 7 "
+                 "8d5fa4d2ff2b3f5fdcd4bd3a8b1b9e6bfa7ab0a3c2d2e0c1d9e7a4c6d7e1f2a3 - %s",
+                 ids[i].tail);
+        err = NULL;
+        int got = syncd_parse_record(line, strlen(line), &c, &err);
+        if (got != ids[i].r)
+            fail_msg("%s: %d, expected %d (%s)", ids[i].name, got, ids[i].r, err ? err : "");
+        if (got == 0) {
+            assert_string_equal(c.id, ids[i].err_or_id);
+            assert_int_equal(c.modseq, ids[i].modseq);
+        } else {
+            assert_string_equal(err, ids[i].err_or_id);
+        }
+        /* Whatever the id, the body can be skipped (the framing holds),
+         * except where the line cannot be split at all. */
+        assert_int_equal(c.has_body, got == 0 || strchr(ids[i].tail, ' ') == NULL ||
+                                         strcmp(ids[i].tail, "- ") != 0);
+    }
+    /* APPEND (one message) takes no delivery id. */
+    static const char a8[] =
+        "APPEND 61 576f726b 42 00112233445566778899aabbccddeeff 1 -5 7 "
+        "8d5fa4d2ff2b3f5fdcd4bd3a8b1b9e6bfa7ab0a3c2d2e0c1d9e7a4c6d7e1f2a3 - - q1";
+    assert_int_equal(syncd_parse_line(a8, strlen(a8), &c, &err), -1);
+    assert_string_equal(err, "wrong number of arguments");
     static const char f7[] = "FLAGS 61 494e424f58 7 31 - 5 6";
     assert_int_equal(syncd_parse_line(f7, strlen(f7), &c, &err), -1);
     assert_string_equal(err, "wrong number of arguments");
@@ -1792,7 +2103,7 @@ static void test_explicit_modseq(void **state)
     size_t lens[2] = {5, 7};
     int rcs[2];
     const char *whys[2];
-    OK(s->ops->append_batch(s, U1, ms, data, lens, 2, rcs, whys));
+    OK(s->ops->append_batch(s, U1, ms, data, lens, 2, rcs, whys, NULL));
     assert_int_equal(rcs[0], 0);
     assert_int_equal(rcs[1], 0);
     OK(s->ops->flags_at(s, U1, "Work", 3, STORE_F_FLAGGED, "$x", 260, &why));
@@ -2247,7 +2558,7 @@ static void fill_wide(struct sync *s, size_t n)
             data[i] = "x\r\n";
             lens[i] = 3;
         }
-        OK(s->ops->append_batch(s, U1, mp, data, lens, k, rcs, whys));
+        OK(s->ops->append_batch(s, U1, mp, data, lens, k, rcs, whys, NULL));
         for (size_t i = 0; i < k; i++)
             assert_int_equal(rcs[i], 0);
         done += k;
@@ -2912,10 +3223,13 @@ int main(void)
         BOTH(test_inbox_uidvalidity),
         BOTH(test_deliveries),
         BOTH(test_append_batch),
+        BOTH(test_append_batch_ids),
         BOTH(test_explicit_modseq),
         BOTH(test_token),
         TCP(test_tcp_malformed),
         TCP(test_tcp_appends),
+        TCP(test_tcp_appends_ids),
+        cmocka_unit_test(test_tcp_old_store_ids),
         TCP(test_tcp_client),
         cmocka_unit_test(test_parse),
         LOCAL(test_changes_steps),
