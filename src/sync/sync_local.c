@@ -977,10 +977,10 @@ static int sync_local_t_append(struct sync *s, const char *user, const struct sy
 static int sync_local_t_append_batch(struct sync *s, const char *user,
                                      const struct sync_msg *const *msgs, const void *const *data,
                                      const size_t *lens, size_t n, int *rc_out,
-                                     const char **why_out)
+                                     const char **why_out, struct sync_append_res *res_out)
 {
     sync_local_enter(s);
-    int r = sync_local_append_batch(s, user, msgs, data, lens, n, rc_out, why_out);
+    int r = sync_local_append_batch(s, user, msgs, data, lens, n, rc_out, why_out, res_out);
     sync_local_leave(s);
     return r;
 }

@@ -1264,7 +1264,7 @@ static void test_token(void **state)
     size_t lens[1] = {5};
     int rc[1];
     const char *whys[1];
-    OK(a->ops->append_batch(a, U1, msgs, data, lens, 1, rc, whys));
+    OK(a->ops->append_batch(a, U1, msgs, data, lens, 1, rc, whys, NULL));
     assert_int_equal(rc[0], SYNC_NO);
     assert_string_equal(whys[0], "stale token");
     NO(a->ops->modseq_raise(a, U1, 9, &why), "stale token");
