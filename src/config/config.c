@@ -44,6 +44,7 @@ void config_defaults(struct config *cfg, const char *data_dir)
     cfg->imap.auth_fail_max = 3;
     cfg->imap.idle_check_ms = 250;
     cfg->imap.state_check_ms = 1000;
+    cfg->imap.plaintext_login = true;
     cfg->smtp.max_message_size = 25 * 1024 * 1024;
     cfg->smtp.max_recipients = 1000;
     cfg->smtp.max_sessions = 200;
@@ -126,6 +127,26 @@ static int set_unsigned(struct parse_state *ps, const char *key, const char *val
     if (set_uint(ps, key, val, min, max, &v) < 0)
         return -1;
     *out = (unsigned)v;
+    return 0;
+}
+
+static int set_path(struct parse_state *ps, const char *key, const char *val, char *out,
+                    size_t outlen)
+{
+    if (val[0] == '\0' || strlen(val) >= outlen)
+        return perr(ps, "%s must be a file path of 1 to %zu octets", key, outlen - 1);
+    str_copy(out, val, outlen);
+    return 0;
+}
+
+static int set_bool(struct parse_state *ps, const char *key, const char *val, bool *out)
+{
+    if (strcmp(val, "yes") == 0)
+        *out = true;
+    else if (strcmp(val, "no") == 0)
+        *out = false;
+    else
+        return perr(ps, "%s must be yes or no (got '%s')", key, val);
     return 0;
 }
 
@@ -325,6 +346,18 @@ static int parse_setting(struct parse_state *ps, const char *key, const char *va
             return set_unsigned(ps, key, val, 10, 60000, &cfg->imap.idle_check_ms);
         if (strcmp(key, "state_check_ms") == 0)
             return set_unsigned(ps, key, val, 10, 600000, &cfg->imap.state_check_ms);
+        if (strcmp(key, "tls_cert") == 0)
+            return set_path(ps, key, val, cfg->imap.tls_cert, sizeof(cfg->imap.tls_cert));
+        if (strcmp(key, "tls_key") == 0)
+            return set_path(ps, key, val, cfg->imap.tls_key, sizeof(cfg->imap.tls_key));
+        if (strcmp(key, "tls_listen") == 0) {
+            if (check_endpoint(ps, key, val) < 0)
+                return -1;
+            str_copy(cfg->imap.tls_listen, val, sizeof(cfg->imap.tls_listen));
+            return 0;
+        }
+        if (strcmp(key, "plaintext_login") == 0)
+            return set_bool(ps, key, val, &cfg->imap.plaintext_login);
         break;
     }
     static const char *names[] = {"the top level", "[store]", "[lmtp]", "[smtp]",
@@ -378,6 +411,23 @@ int config_parse(struct config *cfg, const char *text, size_t len, char *err, si
         cfg->queue.park_max_ms < cfg->queue.park_min_ms) {
         snprintf(err, errlen,
                  "[queue] retry_max/park_max_ms must not be below retry_min/park_min_ms");
+        return -1;
+    }
+    if ((cfg->imap.tls_cert[0] == '\0') != (cfg->imap.tls_key[0] == '\0')) {
+        snprintf(err, errlen, "[imap] tls_cert and tls_key go together: set both or neither");
+        return -1;
+    }
+    if (cfg->imap.tls_listen[0] != '\0' && cfg->imap.tls_cert[0] == '\0') {
+        snprintf(err, errlen, "[imap] tls_listen needs tls_cert and tls_key");
+        return -1;
+    }
+    if (!cfg->imap.plaintext_login && cfg->imap.tls_cert[0] == '\0') {
+        snprintf(err, errlen,
+                 "[imap] plaintext_login = no needs tls_cert and tls_key (else nobody can log in)");
+        return -1;
+    }
+    if (cfg->imap.tls_listen[0] != '\0' && strcmp(cfg->imap.tls_listen, cfg->imap.listen) == 0) {
+        snprintf(err, errlen, "[imap] tls_listen must differ from listen");
         return -1;
     }
     if (cfg->n_stores == 0) {

@@ -24,6 +24,7 @@
 #define TERN_CONFIG_H
 
 #include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -80,17 +81,21 @@ struct config_mover {
 };
 
 struct config_imap {
-    char listen[CONFIG_ENDPOINT_MAX + 1]; /* default 127.0.0.1:1143 */
-    unsigned max_line;                    /* octets per command line; default 65536 */
-    uint64_t max_literal;                 /* octets per literal (APPEND); default 64 MiB */
-    unsigned max_nesting;                 /* parenthesized lists; default 16 */
-    unsigned max_sessions;                /* in all; default 500 */
-    unsigned max_sessions_per_user;       /* default 20 */
-    unsigned idle_timeout;                /* seconds; at least 1800 (RFC 3501) */
-    unsigned auth_fail_delay_ms;          /* a failed login is answered this late; 1000 */
-    unsigned auth_fail_max;               /* failed logins before BYE; default 3 */
-    unsigned idle_check_ms;               /* IDLE looks for news this often; default 250 */
-    unsigned state_check_ms;              /* sessions check for a move this often; 1000 */
+    char listen[CONFIG_ENDPOINT_MAX + 1];     /* default 127.0.0.1:1143 */
+    unsigned max_line;                        /* octets per command line; default 65536 */
+    uint64_t max_literal;                     /* octets per literal (APPEND); default 64 MiB */
+    unsigned max_nesting;                     /* parenthesized lists; default 16 */
+    unsigned max_sessions;                    /* in all; default 500 */
+    unsigned max_sessions_per_user;           /* default 20 */
+    unsigned idle_timeout;                    /* seconds; at least 1800 (RFC 3501) */
+    unsigned auth_fail_delay_ms;              /* a failed login is answered this late; 1000 */
+    unsigned auth_fail_max;                   /* failed logins before BYE; default 3 */
+    unsigned idle_check_ms;                   /* IDLE looks for news this often; default 250 */
+    unsigned state_check_ms;                  /* sessions check for a move this often; 1000 */
+    char tls_cert[CONFIG_PATH_MAX];           /* PEM certificate chain; "" = no TLS */
+    char tls_key[CONFIG_PATH_MAX];            /* PEM private key; set with tls_cert or not at all */
+    char tls_listen[CONFIG_ENDPOINT_MAX + 1]; /* implicit TLS (as port 993); "" = off */
+    bool plaintext_login;                     /* LOGIN/AUTHENTICATE before TLS; default yes */
 };
 struct config {
     char data_dir[CONFIG_PATH_MAX];     /* set by the caller (--data); not in the file */

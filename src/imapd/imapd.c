@@ -28,7 +28,42 @@ void imapd_stats_get(struct imapd_stats *out)
     out->bad_commands = st_bad;
 }
 
-static const char caps_noauth[] = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE AUTH=PLAIN";
+/* Before login the capabilities depend on TLS: STARTTLS while it is
+ * possible, LOGINDISABLED (and no AUTH=) while a plaintext login is
+ * refused. After STARTTLS a client asks again (RFC 3501 6.2.1). */
+static const char *caps_noauth(const struct imapd_session *s)
+{
+    bool starttls = s->env->tls != NULL && s->tls == NULL;
+    bool disabled = !s->env->plaintext_login && s->tls == NULL;
+    if (starttls && disabled)
+        return "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE STARTTLS LOGINDISABLED";
+    if (starttls)
+        return "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE STARTTLS AUTH=PLAIN";
+    if (disabled)
+        return "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE LOGINDISABLED";
+    return "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE AUTH=PLAIN";
+}
+
+/* The server handshake on s->fd; a failure ends the session without a
+ * word to the client (it is not speaking IMAP in the clear any more). */
+static void start_tls(struct imapd_session *s, const char *how)
+{
+    char err[256];
+    s->tls = tls_server_accept(s->env->tls, s->fd, s->env->tls_handshake_ms, err, sizeof(err));
+    if (s->tls == NULL) {
+        log_info("imap", "%s: TLS (%s) %s", s->peer, how, err);
+        s->broken = s->closing = true;
+        return;
+    }
+    s->last_input_ms = time_mono_ms();
+    log_info("imap", "%s: TLS (%s) %s", s->peer, how, tls_conn_info(s->tls));
+}
+
+/* LOGIN and AUTHENTICATE are refused before TLS (plaintext_login = no). */
+static bool login_disabled(const struct imapd_session *s)
+{
+    return !s->env->plaintext_login && s->tls == NULL;
+}
 static const char caps_auth[] = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
                                 "CONDSTORE QRESYNC SPECIAL-USE UNSELECT CHILDREN";
 
@@ -57,6 +92,17 @@ void imapd_out(struct imapd_session *s, const char *fmt, ...)
 
 void imapd_flush(struct imapd_session *s)
 {
+    if (s->tls != NULL) {
+        /* Each bit of progress may take up to the idle timeout, as a
+         * blocking send to a slow client would. */
+        if (s->out.len > 0 && !s->broken &&
+            tls_conn_write(s->tls, s->out.data, s->out.len, s->env->idle_timeout_ms) < 0) {
+            log_info("imap", "%s: TLS write: %s", s->peer, tls_conn_why(s->tls));
+            s->broken = s->closing = true;
+        }
+        buf_reset(&s->out);
+        return;
+    }
     size_t off = 0;
     while (off < s->out.len && !s->broken) {
         ssize_t w = send(s->fd, s->out.data + off, s->out.len - off, MSG_NOSIGNAL);
@@ -496,6 +542,19 @@ static int read_more(struct imapd_session *s, int ms)
     }
     if (s->in_len == IMAPD_READ_BUF)
         return 1; /* the caller has unconsumed input to handle */
+    if (s->tls != NULL) {
+        ssize_t r = tls_conn_read(s->tls, s->in + s->in_len, IMAPD_READ_BUF - s->in_len, ms);
+        if (r < 0) {
+            if (strcmp(tls_conn_why(s->tls), "closed") != 0)
+                log_info("imap", "%s: TLS read: %s", s->peer, tls_conn_why(s->tls));
+            return -1;
+        }
+        if (r == 0)
+            return 0;
+        s->in_len += (size_t)r;
+        s->last_input_ms = time_mono_ms();
+        return 1;
+    }
     struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
     int pr = poll(&pfd, 1, ms);
     if (pr < 0)
@@ -631,6 +690,10 @@ static void cmd_login(struct imapd_session *s, const struct imap_command *c)
         imapd_reply(s, c->tag, "BAD", "LOGIN needs a user name and a password");
         return;
     }
+    if (login_disabled(s)) {
+        imapd_reply(s, c->tag, "NO", "[PRIVACYREQUIRED] Plaintext login is disabled; use STARTTLS");
+        return;
+    }
     if (memchr(u, '\0', ul) != NULL || memchr(p, '\0', pl) != NULL) {
         imapd_reply(s, c->tag, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
         return;
@@ -697,6 +760,11 @@ static void cmd_authenticate(struct imapd_session *s, const struct imap_command 
     mech = c->args[0].str;
     ml = c->args[0].len;
     (void)ml;
+    if (login_disabled(s)) {
+        imapd_reply(s, c->tag, "NO",
+                    "[PRIVACYREQUIRED] Plaintext authentication is disabled; use STARTTLS");
+        return;
+    }
     if (strcasecmp(mech, "PLAIN") != 0) {
         imapd_reply(s, c->tag, "NO", "Unsupported authentication mechanism");
         return;
@@ -1562,6 +1630,41 @@ static void cmd_enable(struct imapd_session *s, const struct imap_command *c)
     imapd_reply(s, c->tag, "OK", "ENABLE completed");
 }
 
+/* ---- TLS ---------------------------------------------------------------- */
+
+static void cmd_starttls(struct imapd_session *s, const struct imap_command *c)
+{
+    if (c->n_args != 0) {
+        imapd_reply(s, c->tag, "BAD", "STARTTLS takes no arguments");
+        return;
+    }
+    if (s->tls != NULL) {
+        imapd_reply(s, c->tag, "BAD", "TLS is already active");
+        return;
+    }
+    if (s->state != ST_NOAUTH) {
+        imapd_reply(s, c->tag, "BAD", "STARTTLS is not allowed after login");
+        return;
+    }
+    if (s->env->tls == NULL) {
+        imapd_reply(s, c->tag, "NO", "TLS is not configured on this listener");
+        return;
+    }
+    imapd_reply(s, c->tag, "OK", "Begin TLS negotiation now");
+    imapd_flush(s);
+    if (s->broken)
+        return;
+    /* Whatever came in the clear behind STARTTLS must not be taken as sent
+     * inside TLS (CVE-2011-0411): it is dropped unread. The reader holds
+     * nothing of it (it stops at the end of a command). */
+    size_t dropped = s->in_len - s->in_off;
+    s->in_off = s->in_len = 0;
+    if (dropped > 0)
+        log_warn("imap", "%s: %zu octets sent in the clear after STARTTLS discarded", s->peer,
+                 dropped);
+    start_tls(s, "STARTTLS");
+}
+
 /* ---- dispatch ----------------------------------------------------------- */
 
 enum { M_NOAUTH = 1, M_AUTH = 2, M_SEL = 4, M_ANY = 7 };
@@ -1609,7 +1712,7 @@ static void execute(struct imapd_session *s, const struct imap_command *c)
         {"ID", M_ANY},
         {"LOGIN", M_NOAUTH},
         {"AUTHENTICATE", M_NOAUTH},
-        {"STARTTLS", M_NOAUTH},
+        {"STARTTLS", M_ANY},
         {"ENABLE", M_AUTH},
         {"SELECT", M_AUTH | M_SEL},
         {"EXAMINE", M_AUTH | M_SEL},
@@ -1659,7 +1762,7 @@ static void execute(struct imapd_session *s, const struct imap_command *c)
     bool quiet = strcmp(n, "FETCH") == 0 || strcmp(n, "STORE") == 0 || strcmp(n, "SEARCH") == 0;
 
     if (strcmp(n, "CAPABILITY") == 0) {
-        imapd_out(s, "* CAPABILITY %s\r\n", s->state == ST_NOAUTH ? caps_noauth : caps_auth);
+        imapd_out(s, "* CAPABILITY %s\r\n", s->state == ST_NOAUTH ? caps_noauth(s) : caps_auth);
         imapd_reply(s, c->tag, "OK", "CAPABILITY completed");
     } else if (strcmp(n, "NOOP") == 0 || strcmp(n, "CHECK") == 0) {
         imapd_sync_selected(s, true);
@@ -1677,7 +1780,7 @@ static void execute(struct imapd_session *s, const struct imap_command *c)
     } else if (strcmp(n, "AUTHENTICATE") == 0) {
         cmd_authenticate(s, c);
     } else if (strcmp(n, "STARTTLS") == 0) {
-        imapd_reply(s, c->tag, "NO", "TLS is not configured on this listener");
+        cmd_starttls(s, c);
     } else if (strcmp(n, "ENABLE") == 0) {
         cmd_enable(s, c);
     } else if (strcmp(n, "SELECT") == 0 || strcmp(n, "EXAMINE") == 0) {
@@ -1747,7 +1850,7 @@ static void on_command(struct imapd_session *s)
     execute(s, &c);
 }
 
-void imapd_session_run(int fd, const char *peer, const struct imapd_env *env)
+static void session_run(int fd, const char *peer, const struct imapd_env *env, bool implicit_tls)
 {
     struct imapd_session *s = xcalloc(1, sizeof(*s));
     s->fd = fd;
@@ -1761,8 +1864,14 @@ void imapd_session_run(int fd, const char *peer, const struct imapd_env *env)
     s->last_input_ms = time_mono_ms();
     st_sessions++;
 
-    imapd_out(s, "* OK [CAPABILITY %s] %s tern IMAP ready\r\n", caps_noauth, env->hostname);
-    imapd_flush(s);
+    if (implicit_tls) {
+        ASSERT(env->tls != NULL);
+        start_tls(s, "implicit");
+    }
+    if (!s->closing) {
+        imapd_out(s, "* OK [CAPABILITY %s] %s tern IMAP ready\r\n", caps_noauth(s), env->hostname);
+        imapd_flush(s);
+    }
     while (!s->closing) {
         if (s->in_off < s->in_len) {
             size_t used = 0;
@@ -1828,6 +1937,17 @@ void imapd_session_run(int fd, const char *peer, const struct imapd_env *env)
     free(s->in);
     imap_reader_free(&s->rd);
     imap_parser_free(&s->ps);
+    tls_conn_free(&s->tls);
     close(fd);
     free(s);
+}
+
+void imapd_session_run(int fd, const char *peer, const struct imapd_env *env)
+{
+    session_run(fd, peer, env, false);
+}
+
+void imapd_session_run_tls(int fd, const char *peer, const struct imapd_env *env)
+{
+    session_run(fd, peer, env, true);
 }

@@ -82,12 +82,31 @@ struct imapd_env {
     void *ctx;
     /* Set by the role to stop every session (they end with BYE). */
     const atomic_int *shutdown;
+    /* TLS (util.h "TLS server"); NULL: none (STARTTLS is not offered and
+     * answered NO). Shared by every session; the role owns it. */
+    struct tls_server *tls;
+    unsigned tls_handshake_ms; /* a handshake must finish within this */
+    /* false: before TLS, CAPABILITY says LOGINDISABLED (and no AUTH=),
+     * LOGIN and AUTHENTICATE get NO [PRIVACYREQUIRED] (RFC 3501 6.2.3,
+     * RFC 5530). */
+    bool plaintext_login;
 };
 
 /* Runs one session on the connected socket fd until the client logs out,
  * the connection breaks, a limit or the mailbox state ends it. Closes fd.
- * peer: for logs. */
+ * peer: for logs.
+ *
+ * TLS. With env->tls, the plaintext session offers STARTTLS (RFC 3501
+ * 6.2.1, RFC 2595) until login: after its OK, whatever the client sent
+ * behind the command in the clear is discarded unread (the command
+ * injection of CVE-2011-0411), the handshake runs within
+ * env->tls_handshake_ms, and the session goes on inside TLS with the same
+ * limits and timeouts (a failed handshake ends it; the reason goes to the
+ * log only). STARTTLS inside TLS or after login is BAD. */
 void imapd_session_run(int fd, const char *peer, const struct imapd_env *env);
+/* The same for an implicit-TLS listener (as port 993): the handshake comes
+ * first (env->tls must be set), then the greeting. */
+void imapd_session_run_tls(int fd, const char *peer, const struct imapd_env *env);
 
 /* Counters since the process started (for logs and tests). */
 struct imapd_stats {

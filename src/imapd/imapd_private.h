@@ -28,6 +28,7 @@ struct imapd_msg {
 
 struct imapd_session {
     int fd;
+    struct tls_conn *tls; /* NULL: plaintext */
     const char *peer;
     const struct imapd_env *env;
     struct imap_reader *rd;

@@ -36,8 +36,9 @@ struct addr_fail {
     unsigned n;
     int64_t last_ms;
 };
-#define ADDR_FAIL_MAX       4096           /* addresses remembered */
-#define ADDR_FAIL_WINDOW_MS (15 * 60000LL) /* forgotten after this long without a failure */
+#define ADDR_FAIL_MAX         4096           /* addresses remembered */
+#define ADDR_FAIL_WINDOW_MS   (15 * 60000LL) /* forgotten after this long without a failure */
+#define IMAP_TLS_HANDSHAKE_MS 30000          /* a client's TLS handshake must end within this */
 
 struct role_imap {
     const struct config *cfg;
@@ -256,6 +257,7 @@ static int imap_sub_list(void *ctx, const char *user, void (*cb)(void *cbctx, co
 struct conn {
     struct role_imap *ri;
     int fd;
+    bool tls; /* from the implicit-TLS listener */
     char peer[NI_MAXHOST + NI_MAXSERV + 2];
 };
 
@@ -263,7 +265,10 @@ static void *session_thread(void *arg)
 {
     struct conn *c = arg;
     struct role_imap *ri = c->ri;
-    imapd_session_run(c->fd, c->peer, &ri->env);
+    if (c->tls)
+        imapd_session_run_tls(c->fd, c->peer, &ri->env);
+    else
+        imapd_session_run(c->fd, c->peer, &ri->env);
     atomic_fetch_sub(&ri->sessions, 1);
     free(c);
     return NULL;
@@ -322,6 +327,14 @@ int role_imap_main(const struct config *cfg)
     ri.env.sub_list = imap_sub_list;
     ri.env.ctx = &ri;
     ri.env.shutdown = &shutdown_flag;
+    ri.env.tls_handshake_ms = IMAP_TLS_HANDSHAKE_MS;
+    ri.env.plaintext_login = cfg->imap.plaintext_login;
+    if (cfg->imap.tls_cert[0] != '\0') {
+        char err[512];
+        ri.env.tls = tls_server_new(cfg->imap.tls_cert, cfg->imap.tls_key, err, sizeof(err));
+        if (ri.env.tls == NULL)
+            fatal("imap: [imap] TLS: %s", err);
+    }
 
     struct sigaction sa = {.sa_handler = on_stop};
     sigemptyset(&sa.sa_mask);
@@ -332,28 +345,37 @@ int role_imap_main(const struct config *cfg)
     /* GMime's initialisation is not thread-safe: done here, before any
      * session thread parses a message. */
     mime_init();
-    int lfd = listen_on(cfg->imap.listen);
-    log_info("imap", "IMAP listening on %s (idle timeout %u s, %u sessions, %u per user)",
+    int lfds[2] = {listen_on(cfg->imap.listen), -1};
+    log_info("imap", "IMAP listening on %s (idle timeout %u s, %u sessions, %u per user%s%s)",
              cfg->imap.listen, cfg->imap.idle_timeout, cfg->imap.max_sessions,
-             cfg->imap.max_sessions_per_user);
+             cfg->imap.max_sessions_per_user, ri.env.tls != NULL ? ", STARTTLS" : "",
+             cfg->imap.plaintext_login ? "" : ", no plaintext login");
+    if (cfg->imap.tls_listen[0] != '\0') {
+        lfds[1] = listen_on(cfg->imap.tls_listen);
+        log_info("imap", "IMAP over TLS listening on %s (certificate %s)", cfg->imap.tls_listen,
+                 cfg->imap.tls_cert);
+    }
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     while (!stop_flag) {
-        struct pollfd pfd = {.fd = lfd, .events = POLLIN};
-        int pr = poll(&pfd, 1, 200);
+        struct pollfd pfd[2] = {{.fd = lfds[0], .events = POLLIN},
+                                {.fd = lfds[1], .events = POLLIN}};
+        int pr = poll(pfd, lfds[1] >= 0 ? 2 : 1, 200);
         if (pr <= 0)
             continue;
+        bool tls = lfds[1] >= 0 && pfd[1].revents != 0 && pfd[0].revents == 0;
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
-        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+        int fd = accept4(lfds[tls ? 1 : 0], (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
         if (fd < 0)
             continue;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (atomic_load(&ri.sessions) >= cfg->imap.max_sessions) {
             static const char bye[] = "* BYE Too many connections; try again later\r\n";
-            (void)!send(fd, bye, sizeof(bye) - 1, MSG_NOSIGNAL);
+            if (!tls) /* a TLS client would take it for a broken handshake */
+                (void)!send(fd, bye, sizeof(bye) - 1, MSG_NOSIGNAL);
             close(fd);
             log_warn("imap", "connection refused: %u sessions", cfg->imap.max_sessions);
             continue;
@@ -361,6 +383,7 @@ int role_imap_main(const struct config *cfg)
         struct conn *c = xcalloc(1, sizeof(*c));
         c->ri = &ri;
         c->fd = fd;
+        c->tls = tls;
         char host[NI_MAXHOST], port[NI_MAXSERV];
         if (getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), port, sizeof(port),
                         NI_NUMERICHOST | NI_NUMERICSERV) == 0)
@@ -376,7 +399,9 @@ int role_imap_main(const struct config *cfg)
         }
     }
     log_info("imap", "stopping");
-    close(lfd);
+    close(lfds[0]);
+    if (lfds[1] >= 0)
+        close(lfds[1]);
     shutdown_flag = 1;
     /* Sessions notice within a poll slice and say BYE. */
     for (int i = 0; i < 50 && atomic_load(&ri.sessions) > 0; i++) {
@@ -392,6 +417,7 @@ int role_imap_main(const struct config *cfg)
         _exit(0); /* threads still in flight: do not free what they use */
     pthread_attr_destroy(&attr);
     dir_close(&ri.dir);
+    tls_server_free(&ri.env.tls);
     free(ri.counts);
     free(ri.fails);
     return 0;

@@ -12,6 +12,13 @@
  * finalizing the switch) is refused "NO [UNAVAILABLE]" for the moment; a
  * stale home (the store says "moved") is looked up again once.
  *
+ * TLS. With [imap] tls_cert and tls_key, the certificate is loaded once at
+ * the start (a bad, unreadable or mismatched pair is fatal, naming the
+ * file) and shared by every session: STARTTLS on the plaintext listener,
+ * and implicit TLS on [imap] tls_listen if set (the handshake runs on the
+ * session's thread, bounded by 30 s, and counts as a session).
+ * [imap] plaintext_login = no refuses a login before TLS (imapd.h).
+ *
  * Limits: [imap] max_sessions in all (further connections get "* BYE"),
  * max_sessions_per_user ("NO [LIMIT]" at login), and the session limits of
  * imapd.h. Failed logins are delayed (auth_fail_delay_ms), counted per

@@ -221,6 +221,20 @@ int serve_main(const struct config *cfg, const char *self_exe, const char *confi
     size_t n = 0;
     if (parse_roles(cfg, roles_spec != NULL ? roles_spec : cfg->roles, roles, &n) < 0)
         return 2;
+    /* A TLS certificate the imap role cannot load is refused here, once and
+     * clearly, rather than by a role that dies and is restarted forever. */
+    for (size_t i = 0; i < n && cfg->imap.tls_cert[0] != '\0'; i++) {
+        if (strcmp(roles[i].kind, "imap") != 0)
+            continue;
+        char err[600];
+        struct tls_server *ts =
+            tls_server_new(cfg->imap.tls_cert, cfg->imap.tls_key, err, sizeof(err));
+        if (ts == NULL) {
+            fprintf(stderr, "tern serve: [imap] TLS: %s\n", err);
+            return 1;
+        }
+        tls_server_free(&ts);
+    }
     if (mkdir_p(cfg->data_dir, 0750) < 0) {
         fprintf(stderr, "tern serve: cannot create %s: %s\n", cfg->data_dir, strerror(errno));
         return 1;

@@ -12,6 +12,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
 #include "util/sock_private.h"
@@ -269,4 +271,252 @@ fail:
 bool sock_is_tls(const struct sock *s)
 {
     return s->tls != NULL;
+}
+
+/* ---- the server side (util.h, "TLS server") ----------------------------- */
+
+struct tls_server {
+    SSL_CTX *ctx; /* one reference; each connection holds another */
+};
+
+struct tls_conn {
+    int fd;
+    struct tls *t;
+    char why[160];
+    char info[96];
+};
+
+/* Can path be opened for reading? 0, or -1 with errno. OpenSSL's own
+ * message for a missing or unreadable file is "system lib"; this one says
+ * what the operator must fix. */
+static int readable(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    fclose(f);
+    return 0;
+}
+
+struct tls_server *tls_server_new(const char *cert_file, const char *key_file, char *err,
+                                  size_t errlen)
+{
+    char reason[160];
+    if (readable(cert_file) < 0) {
+        snprintf(err, errlen, "cannot read the certificate file %s: %s", cert_file,
+                 strerror(errno));
+        return NULL;
+    }
+    if (readable(key_file) < 0) {
+        snprintf(err, errlen, "cannot read the private key file %s: %s", key_file, strerror(errno));
+        return NULL;
+    }
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+        ssl_reason(reason, sizeof reason);
+        snprintf(err, errlen, "TLS: cannot set up: %s", reason);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                                 SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    static const unsigned char sid_ctx[] = "tern";
+    SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
+        ssl_reason(reason, sizeof reason);
+        snprintf(err, errlen, "no certificate in %s: %s", cert_file,
+                 reason[0] ? reason : "not a PEM certificate");
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+        unsigned long e = ERR_peek_error();
+        ssl_reason(reason, sizeof reason);
+        if (ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH)
+            snprintf(err, errlen, "the private key in %s does not match the certificate in %s",
+                     key_file, cert_file);
+        else
+            snprintf(err, errlen, "no private key in %s: %s", key_file,
+                     reason[0] ? reason : "not a PEM private key");
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, errlen, "the private key in %s does not match the certificate in %s",
+                 key_file, cert_file);
+        goto fail;
+    }
+    ERR_clear_error();
+    struct tls_server *ts = xmalloc(sizeof *ts);
+    ts->ctx = ctx;
+    return ts;
+fail:
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+void tls_server_free(struct tls_server **tsp)
+{
+    if (*tsp == NULL)
+        return;
+    SSL_CTX_free((*tsp)->ctx);
+    xfree(tsp);
+}
+
+/* Waits for events on fd until deadline (< 0: none). 1 ready, 0 timeout,
+ * -1 poll failed (why). */
+static int wait_fd(int fd, short events, int64_t deadline, char *why, size_t whylen)
+{
+    for (;;) {
+        int ms = -1;
+        if (deadline >= 0) {
+            int64_t left = deadline - time_mono_ms();
+            ms = left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left;
+        }
+        struct pollfd p = {.fd = fd, .events = events};
+        int r = poll(&p, 1, ms);
+        if (r > 0)
+            return 1; /* ready, or an error the next call reports */
+        if (r == 0)
+            return 0;
+        if (errno != EINTR) {
+            snprintf(why, whylen, "poll: %s", strerror(errno));
+            return -1;
+        }
+    }
+}
+
+struct tls_conn *tls_server_accept(struct tls_server *ts, int fd, unsigned timeout_ms, char *err,
+                                   size_t errlen)
+{
+    char reason[160];
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        snprintf(err, errlen, "handshake failed: fcntl: %s", strerror(errno));
+        return NULL;
+    }
+    struct tls *t = xmalloc(sizeof *t);
+    ERR_clear_error();
+    SSL_CTX_up_ref(ts->ctx);
+    t->ctx = ts->ctx;
+    t->ssl = SSL_new(t->ctx);
+    if (t->ssl == NULL || SSL_set_fd(t->ssl, fd) != 1) {
+        ssl_reason(reason, sizeof reason);
+        snprintf(err, errlen, "handshake failed: cannot set up: %s", reason);
+        goto fail;
+    }
+    int64_t deadline = time_mono_ms() + timeout_ms;
+    for (;;) {
+        struct nopipe np;
+        nopipe_begin(&np);
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_accept(t->ssl);
+        int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
+        int saved = errno;
+        nopipe_end(&np);
+        if (r == 1)
+            break;
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            int w = wait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline, reason,
+                            sizeof reason);
+            if (w <= 0) {
+                snprintf(err, errlen, "handshake failed: %s", w == 0 ? "timeout" : reason);
+                goto fail;
+            }
+            continue;
+        }
+        ssl_reason(reason, sizeof reason);
+        if (reason[0] == '\0')
+            snprintf(reason, sizeof reason, "%s",
+                     e == SSL_ERROR_SYSCALL && saved != 0 ? strerror(saved)
+                     : e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN
+                         ? "the client closed the connection"
+                         : "protocol error");
+        snprintf(err, errlen, "handshake failed: %s", reason);
+        goto fail;
+    }
+    struct tls_conn *c = xmalloc(sizeof *c);
+    c->fd = fd;
+    c->t = t;
+    return c;
+fail:
+    ERR_clear_error();
+    if (t->ssl != NULL)
+        SSL_free(t->ssl);
+    t->ssl = NULL;
+    tls_free(&t);
+    return NULL;
+}
+
+ssize_t tls_conn_read(struct tls_conn *c, void *p, size_t n, int ms)
+{
+    int64_t deadline = ms < 0 ? -1 : time_mono_ms() + ms;
+    for (;;) {
+        short want = 0;
+        ssize_t r = tls_read(c->t, p, n, &want, c->why, sizeof c->why);
+        if (r > 0)
+            return r;
+        if (r == 0) {
+            str_copy(c->why, "closed", sizeof c->why);
+            return -1;
+        }
+        if (want == 0)
+            return -1;
+        int w = wait_fd(c->fd, want, deadline, c->why, sizeof c->why);
+        if (w < 0)
+            return -1;
+        if (w == 0)
+            return 0;
+    }
+}
+
+int tls_conn_write(struct tls_conn *c, const void *p, size_t n, unsigned timeout_ms)
+{
+    const char *d = p;
+    while (n > 0) {
+        short want = 0;
+        ssize_t r = tls_write(c->t, d, n, &want, c->why, sizeof c->why);
+        if (r > 0) {
+            d += r;
+            n -= (size_t)r;
+            continue;
+        }
+        if (want == 0)
+            return -1;
+        int w = wait_fd(c->fd, want, time_mono_ms() + timeout_ms, c->why, sizeof c->why);
+        if (w <= 0) {
+            if (w == 0)
+                str_copy(c->why, "write timeout", sizeof c->why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+bool tls_conn_pending(const struct tls_conn *c)
+{
+    return tls_pending(c->t);
+}
+
+const char *tls_conn_info(struct tls_conn *c)
+{
+    snprintf(c->info, sizeof c->info, "%s %s", SSL_get_version(c->t->ssl),
+             SSL_get_cipher_name(c->t->ssl));
+    return c->info;
+}
+
+const char *tls_conn_why(const struct tls_conn *c)
+{
+    return c->why;
+}
+
+void tls_conn_free(struct tls_conn **cp)
+{
+    if (*cp == NULL)
+        return;
+    tls_free(&(*cp)->t);
+    xfree(cp);
 }

@@ -252,6 +252,63 @@ int sock_start_tls(struct sock *s, const char *host, const char *ca_file, char *
 /* True once sock_start_tls succeeded. */
 bool sock_is_tls(const struct sock *s);
 
+/* ---- TLS server (tls.c; OpenSSL stays inside util) --------------------- */
+
+/* The server side, for a role that accepts connections (the imap role's
+ * STARTTLS and implicit-TLS listener). A struct tls_server holds one
+ * certificate chain and its private key, loaded once and shared by every
+ * connection and thread: TLS 1.2 or later, OpenSSL's default ciphers (the
+ * server's order), no renegotiation, no client certificates, a session
+ * cache. A struct tls_conn is one connection's TLS on a connected fd that
+ * the caller owns (tls_conn_free does not close it).
+ *
+ * Errors are for the log (they name files and OpenSSL's reason); a caller
+ * never sends them to its peer. */
+struct tls_server;
+struct tls_conn;
+
+/* Loads the PEM certificate chain in cert_file (the server's certificate
+ * first, then intermediates) and the PEM private key in key_file. NULL with
+ * err saying which of:
+ *   "cannot read the certificate file PATH: <errno text>",
+ *   "cannot read the private key file PATH: <errno text>",
+ *   "no certificate in PATH: <OpenSSL's reason>" (not PEM, garbage),
+ *   "no private key in PATH: <OpenSSL's reason>",
+ *   "the private key in PATH does not match the certificate in PATH". */
+struct tls_server *tls_server_new(const char *cert_file, const char *key_file, char *err,
+                                  size_t errlen);
+/* Drops the caller's reference (*ts becomes NULL; NULL is fine). Connections
+ * still open keep the shared context alive until they are freed. */
+void tls_server_free(struct tls_server **ts);
+
+/* Makes fd non-blocking and runs the server handshake on it, all of it
+ * within timeout_ms. Nothing may have been read from fd after the point
+ * where TLS starts (for STARTTLS the caller discards what it buffered).
+ * Thread-safe with other connections of the same server. NULL with err:
+ * "handshake failed: <reason>" (timeout, not TLS, no common protocol, the
+ * client closed the connection, the client refused our certificate). */
+struct tls_conn *tls_server_accept(struct tls_server *ts, int fd, unsigned timeout_ms, char *err,
+                                   size_t errlen);
+/* Reads up to n (> 0) decrypted octets into p, waiting up to ms (< 0:
+ * forever) for them. > 0 octets read, 0 nothing arrived within ms, -1 the
+ * connection ended: closed by the peer (tls_conn_why says "closed") or
+ * failed (a TLS or socket error in tls_conn_why). */
+ssize_t tls_conn_read(struct tls_conn *c, void *p, size_t n, int ms);
+/* Writes all n octets, waiting at most timeout_ms for each bit of progress
+ * (as sock_send). 0, or -1 with tls_conn_why. SIGPIPE never fires. */
+int tls_conn_write(struct tls_conn *c, const void *p, size_t n, unsigned timeout_ms);
+/* True if decrypted octets wait inside the TLS layer, where polling the fd
+ * does not see them. */
+bool tls_conn_pending(const struct tls_conn *c);
+/* The negotiated protocol and cipher ("TLSv1.3 TLS_AES_256_GCM_SHA384"),
+ * for the log; valid while c lives. */
+const char *tls_conn_info(struct tls_conn *c);
+/* The last failure, for the log ("" if none). */
+const char *tls_conn_why(const struct tls_conn *c);
+/* Sends close_notify if the socket takes it without waiting, frees *c and
+ * sets it to NULL (NULL is fine). The fd stays open. */
+void tls_conn_free(struct tls_conn **c);
+
 /* ---- hashing and randomness (OpenSSL stays inside util) ---------------- */
 
 #define SHA256_LEN 32

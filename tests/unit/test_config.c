@@ -33,6 +33,9 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.smtp.max_recipients, 1000);
     assert_int_equal(cfg.queue.lifetime, 5 * 86400);
     assert_int_equal(cfg.queue.cache_ttl, 60);
+    assert_string_equal(cfg.imap.tls_cert, "");
+    assert_string_equal(cfg.imap.tls_listen, "");
+    assert_true(cfg.imap.plaintext_login);
 }
 
 static void test_settings(void **state)
@@ -74,6 +77,15 @@ static void test_settings(void **state)
     assert_int_equal(cfg.queue.cache_ttl, 0);
     assert_int_equal(cfg.queue.park_min_ms, 10);
     assert_int_equal(cfg.queue.park_max_ms, 20);
+    assert_int_equal(parse(&cfg,
+                           "[imap]\ntls_cert = /etc/tern/cert.pem\ntls_key = /etc/tern/key.pem\n"
+                           "tls_listen = [::1]:993\nplaintext_login = no\n",
+                           err),
+                     0);
+    assert_string_equal(cfg.imap.tls_cert, "/etc/tern/cert.pem");
+    assert_string_equal(cfg.imap.tls_key, "/etc/tern/key.pem");
+    assert_string_equal(cfg.imap.tls_listen, "[::1]:993");
+    assert_false(cfg.imap.plaintext_login);
 }
 
 static const struct {
@@ -102,6 +114,18 @@ static const struct {
     {"bad key", "Key = 1\n", "line 1: malformed key"},
     {"empty key", " = 1\n", "line 1: malformed key"},
     {"lmtp outside store", "lmtp = 127.0.0.1:1\n", "unknown key 'lmtp' in the top level"},
+    {"tls cert alone", "[imap]\ntls_cert = /c.pem\n", "tls_cert and tls_key go together"},
+    {"tls key alone", "[imap]\ntls_key = /k.pem\n", "tls_cert and tls_key go together"},
+    {"tls empty path", "[imap]\ntls_cert =\n", "line 2: tls_cert must be a file path"},
+    {"tls listen alone", "[imap]\ntls_listen = 127.0.0.1:993\n", "tls_listen needs tls_cert"},
+    {"tls listen bad", "[imap]\ntls_listen = imaps\n", "line 2: tls_listen must be HOST:PORT"},
+    {"tls listen same",
+     "[imap]\nlisten = 127.0.0.1:1\ntls_listen = 127.0.0.1:1\ntls_cert = c\ntls_key = k\n",
+     "tls_listen must differ from listen"},
+    {"plaintext_login without tls", "[imap]\nplaintext_login = no\n",
+     "plaintext_login = no needs tls_cert"},
+    {"plaintext_login", "[imap]\nplaintext_login = true\n",
+     "line 2: plaintext_login must be yes or no (got 'true')"},
 };
 
 static void test_errors(void **state)

@@ -6,6 +6,11 @@
  * does not speak TLS, one that never answers and a bad CA file each fail
  * with their own words. (The test may use OpenSSL itself; src/ outside
  * util may not.)
+ *
+ * The server side (tls_server_*, tls_conn_*) against that client: a
+ * session with lines, a read timeout and large data both ways, the shared
+ * context outliving tls_server_free; each way a certificate/key pair can
+ * be wrong; handshakes that time out, are not TLS or are abandoned.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -365,13 +371,326 @@ static void test_peer_gone(void **state)
     EVP_PKEY_free(key);
 }
 
+/* ---- the server side ---------------------------------------------------- */
+
+/* Writes key as PEM to a temporary file named into path. */
+static void key_file(EVP_PKEY *key, char *path, size_t len)
+{
+    snprintf(path, len, "/tmp/tern-test-tlskey-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
+    fclose(f);
+}
+
+/* A listener on loopback; its port. */
+static int listen_any(int *port_r)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(lfd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    socklen_t al = sizeof(a);
+    getsockname(lfd, (struct sockaddr *)&a, &al);
+    *port_r = ntohs(a.sin_port);
+    return lfd;
+}
+
+struct tserver {
+    int lfd;
+    struct tls_server *ts; /* freed by the thread right after the handshake */
+    unsigned handshake_ms;
+    bool echo;     /* else: the handshake only */
+    char err[300]; /* tls_server_accept's, if it failed */
+    int64_t handshake_took;
+    int64_t idle_took; /* a 150 ms read with nothing to read */
+    ssize_t idle_read; /* what it returned (0) */
+    char end_why[160]; /* tls_conn_why at the end */
+    bool ok;           /* the exchange went as expected */
+    pthread_t th;
+};
+
+/* ECHO over tls_conn_*: first a read that must time out, then "ready";
+ * then lines answered "echo: LINE", "BIG" as in serve(), until the client
+ * closes. */
+static void *tserve(void *arg)
+{
+    struct tserver *sv = arg;
+    int fd = accept(sv->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    int64_t t0 = time_mono_ms();
+    struct tls_conn *c = tls_server_accept(sv->ts, fd, sv->handshake_ms, sv->err, sizeof(sv->err));
+    sv->handshake_took = time_mono_ms() - t0;
+    tls_server_free(&sv->ts); /* the connection keeps the context alive */
+    if (c == NULL || !sv->echo) {
+        tls_conn_free(&c);
+        close(fd);
+        return NULL;
+    }
+    char line[1024];
+    t0 = time_mono_ms();
+    sv->idle_read = tls_conn_read(c, line, sizeof(line), 150);
+    sv->idle_took = time_mono_ms() - t0;
+    if (tls_conn_write(c, "ready\r\n", 7, 5000) < 0)
+        goto out;
+    struct buf in;
+    buf_init(&in, 0);
+    char *big = malloc(BIG);
+    for (;;) {
+        char *nl;
+        while ((nl = memchr(in.data, '\n', in.len)) == NULL) {
+            ssize_t r = tls_conn_read(c, line, sizeof(line), 5000);
+            if (r <= 0)
+                goto done;
+            buf_append(&in, line, (size_t)r);
+        }
+        size_t ll = (size_t)(nl - in.data);
+        char cmd[1024];
+        snprintf(cmd, sizeof(cmd), "%.*s", (int)(ll > 0 && in.data[ll - 1] == '\r' ? ll - 1 : ll),
+                 in.data);
+        buf_consume(&in, ll + 1);
+        if (strcmp(cmd, "BIG") == 0) {
+            for (size_t i = 0; i < BIG; i++)
+                big[i] = (char)('a' + i % 23);
+            if (tls_conn_write(c, big, BIG, 5000) < 0)
+                goto done;
+            size_t got = 0;
+            bool same = true;
+            while (got < BIG) {
+                if (in.len == 0) {
+                    ssize_t r = tls_conn_read(c, big, BIG - got < 65536 ? BIG - got : 65536, 5000);
+                    if (r <= 0)
+                        goto done;
+                    buf_append(&in, big, (size_t)r);
+                }
+                size_t take = in.len < BIG - got ? in.len : BIG - got;
+                for (size_t i = 0; i < take; i++)
+                    if (in.data[i] != (char)('A' + (got + i) % 19))
+                        same = false;
+                buf_consume(&in, take);
+                got += take;
+            }
+            if (!same)
+                goto done;
+            continue;
+        }
+        char reply[1100];
+        int k = snprintf(reply, sizeof(reply), "echo: %s\r\n", cmd);
+        if (tls_conn_write(c, reply, (size_t)k, 5000) < 0)
+            goto done;
+    }
+done:
+    sv->ok = true;
+    str_copy(sv->end_why, tls_conn_why(c), sizeof(sv->end_why));
+    free(big);
+    buf_free(&in);
+out:
+    tls_conn_free(&c);
+    close(fd);
+    return NULL;
+}
+
+static void tserver_start(struct tserver *sv, struct tls_server *ts, unsigned handshake_ms,
+                          bool echo, int *port_r)
+{
+    memset(sv, 0, sizeof(*sv));
+    sv->ts = ts;
+    sv->handshake_ms = handshake_ms;
+    sv->echo = echo;
+    sv->lfd = listen_any(port_r);
+    assert_int_equal(pthread_create(&sv->th, NULL, tserve, sv), 0);
+}
+
+static void tserver_stop(struct tserver *sv)
+{
+    pthread_join(sv->th, NULL);
+    close(sv->lfd);
+    tls_server_free(&sv->ts);
+}
+
+static void test_server_session(void **state)
+{
+    (void)state;
+    EVP_PKEY *key;
+    X509 *cert = make_cert("DNS:localhost", &key);
+    char certf[64], keyf[64], err[300];
+    pem_file(cert, certf, sizeof(certf));
+    key_file(key, keyf, sizeof(keyf));
+    struct tls_server *ts = tls_server_new(certf, keyf, err, sizeof(err));
+    if (ts == NULL)
+        fail_msg("%s", err);
+    struct tserver sv;
+    int port;
+    tserver_start(&sv, ts, 5000, true, &port);
+    char ep[64];
+    snprintf(ep, sizeof(ep), "127.0.0.1:%d", port);
+    struct sock *s = sock_connect(ep, 5000, err, sizeof(err));
+    assert_non_null(s);
+    /* util's own client, verifying the server's certificate. */
+    if (sock_start_tls(s, "localhost", certf, err, sizeof(err)) != 0)
+        fail_msg("%s", err);
+    char line[128];
+    size_t len;
+    assert_int_equal(sock_read_line(s, line, sizeof(line), &len), 0);
+    assert_string_equal(line, "ready");
+    assert_int_equal(sock_send(s, "hello\r\n", 7), 0);
+    assert_int_equal(sock_read_line(s, line, sizeof(line), &len), 0);
+    assert_string_equal(line, "echo: hello");
+    assert_int_equal(sock_send(s, "BIG\r\n", 5), 0);
+    struct buf b;
+    buf_init(&b, BIG);
+    assert_int_equal(sock_read_buf(s, &b, BIG), 0);
+    for (size_t i = 0; i < BIG; i++)
+        if (b.data[i] != (char)('a' + i % 23))
+            fail_msg("octet %zu differs", i);
+    for (size_t i = 0; i < BIG; i++)
+        b.data[i] = (char)('A' + i % 19);
+    assert_int_equal(sock_send(s, b.data, BIG), 0);
+    buf_free(&b);
+    /* Two lines in one write: both answered. */
+    assert_int_equal(sock_send(s, "one\r\ntwo\r\n", 10), 0);
+    assert_int_equal(sock_read_line(s, line, sizeof(line), &len), 0);
+    assert_string_equal(line, "echo: one");
+    assert_int_equal(sock_read_line(s, line, sizeof(line), &len), 0);
+    assert_string_equal(line, "echo: two");
+    sock_close(&s); /* close_notify: the server reads a clean end */
+    tserver_stop(&sv);
+    assert_true(sv.ok);
+    assert_int_equal(sv.idle_read, 0);
+    assert_true(sv.idle_took >= 140 && sv.idle_took < 2000);
+    assert_string_equal(sv.end_why, "closed");
+    unlink(certf);
+    unlink(keyf);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+}
+
+static void test_server_load_errors(void **state)
+{
+    (void)state;
+    EVP_PKEY *key, *key2;
+    X509 *cert = make_cert("DNS:localhost", &key);
+    X509 *cert2 = make_cert("DNS:localhost", &key2);
+    char certf[64], keyf[64], key2f[64], garbage[64];
+    pem_file(cert, certf, sizeof(certf));
+    key_file(key, keyf, sizeof(keyf));
+    key_file(key2, key2f, sizeof(key2f));
+    pem_file(NULL, garbage, sizeof(garbage));
+    const char *missing = "/nonexistent/tern/cert.pem";
+    struct {
+        const char *name, *cert, *key;
+        char want[300];
+    } cases[] = {
+        {"missing cert", missing, keyf, ""}, {"missing key", certf, missing, ""},
+        {"garbage cert", garbage, keyf, ""}, {"garbage key", certf, garbage, ""},
+        {"cert as key", certf, certf, ""},   {"mismatch", certf, key2f, ""},
+        {"directory", "/tmp", keyf, ""},
+    };
+    snprintf(cases[0].want, 300, "cannot read the certificate file %s: No such file", missing);
+    snprintf(cases[1].want, 300, "cannot read the private key file %s: No such file", missing);
+    snprintf(cases[2].want, 300, "no certificate in %s: ", garbage);
+    snprintf(cases[3].want, 300, "no private key in %s: ", garbage);
+    snprintf(cases[4].want, 300, "no private key in %s: ", certf);
+    snprintf(cases[5].want, 300, "the private key in %s does not match the certificate in %s",
+             key2f, certf);
+    snprintf(cases[6].want, 300, "no certificate in /tmp: ");
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char err[300] = "";
+        struct tls_server *ts = tls_server_new(cases[i].cert, cases[i].key, err, sizeof(err));
+        if (ts != NULL)
+            fail_msg("%s: loaded", cases[i].name);
+        if (strncmp(err, cases[i].want, strlen(cases[i].want)) != 0)
+            fail_msg("%s: got \"%s\", want \"%s...\"", cases[i].name, err, cases[i].want);
+    }
+    /* And the right pair loads. */
+    char err[300];
+    struct tls_server *ts = tls_server_new(certf, keyf, err, sizeof(err));
+    assert_non_null(ts);
+    tls_server_free(&ts);
+    assert_null(ts);
+    tls_server_free(&ts); /* NULL is fine */
+    unlink(certf);
+    unlink(keyf);
+    unlink(key2f);
+    unlink(garbage);
+    X509_free(cert);
+    X509_free(cert2);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(key2);
+}
+
+static void test_server_handshake_failures(void **state)
+{
+    (void)state;
+    EVP_PKEY *key;
+    X509 *cert = make_cert("DNS:localhost", &key);
+    char certf[64], keyf[64], err[300];
+    pem_file(cert, certf, sizeof(certf));
+    key_file(key, keyf, sizeof(keyf));
+    static const struct {
+        const char *name;
+        const char *send; /* what the client sends (NULL: nothing) */
+        bool close_at_once;
+        const char *want;
+        int64_t min_ms;
+    } cases[] = {
+        {"silent client", NULL, false, "handshake failed: timeout", 250},
+        {"plaintext IMAP", "a LOGIN alice secret\r\n", false, "handshake failed: ", 0},
+        {"client gone", NULL, true, "handshake failed: the client closed the connection", 0},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        struct tls_server *ts = tls_server_new(certf, keyf, err, sizeof(err));
+        assert_non_null(ts);
+        struct tserver sv;
+        int port;
+        tserver_start(&sv, ts, 300, false, &port);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+        if (cases[i].send != NULL)
+            assert_true(write(fd, cases[i].send, strlen(cases[i].send)) > 0);
+        if (cases[i].close_at_once)
+            close(fd);
+        tserver_stop(&sv);
+        if (!cases[i].close_at_once)
+            close(fd);
+        if (strncmp(sv.err, cases[i].want, strlen(cases[i].want)) != 0)
+            fail_msg("%s: got \"%s\", want \"%s...\"", cases[i].name, sv.err, cases[i].want);
+        if (sv.handshake_took < cases[i].min_ms || sv.handshake_took > 3000)
+            fail_msg("%s: took %lld ms", cases[i].name, (long long)sv.handshake_took);
+    }
+    /* A client that does not trust the certificate: its own error. */
+    struct tls_server *ts = tls_server_new(certf, keyf, err, sizeof(err));
+    struct tserver sv;
+    int port;
+    tserver_start(&sv, ts, 2000, false, &port);
+    char ep[64];
+    snprintf(ep, sizeof(ep), "127.0.0.1:%d", port);
+    struct sock *s = sock_connect(ep, 2000, err, sizeof(err));
+    assert_non_null(s);
+    assert_int_equal(sock_start_tls(s, "localhost", NULL, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "certificate verify failed"));
+    sock_close(&s);
+    tserver_stop(&sv);
+    unlink(certf);
+    unlink(keyf);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_DFL); /* a SIGPIPE would kill the test */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_trusted_session),
-        cmocka_unit_test(test_failures),
-        cmocka_unit_test(test_peer_gone),
+        cmocka_unit_test(test_trusted_session),    cmocka_unit_test(test_failures),
+        cmocka_unit_test(test_peer_gone),          cmocka_unit_test(test_server_session),
+        cmocka_unit_test(test_server_load_errors), cmocka_unit_test(test_server_handshake_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
