@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
-"""bench/imap_quick.py [N] — quick IMAP figures, tern only.
+"""bench/imap_quick.py [--tls] [N] — quick IMAP figures, tern only.
 
 Starts a private `tern serve` (free ports, temp data dir) and, with one
 IMAP session over the imap role (TSYNC/1 to the home store), times: the
 delay from a delivery's LMTP 250 to the EXISTS an IDLE session gets (20
 deliveries), N pipelined APPENDs (LITERAL+), FETCH/SEARCH/STORE over all N,
 COPY and STORE+EXPUNGE of half, and a SELECT. Prints one line per figure.
-docs/imap.md keeps the last figures.
+docs/imap.md keeps the last figures. With --tls every session runs over
+implicit TLS ([imap] tls_listen, a self-signed P-256 certificate made with
+the openssl command) instead of plaintext.
 """
 import imaplib
 import os
 import shutil
 import smtplib
 import socket
+import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,16 +27,46 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 os.environ.setdefault("TERN_BIN", str(HERE.parent / "build" / "tern"))
 
-from conftest import Tern  # noqa: E402
+from conftest import Tern, free_port, wait_port  # noqa: E402
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+args = [a for a in sys.argv[1:] if a != "--tls"]
+TLS = "--tls" in sys.argv[1:]
+N = int(args[0]) if args else 1000
 USER = "bench@example.org"
 root = Path(tempfile.mkdtemp(prefix="tern-imapbench."))
-t = Tern(root)
+imap_extra = ""
+if TLS:
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    TLS_PORT = free_port()
+    imap_extra = f"tls_cert = {cert}\ntls_key = {key}\ntls_listen = 127.0.0.1:{TLS_PORT}\n"
+    CTX = ssl.create_default_context(cafile=str(cert))
+t = Tern(root, imap_extra=imap_extra)
 t.setup_users(USER)
 t.serve()
+if TLS:
+    assert wait_port(TLS_PORT)
+
+
+def connect_raw(timeout):
+    if TLS:
+        raw = socket.create_connection(("127.0.0.1", TLS_PORT), timeout=timeout)
+        return CTX.wrap_socket(raw, server_hostname="127.0.0.1")
+    return socket.create_connection(("127.0.0.1", t.ports["imap"]), timeout=timeout)
+
+
+def connect_imap():
+    if TLS:
+        return imaplib.IMAP4_SSL("127.0.0.1", TLS_PORT, ssl_context=CTX)
+    return imaplib.IMAP4("127.0.0.1", t.ports["imap"])
+
+
 try:
-    s = socket.create_connection(("127.0.0.1", t.ports["imap"]), timeout=30)
+    print("sessions over %s" % ("implicit TLS" if TLS else "plaintext"))
+    s = connect_raw(30)
     f = s.makefile("rb")
     f.readline()
     s.sendall(f"a LOGIN {USER} secret\r\nb SELECT INBOX\r\n".encode())
@@ -62,7 +96,7 @@ try:
             done += 1
     print("%d pipelined APPENDs of 4 KB: %.2f s" % (N, time.time() - t0))
     s.close()
-    c = imaplib.IMAP4("127.0.0.1", t.ports["imap"])
+    c = connect_imap()
     c.login(USER, "secret")
     c.select("INBOX")
     half = (N + 20) // 2
@@ -85,7 +119,7 @@ try:
     # COPY and EXPUNGE of N messages (one command each).
     def fill(folder, n, size):
         c.create(folder)
-        s = socket.create_connection(("127.0.0.1", t.ports["imap"]), timeout=60)
+        s = connect_raw(60)
         f = s.makefile("rb")
         f.readline()
         s.sendall(f"a LOGIN {USER} secret\r\n".encode())

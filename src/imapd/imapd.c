@@ -34,7 +34,7 @@ void imapd_stats_get(struct imapd_stats *out)
 static const char *caps_noauth(const struct imapd_session *s)
 {
     bool starttls = s->env->tls != NULL && s->tls == NULL;
-    bool disabled = !s->env->plaintext_login && s->tls == NULL;
+    bool disabled = s->env->login_needs_tls && s->tls == NULL;
     if (starttls && disabled)
         return "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE STARTTLS LOGINDISABLED";
     if (starttls)
@@ -62,7 +62,7 @@ static void start_tls(struct imapd_session *s, const char *how)
 /* LOGIN and AUTHENTICATE are refused before TLS (plaintext_login = no). */
 static bool login_disabled(const struct imapd_session *s)
 {
-    return !s->env->plaintext_login && s->tls == NULL;
+    return s->env->login_needs_tls && s->tls == NULL;
 }
 static const char caps_auth[] = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
                                 "CONDSTORE QRESYNC SPECIAL-USE UNSELECT CHILDREN";

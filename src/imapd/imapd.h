@@ -86,10 +86,10 @@ struct imapd_env {
      * answered NO). Shared by every session; the role owns it. */
     struct tls_server *tls;
     unsigned tls_handshake_ms; /* a handshake must finish within this */
-    /* false: before TLS, CAPABILITY says LOGINDISABLED (and no AUTH=),
+    /* true: before TLS, CAPABILITY says LOGINDISABLED (and no AUTH=),
      * LOGIN and AUTHENTICATE get NO [PRIVACYREQUIRED] (RFC 3501 6.2.3,
-     * RFC 5530). */
-    bool plaintext_login;
+     * RFC 5530). false (a zeroed env): plaintext login is allowed. */
+    bool login_needs_tls;
 };
 
 /* Runs one session on the connected socket fd until the client logs out,

@@ -328,7 +328,7 @@ int role_imap_main(const struct config *cfg)
     ri.env.ctx = &ri;
     ri.env.shutdown = &shutdown_flag;
     ri.env.tls_handshake_ms = IMAP_TLS_HANDSHAKE_MS;
-    ri.env.plaintext_login = cfg->imap.plaintext_login;
+    ri.env.login_needs_tls = !cfg->imap.plaintext_login;
     if (cfg->imap.tls_cert[0] != '\0') {
         char err[512];
         ri.env.tls = tls_server_new(cfg->imap.tls_cert, cfg->imap.tls_key, err, sizeof(err));

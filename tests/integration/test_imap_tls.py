@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import SLOW, Tern, free_port, wait_port
+from conftest import SLOW, Tern, free_port, sanitizer_reports, wait_port
 from test_imap import assert_imap_role_clean, lmtp_deliver, msg
 from test_imap_clients import maildir_files, mbsync, need
 
@@ -283,7 +283,9 @@ def serve_refused(t):
         if p.poll() is None:
             p.kill()
             p.wait()
-    return rc, t.log()
+    log = t.log()
+    assert not sanitizer_reports(log), log
+    return rc, log
 
 
 @pytest.mark.parametrize("case", ["missing cert", "missing key", "garbage cert",

@@ -443,7 +443,7 @@ static void *tserve(void *arg)
     char *big = malloc(BIG);
     for (;;) {
         char *nl;
-        while ((nl = memchr(in.data, '\n', in.len)) == NULL) {
+        while ((nl = in.len > 0 ? memchr(in.data, '\n', in.len) : NULL) == NULL) {
             ssize_t r = tls_conn_read(c, line, sizeof(line), 5000);
             if (r <= 0)
                 goto done;
