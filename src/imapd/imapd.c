@@ -28,13 +28,19 @@ void imapd_stats_get(struct imapd_stats *out)
     out->bad_commands = st_bad;
 }
 
+/* LOGIN and AUTHENTICATE are refused before TLS (plaintext_login = no). */
+static bool login_disabled(const struct imapd_session *s)
+{
+    return s->env->login_needs_tls && s->tls == NULL;
+}
+
 /* Before login the capabilities depend on TLS: STARTTLS while it is
  * possible, LOGINDISABLED (and no AUTH=) while a plaintext login is
  * refused. After STARTTLS a client asks again (RFC 3501 6.2.1). */
 static const char *caps_noauth(const struct imapd_session *s)
 {
     bool starttls = s->env->tls != NULL && s->tls == NULL;
-    bool disabled = s->env->login_needs_tls && s->tls == NULL;
+    bool disabled = login_disabled(s);
     if (starttls && disabled)
         return "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE STARTTLS LOGINDISABLED";
     if (starttls)
@@ -59,11 +65,6 @@ static void start_tls(struct imapd_session *s, const char *how)
     log_info("imap", "%s: TLS (%s) %s", s->peer, how, tls_conn_info(s->tls));
 }
 
-/* LOGIN and AUTHENTICATE are refused before TLS (plaintext_login = no). */
-static bool login_disabled(const struct imapd_session *s)
-{
-    return s->env->login_needs_tls && s->tls == NULL;
-}
 static const char caps_auth[] = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE "
                                 "CONDSTORE QRESYNC SPECIAL-USE UNSELECT CHILDREN";
 
