@@ -103,6 +103,7 @@ try:
     steps = [
         ("FETCH 1:* (FLAGS)", lambda: c.fetch("1:*", "(FLAGS)")),
         ("FETCH 1:* (BODY.PEEK[HEADER])", lambda: c.fetch("1:*", "(BODY.PEEK[HEADER])")),
+        ("FETCH 1:* (BODY.PEEK[]), about 4 MB", lambda: c.fetch("1:*", "(BODY.PEEK[])")),
         ("SEARCH BODY yyyy", lambda: c.search(None, "BODY", "yyyy")),
         ("STORE 1:* +FLAGS.SILENT (\\Seen)", lambda: c.store("1:*", "+FLAGS.SILENT", "(\\Seen)")),
         (f"COPY 1:{half} Trash", lambda: c.copy(f"1:{half}", "Trash")),
