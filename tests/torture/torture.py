@@ -652,12 +652,30 @@ class Torture:
             time.sleep(rnd.uniform(0, 0.5))
         if abort:
             a = self.c.cli("move", "abort", str(job))
+            for _ in range(20):
+                # Refused past the switch is an answer; refused for any other
+                # reason (a busy directory) is retried, or a suspended job
+                # would wait in "ready" for ever.
+                if a.returncode == 0 or "past the switch" in a.stderr:
+                    break
+                say(f"move abort {job}: {a.returncode}: {a.stderr.strip()} (again)")
+                time.sleep(0.5)
+                a = self.c.cli("move", "abort", str(job))
             with self.led.lock:
                 self.led.abort_asked += 1
                 if a.returncode != 0:
                     self.led.abort_refused += 1
         elif suspend:
-            self.c.cli("move", "complete", str(job))
+            # A refused request is the client's to retry (a directory busy
+            # under load, say); one that was accepted must be acted on.
+            for _ in range(20):
+                cp = self.c.cli("move", "complete", str(job))
+                if cp.returncode == 0 or "has ended" in cp.stderr:
+                    break
+                say(f"move complete {job}: {cp.returncode}: {cp.stderr.strip()} (again)")
+                time.sleep(0.5)
+            else:
+                self.led.problem(f"move complete {job} refused 20 times: {cp.stderr.strip()}")
         w = self.c.cli("move", "wait", str(job), timeout=600)
         if w.returncode == 124:
             self.led.problem(f"job {job} ({user} to {dest}) did not end within 600 s")
