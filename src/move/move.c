@@ -111,9 +111,12 @@ static int job_save(struct run *r)
                      r->job.user, cur.lease_owner[0] ? cur.lease_owner : "nobody", env->owner);
             return -2;
         }
-        /* The CLI may have asked to abort or to complete: take that in. */
+        /* The CLI may have asked to abort or to complete: take that in,
+         * keeping the bit only the mover sets (REUSED: set or cleared in
+         * this run and not saved yet). */
         r->job.version = cur.version;
-        r->job.options = cur.options;
+        r->job.options =
+            (cur.options & ~DIR_JOB_OPT_REUSED) | (r->job.options & DIR_JOB_OPT_REUSED);
         if (strcmp(cur.phase, "aborting") == 0 && move_phase_abortable(r->job.phase)) {
             str_copy(r->job.phase, "aborting", sizeof(r->job.phase));
             if (job_save(r) == 0)

@@ -544,3 +544,42 @@ def test_stale_mover_fenced_between_verify_and_switch(tmp_path):
         if blog.exists():
             reports = sanitizer_reports(blog.read_text(errors="replace"))
             assert not reports, "\n".join(reports)
+
+
+def test_reused_mark_survives_a_cli_request_during_provision(tmp_path):
+    """The mover marks a move that reuses a retained copy (REUSED) and saves
+    it; if an operator's request changed the job row meanwhile, the save's
+    compare-and-set fails and the mover takes the row's options in. It must
+    keep its own mark: without it an abort purges the retained copy instead
+    of giving it back to the earlier move's retention."""
+    t = cluster(tmp_path, mover_extra="retention = 3600\nlease_ms = 2000")
+    pause = tmp_path / "pause"
+    serve_with(t, pause_env(tmp_path, ["pause:move.provision@mover"], once=False))
+    try:
+        fill(t, U, n=10)
+        before = digest(t, U, "s1")
+        first = start_move(t, U, "s2")
+        wait_pause(t, pause, first)
+        pause.unlink()
+        assert wait_for(lambda: job_phase(t, first) in ("retention", "done"), 60), t.log(3000)
+        assert mbox_state(t, U, "s1").startswith("+OK moved 2 s2")
+        back = start_move(t, U, "s1", "--suspend-when-ready")
+        wait_pause(t, pause, back)  # the run has read the job row
+        # An operator's request lands now (any change of the row will do).
+        db = sqlite3.connect(t.data / "directory.db")
+        db.execute("UPDATE jobs SET version = version + 1 WHERE id = ?", (back,))
+        db.commit()
+        db.close()
+        pause.unlink()
+        assert wait_for(lambda: job_phase(t, back) == "ready", 60), t.log(3000)
+        assert "reusing the retained copy on s1" in t.log()
+        assert mbox_state(t, U, "s1").startswith("+OK staged 3")
+        assert t.cli("move", "abort", str(back)).returncode == 0
+        assert wait_for(lambda: job_phase(t, back) == "aborted", 60), t.log(3000)
+        # Given back as the first move left it, not purged.
+        assert mbox_state(t, U, "s1").startswith("+OK moved 2 s2"), mbox_state(t, U, "s1")
+        assert home(t, U) == ("s2", 2, "active")
+        assert digest(t, U, "s2") == before
+        check_sanitizers(t)
+    finally:
+        t.stop()
