@@ -34,8 +34,7 @@ struct cli {
     char **argv;
 };
 
-static int fail(const char *fmt, ...) TERN_PRINTF(1, 2);
-static int fail(const char *fmt, ...)
+int cli_fail(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -46,8 +45,7 @@ static int fail(const char *fmt, ...)
     return 1;
 }
 
-static int usage(const char *fmt, ...) TERN_PRINTF(1, 2);
-static int usage(const char *fmt, ...)
+int cli_usage(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -92,7 +90,7 @@ static const char help_text[] =
 
 /* Finds "--name VALUE" (or --name=VALUE) in args, removes it, returns the
  * value (NULL if absent). A flag without its value is a usage error (*bad). */
-static const char *take_opt(int *argc, char **argv, const char *name, bool *bad)
+const char *cli_take_opt(int *argc, char **argv, const char *name, bool *bad)
 {
     size_t nl = strlen(name);
     for (int i = 0; i < *argc; i++) {
@@ -122,7 +120,7 @@ static const char *take_opt(int *argc, char **argv, const char *name, bool *bad)
 }
 
 /* Finds and removes a boolean "--name". */
-static bool take_flag(int *argc, char **argv, const char *name)
+bool cli_take_flag(int *argc, char **argv, const char *name)
 {
     for (int i = 0; i < *argc; i++) {
         if (strcmp(argv[i], name) == 0) {
@@ -135,34 +133,34 @@ static bool take_flag(int *argc, char **argv, const char *name)
 }
 
 /* After options were taken, anything starting with "--" is unknown. */
-static int reject_leftover(int argc, char **argv, int want_pos)
+int cli_reject_leftover(int argc, char **argv, int want_pos)
 {
     for (int i = 0; i < argc; i++)
         if (strncmp(argv[i], "--", 2) == 0)
-            return usage("unknown option %s", argv[i]);
+            return cli_usage("unknown option %s", argv[i]);
     if (argc != want_pos)
-        return usage(argc < want_pos ? "missing argument" : "unexpected argument '%s'",
-                     argc > want_pos ? argv[want_pos] : "");
+        return cli_usage(argc < want_pos ? "missing argument" : "unexpected argument '%s'",
+                         argc > want_pos ? argv[want_pos] : "");
     return 0;
 }
 
 static struct directory *open_dir(struct cli *c)
 {
     if (mkdir_p(c->cfg.data_dir, 0750) < 0) {
-        fail("cannot create data directory %s: %s", c->cfg.data_dir, strerror(errno));
+        cli_fail("cannot create data directory %s: %s", c->cfg.data_dir, strerror(errno));
         return NULL;
     }
     const char *error;
     struct directory *dir = dir_open_sqlite(c->cfg.directory, &error);
     if (dir == NULL) {
-        fail("cannot open directory %s: %s", c->cfg.directory, error);
+        cli_fail("cannot open directory %s: %s", c->cfg.directory, error);
         return NULL;
     }
     /* The configured stores exist for the CLI even before the first serve. */
     for (size_t i = 0; i < c->cfg.n_stores; i++) {
         enum dir_status ds = dir_store_upsert(dir, c->cfg.stores[i].name, c->cfg.stores[i].lmtp);
         if (ds != DIR_OK) {
-            fail("cannot register store %s: %s", c->cfg.stores[i].name, dir_status_str(ds));
+            cli_fail("cannot register store %s: %s", c->cfg.stores[i].name, dir_status_str(ds));
             dir_close(&dir);
             return NULL;
         }
@@ -173,14 +171,14 @@ static struct directory *open_dir(struct cli *c)
 static int dir_fail(enum dir_status ds, const char *what)
 {
     if (ds == DIR_TEMPFAIL)
-        return fail("%s: directory unavailable, try again", what);
-    return fail("%s: %s", what, dir_status_str(ds));
+        return cli_fail("%s: directory unavailable, try again", what);
+    return cli_fail("%s: %s", what, dir_status_str(ds));
 }
 
 static int read_password(const char *pw, const char *file, char out[PASSWORD_MAX + 1])
 {
     if (pw != NULL && file != NULL)
-        return usage("give --password or --password-file, not both");
+        return cli_usage("give --password or --password-file, not both");
     if (file != NULL) {
         struct buf b;
         const char *e;
@@ -189,13 +187,13 @@ static int read_password(const char *pw, const char *file, char out[PASSWORD_MAX
                                        : file_read_all(file, PASSWORD_MAX + 2, &b, &e);
         if (r < 0) {
             buf_free(&b);
-            return fail("password file %s: %s", file, e);
+            return cli_fail("password file %s: %s", file, e);
         }
         while (b.len > 0 && (b.data[b.len - 1] == '\n' || b.data[b.len - 1] == '\r'))
             b.len--;
         if (b.len > PASSWORD_MAX) {
             buf_free(&b);
-            return fail("password longer than %d octets", PASSWORD_MAX);
+            return cli_fail("password longer than %d octets", PASSWORD_MAX);
         }
         memcpy(out, b.data != NULL ? b.data : "", b.len);
         out[b.len] = '\0';
@@ -203,13 +201,13 @@ static int read_password(const char *pw, const char *file, char out[PASSWORD_MAX
         pw = out;
     } else if (pw != NULL) {
         if (strlen(pw) > PASSWORD_MAX)
-            return fail("password longer than %d octets", PASSWORD_MAX);
+            return cli_fail("password longer than %d octets", PASSWORD_MAX);
         str_copy(out, pw, PASSWORD_MAX + 1);
     } else {
         out[0] = '\0';
     }
     if ((pw != NULL) && out[0] == '\0')
-        return fail("the password must not be empty");
+        return cli_fail("the password must not be empty");
     return 0;
 }
 
@@ -217,7 +215,7 @@ static int normalize_addr(const char *in, char out[MAIL_ADDR_MAX + 1])
 {
     const char *e;
     if (mail_addr_normalize(in, strlen(in), out, &e) < 0)
-        return fail("invalid address '%s': %s", in, e);
+        return cli_fail("invalid address '%s': %s", in, e);
     return 0;
 }
 
@@ -226,29 +224,29 @@ static int normalize_addr(const char *in, char out[MAIL_ADDR_MAX + 1])
 static int cmd_domain(struct cli *c, int argc, char **argv)
 {
     if (argc < 1)
-        return usage("domain needs add or list");
+        return cli_usage("domain needs add or list");
     if (strcmp(argv[0], "add") == 0) {
-        int r = reject_leftover(argc - 1, argv + 1, 1);
+        int r = cli_reject_leftover(argc - 1, argv + 1, 1);
         if (r != 0)
             return r;
         char dom[MAIL_DOMAIN_MAX + 1];
         const char *e;
         if (mail_domain_normalize(argv[1], dom, &e) < 0)
-            return fail("invalid domain '%s': %s", argv[1], e);
+            return cli_fail("invalid domain '%s': %s", argv[1], e);
         struct directory *dir = open_dir(c);
         if (dir == NULL)
             return 1;
         enum dir_status ds = dir_domain_add(dir, dom);
         dir_close(&dir);
         if (ds == DIR_EXISTS)
-            return fail("domain %s already exists", dom);
+            return cli_fail("domain %s already exists", dom);
         if (ds != DIR_OK)
             return dir_fail(ds, "domain add");
         printf("domain %s added\n", dom);
         return 0;
     }
     if (strcmp(argv[0], "list") == 0) {
-        int r = reject_leftover(argc - 1, argv + 1, 0);
+        int r = cli_reject_leftover(argc - 1, argv + 1, 0);
         if (r != 0)
             return r;
         struct directory *dir = open_dir(c);
@@ -265,7 +263,7 @@ static int cmd_domain(struct cli *c, int argc, char **argv)
         free(list);
         return 0;
     }
-    return usage("unknown domain command '%s'", argv[0]);
+    return cli_usage("unknown domain command '%s'", argv[0]);
 }
 
 /* ---- user ------------------------------------------------------------- */
@@ -318,23 +316,23 @@ static void print_user(const struct dir_user *u)
 static int user_add(struct cli *c, int argc, char **argv)
 {
     bool bad = false;
-    const char *pw = take_opt(&argc, argv, "--password", &bad);
-    const char *pwfile = take_opt(&argc, argv, "--password-file", &bad);
-    const char *store = take_opt(&argc, argv, "--store", &bad);
+    const char *pw = cli_take_opt(&argc, argv, "--password", &bad);
+    const char *pwfile = cli_take_opt(&argc, argv, "--password-file", &bad);
+    const char *store = cli_take_opt(&argc, argv, "--store", &bad);
     if (bad)
-        return usage("option needs a value");
-    int r = reject_leftover(argc, argv, 1);
+        return cli_usage("option needs a value");
+    int r = cli_reject_leftover(argc, argv, 1);
     if (r != 0)
         return r;
     char addr[MAIL_ADDR_MAX + 1], pwbuf[PASSWORD_MAX + 1];
     if (normalize_addr(argv[0], addr) != 0)
         return 1;
     if (pw == NULL && pwfile == NULL)
-        return usage("user add needs --password PW or --password-file FILE");
+        return cli_usage("user add needs --password PW or --password-file FILE");
     if ((r = read_password(pw, pwfile, pwbuf)) != 0)
         return r;
     if (store != NULL && !mail_store_name_valid(store))
-        return fail("invalid store name '%s'", store);
+        return cli_fail("invalid store name '%s'", store);
     struct directory *dir = open_dir(c);
     if (dir == NULL)
         return 1;
@@ -345,30 +343,30 @@ static int user_add(struct cli *c, int argc, char **argv)
         struct dir_store s;
         if (dir_store_get(dir, store, &s) != DIR_OK) {
             dir_close(&dir);
-            return fail("unknown store '%s' (see 'tern store list')", store);
+            return cli_fail("unknown store '%s' (see 'tern store list')", store);
         }
         str_copy(u.home, store, sizeof(u.home));
     } else if (cli_pick_store(dir, u.home) < 0) {
         dir_close(&dir);
-        return fail("no store to home the user on");
+        return cli_fail("no store to home the user on");
     }
     struct dir_domain d;
     enum dir_status ds = dir_domain_get(dir, mail_addr_domain(addr), &d);
     if (ds == DIR_NOTFOUND) {
         dir_close(&dir);
-        return fail("unknown domain '%s' (add it with 'tern domain add %s')",
-                    mail_addr_domain(addr), mail_addr_domain(addr));
+        return cli_fail("unknown domain '%s' (add it with 'tern domain add %s')",
+                        mail_addr_domain(addr), mail_addr_domain(addr));
     }
     const char *e;
     if (dir_password_hash(pwbuf, u.password_hash, &e) < 0) {
         dir_close(&dir);
-        return fail("cannot hash password: %s", e);
+        return cli_fail("cannot hash password: %s", e);
     }
     u.state = DIR_USER_ACTIVE;
     ds = dir_user_add(dir, &u);
     dir_close(&dir);
     if (ds == DIR_EXISTS)
-        return fail("%s already exists (as a user or an alias)", addr);
+        return cli_fail("%s already exists (as a user or an alias)", addr);
     if (ds != DIR_OK)
         return dir_fail(ds, "user add");
     printf("user %s added on store %s\n", u.address, u.home);
@@ -378,28 +376,28 @@ static int user_add(struct cli *c, int argc, char **argv)
 static int user_set(struct cli *c, int argc, char **argv)
 {
     bool bad = false;
-    const char *pw = take_opt(&argc, argv, "--password", &bad);
-    const char *pwfile = take_opt(&argc, argv, "--password-file", &bad);
-    const char *alt = take_opt(&argc, argv, "--alternate", &bad);
-    bool no_alt = take_flag(&argc, argv, "--no-alternate");
-    bool both = take_flag(&argc, argv, "--deliver-both");
-    bool no_both = take_flag(&argc, argv, "--no-deliver-both");
+    const char *pw = cli_take_opt(&argc, argv, "--password", &bad);
+    const char *pwfile = cli_take_opt(&argc, argv, "--password-file", &bad);
+    const char *alt = cli_take_opt(&argc, argv, "--alternate", &bad);
+    bool no_alt = cli_take_flag(&argc, argv, "--no-alternate");
+    bool both = cli_take_flag(&argc, argv, "--deliver-both");
+    bool no_both = cli_take_flag(&argc, argv, "--no-deliver-both");
     if (bad)
-        return usage("option needs a value");
-    int r = reject_leftover(argc, argv, 1);
+        return cli_usage("option needs a value");
+    int r = cli_reject_leftover(argc, argv, 1);
     if (r != 0)
         return r;
     if ((alt != NULL && no_alt) || (both && no_both))
-        return usage("contradictory options");
+        return cli_usage("contradictory options");
     if (pw == NULL && pwfile == NULL && alt == NULL && !no_alt && !both && !no_both)
-        return usage("user set needs something to set");
+        return cli_usage("user set needs something to set");
     char addr[MAIL_ADDR_MAX + 1], altaddr[MAIL_ADDR_MAX + 1] = "", pwbuf[PASSWORD_MAX + 1];
     if (normalize_addr(argv[0], addr) != 0)
         return 1;
     if (alt != NULL && normalize_addr(alt, altaddr) != 0)
         return 1;
     if (strcmp(altaddr, addr) == 0)
-        return fail("a user cannot be its own alternate");
+        return cli_fail("a user cannot be its own alternate");
     if ((r = read_password(pw, pwfile, pwbuf)) != 0)
         return r;
     struct directory *dir = open_dir(c);
@@ -417,7 +415,7 @@ static int user_set(struct cli *c, int argc, char **argv)
             const char *e;
             if (dir_password_hash(pwbuf, u.password_hash, &e) < 0) {
                 dir_close(&dir);
-                return fail("cannot hash password: %s", e);
+                return cli_fail("cannot hash password: %s", e);
             }
         }
         if (alt != NULL)
@@ -432,7 +430,7 @@ static int user_set(struct cli *c, int argc, char **argv)
             u.deliver_both = false;
         if (u.deliver_both && u.alternate[0] == '\0') {
             dir_close(&dir);
-            return fail("--deliver-both needs an alternate recipient");
+            return cli_fail("--deliver-both needs an alternate recipient");
         }
         ds = dir_user_update(dir, &u);
         if (ds != DIR_CONFLICT)
@@ -440,7 +438,7 @@ static int user_set(struct cli *c, int argc, char **argv)
     }
     dir_close(&dir);
     if (ds == DIR_NOTFOUND)
-        return fail("no such user %s", addr);
+        return cli_fail("no such user %s", addr);
     if (ds != DIR_OK)
         return dir_fail(ds, "user set");
     print_user(&u);
@@ -450,7 +448,7 @@ static int user_set(struct cli *c, int argc, char **argv)
 static int cmd_user(struct cli *c, int argc, char **argv)
 {
     if (argc < 1)
-        return usage("user needs add, set, show, list or delete");
+        return cli_usage("user needs add, set, show, list or delete");
     const char *sub = argv[0];
     argc--, argv++;
     if (strcmp(sub, "add") == 0)
@@ -458,7 +456,7 @@ static int cmd_user(struct cli *c, int argc, char **argv)
     if (strcmp(sub, "set") == 0)
         return user_set(c, argc, argv);
     if (strcmp(sub, "show") == 0 || strcmp(sub, "delete") == 0) {
-        int r = reject_leftover(argc, argv, 1);
+        int r = cli_reject_leftover(argc, argv, 1);
         if (r != 0)
             return r;
         char addr[MAIL_ADDR_MAX + 1];
@@ -477,7 +475,7 @@ static int cmd_user(struct cli *c, int argc, char **argv)
                     if (strcmp(jobs[i].user, addr) == 0 && !dir_job_phase_final(jobs[i].phase)) {
                         free(jobs);
                         dir_close(&dir);
-                        return fail("%s has a running job; abort it first", addr);
+                        return cli_fail("%s has a running job; abort it first", addr);
                     }
                 free(jobs);
             }
@@ -491,13 +489,13 @@ static int cmd_user(struct cli *c, int argc, char **argv)
         }
         dir_close(&dir);
         if (ds == DIR_NOTFOUND)
-            return fail("no such user %s", addr);
+            return cli_fail("no such user %s", addr);
         if (ds != DIR_OK)
             return dir_fail(ds, sub);
         return 0;
     }
     if (strcmp(sub, "list") == 0) {
-        int r = reject_leftover(argc, argv, 0);
+        int r = cli_reject_leftover(argc, argv, 0);
         if (r != 0)
             return r;
         struct directory *dir = open_dir(c);
@@ -516,7 +514,7 @@ static int cmd_user(struct cli *c, int argc, char **argv)
         free(list);
         return 0;
     }
-    return usage("unknown user command '%s'", sub);
+    return cli_usage("unknown user command '%s'", sub);
 }
 
 /* ---- alias ------------------------------------------------------------ */
@@ -524,13 +522,13 @@ static int cmd_user(struct cli *c, int argc, char **argv)
 static int cmd_alias(struct cli *c, int argc, char **argv)
 {
     if (argc < 1)
-        return usage("alias needs add, list or delete");
+        return cli_usage("alias needs add, list or delete");
     const char *sub = argv[0];
     argc--, argv++;
     int want = strcmp(sub, "add") == 0 ? 2 : strcmp(sub, "delete") == 0 ? 1 : 0;
     if (strcmp(sub, "add") != 0 && strcmp(sub, "delete") != 0 && strcmp(sub, "list") != 0)
-        return usage("unknown alias command '%s'", sub);
-    int r = reject_leftover(argc, argv, want);
+        return cli_usage("unknown alias command '%s'", sub);
+    int r = cli_reject_leftover(argc, argv, want);
     if (r != 0)
         return r;
     char addr[MAIL_ADDR_MAX + 1], target[MAIL_ADDR_MAX + 1];
@@ -548,9 +546,9 @@ static int cmd_alias(struct cli *c, int argc, char **argv)
         if (ds == DIR_OK)
             printf("alias %s -> %s added\n", addr, target);
         else if (ds == DIR_EXISTS)
-            rc = fail("%s already exists (as a user or an alias)", addr);
+            rc = cli_fail("%s already exists (as a user or an alias)", addr);
         else if (ds == DIR_INVALID)
-            rc = fail("the domain of %s is not local", addr);
+            rc = cli_fail("the domain of %s is not local", addr);
         else
             rc = dir_fail(ds, "alias add");
     } else if (strcmp(sub, "delete") == 0) {
@@ -559,7 +557,7 @@ static int cmd_alias(struct cli *c, int argc, char **argv)
         if (ds == DIR_OK)
             ds = dir_alias_delete(dir, addr, a.version);
         if (ds == DIR_NOTFOUND)
-            rc = fail("no such alias %s", addr);
+            rc = cli_fail("no such alias %s", addr);
         else if (ds != DIR_OK)
             rc = dir_fail(ds, "alias delete");
     } else {
@@ -583,8 +581,8 @@ static int cmd_alias(struct cli *c, int argc, char **argv)
 static int cmd_store(struct cli *c, int argc, char **argv)
 {
     if (argc < 1 || strcmp(argv[0], "list") != 0)
-        return usage("store needs list");
-    int r = reject_leftover(argc - 1, argv + 1, 0);
+        return cli_usage("store needs list");
+    int r = cli_reject_leftover(argc - 1, argv + 1, 0);
     if (r != 0)
         return r;
     struct directory *dir = open_dir(c);
@@ -656,15 +654,15 @@ static int export_one(void *ctx, const struct store_msg *m)
 static int cmd_mailbox(struct cli *c, int argc, char **argv)
 {
     if (argc < 1)
-        return usage("mailbox needs show, export, fence or unfence");
+        return cli_usage("mailbox needs show, export, fence or unfence");
     const char *sub = argv[0];
     argc--, argv++;
     bool bad = false;
-    const char *storename = take_opt(&argc, argv, "--store", &bad);
-    const char *folder = take_opt(&argc, argv, "--folder", &bad);
+    const char *storename = cli_take_opt(&argc, argv, "--store", &bad);
+    const char *folder = cli_take_opt(&argc, argv, "--folder", &bad);
     if (bad)
-        return usage("option needs a value");
-    int r = reject_leftover(argc, argv, 1);
+        return cli_usage("option needs a value");
+    int r = cli_reject_leftover(argc, argv, 1);
     if (r != 0)
         return r;
     char addr[MAIL_ADDR_MAX + 1];
@@ -679,32 +677,32 @@ static int cmd_mailbox(struct cli *c, int argc, char **argv)
         enum dir_status ds = dir_user_get(dir, addr, &u);
         dir_close(&dir);
         if (ds == DIR_NOTFOUND)
-            return fail("no such user %s (give --store to read a mailbox anyway)", addr);
+            return cli_fail("no such user %s (give --store to read a mailbox anyway)", addr);
         if (ds != DIR_OK)
             return dir_fail(ds, "mailbox");
         str_copy(home, u.home, sizeof(home));
         storename = home;
     }
     if (!mail_store_name_valid(storename) || config_store(&c->cfg, storename) == NULL)
-        return fail("unknown store '%s'", storename);
+        return cli_fail("unknown store '%s'", storename);
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/stores/%s", c->cfg.data_dir, storename);
     struct stat sb;
     if (stat(path, &sb) < 0)
-        return fail("store %s has no data on this host (%s)", storename, path);
+        return cli_fail("store %s has no data on this host (%s)", storename, path);
     const char *error;
     struct store *st = store_open_fs(path, storename, &error);
     if (st == NULL)
-        return fail("cannot open store %s: %s", storename, error);
+        return cli_fail("cannot open store %s: %s", storename, error);
     struct store_mailbox mb;
     enum store_status ss = store_mailbox_get(st, addr, &mb);
     if (ss == STORE_NOTFOUND) {
         store_close(&st);
-        return fail("no mailbox for %s on store %s", addr, storename);
+        return cli_fail("no mailbox for %s on store %s", addr, storename);
     }
     if (ss != STORE_OK) {
         store_close(&st);
-        return fail("store %s: %s", storename, store_status_str(ss));
+        return cli_fail("store %s: %s", storename, store_status_str(ss));
     }
     int rc = 0;
     if (strcmp(sub, "show") == 0) {
@@ -727,7 +725,7 @@ static int cmd_mailbox(struct cli *c, int argc, char **argv)
         struct export_ctx x = {.st = st, .user = addr, .folder = folder ? folder : "INBOX"};
         buf_init(&x.body, 0);
         if (store_msg_iter(st, addr, x.folder, export_one, &x, &error) < 0 || x.error)
-            rc = fail("export of %s failed", addr);
+            rc = cli_fail("export of %s failed", addr);
         buf_free(&x.body);
         fflush(stdout);
     } else if (strcmp(sub, "fence") == 0 || strcmp(sub, "unfence") == 0) {
@@ -735,14 +733,14 @@ static int cmd_mailbox(struct cli *c, int argc, char **argv)
         ss = store_mailbox_set_state(st, addr, fence ? STORE_MBOX_ACTIVE : STORE_MBOX_FENCED,
                                      fence ? STORE_MBOX_FENCED : STORE_MBOX_ACTIVE, mb.epoch, NULL);
         if (ss == STORE_CONFLICT)
-            rc = fail("mailbox of %s is %s, not %s", addr, store_mbox_state_str(mb.state),
-                      fence ? "active" : "fenced");
+            rc = cli_fail("mailbox of %s is %s, not %s", addr, store_mbox_state_str(mb.state),
+                          fence ? "active" : "fenced");
         else if (ss != STORE_OK)
-            rc = fail("%s: %s", sub, store_status_str(ss));
+            rc = cli_fail("%s: %s", sub, store_status_str(ss));
         else
             printf("mailbox of %s on %s is now %s\n", addr, storename, fence ? "fenced" : "active");
     } else {
-        rc = usage("unknown mailbox command '%s'", sub);
+        rc = cli_usage("unknown mailbox command '%s'", sub);
     }
     store_close(&st);
     return rc;
@@ -753,16 +751,16 @@ static int cmd_mailbox(struct cli *c, int argc, char **argv)
 static int cmd_serve(struct cli *c, int argc, char **argv)
 {
     bool bad = false;
-    const char *roles = take_opt(&argc, argv, "--roles", &bad);
+    const char *roles = cli_take_opt(&argc, argv, "--roles", &bad);
     if (bad)
-        return usage("--roles needs a value");
-    int r = reject_leftover(argc, argv, 0);
+        return cli_usage("--roles needs a value");
+    int r = cli_reject_leftover(argc, argv, 0);
     if (r != 0)
         return r;
     char self[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
     if (n < 0)
-        return fail("cannot find my own binary: %s", strerror(errno));
+        return cli_fail("cannot find my own binary: %s", strerror(errno));
     self[n] = '\0';
     return serve_main(&c->cfg, self, c->config_path, roles);
 }
@@ -777,7 +775,7 @@ static int cmd_role(struct cli *c, int argc, char **argv)
         return role_mover_main(&c->cfg);
     if (argc == 1 && strcmp(argv[0], "imap") == 0)
         return role_imap_main(&c->cfg);
-    return usage("role needs: store NAME | mta | mover | imap");
+    return cli_usage("role needs: store NAME | mta | mover | imap");
 }
 
 /* ---- moves ------------------------------------------------------------ */
@@ -879,7 +877,7 @@ static int wait_job(struct directory *dir, uint64_t id)
         struct dir_job j;
         enum dir_status ds = dir_job_get(dir, id, &j);
         if (ds == DIR_NOTFOUND)
-            return fail("job %llu is gone", (unsigned long long)id);
+            return cli_fail("job %llu is gone", (unsigned long long)id);
         if (ds == DIR_OK) {
             if (start_bytes == UINT64_MAX)
                 start_bytes = j.bytes_done;
@@ -901,8 +899,8 @@ static int wait_job(struct directory *dir, uint64_t id)
                            (unsigned long long)j.epoch + 1);
                     return 0;
                 }
-                return fail("move of %s %s: %s", j.user, j.phase,
-                            j.last_error[0] ? j.last_error : "no reason recorded");
+                return cli_fail("move of %s %s: %s", j.user, j.phase,
+                                j.last_error[0] ? j.last_error : "no reason recorded");
             }
         }
         usleep(200 * 1000);
@@ -912,7 +910,7 @@ static int wait_job(struct directory *dir, uint64_t id)
 static int parse_id(const char *s, uint64_t *id)
 {
     if (parse_u64(s, UINT64_MAX, id) < 0 || *id == 0)
-        return usage("'%s' is not a job id", s);
+        return cli_usage("'%s' is not a job id", s);
     return 0;
 }
 
@@ -923,14 +921,14 @@ static int create_move(struct directory *dir, const char *addr, const char *dest
     struct dir_user u;
     enum dir_status ds = dir_user_get(dir, addr, &u);
     if (ds == DIR_NOTFOUND)
-        return fail("no such user %s", addr);
+        return cli_fail("no such user %s", addr);
     if (ds != DIR_OK)
         return dir_fail(ds, "move");
     struct dir_store st;
     if (dir_store_get(dir, dest, &st) != DIR_OK)
-        return fail("unknown store '%s' (see 'tern store list')", dest);
+        return cli_fail("unknown store '%s' (see 'tern store list')", dest);
     if (strcmp(u.home, dest) == 0)
-        return fail("%s already lives on %s", addr, dest);
+        return cli_fail("%s already lives on %s", addr, dest);
     struct dir_job j;
     memset(&j, 0, sizeof(j));
     j.kind = DIR_JOB_MOVE;
@@ -942,7 +940,7 @@ static int create_move(struct directory *dir, const char *addr, const char *dest
     j.options = options;
     ds = dir_job_create(dir, &j);
     if (ds == DIR_INVALID)
-        return fail("%s already has a move or import in progress (see 'tern moves')", addr);
+        return cli_fail("%s already has a move or import in progress (see 'tern moves')", addr);
     if (ds != DIR_OK)
         return dir_fail(ds, "move");
     *id_r = j.id;
@@ -952,11 +950,11 @@ static int create_move(struct directory *dir, const char *addr, const char *dest
 static int cmd_move(struct cli *c, int argc, char **argv)
 {
     if (argc < 1)
-        return usage("move needs ADDRESS --to STORE, or show|abort|complete|wait ID");
+        return cli_usage("move needs ADDRESS --to STORE, or show|abort|complete|wait ID");
     const char *sub = argv[0];
     if (strcmp(sub, "show") == 0 || strcmp(sub, "abort") == 0 || strcmp(sub, "complete") == 0 ||
         strcmp(sub, "wait") == 0) {
-        int r = reject_leftover(argc - 1, argv + 1, 1);
+        int r = cli_reject_leftover(argc - 1, argv + 1, 1);
         if (r != 0)
             return r;
         uint64_t id;
@@ -970,7 +968,7 @@ static int cmd_move(struct cli *c, int argc, char **argv)
             struct dir_job j;
             enum dir_status ds = dir_job_get(dir, id, &j);
             if (ds == DIR_NOTFOUND) {
-                rc = fail("no job %llu", (unsigned long long)id);
+                rc = cli_fail("no job %llu", (unsigned long long)id);
                 break;
             }
             if (ds != DIR_OK) {
@@ -991,14 +989,14 @@ static int cmd_move(struct cli *c, int argc, char **argv)
                     break;
                 }
                 if (!move_phase_abortable(j.phase)) {
-                    rc = fail("job %llu is in phase %s: past the switch, it cannot be aborted",
-                              (unsigned long long)id, j.phase);
+                    rc = cli_fail("job %llu is in phase %s: past the switch, it cannot be aborted",
+                                  (unsigned long long)id, j.phase);
                     break;
                 }
                 str_copy(j.phase, "aborting", sizeof(j.phase));
             } else {
                 if (job_ended(&j)) {
-                    rc = fail("job %llu has ended (%s)", (unsigned long long)id, j.phase);
+                    rc = cli_fail("job %llu has ended (%s)", (unsigned long long)id, j.phase);
                     break;
                 }
                 j.options |= DIR_JOB_OPT_COMPLETE;
@@ -1016,16 +1014,16 @@ static int cmd_move(struct cli *c, int argc, char **argv)
         return rc;
     }
     bool bad = false;
-    const char *to = take_opt(&argc, argv, "--to", &bad);
-    bool wait = take_flag(&argc, argv, "--wait");
-    bool suspend = take_flag(&argc, argv, "--suspend-when-ready");
+    const char *to = cli_take_opt(&argc, argv, "--to", &bad);
+    bool wait = cli_take_flag(&argc, argv, "--wait");
+    bool suspend = cli_take_flag(&argc, argv, "--suspend-when-ready");
     if (bad)
-        return usage("--to needs a store");
-    int r = reject_leftover(argc, argv, 1);
+        return cli_usage("--to needs a store");
+    int r = cli_reject_leftover(argc, argv, 1);
     if (r != 0)
         return r;
     if (to == NULL)
-        return usage("move needs --to STORE");
+        return cli_usage("move needs --to STORE");
     char addr[MAIL_ADDR_MAX + 1];
     if (normalize_addr(argv[0], addr) != 0)
         return 1;
@@ -1046,7 +1044,7 @@ static int cmd_move(struct cli *c, int argc, char **argv)
 
 static int cmd_moves(struct cli *c, int argc, char **argv)
 {
-    int r = reject_leftover(argc, argv, 0);
+    int r = cli_reject_leftover(argc, argv, 0);
     if (r != 0)
         return r;
     struct directory *dir = open_dir(c);
@@ -1082,28 +1080,28 @@ static int cmd_moves(struct cli *c, int argc, char **argv)
 static int cmd_drain(struct cli *c, int argc, char **argv)
 {
     bool bad = false;
-    const char *to = take_opt(&argc, argv, "--to", &bad);
-    const char *par = take_opt(&argc, argv, "--parallel", &bad);
+    const char *to = cli_take_opt(&argc, argv, "--to", &bad);
+    const char *par = cli_take_opt(&argc, argv, "--parallel", &bad);
     if (bad)
-        return usage("option needs a value");
-    int r = reject_leftover(argc, argv, 1);
+        return cli_usage("option needs a value");
+    int r = cli_reject_leftover(argc, argv, 1);
     if (r != 0)
         return r;
     uint64_t parallel = 4;
     if (to == NULL)
-        return usage("drain needs --to STORE");
+        return cli_usage("drain needs --to STORE");
     if (par != NULL && (parse_u64(par, 256, &parallel) < 0 || parallel == 0))
-        return usage("--parallel needs 1..256");
+        return cli_usage("--parallel needs 1..256");
     const char *from = argv[0];
     if (strcmp(from, to) == 0)
-        return usage("cannot drain a store into itself");
+        return cli_usage("cannot drain a store into itself");
     struct directory *dir = open_dir(c);
     if (dir == NULL)
         return 1;
     struct dir_store st;
     if (dir_store_get(dir, from, &st) != DIR_OK || dir_store_get(dir, to, &st) != DIR_OK) {
         dir_close(&dir);
-        return fail("unknown store (see 'tern store list')");
+        return cli_fail("unknown store (see 'tern store list')");
     }
     uint64_t *live = xcalloc(parallel, sizeof(*live));
     unsigned moved = 0, failed = 0;
@@ -1157,7 +1155,8 @@ static int cmd_drain(struct cli *c, int argc, char **argv)
         free(users);
         if (n_live == 0 && (left == 0 || failed > 0)) {
             if (left > 0)
-                rc = fail("drain of %s stopped: %u mailbox(es) could not be moved", from, failed);
+                rc = cli_fail("drain of %s stopped: %u mailbox(es) could not be moved", from,
+                              failed);
             break;
         }
         usleep(200 * 1000);
@@ -1226,8 +1225,8 @@ static int cmd_queue(struct cli *c, int argc, char **argv)
     if (strcmp(sub, "flush") == 0 && argc == 1)
         want = 1;
     if (strcmp(sub, "list") != 0 && strcmp(sub, "show") != 0 && strcmp(sub, "flush") != 0)
-        return usage("unknown queue command '%s'", sub);
-    int r = reject_leftover(argc, argv, want);
+        return cli_usage("unknown queue command '%s'", sub);
+    int r = cli_reject_leftover(argc, argv, want);
     if (r != 0)
         return r;
     char dir[PATH_MAX];
@@ -1235,20 +1234,20 @@ static int cmd_queue(struct cli *c, int argc, char **argv)
     const char *error;
     struct queue *q = queue_open(dir, &error);
     if (q == NULL)
-        return fail("cannot open the queue in %s: %s", dir, error);
+        return cli_fail("cannot open the queue in %s: %s", dir, error);
     int rc = 0;
     if (strcmp(sub, "flush") == 0) {
         long n = queue_flush(q, want ? argv[0] : NULL);
         if (n < 0)
-            rc = fail("flush failed");
+            rc = cli_fail("flush failed");
         else
             printf("%ld recipient(s) due now\n", n);
     } else {
         struct queue_print qp = {.only = want ? argv[0] : NULL};
         if (queue_list(q, print_queued, &qp) < 0)
-            rc = fail("cannot read the queue");
+            rc = cli_fail("cannot read the queue");
         else if (want && !qp.found)
-            rc = fail("no message %s in the queue", argv[0]);
+            rc = cli_fail("no message %s in the queue", argv[0]);
         else if (!qp.found)
             printf("queue is empty\n");
     }
@@ -1269,13 +1268,13 @@ int cli_main(int argc, char **argv)
     char **av = xcalloc((size_t)argc + 1, sizeof(char *));
     memcpy(av, argv + 1, (size_t)ac * sizeof(char *));
     bool bad = false;
-    const char *data = take_opt(&ac, av, "--data", &bad);
-    const char *cfgpath = take_opt(&ac, av, "--config", &bad);
-    const char *smtp = take_opt(&ac, av, "--smtp", &bad);
-    const char *imap = take_opt(&ac, av, "--imap", &bad);
+    const char *data = cli_take_opt(&ac, av, "--data", &bad);
+    const char *cfgpath = cli_take_opt(&ac, av, "--config", &bad);
+    const char *smtp = cli_take_opt(&ac, av, "--smtp", &bad);
+    const char *imap = cli_take_opt(&ac, av, "--imap", &bad);
     int rc;
     if (bad) {
-        rc = usage("--data, --config, --smtp and --imap need a value");
+        rc = cli_usage("--data, --config, --smtp and --imap need a value");
         goto out;
     }
     if (data == NULL)
@@ -1283,7 +1282,7 @@ int cli_main(int argc, char **argv)
     if (data == NULL || data[0] == '\0')
         data = "./tern-data";
     if (strlen(data) >= CONFIG_PATH_MAX - 64) {
-        rc = fail("data directory path too long");
+        rc = cli_fail("data directory path too long");
         goto out;
     }
     if (cfgpath == NULL)
@@ -1296,7 +1295,7 @@ int cli_main(int argc, char **argv)
     if (cfgpath != NULL && cfgpath[0] != '\0') {
         char err[600];
         if (config_load(&c.cfg, cfgpath, err, sizeof(err)) < 0) {
-            rc = fail("config: %s", err);
+            rc = cli_fail("config: %s", err);
             goto out;
         }
         c.config_path = cfgpath;
@@ -1306,7 +1305,7 @@ int cli_main(int argc, char **argv)
         int port;
         if (strlen(smtp) >= sizeof(c.cfg.smtp.listen) ||
             parse_hostport(smtp, host, sizeof(host), &port) < 0) {
-            rc = usage("--smtp needs HOST:PORT");
+            rc = cli_usage("--smtp needs HOST:PORT");
             goto out;
         }
         str_copy(c.cfg.smtp.listen, smtp, sizeof(c.cfg.smtp.listen));
@@ -1316,7 +1315,7 @@ int cli_main(int argc, char **argv)
         int port;
         if (strlen(imap) >= sizeof(c.cfg.imap.listen) ||
             parse_hostport(imap, host, sizeof(host), &port) < 0) {
-            rc = usage("--imap needs HOST:PORT");
+            rc = cli_usage("--imap needs HOST:PORT");
             goto out;
         }
         str_copy(c.cfg.imap.listen, imap, sizeof(c.cfg.imap.listen));
@@ -1356,8 +1355,8 @@ int cli_main(int argc, char **argv)
     else if (strcmp(cmd, "demo") == 0)
         rc = cli_demo(sac, sav);
     else if (strcmp(cmd, "doctor") == 0) {
-        bool repair = take_flag(&sac, sav, "--repair");
-        rc = reject_leftover(sac, sav, 0);
+        bool repair = cli_take_flag(&sac, sav, "--repair");
+        rc = cli_reject_leftover(sac, sav, 0);
         if (rc == 0) {
             int n = doctor_run(&c.cfg, repair, stdout);
             rc = n == 0 ? 0 : 1;
@@ -1369,7 +1368,7 @@ int cli_main(int argc, char **argv)
         fputs(help_text, stdout);
         rc = 0;
     } else {
-        rc = usage("unknown command '%s'", cmd);
+        rc = cli_usage("unknown command '%s'", cmd);
     }
 out:
     free(av);

@@ -28,81 +28,6 @@
 
 #define SECRET_MAX 1024
 
-static int ifail(const char *fmt, ...) TERN_PRINTF(1, 2);
-static int ifail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("tern: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return 1;
-}
-
-static int iusage(const char *fmt, ...) TERN_PRINTF(1, 2);
-static int iusage(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("tern: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs(" (see 'tern help')\n", stderr);
-    va_end(ap);
-    return 2;
-}
-
-/* "--name VALUE" or "--name=VALUE", removed from argv. */
-static const char *opt(int *argc, char **argv, const char *name, bool *bad)
-{
-    size_t nl = strlen(name);
-    for (int i = 0; i < *argc; i++) {
-        if (strncmp(argv[i], name, nl) != 0)
-            continue;
-        const char *val;
-        int used;
-        if (argv[i][nl] == '=') {
-            val = argv[i] + nl + 1;
-            used = 1;
-        } else if (argv[i][nl] == '\0') {
-            if (i + 1 >= *argc) {
-                *bad = true;
-                return NULL;
-            }
-            val = argv[i + 1];
-            used = 2;
-        } else {
-            continue;
-        }
-        memmove(&argv[i], &argv[i + used], (size_t)(*argc - i - used + 1) * sizeof(char *));
-        *argc -= used;
-        return val;
-    }
-    return NULL;
-}
-
-static bool flag(int *argc, char **argv, const char *name)
-{
-    for (int i = 0; i < *argc; i++)
-        if (strcmp(argv[i], name) == 0) {
-            memmove(&argv[i], &argv[i + 1], (size_t)(*argc - i) * sizeof(char *));
-            (*argc)--;
-            return true;
-        }
-    return false;
-}
-
-static int leftover(int argc, char **argv, int want)
-{
-    for (int i = 0; i < argc; i++)
-        if (strncmp(argv[i], "--", 2) == 0)
-            return iusage("unknown option %s", argv[i]);
-    if (argc != want)
-        return iusage(argc < want ? "missing argument" : "unexpected argument '%s'",
-                      argc > want ? argv[want] : "");
-    return 0;
-}
-
 /* "90", "90s", "15m", "72h", "3d" into seconds. */
 static int parse_duration(const char *s, uint64_t max, uint64_t *out)
 {
@@ -127,21 +52,21 @@ static int parse_duration(const char *s, uint64_t max, uint64_t *out)
 static struct directory *idir(const struct config *cfg)
 {
     if (mkdir_p(cfg->data_dir, 0750) < 0) {
-        ifail("cannot create data directory %s: %s", cfg->data_dir, strerror(errno));
+        cli_fail("cannot create data directory %s: %s", cfg->data_dir, strerror(errno));
         return NULL;
     }
     const char *error;
     struct directory *dir = dir_open_sqlite(cfg->directory, &error);
     if (dir == NULL)
-        ifail("cannot open directory %s: %s", cfg->directory, error);
+        cli_fail("cannot open directory %s: %s", cfg->directory, error);
     return dir;
 }
 
 static int dir_trouble(enum dir_status ds, const char *what)
 {
     if (ds == DIR_TEMPFAIL)
-        return ifail("%s: directory unavailable, try again", what);
-    return ifail("%s: %s", what, dir_status_str(ds));
+        return cli_fail("%s: directory unavailable, try again", what);
+    return cli_fail("%s: %s", what, dir_status_str(ds));
 }
 
 /* The password for an IMAP source: from a file or the environment; copied
@@ -155,31 +80,31 @@ static int keep_secret(const struct config *cfg, const char *file, char out[IMPO
         if (file_read_all(strcmp(file, "-") == 0 ? "/dev/stdin" : file, SECRET_MAX + 2, &pw, &e) <
             0) {
             buf_free(&pw);
-            return ifail("password file %s: %s", file, e);
+            return cli_fail("password file %s: %s", file, e);
         }
     } else {
         const char *env = getenv("TERN_IMPORT_PASSWORD");
         if (env == NULL || env[0] == '\0') {
             buf_free(&pw);
-            return iusage("an IMAP source needs --password-file FILE or $TERN_IMPORT_PASSWORD "
-                          "(never the command line)");
+            return cli_usage("an IMAP source needs --password-file FILE or $TERN_IMPORT_PASSWORD "
+                             "(never the command line)");
         }
         if (buf_puts(&pw, env) < 0) {
             buf_free(&pw);
-            return ifail("the password is longer than %d octets", SECRET_MAX);
+            return cli_fail("the password is longer than %d octets", SECRET_MAX);
         }
     }
     while (pw.len > 0 && (pw.data[pw.len - 1] == '\n' || pw.data[pw.len - 1] == '\r'))
         pw.len--;
     if (pw.len == 0 || pw.len > SECRET_MAX || memchr(pw.data, '\0', pw.len) != NULL) {
         buf_free(&pw);
-        return ifail(pw.len == 0 ? "the password is empty" : "the password is not usable");
+        return cli_fail(pw.len == 0 ? "the password is empty" : "the password is not usable");
     }
     char dirpath[PATH_MAX];
     snprintf(dirpath, sizeof(dirpath), "%s/imports", cfg->data_dir);
     if (mkdir_p(dirpath, 0700) < 0) {
         buf_free(&pw);
-        return ifail("cannot create %s: %s", dirpath, strerror(errno));
+        return cli_fail("cannot create %s: %s", dirpath, strerror(errno));
     }
     uint8_t rnd[12];
     char hex[25];
@@ -187,7 +112,7 @@ static int keep_secret(const struct config *cfg, const char *file, char out[IMPO
     hex_encode(rnd, sizeof(rnd), hex);
     if (snprintf(out, IMPORT_PATH_MAX + 1, "%s/%s.password", dirpath, hex) > IMPORT_PATH_MAX) {
         buf_free(&pw);
-        return ifail("data directory path too long");
+        return cli_fail("data directory path too long");
     }
     int fd = open(out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     int r = fd < 0 ? -1 : write_full(fd, pw.data, pw.len);
@@ -202,7 +127,7 @@ static int keep_secret(const struct config *cfg, const char *file, char out[IMPO
     buf_free(&pw);
     if (r < 0) {
         unlink(out);
-        return ifail("cannot write %s: %s", out, strerror(errno));
+        return cli_fail("cannot write %s: %s", out, strerror(errno));
     }
     return 0;
 }
@@ -217,26 +142,26 @@ static int create_user(struct directory *dir, const char *addr, const char *stor
     if (store != NULL) {
         struct dir_store s;
         if (dir_store_get(dir, store, &s) != DIR_OK)
-            return ifail("unknown store '%s' (see 'tern store list')", store);
+            return cli_fail("unknown store '%s' (see 'tern store list')", store);
         str_copy(u->home, store, sizeof(u->home));
     } else if (cli_pick_store(dir, u->home) < 0) {
-        return ifail("no store to home the user on");
+        return cli_fail("no store to home the user on");
     }
     struct dir_domain d;
     if (dir_domain_get(dir, mail_addr_domain(addr), &d) != DIR_OK)
-        return ifail("unknown domain '%s' (add it with 'tern domain add %s')",
-                     mail_addr_domain(addr), mail_addr_domain(addr));
+        return cli_fail("unknown domain '%s' (add it with 'tern domain add %s')",
+                        mail_addr_domain(addr), mail_addr_domain(addr));
     uint8_t rnd[24];
     char pw[49];
     const char *e;
     rand_bytes(rnd, sizeof(rnd));
     hex_encode(rnd, sizeof(rnd), pw);
     if (dir_password_hash(pw, u->password_hash, &e) < 0)
-        return ifail("cannot hash a password: %s", e);
+        return cli_fail("cannot hash a password: %s", e);
     u->state = DIR_USER_ACTIVE;
     enum dir_status ds = dir_user_add(dir, u);
     if (ds == DIR_EXISTS)
-        return ifail("%s exists as an alias", addr);
+        return cli_fail("%s exists as an alias", addr);
     if (ds != DIR_OK)
         return dir_trouble(ds, "creating the user");
     printf("user %s created on store %s (set a password with 'tern user set %s "
@@ -265,7 +190,7 @@ static int wait_import(struct directory *dir, uint64_t id)
         struct dir_job j;
         enum dir_status ds = dir_job_get(dir, id, &j);
         if (ds == DIR_NOTFOUND)
-            return ifail("job %llu is gone", (unsigned long long)id);
+            return cli_fail("job %llu is gone", (unsigned long long)id);
         if (ds == DIR_OK) {
             double secs = (double)(time_mono_ms() - start) / 1000.0;
             double rate = secs > 0.5 ? (double)j.msgs_done / secs : 0;
@@ -280,8 +205,8 @@ static int wait_import(struct directory *dir, uint64_t id)
             if (strcmp(j.phase, "failed") == 0) {
                 if (tty)
                     putchar('\n');
-                return ifail("import of %s failed: %s", j.user,
-                             j.last_error[0] ? j.last_error : "no reason recorded");
+                return cli_fail("import of %s failed: %s", j.user,
+                                j.last_error[0] ? j.last_error : "no reason recorded");
             }
             if (copied(&j)) {
                 if (tty)
@@ -304,13 +229,13 @@ static int wait_import(struct directory *dir, uint64_t id)
 static int parse_job_id(const char *s, uint64_t *id)
 {
     if (parse_u64(s, UINT64_MAX, id) < 0 || *id == 0)
-        return iusage("'%s' is not a job id", s);
+        return cli_usage("'%s' is not a job id", s);
     return 0;
 }
 
 static int import_sub(const struct config *cfg, const char *sub, int argc, char **argv)
 {
-    int r = leftover(argc, argv, 1);
+    int r = cli_reject_leftover(argc, argv, 1);
     uint64_t id;
     if (r != 0 || (r = parse_job_id(argv[0], &id)) != 0)
         return r;
@@ -321,7 +246,7 @@ static int import_sub(const struct config *cfg, const char *sub, int argc, char 
     if (strcmp(sub, "report") == 0) {
         const char *e;
         if (import_report(dir, id, stdout, &e) < 0)
-            rc = ifail("report of job %llu: %s", (unsigned long long)id, e);
+            rc = cli_fail("report of job %llu: %s", (unsigned long long)id, e);
     } else if (strcmp(sub, "wait") == 0) {
         rc = wait_import(dir, id);
     } else { /* complete */
@@ -330,14 +255,14 @@ static int import_sub(const struct config *cfg, const char *sub, int argc, char 
             enum dir_status ds = dir_job_get(dir, id, &j);
             if (ds != DIR_OK || j.kind != DIR_JOB_IMPORT) {
                 rc = ds == DIR_OK || ds == DIR_NOTFOUND
-                         ? ifail("no import job %llu", (unsigned long long)id)
+                         ? cli_fail("no import job %llu", (unsigned long long)id)
                          : dir_trouble(ds, "import complete");
                 break;
             }
             if (!import_phase_active(j.phase) || strcmp(j.phase, "sweep") == 0 ||
                 strcmp(j.phase, "complete") == 0) {
-                rc = ifail("import job %llu is past its cutover (%s)", (unsigned long long)id,
-                           j.phase);
+                rc = cli_fail("import job %llu is past its cutover (%s)", (unsigned long long)id,
+                              j.phase);
                 break;
             }
             j.options |= DIR_JOB_OPT_COMPLETE;
@@ -362,32 +287,32 @@ static int import_sub(const struct config *cfg, const char *sub, int argc, char 
 int cli_import(const struct config *cfg, int argc, char **argv)
 {
     if (argc < 1)
-        return iusage("import needs ADDRESS --from SOURCE, or complete|report|wait ID");
+        return cli_usage("import needs ADDRESS --from SOURCE, or complete|report|wait ID");
     if (strcmp(argv[0], "complete") == 0 || strcmp(argv[0], "report") == 0 ||
         strcmp(argv[0], "wait") == 0)
         return import_sub(cfg, argv[0], argc - 1, argv + 1);
     bool bad = false;
-    const char *from = opt(&argc, argv, "--from", &bad);
-    const char *pwfile = opt(&argc, argv, "--password-file", &bad);
-    const char *ca_file = opt(&argc, argv, "--ca-file", &bad);
-    const char *store = opt(&argc, argv, "--store", &bad);
-    const char *poll = opt(&argc, argv, "--poll", &bad);
-    const char *sweep = opt(&argc, argv, "--sweep", &bad);
-    bool create = flag(&argc, argv, "--create");
-    bool watch = flag(&argc, argv, "--watch");
-    bool wait = flag(&argc, argv, "--wait");
+    const char *from = cli_take_opt(&argc, argv, "--from", &bad);
+    const char *pwfile = cli_take_opt(&argc, argv, "--password-file", &bad);
+    const char *ca_file = cli_take_opt(&argc, argv, "--ca-file", &bad);
+    const char *store = cli_take_opt(&argc, argv, "--store", &bad);
+    const char *poll = cli_take_opt(&argc, argv, "--poll", &bad);
+    const char *sweep = cli_take_opt(&argc, argv, "--sweep", &bad);
+    bool create = cli_take_flag(&argc, argv, "--create");
+    bool watch = cli_take_flag(&argc, argv, "--watch");
+    bool wait = cli_take_flag(&argc, argv, "--wait");
     for (int i = 0; i < argc; i++)
         if (strcmp(argv[i], "--password") == 0 || strncmp(argv[i], "--password=", 11) == 0)
-            return iusage("the source password is never given on the command line: use "
-                          "--password-file FILE or $TERN_IMPORT_PASSWORD");
+            return cli_usage("the source password is never given on the command line: use "
+                             "--password-file FILE or $TERN_IMPORT_PASSWORD");
     if (bad)
-        return iusage("option needs a value");
-    int r = leftover(argc, argv, 1);
+        return cli_usage("option needs a value");
+    int r = cli_reject_leftover(argc, argv, 1);
     if (r != 0)
         return r;
     if (from == NULL)
-        return iusage("import needs --from SOURCE (mbox:PATH, maildir:PATH, "
-                      "imap://USER@HOST[:PORT] or imaps://USER@HOST[:PORT])");
+        return cli_usage("import needs --from SOURCE (mbox:PATH, maildir:PATH, "
+                         "imap://USER@HOST[:PORT] or imaps://USER@HOST[:PORT])");
     struct import_settings set;
     memset(&set, 0, sizeof(set));
     set.watch = watch;
@@ -396,18 +321,18 @@ int cli_import(const struct config *cfg, int argc, char **argv)
     uint64_t v;
     if (poll != NULL) {
         if (parse_duration(poll, 86400, &v) < 0 || v == 0)
-            return iusage("--poll needs a duration of 1s to 1d (e.g. 10s)");
+            return cli_usage("--poll needs a duration of 1s to 1d (e.g. 10s)");
         set.poll = (unsigned)v;
     }
     if (sweep != NULL) {
         if (parse_duration(sweep, 366ull * 86400, &v) < 0)
-            return iusage("--sweep needs a duration up to a year (e.g. 72h; 0 for none)");
+            return cli_usage("--sweep needs a duration up to a year (e.g. 72h; 0 for none)");
         set.sweep = v;
     }
     char addr[MAIL_ADDR_MAX + 1];
     const char *e;
     if (mail_addr_normalize(argv[0], strlen(argv[0]), addr, &e) < 0)
-        return ifail("invalid address '%s': %s", argv[0], e);
+        return cli_fail("invalid address '%s': %s", argv[0], e);
     /* A relative path is the operator's current directory's. */
     char spec[DIR_JOB_ARG_MAX + 1];
     const char *colon = strchr(from, ':');
@@ -417,37 +342,37 @@ int cli_import(const struct config *cfg, int argc, char **argv)
         if (getcwd(cwd, sizeof(cwd)) == NULL ||
             snprintf(spec, sizeof(spec), "%.*s%s/%s", (int)(colon - from + 1), from, cwd,
                      colon + 1) >= (int)sizeof(spec))
-            return ifail("the source path is too long");
+            return cli_fail("the source path is too long");
     } else if (str_copy(spec, from, sizeof(spec)) >= sizeof(spec)) {
-        return ifail("the source is too long");
+        return cli_fail("the source is too long");
     }
     bool needs_pw, tls;
     if (import_source_check(spec, &needs_pw, &tls, &e) < 0)
-        return ifail("%s: %s", from, e);
+        return cli_fail("%s: %s", from, e);
     if (!needs_pw && (pwfile != NULL))
-        return iusage("--password-file is for an IMAP source");
+        return cli_usage("--password-file is for an IMAP source");
     if (ca_file != NULL) {
         /* The mover reads it at each connection: an absolute path, and one
          * that can be read now, so a typo fails here and not in the job. */
         if (!tls)
-            return iusage("--ca-file is for an imaps:// source");
+            return cli_usage("--ca-file is for an imaps:// source");
         char abs[PATH_MAX];
         if (realpath(ca_file, abs) == NULL)
-            return ifail("--ca-file %s: %s", ca_file, strerror(errno));
+            return cli_fail("--ca-file %s: %s", ca_file, strerror(errno));
         struct buf pem;
         buf_init(&pem, 0);
         int fr = file_read_all(abs, 1u << 20, &pem, &e);
         bool looks = fr == 0 && pem.data != NULL && strstr(pem.data, "-----BEGIN CERTIFICATE-----");
         buf_free(&pem);
         if (fr < 0)
-            return ifail("--ca-file %s: %s", ca_file, e);
+            return cli_fail("--ca-file %s: %s", ca_file, e);
         if (!looks)
-            return ifail("--ca-file %s: no PEM certificate in it", ca_file);
+            return cli_fail("--ca-file %s: no PEM certificate in it", ca_file);
         if (str_copy(set.ca_file, abs, sizeof(set.ca_file)) >= sizeof(set.ca_file))
-            return ifail("--ca-file: the path is too long");
+            return cli_fail("--ca-file: the path is too long");
     }
     if (store != NULL && !create)
-        return iusage("--store only goes with --create");
+        return cli_usage("--store only goes with --create");
     struct directory *dir = idir(cfg);
     if (dir == NULL)
         return 1;
@@ -458,7 +383,7 @@ int cli_import(const struct config *cfg, int argc, char **argv)
     if (ds == DIR_NOTFOUND && create)
         r = create_user(dir, addr, store, &u);
     else if (ds == DIR_NOTFOUND)
-        r = ifail("no such user %s (add it, or give --create)", addr);
+        r = cli_fail("no such user %s (add it, or give --create)", addr);
     else if (ds != DIR_OK)
         r = dir_trouble(ds, "import");
     if (r == 0 && needs_pw)
@@ -467,7 +392,7 @@ int cli_import(const struct config *cfg, int argc, char **argv)
     if (r == 0) {
         ds = import_job_create(dir, u.address, u.home, spec, &set, &id);
         if (ds == DIR_INVALID)
-            r = ifail("%s already has a move or import in progress (see 'tern moves')", addr);
+            r = cli_fail("%s already has a move or import in progress (see 'tern moves')", addr);
         else if (ds != DIR_OK)
             r = dir_trouble(ds, "import");
         if (r != 0 && set.secret[0] != '\0')
