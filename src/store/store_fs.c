@@ -1854,8 +1854,10 @@ static int store_fs_buf_room(struct buf *out, uint64_t n)
     return 0;
 }
 
-static enum store_status store_fs_msg_read(struct store *st, const char *user, const char *folder,
-                                           uint32_t uid, struct buf *out)
+/* Finds message uid of user's folder and checks its record header in its
+ * segment: *m_r its row, *fd_r the segment to read the body from. */
+static enum store_status store_fs_msg_open(struct store *st, const char *user, const char *folder,
+                                           uint32_t uid, struct store_fs_msgrow *m_r, int *fd_r)
 {
     struct store_fs *fs = (struct store_fs *)st;
     int64_t id;
@@ -1888,6 +1890,19 @@ static enum store_status store_fs_msg_read(struct store *st, const char *user, c
                   m.seg, (unsigned long long)m.off, user, uid);
         return STORE_ERROR;
     }
+    *m_r = m;
+    *fd_r = fd;
+    return STORE_OK;
+}
+
+static enum store_status store_fs_msg_read(struct store *st, const char *user, const char *folder,
+                                           uint32_t uid, struct buf *out)
+{
+    struct store_fs_msgrow m;
+    int fd;
+    enum store_status s = store_fs_msg_open(st, user, folder, uid, &m, &fd);
+    if (s != STORE_OK)
+        return s;
     if (store_fs_buf_room(out, m.size) < 0) {
         log_error("store", "%s: message of %llu bytes exceeds the read buffer limit", st->name,
                   (unsigned long long)m.size);
@@ -1920,37 +1935,11 @@ static enum store_status store_fs_msg_read(struct store *st, const char *user, c
 static enum store_status store_fs_msg_read_header(struct store *st, const char *user,
                                                   const char *folder, uint32_t uid, struct buf *out)
 {
-    struct store_fs *fs = (struct store_fs *)st;
-    int64_t id;
-    struct store_mailbox mb;
-    struct store_folder f;
     struct store_fs_msgrow m;
-    enum store_status s = store_fs_resolve(fs, user, folder, false, &id, &mb, &f);
-    if (s == STORE_OK)
-        s = store_fs_msg_load(fs, f.id, uid, &m);
+    int fd;
+    enum store_status s = store_fs_msg_open(st, user, folder, uid, &m, &fd);
     if (s != STORE_OK)
         return s;
-    if (m.off < STORE_FS_REC_HDR) {
-        log_error("store", "%s: %s/%s uid %u: bad body offset %llu", st->name, user, folder, uid,
-                  (unsigned long long)m.off);
-        return STORE_ERROR;
-    }
-    int fd = store_fs_seg_rfd(fs, m.seg);
-    if (fd < 0)
-        return STORE_ERROR;
-    uint8_t hdr[STORE_FS_REC_HDR];
-    if (pread_full(fd, hdr, sizeof(hdr), (off_t)(m.off - STORE_FS_REC_HDR)) < 0) {
-        log_error("store", "%s: read segment %u at %llu: %s", st->name, m.seg,
-                  (unsigned long long)m.off, strerror(errno));
-        return STORE_ERROR;
-    }
-    if (memcmp(hdr, STORE_FS_REC_MAGIC, 8) != 0 || store_fs_get_le64(hdr + 8) != m.size ||
-        memcmp(hdr + 16, m.guid, STORE_GUID_LEN) != 0 ||
-        memcmp(hdr + 32, m.sha256, SHA256_LEN) != 0) {
-        log_error("store", "%s: corrupt record header in segment %u at %llu (%s uid %u)", st->name,
-                  m.seg, (unsigned long long)m.off, user, uid);
-        return STORE_ERROR;
-    }
     size_t start = out->len, have = 0, want = 8192, hl = 0;
     for (;;) {
         if (want > m.size)
